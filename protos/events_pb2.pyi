@@ -1,0 +1,154 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class EventType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    EVENT_TYPE_UNSPECIFIED: _ClassVar[EventType]
+    VIEW: _ClassVar[EventType]
+    CLICK: _ClassVar[EventType]
+    ADD_TO_CART: _ClassVar[EventType]
+    PURCHASE: _ClassVar[EventType]
+    RATING: _ClassVar[EventType]
+
+class Availability(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    AVAILABILITY_UNSPECIFIED: _ClassVar[Availability]
+    IN_STOCK: _ClassVar[Availability]
+    OUT_OF_STOCK: _ClassVar[Availability]
+    DISCONTINUED: _ClassVar[Availability]
+EVENT_TYPE_UNSPECIFIED: EventType
+VIEW: EventType
+CLICK: EventType
+ADD_TO_CART: EventType
+PURCHASE: EventType
+RATING: EventType
+AVAILABILITY_UNSPECIFIED: Availability
+IN_STOCK: Availability
+OUT_OF_STOCK: Availability
+DISCONTINUED: Availability
+
+class Event(_message.Message):
+    __slots__ = ("event_id", "user_id", "item_id", "type", "timestamp_ms", "session_id", "context", "properties", "value", "recommendation_id")
+    class ContextEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class PropertiesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    TIMESTAMP_MS_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    PROPERTIES_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    RECOMMENDATION_ID_FIELD_NUMBER: _ClassVar[int]
+    event_id: str
+    user_id: str
+    item_id: str
+    type: EventType
+    timestamp_ms: int
+    session_id: str
+    context: _containers.ScalarMap[str, str]
+    properties: _containers.ScalarMap[str, str]
+    value: float
+    recommendation_id: str
+    def __init__(self, event_id: _Optional[str] = ..., user_id: _Optional[str] = ..., item_id: _Optional[str] = ..., type: _Optional[_Union[EventType, str]] = ..., timestamp_ms: _Optional[int] = ..., session_id: _Optional[str] = ..., context: _Optional[_Mapping[str, str]] = ..., properties: _Optional[_Mapping[str, str]] = ..., value: _Optional[float] = ..., recommendation_id: _Optional[str] = ...) -> None: ...
+
+class Item(_message.Message):
+    __slots__ = ("item_id", "title", "description", "categories", "price", "availability", "updated_at_ms")
+    ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    TITLE_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    CATEGORIES_FIELD_NUMBER: _ClassVar[int]
+    PRICE_FIELD_NUMBER: _ClassVar[int]
+    AVAILABILITY_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    item_id: str
+    title: str
+    description: str
+    categories: _containers.RepeatedScalarFieldContainer[str]
+    price: float
+    availability: Availability
+    updated_at_ms: int
+    def __init__(self, item_id: _Optional[str] = ..., title: _Optional[str] = ..., description: _Optional[str] = ..., categories: _Optional[_Iterable[str]] = ..., price: _Optional[float] = ..., availability: _Optional[_Union[Availability, str]] = ..., updated_at_ms: _Optional[int] = ...) -> None: ...
+
+class EnrichedEvent(_message.Message):
+    __slots__ = ("event", "item", "weight", "processed_at_ms", "source_topic", "source_partition", "source_offset")
+    EVENT_FIELD_NUMBER: _ClassVar[int]
+    ITEM_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    PROCESSED_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_TOPIC_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_PARTITION_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_OFFSET_FIELD_NUMBER: _ClassVar[int]
+    event: Event
+    item: Item
+    weight: float
+    processed_at_ms: int
+    source_topic: str
+    source_partition: int
+    source_offset: int
+    def __init__(self, event: _Optional[_Union[Event, _Mapping]] = ..., item: _Optional[_Union[Item, _Mapping]] = ..., weight: _Optional[float] = ..., processed_at_ms: _Optional[int] = ..., source_topic: _Optional[str] = ..., source_partition: _Optional[int] = ..., source_offset: _Optional[int] = ...) -> None: ...
+
+class DeadLetter(_message.Message):
+    __slots__ = ("payload", "key", "reason", "detail", "origin_topic", "origin_partition", "origin_offset", "failed_at_ms")
+    PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    ORIGIN_TOPIC_FIELD_NUMBER: _ClassVar[int]
+    ORIGIN_PARTITION_FIELD_NUMBER: _ClassVar[int]
+    ORIGIN_OFFSET_FIELD_NUMBER: _ClassVar[int]
+    FAILED_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    payload: bytes
+    key: bytes
+    reason: str
+    detail: str
+    origin_topic: str
+    origin_partition: int
+    origin_offset: int
+    failed_at_ms: int
+    def __init__(self, payload: _Optional[bytes] = ..., key: _Optional[bytes] = ..., reason: _Optional[str] = ..., detail: _Optional[str] = ..., origin_topic: _Optional[str] = ..., origin_partition: _Optional[int] = ..., origin_offset: _Optional[int] = ..., failed_at_ms: _Optional[int] = ...) -> None: ...
+
+class ItemVector(_message.Message):
+    __slots__ = ("item_id", "model_version", "vector", "updated_at_ms")
+    ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    VECTOR_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    item_id: str
+    model_version: str
+    vector: _containers.RepeatedScalarFieldContainer[float]
+    updated_at_ms: int
+    def __init__(self, item_id: _Optional[str] = ..., model_version: _Optional[str] = ..., vector: _Optional[_Iterable[float]] = ..., updated_at_ms: _Optional[int] = ...) -> None: ...
+
+class ModelRelease(_message.Message):
+    __slots__ = ("version", "uri", "created_at_ms", "action", "previous_version")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    URI_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_VERSION_FIELD_NUMBER: _ClassVar[int]
+    version: str
+    uri: str
+    created_at_ms: int
+    action: str
+    previous_version: str
+    def __init__(self, version: _Optional[str] = ..., uri: _Optional[str] = ..., created_at_ms: _Optional[int] = ..., action: _Optional[str] = ..., previous_version: _Optional[str] = ...) -> None: ...
