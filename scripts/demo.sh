@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# The main job: the whole stack on local defaults with MovieLens-1M replayed.
+# Kafka and Redis are already up (`make demo` runs scripts/infra.sh up first).
+# Starts the streams worker and the gRPC server, loads the catalog, replays a slice of
+# events, trains and promotes a model, prints recommendations through the gRPC client,
+# and keeps serving until interrupted.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PY=.venv/bin/python
+LOG_DIR=var/log
+REPLAY_LIMIT=${DEMO_REPLAY_LIMIT:-50000}
+mkdir -p "$LOG_DIR"
+export HF_HUB_OFFLINE=1
+
+pids=()
+cleanup() {
+  echo
+  echo "==> stopping streams and serving (Kafka and Redis stay up: make infra-down)"
+  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+}
+trap cleanup EXIT INT TERM
+
+echo "==> streams worker   (log: $LOG_DIR/streams.log)"
+$PY -m streams >"$LOG_DIR/streams.log" 2>&1 &
+pids+=($!)
+echo "==> gRPC server      (log: $LOG_DIR/serving.log)"
+$PY -m serving >"$LOG_DIR/serving.log" 2>&1 &
+pids+=($!)
+$PY -m serving.client wait --timeout 180
+
+echo "==> MovieLens-1M catalog -> Kafka 'items'"
+$PY -m ingest catalog --source movielens
+echo "==> replaying the first $REPLAY_LIMIT ratings -> Kafka 'events'"
+$PY -m ingest replay --source movielens --limit "$REPLAY_LIMIT" --speedup 0 --no-catalog
+
+echo "==> recommendations through the gRPC client"
+$PY -m serving.client demo --wait-for-last-event --users 3 -k 10
+
+echo
+echo "streamrec is serving on 127.0.0.1:50051; try:"
+echo "  $PY -m serving.client recommend --user 1m_10 -k 10"
+echo "  $PY -m serving.client similar --item 'Toy Story (1995)' -k 10"
+echo "Ctrl-C stops the worker and the server."
+wait

@@ -1,0 +1,245 @@
+#!/usr/bin/env bash
+# Local infrastructure for development and tests: a single-node Apache Kafka (KRaft,
+# broker + controller) and Redis, both on loopback, with all state under var/.
+#
+# Usage: scripts/infra.sh up|down|status
+# Env:   KAFKA_PORT (9092), KAFKA_CONTROLLER_PORT (9093), REDIS_PORT (6379),
+#        KAFKA_HEAP_OPTS (-Xms256m -Xmx1g), INFRA_TIMEOUT_S (120)
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+KAFKA_SRC="$ROOT/scripts/kafka"
+VAR="$ROOT/var"
+KAFKA_HOME="$VAR/kafka"
+KAFKA_LIB="$KAFKA_HOME/lib"
+KAFKA_DATA="$KAFKA_HOME/data"
+KAFKA_LOGS="$KAFKA_HOME/logs"
+KAFKA_PID="$KAFKA_HOME/kafka.pid"
+KAFKA_OUT="$KAFKA_LOGS/kafka.out"
+REDIS_HOME="$VAR/redis"
+REDIS_PID="$REDIS_HOME/redis.pid"
+REDIS_LOG="$REDIS_HOME/redis.log"
+
+KAFKA_PORT="${KAFKA_PORT:-9092}"
+KAFKA_CONTROLLER_PORT="${KAFKA_CONTROLLER_PORT:-9093}"
+REDIS_PORT="${REDIS_PORT:-6379}"
+KAFKA_HEAP_OPTS="${KAFKA_HEAP_OPTS:--Xms256m -Xmx1g}"
+INFRA_TIMEOUT_S="${INFRA_TIMEOUT_S:-120}"
+if [[ -z "${PYTHON:-}" ]]; then
+  if [[ -x "$ROOT/.venv/bin/python" ]]; then PYTHON="$ROOT/.venv/bin/python"; else PYTHON=python3; fi
+fi
+
+log() { printf '[infra] %s\n' "$*"; }
+die() { printf '[infra] ERROR: %s\n' "$*" >&2; exit 1; }
+
+as_root() {
+  if [[ "$(id -u)" -eq 0 ]]; then "$@"; else sudo "$@"; fi
+}
+
+apt_updated=0
+apt_install() {
+  if [[ "$apt_updated" -eq 0 ]]; then
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    apt_updated=1
+  fi
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
+# pid_alive PIDFILE PATTERN: true when the pid in PIDFILE runs a command matching PATTERN.
+pid_alive() {
+  local pidfile="$1" pattern="$2" pid
+  [[ -s "$pidfile" ]] || return 1
+  pid="$(cat "$pidfile")"
+  [[ "$pid" =~ ^[0-9]+$ ]] || return 1
+  [[ -r "/proc/$pid/cmdline" ]] || return 1
+  tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q -- "$pattern"
+}
+
+# stop_pid PIDFILE PATTERN NAME: SIGTERM, wait up to 60 s, then SIGKILL.
+stop_pid() {
+  local pidfile="$1" pattern="$2" name="$3" pid i
+  if ! pid_alive "$pidfile" "$pattern"; then
+    rm -f "$pidfile"
+    log "$name not running"
+    return 0
+  fi
+  pid="$(cat "$pidfile")"
+  kill -TERM "$pid"
+  for ((i = 0; i < 120; i++)); do
+    pid_alive "$pidfile" "$pattern" || break
+    sleep 0.5
+  done
+  if pid_alive "$pidfile" "$pattern"; then
+    log "$name (pid $pid) ignored SIGTERM; killing"
+    kill -KILL "$pid" || true
+  fi
+  rm -f "$pidfile"
+  log "$name stopped"
+}
+
+kafka_version() {
+  local jar
+  jar="$(find "$KAFKA_LIB" -maxdepth 1 -name 'kafka_2.13-*.jar' 2>/dev/null | head -n1)"
+  jar="${jar##*/kafka_2.13-}"
+  printf '%s' "${jar%.jar}"
+}
+
+kafka_probe() {
+  "$PYTHON" "$KAFKA_SRC/probe.py" "127.0.0.1:$KAFKA_PORT" "${1:-3}"
+}
+
+# Resolve the broker jars with Maven; cached in var/kafka/lib keyed by the pom's checksum.
+kafka_resolve() {
+  local stamp="$KAFKA_LIB/.pom.sha256" want
+  command -v java >/dev/null || apt_install openjdk-17-jre-headless
+  command -v mvn >/dev/null || apt_install maven
+  want="$(sha256sum "$KAFKA_SRC/pom.xml" | cut -d' ' -f1)"
+  if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
+    return 0
+  fi
+  log "resolving Kafka jars with Maven (first run only)"
+  rm -rf "$KAFKA_LIB"
+  mkdir -p "$KAFKA_LIB"
+  mkdir -p "$KAFKA_LOGS"
+  if ! mvn -B -ntp -Dstyle.color=never -f "$KAFKA_SRC/pom.xml" dependency:copy-dependencies \
+    -DincludeScope=runtime -DoutputDirectory="$KAFKA_LIB" >"$KAFKA_LOGS/mvn.out" 2>&1; then
+    tail -n 40 "$KAFKA_LOGS/mvn.out" >&2
+    die "Maven could not resolve the Kafka jars (full output in $KAFKA_LOGS/mvn.out)"
+  fi
+  printf '%s\n' "$want" >"$stamp"
+}
+
+kafka_configure() {
+  mkdir -p "$KAFKA_DATA" "$KAFKA_LOGS"
+  sed -e "s|@KAFKA_PORT@|$KAFKA_PORT|g" \
+      -e "s|@CONTROLLER_PORT@|$KAFKA_CONTROLLER_PORT|g" \
+      -e "s|@DATA_DIR@|$KAFKA_DATA|g" \
+      "$KAFKA_SRC/server.properties.in" >"$KAFKA_HOME/server.properties"
+  if [[ ! -f "$KAFKA_DATA/meta.properties" ]]; then
+    local cluster_id
+    cluster_id="$(java -cp "$KAFKA_LIB/*" kafka.tools.StorageTool random-uuid)"
+    log "formatting Kafka storage (cluster id $cluster_id)"
+    java -Dlog4j2.configurationFile="$KAFKA_SRC/log4j2.properties" -Dkafka.logs.dir="$KAFKA_LOGS" \
+      -cp "$KAFKA_LIB/*" kafka.tools.StorageTool format \
+      -t "$cluster_id" -c "$KAFKA_HOME/server.properties" >"$KAFKA_LOGS/format.out" 2>&1 \
+      || { cat "$KAFKA_LOGS/format.out" >&2; die "Kafka storage format failed"; }
+  fi
+}
+
+kafka_up() {
+  if pid_alive "$KAFKA_PID" kafka.Kafka; then
+    kafka_wait
+    log "kafka already running (pid $(cat "$KAFKA_PID")), version $(kafka_version)"
+    return 0
+  fi
+  if kafka_probe 1 >/dev/null 2>&1; then
+    log "kafka: 127.0.0.1:$KAFKA_PORT already served by a broker not started here; using it"
+    return 0
+  fi
+  kafka_resolve
+  kafka_configure
+  log "starting kafka $(kafka_version) on 127.0.0.1:$KAFKA_PORT (controller $KAFKA_CONTROLLER_PORT)"
+  # shellcheck disable=SC2086
+  nohup setsid java -server $KAFKA_HEAP_OPTS -XX:+UseG1GC -XX:MaxGCPauseMillis=20 \
+    -Djava.awt.headless=true \
+    -Dlog4j2.configurationFile="$KAFKA_SRC/log4j2.properties" \
+    -Dkafka.logs.dir="$KAFKA_LOGS" \
+    -cp "$KAFKA_LIB/*" kafka.Kafka "$KAFKA_HOME/server.properties" \
+    >"$KAFKA_OUT" 2>&1 </dev/null &
+  echo $! >"$KAFKA_PID"
+  kafka_wait
+  log "kafka up: $(kafka_probe)"
+}
+
+kafka_wait() {
+  local deadline=$((SECONDS + INFRA_TIMEOUT_S))
+  until kafka_probe 2 >/dev/null 2>&1; do
+    if ! pid_alive "$KAFKA_PID" kafka.Kafka; then
+      kafka_fail "kafka process exited during startup"
+    fi
+    if ((SECONDS >= deadline)); then
+      kafka_fail "kafka did not answer on 127.0.0.1:$KAFKA_PORT within ${INFRA_TIMEOUT_S}s"
+    fi
+    sleep 0.5
+  done
+}
+
+kafka_fail() {
+  {
+    printf '[infra] ERROR: %s\n' "$1"
+    printf -- '--- tail of %s\n' "$KAFKA_OUT"
+    tail -n 30 "$KAFKA_OUT" 2>/dev/null || true
+    printf -- '--- tail of %s\n' "$KAFKA_LOGS/server.log"
+    tail -n 40 "$KAFKA_LOGS/server.log" 2>/dev/null || true
+  } >&2
+  exit 1
+}
+
+redis_ping() {
+  [[ "$(redis-cli -h 127.0.0.1 -p "$REDIS_PORT" ping 2>/dev/null)" == "PONG" ]]
+}
+
+redis_up() {
+  command -v redis-server >/dev/null || { log "installing redis-server"; apt_install redis-server; }
+  if pid_alive "$REDIS_PID" redis-server; then
+    log "redis already running (pid $(cat "$REDIS_PID"))"
+    return 0
+  fi
+  if redis_ping; then
+    log "redis: 127.0.0.1:$REDIS_PORT already served by a server not started here; using it"
+    return 0
+  fi
+  mkdir -p "$REDIS_HOME"
+  redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --daemonize yes \
+    --dir "$REDIS_HOME" --pidfile "$REDIS_PID" --logfile "$REDIS_LOG" \
+    --save "" --appendonly no \
+    || die "redis-server failed to start (see $REDIS_LOG)"
+  local deadline=$((SECONDS + 30))
+  until redis_ping; do
+    if ((SECONDS >= deadline)); then
+      tail -n 20 "$REDIS_LOG" >&2 || true
+      die "redis did not answer PING on 127.0.0.1:$REDIS_PORT"
+    fi
+    sleep 0.2
+  done
+  log "redis up: $(redis-server --version | grep -o 'v=[0-9.]*' | cut -c3-) on 127.0.0.1:$REDIS_PORT"
+}
+
+status() {
+  local rc=0 detail
+  if detail="$(kafka_probe 2 2>&1)"; then
+    if pid_alive "$KAFKA_PID" kafka.Kafka; then
+      log "kafka: up (pid $(cat "$KAFKA_PID"), version $(kafka_version)) 127.0.0.1:$KAFKA_PORT $detail"
+    else
+      log "kafka: up (not started by this script) 127.0.0.1:$KAFKA_PORT $detail"
+    fi
+  else
+    log "kafka: DOWN ($detail)"
+    rc=1
+  fi
+  if command -v redis-cli >/dev/null && redis_ping; then
+    log "redis: up 127.0.0.1:$REDIS_PORT"
+  else
+    log "redis: DOWN on 127.0.0.1:$REDIS_PORT"
+    rc=1
+  fi
+  return "$rc"
+}
+
+case "${1:-}" in
+  up)
+    redis_up
+    kafka_up
+    ;;
+  down)
+    stop_pid "$KAFKA_PID" kafka.Kafka kafka
+    stop_pid "$REDIS_PID" redis-server redis
+    ;;
+  status)
+    status
+    ;;
+  *)
+    echo "usage: $0 up|down|status" >&2
+    exit 2
+    ;;
+esac

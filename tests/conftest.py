@@ -1,0 +1,106 @@
+"""Shared fixtures: the local Kafka and Redis started by `bash scripts/infra.sh up`.
+
+Integration tests fail (never skip) when a service is unreachable; CI starts infra first.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import Callable, Iterator
+
+import pytest
+import redis
+from kafka import KafkaAdminClient
+from kafka.admin import NewTopic
+from kafka.errors import KafkaError
+
+START_HINT = "run `bash scripts/infra.sh up` (or `make infra-up`)"
+TOPIC_READY_TIMEOUT_S = 30.0
+
+CreateTopics = Callable[..., list[str]]
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> str:
+    """Bootstrap servers of the test broker (env STREAMREC_TEST_KAFKA)."""
+    bootstrap = os.environ.get("STREAMREC_TEST_KAFKA", "127.0.0.1:9092")
+    try:
+        admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
+        try:
+            admin.describe_cluster()
+        finally:
+            admin.close()
+    except (KafkaError, OSError) as exc:
+        pytest.fail(f"Kafka is not reachable at {bootstrap} ({exc!r}); {START_HINT}", pytrace=False)
+    return bootstrap
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    """URL of the test Redis (env STREAMREC_TEST_REDIS)."""
+    url = os.environ.get("STREAMREC_TEST_REDIS", "redis://127.0.0.1:6379/0")
+    client = redis.Redis.from_url(url, socket_connect_timeout=5)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        pytest.fail(f"Redis is not reachable at {url} ({exc!r}); {START_HINT}", pytrace=False)
+    finally:
+        client.close()
+    return url
+
+
+@pytest.fixture
+def unique() -> str:
+    """A fresh short suffix for topic names, consumer groups and Redis prefixes."""
+    return "t" + uuid.uuid4().hex[:10]
+
+
+@pytest.fixture
+def create_topics(kafka_bootstrap: str) -> Iterator[CreateTopics]:
+    """Create topics and wait until every partition has a leader; deleted at teardown.
+
+    Call as ``create_topics(["a", "b"], partitions=4, config={"cleanup.policy": "compact"})``.
+    """
+    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    created: list[str] = []
+
+    def create(
+        names: list[str], partitions: int = 4, config: dict[str, str] | None = None
+    ) -> list[str]:
+        admin.create_topics(
+            [NewTopic(n, num_partitions=partitions, replication_factor=1, topic_configs=config or {})
+             for n in names]
+        )
+        created.extend(names)
+        _wait_for_leaders(admin, names, partitions)
+        return list(names)
+
+    yield create
+    if created:
+        try:
+            admin.delete_topics(created)
+        except KafkaError:
+            pass
+    admin.close()
+
+
+def _wait_for_leaders(admin: KafkaAdminClient, names: list[str], partitions: int) -> None:
+    deadline = time.monotonic() + TOPIC_READY_TIMEOUT_S
+    while True:
+        try:
+            described = admin.describe_topics(names)
+        except KafkaError:
+            described = []
+        ready = [
+            t for t in described
+            if t["error_code"] == 0
+            and len(t["partitions"]) == partitions
+            and all(p["leader_id"] >= 0 for p in t["partitions"])
+        ]
+        if len(ready) == len(names):
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"topics {names} not ready after {TOPIC_READY_TIMEOUT_S}s")
+        time.sleep(0.1)
