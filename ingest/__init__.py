@@ -1,0 +1,1 @@
+"""Brings data sets into Kafka: the catalog to `items`, interactions to `events`."""

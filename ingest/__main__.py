@@ -1,0 +1,206 @@
+"""Command line: ``python -m ingest {stats,catalog,replay} ...``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+from aiokafka.errors import KafkaError
+from pydantic import ValidationError
+
+from ingest import movielens
+from ingest.dataset import Dataset, Selection, describe, parse_users, select
+from ingest.errors import IngestError, ReplayOptionError
+from ingest.replay import ReplayOptions, make_producer, publish_catalog, replay
+from ingest.settings import IngestSettings
+from ingest.tabular import load_tabular
+
+log = logging.getLogger("ingest")
+
+_SECONDS_BELOW = 1e11
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every sub-command."""
+    parser = argparse.ArgumentParser(
+        prog="python -m ingest",
+        description="Bring a data set into Kafka: catalog to `items`, interactions to `events`. "
+        "Kafka address and topics come from STREAMREC_INGEST_* variables.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name, text in (
+        ("stats", "print counts of a data set (no Kafka)"),
+        ("catalog", "produce the catalog to the items topic"),
+        ("replay", "produce the catalog, then the interactions in time order"),
+    ):
+        sub = commands.add_parser(name, help=text, description=text)
+        _add_source_arguments(sub)
+        if name == "replay":
+            _add_replay_arguments(sub)
+        if name != "stats":
+            sub.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    return parser
+
+
+def _add_source_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("source (a packaged data set, or files)")
+    group.add_argument("--source", choices=["movielens"], help="packaged data set: MovieLens-1M")
+    group.add_argument("--interactions", type=Path, help="CSV or Parquet file of interactions")
+    group.add_argument("--items", type=Path, help="CSV or Parquet file of items")
+    group.add_argument("--name", help="data set name used in event ids (default: file stem)")
+    group.add_argument(
+        "--column", action="append", default=[], metavar="FIELD=NAME",
+        help="interactions column for a field (user_id, item_id, timestamp, event_type, value)",
+    )
+    group.add_argument(
+        "--item-column", action="append", default=[], metavar="FIELD=NAME",
+        help="items column for a field (item_id, title, description, categories, price, "
+        "availability)",
+    )
+    group.add_argument(
+        "--default-event-type", default="view",
+        help="event type of rows without one (default: view)",
+    )
+
+
+def _add_replay_arguments(parser: argparse.ArgumentParser) -> None:
+    pace = parser.add_argument_group("pacing")
+    pace.add_argument(
+        "--speedup", type=float, default=1.0,
+        help="X times real time; 0 sends as fast as possible (default: 1)",
+    )
+    pace.add_argument(
+        "--max-gap-s", type=float, default=5.0,
+        help="longest wait between two events, in seconds (default: 5)",
+    )
+    pace.add_argument("--rate", type=float, help="at most this many events per second")
+    pace.add_argument(
+        "--rebase-now", action="store_true",
+        help="shift event times so the last selected event happens now",
+    )
+    pick = parser.add_argument_group("selection (applied in this order)")
+    pick.add_argument("--start", help="first event time: ISO-8601 or epoch seconds/ms")
+    pick.add_argument("--end", help="events before this time: ISO-8601 or epoch seconds/ms")
+    pick.add_argument("--users", help="first N users to appear, or a fraction in (0, 1)")
+    pick.add_argument("--limit", type=int, help="at most N events")
+    parser.add_argument(
+        "--skip-catalog", action="store_true", help="do not produce the catalog first"
+    )
+
+
+def load_source(args: argparse.Namespace) -> Dataset:
+    """The data set the arguments name."""
+    if args.source and (args.interactions or args.items):
+        raise ReplayOptionError("give either --source or --interactions/--items, not both")
+    if args.source == "movielens":
+        return movielens.load()
+    if not (args.interactions or args.items):
+        raise ReplayOptionError("give --source movielens, or --interactions and/or --items")
+    return load_tabular(
+        args.interactions,
+        args.items,
+        name=args.name,
+        interaction_columns=parse_column_map(args.column),
+        item_columns=parse_column_map(args.item_column),
+        default_event_type=args.default_event_type,
+    )
+
+
+def parse_column_map(pairs: Sequence[str]) -> dict[str, str]:
+    """``["user_id=uid"]`` -> ``{"user_id": "uid"}``."""
+    mapping: dict[str, str] = {}
+    for pair in pairs:
+        field, sep, column = pair.partition("=")
+        if not sep or not field.strip() or not column.strip():
+            raise ReplayOptionError(f"column mapping must look like FIELD=NAME, got {pair!r}")
+        mapping[field.strip()] = column.strip()
+    return mapping
+
+
+def parse_instant(text: str | None, option: str) -> int | None:
+    """ISO-8601 (UTC unless an offset is given) or epoch seconds/ms -> epoch ms."""
+    if text is None:
+        return None
+    try:
+        number = float(text)
+    except ValueError:
+        try:
+            stamp = pd.Timestamp(text)
+        except ValueError:
+            raise ReplayOptionError(
+                f"{option} must be ISO-8601 or epoch seconds/ms, got {text!r}"
+            ) from None
+        stamp = stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp
+        return int(stamp.as_unit("ns").value // 1_000_000)
+    return int(round(number * 1000 if abs(number) < _SECONDS_BELOW else number))
+
+
+def selection_from(args: argparse.Namespace) -> Selection:
+    """The `Selection` of the replay arguments."""
+    return Selection(
+        start_ms=parse_instant(args.start, "--start"),
+        end_ms=parse_instant(args.end, "--end"),
+        users=parse_users(args.users) if args.users is not None else None,
+        limit=args.limit,
+    )
+
+
+async def _produce(
+    settings: IngestSettings, dataset: Dataset, args: argparse.Namespace
+) -> list[str]:
+    progress = not args.no_progress
+    if args.command == "catalog":
+        producer = make_producer(settings)
+        await producer.start()
+        try:
+            sent = await publish_catalog(producer, settings, dataset.items, progress=progress)
+        finally:
+            await producer.stop()
+        return [f"items sent:   {sent} -> {settings.topic_items}"]
+    options = ReplayOptions(
+        speedup=args.speedup,
+        max_gap_s=args.max_gap_s,
+        rate=args.rate,
+        rebase_now=args.rebase_now,
+        send_catalog=not args.skip_catalog,
+        progress=progress,
+    )
+    chosen = select(dataset.interactions, selection_from(args))
+    producer = make_producer(settings)
+    await producer.start()
+    try:
+        summary = await replay(producer, settings, dataset, chosen, options)
+    finally:
+        await producer.stop()
+    return summary.lines()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one sub-command; 0 on success, 2 on bad input, 3 when Kafka fails."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    try:
+        settings = IngestSettings()
+        if args.command == "replay":
+            selection_from(args)  # reject bad selection options before loading data
+        dataset = load_source(args)
+        lines = describe(dataset) if args.command == "stats" else asyncio.run(
+            _produce(settings, dataset, args)
+        )
+    except (IngestError, ValidationError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KafkaError as error:
+        print(f"error: Kafka at {settings.kafka_bootstrap}: {error!r}", file=sys.stderr)
+        return 3
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,24 @@
+"""Settings of the ingest tool, read once from ``STREAMREC_INGEST_*`` variables."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class IngestSettings(BaseSettings):
+    """Where replayed data goes and how the producer batches it."""
+
+    model_config = SettingsConfigDict(env_prefix="STREAMREC_INGEST_", extra="forbid")
+
+    kafka_bootstrap: str = "127.0.0.1:9092"
+    topic_events: str = "events"
+    topic_items: str = "items"
+    client_id: str = "streamrec-ingest"
+    max_batch_bytes: int = Field(
+        default=1_048_576, ge=1024, description="records go out in batches up to this size"
+    )
+    acks: Literal["all", "1", "0"] = "all"
+    request_timeout_ms: int = Field(default=30_000, ge=1000)
