@@ -1,0 +1,49 @@
+"""``python -m streams [worker]``: read settings, build the worker, run it until stopped."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+
+from pydantic import ValidationError
+
+from streams.errors import StreamsError
+from streams.settings import StreamsSettings
+
+log = logging.getLogger("streams")
+
+USAGE = "usage: python -m streams [worker]"
+
+
+def main(argv: list[str]) -> int:
+    if argv not in ([], ["worker"]):
+        print(USAGE, file=sys.stderr)
+        return 2
+    started = time.monotonic()
+    try:
+        settings = StreamsSettings()
+    except ValidationError as error:
+        print(f"invalid STREAMREC_STREAMS_* settings:\n{error}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    # Hugging Face reads this when its modules are imported, which streams.worker does.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from streams.worker import build_worker
+
+    try:
+        worker = build_worker(settings)
+    except StreamsError as error:
+        log.error("cannot start: %s", error)
+        return 1
+    log.info("worker built in %.1f s", time.monotonic() - started)
+    worker.execute_from_commandline()  # runs until SIGTERM/SIGINT, then exits the process
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

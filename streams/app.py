@@ -1,0 +1,126 @@
+"""The Faust app: topics, the users table and the two agents, wired from settings.
+
+Values and keys travel as raw bytes; the handlers decode protobuf themselves so that
+undecodable input is dead-lettered instead of crashing an agent.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, cast
+
+import faust
+from faust import Stream
+from faust.types import StreamT
+
+from streams.agents import EventsHandler, ItemsHandler
+from streams.catalog import Catalog
+from streams.encoder import ItemEncoder
+from streams.history import weights_by_type
+from streams.online import OnlineState
+from streams.processing import Policy
+from streams.settings import StreamsSettings
+from streams.transport import ShortFetchTransport
+from streams.validation import EventLimits
+
+log = logging.getLogger(__name__)
+
+STATS_INTERVAL_S = 30.0
+
+
+def faust_config(settings: StreamsSettings) -> dict[str, Any]:
+    """Keyword arguments of ``faust.App`` for these settings."""
+    return {
+        "broker": [f"kafka://{server}" for server in settings.bootstrap_servers()],
+        "key_serializer": "raw",
+        "value_serializer": "raw",
+        "store": settings.table_store,
+        "datadir": str(settings.datadir),
+        "topic_partitions": settings.topic_partitions,
+        "topic_replication_factor": settings.topic_replication,
+        "consumer_auto_offset_reset": "earliest",
+        "producer_linger": settings.producer_linger_ms / 1000.0,
+        "web_enabled": settings.web_enabled,
+        "web_port": settings.web_port,
+        "autodiscover": False,
+    }
+
+
+def create_app(
+    settings: StreamsSettings, *, catalog: Catalog, encoder: ItemEncoder, online: OnlineState
+) -> faust.App:
+    """Build the app; nothing connects until a worker starts it."""
+    app = faust.App(settings.app_id, **faust_config(settings))
+    # Set before anything touches app.topics, which would build the default transport.
+    app.transport = ShortFetchTransport(
+        app.conf.broker_consumer, app, fetch_max_wait_ms=settings.consumer_fetch_max_wait_ms
+    )
+
+    events = app.topic(settings.topic_events, key_type=bytes, value_type=bytes)
+    items = app.topic(settings.topic_items, key_type=bytes, value_type=bytes)
+    enriched = app.topic(settings.topic_enriched, key_type=bytes, value_type=bytes)
+    dlq = app.topic(settings.topic_dlq, key_type=bytes, value_type=bytes)
+    item_vectors = app.topic(settings.topic_item_vectors, key_type=bytes, value_type=bytes)
+    users = app.Table(
+        "users",
+        key_type=bytes,
+        value_type=bytes,
+        partitions=settings.topic_partitions,
+        help="user id -> recent history and accepted event ids (streams.history JSON)",
+    )
+
+    items_handler = ItemsHandler(
+        catalog=catalog, encoder=encoder, item_vectors=item_vectors, dlq=dlq,
+        max_item_bytes=settings.max_event_bytes,
+    )
+    events_handler = EventsHandler(
+        catalog=catalog,
+        users=users,
+        online=online,
+        enriched=enriched,
+        dlq=dlq,
+        policy=Policy(
+            limits=EventLimits(settings.max_event_bytes, settings.max_future_skew_ms),
+            weights=weights_by_type(settings.weights),
+            history_length=settings.history_length,
+            dedupe_window=settings.dedupe_window,
+        ),
+        half_life_ms=settings.decay_half_life_s * 1000.0,
+    )
+
+    @app.agent(items, name="items")
+    async def embed_items(stream: StreamT) -> None:
+        # take_events is on faust.Stream, not on its StreamT interface.
+        async for batch in cast(Stream, stream).take_events(
+            settings.item_batch_size, within=settings.item_batch_within_s
+        ):
+            await items_handler.handle(batch)
+
+    @app.agent(events, name="events")
+    async def process_events(stream: StreamT) -> None:
+        # Batches share one Redis round trip; a lone event waits at most `within`.
+        async for batch in cast(Stream, stream).take_events(
+            settings.event_batch_size, within=settings.event_batch_within_s
+        ):
+            await events_handler.handle(batch)
+
+    last = {"accepted": 0, "rejected": 0, "embedded": 0}
+
+    @app.timer(STATS_INTERVAL_S)
+    async def log_stats() -> None:
+        now = {
+            "accepted": events_handler.accepted,
+            "rejected": sum(events_handler.rejected.values()),
+            "embedded": items_handler.embedded,
+        }
+        if now != last:
+            log.info(
+                "last %.0f s: %s events accepted, %s dead-lettered, %s items embedded; "
+                "dead letters since start %s; catalog %s items, %s vectors",
+                STATS_INTERVAL_S, now["accepted"] - last["accepted"],
+                now["rejected"] - last["rejected"], now["embedded"] - last["embedded"],
+                dict(events_handler.rejected), len(catalog), catalog.vector_count(),
+            )
+            last.update(now)
+
+    return app

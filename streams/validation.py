@@ -1,0 +1,93 @@
+"""Decode and check raw records; every failure is a :class:`RejectedInput` with its reason."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from google.protobuf.message import DecodeError
+
+from protos import events_pb2
+from streams.errors import (
+    BadTimestamp,
+    KeyMismatch,
+    MissingField,
+    Oversized,
+    Undecodable,
+    UnknownEventType,
+)
+
+MIN_TIMESTAMP_MS = 788_918_400_000  # 1995-01-01T00:00:00Z
+KNOWN_EVENT_TYPES = frozenset(
+    value for value in events_pb2.EventType.values() if value != events_pb2.EVENT_TYPE_UNSPECIFIED
+)
+
+
+@dataclass(frozen=True)
+class EventLimits:
+    """What an acceptable event looks like beyond its schema."""
+
+    max_bytes: int
+    max_future_skew_ms: int
+
+
+def decode_event(payload: bytes | None, limits: EventLimits) -> events_pb2.Event:
+    """Protobuf ``Event`` from a record value; raises Oversized or Undecodable."""
+    if payload is None:
+        raise Undecodable("the record has no value")
+    if len(payload) > limits.max_bytes:
+        raise Oversized(f"{len(payload)} bytes > limit {limits.max_bytes}")
+    try:
+        return events_pb2.Event.FromString(payload)
+    except DecodeError as error:
+        raise Undecodable(str(error)) from None
+
+
+def validate_event(
+    event: events_pb2.Event, key: bytes | None, *, now_ms: int, limits: EventLimits
+) -> None:
+    """Raise the first contract violation of a decoded event, checked in the contract's order."""
+    missing = [
+        name
+        for name, present in (
+            ("event_id", bool(event.event_id)),
+            ("user_id", bool(event.user_id)),
+            ("item_id", bool(event.item_id)),
+            ("timestamp_ms", event.timestamp_ms != 0),
+        )
+        if not present
+    ]
+    if missing:
+        raise MissingField(f"empty: {', '.join(missing)}")
+    if event.type not in KNOWN_EVENT_TYPES:
+        raise UnknownEventType(f"type {event.type} is not a known EventType")
+    if event.timestamp_ms < MIN_TIMESTAMP_MS:
+        raise BadTimestamp(f"timestamp_ms {event.timestamp_ms} is before 1995-01-01")
+    if event.timestamp_ms > now_ms + limits.max_future_skew_ms:
+        raise BadTimestamp(
+            f"timestamp_ms {event.timestamp_ms} is more than {limits.max_future_skew_ms} ms "
+            f"ahead of now ({now_ms})"
+        )
+    if key is not None and key != event.user_id.encode():
+        raise KeyMismatch(f"key {key[:64]!r} is not user_id {event.user_id[:64]!r}")
+
+
+def parse_event(
+    payload: bytes | None, key: bytes | None, *, now_ms: int, limits: EventLimits
+) -> events_pb2.Event:
+    """Decode and validate a record of the events topic."""
+    event = decode_event(payload, limits)
+    validate_event(event, key, now_ms=now_ms, limits=limits)
+    return event
+
+
+def parse_item(payload: bytes, *, max_bytes: int) -> events_pb2.Item:
+    """Decode a record of the items topic; the item id must be set."""
+    if len(payload) > max_bytes:
+        raise Oversized(f"{len(payload)} bytes > limit {max_bytes}")
+    try:
+        item = events_pb2.Item.FromString(payload)
+    except DecodeError as error:
+        raise Undecodable(str(error)) from None
+    if not item.item_id:
+        raise MissingField("empty: item_id")
+    return item

@@ -1,0 +1,64 @@
+"""Fixtures of the streams tests: the real item encoder, and a running worker per module
+(on `kafka_bootstrap` and `redis_url` from tests/conftest.py)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import pytest
+import redis
+from kafka import KafkaAdminClient, KafkaProducer
+from kafka.errors import KafkaError
+from streams_harness import Running, StreamsWorker, TopicLog
+
+from streams.encoder import ItemEncoder, pretrained_model_dir
+
+
+@pytest.fixture(scope="session")
+def encoder() -> ItemEncoder:
+    return ItemEncoder.load(pretrained_model_dir(), device="cpu", bf16="off", max_length=64)
+
+
+@pytest.fixture(scope="module")
+def running(
+    kafka_bootstrap: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Running]:
+    """One worker per test module (model load and group join take seconds); its topics
+    and Redis keys are deleted afterwards."""
+    suffix = "t" + uuid.uuid4().hex[:10]
+    worker = StreamsWorker(
+        kafka=kafka_bootstrap, redis_url=redis_url, suffix=suffix,
+        workdir=tmp_path_factory.mktemp(f"streams-{suffix}"),
+    )
+    client = redis.Redis.from_url(redis_url)
+    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all", linger_ms=0)
+    logs: dict[str, TopicLog] = {}
+    try:
+        startup_s = worker.start()
+        logs = {name: TopicLog(kafka_bootstrap, topic) for name, topic in worker.topics.items()}
+        yield Running(worker, producer, logs, client, startup_s)
+    finally:
+        exit_code = worker.stop()
+        for topic_log in logs.values():
+            topic_log.close()
+        producer.close()
+        names = client.keys(f"{worker.redis_prefix}*")
+        if names:
+            client.delete(*names)
+        client.close()
+        _delete_topics(kafka_bootstrap, suffix)
+    assert exit_code == 0, f"worker exit code {exit_code}:\n{worker.log_tail()}"
+
+
+def _delete_topics(bootstrap: str, suffix: str) -> None:
+    """The worker's topics and Faust's internal ones (named after the app id)."""
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        mine = [name for name in admin.list_topics() if suffix in name]
+        if mine:
+            admin.delete_topics(mine)
+    except KafkaError:
+        pass
+    finally:
+        admin.close()

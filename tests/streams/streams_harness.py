@@ -1,0 +1,148 @@
+"""A streams worker as a child process, and readers of its topics, for integration tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+import redis
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.consumer.fetcher import ConsumerRecord
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+T = TypeVar("T")
+
+
+class StreamsWorker:
+    """``python -m streams`` as a child process with its own topics, group and Redis prefix."""
+
+    def __init__(self, *, kafka: str, redis_url: str, suffix: str, workdir: Path) -> None:
+        self.suffix = suffix
+        self.topics = {
+            "events": f"events-{suffix}",
+            "enriched": f"events.enriched-{suffix}",
+            "dlq": f"events.dlq-{suffix}",
+            "items": f"items-{suffix}",
+            "item_vectors": f"item-vectors-{suffix}",
+        }
+        self.redis_prefix = f"test-{suffix}:"
+        self.log_path = workdir / "worker.log"
+        self.env = {
+            **os.environ,
+            "STREAMREC_STREAMS_KAFKA_BOOTSTRAP": kafka,
+            "STREAMREC_STREAMS_REDIS_URL": redis_url,
+            "STREAMREC_STREAMS_REDIS_PREFIX": self.redis_prefix,
+            "STREAMREC_STREAMS_APP_ID": f"streams-test-{suffix}",
+            "STREAMREC_STREAMS_DATADIR": str(workdir / "data"),
+            "STREAMREC_STREAMS_ARTIFACT_DIR": str(workdir / "artifacts"),
+            "STREAMREC_STREAMS_WEB_ENABLED": "false",
+            **{
+                f"STREAMREC_STREAMS_TOPIC_{name.upper()}": topic
+                for name, topic in self.topics.items()
+            },
+        }
+        self._process: subprocess.Popen[bytes] | None = None
+        self._log_offset = 0
+
+    def start(self, timeout_s: float = 120.0) -> float:
+        """Start and wait until the worker reports ready; returns the seconds it took."""
+        started = time.monotonic()
+        self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        with self.log_path.open("ab") as log:
+            self._process = subprocess.Popen(
+                [sys.executable, "-m", "streams"], cwd=REPO_ROOT, env=self.env,
+                stdout=log, stderr=subprocess.STDOUT,
+            )
+        while "Ready" not in self.log_since_start() and " OK ^" not in self.log_since_start():
+            self.check_alive()
+            if time.monotonic() - started > timeout_s:
+                raise AssertionError(f"worker not ready after {timeout_s} s:\n{self.log_tail()}")
+            time.sleep(0.2)
+        return time.monotonic() - started
+
+    def log_since_start(self) -> str:
+        with self.log_path.open("rb") as log:
+            log.seek(self._log_offset)
+            return log.read().decode(errors="replace")
+
+    def log_tail(self, lines: int = 80) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def check_alive(self) -> None:
+        if self._process is None or self._process.poll() is not None:
+            raise AssertionError(f"the worker exited:\n{self.log_tail()}")
+
+    def stop(self) -> int | None:
+        """SIGTERM, then SIGKILL after 30 s; returns the exit code."""
+        if self._process is None:
+            return None
+        process, self._process = self._process, None
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        return process.returncode
+
+
+class TopicLog:
+    """Every record of one topic, read from the beginning as it grows."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        self._consumer = KafkaConsumer(
+            bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
+            auto_offset_reset="earliest",
+        )
+        partitions = self._consumer.partitions_for_topic(topic) or set()
+        assert partitions, f"topic {topic} does not exist"
+        self._consumer.assign([TopicPartition(topic, p) for p in sorted(partitions)])
+        self._consumer.seek_to_beginning()
+        self.records: list[ConsumerRecord] = []
+
+    def poll(self) -> None:
+        for batch in self._consumer.poll(timeout_ms=200).values():
+            self.records.extend(batch)
+
+    def wait_for(
+        self, found: Callable[[list[ConsumerRecord]], T | None], worker: StreamsWorker,
+        timeout_s: float = 60.0, what: str = "records",
+    ) -> T:
+        """Poll until `found` returns something other than None (or fail after the timeout)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            self.poll()
+            result = found(self.records)
+            if result is not None:
+                return result
+            worker.check_alive()
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no {what} after {timeout_s} s:\n{worker.log_tail()}")
+
+    def close(self) -> None:
+        self._consumer.close()
+
+
+@dataclass
+class Running:
+    """A started worker with producers and readers on its topics."""
+
+    worker: StreamsWorker
+    producer: KafkaProducer
+    logs: dict[str, TopicLog]
+    redis: redis.Redis
+    startup_s: float
+
+    def send(self, topic: str, key: str | bytes | None, value: bytes) -> tuple[int, int]:
+        """Produce one record and return its (partition, offset)."""
+        raw_key = key.encode() if isinstance(key, str) else key
+        metadata = self.producer.send(self.worker.topics[topic], key=raw_key, value=value).get(30)
+        return metadata.partition, metadata.offset

@@ -1,0 +1,47 @@
+"""streams.catalog: items, and vectors of the model version in use only."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from protos import events_pb2
+from streams.catalog import Catalog
+
+
+def vector(item_id: str, version: str, values: list[float]) -> events_pb2.ItemVector:
+    return events_pb2.ItemVector(item_id=item_id, model_version=version, vector=values)
+
+
+def test_items_are_added_replaced_and_removed() -> None:
+    catalog = Catalog(model_version="base", dim=2)
+    catalog.put_item(events_pb2.Item(item_id="a", title="old"))
+    catalog.put_item(events_pb2.Item(item_id="a", title="new"))
+    assert len(catalog) == 1
+    item = catalog.item("a")
+    assert item is not None and item.title == "new"
+    assert catalog.put_vector(vector("a", "base", [1.0, 0.0]))
+    catalog.remove_item("a")
+    assert catalog.item("a") is None and catalog.vector("a") is None
+
+
+def test_only_vectors_of_the_version_in_use_are_kept() -> None:
+    catalog = Catalog(model_version="v2", dim=2)
+    assert not catalog.put_vector(vector("a", "base", [1.0, 0.0]))
+    assert catalog.vector("a") is None
+    assert catalog.put_vector(vector("a", "v2", [3.0, 4.0]))
+    stored = catalog.vector("a")
+    assert stored is not None and stored.dtype == np.float32
+    np.testing.assert_allclose(stored, [0.6, 0.8])  # normalised on the way in
+    assert catalog.vector_count() == 1
+
+
+def test_vectors_of_another_dimension_are_ignored() -> None:
+    catalog = Catalog(model_version="base", dim=3)
+    assert not catalog.put_vector(vector("a", "base", [1.0, 0.0]))
+    assert catalog.vector("a") is None
+
+
+@pytest.mark.parametrize("version", ["base", "20261122T230000Z"])
+def test_model_version_is_kept(version: str) -> None:
+    assert Catalog(model_version=version, dim=1).model_version == version

@@ -1,0 +1,121 @@
+"""streams.online against the real Redis: contract keys, trimming, and retry until Redis is back."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections.abc import AsyncIterator
+from urllib.parse import urlparse
+
+import numpy as np
+import pytest
+from redis.asyncio import Redis
+
+from streams.online import OnlineState, RedisKeys, Touch, UserVector
+from streams.vectors import from_bytes, to_bytes
+
+pytestmark = pytest.mark.integration
+
+
+def touch(item: str, ts: int, *, popularity: float = 2.0, user: str = "u1") -> Touch:
+    return Touch(user_id=user, item_id=item, timestamp_ms=ts, popularity=popularity)
+
+
+def user_vector(vector: np.ndarray, newest_ms: int, user: str = "u1") -> UserVector:
+    return UserVector(user_id=user, vector=to_bytes(vector), version="base",
+                      newest_ms=newest_ms, written_at_ms=1_790_000_000_000)
+
+
+@pytest.fixture
+async def redis(redis_url: str, unique: str) -> AsyncIterator[tuple[Redis, RedisKeys]]:
+    client = Redis.from_url(redis_url)
+    keys = RedisKeys(f"test-{unique}:")
+    yield client, keys
+    names = await client.keys(f"{keys.prefix}*")
+    if names:
+        await client.delete(*names)
+    await client.aclose()
+
+
+async def test_writes_the_contract_keys(redis: tuple[Redis, RedisKeys]) -> None:
+    client, keys = redis
+    online = OnlineState(client, keys=keys, seen_length=3, retry_initial_s=0.01, retry_max_s=0.1)
+    vector = np.array([0.6, 0.8], dtype=np.float32)
+    await online.write([touch("a", 100)], [user_vector(vector, 100)])
+    stored: dict[bytes, bytes]
+    stored = await client.hgetall(keys.user_vector("u1"))  # type: ignore[assignment,misc]
+    np.testing.assert_array_equal(from_bytes(stored[b"vec"]), vector)
+    assert stored[b"version"] == b"base"
+    assert int(stored[b"ts"]) == 100 and int(stored[b"at"]) == 1_790_000_000_000
+    assert await client.zscore(keys.seen("u1"), "a") == 100
+    assert await client.zscore(keys.popular(), "a") == 2.0
+
+
+async def test_seen_keeps_newest_time_and_is_trimmed(redis: tuple[Redis, RedisKeys]) -> None:
+    client, keys = redis
+    online = OnlineState(client, keys=keys, seen_length=3, retry_initial_s=0.01, retry_max_s=0.1)
+    await online.write([touch("a", 10), touch("b", 20)], [])
+    await online.write(
+        [touch("c", 30), touch("a", 5), touch("d", 40), touch("x", 1, user="u2")], []
+    )
+    seen = await client.zrange(keys.seen("u1"), 0, -1, withscores=True)
+    assert seen == [(b"b", 20.0), (b"c", 30.0), (b"d", 40.0)]
+    assert await client.zscore(keys.popular(), "a") == 4.0
+    assert await client.zrange(keys.seen("u2"), 0, -1) == [b"x"]
+
+
+async def test_no_vector_and_no_popularity_leave_those_keys_alone(
+    redis: tuple[Redis, RedisKeys],
+) -> None:
+    client, keys = redis
+    online = OnlineState(client, keys=keys, seen_length=3, retry_initial_s=0.01, retry_max_s=0.1)
+    await online.write([touch("a", 10, popularity=0.0)], [])
+    assert not await client.exists(keys.user_vector("u1"))
+    assert await client.zscore(keys.popular(), "a") is None
+    assert await client.zscore(keys.seen("u1"), "a") == 10
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def test_write_retries_until_redis_is_reachable(
+    redis: tuple[Redis, RedisKeys], redis_url: str, caplog: pytest.LogCaptureFixture,
+) -> None:
+    client, keys = redis
+    target = urlparse(redis_url)
+    port = _free_port()  # nothing listens here until the proxy below starts
+    database = target.path.lstrip("/") or "0"
+    unreachable = Redis.from_url(f"redis://127.0.0.1:{port}/{database}")
+    online = OnlineState(
+        unreachable, keys=keys, seen_length=3, retry_initial_s=0.02, retry_max_s=0.1
+    )
+
+    async def forward(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        upstream_reader, upstream_writer = await asyncio.open_connection(
+            target.hostname, target.port or 6379
+        )
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            while data := await src.read(65536):
+                dst.write(data)
+                await dst.drain()
+            dst.close()
+
+        await asyncio.gather(pipe(reader, upstream_writer), pipe(upstream_reader, writer))
+
+    with caplog.at_level(logging.WARNING, logger="streams.online"):
+        writing = asyncio.create_task(online.write([touch("a", 10)], []))
+        await asyncio.sleep(0.5)
+        assert not writing.done()
+        server = await asyncio.start_server(forward, "127.0.0.1", port)
+        try:
+            await asyncio.wait_for(writing, timeout=10)
+        finally:
+            await unreachable.aclose()
+            server.close()
+    assert await client.zscore(keys.seen("u1"), "a") == 10
+    assert any("retrying" in record.getMessage() for record in caplog.records)

@@ -1,0 +1,163 @@
+"""streams.processing: admit (catalog join, dedupe, replay) and the outgoing messages."""
+
+from __future__ import annotations
+
+import pytest
+
+from protos import events_pb2
+from streams.errors import Duplicate, Undecodable, UnknownItem
+from streams.history import UserState, weights_by_type
+from streams.processing import (
+    INTERNAL_ERROR,
+    Accepted,
+    Policy,
+    Record,
+    Rejected,
+    admit,
+    admit_batch,
+    dead_letter,
+    enriched_event,
+)
+from streams.settings import DEFAULT_WEIGHTS
+from streams.validation import EventLimits
+
+NOW_MS = 1_790_000_000_000
+POLICY = Policy(
+    limits=EventLimits(max_bytes=4096, max_future_skew_ms=60_000),
+    weights=weights_by_type(DEFAULT_WEIGHTS),
+    history_length=10,
+    dedupe_window=10,
+)
+CATALOG = {"i1": events_pb2.Item(item_id="i1", title="Heat (1995)")}
+
+
+def record(event_id: str = "e1", item_id: str = "i1", offset: int = 5,
+           kind: int = events_pb2.PURCHASE) -> Record:
+    event = events_pb2.Event(
+        event_id=event_id, user_id="u1", item_id=item_id, type=kind,  # type: ignore[arg-type]
+        timestamp_ms=NOW_MS - 10,
+    )
+    return Record("events", 2, offset, b"u1", event.SerializeToString())
+
+
+class States:
+    """A dict-backed state store, as the users table is."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, UserState] = {}
+
+    def __call__(self, user_id: str) -> UserState:
+        return self.data.get(user_id, UserState())
+
+
+def run(rec: Record, states: States) -> object:
+    accepted = admit(rec, items=CATALOG.get, state_of=states, now_ms=NOW_MS, policy=POLICY)
+    if not accepted.replay:
+        states.data[accepted.event.user_id] = accepted.state
+    return accepted
+
+
+def test_accepts_joins_item_and_folds_history() -> None:
+    states = States()
+    accepted = admit(record(), items=CATALOG.get, state_of=states, now_ms=NOW_MS, policy=POLICY)
+    assert accepted.item.title == "Heat (1995)"
+    assert accepted.weight == 5.0
+    assert not accepted.replay
+    assert [i.item_id for i in accepted.state.history] == ["i1"]
+    assert accepted.state.accepted == (("e1", 5),)
+
+
+def test_unknown_item() -> None:
+    with pytest.raises(UnknownItem) as raised:
+        admit(record(item_id="nope"), items=CATALOG.get, state_of=States(), now_ms=NOW_MS,
+              policy=POLICY)
+    assert raised.value.reason == "unknown_item"
+
+
+def test_same_event_id_at_another_offset_is_a_duplicate() -> None:
+    states = States()
+    run(record(offset=5), states)
+    with pytest.raises(Duplicate) as raised:
+        run(record(offset=9), states)
+    assert raised.value.reason == "duplicate"
+    assert len(states.data["u1"].history) == 1
+
+
+def test_same_event_at_the_same_offset_is_a_replay() -> None:
+    states = States()
+    run(record(offset=5), states)
+    replayed = admit(record(offset=5), items=CATALOG.get, state_of=states, now_ms=NOW_MS,
+                     policy=POLICY)
+    assert replayed.replay
+    assert replayed.state == states.data["u1"]  # not folded twice
+
+
+def test_validation_errors_come_through() -> None:
+    garbage = Record("events", 0, 1, b"u1", b"\xff\xff")
+    with pytest.raises(Undecodable):
+        admit(garbage, items=CATALOG.get, state_of=States(), now_ms=NOW_MS, policy=POLICY)
+
+
+def test_dead_letter_keeps_bytes_reason_and_origin() -> None:
+    rec = Record("events", 3, 42, b"k", b"\xff\xff")
+    letter = dead_letter(rec, reason="undecodable", detail="detail text", now_ms=NOW_MS)
+    assert (letter.payload, letter.key, letter.detail) == (b"\xff\xff", b"k", "detail text")
+    assert letter.reason == "undecodable"
+    assert (letter.origin_topic, letter.origin_partition, letter.origin_offset) == ("events", 3, 42)
+    assert letter.failed_at_ms == NOW_MS
+    letter = dead_letter(Record("events", 0, 0, None, None), reason="unknown_item",
+                         detail="x" * 5000, now_ms=NOW_MS)
+    assert (letter.payload, letter.key, letter.reason) == (b"", b"", "unknown_item")
+    assert len(letter.detail) == 1000
+
+
+def test_enriched_event_carries_event_item_weight_and_source() -> None:
+    rec = record()
+    accepted = admit(rec, items=CATALOG.get, state_of=States(), now_ms=NOW_MS, policy=POLICY)
+    message = enriched_event(rec, accepted, now_ms=NOW_MS + 1)
+    assert message.event.event_id == "e1"
+    assert message.item.item_id == "i1"
+    assert message.weight == 5.0
+    source = (message.source_topic, message.source_partition, message.source_offset)
+    assert source == ("events", 2, 5)
+    assert message.processed_at_ms == NOW_MS + 1
+
+
+def test_batch_chains_state_and_catches_duplicates_inside_it() -> None:
+    states = States()
+    records = [record("e1", offset=1), record("e2", offset=2), record("e1", offset=3),
+               Record("events", 2, 4, b"u1", b"\xff\xff")]
+    batch = admit_batch(records, items=CATALOG.get, state_of=states, now_ms=NOW_MS,
+                        policy=POLICY)
+    kinds = [o.reason if isinstance(o, Rejected) else "accepted" for _, o in batch.outcomes]
+    assert kinds == ["accepted", "accepted", "duplicate", "undecodable"]
+    assert [r.offset for r, _ in batch.outcomes] == [1, 2, 3, 4]
+    partition, state = batch.changed["u1"]
+    assert partition == 2
+    assert state.accepted == (("e1", 1), ("e2", 2))
+    second = batch.outcomes[1][1]
+    assert isinstance(second, Accepted) and second.state == state
+
+
+def test_batch_replay_changes_no_state() -> None:
+    states = States()
+    run(record("e1", offset=1), states)
+    batch = admit_batch([record("e1", offset=1)], items=CATALOG.get, state_of=states,
+                        now_ms=NOW_MS, policy=POLICY)
+    ((_, outcome),) = batch.outcomes
+    assert isinstance(outcome, Accepted) and outcome.replay
+    assert batch.changed == {}
+
+
+def test_batch_isolates_a_failing_record() -> None:
+    def items(item_id: str) -> events_pb2.Item | None:
+        if item_id == "boom":
+            raise RuntimeError("catalog bug")
+        return CATALOG.get(item_id)
+
+    batch = admit_batch([record("e1", item_id="boom", offset=1), record("e2", offset=2)],
+                        items=items, state_of=States(), now_ms=NOW_MS, policy=POLICY)
+    first, second = (o for _, o in batch.outcomes)
+    assert isinstance(first, Rejected) and first.reason == INTERNAL_ERROR
+    assert "catalog bug" in first.detail
+    assert isinstance(second, Accepted)
