@@ -1,0 +1,1 @@
+"""streamrec's gRPC server: FAISS index, filters, ranking, health and reflection."""

@@ -1,0 +1,209 @@
+"""Command-line client of the Recommender service, over the real gRPC stub.
+
+    python -m serving.client recommend --user 1m_10 -k 10 [--exclude ID] [--category C] [--not-category C]
+    python -m serving.client similar --item 'Toy Story (1995)' -k 10
+    python -m serving.client wait --timeout 180       # until the server's health is SERVING
+    python -m serving.client demo --users 3 -k 10 [--wait-for-last-event]
+
+``demo`` picks the users of the newest records on Kafka ``events``; with
+``--wait-for-last-event`` it first waits until the newest event is folded into that
+user's vector in Redis (``ts`` of ``sr:uv:{user}``), then asks for recommendations.
+Kafka, Redis and topic names come from the ``STREAMREC_SERVING_*`` settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from collections.abc import Sequence
+
+import grpc
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from google.protobuf.message import DecodeError
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from redis.asyncio import Redis
+
+from protos import events_pb2, recommender_pb2, recommender_pb2_grpc
+from serving.feeds import topic_partitions
+from serving.settings import ServingSettings
+
+_TAIL_PER_PARTITION = 200  # records read from the end of each partition of `events`
+
+
+def _print_items(items: Sequence[recommender_pb2.ScoredItem]) -> None:
+    if not items:
+        print("    (no items)")
+    for rank, item in enumerate(items, start=1):
+        name = item.item_id if item.title in ("", item.item_id) else f"{item.item_id}  {item.title}"
+        categories = f"  [{', '.join(item.categories)}]" if item.categories else ""
+        print(f"{rank:>3}. {item.score:8.4f}  {name}{categories}  ({item.reason})")
+
+
+async def recommend(stub: recommender_pb2_grpc.RecommenderStub, args: argparse.Namespace,
+                    user_id: str) -> None:
+    request = recommender_pb2.RecommendRequest(
+        user_id=user_id, k=args.k, exclude_item_ids=args.exclude,
+        include_categories=args.category, exclude_categories=args.not_category,
+    )
+    started = time.perf_counter()
+    response = await stub.Recommend(request, timeout=args.deadline)
+    elapsed_ms = (time.perf_counter() - started) * 1000
+    print(f"user {user_id}: {response.strategy}, model {response.model_version}, "
+          f"recommendation {response.recommendation_id} ({elapsed_ms:.1f} ms)")
+    _print_items(response.items)
+
+
+async def similar(stub: recommender_pb2_grpc.RecommenderStub, args: argparse.Namespace,
+                  item_id: str) -> None:
+    request = recommender_pb2.SimilarItemsRequest(item_id=item_id, k=args.k)
+    response = await stub.SimilarItems(request, timeout=args.deadline)
+    print(f"items similar to {item_id} (model {response.model_version}):")
+    _print_items(response.items)
+
+
+async def wait_serving(channel: grpc.aio.Channel, timeout_s: float) -> bool:
+    """Poll the health service until it says SERVING; False after `timeout_s`."""
+    stub = health_pb2_grpc.HealthStub(channel)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            reply = await stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=2)
+            if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                return True
+        except grpc.aio.AioRpcError:
+            pass
+        await asyncio.sleep(0.5)
+    return False
+
+
+async def newest_events(settings: ServingSettings, count: int) -> list[events_pb2.Event]:
+    """The newest event of each of the `count` most recently active users on ``events``."""
+    client_id = f"{settings.client_id}-client"
+    partitions = await topic_partitions(settings.bootstrap_servers(), client_id, settings.topic_events)
+    if not partitions:
+        return []
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.bootstrap_servers(), group_id=None,
+        enable_auto_commit=False, client_id=client_id,
+    )
+    await consumer.start()
+    try:
+        consumer.assign(partitions)
+        starts = await consumer.beginning_offsets(partitions)
+        ends = await consumer.end_offsets(partitions)
+        for tp in partitions:
+            consumer.seek(tp, max(starts[tp], ends[tp] - _TAIL_PER_PARTITION))
+        events: list[events_pb2.Event] = []
+        pending = {tp for tp in partitions if ends[tp] > starts[tp]}
+        while pending:
+            for records in (await consumer.getmany(timeout_ms=1000)).values():
+                for record in records:
+                    try:
+                        events.append(events_pb2.Event.FromString(record.value or b""))
+                    except DecodeError:
+                        continue
+            pending = {tp for tp in pending if await consumer.position(tp) < ends[tp]}
+    finally:
+        await consumer.stop()
+    newest: dict[str, events_pb2.Event] = {}
+    for event in sorted(events, key=lambda e: e.timestamp_ms, reverse=True):
+        if event.user_id and event.user_id not in newest:
+            newest[event.user_id] = event
+    return list(newest.values())[:count]
+
+
+async def wait_folded(settings: ServingSettings, event: events_pb2.Event, timeout_s: float) -> bool:
+    """Wait until the user's vector in Redis includes `event` (its ``ts`` reached)."""
+    redis = Redis.from_url(settings.redis_url)
+    key = f"{settings.redis_prefix}uv:{event.user_id}"
+    deadline = time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline:
+            ts = await redis.hget(key, "ts")
+            if ts is not None and int(ts) >= event.timestamp_ms:
+                return True
+            await asyncio.sleep(0.05)
+        return False
+    finally:
+        await redis.aclose()
+
+
+async def demo(stub: recommender_pb2_grpc.RecommenderStub, args: argparse.Namespace) -> int:
+    settings = ServingSettings()
+    events = await newest_events(settings, args.users)
+    if not events:
+        print(f"no events on {settings.topic_events!r} yet", file=sys.stderr)
+        return 1
+    if args.wait_for_last_event:
+        last = events[0]
+        started = time.monotonic()
+        if await wait_folded(settings, last, args.timeout):
+            print(f"newest event (user {last.user_id}, item {last.item_id}) is in the user's "
+                  f"vector (waited {time.monotonic() - started:.1f} s)")
+        else:
+            print(f"newest event of user {last.user_id} not in Redis after {args.timeout} s; "
+                  "showing what the server has", file=sys.stderr)
+    for event in events:
+        print()
+        await recommend(stub, args, event.user_id)
+    print()
+    await similar(stub, args, events[0].item_id)
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m serving.client", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--target", default="127.0.0.1:50051", help="server host:port")
+    parser.add_argument("--deadline", type=float, default=5.0, help="seconds per call")
+    commands = parser.add_subparsers(dest="command", required=True)
+    rec = commands.add_parser("recommend", help="recommendations for one user")
+    rec.add_argument("--user", required=True)
+    rec.add_argument("-k", type=int, default=10)
+    rec.add_argument("--exclude", action="append", default=[], help="item id never returned")
+    rec.add_argument("--category", action="append", default=[], help="only items in this category")
+    rec.add_argument("--not-category", action="append", default=[], help="no items in this category")
+    sim = commands.add_parser("similar", help="items similar to one item")
+    sim.add_argument("--item", required=True)
+    sim.add_argument("-k", type=int, default=10)
+    wait = commands.add_parser("wait", help="wait until the server is SERVING")
+    wait.add_argument("--timeout", type=float, default=60.0)
+    dem = commands.add_parser("demo", help="recommendations for the most recently active users")
+    dem.add_argument("--users", type=int, default=3)
+    dem.add_argument("-k", type=int, default=10)
+    dem.add_argument("--wait-for-last-event", action="store_true")
+    dem.add_argument("--timeout", type=float, default=60.0, help="longest wait for the last event")
+    dem.set_defaults(exclude=[], category=[], not_category=[])
+    return parser
+
+
+async def run(args: argparse.Namespace) -> int:
+    async with grpc.aio.insecure_channel(args.target) as channel:
+        if args.command == "wait":
+            if await wait_serving(channel, args.timeout):
+                print(f"{args.target} is SERVING")
+                return 0
+            print(f"{args.target} is not SERVING after {args.timeout} s", file=sys.stderr)
+            return 1
+        stub = recommender_pb2_grpc.RecommenderStub(channel)
+        try:
+            if args.command == "recommend":
+                await recommend(stub, args, args.user)
+            elif args.command == "similar":
+                await similar(stub, args, args.item)
+            else:
+                return await demo(stub, args)
+        except grpc.aio.AioRpcError as error:
+            print(f"{error.code().name}: {error.details()}", file=sys.stderr)
+            return 1
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    return asyncio.run(run(_parser().parse_args(argv)))
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

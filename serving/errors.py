@@ -1,0 +1,47 @@
+"""Errors the server raises on purpose, and the one table that turns them into gRPC codes."""
+
+from __future__ import annotations
+
+import grpc
+
+
+class ServingError(Exception):
+    """Root of every error this package raises on purpose."""
+
+
+class InvalidRequest(ServingError):
+    """A request field is missing, malformed or beyond a configured limit."""
+
+
+class ItemNotFound(ServingError):
+    """The item is not in the index of the serving model version."""
+
+
+class StoreUnavailable(ServingError):
+    """Redis cannot be reached or did not answer in time."""
+
+
+class BrokerUnavailable(ServingError):
+    """Kafka cannot be reached or did not acknowledge in time."""
+
+
+class ArtifactError(ServingError):
+    """The artifact store names a model version that cannot be read."""
+
+
+STATUS_CODES: dict[type[ServingError], grpc.StatusCode] = {
+    InvalidRequest: grpc.StatusCode.INVALID_ARGUMENT,
+    ItemNotFound: grpc.StatusCode.NOT_FOUND,
+    StoreUnavailable: grpc.StatusCode.UNAVAILABLE,
+    BrokerUnavailable: grpc.StatusCode.UNAVAILABLE,
+    ArtifactError: grpc.StatusCode.FAILED_PRECONDITION,
+    ServingError: grpc.StatusCode.INTERNAL,
+}
+
+
+def status_code(error: ServingError) -> grpc.StatusCode:
+    """The gRPC code of `error`: its own class's entry, else its nearest ancestor's."""
+    for cls in type(error).__mro__:
+        if cls in STATUS_CODES:
+            return STATUS_CODES[cls]  # type: ignore[index]
+    return grpc.StatusCode.INTERNAL

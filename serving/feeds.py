@@ -1,0 +1,208 @@
+"""Following the compacted catalog topics: ``item-vectors`` into the index, ``items`` into
+the catalog.
+
+A :class:`TopicFeed` reads every partition of one topic from the beginning without a
+consumer group (nothing is committed: every replica rebuilds its state from the log),
+reports when it has caught up with the end offsets it saw at start, and then follows
+new records. A missing topic is looked for again until it appears; a Kafka error
+restarts the feed from the beginning (updates are idempotent).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+
+import numpy as np
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from google.protobuf.message import DecodeError
+
+from protos import events_pb2
+from serving.catalog import Catalog
+from serving.index import ItemIndex
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[Sequence[ConsumerRecord]], None]
+
+
+class VectorUpdates:
+    """Applies ``ItemVector`` records of one model version to an index.
+
+    Vectors of another version are ignored (no mixed versions); a tombstone (no value)
+    removes the item.
+    """
+
+    def __init__(self, index: ItemIndex, *, model_version: str) -> None:
+        self._index = index
+        self._version = model_version
+        self.ignored = 0  # records of another version, mis-sized or undecodable
+
+    def __call__(self, records: Sequence[ConsumerRecord]) -> None:
+        latest: dict[str, np.ndarray | None] = {}  # last record per item wins, as in the log
+        for record in records:
+            if record.value is None:
+                if record.key:
+                    latest[record.key.decode(errors="replace")] = None
+                continue
+            vector = self._decode(record)
+            if vector is not None:
+                latest[vector[0]] = vector[1]
+        removed = [item_id for item_id, vector in latest.items() if vector is None]
+        updated = {item_id: vector for item_id, vector in latest.items() if vector is not None}
+        if removed:
+            self._index.remove(removed)
+        if updated:
+            self._index.upsert(list(updated), np.stack(list(updated.values())))
+
+    def _decode(self, record: ConsumerRecord) -> tuple[str, np.ndarray] | None:
+        try:
+            message = events_pb2.ItemVector.FromString(record.value)
+        except DecodeError:
+            log.warning("undecodable item vector at %s[%s]@%s", record.topic, record.partition,
+                        record.offset)
+            self.ignored += 1
+            return None
+        if message.model_version != self._version:
+            self.ignored += 1
+            return None
+        item_id = message.item_id or (record.key or b"").decode(errors="replace")
+        vector = np.asarray(message.vector, dtype=np.float32)
+        usable = vector.shape == (self._index.dim,) and np.isfinite(vector).all() and vector.any()
+        if not item_id or not usable:
+            log.warning("unusable item vector for %r at %s[%s]@%s (dimension %s)", item_id,
+                        record.topic, record.partition, record.offset, vector.shape[0])
+            self.ignored += 1
+            return None
+        return item_id, vector
+
+
+class CatalogUpdates:
+    """Applies ``Item`` records to a catalog; a tombstone removes the item."""
+
+    def __init__(self, catalog: Catalog) -> None:
+        self._catalog = catalog
+
+    def __call__(self, records: Sequence[ConsumerRecord]) -> None:
+        for record in records:
+            if record.value is None:
+                if record.key:
+                    self._catalog.remove(record.key.decode(errors="replace"))
+                continue
+            try:
+                item = events_pb2.Item.FromString(record.value)
+            except DecodeError:
+                log.warning("undecodable item at %s[%s]@%s", record.topic, record.partition,
+                            record.offset)
+                continue
+            if item.item_id:
+                self._catalog.put(item)
+
+
+async def topic_partitions(
+    bootstrap_servers: list[str], client_id: str, topic: str
+) -> list[TopicPartition]:
+    """The partitions of `topic`, none if it does not exist; the topic is never auto-created."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, client_id=client_id)
+    await admin.start()
+    try:
+        # No topic names: asks for all topics, so the broker auto-creates nothing.
+        described = await admin.describe_topics()
+    finally:
+        await admin.close()
+    numbers = sorted(
+        partition["partition"]
+        for entry in described if entry["topic"] == topic
+        for partition in entry["partitions"]
+    )
+    return [TopicPartition(topic, number) for number in numbers]
+
+
+class TopicFeed:
+    """Reads one topic from its beginning into `handle`, for as long as :meth:`run` runs."""
+
+    def __init__(
+        self,
+        topic: str,
+        handle: Handler,
+        *,
+        bootstrap_servers: list[str],
+        client_id: str,
+        fetch_max_wait_ms: int,
+        retry_s: float,
+        poll_s: float,
+    ) -> None:
+        self.topic = topic
+        self._handle = handle
+        self._bootstrap_servers = bootstrap_servers
+        self._client_id = client_id
+        self._fetch_max_wait_ms = fetch_max_wait_ms
+        self._retry_s = retry_s
+        self._poll_s = poll_s
+        self.loaded = asyncio.Event()  # set once caught up, or when the topic is missing at start
+
+    async def run(self) -> None:
+        """Follow the topic until cancelled, starting over after any failure."""
+        while True:
+            try:
+                await self._follow()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a feed must outlive broker trouble; the log says what happened
+                log.exception("feed of %r failed; restarting in %.1f s", self.topic, self._retry_s)
+                await asyncio.sleep(self._retry_s)
+
+    async def _follow(self) -> None:
+        partitions = await self._await_partitions()
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self._bootstrap_servers,
+            client_id=self._client_id,
+            group_id=None,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            fetch_max_wait_ms=self._fetch_max_wait_ms,
+        )
+        await consumer.start()
+        try:
+            consumer.assign(partitions)
+            await consumer.seek_to_beginning(*partitions)
+            await self._catch_up(consumer, partitions)
+            while True:
+                batches = await consumer.getmany(timeout_ms=1000)
+                for records in batches.values():
+                    self._handle(records)
+        finally:
+            await consumer.stop()
+
+    async def _await_partitions(self) -> list[TopicPartition]:
+        """The topic's partitions, waiting for the topic to exist (never creating it)."""
+        while True:
+            partitions = await topic_partitions(self._bootstrap_servers, self._client_id, self.topic)
+            if partitions:
+                return partitions
+            if not self.loaded.is_set():
+                log.warning("topic %r does not exist yet; serving without it until it does",
+                            self.topic)
+                self.loaded.set()
+            await asyncio.sleep(self._poll_s)
+
+    async def _catch_up(self, consumer: AIOKafkaConsumer, partitions: list[TopicPartition]) -> None:
+        """Apply everything up to the end offsets seen now, then mark the feed loaded."""
+        started = time.monotonic()
+        ends = await consumer.end_offsets(partitions)
+        pending = {tp for tp in partitions if ends[tp] > 0}
+        count = 0
+        while pending:
+            batches = await consumer.getmany(timeout_ms=500)
+            for records in batches.values():
+                self._handle(records)
+                count += len(records)
+            for tp in list(pending):
+                if await consumer.position(tp) >= ends[tp]:
+                    pending.discard(tp)
+        log.info("topic %r loaded: %s records in %.2f s", self.topic, count,
+                 time.monotonic() - started)
+        self.loaded.set()

@@ -1,0 +1,35 @@
+"""Which items a request may be shown: exclusions, availability and category filters."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from serving.catalog import CatalogEntry
+
+
+@dataclass(frozen=True)
+class Filters:
+    """What one request rules out.
+
+    ``excluded`` holds item ids never returned (the request's list, the user's seen
+    items, the query item itself). Category sets hold case-folded names
+    (:func:`serving.catalog.category_keys`). An item the catalog does not know has no
+    categories: it fails a non-empty include filter and passes the exclude filter.
+    """
+
+    excluded: frozenset[str] = frozenset()
+    include_categories: frozenset[str] = frozenset()
+    exclude_categories: frozenset[str] = frozenset()
+
+    def allows(self, item_id: str, entry: CatalogEntry | None) -> bool:
+        """True when `item_id` (with catalog `entry`) may be recommended."""
+        if item_id in self.excluded:
+            return False
+        if entry is not None and not entry.available:
+            return False
+        if not (self.include_categories or self.exclude_categories):
+            return True
+        keys = entry.category_keys if entry is not None else frozenset()
+        if self.include_categories and self.include_categories.isdisjoint(keys):
+            return False
+        return self.exclude_categories.isdisjoint(keys)

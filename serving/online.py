@@ -1,0 +1,78 @@
+"""Reads of the online state the streams worker writes to Redis (docs/contracts.md §3)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from serving.errors import StoreUnavailable
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class UserState:
+    """A user's vector (None if there is none or it is unusable), its model version and
+    the ids of the most recently seen items."""
+
+    vector: np.ndarray | None
+    version: str | None
+    seen: tuple[str, ...]
+
+
+def decode_vector(raw: bytes | None, dim: int) -> np.ndarray | None:
+    """float32 little-endian bytes as a [dim] vector; None when absent, mis-sized or not finite."""
+    if raw is None:
+        return None
+    if len(raw) != 4 * dim:
+        return None
+    vector = np.frombuffer(raw, dtype="<f4").astype(np.float32)
+    if not np.isfinite(vector).all() or not vector.any():
+        return None
+    return vector
+
+
+class OnlineStore:
+    """User vectors, seen items and popular items under one key prefix."""
+
+    def __init__(self, client: Redis, *, prefix: str, seen_limit: int, dim: int) -> None:
+        self._client = client
+        self._prefix = prefix
+        self._seen_limit = seen_limit
+        self._dim = dim
+
+    async def user(self, user_id: str) -> UserState:
+        """The user's vector, its version and recent items, in one round trip."""
+        try:
+            async with self._client.pipeline(transaction=False) as pipe:
+                pipe.hmget(f"{self._prefix}uv:{user_id}", ["vec", "version"])
+                if self._seen_limit:
+                    pipe.zrevrange(f"{self._prefix}seen:{user_id}", 0, self._seen_limit - 1)
+                replies: list[Any] = await pipe.execute()
+        except (RedisError, OSError) as error:
+            raise StoreUnavailable(f"Redis is unavailable: {error}") from error
+        raw_vector, raw_version = replies[0]
+        seen = tuple(item.decode() for item in replies[1]) if len(replies) > 1 else ()
+        version = raw_version.decode() if raw_vector is not None and raw_version is not None else None
+        vector = decode_vector(raw_vector, self._dim)
+        if raw_vector is not None and vector is None:
+            log.warning(
+                "user %s has an unusable vector (%s bytes, expected %s float32); serving popular",
+                user_id, len(raw_vector), self._dim,
+            )
+        return UserState(vector=vector, version=version, seen=seen)
+
+    async def popular(self, count: int) -> list[tuple[str, float]]:
+        """The `count` most popular items with their scores, most popular first."""
+        try:
+            pairs: list[Any] = await self._client.zrevrange(
+                f"{self._prefix}popular", 0, count - 1, withscores=True
+            )
+        except (RedisError, OSError) as error:
+            raise StoreUnavailable(f"Redis is unavailable: {error}") from error
+        return [(item.decode(), float(score)) for item, score in pairs]

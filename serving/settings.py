@@ -1,0 +1,76 @@
+"""Settings of the gRPC server, read once from ``STREAMREC_SERVING_*`` variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ServingSettings(BaseSettings):
+    """Where the stores are, where to listen, request limits and tuning."""
+
+    model_config = SettingsConfigDict(env_prefix="STREAMREC_SERVING_", extra="forbid")
+
+    # Where things live.
+    kafka_bootstrap: str = "127.0.0.1:9092"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_prefix: str = "sr:"
+    topic_events: str = "events"
+    topic_items: str = "items"
+    topic_item_vectors: str = "item-vectors"
+    artifact_dir: Path = Path("var/artifacts")
+
+    # The server.
+    host: str = Field(default="127.0.0.1", min_length=1, description="address to bind")
+    port: int = Field(default=50051, ge=0, le=65535, description="0: any free port")
+    grace_s: float = Field(default=5.0, ge=0, le=300, description="in-flight calls finish within this")
+    max_receive_message_bytes: int = Field(default=4 * 1024 * 1024, ge=1024, le=256 * 1024 * 1024)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    # Request limits (INVALID_ARGUMENT beyond them).
+    max_k: int = Field(default=100, ge=1, le=10_000)
+    max_exclude: int = Field(default=1000, ge=0, le=100_000, description="exclude_item_ids per call")
+    max_categories: int = Field(default=100, ge=0, le=10_000, description="category filters per call")
+    max_id_chars: int = Field(default=1024, ge=1, le=65_536, description="user and item id length")
+    max_track_events: int = Field(default=1000, ge=1, le=100_000, description="events per TrackEvents")
+
+    # Vectors: the dimension when no artifact names one.
+    dim: int = Field(default=384, ge=1, le=65_536)
+
+    # Candidate generation.
+    faiss_threads: int = Field(
+        default=1, ge=1, le=256,
+        description="OpenMP threads of FAISS; one query per search gains nothing from more",
+    )
+    seen_limit: int = Field(
+        default=500, ge=0, le=100_000, description="most recent seen items read for exclusion"
+    )
+    candidate_margin: int = Field(
+        default=20, ge=0, le=10_000, description="extra neighbours fetched beyond k + exclusions"
+    )
+    max_candidates: int = Field(
+        default=5000, ge=1, le=1_000_000, description="widest neighbour or popular window searched"
+    )
+
+    # Stores: timeouts and retries.
+    redis_timeout_s: float = Field(default=0.5, gt=0, le=60)
+    track_timeout_s: float = Field(
+        default=10.0, gt=0, le=300, description="all events of a TrackEvents call acked within this"
+    )
+    kafka_fetch_max_wait_ms: int = Field(default=10, ge=0, le=5000, description="feed freshness")
+    kafka_retry_s: float = Field(default=2.0, gt=0, le=300, description="wait before a feed reconnects")
+    topic_poll_s: float = Field(default=1.0, gt=0, le=300, description="how often a missing topic is looked for")
+    client_id: str = Field(default="streamrec-serving", min_length=1)
+
+    @model_validator(mode="after")
+    def _windows(self) -> ServingSettings:
+        if self.max_candidates < self.max_k:
+            raise ValueError("max_candidates must be at least max_k")
+        return self
+
+    def bootstrap_servers(self) -> list[str]:
+        """The bootstrap list as ``host:port`` strings."""
+        return [server.strip() for server in self.kafka_bootstrap.split(",") if server.strip()]

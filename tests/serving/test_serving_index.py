@@ -1,0 +1,102 @@
+"""ItemIndex against exact numpy search, through upserts and removals."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from serving_harness import exact_nearest, unit_rows
+
+from serving.index import ItemIndex, normalise
+
+DIM = 16
+
+
+def _stored(index: ItemIndex, item_id: str) -> np.ndarray:
+    vector = index.vector(item_id)
+    assert vector is not None, f"{item_id} is not indexed"
+    return vector
+
+
+def _check_agrees(index: ItemIndex, reference: dict[str, np.ndarray], queries: np.ndarray, k: int) -> None:
+    scores, item_ids = index.search(queries, k)
+    assert len(scores) == len(item_ids) == len(queries)
+    for query, row_scores, row_ids in zip(queries, scores, item_ids, strict=True):
+        assert row_ids == exact_nearest(reference, query, k)
+        expected = [float(reference[i] @ query / np.linalg.norm(query)) for i in row_ids]
+        np.testing.assert_allclose(row_scores, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_index_agrees_with_exact_search_through_upserts_and_removals() -> None:
+    rng = np.random.default_rng(7)
+    vectors = unit_rows(rng, 300, DIM)
+    reference = {f"item-{i}": vectors[i] for i in range(len(vectors))}
+    index = ItemIndex(DIM)
+    index.upsert(list(reference), vectors)
+    queries = rng.normal(size=(12, DIM)).astype(np.float32)
+    _check_agrees(index, reference, queries, 10)
+
+    # Replace 50 vectors, add 40 new items, remove 60 (some of them just replaced).
+    replaced = [f"item-{i}" for i in range(0, 100, 2)]
+    fresh = unit_rows(rng, len(replaced) + 40, DIM)
+    added = [f"new-{i}" for i in range(40)]
+    index.upsert(replaced + added, fresh)
+    reference.update(zip(replaced + added, fresh, strict=True))
+    removed = [f"item-{i}" for i in range(40, 160, 2)]
+    assert index.remove(removed + ["never-indexed"]) == len(removed)
+    for item_id in removed:
+        del reference[item_id]
+
+    assert len(index) == len(reference)
+    assert "new-3" in index and "item-40" not in index
+    _check_agrees(index, reference, queries, 10)
+    _check_agrees(index, reference, queries, len(reference))
+
+
+def test_upsert_keeps_the_last_row_of_a_repeated_id_and_normalises() -> None:
+    index = ItemIndex(3)
+    index.upsert(["a", "b", "a"], np.array([[1, 0, 0], [0, 2, 0], [0, 0, 5]], np.float32))
+    assert len(index) == 2
+    np.testing.assert_allclose(_stored(index, "a"), [0, 0, 1])
+    np.testing.assert_allclose(_stored(index, "b"), [0, 1, 0])
+    assert index.vector("missing") is None
+    scores, item_ids = index.search(np.array([0, 0, 3], np.float32), 5)
+    assert item_ids == [["a", "b"]]
+    np.testing.assert_allclose(scores[0], [1.0, 0.0], atol=1e-6)
+
+
+def test_search_of_an_empty_index_finds_nothing() -> None:
+    index = ItemIndex(4)
+    scores, item_ids = index.search(np.ones((2, 4), np.float32), 3)
+    assert item_ids == [[], []]
+    assert [len(row) for row in scores] == [0, 0]
+
+
+def test_removed_then_readded_item_is_found_again() -> None:
+    index = ItemIndex(2)
+    index.upsert(["a", "b"], np.array([[1, 0], [0, 1]], np.float32))
+    index.remove(["a"])
+    assert index.search(np.array([1, 0.1], np.float32), 2)[1] == [["b"]]
+    index.upsert(["a"], np.array([[1, 0]], np.float32))
+    assert index.search(np.array([1, 0.1], np.float32), 2)[1] == [["a", "b"]]
+
+
+@pytest.mark.parametrize(
+    "rows",
+    [np.zeros((1, 3)), np.full((1, 3), np.nan), np.ones((1, 4)), np.ones((2, 2, 3))],
+    ids=["zero", "nan", "wrong-dim", "3-d"],
+)
+def test_unusable_vectors_are_rejected(rows: np.ndarray) -> None:
+    with pytest.raises(ValueError):
+        normalise(rows, 3)
+    index = ItemIndex(3)
+    with pytest.raises(ValueError):
+        index.upsert(["x"] * len(rows), rows)
+    assert len(index) == 0
+
+
+def test_ids_and_rows_must_match_and_k_must_be_positive() -> None:
+    index = ItemIndex(2)
+    with pytest.raises(ValueError, match="2 item ids for 1 vectors"):
+        index.upsert(["a", "b"], np.ones((1, 2), np.float32))
+    with pytest.raises(ValueError, match="k must be positive"):
+        index.search(np.ones(2, np.float32), 0)
