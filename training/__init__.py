@@ -1,0 +1,1 @@
+"""The trainer: event log in, evaluated and versioned model artifact out."""

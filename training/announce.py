@@ -1,0 +1,58 @@
+"""Tell the other deployables about a release: `ModelRelease` on ``models``, and
+optionally the version's item vectors on ``item-vectors``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from kafka import KafkaProducer
+
+from protos import events_pb2
+
+RELEASE_KEY = b"release"
+_SEND_TIMEOUT_S = 30.0
+
+
+def release_message(
+    *, version: str, uri: str, created_at_ms: int, previous_version: str | None
+) -> events_pb2.ModelRelease:
+    """A ``promote`` release of `version`."""
+    return events_pb2.ModelRelease(
+        version=version,
+        uri=uri,
+        created_at_ms=created_at_ms,
+        action="promote",
+        previous_version=previous_version or "",
+    )
+
+
+def announce_release(
+    producer: KafkaProducer, topic: str, release: events_pb2.ModelRelease
+) -> None:
+    """Produce the release (key ``release``) and wait for the broker's ack."""
+    producer.send(topic, key=RELEASE_KEY, value=release.SerializeToString()).get(
+        timeout=_SEND_TIMEOUT_S
+    )
+
+
+def publish_item_vectors(
+    producer: KafkaProducer,
+    topic: str,
+    *,
+    version: str,
+    item_ids: Sequence[str],
+    vectors: np.ndarray,
+    updated_at_ms: int,
+) -> int:
+    """Produce one `ItemVector` per item (key item_id) and flush."""
+    for item_id, vector in zip(item_ids, vectors, strict=True):
+        message = events_pb2.ItemVector(
+            item_id=item_id,
+            model_version=version,
+            vector=vector.tolist(),
+            updated_at_ms=updated_at_ms,
+        )
+        producer.send(topic, key=item_id.encode("utf-8"), value=message.SerializeToString())
+    producer.flush(timeout=_SEND_TIMEOUT_S)
+    return len(item_ids)

@@ -1,0 +1,23 @@
+"""Errors the training job raises on purpose."""
+
+from __future__ import annotations
+
+
+class TrainingError(Exception):
+    """Root of every error this package raises on purpose."""
+
+
+class EmptyLogError(TrainingError):
+    """The event log holds no events in the window to read."""
+
+
+class LogReadError(TrainingError):
+    """The event log or the catalog could not be read to its end offsets."""
+
+
+class ArtifactError(TrainingError):
+    """An artifact store is missing, malformed or cannot be written."""
+
+
+class ModelLoadError(TrainingError):
+    """The item encoder could not be loaded."""
