@@ -38,6 +38,9 @@ $PY -m ingest replay --source movielens --limit "$REPLAY_LIMIT" --speedup 0 --no
 echo "==> recommendations through the gRPC client"
 $PY -m serving.client demo --wait-for-last-event --users 3 -k 10
 
+echo "==> training: read the event log, evaluate, write and promote a model artifact"
+$PY -m training
+
 echo
 echo "streamrec is serving on 127.0.0.1:50051; try:"
 echo "  $PY -m serving.client recommend --user 1m_10 -k 10"

@@ -1,0 +1,226 @@
+"""Freshness: from producing an event to Kafka until that user's next ``Recommend`` answer
+reflects it, through the real streams worker, Redis and gRPC server.
+
+    .venv/bin/python -m bench.freshness [--trials 50] [--background-rate 1000]
+
+Needs Kafka and Redis up (``make infra-up``). Starts a private stack (``bench/stack.py``),
+publishes the MovieLens-1M catalog, then per trial: a fresh user makes one event, the
+item ranked first for them is noted, an event on that item is produced at t0, and
+``Recommend`` is polled until the item is gone (a seen item is never recommended) at t1.
+A background thread replays MovieLens-1M ratings as live events at ``--background-rate``.
+
+Reference in the same run: the plain produce -> consume latency of one record through
+the same broker (kafka-python, 10 ms fetch wait), which bounds what any consumer sees.
+Prints medians and the ratio; writes ``bench/results/freshness.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import grpc
+import numpy as np
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.admin import KafkaAdminClient, NewTopic
+from tqdm import tqdm
+
+from bench.stack import LocalStack
+from ingest import movielens
+from ingest.messages import item_records
+from protos import events_pb2, recommender_pb2, recommender_pb2_grpc
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def summary(samples_ms: list[float]) -> dict[str, float]:
+    values = np.asarray(samples_ms)
+    return {
+        "n": len(samples_ms),
+        "p50": round(float(np.percentile(values, 50)), 2),
+        "p90": round(float(np.percentile(values, 90)), 2),
+        "p99": round(float(np.percentile(values, 99)), 2),
+        "max": round(float(values.max()), 2),
+    }
+
+
+def raw_kafka_latency(kafka: str, trials: int) -> list[float]:
+    """Milliseconds from send to a consumer's poll returning the record, one at a time."""
+    topic = f"bench-raw-{uuid.uuid4().hex[:8]}"
+    admin = KafkaAdminClient(bootstrap_servers=kafka)
+    admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])
+    producer = KafkaProducer(bootstrap_servers=kafka, acks="all", linger_ms=0)
+    consumer = KafkaConsumer(bootstrap_servers=kafka, group_id=None, fetch_max_wait_ms=10,
+                             enable_auto_commit=False)
+    partition = TopicPartition(topic, 0)
+    consumer.assign([partition])
+    consumer.seek_to_end()
+    consumer.position(partition)  # resolves the lazy seek now, before anything is sent
+    samples = []
+    try:
+        for trial in range(trials):
+            token = f"{trial:08d}".encode() + b"x" * 192
+            started = time.perf_counter()
+            producer.send(topic, value=token)
+            deadline = started + 30
+            while not any(record.value == token
+                          for batch in consumer.poll(timeout_ms=100).values() for record in batch):
+                if time.perf_counter() > deadline:
+                    raise RuntimeError(f"record {trial} not consumed within 30 s")
+            samples.append((time.perf_counter() - started) * 1000)
+    finally:
+        consumer.close()
+        producer.close()
+        admin.delete_topics([topic])
+        admin.close()
+    return samples
+
+
+class Background(threading.Thread):
+    """Replays MovieLens ratings as live events at a fixed rate until stopped."""
+
+    def __init__(self, kafka: str, topic: str, interactions: list[tuple[str, str]],
+                 rate: float) -> None:
+        super().__init__(daemon=True)
+        self._producer = KafkaProducer(bootstrap_servers=kafka, acks=1, linger_ms=5)
+        self._topic = topic
+        self._interactions = interactions
+        self._rate = rate
+        self._halt = threading.Event()
+        self.sent = 0
+
+    def run(self) -> None:
+        started = time.perf_counter()
+        while not self._halt.is_set():
+            due = int((time.perf_counter() - started) * self._rate)
+            while self.sent < due:
+                user, item = self._interactions[self.sent % len(self._interactions)]
+                event = events_pb2.Event(
+                    event_id=f"bg-{self.sent}-{uuid.uuid4().hex[:6]}", user_id=f"bg-{user}",
+                    item_id=item, type=events_pb2.VIEW, timestamp_ms=int(time.time() * 1000))
+                self._producer.send(self._topic, key=event.user_id.encode(),
+                                    value=event.SerializeToString())
+                self.sent += 1
+            time.sleep(0.005)
+        self._producer.flush()
+        self._producer.close()
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join()
+
+
+def send_event(producer: KafkaProducer, topic: str, user_id: str, item_id: str) -> None:
+    event = events_pb2.Event(event_id=uuid.uuid4().hex, user_id=user_id, item_id=item_id,
+                             type=events_pb2.VIEW, timestamp_ms=int(time.time() * 1000))
+    producer.send(topic, key=user_id.encode(), value=event.SerializeToString())
+    producer.flush()
+
+
+def wait_until(probe, timeout_s: float, what: str, stack: LocalStack):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout_s
+    while True:
+        result = probe()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what} not within {timeout_s} s:\n{stack.streams.log_tail()}"
+                               f"\n{stack.serving.log_tail()}")
+        time.sleep(0.005)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--kafka", default="127.0.0.1:9092")
+    parser.add_argument("--redis", default="redis://127.0.0.1:6379/0")
+    parser.add_argument("--trials", type=int, default=50)
+    parser.add_argument("--background-rate", type=float, default=1000.0, help="events/s")
+    parser.add_argument("--k", type=int, default=10)
+    args = parser.parse_args()
+
+    dataset = movielens.load()
+    items = dataset.items
+    ratings = dataset.interactions
+    background_pairs = list(zip(ratings["user_id"].head(200_000), ratings["item_id"].head(200_000),
+                                strict=True))
+    item_ids = list(items["item_id"])
+    rng = random.Random(7)
+
+    print("reference: raw Kafka produce -> consume latency ...")
+    raw = raw_kafka_latency(args.kafka, args.trials)
+
+    with tempfile.TemporaryDirectory(prefix="bench-freshness-") as workdir:
+        stack = LocalStack(kafka=args.kafka, redis_url=args.redis, workdir=Path(workdir))
+        producer = KafkaProducer(bootstrap_servers=args.kafka, acks="all", linger_ms=0)
+        background: Background | None = None
+        try:
+            started = time.monotonic()
+            stack.start()
+            for key, value in item_records(items, int(time.time() * 1000)):
+                producer.send(stack.topics["items"], key=key.encode(), value=value)
+            producer.flush()
+            channel = grpc.insecure_channel(f"127.0.0.1:{stack.port}")
+            stub = recommender_pb2_grpc.RecommenderStub(channel)
+
+            def has_vector(item_id: str) -> bool:
+                try:
+                    stub.SimilarItems(recommender_pb2.SimilarItemsRequest(item_id=item_id, k=1))
+                except grpc.RpcError:
+                    return False
+                return True
+
+            print(f"embedding {len(item_ids)} catalog items in the streams worker ...")
+            wait_until(lambda: has_vector(item_ids[-1]), 600, "the catalog's vectors", stack)
+            print(f"stack ready in {time.monotonic() - started:.0f} s")
+            if args.background_rate > 0:
+                background = Background(args.kafka, stack.topics["events"], background_pairs,
+                                        args.background_rate)
+                background.start()
+
+            def recommend(user: str) -> recommender_pb2.RecommendResponse:
+                return stub.Recommend(recommender_pb2.RecommendRequest(user_id=user, k=args.k),
+                                      timeout=5)
+
+            samples = []
+            for trial in tqdm(range(args.trials), desc="freshness trials"):
+                user = f"probe-{stack.suffix}-{trial}"
+                send_event(producer, stack.topics["events"], user, rng.choice(item_ids))
+                first = wait_until(
+                    lambda u=user: (r := recommend(u)).strategy == "personal" and r, 30,
+                    "a personal answer", stack)
+                target = first.items[0].item_id
+                t0 = time.perf_counter()
+                send_event(producer, stack.topics["events"], user, target)
+                wait_until(lambda u=user, t=target: all(i.item_id != t for i in recommend(u).items),
+                           30, "the answer to change", stack)
+                samples.append((time.perf_counter() - t0) * 1000)
+            channel.close()
+        finally:
+            if background is not None:
+                background.stop()
+            producer.close()
+            stack.stop()
+            stack.delete_state()
+
+    result = {
+        "freshness_ms": summary(samples),
+        "raw_kafka_ms": summary(raw),
+        "ratio_p50": round(statistics.median(samples) / statistics.median(raw), 2),
+        "background_events_per_s": args.background_rate,
+        "background_events_sent": background.sent if background else 0,
+        "catalog_items": len(item_ids),
+    }
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "freshness.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
