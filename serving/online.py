@@ -48,21 +48,33 @@ class OnlineStore:
 
     async def user(self, user_id: str) -> UserState:
         """The user's vector, its version and recent items, in one round trip."""
+        return (await self.users([user_id]))[0]
+
+    async def users(self, user_ids: list[str]) -> list[UserState]:
+        """The state of every user in `user_ids`, in one pipelined round trip."""
         try:
             async with self._client.pipeline(transaction=False) as pipe:
-                pipe.hmget(f"{self._prefix}uv:{user_id}", ["vec", "version"])
-                if self._seen_limit:
-                    pipe.zrevrange(f"{self._prefix}seen:{user_id}", 0, self._seen_limit - 1)
+                for user_id in user_ids:
+                    pipe.hmget(f"{self._prefix}uv:{user_id}", ["vec", "version"])
+                    if self._seen_limit:
+                        pipe.zrevrange(f"{self._prefix}seen:{user_id}", 0, self._seen_limit - 1)
                 replies: list[Any] = await pipe.execute()
         except (RedisError, OSError) as error:
             raise StoreUnavailable(f"Redis is unavailable: {error}") from error
-        raw_vector, raw_version = replies[0]
-        seen = tuple(item.decode() for item in replies[1]) if len(replies) > 1 else ()
+        step = 2 if self._seen_limit else 1
+        return [
+            self._state(user_id, replies[n * step], replies[n * step + 1] if step == 2 else [])
+            for n, user_id in enumerate(user_ids)
+        ]
+
+    def _state(self, user_id: str, vector_reply: Any, seen_reply: Any) -> UserState:
+        raw_vector, raw_version = vector_reply
+        seen = tuple(item.decode() for item in seen_reply)
         version = raw_version.decode() if raw_vector is not None and raw_version is not None else None
         vector = decode_vector(raw_vector, self._dim)
         if raw_vector is not None and vector is None:
             log.warning(
-                "user %s has an unusable vector (%s bytes, expected %s float32); serving popular",
+                "user %s has an unusable vector (%s bytes, expected %s float32); not using it",
                 user_id, len(raw_vector), self._dim,
             )
         return UserState(vector=vector, version=version, seen=seen)
