@@ -23,6 +23,7 @@ class ServingSettings(BaseSettings):
     topic_item_vectors: str = "item-vectors"
     topic_models: str = "models"
     topic_recommendations: str = "recommendations"
+    topic_enriched: str = Field(default="events.enriched", description="read by `serving.report`")
     artifact_dir: Path = Path("var/artifacts")
 
     # The server.

@@ -71,6 +71,7 @@ class Stack:
             topic_item_vectors=self.topics["item_vectors"],
             topic_models=self.topics["models"],
             topic_recommendations=self.topics["recommendations"],
+            topic_enriched=self.topics["enriched"],
             admin_port=0,
             artifact_dir=self.artifact_dir,
             host="127.0.0.1",
