@@ -185,8 +185,9 @@ async def running(settings: ServingSettings) -> AsyncIterator[Running]:
         except KafkaError as error:
             raise BrokerUnavailable(f"Kafka at {settings.kafka_bootstrap}: {error}") from error
         try:
-            await redis.ping()
-        except (RedisError, OSError) as error:
+            async with asyncio.timeout(min(settings.redis_timeout_s, 2.0)):  # a warning only
+                await redis.ping()
+        except (RedisError, OSError, TimeoutError) as error:
             log.warning("Redis is not reachable yet (%s); Recommend is UNAVAILABLE until it is", error)
         tasks = [asyncio.create_task(feed.run(), name=f"feed {feed.topic}") for feed in feeds]
         tasks.append(asyncio.create_task(releases.run(), name="model releases"))
