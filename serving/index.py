@@ -163,12 +163,14 @@ class ItemIndex:
 
     def vectors(self, item_ids: Iterable[str]) -> tuple[list[str], np.ndarray]:
         """The indexed ones of `item_ids` and their unit vectors [n_found, dim]."""
+        ids = self._ids
         with self._lock:
-            found = [item_id for item_id in item_ids if item_id in self._ids]
-            matrix = np.empty((len(found), self.dim), dtype=np.float32)
-            for row, item_id in enumerate(found):
-                matrix[row] = self._index.reconstruct(self._ids[item_id])
-        return found, matrix
+            found = [item_id for item_id in item_ids if item_id in ids]
+            if not found:
+                return found, np.empty((0, self.dim), dtype=np.float32)
+            keys = np.fromiter((ids[item_id] for item_id in found), dtype=np.int64, count=len(found))
+            matrix = self._index.reconstruct_batch(keys)  # [n_found, dim], one call into FAISS
+        return found, np.asarray(matrix, dtype=np.float32)
 
     def search(
         self, query_vectors: np.ndarray, k: int, exclude: Collection[str] = ()

@@ -201,12 +201,12 @@ class Recommender:
         """Each personal item says which recent item of the user it is closest to."""
         if not picked or not seen:
             return picked
-        recent_ids, recent = index.vectors(seen[: self._tuning.recent_items])
-        if not recent_ids:
-            return picked
-        _, shown = index.vectors([candidate.item_id for candidate in picked])
-        if len(shown) != len(picked):  # an item removed meanwhile: keep the generic reason
-            return picked
+        recent_ids = seen[: self._tuning.recent_items]
+        found, matrix = index.vectors([c.item_id for c in picked] + list(recent_ids))  # one call
+        if found[: len(picked)] != [c.item_id for c in picked] or len(found) == len(picked):
+            return picked  # an item removed meanwhile, or no recent item indexed: generic reason
+        shown, recent = matrix[: len(picked)], matrix[len(picked):]
+        recent_ids = found[len(picked):]
         names = [self._name(recent_ids[row]) for row in anchors(shown, recent).tolist()]
         return [Candidate(c.item_id, c.score, similar_to(name)) for c, name in zip(picked, names, strict=True)]
 

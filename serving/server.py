@@ -119,14 +119,14 @@ async def running(settings: ServingSettings) -> AsyncIterator[Running]:
     """Build everything, start the server (NOT_SERVING until the feeds have caught up) and
     stop it all on exit."""
     state = load_production(settings.artifact_dir, settings.dim)
-    faiss.omp_set_num_threads(settings.faiss_threads)
-    try:
+    try:  # every core for the start-up build (IVF training); nothing is served yet
         index = await asyncio.to_thread(
             ItemIndex.build, state.dim, state.item_ids, state.vectors,
             ivf_threshold=settings.ivf_threshold, nprobe=settings.nprobe,
         )
     except ValueError as error:
         raise ArtifactError(f"model {state.version}: {error}") from error
+    faiss.omp_set_num_threads(settings.faiss_threads)
     models = Models(Model(state.version, index))
     admin = ModelAdmin(models, ivf_threshold=settings.ivf_threshold, nprobe=settings.nprobe)
     releases = ReleaseUpdates(admin)
@@ -147,7 +147,15 @@ async def running(settings: ServingSettings) -> AsyncIterator[Running]:
         acks="all",
         enable_idempotence=True,
     )
-    recommendation_log = RecommendationLog(producer, topic=settings.topic_recommendations,
+    # Its own producer: lingering batches many log entries per request to the broker
+    # (cheap for both sides), which TrackEvents' acknowledged sends must not wait for.
+    log_producer = AIOKafkaProducer(
+        bootstrap_servers=settings.bootstrap_servers(),
+        client_id=f"{settings.client_id}-log",
+        acks=1,
+        linger_ms=settings.log_linger_ms,
+    )
+    recommendation_log = RecommendationLog(log_producer, topic=settings.topic_recommendations,
                                            queue_size=settings.log_queue)
     metrics = Metrics()
     recommender = Recommender(
@@ -182,6 +190,7 @@ async def running(settings: ServingSettings) -> AsyncIterator[Running]:
     try:
         try:
             await producer.start()
+            await log_producer.start()
         except KafkaError as error:
             raise BrokerUnavailable(f"Kafka at {settings.kafka_bootstrap}: {error}") from error
         try:
@@ -217,6 +226,7 @@ async def running(settings: ServingSettings) -> AsyncIterator[Running]:
         except TimeoutError:
             log.warning("recommendation log not drained within %.1f s", settings.grace_s)
         await producer.stop()
+        await log_producer.stop()
         await redis.aclose()
         metrics.close()
         log.info("stopped")

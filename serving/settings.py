@@ -77,9 +77,12 @@ class ServingSettings(BaseSettings):
     )
     nprobe: int = Field(default=8, ge=1, le=65_536, description="IVF lists searched per query")
     search_in_thread: bool = Field(
-        default=True, description="run FAISS searches in a worker thread (the GIL is released)"
+        default=False, description="run FAISS searches in a worker thread (the GIL is released)"
     )
     log_queue: int = Field(default=10_000, ge=1, description="served recommendations queued for Kafka")
+    log_linger_ms: int = Field(
+        default=50, ge=0, le=10_000, description="how long the recommendation log batches before sending"
+    )
 
     # Stores: timeouts and retries.
     redis_timeout_s: float = Field(default=0.5, gt=0, le=60)

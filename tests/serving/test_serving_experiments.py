@@ -4,6 +4,8 @@ real server on port 0, real Kafka and Redis."""
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
 import time
 import urllib.request
 from collections.abc import AsyncIterator
@@ -21,6 +23,7 @@ from serving.report import build
 pytestmark = pytest.mark.integration
 
 N_ITEMS = 200
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _vectors(seed: int = 5, n: int = N_ITEMS) -> dict[str, np.ndarray]:
@@ -245,3 +248,28 @@ async def test_report_gives_click_through_and_conversion_per_version(stack: Stac
     assert (v2_report.click_through, v2_report.conversion) == (0.5, 0.25)
     assert (base_report.served, base_report.clicked, base_report.click_through) == (2, 1, 0.5)
     assert unattributed == 0
+
+
+async def test_admin_cli_shows_and_changes_the_routing(stack: Stack, tmp_path: Path) -> None:
+    await stack.publish_vectors(_vectors(seed=1, n=10))
+    v2 = _vectors(seed=2, n=12)
+    v2_dir = write_artifact(tmp_path / "store", "v2", list(v2), np.stack(list(v2.values())))
+
+    async def cli(*args: str) -> tuple[int, str]:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "serving.admin", "--target", target, *args, cwd=ROOT,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+        out, _ = await asyncio.wait_for(process.communicate(), timeout=60)
+        return process.returncode or 0, out.decode()
+
+    async with stack.server() as client:
+        target = f"127.0.0.1:{client.running.admin_port}"
+        code, out = await cli("promote", "--version", "v2", "--uri", str(v2_dir))
+        assert code == 0 and "production: v2" in out and "previous:   base" in out
+        assert "loaded:     v2 (12 items, flat)" in out
+        code, out = await cli("split", "--version", "base", "--percent", "25")
+        assert code == 0 and "candidate:  base (25 % of users)" in out
+        code, out = await cli("rollback")
+        assert code == 0 and "production: base" in out
+        code, out = await cli("promote", "--version", "nope")
+        assert code == 1 and out.startswith("FAILED_PRECONDITION: model version 'nope' is not loaded")
