@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
+import subprocess
 import sys
 import time
 import urllib.request
@@ -19,6 +21,7 @@ from serving_harness import exact_nearest, unit_rows, write_artifact
 
 from protos import events_pb2, recommender_pb2, recommender_pb2_grpc
 from serving.report import build
+from serving.server import running
 
 pytestmark = pytest.mark.integration
 
@@ -273,3 +276,31 @@ async def test_admin_cli_shows_and_changes_the_routing(stack: Stack, tmp_path: P
         assert code == 0 and "production: base" in out
         code, out = await cli("promote", "--version", "nope")
         assert code == 1 and out.startswith("FAILED_PRECONDITION: model version 'nope' is not loaded")
+
+
+def _self_signed(directory: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and its key, made by the openssl command line."""
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True, timeout=60,
+    )
+    return cert, key
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
+async def test_tls_port_answers_tls_clients_only(stack: Stack, tmp_path: Path) -> None:
+    cert, key = _self_signed(tmp_path)
+    await stack.set_popular({"p": 1})
+    request = recommender_pb2.RecommendRequest(user_id="u", k=1)
+    async with running(stack.settings(tls_cert_file=cert, tls_key_file=key)) as run:
+        credentials = grpc.ssl_channel_credentials(root_certificates=cert.read_bytes())
+        async with grpc.aio.secure_channel(f"127.0.0.1:{run.port}", credentials) as channel:
+            reply = await recommender_pb2_grpc.RecommenderStub(channel).Recommend(request, timeout=10)
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{run.port}") as plain:
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await recommender_pb2_grpc.RecommenderStub(plain).Recommend(request, timeout=5)
+    assert _ids(reply) == ["p"]
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
