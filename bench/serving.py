@@ -178,8 +178,16 @@ async def recall_at_10(stub: recommender_pb2_grpc.RecommenderStub, names: list[s
     return hits / (10 * len(names))
 
 
-async def load(call, concurrency: int, duration_s: float, warmup_s: float) -> dict[str, float]:  # type: ignore[no-untyped-def]
-    """Latency percentiles and throughput of `call` with `concurrency` calls in flight."""
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process `pid` so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def load(call, concurrency: int, duration_s: float, warmup_s: float,  # type: ignore[no-untyped-def]
+               server_pid: int) -> dict[str, float]:
+    """Latency percentiles, throughput and CPU per call (server and this client process)
+    of `call` with `concurrency` calls in flight."""
     latencies: list[float] = []
     measuring = False
     stop_at = time.perf_counter() + warmup_s + duration_s
@@ -194,19 +202,25 @@ async def load(call, concurrency: int, duration_s: float, warmup_s: float) -> di
                 latencies.append(time.perf_counter() - began)
             n += concurrency
 
+    server_cpu = client_cpu = 0.0
+
     async def switch() -> None:
-        nonlocal measuring, started
+        nonlocal measuring, started, server_cpu, client_cpu
         await asyncio.sleep(warmup_s)
         measuring, started = True, time.perf_counter()
+        server_cpu, client_cpu = cpu_seconds(server_pid), time.process_time()
 
     await asyncio.gather(switch(), *(worker(i) for i in range(concurrency)))
     elapsed = time.perf_counter() - started
+    server_cpu, client_cpu = cpu_seconds(server_pid) - server_cpu, time.process_time() - client_cpu
     ms = np.asarray(latencies) * 1000
     return {"p50_ms": round(float(np.percentile(ms, 50)), 3), "p99_ms": round(float(np.percentile(ms, 99)), 3),
-            "max_ms": round(float(ms.max()), 3), "qps": round(len(ms) / elapsed, 1), "calls": len(ms)}
+            "max_ms": round(float(ms.max()), 3), "qps": round(len(ms) / elapsed, 1), "calls": len(ms),
+            "server_cpu_ms_per_call": round(1000 * server_cpu / len(ms), 3),
+            "client_cpu_ms_per_call": round(1000 * client_cpu / len(ms), 3)}
 
 
-async def measure(port: int, names: list[str], recall_names: list[str], exact: np.ndarray,
+async def measure(port: int, server_pid: int, names: list[str], recall_names: list[str], exact: np.ndarray,
                   args: argparse.Namespace) -> dict[str, object]:
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         await wait_serving(channel, args.start_timeout)
@@ -224,8 +238,8 @@ async def measure(port: int, names: list[str], recall_names: list[str], exact: n
             await echo.Echo(ping, timeout=10)
 
         for concurrency in (1, 8, 64):
-            row = {"echo": await load(echo_call, concurrency, args.duration, args.warmup),
-                   "recommend": await load(recommend, concurrency, args.duration, args.warmup)}
+            row = {"echo": await load(echo_call, concurrency, args.duration, args.warmup, server_pid),
+                   "recommend": await load(recommend, concurrency, args.duration, args.warmup, server_pid)}
             results[f"c{concurrency}"] = row
             print(f"c{concurrency}: {json.dumps(row)}", flush=True)
         return results
@@ -280,7 +294,7 @@ def main() -> int:
     started = time.monotonic()
     server, port = start_server(env, args.workdir / f"server-{run}.log", args.start_timeout)
     try:
-        results = asyncio.run(measure(port, names, recall_names, exact, args))
+        results = asyncio.run(measure(port, server.pid, names, recall_names, exact, args))
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=60)

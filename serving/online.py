@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -40,15 +41,49 @@ def decode_vector(raw: bytes | None, dim: int) -> np.ndarray | None:
 class OnlineStore:
     """User vectors, seen items and popular items under one key prefix."""
 
-    def __init__(self, client: Redis, *, prefix: str, seen_limit: int, dim: int) -> None:
+    def __init__(self, client: Redis, *, prefix: str, seen_limit: int, dim: int,
+                 coalesce: bool = True) -> None:
         self._client = client
         self._prefix = prefix
         self._seen_limit = seen_limit
         self._dim = dim
+        self._coalesce = coalesce
+        # Reads asked for in the same event-loop turn, answered by one pipeline.
+        self._pending: list[tuple[str, asyncio.Future[UserState]]] = []
+        self._tasks: set[asyncio.Task[None]] = set()  # flushes in flight (kept referenced)
 
     async def user(self, user_id: str) -> UserState:
-        """The user's vector, its version and recent items, in one round trip."""
-        return (await self.users([user_id]))[0]
+        """The user's vector, its version and recent items, in one round trip.
+
+        Calls made in the same event-loop turn (concurrent requests) share one pipeline:
+        one write and one read on the socket for all of them instead of one each.
+        """
+        if not self._coalesce:
+            return (await self.users([user_id]))[0]
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[UserState] = loop.create_future()
+        if not self._pending:
+            loop.call_soon(self._flush)
+        self._pending.append((user_id, future))
+        return await future
+
+    def _flush(self) -> None:
+        batch, self._pending = self._pending, []
+        task = asyncio.ensure_future(self._answer(batch))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _answer(self, batch: list[tuple[str, asyncio.Future[UserState]]]) -> None:
+        try:
+            states = await self.users([user_id for user_id, _ in batch])
+        except Exception as error:  # every waiting caller gets it (StoreUnavailable)
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(error)
+            return
+        for (_, future), state in zip(batch, states, strict=True):
+            if not future.done():  # a caller past its deadline has stopped waiting
+                future.set_result(state)
 
     async def users(self, user_ids: list[str]) -> list[UserState]:
         """The state of every user in `user_ids`, in one pipelined round trip."""

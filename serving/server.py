@@ -134,7 +134,7 @@ async def running(settings: ServingSettings) -> AsyncIterator[Running]:
     feeds = [
         _feed(settings.topic_item_vectors, VectorUpdates(models), settings),
         _feed(settings.topic_items, CatalogUpdates(catalog), settings),
-        _feed(settings.topic_models, releases, settings, from_end=True),
+        _feed(settings.topic_models, releases, settings, from_end=True, fetch_max_wait_ms=500),
     ]
     redis = Redis.from_url(
         settings.redis_url,
@@ -162,7 +162,7 @@ async def running(settings: ServingSettings) -> AsyncIterator[Running]:
         models=models,
         catalog=catalog,
         store=OnlineStore(redis, prefix=settings.redis_prefix, seen_limit=settings.seen_limit,
-                          dim=state.dim),
+                          dim=state.dim, coalesce=settings.redis_coalesce),
         tuning=Tuning(
             candidate_margin=settings.candidate_margin,
             max_candidates=settings.max_candidates,
@@ -232,14 +232,16 @@ async def running(settings: ServingSettings) -> AsyncIterator[Running]:
         log.info("stopped")
 
 
-def _feed(topic: str, handle: Handler, settings: ServingSettings, *, from_end: bool = False
-          ) -> TopicFeed:
+def _feed(topic: str, handle: Handler, settings: ServingSettings, *, from_end: bool = False,
+          fetch_max_wait_ms: int | None = None) -> TopicFeed:
+    """A feed of `topic`; releases need no 10 ms freshness, so their fetches wait longer."""
     return TopicFeed(
         topic,
         handle,
         bootstrap_servers=settings.bootstrap_servers(),
         client_id=settings.client_id,
-        fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
+        fetch_max_wait_ms=fetch_max_wait_ms if fetch_max_wait_ms is not None
+        else settings.kafka_fetch_max_wait_ms,
         retry_s=settings.kafka_retry_s,
         poll_s=settings.topic_poll_s,
         from_end=from_end,

@@ -86,6 +86,9 @@ class ServingSettings(BaseSettings):
 
     # Stores: timeouts and retries.
     redis_timeout_s: float = Field(default=0.5, gt=0, le=60)
+    redis_coalesce: bool = Field(
+        default=True, description="concurrent requests' user reads share one Redis pipeline"
+    )
     track_timeout_s: float = Field(
         default=10.0, gt=0, le=300, description="all events of a TrackEvents call acked within this"
     )

@@ -17,6 +17,7 @@ import grpc
 import numpy as np
 import pytest
 from conftest import DIM, Client, Stack, eventually
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from serving_harness import exact_nearest, unit_rows, write_artifact
 
 from protos import events_pb2, recommender_pb2, recommender_pb2_grpc
@@ -90,9 +91,12 @@ async def test_recommend_batch_answers_each_request_in_order(stack: Stack) -> No
         batch = await client.stub.RecommendBatch(
             recommender_pb2.RecommendBatchRequest(requests=requests), timeout=5)
         singles = [await client.stub.Recommend(r, timeout=5) for r in requests]
+        # Concurrent calls share one Redis pipeline; each still gets its own user's answer.
+        together = await asyncio.gather(*(client.stub.Recommend(r, timeout=5) for r in requests * 3))
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await client.stub.RecommendBatch(
                 recommender_pb2.RecommendBatchRequest(requests=requests * 2), timeout=5)
+    assert [_ids(r) for r in together] == [_ids(r) for r in singles] * 3
     assert [_ids(r) for r in batch.responses] == [_ids(r) for r in singles]
     assert [r.strategy for r in batch.responses] == ["personal", "popular", "personal"]
     assert len({r.recommendation_id for r in batch.responses}) == 3
@@ -304,3 +308,35 @@ async def test_tls_port_answers_tls_clients_only(stack: Stack, tmp_path: Path) -
                 await recommender_pb2_grpc.RecommenderStub(plain).Recommend(request, timeout=5)
     assert _ids(reply) == ["p"]
     assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_stopping_goes_not_serving_then_lets_calls_in_flight_finish(
+    stack: Stack, silent_redis: int
+) -> None:
+    settings = stack.settings(redis_url=f"redis://127.0.0.1:{silent_redis}/0", redis_timeout_s=1.5,
+                              grace_s=10)
+    request = recommender_pb2.RecommendRequest(user_id="u", k=1)
+    statuses: list[int] = []
+    async with running(settings) as run:
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{run.port}")
+        watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service=""))
+
+        async def follow() -> None:
+            async for reply in watch:
+                statuses.append(reply.status)
+
+        following = asyncio.ensure_future(follow())
+        await eventually(lambda: asyncio.sleep(0, health_pb2.HealthCheckResponse.SERVING in statuses))
+        call = asyncio.ensure_future(recommender_pb2_grpc.RecommenderStub(channel).Recommend(request))
+        await asyncio.sleep(0.3)  # the call is in flight, waiting on the hung Redis
+        stopping = time.monotonic()
+    # Leaving `running` went NOT_SERVING first, then stopped with a grace period: the call
+    # got its own answer (Redis timed out after 1.5 s) instead of being cut off.
+    assert time.monotonic() - stopping >= 1.0
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await call
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert caught.value.details().startswith("Redis is unavailable")
+    await asyncio.gather(following, return_exceptions=True)
+    await channel.close()
+    assert statuses[-1] == health_pb2.HealthCheckResponse.NOT_SERVING
