@@ -5,12 +5,18 @@ from __future__ import annotations
 import numpy as np
 
 
-def anchors(shown: np.ndarray, recent: np.ndarray) -> np.ndarray:
-    """For each shown item [n, dim], the row of the most similar recent item [r, dim].
+def anchors(shown: np.ndarray, recent: np.ndarray, same: np.ndarray | None = None) -> np.ndarray:
+    """For each shown item [n, dim], the row of the most similar recent item [r, dim], or
+    -1 when there is none other than itself.
 
-    Both are unit vectors, so the inner product is the cosine. Returns int [n]; r >= 1.
+    Both are unit vectors, so the inner product is the cosine. `same` [n, r] marks pairs
+    that are one item (a seen item shown again): an item never explains itself.
     """
-    return np.argmax(shown @ recent.T, axis=1)  # [n, r] -> [n]
+    similarity = shown @ recent.T  # [n, r]
+    if same is not None:
+        similarity = np.where(same, -np.inf, similarity)
+    best = np.argmax(similarity, axis=1)  # [n]
+    return np.where(np.isfinite(similarity[np.arange(len(best)), best]), best, -1)
 
 
 def similar_to(name: str) -> str:

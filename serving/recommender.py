@@ -207,8 +207,11 @@ class Recommender:
             return picked  # an item removed meanwhile, or no recent item indexed: generic reason
         shown, recent = matrix[: len(picked)], matrix[len(picked):]
         recent_ids = found[len(picked):]
-        names = [self._name(recent_ids[row]) for row in anchors(shown, recent).tolist()]
-        return [Candidate(c.item_id, c.score, similar_to(name)) for c, name in zip(picked, names, strict=True)]
+        same = np.equal.outer(np.array(found[: len(picked)], dtype=object),
+                              np.array(recent_ids, dtype=object))  # [k, r]: a seen item shown again
+        rows = anchors(shown, recent, same).tolist()
+        return [c if row < 0 else Candidate(c.item_id, c.score, similar_to(self._name(recent_ids[row])))
+                for c, row in zip(picked, rows, strict=True)]
 
     def _name(self, item_id: str) -> str:
         entry = self.catalog.get(item_id)

@@ -157,7 +157,7 @@ async def running(settings: ServingSettings) -> AsyncIterator[Running]:
     )
     recommendation_log = RecommendationLog(log_producer, topic=settings.topic_recommendations,
                                            queue_size=settings.log_queue)
-    metrics = Metrics()
+    metrics = Metrics(models)
     recommender = Recommender(
         models=models,
         catalog=catalog,
@@ -207,7 +207,6 @@ async def running(settings: ServingSettings) -> AsyncIterator[Running]:
             await admin_server.start()
         if settings.metrics_port is not None:
             metrics_port = metrics.serve(settings.metrics_host, settings.metrics_port)
-        metrics.refresh(models)
         tasks.append(asyncio.create_task(_ready_when_loaded(feeds, health_servicer), name="ready"))
         log.info("model %s: listening on %s:%s (admin %s, metrics %s)", state.version,
                  settings.host, port, admin_port, metrics_port)

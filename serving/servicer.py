@@ -159,8 +159,6 @@ class AdminServicer(recommender_pb2_grpc.AdminServicer):
         self.metrics = metrics
 
     def _status(self, routing: Routing) -> recommender_pb2.ModelStatus:
-        if self.metrics is not None:
-            self.metrics.refresh(self._admin.models)
         return model_status(self._admin, routing)
 
     @translated

@@ -104,6 +104,10 @@ def test_explanations_point_at_the_closest_recent_item() -> None:
     shown = np.array([[1, 0], [0, 1], [0.8, 0.6]], np.float32)
     recent = np.array([[0, 1], [1, 0]], np.float32)
     assert anchors(shown, recent).tolist() == [1, 0, 1]
+    # A seen item shown again is explained by another recent item, never by itself.
+    same = np.array([[False, True], [False, False], [False, False]])
+    assert anchors(shown, recent, same).tolist() == [0, 0, 1]
+    assert anchors(shown[:1], recent[1:], same[:1, 1:]).tolist() == [-1]
     assert similar_to("Heat (1995)") == "similar to Heat (1995)"
     mean = mean_vector(np.array([[1, 0], [0, 1]], np.float32))
     assert mean is not None
