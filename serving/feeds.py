@@ -62,9 +62,9 @@ class VectorUpdates:
         for (version, item_id), vector in latest.items():
             by_version.setdefault(version, {})[item_id] = vector
         for version, updated in by_version.items():
-            model = self._models.get(version)
-            if model is not None:
-                model.index.upsert(list(updated), np.stack(list(updated.values())))
+            target = self._models.get(version)
+            if target is not None:  # unloaded since decoding: nothing to update
+                target.index.upsert(list(updated), np.stack(list(updated.values())))
 
     def _decode(self, record: ConsumerRecord) -> tuple[str, str, np.ndarray] | None:
         try:

@@ -73,14 +73,14 @@ def _trained_ivf(dim: int, training: np.ndarray, nprobe: int) -> faiss.Index:
     quantizer = faiss.IndexFlatIP(dim)
     ivf = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
     ivf.own_fields = True
-    quantizer.this.disown()  # the IVF index frees it
+    quantizer.this.disown()  # type: ignore[attr-defined]  # the IVF index frees it
     sample = training
     most = 64 * nlist  # k-means needs ~40-256 points per list; more only costs time
     if len(training) > most:
         rows = np.random.default_rng(0).choice(len(training), size=most, replace=False)
         sample = training[np.sort(rows)]
     ivf.train(sample)
-    ivf.set_direct_map_type(faiss.DirectMap.Hashtable)
+    ivf.set_direct_map_type(faiss.DirectMap.Hashtable)  # type: ignore[attr-defined]
     ivf.nprobe = nprobe
     return ivf
 
@@ -191,14 +191,15 @@ class ItemIndex:
             k_search = min(k, len(ids) - len(excluded))
             if k_search < 1:
                 return [np.empty(0, np.float32) for _ in xq], [[] for _ in xq]
-            params = None
+            params: faiss.SearchParameters | None = None
             if excluded:
                 keep_out = _selector(excluded)
                 selector = faiss.IDSelectorNot(keep_out)
                 if self.kind == "ivf":
-                    params = faiss.SearchParametersIVF(sel=selector, nprobe=self.nprobe)
+                    params = faiss.SearchParametersIVF(  # type: ignore[call-arg]  # stubs lag
+                        sel=selector, nprobe=self.nprobe)
                 else:
-                    params = faiss.SearchParameters(sel=selector)
+                    params = faiss.SearchParameters(sel=selector)  # type: ignore[call-arg]
             D, I = self._index.search(xq, k_search, params=params)  # [nq, k'] each
             items = self._items
             scores: list[np.ndarray] = []

@@ -201,9 +201,9 @@ class Recommender:
         """Each personal item says which recent item of the user it is closest to."""
         if not picked or not seen:
             return picked
-        recent_ids = seen[: self._tuning.recent_items]
-        found, matrix = index.vectors([c.item_id for c in picked] + list(recent_ids))  # one call
-        if found[: len(picked)] != [c.item_id for c in picked] or len(found) == len(picked):
+        asked = [c.item_id for c in picked] + list(seen[: self._tuning.recent_items])
+        found, matrix = index.vectors(asked)  # one call
+        if found[: len(picked)] != asked[: len(picked)] or len(found) == len(picked):
             return picked  # an item removed meanwhile, or no recent item indexed: generic reason
         shown, recent = matrix[: len(picked)], matrix[len(picked):]
         recent_ids = found[len(picked):]

@@ -18,11 +18,12 @@ import argparse
 import asyncio
 import json
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
+from typing import TypeVar
 
 from aiokafka import AIOKafkaConsumer
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, Message
 
 from protos import events_pb2
 from serving.feeds import topic_partitions
@@ -111,11 +112,15 @@ async def read_topic(settings: ServingSettings, topic: str) -> list[bytes]:
     return values
 
 
-def _decoded(values: list[bytes], kind: type) -> list:  # type: ignore[type-arg]
-    messages = []
+M = TypeVar("M", bound=Message)
+
+
+def _decoded(values: list[bytes], parse: Callable[[bytes], M]) -> list[M]:
+    """The values that decode; others (not this message) are skipped."""
+    messages: list[M] = []
     for value in values:
         try:
-            messages.append(kind.FromString(value))
+            messages.append(parse(value))
         except DecodeError:
             continue
     return messages
@@ -123,8 +128,9 @@ def _decoded(values: list[bytes], kind: type) -> list:  # type: ignore[type-arg]
 
 async def build(settings: ServingSettings) -> tuple[dict[str, VersionReport], int]:
     served = _decoded(await read_topic(settings, settings.topic_recommendations),
-                      events_pb2.RecommendationLog)
-    enriched = _decoded(await read_topic(settings, settings.topic_enriched), events_pb2.EnrichedEvent)
+                      events_pb2.RecommendationLog.FromString)
+    enriched = _decoded(await read_topic(settings, settings.topic_enriched),
+                        events_pb2.EnrichedEvent.FromString)
     return compute(served, (entry.event for entry in enriched))
 
 
