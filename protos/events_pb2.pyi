@@ -152,3 +152,21 @@ class ModelRelease(_message.Message):
     action: str
     previous_version: str
     def __init__(self, version: _Optional[str] = ..., uri: _Optional[str] = ..., created_at_ms: _Optional[int] = ..., action: _Optional[str] = ..., previous_version: _Optional[str] = ...) -> None: ...
+
+class RecommendationLog(_message.Message):
+    __slots__ = ("recommendation_id", "model_version", "user_id", "item_ids", "strategy", "served_at_ms", "method")
+    RECOMMENDATION_ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
+    STRATEGY_FIELD_NUMBER: _ClassVar[int]
+    SERVED_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    recommendation_id: str
+    model_version: str
+    user_id: str
+    item_ids: _containers.RepeatedScalarFieldContainer[str]
+    strategy: str
+    served_at_ms: int
+    method: str
+    def __init__(self, recommendation_id: _Optional[str] = ..., model_version: _Optional[str] = ..., user_id: _Optional[str] = ..., item_ids: _Optional[_Iterable[str]] = ..., strategy: _Optional[str] = ..., served_at_ms: _Optional[int] = ..., method: _Optional[str] = ...) -> None: ...

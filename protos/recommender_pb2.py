@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from protos import events_pb2 as protos_dot_events__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18protos/recommender.proto\x12\x0cstreamrec.v1\x1a\x13protos/events.proto\"\x80\x01\n\x10RecommendRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\t\n\x01k\x18\x02 \x01(\x05\x12\x18\n\x10\x65xclude_item_ids\x18\x03 \x03(\t\x12\x1a\n\x12include_categories\x18\x04 \x03(\t\x12\x1a\n\x12\x65xclude_categories\x18\x05 \x03(\t\"_\n\nScoredItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12\r\n\x05title\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x12\n\ncategories\x18\x05 \x03(\t\"\x80\x01\n\x11RecommendResponse\x12\'\n\x05items\x18\x01 \x03(\x0b\x32\x18.streamrec.v1.ScoredItem\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x19\n\x11recommendation_id\x18\x03 \x01(\t\x12\x10\n\x08strategy\x18\x04 \x01(\t\"K\n\x13SimilarItemsRequest\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\t\n\x01k\x18\x02 \x01(\x05\x12\x18\n\x10\x65xclude_item_ids\x18\x03 \x03(\t\"V\n\x14SimilarItemsResponse\x12\'\n\x05items\x18\x01 \x03(\x0b\x32\x18.streamrec.v1.ScoredItem\x12\x15\n\rmodel_version\x18\x02 \x01(\t\"9\n\x12TrackEventsRequest\x12#\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x13.streamrec.v1.Event\"\'\n\x13TrackEventsResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x05\x32\x86\x02\n\x0bRecommender\x12L\n\tRecommend\x12\x1e.streamrec.v1.RecommendRequest\x1a\x1f.streamrec.v1.RecommendResponse\x12U\n\x0cSimilarItems\x12!.streamrec.v1.SimilarItemsRequest\x1a\".streamrec.v1.SimilarItemsResponse\x12R\n\x0bTrackEvents\x12 .streamrec.v1.TrackEventsRequest\x1a!.streamrec.v1.TrackEventsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18protos/recommender.proto\x12\x0cstreamrec.v1\x1a\x13protos/events.proto\"\xfc\x01\n\x10RecommendRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\t\n\x01k\x18\x02 \x01(\x05\x12\x18\n\x10\x65xclude_item_ids\x18\x03 \x03(\t\x12\x1a\n\x12include_categories\x18\x04 \x03(\t\x12\x1a\n\x12\x65xclude_categories\x18\x05 \x03(\t\x12\x16\n\tmin_price\x18\x06 \x01(\x01H\x00\x88\x01\x01\x12\x16\n\tmax_price\x18\x07 \x01(\x01H\x01\x88\x01\x01\x12\x18\n\x10max_per_category\x18\x08 \x01(\x05\x12\x14\n\x0cinclude_seen\x18\t \x01(\x08\x42\x0c\n\n_min_priceB\x0c\n\n_max_price\"_\n\nScoredItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12\r\n\x05title\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x12\n\ncategories\x18\x05 \x03(\t\"\x80\x01\n\x11RecommendResponse\x12\'\n\x05items\x18\x01 \x03(\x0b\x32\x18.streamrec.v1.ScoredItem\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x19\n\x11recommendation_id\x18\x03 \x01(\t\x12\x10\n\x08strategy\x18\x04 \x01(\t\"\xe0\x01\n\x13SimilarItemsRequest\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\t\n\x01k\x18\x02 \x01(\x05\x12\x18\n\x10\x65xclude_item_ids\x18\x03 \x03(\t\x12\x0f\n\x07user_id\x18\x04 \x01(\t\x12\x1a\n\x12include_categories\x18\x05 \x03(\t\x12\x1a\n\x12\x65xclude_categories\x18\x06 \x03(\t\x12\x16\n\tmin_price\x18\x07 \x01(\x01H\x00\x88\x01\x01\x12\x16\n\tmax_price\x18\x08 \x01(\x01H\x01\x88\x01\x01\x42\x0c\n\n_min_priceB\x0c\n\n_max_price\"q\n\x14SimilarItemsResponse\x12\'\n\x05items\x18\x01 \x03(\x0b\x32\x18.streamrec.v1.ScoredItem\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x19\n\x11recommendation_id\x18\x03 \x01(\t\"I\n\x15RecommendBatchRequest\x12\x30\n\x08requests\x18\x01 \x03(\x0b\x32\x1e.streamrec.v1.RecommendRequest\"L\n\x16RecommendBatchResponse\x12\x32\n\tresponses\x18\x01 \x03(\x0b\x32\x1f.streamrec.v1.RecommendResponse\"\x1e\n\x0b\x45\x63hoMessage\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\".\n\x0ePromoteRequest\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x0b\n\x03uri\x18\x02 \x01(\t\"\x11\n\x0fRollbackRequest\"3\n\x0fSetSplitRequest\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x0f\n\x07percent\x18\x02 \x01(\x01\"\x0f\n\rStatusRequest\"C\n\x0bLoadedModel\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x0f\n\x07n_items\x18\x02 \x01(\x03\x12\x12\n\nindex_kind\x18\x03 \x01(\t\"\x82\x01\n\x0bModelStatus\x12\x12\n\nproduction\x18\x01 \x01(\t\x12\x10\n\x08previous\x18\x02 \x01(\t\x12\x11\n\tcandidate\x18\x03 \x01(\t\x12\x0f\n\x07percent\x18\x04 \x01(\x01\x12)\n\x06loaded\x18\x05 \x03(\x0b\x32\x19.streamrec.v1.LoadedModel\"9\n\x12TrackEventsRequest\x12#\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x13.streamrec.v1.Event\"\'\n\x13TrackEventsResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x05\x32\xe3\x02\n\x0bRecommender\x12L\n\tRecommend\x12\x1e.streamrec.v1.RecommendRequest\x1a\x1f.streamrec.v1.RecommendResponse\x12U\n\x0cSimilarItems\x12!.streamrec.v1.SimilarItemsRequest\x1a\".streamrec.v1.SimilarItemsResponse\x12R\n\x0bTrackEvents\x12 .streamrec.v1.TrackEventsRequest\x1a!.streamrec.v1.TrackEventsResponse\x12[\n\x0eRecommendBatch\x12#.streamrec.v1.RecommendBatchRequest\x1a$.streamrec.v1.RecommendBatchResponse2K\n\x0b\x44iagnostics\x12<\n\x04\x45\x63ho\x12\x19.streamrec.v1.EchoMessage\x1a\x19.streamrec.v1.EchoMessage2\xd7\x02\n\x05\x41\x64min\x12\x42\n\x07Promote\x12\x1c.streamrec.v1.PromoteRequest\x1a\x19.streamrec.v1.ModelStatus\x12\x44\n\x08Rollback\x12\x1d.streamrec.v1.RollbackRequest\x1a\x19.streamrec.v1.ModelStatus\x12\x44\n\x08SetSplit\x12\x1d.streamrec.v1.SetSplitRequest\x1a\x19.streamrec.v1.ModelStatus\x12@\n\x06Status\x12\x1b.streamrec.v1.StatusRequest\x1a\x19.streamrec.v1.ModelStatus\x12<\n\x04\x45\x63ho\x12\x19.streamrec.v1.EchoMessage\x1a\x19.streamrec.v1.EchoMessageb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,19 +33,41 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'protos.recommender_pb2', _g
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_RECOMMENDREQUEST']._serialized_start=64
-  _globals['_RECOMMENDREQUEST']._serialized_end=192
-  _globals['_SCOREDITEM']._serialized_start=194
-  _globals['_SCOREDITEM']._serialized_end=289
-  _globals['_RECOMMENDRESPONSE']._serialized_start=292
-  _globals['_RECOMMENDRESPONSE']._serialized_end=420
-  _globals['_SIMILARITEMSREQUEST']._serialized_start=422
-  _globals['_SIMILARITEMSREQUEST']._serialized_end=497
-  _globals['_SIMILARITEMSRESPONSE']._serialized_start=499
-  _globals['_SIMILARITEMSRESPONSE']._serialized_end=585
-  _globals['_TRACKEVENTSREQUEST']._serialized_start=587
-  _globals['_TRACKEVENTSREQUEST']._serialized_end=644
-  _globals['_TRACKEVENTSRESPONSE']._serialized_start=646
-  _globals['_TRACKEVENTSRESPONSE']._serialized_end=685
-  _globals['_RECOMMENDER']._serialized_start=688
-  _globals['_RECOMMENDER']._serialized_end=950
+  _globals['_RECOMMENDREQUEST']._serialized_end=316
+  _globals['_SCOREDITEM']._serialized_start=318
+  _globals['_SCOREDITEM']._serialized_end=413
+  _globals['_RECOMMENDRESPONSE']._serialized_start=416
+  _globals['_RECOMMENDRESPONSE']._serialized_end=544
+  _globals['_SIMILARITEMSREQUEST']._serialized_start=547
+  _globals['_SIMILARITEMSREQUEST']._serialized_end=771
+  _globals['_SIMILARITEMSRESPONSE']._serialized_start=773
+  _globals['_SIMILARITEMSRESPONSE']._serialized_end=886
+  _globals['_RECOMMENDBATCHREQUEST']._serialized_start=888
+  _globals['_RECOMMENDBATCHREQUEST']._serialized_end=961
+  _globals['_RECOMMENDBATCHRESPONSE']._serialized_start=963
+  _globals['_RECOMMENDBATCHRESPONSE']._serialized_end=1039
+  _globals['_ECHOMESSAGE']._serialized_start=1041
+  _globals['_ECHOMESSAGE']._serialized_end=1071
+  _globals['_PROMOTEREQUEST']._serialized_start=1073
+  _globals['_PROMOTEREQUEST']._serialized_end=1119
+  _globals['_ROLLBACKREQUEST']._serialized_start=1121
+  _globals['_ROLLBACKREQUEST']._serialized_end=1138
+  _globals['_SETSPLITREQUEST']._serialized_start=1140
+  _globals['_SETSPLITREQUEST']._serialized_end=1191
+  _globals['_STATUSREQUEST']._serialized_start=1193
+  _globals['_STATUSREQUEST']._serialized_end=1208
+  _globals['_LOADEDMODEL']._serialized_start=1210
+  _globals['_LOADEDMODEL']._serialized_end=1277
+  _globals['_MODELSTATUS']._serialized_start=1280
+  _globals['_MODELSTATUS']._serialized_end=1410
+  _globals['_TRACKEVENTSREQUEST']._serialized_start=1412
+  _globals['_TRACKEVENTSREQUEST']._serialized_end=1469
+  _globals['_TRACKEVENTSRESPONSE']._serialized_start=1471
+  _globals['_TRACKEVENTSRESPONSE']._serialized_end=1510
+  _globals['_RECOMMENDER']._serialized_start=1513
+  _globals['_RECOMMENDER']._serialized_end=1868
+  _globals['_DIAGNOSTICS']._serialized_start=1870
+  _globals['_DIAGNOSTICS']._serialized_end=1945
+  _globals['_ADMIN']._serialized_start=1948
+  _globals['_ADMIN']._serialized_end=2291
 # @@protoc_insertion_point(module_scope)

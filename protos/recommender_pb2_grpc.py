@@ -49,6 +49,11 @@ class RecommenderStub:
                 request_serializer=protos_dot_recommender__pb2.TrackEventsRequest.SerializeToString,
                 response_deserializer=protos_dot_recommender__pb2.TrackEventsResponse.FromString,
                 _registered_method=True)
+        self.RecommendBatch = channel.unary_unary(
+                '/streamrec.v1.Recommender/RecommendBatch',
+                request_serializer=protos_dot_recommender__pb2.RecommendBatchRequest.SerializeToString,
+                response_deserializer=protos_dot_recommender__pb2.RecommendBatchResponse.FromString,
+                _registered_method=True)
 
 
 class RecommenderServicer:
@@ -75,6 +80,13 @@ class RecommenderServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RecommendBatch(self, request, context):
+        """Recommendations for many users in one call (emails, home pages); answers in request order.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RecommenderServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -92,6 +104,11 @@ def add_RecommenderServicer_to_server(servicer, server):
                     servicer.TrackEvents,
                     request_deserializer=protos_dot_recommender__pb2.TrackEventsRequest.FromString,
                     response_serializer=protos_dot_recommender__pb2.TrackEventsResponse.SerializeToString,
+            ),
+            'RecommendBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecommendBatch,
+                    request_deserializer=protos_dot_recommender__pb2.RecommendBatchRequest.FromString,
+                    response_serializer=protos_dot_recommender__pb2.RecommendBatchResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -175,6 +192,360 @@ class Recommender:
             '/streamrec.v1.Recommender/TrackEvents',
             protos_dot_recommender__pb2.TrackEventsRequest.SerializeToString,
             protos_dot_recommender__pb2.TrackEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecommendBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/streamrec.v1.Recommender/RecommendBatch',
+            protos_dot_recommender__pb2.RecommendBatchRequest.SerializeToString,
+            protos_dot_recommender__pb2.RecommendBatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
+class DiagnosticsStub:
+    """A trivial call on the same server stack as Recommender (load tests, connectivity checks).
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.Echo = channel.unary_unary(
+                '/streamrec.v1.Diagnostics/Echo',
+                request_serializer=protos_dot_recommender__pb2.EchoMessage.SerializeToString,
+                response_deserializer=protos_dot_recommender__pb2.EchoMessage.FromString,
+                _registered_method=True)
+
+
+class DiagnosticsServicer:
+    """A trivial call on the same server stack as Recommender (load tests, connectivity checks).
+    """
+
+    def Echo(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_DiagnosticsServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Echo': grpc.unary_unary_rpc_method_handler(
+                    servicer.Echo,
+                    request_deserializer=protos_dot_recommender__pb2.EchoMessage.FromString,
+                    response_serializer=protos_dot_recommender__pb2.EchoMessage.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'streamrec.v1.Diagnostics', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('streamrec.v1.Diagnostics', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Diagnostics:
+    """A trivial call on the same server stack as Recommender (load tests, connectivity checks).
+    """
+
+    @staticmethod
+    def Echo(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/streamrec.v1.Diagnostics/Echo',
+            protos_dot_recommender__pb2.EchoMessage.SerializeToString,
+            protos_dot_recommender__pb2.EchoMessage.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
+class AdminStub:
+    """Operator calls on the admin port: model versions and the traffic split, without restart.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.Promote = channel.unary_unary(
+                '/streamrec.v1.Admin/Promote',
+                request_serializer=protos_dot_recommender__pb2.PromoteRequest.SerializeToString,
+                response_deserializer=protos_dot_recommender__pb2.ModelStatus.FromString,
+                _registered_method=True)
+        self.Rollback = channel.unary_unary(
+                '/streamrec.v1.Admin/Rollback',
+                request_serializer=protos_dot_recommender__pb2.RollbackRequest.SerializeToString,
+                response_deserializer=protos_dot_recommender__pb2.ModelStatus.FromString,
+                _registered_method=True)
+        self.SetSplit = channel.unary_unary(
+                '/streamrec.v1.Admin/SetSplit',
+                request_serializer=protos_dot_recommender__pb2.SetSplitRequest.SerializeToString,
+                response_deserializer=protos_dot_recommender__pb2.ModelStatus.FromString,
+                _registered_method=True)
+        self.Status = channel.unary_unary(
+                '/streamrec.v1.Admin/Status',
+                request_serializer=protos_dot_recommender__pb2.StatusRequest.SerializeToString,
+                response_deserializer=protos_dot_recommender__pb2.ModelStatus.FromString,
+                _registered_method=True)
+        self.Echo = channel.unary_unary(
+                '/streamrec.v1.Admin/Echo',
+                request_serializer=protos_dot_recommender__pb2.EchoMessage.SerializeToString,
+                response_deserializer=protos_dot_recommender__pb2.EchoMessage.FromString,
+                _registered_method=True)
+
+
+class AdminServicer:
+    """Operator calls on the admin port: model versions and the traffic split, without restart.
+    """
+
+    def Promote(self, request, context):
+        """Load `version` (from `uri` unless already loaded) and make it production; the old
+        production version stays loaded as `previous`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Rollback(self, request, context):
+        """Swap production and previous.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetSplit(self, request, context):
+        """Send `percent` of users (by a stable hash of user_id) to the loaded `version`;
+        percent 0 sends everyone to production.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Status(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Echo(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_AdminServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Promote': grpc.unary_unary_rpc_method_handler(
+                    servicer.Promote,
+                    request_deserializer=protos_dot_recommender__pb2.PromoteRequest.FromString,
+                    response_serializer=protos_dot_recommender__pb2.ModelStatus.SerializeToString,
+            ),
+            'Rollback': grpc.unary_unary_rpc_method_handler(
+                    servicer.Rollback,
+                    request_deserializer=protos_dot_recommender__pb2.RollbackRequest.FromString,
+                    response_serializer=protos_dot_recommender__pb2.ModelStatus.SerializeToString,
+            ),
+            'SetSplit': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetSplit,
+                    request_deserializer=protos_dot_recommender__pb2.SetSplitRequest.FromString,
+                    response_serializer=protos_dot_recommender__pb2.ModelStatus.SerializeToString,
+            ),
+            'Status': grpc.unary_unary_rpc_method_handler(
+                    servicer.Status,
+                    request_deserializer=protos_dot_recommender__pb2.StatusRequest.FromString,
+                    response_serializer=protos_dot_recommender__pb2.ModelStatus.SerializeToString,
+            ),
+            'Echo': grpc.unary_unary_rpc_method_handler(
+                    servicer.Echo,
+                    request_deserializer=protos_dot_recommender__pb2.EchoMessage.FromString,
+                    response_serializer=protos_dot_recommender__pb2.EchoMessage.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'streamrec.v1.Admin', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('streamrec.v1.Admin', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Admin:
+    """Operator calls on the admin port: model versions and the traffic split, without restart.
+    """
+
+    @staticmethod
+    def Promote(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/streamrec.v1.Admin/Promote',
+            protos_dot_recommender__pb2.PromoteRequest.SerializeToString,
+            protos_dot_recommender__pb2.ModelStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Rollback(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/streamrec.v1.Admin/Rollback',
+            protos_dot_recommender__pb2.RollbackRequest.SerializeToString,
+            protos_dot_recommender__pb2.ModelStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetSplit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/streamrec.v1.Admin/SetSplit',
+            protos_dot_recommender__pb2.SetSplitRequest.SerializeToString,
+            protos_dot_recommender__pb2.ModelStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Status(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/streamrec.v1.Admin/Status',
+            protos_dot_recommender__pb2.StatusRequest.SerializeToString,
+            protos_dot_recommender__pb2.ModelStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Echo(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/streamrec.v1.Admin/Echo',
+            protos_dot_recommender__pb2.EchoMessage.SerializeToString,
+            protos_dot_recommender__pb2.EchoMessage.FromString,
             options,
             channel_credentials,
             insecure,

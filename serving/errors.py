@@ -29,12 +29,27 @@ class ArtifactError(ServingError):
     """The artifact store names a model version that cannot be read."""
 
 
+class ModelNotLoaded(ServingError):
+    """An admin call names a model version serving does not hold (and no uri to load it)."""
+
+
+class DeadlineExceeded(ServingError):
+    """The caller's deadline passed before the answer was ready."""
+
+
+class Unauthenticated(ServingError):
+    """The call carries no valid bearer token."""
+
+
 STATUS_CODES: dict[type[ServingError], grpc.StatusCode] = {
     InvalidRequest: grpc.StatusCode.INVALID_ARGUMENT,
     ItemNotFound: grpc.StatusCode.NOT_FOUND,
     StoreUnavailable: grpc.StatusCode.UNAVAILABLE,
     BrokerUnavailable: grpc.StatusCode.UNAVAILABLE,
     ArtifactError: grpc.StatusCode.FAILED_PRECONDITION,
+    ModelNotLoaded: grpc.StatusCode.FAILED_PRECONDITION,
+    DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
+    Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
     ServingError: grpc.StatusCode.INTERNAL,
 }
 

@@ -22,7 +22,7 @@ from google.protobuf.message import DecodeError
 
 from protos import events_pb2
 from serving.catalog import Catalog
-from serving.index import ItemIndex
+from serving.models import Models
 
 log = logging.getLogger(__name__)
 
@@ -30,35 +30,43 @@ Handler = Callable[[Sequence[ConsumerRecord]], None]
 
 
 class VectorUpdates:
-    """Applies ``ItemVector`` records of one model version to an index.
+    """Applies ``ItemVector`` records to the loaded model of the record's version.
 
-    Vectors of another version are ignored (no mixed versions); a tombstone (no value)
-    removes the item.
+    Vectors of a version serving does not hold are ignored (no mixed versions); a
+    tombstone (no value) removes the item from every loaded version.
     """
 
-    def __init__(self, index: ItemIndex, *, model_version: str) -> None:
-        self._index = index
-        self._version = model_version
-        self.ignored = 0  # records of another version, mis-sized or undecodable
+    def __init__(self, models: Models) -> None:
+        self._models = models
+        self.ignored = 0  # records of a version not loaded, mis-sized or undecodable
 
     def __call__(self, records: Sequence[ConsumerRecord]) -> None:
-        latest: dict[str, np.ndarray | None] = {}  # last record per item wins, as in the log
+        # In log order: a tombstone drops the item's earlier vectors of this batch and
+        # removes it from every index; a later vector (any version) adds it back.
+        latest: dict[tuple[str, str], np.ndarray] = {}
+        removed: set[str] = set()
         for record in records:
             if record.value is None:
                 if record.key:
-                    latest[record.key.decode(errors="replace")] = None
+                    item_id = record.key.decode(errors="replace")
+                    removed.add(item_id)
+                    latest = {key: v for key, v in latest.items() if key[1] != item_id}
                 continue
-            vector = self._decode(record)
-            if vector is not None:
-                latest[vector[0]] = vector[1]
-        removed = [item_id for item_id, vector in latest.items() if vector is None]
-        updated = {item_id: vector for item_id, vector in latest.items() if vector is not None}
+            decoded = self._decode(record)
+            if decoded is not None:
+                latest[(decoded[0], decoded[1])] = decoded[2]
         if removed:
-            self._index.remove(removed)
-        if updated:
-            self._index.upsert(list(updated), np.stack(list(updated.values())))
+            for model in self._models.loaded():
+                model.index.remove(removed)
+        by_version: dict[str, dict[str, np.ndarray]] = {}
+        for (version, item_id), vector in latest.items():
+            by_version.setdefault(version, {})[item_id] = vector
+        for version, updated in by_version.items():
+            target = self._models.get(version)
+            if target is not None:  # unloaded since decoding: nothing to update
+                target.index.upsert(list(updated), np.stack(list(updated.values())))
 
-    def _decode(self, record: ConsumerRecord) -> tuple[str, np.ndarray] | None:
+    def _decode(self, record: ConsumerRecord) -> tuple[str, str, np.ndarray] | None:
         try:
             message = events_pb2.ItemVector.FromString(record.value)
         except DecodeError:
@@ -66,18 +74,19 @@ class VectorUpdates:
                         record.offset)
             self.ignored += 1
             return None
-        if message.model_version != self._version:
+        model = self._models.get(message.model_version)
+        if model is None:
             self.ignored += 1
             return None
         item_id = message.item_id or (record.key or b"").decode(errors="replace")
         vector = np.asarray(message.vector, dtype=np.float32)
-        usable = vector.shape == (self._index.dim,) and np.isfinite(vector).all() and vector.any()
+        usable = vector.shape == (model.index.dim,) and np.isfinite(vector).all() and vector.any()
         if not item_id or not usable:
             log.warning("unusable item vector for %r at %s[%s]@%s (dimension %s)", item_id,
                         record.topic, record.partition, record.offset, vector.shape[0])
             self.ignored += 1
             return None
-        return item_id, vector
+        return message.model_version, item_id, vector
 
 
 class CatalogUpdates:
@@ -134,8 +143,11 @@ class TopicFeed:
         fetch_max_wait_ms: int,
         retry_s: float,
         poll_s: float,
+        from_end: bool = False,
     ) -> None:
         self.topic = topic
+        self._from_end = from_end  # only records written after start (model releases)
+        self._missing_at_start = False
         self._handle = handle
         self._bootstrap_servers = bootstrap_servers
         self._client_id = client_id
@@ -157,6 +169,7 @@ class TopicFeed:
 
     async def _follow(self) -> None:
         partitions = await self._await_partitions()
+        appeared_later, self._missing_at_start = self._missing_at_start, False
         consumer = AIOKafkaConsumer(
             bootstrap_servers=self._bootstrap_servers,
             client_id=self._client_id,
@@ -168,8 +181,19 @@ class TopicFeed:
         await consumer.start()
         try:
             consumer.assign(partitions)
-            await consumer.seek_to_beginning(*partitions)
-            await self._catch_up(consumer, partitions)
+            if self._from_end and not appeared_later:
+                # Only what is written from now on; a record sent while the feed
+                # reconnects is missed (the artifact store's production.json still names it).
+                await consumer.seek_to_end(*partitions)
+                for tp in partitions:
+                    await consumer.position(tp)  # resolve now: later records are new ones
+                self.loaded.set()
+            elif self._from_end:
+                await consumer.seek_to_beginning(*partitions)  # all of it is newer than the start
+                self.loaded.set()
+            else:
+                await consumer.seek_to_beginning(*partitions)
+                await self._catch_up(consumer, partitions)
             while True:
                 batches = await consumer.getmany(timeout_ms=1000)
                 for records in batches.values():
@@ -186,6 +210,7 @@ class TopicFeed:
             if not self.loaded.is_set():
                 log.warning("topic %r does not exist yet; serving without it until it does",
                             self.topic)
+                self._missing_at_start = True
                 self.loaded.set()
             await asyncio.sleep(self._poll_s)
 

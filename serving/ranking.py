@@ -1,4 +1,4 @@
-"""Turning ranked candidate lists into one answer: filter, dedupe, merge, backfill."""
+"""Turning ranked candidate lists into one answer: filter, dedupe, diversify, merge, backfill."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 REASON_PERSONAL = "similar to your recent activity"
-REASON_POPULAR = "popular now"
+REASON_TRENDING = "trending now"
 REASON_SIMILAR = "similar to this item"
 
 
@@ -28,20 +28,35 @@ def candidates(
 
 
 def merge(
-    sources: Iterable[Iterable[Candidate]], k: int, allows: Callable[[str], bool]
+    sources: Iterable[Iterable[Candidate]],
+    k: int,
+    allows: Callable[[str], bool],
+    *,
+    max_per_group: int = 0,
+    group: Callable[[str], str | None] | None = None,
 ) -> list[Candidate]:
     """The first `k` allowed candidates, taking sources in order (later ones backfill).
 
-    Each item appears at most once: its first allowed occurrence wins.
+    Each item appears at most once: its first allowed occurrence wins. With
+    `max_per_group` > 0 (diversity), at most that many items share a `group` (e.g. the
+    first category); items without a group are not capped.
     """
     picked: list[Candidate] = []
     taken: set[str] = set()
+    per_group: dict[str, int] = {}
     if k <= 0:
         return picked
+    capped = max_per_group > 0 and group is not None
     for source in sources:
         for candidate in source:
             if candidate.item_id in taken or not allows(candidate.item_id):
                 continue
+            if capped:
+                name = group(candidate.item_id)  # type: ignore[misc]
+                if name is not None:
+                    if per_group.get(name, 0) >= max_per_group:
+                        continue
+                    per_group[name] = per_group.get(name, 0) + 1
             picked.append(candidate)
             taken.add(candidate.item_id)
             if len(picked) == k:

@@ -1,27 +1,42 @@
-"""Answers ``Recommend`` and ``SimilarItems`` from the index, the catalog and Redis.
+"""Answers ``Recommend``, ``RecommendBatch`` and ``SimilarItems`` from the routed model
+version's index, the catalog and Redis.
 
-Personal: the user's vector (only if it is of the serving model version) searched in
-the index, with a window wide enough for k after exclusions, widened while filters
-leave fewer than k; then popular items backfill. Without a usable vector: popular items.
+Each request reads one :class:`~serving.models.Model` (version and index together), so
+a user vector is only ever searched in an index of its own version. The query vector:
+
+- ``personal``: the user's vector from Redis, when it is of the routed version;
+- ``recent_items``: else the mean of the user's newest seen items' vectors in the routed
+  version's index (the user's vector is of a version serving does not answer with);
+- ``popular``: else none; trending items answer.
+
+Seen and excluded items are left out inside the FAISS search; catalog filters
+(availability, categories, price) and the per-category cap run on the window, which
+widens ×4 while fewer than k pass; trending items backfill. Every answer is logged to
+``recommendations`` with its id and version.
 """
 
 from __future__ import annotations
 
+import asyncio
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
+from protos import events_pb2
 from serving.catalog import Catalog
 from serving.errors import ItemNotFound
+from serving.explain import anchors, mean_vector, similar_to
 from serving.filters import Filters
 from serving.index import ItemIndex
-from serving.online import OnlineStore
+from serving.models import Model, Models
+from serving.online import OnlineStore, UserState
 from serving.ranking import (
     REASON_PERSONAL,
-    REASON_POPULAR,
     REASON_SIMILAR,
+    REASON_TRENDING,
     Candidate,
     candidates,
     first_window,
@@ -29,9 +44,12 @@ from serving.ranking import (
     next_window,
 )
 from serving.requests import RecommendQuery, SimilarQuery
+from serving.tracking import RecommendationLog
 
 STRATEGY_PERSONAL = "personal"
+STRATEGY_RECENT = "recent_items"
 STRATEGY_POPULAR = "popular"
+STRATEGY_SIMILAR = "similar"
 
 
 @dataclass(frozen=True)
@@ -47,7 +65,7 @@ class Shown:
 
 @dataclass(frozen=True)
 class Recommendation:
-    """The answer to one ``Recommend`` call."""
+    """The answer to one call."""
 
     items: list[Shown]
     model_version: str
@@ -55,103 +73,183 @@ class Recommendation:
     strategy: str
 
 
+@dataclass(frozen=True)
+class Tuning:
+    """Candidate windows and behaviour knobs (from settings)."""
+
+    candidate_margin: int = 20
+    max_candidates: int = 5000
+    exclude_seen: bool = True
+    recent_items: int = 20
+    search_in_thread: bool = False
+
+
 class Recommender:
-    """Candidate generation, filtering and backfill over one model version's index."""
+    """Candidate generation, filtering, diversity, explanations and backfill."""
 
-    def __init__(
-        self,
-        *,
-        index: ItemIndex,
-        catalog: Catalog,
-        store: OnlineStore,
-        model_version: str,
-        candidate_margin: int,
-        max_candidates: int,
-    ) -> None:
-        self.index = index
+    def __init__(self, *, models: Models, catalog: Catalog, store: OnlineStore, tuning: Tuning,
+                 log: RecommendationLog | None = None) -> None:
+        self.models = models
         self.catalog = catalog
-        self.model_version = model_version
         self._store = store
-        self._margin = candidate_margin
-        self._max_candidates = max_candidates
+        self._tuning = tuning
+        self._log = log
 
-    async def recommend(self, query: RecommendQuery) -> Recommendation:
-        """Up to k items for the user: nearest to the user's vector, then popular ones."""
+    @property
+    def model_version(self) -> str:
+        """The production version."""
+        return self.models.routing.production
+
+    async def recommend(self, query: RecommendQuery, method: str = "Recommend") -> Recommendation:
+        """Up to k items for the user (fewer only when fewer pass the filters)."""
         state = await self._store.user(query.user_id)
-        filters = Filters(
-            excluded=query.exclude_item_ids | frozenset(state.seen),
-            include_categories=query.include_categories,
-            exclude_categories=query.exclude_categories,
-        )
-        allows = self._allows(filters)
-        personal: list[Candidate] = []
-        if state.vector is not None and state.version == self.model_version:
-            personal = self._nearest(state.vector, query.k, allows, len(filters.excluded))
-        picked = personal
-        if len(picked) < query.k:
-            picked = await self._backfill(personal, query.k, allows, len(filters.excluded))
-        return Recommendation(
-            items=[self._shown(candidate) for candidate in picked],
-            model_version=self.model_version,
-            recommendation_id=uuid.uuid4().hex,
-            strategy=STRATEGY_PERSONAL if personal else STRATEGY_POPULAR,
-        )
+        return await self._answer(query, state, method)
 
-    def similar(self, query: SimilarQuery) -> list[Shown]:
+    async def recommend_batch(self, queries: list[RecommendQuery]) -> list[Recommendation]:
+        """One answer per query, in order; every user's state read in one round trip."""
+        states = await self._store.users([query.user_id for query in queries])
+        return [await self._answer(query, state, "RecommendBatch")
+                for query, state in zip(queries, states, strict=True)]
+
+    async def similar(self, query: SimilarQuery) -> Recommendation:
         """Up to k items nearest to the query item, never the item itself."""
-        vector = self.index.vector(query.item_id)
+        model = self.models.for_user(query.user_id) if query.user_id else self.models.production
+        vector = model.index.vector(query.item_id)
         if vector is None:
             raise ItemNotFound(
-                f"item {query.item_id!r} has no vector of model version {self.model_version!r}"
+                f"item {query.item_id!r} has no vector of model version {model.version!r}"
             )
-        filters = Filters(excluded=query.exclude_item_ids | {query.item_id})
-        picked = self._nearest(
-            vector, query.k, self._allows(filters), len(filters.excluded), reason=REASON_SIMILAR
+        filters = Filters(
+            excluded=query.exclude_item_ids | {query.item_id},
+            include_categories=query.include_categories,
+            exclude_categories=query.exclude_categories,
+            min_price=query.min_price, max_price=query.max_price,
         )
-        return [self._shown(candidate) for candidate in picked]
+        picked = await self._nearest(model.index, vector, query.k, filters, 0, REASON_SIMILAR)
+        return self._finish(model.version, picked, STRATEGY_SIMILAR, query.user_id, "SimilarItems")
+
+    async def _answer(self, query: RecommendQuery, state: UserState, method: str) -> Recommendation:
+        model = self.models.for_user(query.user_id)
+        seen = state.seen if self._tuning.exclude_seen and not query.include_seen else ()
+        filters = Filters(
+            excluded=query.exclude_item_ids.union(seen),
+            include_categories=query.include_categories,
+            exclude_categories=query.exclude_categories,
+            min_price=query.min_price, max_price=query.max_price,
+        )
+        vector, strategy = self._query_vector(model, state)
+        personal: list[Candidate] = []
+        if vector is not None:
+            personal = await self._nearest(model.index, vector, query.k, filters,
+                                           query.max_per_category, REASON_PERSONAL)
+            personal = self._explained(model.index, personal, state.seen)
+        picked = personal
+        if len(picked) < query.k:
+            picked = await self._backfill(personal, query.k, filters, query.max_per_category)
+        if not personal:
+            strategy = STRATEGY_POPULAR
+        return self._finish(model.version, picked, strategy, query.user_id, method)
+
+    def _query_vector(self, model: Model, state: UserState) -> tuple[np.ndarray | None, str]:
+        """The user's vector if it is of `model`'s version, else the mean of their recent
+        items in `model`'s space: never a vector of one version against another's index."""
+        if state.vector is not None and state.version == model.version:
+            return state.vector, STRATEGY_PERSONAL
+        if state.seen:
+            _, recent = model.index.vectors(state.seen[: self._tuning.recent_items])
+            mean = mean_vector(recent)
+            if mean is not None:
+                return mean, STRATEGY_RECENT
+        return None, STRATEGY_POPULAR
 
     def _allows(self, filters: Filters) -> Callable[[str], bool]:
         get = self.catalog.get
         return lambda item_id: filters.allows(item_id, get(item_id))
 
-    def _nearest(
-        self,
-        vector: np.ndarray,
-        k: int,
-        allows: Callable[[str], bool],
-        n_excluded: int,
-        *,
-        reason: str = REASON_PERSONAL,
-    ) -> list[Candidate]:
+    def _group(self, item_id: str) -> str | None:
+        """The item's first category, case-folded: what the diversity cap counts."""
+        entry = self.catalog.get(item_id)
+        if entry is None or not entry.categories:
+            return None
+        return entry.categories[0].strip().casefold() or None
+
+    async def _nearest(self, index: ItemIndex, vector: np.ndarray, k: int, filters: Filters,
+                       max_per_category: int, reason: str) -> list[Candidate]:
         """The k best allowed neighbours, widening the search while filters take too many."""
-        limit = min(len(self.index), self._max_candidates)
+        limit = min(len(index), self._tuning.max_candidates)
         if limit == 0:
             return []
-        window: int | None = first_window(k, n_excluded, self._margin, limit)
+        extra = k * 3 if filters.narrows or max_per_category else 0
+        window: int | None = first_window(k, extra, self._tuning.candidate_margin, limit)
+        allows = self._allows(filters)
         picked: list[Candidate] = []
         while window is not None:
-            scores, item_ids = self.index.search(vector, window)
-            picked = merge([candidates(item_ids[0], scores[0], reason)], k, allows)
-            if len(picked) >= k:
+            if self._tuning.search_in_thread:
+                scores, item_ids = await asyncio.to_thread(index.search, vector, window,
+                                                           filters.excluded)
+            else:
+                scores, item_ids = index.search(vector, window, filters.excluded)
+            picked = merge([candidates(item_ids[0], scores[0], reason)], k, allows,
+                           max_per_group=max_per_category, group=self._group)
+            if len(picked) >= k or len(item_ids[0]) < window:
                 break
             window = next_window(window, limit)
         return picked
 
-    async def _backfill(
-        self, personal: list[Candidate], k: int, allows: Callable[[str], bool], n_excluded: int
-    ) -> list[Candidate]:
-        """`personal` followed by popular items up to k, widening the popular window as needed."""
-        window: int | None = first_window(k, n_excluded + len(personal), self._margin,
-                                          self._max_candidates)
+    def _explained(self, index: ItemIndex, picked: list[Candidate],
+                   seen: tuple[str, ...]) -> list[Candidate]:
+        """Each personal item says which recent item of the user it is closest to."""
+        if not picked or not seen:
+            return picked
+        asked = [c.item_id for c in picked] + list(seen[: self._tuning.recent_items])
+        found, matrix = index.vectors(asked)  # one call
+        if found[: len(picked)] != asked[: len(picked)] or len(found) == len(picked):
+            return picked  # an item removed meanwhile, or no recent item indexed: generic reason
+        shown, recent = matrix[: len(picked)], matrix[len(picked):]
+        recent_ids = found[len(picked):]
+        same = np.equal.outer(np.array(found[: len(picked)], dtype=object),
+                              np.array(recent_ids, dtype=object))  # [k, r]: a seen item shown again
+        rows = anchors(shown, recent, same).tolist()
+        return [c if row < 0 else Candidate(c.item_id, c.score, similar_to(self._name(recent_ids[row])))
+                for c, row in zip(picked, rows, strict=True)]
+
+    def _name(self, item_id: str) -> str:
+        entry = self.catalog.get(item_id)
+        return entry.title if entry is not None and entry.title else item_id
+
+    async def _backfill(self, personal: list[Candidate], k: int, filters: Filters,
+                        max_per_category: int) -> list[Candidate]:
+        """`personal` followed by trending items up to k, widening the window as needed."""
+        limit = self._tuning.max_candidates
+        window: int | None = first_window(k, len(filters.excluded) + len(personal),
+                                          self._tuning.candidate_margin, limit)
+        allows = self._allows(filters)
         picked = personal
         while window is not None:
             pairs = await self._store.popular(window)
-            popular = [Candidate(item_id, score, REASON_POPULAR) for item_id, score in pairs]
-            picked = merge([personal, popular], k, allows)
+            popular = [Candidate(item_id, score, REASON_TRENDING) for item_id, score in pairs]
+            picked = merge([personal, popular], k, allows,
+                           max_per_group=max_per_category, group=self._group)
             if len(picked) >= k or len(pairs) < window:
                 break
-            window = next_window(window, self._max_candidates)
+            window = next_window(window, limit)
         return picked
+
+    def _finish(self, version: str, picked: list[Candidate], strategy: str, user_id: str,
+                method: str) -> Recommendation:
+        answer = Recommendation(
+            items=[self._shown(candidate) for candidate in picked],
+            model_version=version,
+            recommendation_id=uuid.uuid4().hex,
+            strategy=strategy,
+        )
+        if self._log is not None:
+            self._log.record(events_pb2.RecommendationLog(
+                recommendation_id=answer.recommendation_id, model_version=version,
+                user_id=user_id, item_ids=[item.item_id for item in answer.items],
+                strategy=strategy, served_at_ms=int(time.time() * 1000), method=method,
+            ))
+        return answer
 
     def _shown(self, candidate: Candidate) -> Shown:
         entry = self.catalog.get(candidate.item_id)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -20,6 +21,7 @@ class Limits:
     max_categories: int
     max_id_chars: int
     max_track_events: int
+    max_batch: int = 100
 
     @classmethod
     def from_settings(cls, settings: ServingSettings) -> Limits:
@@ -29,6 +31,7 @@ class Limits:
             max_categories=settings.max_categories,
             max_id_chars=settings.max_id_chars,
             max_track_events=settings.max_track_events,
+            max_batch=settings.max_batch,
         )
 
 
@@ -41,6 +44,10 @@ class RecommendQuery:
     exclude_item_ids: frozenset[str]
     include_categories: frozenset[str]
     exclude_categories: frozenset[str]
+    min_price: float | None = None
+    max_price: float | None = None
+    max_per_category: int = 0
+    include_seen: bool = False
 
 
 @dataclass(frozen=True)
@@ -50,6 +57,11 @@ class SimilarQuery:
     item_id: str
     k: int
     exclude_item_ids: frozenset[str]
+    user_id: str = ""
+    include_categories: frozenset[str] = frozenset()
+    exclude_categories: frozenset[str] = frozenset()
+    min_price: float | None = None
+    max_price: float | None = None
 
 
 def _check_id(name: str, value: str, limits: Limits) -> str:
@@ -76,8 +88,23 @@ def _check_count(name: str, count: int, most: int) -> None:
         raise InvalidRequest(f"{name} has {count} entries; at most {most} are allowed")
 
 
+def _price_range(request: recommender_pb2.RecommendRequest | recommender_pb2.SimilarItemsRequest
+                 ) -> tuple[float | None, float | None]:
+    low = request.min_price if request.HasField("min_price") else None
+    high = request.max_price if request.HasField("max_price") else None
+    for name, value in (("min_price", low), ("max_price", high)):
+        if value is not None and not (math.isfinite(value) and value >= 0):
+            raise InvalidRequest(f"{name} must be a finite number >= 0, got {value}")
+    if low is not None and high is not None and low > high:
+        raise InvalidRequest(f"min_price {low} is above max_price {high}")
+    return low, high
+
+
 def parse_recommend(request: recommender_pb2.RecommendRequest, limits: Limits) -> RecommendQuery:
     """Check `request`; raises InvalidRequest naming the first field out of bounds."""
+    low, high = _price_range(request)
+    if request.max_per_category < 0:
+        raise InvalidRequest(f"max_per_category must be >= 0, got {request.max_per_category}")
     return RecommendQuery(
         user_id=_check_id("user_id", request.user_id, limits),
         k=_check_k(request.k, limits),
@@ -90,17 +117,47 @@ def parse_recommend(request: recommender_pb2.RecommendRequest, limits: Limits) -
         exclude_categories=category_keys(
             _check_list("exclude_categories", request.exclude_categories, limits.max_categories)
         ),
+        min_price=low,
+        max_price=high,
+        max_per_category=request.max_per_category,
+        include_seen=request.include_seen,
     )
+
+
+def parse_batch(request: recommender_pb2.RecommendBatchRequest, limits: Limits) -> list[RecommendQuery]:
+    """Every request of the batch checked; the message names the first bad one."""
+    if not request.requests:
+        raise InvalidRequest("requests is empty")
+    _check_count("requests", len(request.requests), limits.max_batch)
+    queries = []
+    for position, single in enumerate(request.requests):
+        try:
+            queries.append(parse_recommend(single, limits))
+        except InvalidRequest as error:
+            raise InvalidRequest(f"requests[{position}]: {error}") from error
+    return queries
 
 
 def parse_similar(request: recommender_pb2.SimilarItemsRequest, limits: Limits) -> SimilarQuery:
     """Check `request`; raises InvalidRequest naming the first field out of bounds."""
+    low, high = _price_range(request)
+    if len(request.user_id) > limits.max_id_chars:
+        raise InvalidRequest(f"user_id is longer than {limits.max_id_chars} characters")
     return SimilarQuery(
         item_id=_check_id("item_id", request.item_id, limits),
         k=_check_k(request.k, limits),
         exclude_item_ids=frozenset(
             _check_list("exclude_item_ids", request.exclude_item_ids, limits.max_exclude)
         ),
+        user_id=request.user_id,
+        include_categories=category_keys(
+            _check_list("include_categories", request.include_categories, limits.max_categories)
+        ),
+        exclude_categories=category_keys(
+            _check_list("exclude_categories", request.exclude_categories, limits.max_categories)
+        ),
+        min_price=low,
+        max_price=high,
     )
 
 

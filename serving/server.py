@@ -25,20 +25,26 @@ from redis.exceptions import RedisError
 
 from protos import recommender_pb2, recommender_pb2_grpc
 from serving.artifact import load_production
+from serving.auth import TokenAuth, server_credentials
 from serving.catalog import Catalog
 from serving.errors import ArtifactError, BrokerUnavailable
 from serving.feeds import CatalogUpdates, Handler, TopicFeed, VectorUpdates
 from serving.index import ItemIndex
+from serving.metrics import Metrics
+from serving.models import Model, Models
 from serving.online import OnlineStore
-from serving.recommender import Recommender
+from serving.recommender import Recommender, Tuning
+from serving.releases import ModelAdmin, ReleaseUpdates
 from serving.requests import Limits
-from serving.servicer import RecommenderServicer
+from serving.servicer import AdminServicer, DiagnosticsServicer, RecommenderServicer
 from serving.settings import ServingSettings
-from serving.tracking import EventSink
+from serving.tracking import EventSink, RecommendationLog
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME: str = recommender_pb2.DESCRIPTOR.services_by_name["Recommender"].full_name
+DIAGNOSTICS_NAME: str = recommender_pb2.DESCRIPTOR.services_by_name["Diagnostics"].full_name
+ADMIN_NAME: str = recommender_pb2.DESCRIPTOR.services_by_name["Admin"].full_name
 _HEALTH_NAMES = ("", SERVICE_NAME)  # "" is the whole server
 
 
@@ -47,17 +53,40 @@ def create_server(
     *,
     servicer: recommender_pb2_grpc.RecommenderServicer,
     health_servicer: health.aio.HealthServicer,
+    diagnostics: recommender_pb2_grpc.DiagnosticsServicer | None = None,
 ) -> tuple[grpc.aio.Server, int]:
-    """An unstarted server with the recommender, health and reflection, bound to its port."""
+    """An unstarted public server (recommender, diagnostics, health, reflection) bound to its
+    port, with TLS and bearer-token checks when configured."""
+    tokens = [token.get_secret_value() for token in settings.auth_tokens]
     server = grpc.aio.server(
-        options=[("grpc.max_receive_message_length", settings.max_receive_message_bytes)]
+        interceptors=[TokenAuth(tokens)] if tokens else None,
+        options=[("grpc.max_receive_message_length", settings.max_receive_message_bytes)],
     )
     recommender_pb2_grpc.add_RecommenderServicer_to_server(servicer, server)
+    names = [SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME]
+    if diagnostics is not None:
+        recommender_pb2_grpc.add_DiagnosticsServicer_to_server(diagnostics, server)
+        names.append(DIAGNOSTICS_NAME)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-    )
-    port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+    reflection.enable_server_reflection(names, server)
+    address = f"{settings.host}:{settings.port}"
+    credentials = server_credentials(settings)
+    if credentials is None:
+        port = server.add_insecure_port(address)
+    else:
+        port = server.add_secure_port(address, credentials)
+    return server, port
+
+
+def create_admin_server(
+    settings: ServingSettings, *, admin: recommender_pb2_grpc.AdminServicer
+) -> tuple[grpc.aio.Server, int]:
+    """An unstarted admin server on ``admin_host:admin_port`` (plaintext: bind it to a
+    private address)."""
+    server = grpc.aio.server()
+    recommender_pb2_grpc.add_AdminServicer_to_server(admin, server)
+    reflection.enable_server_reflection((ADMIN_NAME, reflection.SERVICE_NAME), server)
+    port = server.add_insecure_port(f"{settings.admin_host}:{settings.admin_port or 0}")
     return server, port
 
 
@@ -78,23 +107,34 @@ class Running:
     health: health.aio.HealthServicer
     recommender: Recommender
     feeds: Sequence[TopicFeed]
+    admin: ModelAdmin
+    admin_port: int | None
+    metrics: Metrics
+    metrics_port: int | None
+    recommendation_log: RecommendationLog
 
 
 @asynccontextmanager
 async def running(settings: ServingSettings) -> AsyncIterator[Running]:
     """Build everything, start the server (NOT_SERVING until the feeds have caught up) and
     stop it all on exit."""
-    model = load_production(settings.artifact_dir, settings.dim)
-    faiss.omp_set_num_threads(settings.faiss_threads)
-    index = ItemIndex(model.dim)
-    try:
-        index.upsert(model.item_ids, model.vectors)
+    state = load_production(settings.artifact_dir, settings.dim)
+    try:  # every core for the start-up build (IVF training); nothing is served yet
+        index = await asyncio.to_thread(
+            ItemIndex.build, state.dim, state.item_ids, state.vectors,
+            ivf_threshold=settings.ivf_threshold, nprobe=settings.nprobe,
+        )
     except ValueError as error:
-        raise ArtifactError(f"model {model.version}: {error}") from error
+        raise ArtifactError(f"model {state.version}: {error}") from error
+    faiss.omp_set_num_threads(settings.faiss_threads)
+    models = Models(Model(state.version, index))
+    admin = ModelAdmin(models, ivf_threshold=settings.ivf_threshold, nprobe=settings.nprobe)
+    releases = ReleaseUpdates(admin)
     catalog = Catalog()
     feeds = [
-        _feed(settings.topic_item_vectors, VectorUpdates(index, model_version=model.version), settings),
+        _feed(settings.topic_item_vectors, VectorUpdates(models), settings),
         _feed(settings.topic_items, CatalogUpdates(catalog), settings),
+        _feed(settings.topic_models, releases, settings, from_end=True, fetch_max_wait_ms=500),
     ]
     redis = Redis.from_url(
         settings.redis_url,
@@ -107,58 +147,103 @@ async def running(settings: ServingSettings) -> AsyncIterator[Running]:
         acks="all",
         enable_idempotence=True,
     )
+    # Its own producer: lingering batches many log entries per request to the broker
+    # (cheap for both sides), which TrackEvents' acknowledged sends must not wait for.
+    log_producer = AIOKafkaProducer(
+        bootstrap_servers=settings.bootstrap_servers(),
+        client_id=f"{settings.client_id}-log",
+        acks=1,
+        linger_ms=settings.log_linger_ms,
+    )
+    recommendation_log = RecommendationLog(log_producer, topic=settings.topic_recommendations,
+                                           queue_size=settings.log_queue)
+    metrics = Metrics(models)
     recommender = Recommender(
-        index=index,
+        models=models,
         catalog=catalog,
         store=OnlineStore(redis, prefix=settings.redis_prefix, seen_limit=settings.seen_limit,
-                          dim=model.dim),
-        model_version=model.version,
-        candidate_margin=settings.candidate_margin,
-        max_candidates=settings.max_candidates,
+                          dim=state.dim, coalesce=settings.redis_coalesce),
+        tuning=Tuning(
+            candidate_margin=settings.candidate_margin,
+            max_candidates=settings.max_candidates,
+            exclude_seen=settings.exclude_seen,
+            recent_items=settings.recent_items,
+            search_in_thread=settings.search_in_thread,
+        ),
+        log=recommendation_log,
     )
     health_servicer = health.aio.HealthServicer()
     servicer = RecommenderServicer(
         recommender=recommender,
         sink=EventSink(producer, topic=settings.topic_events, timeout_s=settings.track_timeout_s),
         limits=Limits.from_settings(settings),
+        metrics=metrics,
     )
-    server, port = create_server(settings, servicer=servicer, health_servicer=health_servicer)
+    server, port = create_server(settings, servicer=servicer, health_servicer=health_servicer,
+                                 diagnostics=DiagnosticsServicer(metrics))
+    admin_server: grpc.aio.Server | None = None
+    admin_port: int | None = None
+    if settings.admin_port is not None:
+        admin_server, admin_port = create_admin_server(settings, admin=AdminServicer(admin, metrics))
+    metrics_port: int | None = None
     tasks: list[asyncio.Task[None]] = []
     try:
         try:
             await producer.start()
+            await log_producer.start()
         except KafkaError as error:
             raise BrokerUnavailable(f"Kafka at {settings.kafka_bootstrap}: {error}") from error
         try:
-            await redis.ping()
-        except (RedisError, OSError) as error:
+            async with asyncio.timeout(min(settings.redis_timeout_s, 2.0)):  # a warning only
+                await redis.ping()
+        except (RedisError, OSError, TimeoutError) as error:
             log.warning("Redis is not reachable yet (%s); Recommend is UNAVAILABLE until it is", error)
         tasks = [asyncio.create_task(feed.run(), name=f"feed {feed.topic}") for feed in feeds]
+        tasks.append(asyncio.create_task(releases.run(), name="model releases"))
+        tasks.append(asyncio.create_task(recommendation_log.run(), name="recommendation log"))
         await set_health(health_servicer, health_pb2.HealthCheckResponse.NOT_SERVING)
         await server.start()
+        if admin_server is not None:
+            await admin_server.start()
+        if settings.metrics_port is not None:
+            metrics_port = metrics.serve(settings.metrics_host, settings.metrics_port)
         tasks.append(asyncio.create_task(_ready_when_loaded(feeds, health_servicer), name="ready"))
-        log.info("model %s: listening on %s:%s", model.version, settings.host, port)
-        yield Running(server, port, health_servicer, recommender, feeds)
+        log.info("model %s: listening on %s:%s (admin %s, metrics %s)", state.version,
+                 settings.host, port, admin_port, metrics_port)
+        yield Running(server, port, health_servicer, recommender, feeds, admin, admin_port,
+                      metrics, metrics_port, recommendation_log)
     finally:
         await set_health(health_servicer, health_pb2.HealthCheckResponse.NOT_SERVING)
+        if admin_server is not None:
+            await admin_server.stop(0)
         await server.stop(settings.grace_s)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        try:
+            await asyncio.wait_for(recommendation_log.drain(), settings.grace_s)
+        except TimeoutError:
+            log.warning("recommendation log not drained within %.1f s", settings.grace_s)
         await producer.stop()
+        await log_producer.stop()
         await redis.aclose()
+        metrics.close()
         log.info("stopped")
 
 
-def _feed(topic: str, handle: Handler, settings: ServingSettings) -> TopicFeed:
+def _feed(topic: str, handle: Handler, settings: ServingSettings, *, from_end: bool = False,
+          fetch_max_wait_ms: int | None = None) -> TopicFeed:
+    """A feed of `topic`; releases need no 10 ms freshness, so their fetches wait longer."""
     return TopicFeed(
         topic,
         handle,
         bootstrap_servers=settings.bootstrap_servers(),
         client_id=settings.client_id,
-        fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
+        fetch_max_wait_ms=fetch_max_wait_ms if fetch_max_wait_ms is not None
+        else settings.kafka_fetch_max_wait_ms,
         retry_s=settings.kafka_retry_s,
         poll_s=settings.topic_poll_s,
+        from_end=from_end,
     )
 
 

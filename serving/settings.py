@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -21,6 +21,9 @@ class ServingSettings(BaseSettings):
     topic_events: str = "events"
     topic_items: str = "items"
     topic_item_vectors: str = "item-vectors"
+    topic_models: str = "models"
+    topic_recommendations: str = "recommendations"
+    topic_enriched: str = Field(default="events.enriched", description="read by `serving.report`")
     artifact_dir: Path = Path("var/artifacts")
 
     # The server.
@@ -29,6 +32,15 @@ class ServingSettings(BaseSettings):
     grace_s: float = Field(default=5.0, ge=0, le=300, description="in-flight calls finish within this")
     max_receive_message_bytes: int = Field(default=4 * 1024 * 1024, ge=1024, le=256 * 1024 * 1024)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    admin_host: str = Field(default="127.0.0.1", min_length=1, description="admin port address")
+    admin_port: int | None = Field(default=50052, ge=0, le=65535, description="None: no admin port")
+    metrics_port: int | None = Field(default=None, ge=0, le=65535, description="Prometheus /metrics")
+    metrics_host: str = "127.0.0.1"
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    auth_tokens: list[SecretStr] = Field(
+        default_factory=list, description="bearer tokens accepted on the public port; empty: none asked"
+    )
 
     # Request limits (INVALID_ARGUMENT beyond them).
     max_k: int = Field(default=100, ge=1, le=10_000)
@@ -36,6 +48,7 @@ class ServingSettings(BaseSettings):
     max_categories: int = Field(default=100, ge=0, le=10_000, description="category filters per call")
     max_id_chars: int = Field(default=1024, ge=1, le=65_536, description="user and item id length")
     max_track_events: int = Field(default=1000, ge=1, le=100_000, description="events per TrackEvents")
+    max_batch: int = Field(default=100, ge=1, le=10_000, description="requests per RecommendBatch")
 
     # Vectors: the dimension when no artifact names one.
     dim: int = Field(default=384, ge=1, le=65_536)
@@ -54,9 +67,28 @@ class ServingSettings(BaseSettings):
     max_candidates: int = Field(
         default=5000, ge=1, le=1_000_000, description="widest neighbour or popular window searched"
     )
+    exclude_seen: bool = Field(default=True, description="leave out items in sr:seen unless asked")
+    recent_items: int = Field(
+        default=20, ge=1, le=1000,
+        description="newest seen items that explain results and stand in for a user vector of another version",
+    )
+    ivf_threshold: int = Field(
+        default=50_000, ge=1, description="catalog size from which the index is IVF, not exact"
+    )
+    nprobe: int = Field(default=8, ge=1, le=65_536, description="IVF lists searched per query")
+    search_in_thread: bool = Field(
+        default=False, description="run FAISS searches in a worker thread (the GIL is released)"
+    )
+    log_queue: int = Field(default=10_000, ge=1, description="served recommendations queued for Kafka")
+    log_linger_ms: int = Field(
+        default=50, ge=0, le=10_000, description="how long the recommendation log batches before sending"
+    )
 
     # Stores: timeouts and retries.
     redis_timeout_s: float = Field(default=0.5, gt=0, le=60)
+    redis_coalesce: bool = Field(
+        default=True, description="concurrent requests' user reads share one Redis pipeline"
+    )
     track_timeout_s: float = Field(
         default=10.0, gt=0, le=300, description="all events of a TrackEvents call acked within this"
     )
@@ -69,6 +101,8 @@ class ServingSettings(BaseSettings):
     def _windows(self) -> ServingSettings:
         if self.max_candidates < self.max_k:
             raise ValueError("max_candidates must be at least max_k")
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("tls_cert_file and tls_key_file go together")
         return self
 
     def bootstrap_servers(self) -> list[str]:

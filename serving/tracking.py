@@ -1,8 +1,10 @@
-"""``TrackEvents``: events to Kafka ``events`` (key user_id), acknowledged by all replicas."""
+"""``TrackEvents``: events to Kafka ``events`` (key user_id), acknowledged by all replicas;
+and the log of served recommendations to Kafka ``recommendations``."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Sequence
 
 from aiokafka import AIOKafkaProducer
@@ -10,6 +12,8 @@ from aiokafka.errors import KafkaError
 
 from protos import events_pb2
 from serving.errors import BrokerUnavailable
+
+log = logging.getLogger(__name__)
 
 
 class EventSink:
@@ -43,3 +47,43 @@ class EventSink:
                 f"Kafka did not acknowledge the events within {self._timeout_s} s: {reason}"
             ) from error
         return len(acks)
+
+
+class RecommendationLog:
+    """Every served answer to Kafka ``recommendations`` (key user_id), off the request path.
+
+    :meth:`record` only queues; a background task produces. When Kafka falls behind and
+    the queue is full, records are dropped and counted (``dropped``) rather than slowing
+    answers down: the report then undercounts impressions, it never blocks serving.
+    """
+
+    def __init__(self, producer: AIOKafkaProducer, *, topic: str, queue_size: int) -> None:
+        self._producer = producer
+        self._topic = topic
+        self._queue: asyncio.Queue[events_pb2.RecommendationLog] = asyncio.Queue(queue_size)
+        self.dropped = 0
+
+    def record(self, entry: events_pb2.RecommendationLog) -> None:
+        try:
+            self._queue.put_nowait(entry)
+        except asyncio.QueueFull:
+            self.dropped += 1
+
+    async def run(self) -> None:
+        """Produce queued records until cancelled; then what is queued is flushed by :meth:`drain`."""
+        while True:
+            entry = await self._queue.get()
+            await self._send(entry)
+
+    async def drain(self) -> None:
+        """Send what is still queued (at shutdown, before the producer stops)."""
+        while not self._queue.empty():
+            await self._send(self._queue.get_nowait())
+
+    async def _send(self, entry: events_pb2.RecommendationLog) -> None:
+        try:
+            await self._producer.send(self._topic, key=entry.user_id.encode("utf-8"),
+                                      value=entry.SerializeToString())
+        except KafkaError as error:
+            self.dropped += 1
+            log.warning("recommendation %s not logged: %s", entry.recommendation_id, error)

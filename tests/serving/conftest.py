@@ -69,6 +69,10 @@ class Stack:
             topic_events=self.topics["events"],
             topic_items=self.topics["items"],
             topic_item_vectors=self.topics["item_vectors"],
+            topic_models=self.topics["models"],
+            topic_recommendations=self.topics["recommendations"],
+            topic_enriched=self.topics["enriched"],
+            admin_port=0,
             artifact_dir=self.artifact_dir,
             host="127.0.0.1",
             port=0,
@@ -139,8 +143,13 @@ async def stack(
         "events": f"events.serving-{unique}",
         "items": f"items.serving-{unique}",
         "item_vectors": f"item-vectors.serving-{unique}",
+        "models": f"models.serving-{unique}",
+        "recommendations": f"recommendations.serving-{unique}",
+        "enriched": f"events.enriched.serving-{unique}",
     }
-    create_topics([topics["events"]], partitions=PARTITIONS)
+    create_topics([topics["events"], topics["recommendations"], topics["enriched"]],
+                  partitions=PARTITIONS)
+    create_topics([topics["models"]], partitions=1)
     create_topics([topics["items"], topics["item_vectors"]], partitions=PARTITIONS,
                   config={"cleanup.policy": "compact"})
     producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")

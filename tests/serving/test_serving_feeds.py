@@ -9,6 +9,7 @@ from protos import events_pb2
 from serving.catalog import Catalog
 from serving.feeds import CatalogUpdates, VectorUpdates
 from serving.index import ItemIndex
+from serving.models import Model, Models
 
 _offsets = iter(range(1_000_000))
 
@@ -34,7 +35,7 @@ def _vector(item_id: str, values: list[float], version: str = "v1") -> ConsumerR
 
 def test_vectors_of_the_serving_version_are_upserted_and_others_ignored() -> None:
     index = ItemIndex(3)
-    updates = VectorUpdates(index, model_version="v1")
+    updates = VectorUpdates(Models(Model("v1", index)))
     updates([
         _vector("a", [1, 0, 0]),
         _vector("b", [0, 1, 0], version="v2"),  # another model's space
@@ -50,13 +51,27 @@ def test_vectors_of_the_serving_version_are_upserted_and_others_ignored() -> Non
 
 def test_the_last_record_per_item_wins_and_tombstones_remove() -> None:
     index = ItemIndex(2)
-    updates = VectorUpdates(index, model_version="v1")
+    updates = VectorUpdates(Models(Model("v1", index)))
     updates([_vector("a", [1, 0]), _vector("b", [0, 1]), _vector("a", [0, 1])])
     np.testing.assert_allclose(_stored(index, "a"), [0, 1])
     updates([_record("b", None), _vector("c", [1, 1]), _record("c", None), _record("zz", None)])
     assert len(index) == 1 and "a" in index
     updates([_record("a", None), _vector("a", [1, 0])])  # re-added after its tombstone
     np.testing.assert_allclose(_stored(index, "a"), [1, 0])
+    updates([_vector("a", [0, 1]), _record("a", None)])  # removed after its vector
+    assert "a" not in index
+
+
+def test_vectors_go_to_the_index_of_their_own_version() -> None:
+    models = Models(Model("v1", ItemIndex(2)))
+    models.add(Model("v2", ItemIndex(2)))
+    VectorUpdates(models)([_vector("a", [1, 0]), _vector("a", [0, 1], version="v2"),
+                           _vector("b", [1, 1], version="v3")])
+    v1, v2 = models.get("v1"), models.get("v2")
+    assert v1 is not None and v2 is not None
+    np.testing.assert_allclose(_stored(v1.index, "a"), [1, 0])
+    np.testing.assert_allclose(_stored(v2.index, "a"), [0, 1])
+    assert "b" not in v1.index and "b" not in v2.index
 
 
 def test_items_fill_the_catalog_and_tombstones_remove() -> None:

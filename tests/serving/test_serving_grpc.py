@@ -69,7 +69,9 @@ async def test_recommend_returns_the_nearest_items_minus_seen_and_excluded(stack
     assert re.fullmatch(r"[0-9a-f]{32}", response.recommendation_id)
     first = response.items[0]
     assert first.title == f"Title {first.item_id}"
-    assert first.reason == "similar to your recent activity"
+    # Explained by the seen item (of the two) closest to it, by its title.
+    anchor = max(seen, key=lambda i: float(vectors[i] @ vectors[first.item_id]))
+    assert first.reason == f"similar to Title {anchor}"
     assert list(first.categories) == _items([first.item_id])[0].categories
     np.testing.assert_allclose([item.score for item in response.items],
                                [float(vectors[i] @ query) for i in _ids(response)], atol=1e-5)
@@ -88,7 +90,7 @@ async def test_unknown_user_gets_popular_items_and_seen_ones_are_left_out(stack:
         other = await _recommend(client, "other-model", 2)
     assert _ids(unknown) == ["p1", "p2", "p3"]
     assert unknown.strategy == "popular" and unknown.model_version == "base"
-    assert [item.reason for item in unknown.items] == ["popular now"] * 3
+    assert [item.reason for item in unknown.items] == ["trending now"] * 3
     assert [item.score for item in unknown.items] == [50, 40, 30]
     assert _ids(history) == ["p2", "p5"]  # fewer than k: nothing else is left
     assert (_ids(other), other.strategy) == (["p1", "p2"], "popular")
@@ -104,8 +106,9 @@ async def test_popular_items_backfill_personal_ones_without_duplicates(stack: St
     async with stack.server() as client:
         response = await _recommend(client, "u", 6)
     assert _ids(response) == [nearest[0], nearest[1], nearest[3], "hit1", "hit2", "hit3"]
+    # No catalog entry: the seen item is named by its id.
     assert [item.reason for item in response.items] == (
-        ["similar to your recent activity"] * 3 + ["popular now"] * 3
+        [f"similar to {nearest[2]}"] * 3 + ["trending now"] * 3
     )
     assert response.strategy == "personal"
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from serving_harness import exact_nearest, unit_rows
 
-from serving.index import ItemIndex, normalise
+from serving.index import ItemIndex, index_kind, normalise
 
 DIM = 16
 
@@ -100,3 +100,48 @@ def test_ids_and_rows_must_match_and_k_must_be_positive() -> None:
         index.upsert(["a", "b"], np.ones((1, 2), np.float32))
     with pytest.raises(ValueError, match="k must be positive"):
         index.search(np.ones(2, np.float32), 0)
+
+
+def test_excluded_items_are_left_out_inside_the_search() -> None:
+    rng = np.random.default_rng(3)
+    vectors = unit_rows(rng, 200, DIM)
+    reference = {f"item-{i}": vectors[i] for i in range(len(vectors))}
+    index = ItemIndex(DIM)
+    index.upsert(list(reference), vectors)
+    query = rng.normal(size=DIM).astype(np.float32)
+    excluded = set(exact_nearest(reference, query, 15)[::2]) | {"never-indexed"}
+    _, item_ids = index.search(query, 10, exclude=excluded)
+    assert item_ids[0] == exact_nearest(reference, query, 10, excluded)
+
+
+def test_index_kind_follows_the_catalog_size() -> None:
+    assert index_kind(999, 1000) == "flat" and index_kind(1000, 1000) == "ivf"
+    rows = unit_rows(np.random.default_rng(1), 50, DIM)
+    assert ItemIndex.build(DIM, [f"i{n}" for n in range(50)], rows, ivf_threshold=51,
+                           nprobe=4).kind == "flat"
+
+
+def test_ivf_index_recall_on_clustered_data_and_live_updates() -> None:
+    """IVF against exact search on clustered data: recall@10 >= 0.95, also after upserts
+    and removals (which must not need a rebuild)."""
+    rng = np.random.default_rng(11)
+    n, dim = 20_000, 32
+    vectors = unit_rows(rng, n, dim, clusters=200)
+    item_ids = [f"item-{i}" for i in range(n)]
+    index = ItemIndex.build(dim, item_ids, vectors, ivf_threshold=10_000, nprobe=8)
+    assert index.kind == "ivf" and len(index) == n
+    removed = item_ids[:500]
+    index.remove(removed)
+    fresh = unit_rows(rng, 300, dim, clusters=200)
+    index.upsert([f"new-{i}" for i in range(300)], fresh)
+    all_ids = item_ids[500:] + [f"new-{i}" for i in range(300)]
+    matrix = np.concatenate([vectors[500:], fresh])
+    # Queries near catalog items, as user vectors are (a mean of items they touched).
+    queries = matrix[rng.choice(len(matrix), 100, replace=False)] + 0.1 * rng.normal(size=(100, dim))
+    queries = (queries / np.linalg.norm(queries, axis=1, keepdims=True)).astype(np.float32)
+    exact = np.argsort(-(queries @ matrix.T), axis=1)[:, :10]  # [100, 10]
+    _, found = index.search(queries, 10)
+    hits = sum(len({all_ids[j] for j in row} & set(got)) for row, got in zip(exact, found, strict=True))
+    assert hits / (10 * len(queries)) >= 0.95
+    assert not set(removed) & {item for got in found for item in got}
+    np.testing.assert_allclose(index.vector("new-7"), fresh[7] / np.linalg.norm(fresh[7]), atol=1e-6)

@@ -51,7 +51,8 @@ async def test_server_process_answers_the_client_and_stops_on_sigterm(stack: Sta
     settings = stack.settings()
     env = dict(os.environ)
     for name, value in settings.model_dump().items():
-        env[f"STREAMREC_SERVING_{name.upper()}"] = str(value)
+        if value is not None and value != []:
+            env[f"STREAMREC_SERVING_{name.upper()}"] = str(value)
     vectors = unit_rows(np.random.default_rng(0), 5, settings.dim)
     catalog = {f"m{n}": vectors[n] for n in range(5)}
     await stack.publish_vectors(catalog)
@@ -78,7 +79,7 @@ async def test_server_process_answers_the_client_and_stops_on_sigterm(stack: Sta
         code, out, err = await _client("--target", target, "recommend", "--user", "nobody", "-k", "2")
         assert code == 0, err
         assert "nobody: popular, model base" in out
-        assert re.search(r"1\.\s+9\.0000\s+m1\s+Movie One\s+\[Drama\]\s+\(popular now\)", out)
+        assert re.search(r"1\.\s+9\.0000\s+m1\s+Movie One\s+\[Drama\]\s+\(trending now\)", out)
         code, out, err = await _client("--target", target, "similar", "--item", "m0", "-k", "3")
         assert code == 0, err
         assert out.startswith("items similar to m0 (model base):")
