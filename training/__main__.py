@@ -1,6 +1,8 @@
 """``python -m training [run | evaluate | schedule]``.
 
 - ``run`` (the default): one training run with settings from ``STREAMREC_TRAINING_*``.
+- ``schedule``: run every ``schedule_interval_s`` and/or after
+  ``schedule_min_new_events`` new events, one run at a time, retrying failures.
 - ``evaluate``: train the shipped model and the baselines on a local dataset or on the
   event log, and print the full-catalog leave-last-out table.
 """
@@ -15,13 +17,15 @@ import os
 import sys
 from pathlib import Path
 
-from kafka import KafkaConsumer, KafkaProducer
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import KafkaError
 from pydantic import ValidationError
 
 from training.encoder import ItemEncoder, default_model_dir
 from training.errors import TrainingError
-from training.job import run_once
+from training.artifact import read_manifest, read_production
+from training.job import run_once, run_trained
+from training.schedule import Policy, exclusive, loop
 from training.settings import TrainingSettings
 
 log = logging.getLogger("training")
@@ -31,16 +35,25 @@ METRIC_COLUMNS = ("hr@10", "ndcg@10", "hr@50", "ndcg@50", "mrr", "train_seconds"
 
 def run() -> int:
     """0 on success, 2 on bad settings or data, 3 when Kafka fails."""
+    try:
+        settings = TrainingSettings()
+        with exclusive(settings.artifact_dir):
+            summary = run_with_clients(settings)
+    except (TrainingError, ValidationError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KafkaError as error:
+        print(f"error: Kafka: {error!r}", file=sys.stderr)
+        return 3
+    print("\n".join(summary.lines()))  # type: ignore[attr-defined]
+    return 0
+
+
+def run_with_clients(settings: TrainingSettings) -> object:
+    """One run (fine-tuned or bootstrap, per settings) with its own Kafka clients."""
     consumer: KafkaConsumer | None = None
     producer: KafkaProducer | None = None
     try:
-        settings = TrainingSettings()
-        encoder = ItemEncoder.load(
-            settings.model_dir or default_model_dir(),
-            device=settings.device,
-            max_length=settings.max_length,
-            bf16=settings.bf16,
-        )
         consumer = KafkaConsumer(
             bootstrap_servers=settings.kafka_bootstrap,
             client_id="streamrec-training",
@@ -50,19 +63,58 @@ def run() -> int:
         producer = KafkaProducer(
             bootstrap_servers=settings.kafka_bootstrap, client_id="streamrec-training", acks="all"
         )
-        summary = run_once(settings, consumer=consumer, producer=producer, encoder=encoder)
-    except (TrainingError, ValidationError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except KafkaError as error:
-        print(f"error: Kafka: {error!r}", file=sys.stderr)
-        return 3
+        if settings.trainer == "finetune":
+            summary: object = run_trained(settings, consumer=consumer, producer=producer)
+        else:
+            encoder = ItemEncoder.load(
+                settings.model_dir or default_model_dir(),
+                device=settings.device,
+                max_length=settings.max_length,
+                bf16=settings.bf16,
+            )
+            summary = run_once(settings, consumer=consumer, producer=producer, encoder=encoder)
+        return summary
     finally:
         if producer is not None:
             producer.close()
         if consumer is not None:
             consumer.close()
-    print("\n".join(summary.lines()))
+
+
+def new_events(settings: TrainingSettings) -> int:
+    """Records in the log past the window production was trained on (all, without one)."""
+    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap,
+                             client_id="streamrec-training-schedule", group_id=None,
+                             enable_auto_commit=False)
+    try:
+        found = consumer.partitions_for_topic(settings.topic_enriched) or set()
+        ends = consumer.end_offsets([TopicPartition(settings.topic_enriched, p) for p in found])
+    finally:
+        consumer.close()
+    pointer = read_production(settings.artifact_dir)
+    seen: dict[str, list[int]] = {}
+    if pointer is not None:
+        window = read_manifest(settings.artifact_dir, pointer.version).get("data_window", {})
+        if window.get("topic") == settings.topic_enriched:
+            seen = window.get("partitions", {})
+    return sum(max(0, end - seen.get(str(tp.partition), [0, 0])[1]) for tp, end in ends.items())
+
+
+def schedule() -> int:
+    try:
+        settings = TrainingSettings()
+    except ValidationError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    policy = Policy(interval_s=settings.schedule_interval_s,
+                    min_new_events=settings.schedule_min_new_events,
+                    retry_s=settings.schedule_retry_s)
+    log.info("scheduling: every %s s and/or after %s new events", policy.interval_s,
+             policy.min_new_events)
+    loop(policy, store=settings.artifact_dir, poll_s=settings.schedule_poll_s,
+         count_new_events=lambda: new_events(settings),
+         run=lambda: log.info("\n%s", "\n".join(
+             run_with_clients(settings).lines())))  # type: ignore[attr-defined]
     return 0
 
 
@@ -155,7 +207,9 @@ def main(argv: list[str] | None = None) -> int:
         return run()
     if command == "evaluate":
         return evaluate(rest)
-    print(f"usage: python -m training [run | evaluate ...]; unknown command {command!r}",
+    if command == "schedule":
+        return schedule()
+    print(f"usage: python -m training [run | schedule | evaluate ...]; unknown command {command!r}",
           file=sys.stderr)
     return 2
 

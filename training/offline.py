@@ -118,11 +118,12 @@ def split_dataset(dataset: Dataset) -> Split:
 def compare(
     dataset: Dataset, names: Sequence[str], *, text_model_dir: Path | None,
     time_budget_s: float, device: torch.device, progress: bool = True, seed: int = 0,
+    budgets: dict[str, float] | None = None,
 ) -> dict[str, Any]:
     """Train and test every named model on the leave-last-out split of `dataset`.
 
-    Returns ``{"protocol": ..., "models": {name: {metrics..., "train_seconds": s}},
-    "trained": {name: TwoTower}}``.
+    `budgets` overrides `time_budget_s` per model name. Returns ``{"protocol": ...,
+    "models": {name: {metrics..., "train_seconds": s}}, "trained": {name: TwoTower}}``.
     """
     split = split_dataset(dataset)
     n_items = len(dataset.item_ids)
@@ -140,7 +141,8 @@ def compare(
             score = item_knn_scorer(split.train, split.full, n_items)
             seconds = time.monotonic() - started
         else:
-            model, seconds = fit(recipe(name, n_items, time_budget_s=time_budget_s, seed=seed),
+            budget = (budgets or {}).get(name, time_budget_s)
+            model, seconds = fit(recipe(name, n_items, time_budget_s=budget, seed=seed),
                                  dataset, split, text_model_dir=text_model_dir, device=device,
                                  progress=progress)
             trained[name] = model

@@ -50,7 +50,7 @@ class TrainConfig:
     label_smoothing: float = 0.0
     crop_prob: float = 0.0
     id_dropout: float = 0.1  # drop an item's id part so its text part learns to stand alone
-    text_items_per_step: int = 256  # items whose text tower runs with gradients per step
+    text_items_per_step: int = 64  # items whose text tower runs with gradients per step
     text_lr: float = 5e-5
     seed: int = 0
     bf16: bool = True
