@@ -37,7 +37,7 @@ class TrainConfig:
     """How to train; saved inside every checkpoint next to the ModelConfig."""
 
     epochs: int = 200
-    time_budget_s: float = 1500.0  # stop after this many seconds of training
+    time_budget_s: float = 1500.0  # stop after this many seconds; the LR decay follows it
     batch_size: int = 128
     lr: float = 2e-3
     min_lr_ratio: float = 0.05
@@ -80,11 +80,16 @@ class TwoTower(nn.Module):
         return self.items(features, self.warm if id_keep is None else id_keep)
 
 
-def lr_factor(step: int, total: int, warmup: int, min_ratio: float) -> float:
-    """Linear warm-up to 1, then cosine decay to `min_ratio` at `total` steps."""
+def lr_factor(
+    step: int, total: int, warmup: int, min_ratio: float, spent: float = 0.0
+) -> float:
+    """Linear warm-up to 1, then cosine decay to `min_ratio` at `total` steps -- or
+    sooner: `spent` is the fraction of the time budget used, and the decay follows
+    whichever of the two is further along, so a time-limited run ends annealed however
+    fast or busy the machine is (at the cost of step-exact reproducibility)."""
     if step < warmup:
         return (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    progress = min(1.0, max((step - warmup) / max(1, total - warmup), spent))
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
@@ -181,11 +186,12 @@ def train(
     log.info("training %s users, %s steps/epoch, loss %s, device %s, bf16 %s",
              len(users), steps_per_epoch, kind, device, cfg.bf16)
     started = time.monotonic()
-    step, epoch, losses, planned = 0, 0, [], cfg.epochs
+    step, epoch, losses, stop = 0, 0, [], False
     bar = tqdm(total=total, desc="train", unit="step", disable=not progress)
     for epoch in range(1, cfg.epochs + 1):
         model.train()
-        epoch_loss, batches = 0.0, epoch_batches(len(users), cfg.batch_size, rng)
+        epoch_loss, epoch_steps = 0.0, 0
+        batches = epoch_batches(len(users), cfg.batch_size, rng)
         for batch in batches:
             # phase 1: inputs and targets, as item rows
             window, targets_np = training_batch(train_seqs, users[batch], mcfg.max_len, rng,
@@ -214,7 +220,8 @@ def train(
                     generator=generator,
                 )
             # phase 4: update with the scheduled learning rate
-            factor = lr_factor(step, total, cfg.warmup_steps, cfg.min_lr_ratio)
+            spent = (time.monotonic() - started) / cfg.time_budget_s
+            factor = lr_factor(step, total, cfg.warmup_steps, cfg.min_lr_ratio, spent)
             for g in optimizer.param_groups:
                 g["lr"] = g["base_lr"] * factor
             optimizer.zero_grad(set_to_none=True)
@@ -223,22 +230,19 @@ def train(
             optimizer.step()
             step += 1
             epoch_loss += float(loss.detach())
+            epoch_steps += 1
             bar.update(1)
-        losses.append(epoch_loss / max(1, len(batches)))
+            if spent >= 1.0:
+                stop = True
+                break
+        losses.append(epoch_loss / max(1, epoch_steps))
+        if 0 < spent < 1:  # the steps the time budget will allow, at the pace so far
+            bar.total = min(total, int(step / spent))
         bar.set_postfix(epoch=epoch, loss=f"{losses[-1]:.3f}")
         if on_epoch is not None:
             on_epoch(epoch, model)
-        elapsed = time.monotonic() - started
-        if epoch == 1 and cfg.epochs > 1:
-            # fit the schedule into the time budget once, from the first epoch's pace
-            fits = max(2, int(cfg.time_budget_s / max(elapsed, 1e-9)))
-            if fits < cfg.epochs:
-                log.info("%.1f s per epoch: %s epochs fit the %.0f s budget", elapsed, fits,
-                         cfg.time_budget_s)
-                total = steps_per_epoch * fits
-                bar.total = total
-                planned = fits
-        if epoch >= planned or elapsed > cfg.time_budget_s * 1.1:
+        if stop:
+            log.info("time budget of %.0f s reached after %s epochs", cfg.time_budget_s, epoch)
             break
     bar.close()
     model.eval()

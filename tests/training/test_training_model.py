@@ -77,6 +77,9 @@ def test_lr_factor_warms_up_then_decays_to_the_floor() -> None:
     assert lr_factor(55, 100, 10, 0.1) == pytest.approx(0.1 + 0.9 * 0.5)
     assert lr_factor(100, 100, 10, 0.1) == pytest.approx(0.1)
     assert lr_factor(500, 100, 10, 0.1) == pytest.approx(0.1)
+    # half the time budget spent after few steps: the decay follows the time
+    assert lr_factor(20, 1000, 10, 0.1, spent=0.5) == pytest.approx(0.1 + 0.9 * 0.5)
+    assert lr_factor(20, 1000, 10, 0.1, spent=2.0) == pytest.approx(0.1)
 
 
 def test_full_cross_entropy_matches_the_definition() -> None:
