@@ -138,13 +138,18 @@ def _read_table(path: Path) -> pd.DataFrame:
 def _timestamps_ms(values: pd.Series) -> np.ndarray:
     """Epoch seconds (< 1e11) or milliseconds, or ISO-8601 text (UTC when no offset)."""
     if pd.api.types.is_datetime64_any_dtype(values):
-        return (pd.to_datetime(values, utc=True).astype("int64") // 1_000_000).to_numpy()
+        return _epoch_ms(pd.to_datetime(values, utc=True))
     numbers = pd.to_numeric(values, errors="coerce")
     if numbers.notna().all():
         array = numbers.to_numpy(dtype=np.float64)
         return np.round(array * (1000 if (array < 1e11).all() else 1)).astype(np.int64)
-    parsed = pd.to_datetime(values, utc=True, format="ISO8601")
-    return (parsed.astype("int64") // 1_000_000).to_numpy()
+    return _epoch_ms(pd.to_datetime(values, utc=True, format="ISO8601"))
+
+
+def _epoch_ms(times: pd.Series) -> np.ndarray:
+    """Epoch milliseconds, whatever resolution pandas picked for the datetimes."""
+    epoch = pd.Timestamp(0, tz="UTC")
+    return ((times - epoch) // pd.Timedelta(milliseconds=1)).to_numpy(dtype=np.int64)
 
 
 def read_tabular(interactions: Path, items: Path | None = None) -> Dataset:
