@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -66,3 +67,23 @@ def test_event_log_with_catalog() -> None:
     assert data.item_ids == ["a", "b", "q"]
     assert data.item_texts == ["Ant", "Bee. Insects", "q"]
     assert data.events.event_types.tolist() == [events_pb2.CLICK, events_pb2.PURCHASE]
+
+
+def test_evaluate_command_on_csv_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from training.__main__ import main
+
+    rows = ["user_id,item_id,timestamp"]
+    for u in range(6):
+        for t, item in enumerate(["a", "b", "c", "d"][: 3 + u % 2]):
+            rows.append(f"u{u},{item},{1_600_000_000 + t}")
+    (tmp_path / "events.csv").write_text("\n".join(rows) + "\n")
+    out = tmp_path / "result.json"
+    code = main(["evaluate", "--interactions", str(tmp_path / "events.csv"),
+                 "--models", "popular,item-knn", "--out", str(out)])
+    assert code == 0
+    result = json.loads(out.read_text())
+    assert set(result["models"]) == {"popular", "item-knn"}
+    assert result["protocol"]["users"] == 6 and result["protocol"]["items"] == 4
+    # every test target is c or d, among 4 candidates: all hit within 10
+    assert result["models"]["popular"]["hr@10"] == 1.0
+    assert "popular" in capsys.readouterr().out
