@@ -16,6 +16,7 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import KafkaError
@@ -176,7 +177,7 @@ def evaluate(argv: list[str]) -> int:
     return 0
 
 
-def _dataset_from_kafka(data: object) -> object:
+def _dataset_from_kafka(data: object) -> Any:
     from training.data import from_event_log
     from training.eventlog import read_catalog, read_event_log
 

@@ -30,6 +30,11 @@ class TextTower(nn.Module):
     Row 0 of every per-item tensor is padding (an empty text), matching item rows.
     """
 
+    base: PreTrainedModel
+    states: torch.Tensor  # [N+1, T, H] frozen-layer output
+    token_mask: torch.Tensor  # [N+1, T]
+    pooled: torch.Tensor  # [N+1, H] pooled top-layer output, the cache
+
     def __init__(
         self, model: PreTrainedModel, tokenizer: object, texts: Sequence[str], *,
         trainable_layers: int, max_length: int, batch_size: int = 256, progress: bool = True,
@@ -37,7 +42,7 @@ class TextTower(nn.Module):
         super().__init__()
         object.__setattr__(self, "base", model)  # kept for export, not a submodule
         self.tokenizer = tokenizer
-        layers = model.encoder.layer
+        layers: nn.ModuleList = model.encoder.layer  # type: ignore[assignment,union-attr]
         self.frozen_layers = len(layers) - trainable_layers
         self.top = nn.ModuleList(copy.deepcopy(layers[i]) for i in range(self.frozen_layers, len(layers)))
         self.dim = int(model.config.hidden_size)

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from training.itemtext import TextTower
 from training.model import ItemTable, ModelConfig, UserTower
 from training.sequences import PAD, Sequences, Window, epoch_batches, training_batch
 
@@ -62,7 +63,9 @@ class TrainConfig:
 class TwoTower(nn.Module):
     """User tower + item table (+ optional text tower) under one module."""
 
-    def __init__(self, cfg: ModelConfig, text: nn.Module | None) -> None:
+    warm: torch.Tensor  # [n_items + 1]
+
+    def __init__(self, cfg: ModelConfig, text: TextTower | None) -> None:
         super().__init__()
         self.cfg = cfg
         self.user = UserTower(cfg)
@@ -181,7 +184,7 @@ def train(
         groups.append({"params": [p for p in model.text.parameters() if p.requires_grad],
                        "lr": cfg.text_lr})
     for g in groups:
-        g["base_lr"] = g["lr"]
+        g["base_lr"] = float(g["lr"])  # type: ignore[arg-type]
     optimizer = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
     log.info("training %s users, %s steps/epoch, loss %s, device %s, bf16 %s",
              len(users), steps_per_epoch, kind, device, cfg.bf16)
@@ -223,7 +226,7 @@ def train(
             spent = (time.monotonic() - started) / cfg.time_budget_s
             factor = lr_factor(step, total, cfg.warmup_steps, cfg.min_lr_ratio, spent)
             for g in optimizer.param_groups:
-                g["lr"] = g["base_lr"] * factor
+                g["lr"] = float(g["base_lr"]) * factor  # type: ignore[arg-type]
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
