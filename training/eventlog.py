@@ -37,6 +37,7 @@ class EventLog:
     item_ids: list[str] = field(default_factory=list)
     weights: list[float] = field(default_factory=list)
     timestamps_ms: list[int] = field(default_factory=list)
+    event_types: list[int] = field(default_factory=list)
     items: dict[str, events_pb2.Item] = field(default_factory=dict)
     undecodable: int = 0
 
@@ -50,6 +51,7 @@ class EventLog:
         self.item_ids.append(event.item_id)
         self.weights.append(float(enriched.weight))
         self.timestamps_ms.append(int(event.timestamp_ms))
+        self.event_types.append(int(event.type))
         if enriched.HasField("item") and enriched.item.item_id:
             self.items[enriched.item.item_id] = enriched.item
 

@@ -1,10 +1,15 @@
-"""One training run: log and catalog in, evaluated artifact out, promoted and announced."""
+"""One training run: log and catalog in, evaluated artifact out, promoted and announced.
+
+`run_trained` fine-tunes the two-tower model and promotes it only past the gate;
+`run_once` is the bootstrap run (pretrained text encoder, weighted-mean users, always
+promoted).
+"""
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -14,11 +19,16 @@ from kafka import KafkaConsumer, KafkaProducer
 
 from protos import events_pb2
 from training.announce import announce_release, publish_item_vectors, release_message
-from training.artifact import data_window, promote, write_artifact
-from training.encoder import ItemEncoder, item_text
+from training.artifact import data_window, promote, read_production, write_artifact
+from training.data import from_event_log
+from training.encoder import ItemEncoder, default_model_dir, item_text
 from training.errors import EmptyLogError
 from training.evaluate import evaluate, leave_last_out
 from training.eventlog import EventLog, read_catalog, read_event_log
+from training.export import export_model, item_vectors
+from training.offline import TEXT_MAX_LENGTH, fit, pick_device, recipe, split_dataset
+from training.promotion import artifact_scorer, passes_gate
+from training.quality import evaluate_scorer, model_scorer
 from training.settings import TrainingSettings
 
 log = logging.getLogger(__name__)
@@ -156,4 +166,123 @@ def run_once(
         n_items=len(item_ids),
         metrics=metrics,
         seconds=time.monotonic() - started,
+    )
+
+
+@dataclass(frozen=True)
+class TrainedRunSummary:
+    """What a fine-tuning run read, trained, measured and decided."""
+
+    version: str
+    path: Path
+    promoted: bool
+    production: str | None  # the production version after the run
+    n_events: int
+    n_items: int
+    candidate: dict[str, float]
+    current: dict[str, float] | None
+    train_seconds: float
+    seconds: float
+
+    def lines(self) -> list[str]:
+        def fmt(scores: dict[str, float]) -> str:
+            return "  ".join(f"{k.upper()} {v:.4f}" for k, v in scores.items())
+
+        return [
+            f"version:    {self.version} ({'promoted' if self.promoted else 'not promoted'}; "
+            f"production: {self.production or 'none'})",
+            f"artifact:   {self.path}",
+            f"data:       {self.n_events} events, {self.n_items} items",
+            f"candidate:  {fmt(self.candidate)}",
+            f"production: {fmt(self.current) if self.current else 'none'}",
+            f"trained:    {self.train_seconds:.1f} s; elapsed {self.seconds:.1f} s",
+        ]
+
+
+def run_trained(
+    settings: TrainingSettings,
+    *,
+    consumer: KafkaConsumer,
+    producer: KafkaProducer,
+    progress: bool = True,
+) -> TrainedRunSummary:
+    """Read the log by offsets, fine-tune the two towers, evaluate the candidate and the
+    current production on each user's newest event, write the candidate, and promote
+    and announce it only when it passes the gate."""
+    started = time.monotonic()
+    events = read_event_log(
+        consumer, settings.topic_enriched, start_offsets=settings.start_offsets,
+        max_events=settings.max_events, timeout_s=settings.read_timeout_s, progress=progress,
+    )
+    if len(events) == 0:
+        raise EmptyLogError(
+            f"no events in {settings.topic_enriched} (offset ranges {events.ranges}); "
+            "replay some data through streams first"
+        )
+    catalog = read_catalog(
+        consumer, settings.topic_items, timeout_s=settings.read_timeout_s, progress=progress
+    )
+    dataset = from_event_log(events, catalog)
+    split = split_dataset(dataset)
+    if len(split.eval_users) == 0:
+        raise EmptyLogError("no user has 3 events yet: nothing to hold out and evaluate")
+    rec = recipe("streamrec", len(dataset.item_ids), time_budget_s=settings.train_time_budget_s,
+                 seed=settings.seed)
+    rec = replace(rec, model=replace(rec.model, max_len=settings.max_len),
+                  train=replace(rec.train, epochs=settings.max_epochs))
+    device = pick_device(settings.device)
+    model, train_seconds = fit(rec, dataset, split, text_model_dir=settings.model_dir
+                               or default_model_dir(), device=device, progress=progress)
+
+    # held out: every evaluated user's newest event, from everything before it
+    users = split.eval_users[: settings.eval_max_users]
+    ends = split.full.lengths()[users] - 1
+    targets = split.test_targets[: settings.eval_max_users]
+    candidate = evaluate_scorer(model_scorer(model, split.full, device), users, ends, targets,
+                                desc="candidate", progress=progress)
+    pointer = read_production(settings.artifact_dir)
+    current = None
+    if pointer is not None:
+        scorer = artifact_scorer(settings.artifact_dir, pointer.version, dataset.item_ids,
+                                 split.full, max_history=settings.eval_history)
+        current = evaluate_scorer(scorer, users, ends, targets, desc="production",
+                                  progress=progress)
+    promote_it = passes_gate(candidate, current, metric=settings.gate_metric,
+                             min_gain=settings.gate_min_gain)
+
+    now = datetime.now(UTC)
+    vectors = item_vectors(model)
+    path = write_artifact(
+        settings.artifact_dir, now=now, item_ids=dataset.item_ids, vectors=vectors,
+        window=data_window(settings.topic_enriched, events.ranges), n_events=len(events),
+        metrics={"protocol": "leave_last_out_full_catalog", "users": int(len(users)),
+                 "candidate": candidate, "production": current,
+                 "production_version": pointer.version if pointer else None,
+                 "gate": {"metric": settings.gate_metric, "min_gain": settings.gate_min_gain,
+                          "passed": promote_it}},
+        config={"model": model.cfg.to_dict(), "train": rec.train.to_dict(),
+                "settings": settings.model_dump(mode="json")},
+        write_encoders=lambda d: export_model(model, rec.train, d,
+                                              text_max_length=TEXT_MAX_LENGTH),
+    )
+    production = pointer.version if pointer else None
+    if promote_it:
+        new = promote(settings.artifact_dir, path.name, now)
+        if settings.publish_item_vectors:
+            publish_item_vectors(producer, settings.topic_item_vectors, version=new.version,
+                                 item_ids=dataset.item_ids, vectors=vectors,
+                                 updated_at_ms=int(now.timestamp() * 1000))
+        announce_release(producer, settings.topic_models, release_message(
+            version=new.version, uri=str(path.resolve()),
+            created_at_ms=int(now.timestamp() * 1000), previous_version=new.previous))
+        production = new.version
+        log.info("promoted %s (previous %s)", new.version, new.previous)
+    else:
+        log.info("kept %s: candidate %s %.4f does not beat %.4f + %.4f", production,
+                 settings.gate_metric, candidate[settings.gate_metric],
+                 (current or {}).get(settings.gate_metric, 0.0), settings.gate_min_gain)
+    return TrainedRunSummary(
+        version=path.name, path=path, promoted=promote_it, production=production,
+        n_events=len(events), n_items=len(dataset.item_ids), candidate=candidate,
+        current=current, train_seconds=train_seconds, seconds=time.monotonic() - started,
     )

@@ -47,6 +47,29 @@ class TrainingSettings(BaseSettings):
     )
     eval_max_users: int = Field(default=100_000, ge=1)
 
+    trainer: Literal["finetune", "pretrained"] = Field(
+        default="finetune",
+        description="finetune: train the two towers, promote past the gate; "
+        "pretrained: embed with the pretrained encoder and always promote",
+    )
+    train_time_budget_s: float = Field(default=1500.0, gt=0, description="training seconds")
+    max_epochs: int = Field(default=200, ge=1)
+    max_len: int = Field(default=200, ge=2, le=1024, description="user history length L")
+    seed: int = 0
+    gate_metric: Literal["hr@10", "ndcg@10", "hr@50", "ndcg@50", "mrr"] = "ndcg@10"
+    gate_min_gain: float = Field(
+        default=0.0, description="promote when candidate > production + this (absolute)"
+    )
+
+    schedule_interval_s: float | None = Field(
+        default=86_400.0, gt=0, description="schedule: run this long after the last success"
+    )
+    schedule_min_new_events: int | None = Field(
+        default=None, ge=1, description="schedule: run once this many events are new"
+    )
+    schedule_poll_s: float = Field(default=60.0, gt=0)
+    schedule_retry_s: float = Field(default=300.0, gt=0, description="after a failed run")
+
     publish_item_vectors: bool = Field(
         default=False, description="also produce the new version's item vectors to item-vectors"
     )

@@ -19,7 +19,7 @@ from protos import events_pb2
 from training.artifact import read_item_vectors, read_manifest, read_production
 from training.encoder import ItemEncoder
 from training.errors import EmptyLogError
-from training.job import run_once
+from training.job import run_once, run_trained
 from training.settings import TrainingSettings
 
 pytestmark = pytest.mark.integration
@@ -188,3 +188,58 @@ def test_empty_log_fails_clearly(
     )
     assert result.returncode == 2
     assert f"error: no events in {settings.topic_enriched}" in result.stderr
+
+
+def _produce_cycles(producer: KafkaProducer, settings: TrainingSettings) -> int:
+    """Users walk the catalog in a cycle (toy -> toy2 -> heat -> ronin -> drill -> toy)."""
+    order = sorted(ITEMS)
+    for item_id in order:
+        title, categories = ITEMS[item_id]
+        item = events_pb2.Item(item_id=item_id, title=title, categories=categories)
+        producer.send(settings.topic_items, key=item_id.encode(), value=item.SerializeToString())
+    count = 0
+    for u in range(12):
+        for t in range(6):
+            item_id = order[(u + t) % len(order)]
+            enriched = events_pb2.EnrichedEvent(
+                event=events_pb2.Event(
+                    event_id=f"c{u}-{t}", user_id=f"user{u}", item_id=item_id,
+                    type=events_pb2.CLICK, timestamp_ms=1_600_000_000_000 + t * 60_000,
+                ),
+                weight=1.0,
+            )
+            producer.send(settings.topic_enriched, key=f"user{u}".encode(),
+                          value=enriched.SerializeToString())
+            count += 1
+    producer.flush()
+    return count
+
+
+@pytest.mark.slow
+def test_trained_run_gates_promotion(
+    kafka_bootstrap: str, unique: str, create_topics: Callable[..., list[str]], tmp_path: Path,
+    consumer: KafkaConsumer, producer: KafkaProducer,
+) -> None:
+    settings = _settings(unique, kafka_bootstrap, tmp_path / "store", create_topics,
+                         max_epochs=20, max_len=8, device="cpu")
+    n_events = _produce_cycles(producer, settings)
+
+    first = run_trained(settings, consumer=consumer, producer=producer, progress=False)
+    assert first.promoted and first.current is None and first.n_events == n_events
+    assert read_production(settings.artifact_dir).version == first.version  # type: ignore[union-attr]
+    names = sorted(p.name for p in first.path.iterdir())
+    assert {"user_encoder.pt2", "item_encoder", "item_head.npz", "model.pt"} <= set(names)
+    manifest = read_manifest(settings.artifact_dir, first.version)
+    assert manifest["user_encoder"]["kind"] == "transformer"
+    assert manifest["metrics"]["gate"]["passed"] is True
+
+    # an unreachable gate: the candidate is written, production stays, nothing announced
+    blocked = run_trained(settings.model_copy(update={"gate_min_gain": 1.0}),
+                          consumer=consumer, producer=producer, progress=False)
+    assert not blocked.promoted and blocked.production == first.version
+    assert blocked.current is not None  # production was scored from its files
+    assert blocked.current["hr@10"] == pytest.approx(first.candidate["hr@10"], abs=0.2)
+    assert read_production(settings.artifact_dir).version == first.version  # type: ignore[union-attr]
+    releases = [events_pb2.ModelRelease.FromString(r.value)
+                for r in _records(consumer, settings.topic_models)]
+    assert [m.version for m in releases] == [first.version]

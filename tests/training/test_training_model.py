@@ -1,0 +1,112 @@
+"""The towers, the losses and the learning-rate schedule."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from training.model import ItemTable, ModelConfig, UserTower, gap_buckets
+from training.train import lr_factor, next_item_loss, pick_loss
+
+
+def test_gap_buckets_use_the_previous_event_only() -> None:
+    # seconds before the newest event, oldest first; slot 0 is padding
+    gaps = torch.tensor([[0.0, 100.0, 97.0, 0.0]])
+    mask = torch.tensor([[False, True, True, True]])
+    # own gaps: first real -> none (0), then 3 s -> floor(log2 4) + 1 = 3, 97 s -> 7 + 1
+    assert gap_buckets(gaps, mask).tolist() == [[0, 0, 3, 7]]
+
+
+def _tower(**overrides: object) -> UserTower:
+    torch.manual_seed(0)
+    return UserTower(ModelConfig(n_items=10, dim=8, max_len=6, n_heads=2, **overrides)).eval()
+
+
+def _inputs(batch: int = 2, length: int = 6) -> tuple[torch.Tensor, ...]:
+    torch.manual_seed(1)
+    vectors = F.normalize(torch.randn(batch, length, 8), dim=-1)
+    types = torch.full((batch, length), 5)
+    gaps = torch.arange(length, 0, -1).float().repeat(batch, 1) * 60
+    mask = torch.ones(batch, length, dtype=torch.bool)
+    return vectors, types, gaps, mask
+
+
+def test_user_tower_is_causal() -> None:
+    tower = _tower()
+    vectors, types, gaps, mask = _inputs()
+    before = tower.sequence(vectors, types, gaps, mask)
+    changed = vectors.clone()
+    changed[:, -1] = F.normalize(torch.randn(2, 8), dim=-1)
+    after = tower.sequence(changed, types, gaps, mask)
+    assert torch.allclose(before[:, :-1], after[:, :-1], atol=1e-6)
+    assert not torch.allclose(before[:, -1], after[:, -1])
+
+
+def test_user_vector_ignores_padding_content_and_is_normalised() -> None:
+    tower = _tower()
+    vectors, types, gaps, mask = _inputs()
+    mask[:, :2] = False
+    out = tower(vectors * mask[..., None], types * mask, gaps * mask, mask)
+    noisy = vectors.clone()
+    noisy[:, :2] = 5.0  # whatever sits in padded slots
+    out_noisy = tower(noisy, types, gaps, mask)
+    assert torch.allclose(out, out_noisy, atol=1e-5)
+    assert torch.allclose(out.norm(dim=-1), torch.ones(2), atol=1e-5)
+
+
+def test_item_table_rows_are_normalised_and_cold_items_use_text_only() -> None:
+    torch.manual_seed(0)
+    cfg = ModelConfig(n_items=3, dim=4, text_dim=5)
+    table = ItemTable(cfg)
+    text = torch.randn(4, 5)
+    warm = torch.tensor([0.0, 1.0, 1.0, 0.0])
+    out = table(text, warm)
+    assert torch.equal(out[0], torch.zeros(4))
+    assert torch.allclose(out[1:].norm(dim=-1), torch.ones(3), atol=1e-6)
+    text_only = F.normalize(table.projection(text[3]), dim=-1)
+    assert torch.allclose(out[3], text_only, atol=1e-6)
+
+
+def test_lr_factor_warms_up_then_decays_to_the_floor() -> None:
+    assert lr_factor(0, 100, 10, 0.1) == pytest.approx(0.1)
+    assert lr_factor(9, 100, 10, 0.1) == pytest.approx(1.0)
+    assert lr_factor(10, 100, 10, 0.1) == pytest.approx(1.0)
+    assert lr_factor(55, 100, 10, 0.1) == pytest.approx(0.1 + 0.9 * 0.5)
+    assert lr_factor(100, 100, 10, 0.1) == pytest.approx(0.1)
+    assert lr_factor(500, 100, 10, 0.1) == pytest.approx(0.1)
+    # half the time budget spent after few steps: the decay follows the time
+    assert lr_factor(20, 1000, 10, 0.1, spent=0.5) == pytest.approx(0.1 + 0.9 * 0.5)
+    assert lr_factor(20, 1000, 10, 0.1, spent=2.0) == pytest.approx(0.1)
+
+
+def test_full_cross_entropy_matches_the_definition() -> None:
+    torch.manual_seed(0)
+    table = torch.cat([torch.zeros(1, 4), F.normalize(torch.randn(5, 4), dim=-1)])
+    states = F.normalize(torch.randn(3, 4), dim=-1)
+    targets = torch.tensor([1, 5, 2])
+    loss = next_item_loss("ce", states, table, targets, 0.5)
+    logits = states @ table[1:].T / 0.5
+    manual = -(logits.log_softmax(-1)[torch.arange(3), targets - 1]).mean()
+    assert loss.item() == pytest.approx(manual.item(), rel=1e-5)
+
+
+def test_sampled_and_bce_losses_are_finite_and_fall_for_the_right_item() -> None:
+    table = torch.cat([torch.zeros(1, 3), torch.eye(3)])
+    targets = torch.tensor([1, 2, 3])
+    right = table[targets]
+    wrong = table[torch.tensor([2, 3, 1])]
+    for kind in ("sampled", "bce"):
+        g = torch.Generator().manual_seed(0)
+        good = next_item_loss(kind, right, table, targets, 0.1, n_negatives=8, generator=g)
+        g = torch.Generator().manual_seed(0)
+        bad = next_item_loss(kind, wrong, table, targets, 0.1, n_negatives=8, generator=g)
+        assert math.isfinite(good.item()) and good < bad
+
+
+def test_pick_loss_switches_to_sampled_for_large_catalogs() -> None:
+    assert pick_loss("auto", 1000, 50_000) == "ce"
+    assert pick_loss("auto", 100_000, 50_000) == "sampled"
+    assert pick_loss("bce", 10, 50_000) == "bce"

@@ -1,0 +1,159 @@
+"""The two towers. Score = dot(user vector, item vector), both L2-normalised (cosine),
+so FAISS inner-product search over the item vectors serves the model.
+
+User tower: a causal transformer over the user's recent item vectors, event types and
+time gaps; the output at the newest position is the user vector. Item tower: a learned
+id embedding (warm items) plus a projection of the item text through the top layer(s)
+of a sentence transformer (``training.itemtext``); a never-seen item has only the
+text part.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+N_EVENT_TYPES = 100  # protobuf EventType values 0..99 (0 = unspecified / padding)
+N_GAP_BUCKETS = 40  # floor(log2(1 + seconds)), 2**40 s is far beyond any history
+
+
+@dataclass
+class ModelConfig:
+    """Shape of the model; saved inside every checkpoint."""
+
+    n_items: int
+    dim: int = 64
+    max_len: int = 200
+    n_blocks: int = 2
+    n_heads: int = 2
+    ffn_mult: int = 4
+    dropout: float = 0.2
+    temperature: float = 0.05  # logits = cosine / temperature
+    use_ids: bool = True
+    use_text: bool = True
+    use_context: bool = True  # event-type and time-gap embeddings
+    text_dim: int = 384
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def gap_buckets(gaps_s: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """int64 [B, L]: log2 bucket of the time since the *previous* event.
+
+    The inputs are seconds before the newest event; differences of neighbours give each
+    event's own gap, which uses nothing after that event (safe for causal training).
+    The oldest real event gets bucket 0.
+    """
+    previous = torch.cat([gaps_s[:, :1], gaps_s[:, :-1]], dim=1)
+    has_previous = torch.cat([torch.zeros_like(mask[:, :1]), mask[:, :-1]], dim=1) & mask
+    own = torch.where(has_previous, (previous - gaps_s).clamp(min=0.0), torch.zeros_like(gaps_s))
+    bucket = torch.floor(torch.log2(1.0 + own)).to(torch.int64) + 1
+    return torch.where(has_previous, bucket.clamp(max=N_GAP_BUCKETS - 1), torch.zeros_like(bucket))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: causal self-attention, then a GELU feed-forward."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.n_heads = cfg.n_heads
+        self.norm1 = nn.LayerNorm(cfg.dim)
+        self.qkv = nn.Linear(cfg.dim, 3 * cfg.dim)
+        self.out = nn.Linear(cfg.dim, cfg.dim)
+        self.norm2 = nn.LayerNorm(cfg.dim)
+        self.ffn = nn.Sequential(
+            nn.Linear(cfg.dim, cfg.ffn_mult * cfg.dim),
+            nn.GELU(),
+            nn.Linear(cfg.ffn_mult * cfg.dim, cfg.dim),
+        )
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+        b, l, d = x.shape  # [B, L, D]; allowed: bool [B, 1, L, L]
+        q, k, v = self.qkv(self.norm1(x)).view(b, l, 3, self.n_heads, d // self.n_heads).unbind(2)
+        attended = F.scaled_dot_product_attention(
+            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+            attn_mask=allowed,
+        )  # no attention dropout: on a CPU its mask costs more than the rest of the block  # [B, H, L, D/H]
+        x = x + self.drop(self.out(attended.transpose(1, 2).reshape(b, l, d)))
+        return x + self.drop(self.ffn(self.norm2(x)))
+
+
+class UserTower(nn.Module):
+    """(item vectors, event types, gaps, mask) of the newest L events, left-padded ->
+    an L2-normalised vector per position; the last position is the user vector."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.positions = nn.Embedding(cfg.max_len, cfg.dim)  # position from the oldest slot
+        self.types = nn.Embedding(N_EVENT_TYPES, cfg.dim)
+        self.gaps = nn.Embedding(N_GAP_BUCKETS, cfg.dim)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_blocks))
+        self.norm = nn.LayerNorm(cfg.dim)
+        for table in (self.positions, self.types, self.gaps):
+            nn.init.normal_(table.weight, std=0.02)
+
+    def sequence(
+        self, item_vectors: torch.Tensor, event_types: torch.Tensor, gaps_s: torch.Tensor,
+        mask: torch.Tensor,
+    ) -> torch.Tensor:
+        """float32 [B, L, D]: the normalised user state after each position."""
+        b, l, _ = item_vectors.shape
+        x = item_vectors * math.sqrt(self.cfg.dim) + self.positions.weight[-l:]
+        if self.cfg.use_context:
+            types = event_types.clamp(0, N_EVENT_TYPES - 1)
+            x = x + self.types(types) + self.gaps(gap_buckets(gaps_s, mask))
+        x = self.drop(x * mask.unsqueeze(-1).to(x.dtype))
+        causal = torch.ones(l, l, dtype=torch.bool, device=x.device).tril()
+        # a slot sees real slots up to itself, and always itself (padding rows stay finite)
+        allowed = (causal & mask[:, None, :]) | torch.eye(l, dtype=torch.bool, device=x.device)
+        allowed = allowed.unsqueeze(1)  # [B, 1, L, L]
+        for block in self.blocks:
+            x = block(x, allowed)
+        return F.normalize(self.norm(x).float(), dim=-1)
+
+    def forward(
+        self, item_vectors: torch.Tensor, event_types: torch.Tensor, gaps_s: torch.Tensor,
+        mask: torch.Tensor,
+    ) -> torch.Tensor:
+        """float32 [B, D]: the user vector (state after the newest event)."""
+        return self.sequence(item_vectors, event_types, gaps_s, mask)[:, -1]
+
+
+class ItemTable(nn.Module):
+    """All item vectors ``[n_items + 1, D]`` (row 0 = padding, zeros), L2-normalised:
+    ``normalise(id_embedding[row] + projection(text_features[row]))``."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        if cfg.use_ids:
+            self.ids = nn.Embedding(cfg.n_items + 1, cfg.dim)
+            nn.init.normal_(self.ids.weight, std=0.02 if cfg.use_text else 1.0)
+        if cfg.use_text:
+            self.projection = nn.Linear(cfg.text_dim, cfg.dim)
+
+    def forward(
+        self, text_features: torch.Tensor | None, id_keep: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """`text_features`: float [n_items + 1, text_dim] (row 0 ignored) or None;
+        `id_keep`: optional float [n_items + 1] multiplier of the id part (id dropout,
+        and 0 for items never seen in training)."""
+        parts = []
+        if self.cfg.use_ids:
+            ids = self.ids.weight
+            parts.append(ids if id_keep is None else ids * id_keep[:, None])
+        if self.cfg.use_text:
+            if text_features is None:
+                raise ValueError("this model needs text features")
+            parts.append(self.projection(text_features))
+        table = F.normalize(torch.stack(parts).sum(0).float(), dim=-1)
+        return torch.cat([torch.zeros_like(table[:1]), table[1:]])
