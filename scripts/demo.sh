@@ -2,7 +2,7 @@
 # The main job: the whole stack on local defaults with MovieLens-1M replayed.
 # Kafka and Redis are already up (`make demo` runs scripts/infra.sh up first).
 # Starts the streams worker and the gRPC server, loads the catalog, replays a slice of
-# events, trains and promotes a model, prints recommendations through the gRPC client,
+# events, prints recommendations through the gRPC client, starts the scheduled trainer
 # and keeps serving until interrupted.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,13 +33,17 @@ $PY -m serving.client wait --timeout 180
 echo "==> MovieLens-1M catalog -> Kafka 'items'"
 $PY -m ingest catalog --source movielens
 echo "==> replaying the first $REPLAY_LIMIT ratings -> Kafka 'events'"
-$PY -m ingest replay --source movielens --limit "$REPLAY_LIMIT" --speedup 0 --no-catalog
+$PY -m ingest replay --source movielens --limit "$REPLAY_LIMIT" --speedup 0 --skip-catalog
 
 echo "==> recommendations through the gRPC client"
 $PY -m serving.client demo --wait-for-last-event --users 3 -k 10
 
-echo "==> training: read the event log, evaluate, write and promote a model artifact"
-$PY -m training
+echo "==> trainer on a schedule (log: $LOG_DIR/training.log): fine-tunes on the event log,"
+echo "    promotes past the quality gate; serving swaps the new version in without restart"
+STREAMREC_TRAINING_TRAIN_TIME_BUDGET_S=${DEMO_TRAIN_BUDGET_S:-300} \
+STREAMREC_TRAINING_SCHEDULE_INTERVAL_S=${DEMO_TRAIN_INTERVAL_S:-3600} \
+  $PY -m training schedule >"$LOG_DIR/training.log" 2>&1 &
+pids+=($!)
 
 echo
 echo "streamrec is serving on 127.0.0.1:50051; try:"
