@@ -83,6 +83,25 @@ def catalog_rows(
     return ids, texts
 
 
+def read_log_and_catalog(
+    settings: TrainingSettings, consumer: KafkaConsumer, *, progress: bool
+) -> tuple[EventLog, dict[str, events_pb2.Item]]:
+    """The event log by the configured offsets, and the catalog; an empty log is an error."""
+    events = read_event_log(
+        consumer, settings.topic_enriched, start_offsets=settings.start_offsets,
+        max_events=settings.max_events, timeout_s=settings.read_timeout_s, progress=progress,
+    )
+    if len(events) == 0:
+        raise EmptyLogError(
+            f"no events in {settings.topic_enriched} (offset ranges {events.ranges}); "
+            "replay some data through streams first"
+        )
+    catalog = read_catalog(
+        consumer, settings.topic_items, timeout_s=settings.read_timeout_s, progress=progress
+    )
+    return events, catalog
+
+
 def run_once(
     settings: TrainingSettings,
     *,
@@ -93,22 +112,7 @@ def run_once(
 ) -> RunSummary:
     """Read, embed, evaluate, write, promote, announce."""
     started = time.monotonic()
-    events = read_event_log(
-        consumer,
-        settings.topic_enriched,
-        start_offsets=settings.start_offsets,
-        max_events=settings.max_events,
-        timeout_s=settings.read_timeout_s,
-        progress=progress,
-    )
-    if len(events) == 0:
-        raise EmptyLogError(
-            f"no events in {settings.topic_enriched} (offset ranges {events.ranges}); "
-            "replay some data through streams first"
-        )
-    catalog = read_catalog(
-        consumer, settings.topic_items, timeout_s=settings.read_timeout_s, progress=progress
-    )
+    events, catalog = read_log_and_catalog(settings, consumer, progress=progress)
     log.info("read %s events and %s catalog items", len(events), len(catalog))
 
     item_ids, texts = catalog_rows(catalog, events)
@@ -210,18 +214,7 @@ def run_trained(
     current production on each user's newest event, write the candidate, and promote
     and announce it only when it passes the gate."""
     started = time.monotonic()
-    events = read_event_log(
-        consumer, settings.topic_enriched, start_offsets=settings.start_offsets,
-        max_events=settings.max_events, timeout_s=settings.read_timeout_s, progress=progress,
-    )
-    if len(events) == 0:
-        raise EmptyLogError(
-            f"no events in {settings.topic_enriched} (offset ranges {events.ranges}); "
-            "replay some data through streams first"
-        )
-    catalog = read_catalog(
-        consumer, settings.topic_items, timeout_s=settings.read_timeout_s, progress=progress
-    )
+    events, catalog = read_log_and_catalog(settings, consumer, progress=progress)
     dataset = from_event_log(events, catalog)
     split = split_dataset(dataset)
     if len(split.eval_users) == 0:
