@@ -14,11 +14,11 @@ from streams.settings import StreamsSettings
 
 log = logging.getLogger("streams")
 
-USAGE = "usage: python -m streams [worker]"
+USAGE = "usage: python -m streams [worker | dlq {list,redrive} ...]"
 
 
 def main(argv: list[str]) -> int:
-    if argv not in ([], ["worker"]):
+    if argv[:1] != ["dlq"] and argv not in ([], ["worker"]):
         print(USAGE, file=sys.stderr)
         return 2
     started = time.monotonic()
@@ -31,6 +31,10 @@ def main(argv: list[str]) -> int:
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if argv[:1] == ["dlq"]:
+        from streams.deadletters import main as dlq_main
+
+        return dlq_main(argv[1:], settings)
     # Hugging Face reads this when its modules are imported, which streams.worker does.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from streams.worker import build_worker

@@ -20,7 +20,7 @@ def run(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
 def test_unknown_command_prints_usage() -> None:
     result = run("serve")
     assert result.returncode == 2
-    assert "usage: python -m streams [worker]" in result.stderr
+    assert "usage: python -m streams [worker | dlq" in result.stderr
 
 
 def test_invalid_setting_is_reported_before_anything_starts() -> None:
@@ -33,3 +33,9 @@ def test_unknown_event_type_in_weights_is_rejected() -> None:
     result = run(STREAMREC_STREAMS_WEIGHTS='{"like": 1.0}')
     assert result.returncode == 2
     assert "unknown event types ['like']" in result.stderr
+
+
+def test_dlq_redrive_requires_the_reasons_it_is_for() -> None:
+    result = run("dlq", "redrive")
+    assert result.returncode == 2
+    assert "--reason" in result.stderr
