@@ -25,7 +25,7 @@ from pydantic import ValidationError
 from training.encoder import ItemEncoder, default_model_dir
 from training.errors import TrainingError
 from training.artifact import read_manifest, read_production
-from training.job import run_once, run_trained
+from training.job import RunSummary, TrainedRunSummary, run_once, run_trained
 from training.schedule import Policy, exclusive, loop
 from training.settings import TrainingSettings
 
@@ -46,11 +46,11 @@ def run() -> int:
     except KafkaError as error:
         print(f"error: Kafka: {error!r}", file=sys.stderr)
         return 3
-    print("\n".join(summary.lines()))  # type: ignore[attr-defined]
+    print("\n".join(summary.lines()))
     return 0
 
 
-def run_with_clients(settings: TrainingSettings) -> object:
+def run_with_clients(settings: TrainingSettings) -> RunSummary | TrainedRunSummary:
     """One run (fine-tuned or bootstrap, per settings) with its own Kafka clients."""
     consumer: KafkaConsumer | None = None
     producer: KafkaProducer | None = None
@@ -65,7 +65,7 @@ def run_with_clients(settings: TrainingSettings) -> object:
             bootstrap_servers=settings.kafka_bootstrap, client_id="streamrec-training", acks="all"
         )
         if settings.trainer == "finetune":
-            summary: object = run_trained(settings, consumer=consumer, producer=producer)
+            summary: RunSummary | TrainedRunSummary = run_trained(settings, consumer=consumer, producer=producer)
         else:
             encoder = ItemEncoder.load(
                 settings.model_dir or default_model_dir(),
@@ -115,7 +115,7 @@ def schedule() -> int:
     loop(policy, store=settings.artifact_dir, poll_s=settings.schedule_poll_s,
          count_new_events=lambda: new_events(settings),
          run=lambda: log.info("\n%s", "\n".join(
-             run_with_clients(settings).lines())))  # type: ignore[attr-defined]
+             run_with_clients(settings).lines())))
     return 0
 
 
