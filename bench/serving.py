@@ -2,7 +2,7 @@
 
     PYTHONPATH=. python bench/serving.py --items 1000000 --users 10000 --duration 8
 
-Builds (once, cached in --workdir) an artifact of `--items` synthetic clustered 384-d
+Builds (once, cached in --workdir) an artifact of `--items` synthetic clustered `--dim`-d
 item vectors, writes realistic user state to Redis under a private prefix (a vector of
 the served version and 20-60 recently seen items per user), starts ``python -m serving``
 as a child process on private topics, then, from this process (the client is never the
@@ -42,36 +42,36 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from protos import recommender_pb2, recommender_pb2_grpc  # noqa: E402
 
-DIM = 384
+DIM = 64  # the trained model's dimension (training.model.ModelConfig.dim); --dim 384 for the bootstrap model
 VERSION = "bench-v1"
 _LISTENING = re.compile(r"listening on [^ ]+:(\d+)")
 
 
-def clustered(rng: np.random.Generator, n: int, clusters: int) -> tuple[np.ndarray, np.ndarray]:
-    """`n` unit rows [n, DIM] around `clusters` centres, and each row's cluster [n]."""
-    centres = rng.standard_normal((clusters, DIM), dtype=np.float32)
+def clustered(rng: np.random.Generator, n: int, clusters: int, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """`n` unit rows [n, dim] around `clusters` centres, and each row's cluster [n]."""
+    centres = rng.standard_normal((clusters, dim), dtype=np.float32)
     assignment = rng.integers(0, clusters, size=n)
-    rows = np.empty((n, DIM), dtype=np.float32)
+    rows = np.empty((n, dim), dtype=np.float32)
     for start in range(0, n, 100_000):  # in chunks: the noise of 1M rows at once is 1.5 GB more
         part = slice(start, min(n, start + 100_000))
-        block = centres[assignment[part]] + 0.3 * rng.standard_normal((part.stop - start, DIM), dtype=np.float32)
+        block = centres[assignment[part]] + 0.3 * rng.standard_normal((part.stop - start, dim), dtype=np.float32)
         rows[part] = block / np.linalg.norm(block, axis=1, keepdims=True)
     return rows, assignment
 
 
-def artifact(workdir: Path, items: int) -> tuple[Path, np.ndarray, np.ndarray]:
-    """The artifact store (cached per item count), its item vectors and clusters."""
-    store = workdir / f"artifacts-{items}"
+def artifact(workdir: Path, items: int, dim: int) -> tuple[Path, np.ndarray, np.ndarray]:
+    """The artifact store (cached per item count and dimension), its item vectors and clusters."""
+    store = workdir / (f"artifacts-{items}" if dim == 384 else f"artifacts-{items}-d{dim}")
     version_dir = store / VERSION
     if not (version_dir / "item_vectors.npy").exists():
         print(f"writing {items} clustered vectors to {version_dir} ...", flush=True)
-        vectors, assignment = clustered(np.random.default_rng(0), items, max(1, items // 50))
+        vectors, assignment = clustered(np.random.default_rng(0), items, max(1, items // 50), dim)
         version_dir.mkdir(parents=True, exist_ok=True)
         (version_dir / "item_ids.json").write_text(json.dumps([f"item-{n}" for n in range(items)]))
         np.save(version_dir / "item_vectors.npy", vectors)
         np.save(store / "clusters.npy", assignment)
         (version_dir / "manifest.json").write_text(json.dumps({
-            "format": 1, "version": VERSION, "created_at": "2026-11-23T00:00:00+00:00", "dim": DIM,
+            "format": 1, "version": VERSION, "created_at": "2026-11-23T00:00:00+00:00", "dim": dim,
             "item_encoder": {"kind": "synthetic"}, "user_encoder": {"kind": "weighted_mean"},
             "data_window": {}, "n_events": 0, "n_items": items, "metrics": {}, "config": {},
         }))
@@ -85,7 +85,7 @@ def user_vectors(rng: np.random.Generator, vectors: np.ndarray, clusters: np.nda
     """Users who touched 20-60 items of a few clusters: their mean vector and item rows."""
     by_cluster = np.argsort(clusters, kind="stable")
     starts = np.searchsorted(clusters[by_cluster], np.arange(clusters.max() + 2))
-    users = np.empty((n, DIM), dtype=np.float32)
+    users = np.empty((n, vectors.shape[1]), dtype=np.float32)
     seen: list[list[int]] = []
     for u in range(n):
         rows: list[int] = []
@@ -249,6 +249,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--items", type=int, default=1_000_000)
     parser.add_argument("--users", type=int, default=10_000)
+    parser.add_argument("--dim", type=int, default=DIM, help="vector dimension (384: the bootstrap model)")
     parser.add_argument("--recall-queries", type=int, default=200)
     parser.add_argument("--duration", type=float, default=8.0, help="seconds measured per point")
     parser.add_argument("--warmup", type=float, default=1.0)
@@ -262,7 +263,7 @@ def main() -> int:
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
 
-    store, vectors, clusters = artifact(args.workdir, args.items)
+    store, vectors, clusters = artifact(args.workdir, args.items, args.dim)
     rng = np.random.default_rng(1)
     users, seen = user_vectors(rng, vectors, clusters, args.users)
     recall_users, _ = user_vectors(rng, vectors, clusters, args.recall_queries)
@@ -282,7 +283,7 @@ def main() -> int:
 
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), STREAMREC_SERVING_PORT="0",
                STREAMREC_SERVING_ADMIN_PORT="0", STREAMREC_SERVING_ARTIFACT_DIR=str(store),
-               STREAMREC_SERVING_DIM=str(DIM), STREAMREC_SERVING_REDIS_PREFIX=prefix,
+               STREAMREC_SERVING_DIM=str(args.dim), STREAMREC_SERVING_REDIS_PREFIX=prefix,
                STREAMREC_SERVING_KAFKA_BOOTSTRAP=args.kafka, STREAMREC_SERVING_REDIS_URL=args.redis,
                STREAMREC_SERVING_TOPIC_EVENTS=topic_names["events"],
                STREAMREC_SERVING_TOPIC_ITEMS=topic_names["items"],
@@ -302,7 +303,7 @@ def main() -> int:
         keys = list(redis.scan_iter(match=f"{prefix}*", count=10_000))
         for start in range(0, len(keys), 10_000):
             redis.delete(*keys[start:start + 10_000])
-    summary = {"items": args.items, **results,
+    summary = {"items": args.items, "dim": args.dim, **results,
                "setup": {"users": args.users, "recall_queries": args.recall_queries,
                          "duration_s": args.duration, "server_start_s": round(time.monotonic() - started, 1),
                          "server_env": args.server_env}}

@@ -7,9 +7,11 @@ by catalog size (:func:`index_kind`):
 - ``ivf``: ``IndexIVFFlat`` with a hashtable direct map, approximate; adds in ~85 µs and
   removes in ~12 µs at 1M items, so live upserts stay cheap (HNSW cannot remove).
 
-Exclusions (seen and excluded items) are applied inside the FAISS search with an id
-selector, so they never eat into the k results. Every method holds one lock, so
-searches may run in worker threads (FAISS releases the GIL) next to upserts.
+Exclusions (seen and excluded items) never eat into the k results: a search fetches one
+more neighbour per excluded item and drops them (cheaper than a FAISS id selector, which
+is checked against every scanned vector, and it lets queries with different exclusions
+share one FAISS call). Every method holds one lock, so searches may run in worker
+threads (FAISS releases the GIL) next to upserts.
 """
 
 from __future__ import annotations
@@ -37,10 +39,6 @@ def index_kind(n_items: int, ivf_threshold: int) -> IndexKind:
 def ivf_lists(n_items: int) -> int:
     """Inverted lists for `n_items`: 4·√N (MEASUREMENTS.md: recall 1.0 at nprobe 8, 1M)."""
     return max(1, int(4 * math.sqrt(max(n_items, 1))))
-
-
-def _selector(faiss_ids: Collection[int]) -> faiss.IDSelector:
-    return faiss.IDSelectorBatch(np.fromiter(faiss_ids, dtype=np.int64, count=len(faiss_ids)))
 
 
 def _remove(index: faiss.Index, faiss_ids: Collection[int]) -> None:
@@ -101,8 +99,7 @@ class ItemIndex:
         else:
             self._index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
         self._ids: dict[str, int] = {}  # item id -> FAISS id
-        self._items: dict[int, str] = {}  # FAISS id -> item id
-        self._next_id = 0
+        self._items: list[str | None] = []  # FAISS id -> item id (None once removed)
         self._lock = threading.Lock()
 
     @classmethod
@@ -151,7 +148,7 @@ class ItemIndex:
         with self._lock:
             gone = [self._ids.pop(item_id) for item_id in set(item_ids) if item_id in self._ids]
             for faiss_id in gone:
-                del self._items[faiss_id]
+                self._items[faiss_id] = None
             if gone:
                 _remove(self._index, gone)
         return len(gone)
@@ -180,42 +177,53 @@ class ItemIndex:
         Returns ``(scores, item_ids)``: per query, cosine similarities (float32) and the
         matching item ids; fewer than `k` when the index holds fewer items.
         """
-        if k < 1:
-            raise ValueError(f"k must be positive, got {k}")
         xq = normalise(query_vectors, self.dim)  # [nq, dim]
+        found = self.search_each(xq, [k] * len(xq), [exclude] * len(xq))
+        return [scores for scores, _ in found], [item_ids for _, item_ids in found]
+
+    def search_each(
+        self, query_vectors: np.ndarray, ks: Sequence[int], excludes: Sequence[Collection[str]]
+    ) -> list[tuple[np.ndarray, list[str]]]:
+        """Query row i's up-to-``ks[i]`` most similar items, never one of ``excludes[i]``,
+        as ``(scores, item_ids)`` pairs, in one FAISS call for all rows.
+
+        Each row fetches its k plus one per excluded item, so exclusions never eat into
+        the k results; the excluded ones are dropped from what comes back.
+        """
+        if any(k < 1 for k in ks):
+            raise ValueError(f"k must be positive, got {min(ks)}")
+        if not len(ks) == len(excludes) == len(query_vectors):
+            raise ValueError("one k and one exclusion set per query row")
+        xq = normalise(query_vectors, self.dim)  # [nq, dim]
+        nothing: tuple[np.ndarray, list[str]] = (np.empty(0, np.float32), [])
         with self._lock:
-            if not self._ids:
-                return [np.empty(0, np.float32) for _ in xq], [[] for _ in xq]
-            ids = self._ids
-            excluded = [ids[item_id] for item_id in exclude if item_id in ids]
-            k_search = min(k, len(ids) - len(excluded))
-            if k_search < 1:
-                return [np.empty(0, np.float32) for _ in xq], [[] for _ in xq]
-            params: faiss.SearchParameters | None = None
-            if excluded:
-                keep_out = _selector(excluded)
-                selector = faiss.IDSelectorNot(keep_out)
-                if self.kind == "ivf":
-                    params = faiss.SearchParametersIVF(  # type: ignore[call-arg]  # stubs lag
-                        sel=selector, nprobe=self.nprobe)
-                else:
-                    params = faiss.SearchParameters(sel=selector)  # type: ignore[call-arg]
-            D, I = self._index.search(xq, k_search, params=params)  # [nq, k'] each
+            n = len(self._ids)
+            if n == 0:
+                return [nothing for _ in xq]
+            fetch = min(n, max(k + len(excluded) for k, excluded in zip(ks, excludes)))
+            D, I = self._index.search(xq, fetch)  # [nq, fetch] each
             items = self._items
-            scores: list[np.ndarray] = []
-            item_ids: list[list[str]] = []
-            for distances, labels in zip(D, I, strict=True):
-                valid = labels >= 0  # an approximate index may return fewer than k'
-                scores.append(distances[valid].astype(np.float32, copy=False))
-                item_ids.append([items[label] for label in labels[valid].tolist()])
-        return scores, item_ids
+            found: list[tuple[np.ndarray, list[str]]] = []
+            for distances, labels, k, excluded in zip(D, I, ks, excludes, strict=True):
+                kept: list[int] = []
+                item_ids: list[str] = []
+                for position, label in enumerate(labels.tolist()):
+                    # an approximate index may return fewer than asked (label -1)
+                    item_id = items[label] if label >= 0 else None
+                    if item_id is None or item_id in excluded:
+                        continue
+                    kept.append(position)
+                    item_ids.append(item_id)
+                    if len(item_ids) == k:
+                        break
+                found.append((distances[kept].astype(np.float32, copy=False), item_ids))
+        return found
 
     def _faiss_id(self, item_id: str) -> int:
         """The FAISS id of `item_id`, assigning a fresh one on first sight (lock held)."""
         faiss_id = self._ids.get(item_id)
         if faiss_id is None:
-            faiss_id = self._next_id
-            self._next_id += 1
+            faiss_id = len(self._items)
             self._ids[item_id] = faiss_id
-            self._items[faiss_id] = item_id
+            self._items.append(item_id)
         return faiss_id

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -11,19 +10,25 @@ import numpy as np
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from serving.coalesce import Coalescer
 from serving.errors import StoreUnavailable
 
 log = logging.getLogger(__name__)
 
 
+EVENT_TYPES = ("view", "click", "add_to_cart", "purchase", "rating")  # sr:acts:{type}
+
+
 @dataclass(frozen=True)
 class UserState:
-    """A user's vector (None if there is none or it is unusable), its model version and
-    the ids of the most recently seen items."""
+    """A user's vector (None if there is none or it is unusable), its model version, the
+    ids of the most recently seen items (newest first), and the items the user must not
+    be shown again (interactions of the excluded event types)."""
 
     vector: np.ndarray | None
     version: str | None
     seen: tuple[str, ...]
+    excluded: frozenset[str] = frozenset()
 
 
 def decode_vector(raw: bytes | None, dim: int) -> np.ndarray | None:
@@ -42,69 +47,59 @@ class OnlineStore:
     """User vectors, seen items and popular items under one key prefix."""
 
     def __init__(self, client: Redis, *, prefix: str, seen_limit: int, dim: int,
-                 coalesce: bool = True) -> None:
+                 coalesce: bool = True, exclude_types: tuple[str, ...] = EVENT_TYPES,
+                 trending_window: str = "") -> None:
+        """`exclude_types`: the event types whose items a user is not shown again (read
+        from ``sr:acts:{type}``; with every type, ``sr:seen`` too). `trending_window`:
+        the ``sr:trending:{window}`` that ranks cold-start items (``sr:popular`` when
+        empty or while that window holds nothing)."""
+        unknown = set(exclude_types) - set(EVENT_TYPES)
+        if unknown:
+            raise ValueError(f"unknown event types {sorted(unknown)}; known: {list(EVENT_TYPES)}")
         self._client = client
         self._prefix = prefix
         self._seen_limit = seen_limit
         self._dim = dim
-        self._coalesce = coalesce
-        # Reads asked for in the same event-loop turn, answered by one pipeline.
-        self._pending: list[tuple[str, asyncio.Future[UserState]]] = []
-        self._tasks: set[asyncio.Task[None]] = set()  # flushes in flight (kept referenced)
+        self._exclude_types = tuple(dict.fromkeys(exclude_types))
+        self._seen_excluded = set(self._exclude_types) == set(EVENT_TYPES)
+        self._trending_window = trending_window
+        # Reads asked for in the same event-loop turn (concurrent requests) share one
+        # pipeline: one write and one read on the socket for all of them.
+        self._coalesced: Coalescer[str, UserState] | None = Coalescer(self.users) if coalesce else None
 
     async def user(self, user_id: str) -> UserState:
-        """The user's vector, its version and recent items, in one round trip.
-
-        Calls made in the same event-loop turn (concurrent requests) share one pipeline:
-        one write and one read on the socket for all of them instead of one each.
-        """
-        if not self._coalesce:
+        """The user's vector, its version and recent items, in one round trip."""
+        if self._coalesced is None:
             return (await self.users([user_id]))[0]
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[UserState] = loop.create_future()
-        if not self._pending:
-            loop.call_soon(self._flush)
-        self._pending.append((user_id, future))
-        return await future
-
-    def _flush(self) -> None:
-        batch, self._pending = self._pending, []
-        task = asyncio.ensure_future(self._answer(batch))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _answer(self, batch: list[tuple[str, asyncio.Future[UserState]]]) -> None:
-        try:
-            states = await self.users([user_id for user_id, _ in batch])
-        except Exception as error:  # every waiting caller gets it (StoreUnavailable)
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(error)
-            return
-        for (_, future), state in zip(batch, states, strict=True):
-            if not future.done():  # a caller past its deadline has stopped waiting
-                future.set_result(state)
+        return await self._coalesced(user_id)
 
     async def users(self, user_ids: list[str]) -> list[UserState]:
         """The state of every user in `user_ids`, in one pipelined round trip."""
+        prefix, types, seen_limit = self._prefix, self._exclude_types, self._seen_limit
         try:
             async with self._client.pipeline(transaction=False) as pipe:
-                for user_id in user_ids:
-                    pipe.hmget(f"{self._prefix}uv:{user_id}", ["vec", "version"])
-                    if self._seen_limit:
-                        pipe.zrevrange(f"{self._prefix}seen:{user_id}", 0, self._seen_limit - 1)
+                for user_id in user_ids:  # up to three commands per user
+                    pipe.hmget(f"{prefix}uv:{user_id}", ["vec", "version"])
+                    if seen_limit:
+                        pipe.zrevrange(f"{prefix}seen:{user_id}", 0, seen_limit - 1)
+                    if types:
+                        pipe.zunion([f"{prefix}acts:{kind}:{user_id}" for kind in types])
                 replies: list[Any] = await pipe.execute()
         except (RedisError, OSError) as error:
             raise StoreUnavailable(f"Redis is unavailable: {error}") from error
-        step = 2 if self._seen_limit else 1
+        answers = iter(replies)
         return [
-            self._state(user_id, replies[n * step], replies[n * step + 1] if step == 2 else [])
-            for n, user_id in enumerate(user_ids)
+            self._state(user_id, next(answers), next(answers) if seen_limit else [],
+                        next(answers) if types else [])
+            for user_id in user_ids
         ]
 
-    def _state(self, user_id: str, vector_reply: Any, seen_reply: Any) -> UserState:
+    def _state(self, user_id: str, vector_reply: Any, seen_reply: Any, acts_reply: Any) -> UserState:
         raw_vector, raw_version = vector_reply
         seen = tuple(item.decode() for item in seen_reply)
+        excluded = frozenset(item.decode() for item in acts_reply)
+        if self._seen_excluded:
+            excluded = excluded.union(seen)
         version = raw_version.decode() if raw_vector is not None and raw_version is not None else None
         vector = decode_vector(raw_vector, self._dim)
         if raw_vector is not None and vector is None:
@@ -112,14 +107,20 @@ class OnlineStore:
                 "user %s has an unusable vector (%s bytes, expected %s float32); not using it",
                 user_id, len(raw_vector), self._dim,
             )
-        return UserState(vector=vector, version=version, seen=seen)
+        return UserState(vector=vector, version=version, seen=seen, excluded=excluded)
 
-    async def popular(self, count: int) -> list[tuple[str, float]]:
-        """The `count` most popular items with their scores, most popular first."""
+    async def popular(self, count: int) -> tuple[list[tuple[str, float]], list[tuple[str, float]]]:
+        """The `count` best items of the configured trending window and the `count` most
+        popular of all time, each with its score, best first, in one round trip."""
+        keys = [f"{self._prefix}popular"]
+        if self._trending_window:
+            keys.insert(0, f"{self._prefix}trending:{self._trending_window}")
         try:
-            pairs: list[Any] = await self._client.zrevrange(
-                f"{self._prefix}popular", 0, count - 1, withscores=True
-            )
+            async with self._client.pipeline(transaction=False) as pipe:
+                for key in keys:
+                    pipe.zrevrange(key, 0, count - 1, withscores=True)
+                replies: list[Any] = await pipe.execute()
         except (RedisError, OSError) as error:
             raise StoreUnavailable(f"Redis is unavailable: {error}") from error
-        return [(item.decode(), float(score)) for item, score in pairs]
+        pairs = [[(item.decode(), float(score)) for item, score in reply] for reply in replies]
+        return (pairs[0] if self._trending_window else []), pairs[-1]

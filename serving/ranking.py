@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 REASON_PERSONAL = "similar to your recent activity"
 REASON_TRENDING = "trending now"
+REASON_POPULAR = "popular with other shoppers"
 REASON_SIMILAR = "similar to this item"
 
 

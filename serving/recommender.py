@@ -7,9 +7,9 @@ a user vector is only ever searched in an index of its own version. The query ve
 - ``personal``: the user's vector from Redis, when it is of the routed version;
 - ``recent_items``: else the mean of the user's newest seen items' vectors in the routed
   version's index (the user's vector is of a version serving does not answer with);
-- ``popular``: else none; trending items answer.
+- ``popular``: else none; trending (then all-time popular) items answer.
 
-Seen and excluded items are left out inside the FAISS search; catalog filters
+Seen and excluded items never take a place in the FAISS results; catalog filters
 (availability, categories, price) and the per-category cap run on the window, which
 widens ×4 while fewer than k pass; trending items backfill. Every answer is logged to
 ``recommendations`` with its id and version.
@@ -27,6 +27,7 @@ import numpy as np
 
 from protos import events_pb2
 from serving.catalog import Catalog
+from serving.coalesce import Coalescer
 from serving.errors import ItemNotFound
 from serving.explain import anchors, mean_vector, similar_to
 from serving.filters import Filters
@@ -35,6 +36,7 @@ from serving.models import Model, Models
 from serving.online import OnlineStore, UserState
 from serving.ranking import (
     REASON_PERSONAL,
+    REASON_POPULAR,
     REASON_SIMILAR,
     REASON_TRENDING,
     Candidate,
@@ -82,6 +84,37 @@ class Tuning:
     exclude_seen: bool = True
     recent_items: int = 20
     search_in_thread: bool = False
+    coalesce_search: bool = True
+
+
+@dataclass(frozen=True)
+class Search:
+    """One query row for :meth:`ItemIndex.search_each`."""
+
+    index: ItemIndex
+    vector: np.ndarray  # [dim]
+    k: int
+    excluded: frozenset[str]
+
+
+Found = tuple[np.ndarray, list[str]]  # scores, item ids
+
+
+def search_all(searches: list[Search]) -> list[Found]:
+    """Every search's answer; the rows of one index go to FAISS in one call."""
+    by_index: dict[int, list[int]] = {}
+    for n, search in enumerate(searches):
+        by_index.setdefault(id(search.index), []).append(n)
+    found: list[Found | None] = [None] * len(searches)
+    for rows in by_index.values():
+        index = searches[rows[0]].index
+        answers = index.search_each(
+            np.stack([searches[n].vector for n in rows]),
+            [searches[n].k for n in rows], [searches[n].excluded for n in rows],
+        )
+        for n, answer in zip(rows, answers, strict=True):
+            found[n] = answer
+    return [answer for answer in found if answer is not None]
 
 
 class Recommender:
@@ -94,6 +127,10 @@ class Recommender:
         self._store = store
         self._tuning = tuning
         self._log = log
+        # Searches of concurrent requests made in one event-loop turn share a FAISS call.
+        self._coalesced: Coalescer[Search, Found] | None = (
+            Coalescer(self._search_batch) if tuning.coalesce_search else None
+        )
 
     @property
     def model_version(self) -> str:
@@ -130,9 +167,9 @@ class Recommender:
 
     async def _answer(self, query: RecommendQuery, state: UserState, method: str) -> Recommendation:
         model = self.models.for_user(query.user_id)
-        seen = state.seen if self._tuning.exclude_seen and not query.include_seen else ()
+        exclude = self._tuning.exclude_seen and not query.include_seen
         filters = Filters(
-            excluded=query.exclude_item_ids.union(seen),
+            excluded=query.exclude_item_ids.union(state.excluded) if exclude else query.exclude_item_ids,
             include_categories=query.include_categories,
             exclude_categories=query.exclude_categories,
             min_price=query.min_price, max_price=query.max_price,
@@ -184,17 +221,22 @@ class Recommender:
         allows = self._allows(filters)
         picked: list[Candidate] = []
         while window is not None:
-            if self._tuning.search_in_thread:
-                scores, item_ids = await asyncio.to_thread(index.search, vector, window,
-                                                           filters.excluded)
+            search = Search(index, vector, window, filters.excluded)
+            if self._coalesced is not None:
+                scores, item_ids = await self._coalesced(search)
             else:
-                scores, item_ids = index.search(vector, window, filters.excluded)
-            picked = merge([candidates(item_ids[0], scores[0], reason)], k, allows,
+                scores, item_ids = (await self._search_batch([search]))[0]
+            picked = merge([candidates(item_ids, scores, reason)], k, allows,
                            max_per_group=max_per_category, group=self._group)
-            if len(picked) >= k or len(item_ids[0]) < window:
+            if len(picked) >= k or len(item_ids) < window:
                 break
             window = next_window(window, limit)
         return picked
+
+    async def _search_batch(self, searches: list[Search]) -> list[Found]:
+        if self._tuning.search_in_thread:  # FAISS releases the GIL: the loop runs on meanwhile
+            return await asyncio.to_thread(search_all, searches)
+        return search_all(searches)
 
     def _explained(self, index: ItemIndex, picked: list[Candidate],
                    seen: tuple[str, ...]) -> list[Candidate]:
@@ -207,8 +249,10 @@ class Recommender:
             return picked  # an item removed meanwhile, or no recent item indexed: generic reason
         shown, recent = matrix[: len(picked)], matrix[len(picked):]
         recent_ids = found[len(picked):]
-        same = np.equal.outer(np.array(found[: len(picked)], dtype=object),
-                              np.array(recent_ids, dtype=object))  # [k, r]: a seen item shown again
+        same = None  # [k, r]: a seen item shown again (only when seen items are not excluded)
+        if not set(recent_ids).isdisjoint(asked[: len(picked)]):
+            same = np.equal.outer(np.array(asked[: len(picked)], dtype=object),
+                                  np.array(recent_ids, dtype=object))
         rows = anchors(shown, recent, same).tolist()
         return [c if row < 0 else Candidate(c.item_id, c.score, similar_to(self._name(recent_ids[row])))
                 for c, row in zip(picked, rows, strict=True)]
@@ -219,18 +263,21 @@ class Recommender:
 
     async def _backfill(self, personal: list[Candidate], k: int, filters: Filters,
                         max_per_category: int) -> list[Candidate]:
-        """`personal` followed by trending items up to k, widening the window as needed."""
+        """`personal`, then trending items, then all-time popular ones, up to k, widening
+        the window as needed."""
         limit = self._tuning.max_candidates
         window: int | None = first_window(k, len(filters.excluded) + len(personal),
                                           self._tuning.candidate_margin, limit)
         allows = self._allows(filters)
         picked = personal
         while window is not None:
-            pairs = await self._store.popular(window)
-            popular = [Candidate(item_id, score, REASON_TRENDING) for item_id, score in pairs]
-            picked = merge([personal, popular], k, allows,
-                           max_per_group=max_per_category, group=self._group)
-            if len(picked) >= k or len(pairs) < window:
+            trending, popular = await self._store.popular(window)
+            picked = merge(
+                [personal, [Candidate(item_id, score, REASON_TRENDING) for item_id, score in trending],
+                 [Candidate(item_id, score, REASON_POPULAR) for item_id, score in popular]],
+                k, allows, max_per_group=max_per_category, group=self._group,
+            )
+            if len(picked) >= k or max(len(trending), len(popular)) < window:
                 break
             window = next_window(window, limit)
         return picked

@@ -162,13 +162,16 @@ async def running(settings: ServingSettings) -> AsyncIterator[Running]:
         models=models,
         catalog=catalog,
         store=OnlineStore(redis, prefix=settings.redis_prefix, seen_limit=settings.seen_limit,
-                          dim=state.dim, coalesce=settings.redis_coalesce),
+                          dim=state.dim, coalesce=settings.redis_coalesce,
+                          exclude_types=tuple(settings.exclude_event_types),
+                          trending_window=settings.trending_window),
         tuning=Tuning(
             candidate_margin=settings.candidate_margin,
             max_candidates=settings.max_candidates,
             exclude_seen=settings.exclude_seen,
             recent_items=settings.recent_items,
             search_in_thread=settings.search_in_thread,
+            coalesce_search=settings.search_coalesce,
         ),
         log=recommendation_log,
     )

@@ -8,6 +8,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from serving.online import EVENT_TYPES
+
 
 class ServingSettings(BaseSettings):
     """Where the stores are, where to listen, request limits and tuning."""
@@ -67,7 +69,17 @@ class ServingSettings(BaseSettings):
     max_candidates: int = Field(
         default=5000, ge=1, le=1_000_000, description="widest neighbour or popular window searched"
     )
-    exclude_seen: bool = Field(default=True, description="leave out items in sr:seen unless asked")
+    exclude_seen: bool = Field(
+        default=True, description="leave out items the user interacted with, unless a request asks"
+    )
+    exclude_event_types: list[str] = Field(
+        default=["view", "click", "add_to_cart", "purchase", "rating"],
+        description="event types whose items are not shown again (sr:acts:{type}; all of them: sr:seen too)",
+    )
+    trending_window: str = Field(
+        default="24h", pattern=r"^[A-Za-z0-9]*$",
+        description="sr:trending:{window} ranks cold-start and backfill items; empty: sr:popular",
+    )
     recent_items: int = Field(
         default=20, ge=1, le=1000,
         description="newest seen items that explain results and stand in for a user vector of another version",
@@ -89,6 +101,9 @@ class ServingSettings(BaseSettings):
     redis_coalesce: bool = Field(
         default=True, description="concurrent requests' user reads share one Redis pipeline"
     )
+    search_coalesce: bool = Field(
+        default=True, description="concurrent requests' index searches share one FAISS call"
+    )
     track_timeout_s: float = Field(
         default=10.0, gt=0, le=300, description="all events of a TrackEvents call acked within this"
     )
@@ -99,6 +114,9 @@ class ServingSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _windows(self) -> ServingSettings:
+        unknown = set(self.exclude_event_types) - set(EVENT_TYPES)
+        if unknown:
+            raise ValueError(f"exclude_event_types: unknown {sorted(unknown)}, known {list(EVENT_TYPES)}")
         if self.max_candidates < self.max_k:
             raise ValueError("max_candidates must be at least max_k")
         if (self.tls_cert_file is None) != (self.tls_key_file is None):

@@ -15,6 +15,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from serving_harness import exact_nearest, unit_rows, write_artifact
 
 from protos import events_pb2, recommender_pb2
+from serving.settings import ServingSettings
 
 pytestmark = pytest.mark.integration
 
@@ -90,10 +91,40 @@ async def test_unknown_user_gets_popular_items_and_seen_ones_are_left_out(stack:
         other = await _recommend(client, "other-model", 2)
     assert _ids(unknown) == ["p1", "p2", "p3"]
     assert unknown.strategy == "popular" and unknown.model_version == "base"
-    assert [item.reason for item in unknown.items] == ["trending now"] * 3
+    assert [item.reason for item in unknown.items] == ["popular with other shoppers"] * 3
     assert [item.score for item in unknown.items] == [50, 40, 30]
     assert _ids(history) == ["p2", "p5"]  # fewer than k: nothing else is left
     assert (_ids(other), other.strategy) == (["p1", "p2"], "popular")
+
+
+async def test_exclusion_follows_the_configured_event_types_and_trending_ranks_cold_start(
+    stack: Stack,
+) -> None:
+    await stack.set_popular({"p1": 50, "p2": 40, "p3": 30, "p4": 20, "p5": 10})
+    now = int(time.time() * 1000)
+    # Bought long ago (no longer in the capped sr:seen), viewed just now.
+    await stack.redis.zadd(f"{stack.prefix}acts:purchase:buyer", {"p1": now - 10**9})
+    await stack.redis.zadd(f"{stack.prefix}acts:view:buyer", {"p2": now})
+    await stack.set_user("buyer", None, seen=["p2"])
+    async with stack.server() as client:  # default: every event type excluded
+        every_type = await _recommend(client, "buyer", 3)
+    assert _ids(every_type) == ["p3", "p4", "p5"]
+    async with stack.server(exclude_event_types=["purchase"]) as client:
+        bought_only = await _recommend(client, "buyer", 3)
+        cold = await _recommend(client, "newcomer", 2)
+    assert _ids(bought_only) == ["p2", "p3", "p4"]  # viewed items may come back, bought ones not
+    assert _ids(cold) == ["p1", "p2"]  # no trending window written yet: all-time popular
+    await stack.redis.zadd(f"{stack.prefix}trending:24h", {"p5": 3.0, "p4": 2.0})
+    async with stack.server(exclude_event_types=[]) as client:
+        trending = await _recommend(client, "buyer", 3)
+    assert _ids(trending) == ["p5", "p4", "p1"]  # the window ranks first; nothing is excluded
+    assert [item.reason for item in trending.items] == ["trending now"] * 2 + [
+        "popular with other shoppers"]
+
+
+def test_unknown_event_types_in_settings_are_refused() -> None:
+    with pytest.raises(ValueError, match="unknown"):
+        ServingSettings(exclude_event_types=["purchase", "wishlist"])
 
 
 async def test_popular_items_backfill_personal_ones_without_duplicates(stack: Stack) -> None:
@@ -108,7 +139,7 @@ async def test_popular_items_backfill_personal_ones_without_duplicates(stack: St
     assert _ids(response) == [nearest[0], nearest[1], nearest[3], "hit1", "hit2", "hit3"]
     # No catalog entry: the seen item is named by its id.
     assert [item.reason for item in response.items] == (
-        [f"similar to {nearest[2]}"] * 3 + ["trending now"] * 3
+        [f"similar to {nearest[2]}"] * 3 + ["popular with other shoppers"] * 3
     )
     assert response.strategy == "personal"
 

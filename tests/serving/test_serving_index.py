@@ -145,3 +145,26 @@ def test_ivf_index_recall_on_clustered_data_and_live_updates() -> None:
     assert hits / (10 * len(queries)) >= 0.95
     assert not set(removed) & {item for got in found for item in got}
     np.testing.assert_allclose(index.vector("new-7"), fresh[7] / np.linalg.norm(fresh[7]), atol=1e-6)
+
+
+def test_search_each_answers_every_row_with_its_own_k_and_exclusions() -> None:
+    rng = np.random.default_rng(5)
+    vectors = unit_rows(rng, 400, DIM)
+    reference = {f"item-{i}": vectors[i] for i in range(len(vectors))}
+    index = ItemIndex(DIM)
+    index.upsert(list(reference), vectors)
+    index.remove(["item-0", "item-1"])  # removed rows are never answered
+    del reference["item-0"], reference["item-1"]
+    queries = rng.normal(size=(3, DIM)).astype(np.float32)
+    excludes = [
+        frozenset(exact_nearest(reference, queries[0], 40)),  # all of its nearest 40
+        frozenset(),
+        frozenset({"never-indexed"} | set(exact_nearest(reference, queries[2], 9)[::3])),
+    ]
+    found = index.search_each(queries, [5, 12, 7], excludes)
+    for query, k, excluded, (scores, item_ids) in zip(queries, [5, 12, 7], excludes, found,
+                                                      strict=True):
+        assert item_ids == exact_nearest(reference, query, k, excluded)
+        assert len(scores) == k and list(scores) == sorted(scores, reverse=True)
+    with pytest.raises(ValueError, match="one k and one exclusion set per query row"):
+        index.search_each(queries, [5], excludes)

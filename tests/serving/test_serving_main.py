@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import signal
@@ -51,8 +52,9 @@ async def test_server_process_answers_the_client_and_stops_on_sigterm(stack: Sta
     settings = stack.settings()
     env = dict(os.environ)
     for name, value in settings.model_dump().items():
-        if value is not None and value != []:
-            env[f"STREAMREC_SERVING_{name.upper()}"] = str(value)
+        if value is not None and value != []:  # lists travel as JSON, as users write them
+            text = json.dumps(value) if isinstance(value, list) else str(value)
+            env[f"STREAMREC_SERVING_{name.upper()}"] = text
     vectors = unit_rows(np.random.default_rng(0), 5, settings.dim)
     catalog = {f"m{n}": vectors[n] for n in range(5)}
     await stack.publish_vectors(catalog)
@@ -79,7 +81,7 @@ async def test_server_process_answers_the_client_and_stops_on_sigterm(stack: Sta
         code, out, err = await _client("--target", target, "recommend", "--user", "nobody", "-k", "2")
         assert code == 0, err
         assert "nobody: popular, model base" in out
-        assert re.search(r"1\.\s+9\.0000\s+m1\s+Movie One\s+\[Drama\]\s+\(trending now\)", out)
+        assert re.search(r"1\.\s+9\.0000\s+m1\s+Movie One\s+\[Drama\]\s+\(popular with other shoppers\)", out)
         code, out, err = await _client("--target", target, "similar", "--item", "m0", "-k", "3")
         assert code == 0, err
         assert out.startswith("items similar to m0 (model base):")
