@@ -160,14 +160,14 @@ class ItemIndex:
 
     def vectors(self, item_ids: Iterable[str]) -> tuple[list[str], np.ndarray]:
         """The indexed ones of `item_ids` and their unit vectors [n_found, dim]."""
-        ids = self._ids
+        get = self._ids.get
         with self._lock:
-            found = [item_id for item_id in item_ids if item_id in ids]
-            if not found:
-                return found, np.empty((0, self.dim), dtype=np.float32)
-            keys = np.fromiter((ids[item_id] for item_id in found), dtype=np.int64, count=len(found))
+            pairs = [(item_id, key) for item_id in item_ids if (key := get(item_id)) is not None]
+            if not pairs:
+                return [], np.empty((0, self.dim), dtype=np.float32)
+            keys = np.array([key for _, key in pairs], dtype=np.int64)
             matrix = self._index.reconstruct_batch(keys)  # [n_found, dim], one call into FAISS
-        return found, np.asarray(matrix, dtype=np.float32)
+        return [item_id for item_id, _ in pairs], np.asarray(matrix, dtype=np.float32)
 
     def search(
         self, query_vectors: np.ndarray, k: int, exclude: Collection[str] = ()
