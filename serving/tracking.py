@@ -61,6 +61,7 @@ class RecommendationLog:
         self._producer = producer
         self._topic = topic
         self._queue: asyncio.Queue[events_pb2.RecommendationLog] = asyncio.Queue(queue_size)
+        self._in_flight: asyncio.Task[None] | None = None  # the entry being handed to Kafka
         self.dropped = 0
 
     def record(self, entry: events_pb2.RecommendationLog) -> None:
@@ -73,10 +74,16 @@ class RecommendationLog:
         """Produce queued records until cancelled; then what is queued is flushed by :meth:`drain`."""
         while True:
             entry = await self._queue.get()
-            await self._send(entry)
+            # Shielded: cancelling the loop at shutdown must not lose the entry it holds
+            # (the first send to a topic waits for metadata); drain() finishes it.
+            self._in_flight = asyncio.ensure_future(self._send(entry))
+            await asyncio.shield(self._in_flight)
 
     async def drain(self) -> None:
-        """Send what is still queued (at shutdown, before the producer stops)."""
+        """Finish the entry in flight and send what is still queued (at shutdown, before
+        the producer stops)."""
+        if self._in_flight is not None:
+            await self._in_flight
         while not self._queue.empty():
             await self._send(self._queue.get_nowait())
 
