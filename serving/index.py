@@ -205,18 +205,12 @@ class ItemIndex:
             items = self._items
             found: list[tuple[np.ndarray, list[str]]] = []
             for distances, labels, k, excluded in zip(D, I, ks, excludes, strict=True):
-                kept: list[int] = []
-                item_ids: list[str] = []
-                for position, label in enumerate(labels.tolist()):
-                    # an approximate index may return fewer than asked (label -1)
-                    item_id = items[label] if label >= 0 else None
-                    if item_id is None or item_id in excluded:
-                        continue
-                    kept.append(position)
-                    item_ids.append(item_id)
-                    if len(item_ids) == k:
-                        break
-                found.append((distances[kept].astype(np.float32, copy=False), item_ids))
+                # An approximate index may return fewer than asked (label -1, at the end).
+                named = [items[label] for label in labels.tolist() if label >= 0]
+                kept = [n for n, item_id in enumerate(named)
+                        if item_id is not None and item_id not in excluded][:k]
+                found.append((distances[kept].astype(np.float32, copy=False),
+                              [named[n] for n in kept]))
         return found
 
     def _faiss_id(self, item_id: str) -> int:
