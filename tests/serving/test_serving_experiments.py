@@ -177,7 +177,7 @@ async def test_calls_without_a_valid_token_are_unauthenticated(stack: Stack) -> 
         request = recommender_pb2.RecommendRequest(user_id="u", k=1)
         for metadata in ((), (("authorization", "Bearer wrong"),)):
             with pytest.raises(grpc.aio.AioRpcError) as caught:
-                await client.stub.Recommend(request, metadata=metadata, timeout=5)
+                await client.stub.Recommend(request, metadata=metadata, timeout=30)
             assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
         reply = await client.stub.Recommend(request, metadata=(("authorization", "Bearer s3cret"),))
     assert _ids(reply) == ["p"]
