@@ -29,7 +29,12 @@ def main(argv: list[str]) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
-        asyncio.run(serve(settings))
+        if settings.event_loop == "uvloop":
+            import uvloop  # libuv's loop: cheaper socket and callback handling per request
+
+            uvloop.run(serve(settings))
+        else:
+            asyncio.run(serve(settings))
     except ServingError as error:
         log.error("cannot serve: %s", error)
         return 1

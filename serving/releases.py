@@ -9,6 +9,7 @@ new version, never a mix. Releases are applied one at a time, in log order.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -64,6 +65,7 @@ class ModelAdmin:
         model = await asyncio.to_thread(build_model, artifact_path(uri), version,
                                         ivf_threshold=self._ivf_threshold, nprobe=self._nprobe)
         self.models.add(model)
+        gc.freeze()  # the new index's maps live as long as the version: out of the collector's passes
         return model
 
     async def promote(self, version: str, uri: str = "") -> Routing:

@@ -8,6 +8,7 @@ the health NOT_SERVING and stops with a grace period for calls in flight.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 from collections.abc import AsyncIterator, Sequence
@@ -254,6 +255,10 @@ async def _ready_when_loaded(
     feeds: Sequence[TopicFeed], health_servicer: health.aio.HealthServicer
 ) -> None:
     await asyncio.gather(*(feed.loaded.wait() for feed in feeds))
+    # What start-up built (index maps of every item, catalog, libraries) lives as long as
+    # the process: kept out of the collector, whose full passes over it stall the loop.
+    gc.collect()
+    gc.freeze()
     await set_health(health_servicer, health_pb2.HealthCheckResponse.SERVING)
     log.info("catalog topics loaded: SERVING")
 

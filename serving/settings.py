@@ -91,6 +91,9 @@ class ServingSettings(BaseSettings):
         default=32, ge=1, le=65_536,
         description="IVF lists searched per query (of 4·√N; 32 keeps recall@10 >= 0.95 at 1M items, 64-d)",
     )
+    event_loop: Literal["uvloop", "asyncio"] = Field(
+        default="uvloop", description="the server's event loop: uvloop (libuv) or the standard one"
+    )
     search_in_thread: bool = Field(
         default=False, description="run FAISS searches in a worker thread (the GIL is released)"
     )
