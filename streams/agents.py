@@ -151,7 +151,7 @@ class EventsHandler:
             await self._online.write(
                 [
                     Touch(o.event.user_id, o.event.item_id, o.event.timestamp_ms,
-                          0.0 if o.replay else o.weight)
+                          0.0 if o.replay else o.weight, o.event.type)
                     for o in accepted
                 ],
                 self._user_vectors({o.event.user_id: o.state for o in accepted}),

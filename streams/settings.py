@@ -9,6 +9,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from protos import events_pb2
+from streams.trending import windows_from_settings
 
 DEFAULT_WEIGHTS: dict[str, float] = {
     "view": 1.0,
@@ -84,6 +85,22 @@ class StreamsSettings(BaseSettings):
         description="interaction weight per event type (lower-case EventType names); "
         "a rating with a positive value weighs weights.rating * value",
     )
+    acts_length: int = Field(
+        default=100, ge=1, le=100_000,
+        description="items kept per user and event type in Redis acts:{type}:{user}",
+    )
+    purchases_length: int = Field(
+        default=1000, ge=1, le=1_000_000,
+        description="items kept per user in acts:purchase:{user} (exclusion of bought items)",
+    )
+    trending_windows: dict[str, float] = Field(
+        default_factory=lambda: {"1h": 3600.0, "24h": 86400.0},
+        description="trending window name -> decay time constant in seconds; "
+        "Redis trending:{name}",
+    )
+    trending_size: int = Field(
+        default=10_000, ge=1, le=10_000_000, description="items kept per trending window"
+    )
     decay_half_life_s: float = Field(
         default=24 * 3600.0,
         gt=0,
@@ -121,6 +138,12 @@ class StreamsSettings(BaseSettings):
         if any(weight <= 0 for weight in weights.values()):
             raise ValueError("weights must be positive")
         return weights
+
+    @field_validator("trending_windows")
+    @classmethod
+    def _window_names(cls, windows: dict[str, float]) -> dict[str, float]:
+        windows_from_settings(windows)  # raises ValueError with the reason
+        return windows
 
     def bootstrap_servers(self) -> list[str]:
         """The bootstrap list as ``host:port`` strings."""

@@ -12,11 +12,25 @@ from streams.catalog import Catalog
 from streams.encoder import ItemEncoder, pretrained_model_dir
 from streams.feed import CatalogFeed
 from streams.model import choose_model
-from streams.online import OnlineState, RedisKeys
+from streams.online import Caps, OnlineState, RedisKeys
 from streams.settings import StreamsSettings
 from streams.topics import TopicSetup, topic_specs
+from streams.trending import windows_from_settings
 
 log = logging.getLogger(__name__)
+
+
+def online_state(settings: StreamsSettings, client: Redis) -> OnlineState:
+    """The Redis writer with the settings' key prefix, caps, trending windows and retries."""
+    return OnlineState(
+        client,
+        keys=RedisKeys(settings.redis_prefix),
+        caps=Caps(seen=settings.history_length, acts=settings.acts_length,
+                  purchases=settings.purchases_length, trending=settings.trending_size),
+        trending=windows_from_settings(settings.trending_windows),
+        retry_initial_s=settings.redis_retry_initial_s,
+        retry_max_s=settings.redis_retry_max_s,
+    )
 
 
 def build_worker(settings: StreamsSettings) -> faust.Worker:
@@ -28,13 +42,7 @@ def build_worker(settings: StreamsSettings) -> faust.Worker:
     )
     log.info("model version %s", model.version)
     catalog = Catalog(model_version=model.version, dim=encoder.dim)
-    online = OnlineState(
-        Redis.from_url(settings.redis_url),
-        keys=RedisKeys(settings.redis_prefix),
-        seen_length=settings.history_length,
-        retry_initial_s=settings.redis_retry_initial_s,
-        retry_max_s=settings.redis_retry_max_s,
-    )
+    online = online_state(settings, Redis.from_url(settings.redis_url))
     app = create_app(settings, catalog=catalog, encoder=encoder, online=online)
     servers = settings.bootstrap_servers()
     # Services start in this order, all before the app: topics exist before anything

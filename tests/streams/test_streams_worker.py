@@ -150,6 +150,19 @@ def test_events_are_enriched_and_update_redis(running: Running) -> None:
     assert set(running.redis.zrange(f"{prefix}seen:{user}", 0, -1)) == {
         first.item_id.encode(), second.item_id.encode(),
     }
+    # Acts by event type, for exclusion; trending by decayed count (1 h time constant).
+    assert running.redis.zrange(f"{prefix}acts:purchase:{user}", 0, -1, withscores=True) == [
+        (first.item_id.encode(), float(start))
+    ]
+    assert running.redis.zrange(f"{prefix}acts:click:{user}", 0, -1) == [second.item_id.encode()]
+    trending = dict(running.redis.zrange(f"{prefix}trending:1h", 0, -1, withscores=True))
+    base = float(running.redis.get(f"{prefix}trending:1h:base"))  # type: ignore[arg-type]
+    now = start + 3_600_000
+
+    def count(item: events_pb2.Item) -> float:
+        return trending[item.item_id.encode()] * float(np.exp((base - now) / 3_600_000))
+
+    assert count(first) == pytest.approx(5.0 / np.e) and count(second) == pytest.approx(2.0)
 
 
 def test_malformed_input_is_dead_lettered_and_the_worker_goes_on(running: Running) -> None:
