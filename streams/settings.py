@@ -34,6 +34,7 @@ class StreamsSettings(BaseSettings):
     topic_dlq: str = "events.dlq"
     topic_items: str = "items"
     topic_item_vectors: str = "item-vectors"
+    topic_models: str = "models"
     artifact_dir: Path = Path("var/artifacts")
 
     # The Faust application.

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import logging
+from functools import partial
 
 import faust
 from redis.asyncio import Redis
 
 from streams.app import create_app
 from streams.catalog import Catalog
-from streams.encoder import ItemEncoder, pretrained_model_dir
+from streams.encoder import pretrained_model_dir
 from streams.feed import CatalogFeed
+from streams.live import EncoderOptions, LiveModel, load_model
 from streams.model import choose_model
 from streams.online import Caps, OnlineState, RedisKeys
+from streams.releases import ModelReleases
 from streams.settings import StreamsSettings
 from streams.topics import TopicSetup, topic_specs
 from streams.trending import windows_from_settings
@@ -35,15 +38,17 @@ def online_state(settings: StreamsSettings, client: Redis) -> OnlineState:
 
 def build_worker(settings: StreamsSettings) -> faust.Worker:
     """Load the model once and wire every service; nothing connects before the worker starts."""
-    model = choose_model(settings.artifact_dir, settings.model_dir or pretrained_model_dir())
-    encoder = ItemEncoder.load(
-        model.encoder_dir, device=settings.device, bf16=settings.bf16,
-        max_length=settings.max_length,
-    )
+    pretrained = settings.model_dir or pretrained_model_dir()
+    options = EncoderOptions(device=settings.device, bf16=settings.bf16,
+                             max_length=settings.max_length,
+                             half_life_ms=settings.decay_half_life_s * 1000.0)
+    model = load_model(choose_model(settings.artifact_dir, pretrained), options)
     log.info("model version %s", model.version)
-    catalog = Catalog(model_version=model.version, dim=encoder.dim)
+    live = LiveModel(model)
+    catalog = Catalog(model_version=model.version, dim=model.dim)
+    catalog.switch(model.version, model.dim, model.item_vectors)
     online = online_state(settings, Redis.from_url(settings.redis_url))
-    app = create_app(settings, catalog=catalog, encoder=encoder, online=online)
+    app = create_app(settings, catalog=catalog, live=live, online=online)
     servers = settings.bootstrap_servers()
     # Services start in this order, all before the app: topics exist before anything
     # subscribes, and the catalog is loaded before the first event is judged against it.
@@ -59,5 +64,9 @@ def build_worker(settings: StreamsSettings) -> faust.Worker:
             max_item_bytes=settings.max_event_bytes,
         ),
         online,
+        ModelReleases(
+            live, bootstrap_servers=servers, topic=settings.topic_models,
+            pretrained_dir=pretrained, load=partial(load_model, options=options),
+        ),
         loglevel=settings.log_level,
     )

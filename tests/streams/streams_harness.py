@@ -31,6 +31,7 @@ class StreamsWorker:
             "dlq": f"events.dlq-{suffix}",
             "items": f"items-{suffix}",
             "item_vectors": f"item-vectors-{suffix}",
+            "models": f"models-{suffix}",
         }
         self.redis_prefix = f"test-{suffix}:"
         self.log_path = workdir / "worker.log"

@@ -93,12 +93,14 @@ def test_topics_are_created_with_the_contract_shapes(
         )["topic"]
     finally:
         admin.close()
-    assert {len(described[name]["partitions"]) for name in topics.values()} == {4}
+    partitions = {key: len(described[name]["partitions"]) for key, name in topics.items()}
+    assert partitions.pop("models") == 1
+    assert set(partitions.values()) == {4}
     policy = {
         key: configs[name].get("cleanup.policy", {}).get("value") for key, name in topics.items()
     }
     assert policy["items"] == policy["item_vectors"] == "compact"
-    assert policy["enriched"] == policy["dlq"] == "delete"
+    assert policy["enriched"] == policy["dlq"] == policy["models"] == "delete"
     assert int(configs[topics["enriched"]]["retention.ms"]["value"]) == 365 * 24 * 3600 * 1000
 
 
