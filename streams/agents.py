@@ -10,7 +10,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from faust.types import EventT, TableT, TopicT
 from faust.types.tuples import Message
@@ -20,6 +20,7 @@ from streams.catalog import Catalog
 from streams.errors import RejectedInput
 from streams.history import UserState, decode_state, encode_state
 from streams.live import LiveModel, LoadedModel
+from streams.metrics import StreamsMetrics
 from streams.online import OnlineState, Touch, UserVector
 from streams.processing import (
     INTERNAL_ERROR,
@@ -56,10 +57,11 @@ class ItemsHandler:
 
     def __init__(
         self, *, catalog: Catalog, live: LiveModel, item_vectors: TopicT, dlq: TopicT,
-        max_item_bytes: int, batch_size: int,
+        max_item_bytes: int, batch_size: int, metrics: StreamsMetrics,
     ) -> None:
         self._catalog = catalog
         self._live = live
+        self._metrics = metrics
         self._batch_size = batch_size
         self._item_vectors = item_vectors
         self._dlq = dlq
@@ -101,7 +103,9 @@ class ItemsHandler:
     async def _embed(self, items: list[events_pb2.Item]) -> None:
         model = self._live.current  # the version the vectors are stamped with
         # Blocks for milliseconds per item: keep the event loop free meanwhile.
+        started = time.perf_counter()
         vectors = await asyncio.to_thread(model.item_encoder.encode, [item_text(i) for i in items])
+        self._metrics.encode_seconds.labels("item").observe(time.perf_counter() - started)
         updated_at = now_ms()
         for item, vector in zip(items, vectors, strict=True):
             item_vector = events_pb2.ItemVector(
@@ -115,6 +119,7 @@ class ItemsHandler:
                 key=item.item_id.encode(), value=item_vector.SerializeToString()
             )
         self.embedded += len(items)
+        self._metrics.items_embedded.inc(len(items))
 
 
 def put_state(users: TableT, partition: int, user_id: str, state: UserState) -> None:
@@ -132,7 +137,8 @@ class EventsHandler:
 
     def __init__(
         self, *, catalog: Catalog, users: TableT, online: OnlineState, enriched: TopicT,
-        dlq: TopicT, policy: Policy, live: LiveModel,
+        dlq: TopicT, policy: Policy, live: LiveModel, metrics: StreamsMetrics,
+        highwater: Callable[[int], int | None],
     ) -> None:
         self._catalog = catalog
         self._users = users
@@ -141,6 +147,8 @@ class EventsHandler:
         self._dlq = dlq
         self._policy = policy
         self._live = live
+        self._metrics = metrics
+        self._highwater = highwater  # events partition -> offset after its newest record
         self.accepted = 0
         self.rejected: Counter[str] = Counter()
 
@@ -148,8 +156,30 @@ class EventsHandler:
         return decode_state(self._users.get(user_id.encode()))
 
     async def handle(self, events: Sequence[EventT]) -> None:
+        accepted, rejected = self.accepted, self.rejected.copy()
         async with self._live.lock:  # a model switch waits for the batch, and vice versa
             await self._handle(events)
+        metrics = self._metrics
+        metrics.events_in.inc(len(events))
+        metrics.batch_size.observe(len(events))
+        metrics.enriched.inc(self.accepted - accepted)
+        for reason, count in (self.rejected - rejected).items():
+            metrics.dead_lettered.labels(reason).inc(count)
+        newest: dict[int, int] = {}
+        for event in events:
+            newest[event.message.partition] = max(event.message.offset,
+                                                  newest.get(event.message.partition, -1))
+        for partition, offset in newest.items():
+            end = self._highwater(partition)
+            if end is not None:
+                metrics.lag.labels(str(partition)).set(max(end - offset - 1, 0))
+
+    def _written(self, events: Sequence[EventT], outcomes: Sequence[tuple[Record, object]]) -> None:
+        """Freshness of the accepted events whose online state was just written."""
+        done = time.time()
+        for event, (_, outcome) in zip(events, outcomes, strict=True):
+            if isinstance(outcome, Accepted) and event.message.timestamp:
+                self._metrics.freshness.observe(max(done - event.message.timestamp, 0.0))
 
     async def _handle(self, events: Sequence[EventT]) -> None:
         batch = admit_batch(
@@ -171,6 +201,7 @@ class EventsHandler:
                 ],
                 await self._user_vectors({o.event.user_id: o.state for o in accepted}),
             )
+            self._written(events, outcomes)
         except Exception as error:
             log.exception("writing the online state of %s events failed", len(accepted))
             failed = Rejected(INTERNAL_ERROR, repr(error))
@@ -198,10 +229,13 @@ class EventsHandler:
         model, vectors = self._live.current, self._catalog.vectors()
         histories = [state.history for state in states.values()]
         encode = model.user_encoder.encode
+        started = time.perf_counter()
         if model.user_encoder.blocking:
             encoded = await asyncio.to_thread(encode, histories, vectors.get)
         else:
             encoded = encode(histories, vectors.get)
+        self._metrics.encode_seconds.labels("user").observe(time.perf_counter() - started)
+        self._metrics.user_vectors.inc(sum(vector is not None for vector in encoded))
         written_at = now_ms()
         return [
             UserVector(user_id, to_bytes(vector), model.version,
@@ -229,7 +263,7 @@ class EventsHandler:
 
 async def switch_model(
     model: LoadedModel, *, live: LiveModel, catalog: Catalog, items: ItemsHandler,
-    events: EventsHandler,
+    events: EventsHandler, metrics: StreamsMetrics,
 ) -> None:
     """Use `model` from the next batch on: its item vectors, vectors for the catalog items
     it lacks (published), and a vector of it for every user of this worker's table."""
@@ -237,6 +271,7 @@ async def switch_model(
         previous = live.version
         catalog.switch(model.version, model.dim, model.item_vectors)
         live.current = model
+    metrics.use_model(model.version)
     embedded = await items.embed_missing()
     users = await events.reembed()
     log.info("switched from model %s to %s: %s items embedded, %s users re-embedded",

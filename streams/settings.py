@@ -54,6 +54,11 @@ class StreamsSettings(BaseSettings):
     )
     web_enabled: bool = False
     web_port: int = Field(default=6066, ge=0, le=65535)
+    metrics_port: int | None = Field(
+        default=None, ge=0, le=65535,
+        description="Prometheus /metrics port; None: not served; 0: any free port (logged)",
+    )
+    metrics_host: str = "0.0.0.0"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     # Freshness: aiokafka waits up to this long for data before answering a fetch,

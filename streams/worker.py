@@ -6,6 +6,7 @@ import logging
 from functools import partial
 
 import faust
+from mode import Service
 from redis.asyncio import Redis
 
 from streams.app import create_app
@@ -13,6 +14,7 @@ from streams.catalog import Catalog
 from streams.encoder import pretrained_model_dir
 from streams.feed import CatalogFeed
 from streams.live import EncoderOptions, LiveModel, load_model
+from streams.metrics import MetricsServer, StreamsMetrics
 from streams.model import choose_model
 from streams.online import Caps, OnlineState, RedisKeys
 from streams.releases import ModelReleases
@@ -48,10 +50,14 @@ def build_worker(settings: StreamsSettings) -> faust.Worker:
     catalog = Catalog(model_version=model.version, dim=model.dim)
     catalog.switch(model.version, model.dim, model.item_vectors)
     online = online_state(settings, Redis.from_url(settings.redis_url))
-    app = create_app(settings, catalog=catalog, live=live, online=online)
+    metrics = StreamsMetrics()
+    app = create_app(settings, catalog=catalog, live=live, online=online, metrics=metrics)
     servers = settings.bootstrap_servers()
     # Services start in this order, all before the app: topics exist before anything
     # subscribes, and the catalog is loaded before the first event is judged against it.
+    extra: list[Service] = []
+    if settings.metrics_port is not None:
+        extra.append(MetricsServer(metrics, host=settings.metrics_host, port=settings.metrics_port))
     return faust.Worker(
         app,
         TopicSetup(topic_specs(settings), bootstrap_servers=servers),
@@ -68,5 +74,6 @@ def build_worker(settings: StreamsSettings) -> faust.Worker:
             live, bootstrap_servers=servers, topic=settings.topic_models,
             pretrained_dir=pretrained, load=partial(load_model, options=options),
         ),
+        *extra,
         loglevel=settings.log_level,
     )

@@ -10,6 +10,7 @@ from streams.app import create_app, faust_config
 from streams.catalog import Catalog
 from streams.encoder import ItemEncoder
 from streams.live import LiveModel, LoadedModel
+from streams.metrics import StreamsMetrics
 from streams.settings import StreamsSettings
 from streams.transport import ShortFetchTransport
 from streams.userencoder import WeightedMean
@@ -20,7 +21,8 @@ def build(settings: StreamsSettings, encoder: ItemEncoder):  # type: ignore[no-u
     online = online_state(settings, Redis.from_url(settings.redis_url))
     catalog = Catalog(model_version="base", dim=encoder.dim)
     live = LiveModel(LoadedModel("base", encoder, WeightedMean(3_600_000.0), {}))
-    return create_app(settings, catalog=catalog, live=live, online=online)
+    return create_app(settings, catalog=catalog, live=live, online=online,
+                      metrics=StreamsMetrics())
 
 
 def test_faust_config_uses_raw_bytes_and_settings(tmp_path: Path) -> None:
