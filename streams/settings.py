@@ -68,7 +68,12 @@ class StreamsSettings(BaseSettings):
         default=100, ge=0, le=5000,
         description="fetch wait of the catalog reader; the owning worker's own items skip it",
     )
-    producer_linger_ms: float = Field(default=1.0, ge=0, le=1000)
+    producer_linger_ms: float = Field(
+        default=10.0, ge=0, le=1000,
+        description="how long the producer gathers records per request; only the event "
+        "log and changelog wait for it (Redis is written before), and fewer, larger "
+        "requests cost far less CPU than one per record",
+    )
 
     # Input limits (dead-letter reasons oversized and bad_timestamp).
     max_event_bytes: int = Field(default=64 * 1024, ge=64, le=16 * 1024 * 1024)
