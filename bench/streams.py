@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import re
 import tempfile
 import time
@@ -102,6 +103,14 @@ async def output_times(kafka: str, topics: list[str], count: int, timeout_s: flo
     return sorted(times)
 
 
+def cpu_reference_s() -> float:
+    """Seconds for a fixed pure-Python loop: how much CPU this process gets right now
+    (about 0.2 s on an idle core of the reference machine)."""
+    started = time.perf_counter()
+    sum(range(10_000_000))
+    return time.perf_counter() - started
+
+
 def scrape(url: str) -> dict[str, float]:
     with urllib.request.urlopen(url, timeout=10) as response:
         text = response.read().decode()
@@ -137,6 +146,7 @@ def main() -> None:
     items = list(item_records(dataset.items, int(time.time() * 1000)))
     users = int(ratings["user_id"].nunique())
     extra = dict(setting.split("=", 1) for setting in args.env)
+    cpu_before = cpu_reference_s()
 
     with tempfile.TemporaryDirectory(prefix="bench-streams-") as workdir:
         stack = LocalStack(kafka=args.kafka, redis_url=args.redis, workdir=Path(workdir),
@@ -173,6 +183,7 @@ def main() -> None:
             vectors = sum(1 for _ in client.scan_iter(match=f"{stack.redis_prefix}uv:*",
                                                       count=10_000))
             drain.stop(timeout_s=120)
+            cpu_after = cpu_reference_s()
         finally:
             stack.stop()
             stack.delete_state()
@@ -205,6 +216,8 @@ def main() -> None:
             )
         },
         "worker_settings": extra,
+        "cpu_reference_s": {"before": round(cpu_before, 3), "after": round(cpu_after, 3)},
+        "load_average_1m_after": round(os.getloadavg()[0], 2),
     }
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "streams.json").write_text(json.dumps(result, indent=2) + "\n")
