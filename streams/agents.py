@@ -244,9 +244,10 @@ class EventsHandler:
             if vector is not None
         ]
 
-    async def reembed(self, chunk: int = 1024) -> int:
+    async def reembed(self, chunk: int = 256) -> int:
         """Write a vector of the version in use for every user in the table; chunks wait
-        for the batch in progress, so a user's state is read as it is now."""
+        for the batch in progress, so a user's state is read as it is now. Events wait
+        for a chunk in turn: one tower call over `chunk` users, tens of milliseconds."""
         user_ids = list(self._users.data.keys())
         written = 0
         for start in range(0, len(user_ids), chunk):
