@@ -25,7 +25,7 @@ from kafka.errors import KafkaError
 REPO_ROOT = Path(__file__).resolve().parents[1]
 _LISTENING = re.compile(r"listening on [^ ]+:(\d+)")
 
-TOPICS = ("events", "enriched", "dlq", "items", "item_vectors")
+TOPICS = ("events", "enriched", "dlq", "items", "item_vectors", "models")
 
 
 def topic_names(suffix: str) -> dict[str, str]:
@@ -36,6 +36,7 @@ def topic_names(suffix: str) -> dict[str, str]:
         "dlq": "events.dlq",
         "items": "items",
         "item_vectors": "item-vectors",
+        "models": "models",
     }
     return {name: f"{topic}-{suffix}" for name, topic in base.items()}
 
@@ -47,12 +48,14 @@ class Child:
         self.module = module
         self.env = env
         self.log_path = log_path
+        self.python_args: list[str] = []  # e.g. ["-m", "cProfile", "-o", "out.prof"]
         self._process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         with self.log_path.open("ab") as log:
             self._process = subprocess.Popen(
-                [sys.executable, "-m", self.module], cwd=REPO_ROOT, env=self.env,
+                [sys.executable, *self.python_args, "-m", self.module], cwd=REPO_ROOT,
+                env=self.env,
                 stdout=log, stderr=subprocess.STDOUT,
             )
 
@@ -135,6 +138,7 @@ class LocalStack:
             "STREAMREC_SERVING_TOPIC_EVENTS": self.topics["events"],
             "STREAMREC_SERVING_TOPIC_ITEMS": self.topics["items"],
             "STREAMREC_SERVING_TOPIC_ITEM_VECTORS": self.topics["item_vectors"],
+            "STREAMREC_SERVING_TOPIC_MODELS": self.topics["models"],
         }
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.streams = Child("streams", streams_env, self.workdir / "streams.log")

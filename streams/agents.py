@@ -10,16 +10,17 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from faust.types import EventT, TableT, TopicT
 from faust.types.tuples import Message
 
 from protos import events_pb2
 from streams.catalog import Catalog
-from streams.encoder import ItemEncoder
 from streams.errors import RejectedInput
 from streams.history import UserState, decode_state, encode_state
+from streams.live import LiveModel, LoadedModel
+from streams.metrics import StreamsMetrics
 from streams.online import OnlineState, Touch, UserVector
 from streams.processing import (
     INTERNAL_ERROR,
@@ -33,7 +34,7 @@ from streams.processing import (
 )
 from streams.text import item_text
 from streams.validation import parse_item
-from streams.vectors import to_bytes, user_vector
+from streams.vectors import to_bytes
 
 log = logging.getLogger(__name__)
 
@@ -55,11 +56,13 @@ class ItemsHandler:
     """Embeds batches of catalog items and publishes their vectors."""
 
     def __init__(
-        self, *, catalog: Catalog, encoder: ItemEncoder, item_vectors: TopicT, dlq: TopicT,
-        max_item_bytes: int,
+        self, *, catalog: Catalog, live: LiveModel, item_vectors: TopicT, dlq: TopicT,
+        max_item_bytes: int, batch_size: int, metrics: StreamsMetrics,
     ) -> None:
         self._catalog = catalog
-        self._encoder = encoder
+        self._live = live
+        self._metrics = metrics
+        self._batch_size = batch_size
         self._item_vectors = item_vectors
         self._dlq = dlq
         self._max_item_bytes = max_item_bytes
@@ -84,18 +87,30 @@ class ItemsHandler:
             return
         items = [item for _, item in latest.values()]
         try:
-            # Blocks for milliseconds per item: keep the event loop free meanwhile.
-            vectors = await asyncio.to_thread(self._encoder.encode, [item_text(i) for i in items])
+            await self._embed(items)
         except Exception as error:
             log.exception("embedding %s items failed; dead-lettering them", len(items))
             for record, _ in latest.values():
                 await send_dead_letter(self._dlq, record, reason=INTERNAL_ERROR, detail=repr(error))
-            return
+
+    async def embed_missing(self) -> int:
+        """Embed and publish the catalog items without a vector of the version in use."""
+        missing = self._catalog.items_without_vector()
+        for start in range(0, len(missing), self._batch_size):
+            await self._embed(missing[start:start + self._batch_size])
+        return len(missing)
+
+    async def _embed(self, items: list[events_pb2.Item]) -> None:
+        model = self._live.current  # the version the vectors are stamped with
+        # Blocks for milliseconds per item: keep the event loop free meanwhile.
+        started = time.perf_counter()
+        vectors = await asyncio.to_thread(model.item_encoder.encode, [item_text(i) for i in items])
+        self._metrics.encode_seconds.labels("item").observe(time.perf_counter() - started)
         updated_at = now_ms()
         for item, vector in zip(items, vectors, strict=True):
             item_vector = events_pb2.ItemVector(
                 item_id=item.item_id,
-                model_version=self._catalog.model_version,
+                model_version=model.version,
                 vector=vector.tolist(),
                 updated_at_ms=updated_at,
             )
@@ -104,6 +119,7 @@ class ItemsHandler:
                 key=item.item_id.encode(), value=item_vector.SerializeToString()
             )
         self.embedded += len(items)
+        self._metrics.items_embedded.inc(len(items))
 
 
 def put_state(users: TableT, partition: int, user_id: str, state: UserState) -> None:
@@ -121,7 +137,8 @@ class EventsHandler:
 
     def __init__(
         self, *, catalog: Catalog, users: TableT, online: OnlineState, enriched: TopicT,
-        dlq: TopicT, policy: Policy, half_life_ms: float,
+        dlq: TopicT, policy: Policy, live: LiveModel, metrics: StreamsMetrics,
+        highwater: Callable[[int], int | None],
     ) -> None:
         self._catalog = catalog
         self._users = users
@@ -129,7 +146,9 @@ class EventsHandler:
         self._enriched = enriched
         self._dlq = dlq
         self._policy = policy
-        self._half_life_ms = half_life_ms
+        self._live = live
+        self._metrics = metrics
+        self._highwater = highwater  # events partition -> offset after its newest record
         self.accepted = 0
         self.rejected: Counter[str] = Counter()
 
@@ -137,6 +156,32 @@ class EventsHandler:
         return decode_state(self._users.get(user_id.encode()))
 
     async def handle(self, events: Sequence[EventT]) -> None:
+        accepted, rejected = self.accepted, self.rejected.copy()
+        async with self._live.lock:  # a model switch waits for the batch, and vice versa
+            await self._handle(events)
+        metrics = self._metrics
+        metrics.events_in.inc(len(events))
+        metrics.batch_size.observe(len(events))
+        metrics.enriched.inc(self.accepted - accepted)
+        for reason, count in (self.rejected - rejected).items():
+            metrics.dead_lettered.labels(reason).inc(count)
+        newest: dict[int, int] = {}
+        for event in events:
+            newest[event.message.partition] = max(event.message.offset,
+                                                  newest.get(event.message.partition, -1))
+        for partition, offset in newest.items():
+            end = self._highwater(partition)
+            if end is not None:
+                metrics.lag.labels(str(partition)).set(max(end - offset - 1, 0))
+
+    def _written(self, events: Sequence[EventT], outcomes: Sequence[tuple[Record, object]]) -> None:
+        """Freshness of the accepted events whose online state was just written."""
+        done = time.time()
+        for event, (_, outcome) in zip(events, outcomes, strict=True):
+            if isinstance(outcome, Accepted) and event.message.timestamp:
+                self._metrics.freshness.observe(max(done - event.message.timestamp, 0.0))
+
+    async def _handle(self, events: Sequence[EventT]) -> None:
         batch = admit_batch(
             [to_record(event.message) for event in events],
             items=self._catalog.item, state_of=self._state_of, now_ms=now_ms(),
@@ -151,11 +196,12 @@ class EventsHandler:
             await self._online.write(
                 [
                     Touch(o.event.user_id, o.event.item_id, o.event.timestamp_ms,
-                          0.0 if o.replay else o.weight)
+                          0.0 if o.replay else o.weight, o.event.type)
                     for o in accepted
                 ],
-                self._user_vectors({o.event.user_id: o.state for o in accepted}),
+                await self._user_vectors({o.event.user_id: o.state for o in accepted}),
             )
+            self._written(events, outcomes)
         except Exception as error:
             log.exception("writing the online state of %s events failed", len(accepted))
             failed = Rejected(INTERNAL_ERROR, repr(error))
@@ -175,17 +221,59 @@ class EventsHandler:
                 self.rejected[outcome.reason] += 1
         self.accepted += len(accepted)
 
-    def _user_vectors(self, states: dict[str, UserState]) -> list[UserVector]:
-        """The new vector of each user with a history item that has a vector."""
+    async def _user_vectors(self, states: dict[str, UserState]) -> list[UserVector]:
+        """The new vector of each user with a history item that has a vector, all users of
+        the batch in one encoder call."""
+        if not states:
+            return []
+        model, vectors = self._live.current, self._catalog.vectors()
+        histories = [state.history for state in states.values()]
+        encode = model.user_encoder.encode
+        started = time.perf_counter()
+        if model.user_encoder.blocking:
+            encoded = await asyncio.to_thread(encode, histories, vectors.get)
+        else:
+            encoded = encode(histories, vectors.get)
+        self._metrics.encode_seconds.labels("user").observe(time.perf_counter() - started)
+        self._metrics.user_vectors.inc(sum(vector is not None for vector in encoded))
         written_at = now_ms()
-        vectors = []
-        for user_id, state in states.items():
-            vector = user_vector(
-                state.history, self._catalog.vector, half_life_ms=self._half_life_ms
-            )
-            if vector is not None:
-                newest = max(i.timestamp_ms for i in state.history)
-                vectors.append(UserVector(
-                    user_id, to_bytes(vector), self._catalog.model_version, newest, written_at
-                ))
-        return vectors
+        return [
+            UserVector(user_id, to_bytes(vector), model.version,
+                       max(i.timestamp_ms for i in state.history), written_at)
+            for (user_id, state), vector in zip(states.items(), encoded, strict=True)
+            if vector is not None
+        ]
+
+    async def reembed(self, chunk: int = 256) -> int:
+        """Write a vector of the version in use for every user in the table; chunks wait
+        for the batch in progress, so a user's state is read as it is now. Events wait
+        for a chunk in turn: one tower call over `chunk` users, tens of milliseconds."""
+        user_ids = list(self._users.data.keys())
+        written = 0
+        for start in range(0, len(user_ids), chunk):
+            async with self._live.lock:
+                states = {key.decode(): self._state_of(key.decode())
+                          for key in user_ids[start:start + chunk]}
+                vectors = await self._user_vectors(
+                    {user_id: state for user_id, state in states.items() if state.history}
+                )
+                await self._online.write([], vectors)
+                written += len(vectors)
+        return written
+
+
+async def switch_model(
+    model: LoadedModel, *, live: LiveModel, catalog: Catalog, items: ItemsHandler,
+    events: EventsHandler, metrics: StreamsMetrics,
+) -> None:
+    """Use `model` from the next batch on: its item vectors, vectors for the catalog items
+    it lacks (published), and a vector of it for every user of this worker's table."""
+    async with live.lock:
+        previous = live.version
+        catalog.switch(model.version, model.dim, model.item_vectors)
+        live.current = model
+    metrics.use_model(model.version)
+    embedded = await items.embed_missing()
+    users = await events.reembed()
+    log.info("switched from model %s to %s: %s items embedded, %s users re-embedded",
+             previous, model.version, embedded, users)

@@ -11,12 +11,13 @@ from typing import Any, cast
 
 import faust
 from faust import Stream
-from faust.types import StreamT
+from faust.types import TP, StreamT
 
-from streams.agents import EventsHandler, ItemsHandler
+from streams.agents import EventsHandler, ItemsHandler, switch_model
 from streams.catalog import Catalog
-from streams.encoder import ItemEncoder
 from streams.history import weights_by_type
+from streams.live import LiveModel
+from streams.metrics import StreamsMetrics
 from streams.online import OnlineState
 from streams.processing import Policy
 from streams.settings import StreamsSettings
@@ -47,7 +48,8 @@ def faust_config(settings: StreamsSettings) -> dict[str, Any]:
 
 
 def create_app(
-    settings: StreamsSettings, *, catalog: Catalog, encoder: ItemEncoder, online: OnlineState
+    settings: StreamsSettings, *, catalog: Catalog, live: LiveModel, online: OnlineState,
+    metrics: StreamsMetrics,
 ) -> faust.App:
     """Build the app; nothing connects until a worker starts it."""
     app = faust.App(settings.app_id, **faust_config(settings))
@@ -70,8 +72,9 @@ def create_app(
     )
 
     items_handler = ItemsHandler(
-        catalog=catalog, encoder=encoder, item_vectors=item_vectors, dlq=dlq,
-        max_item_bytes=settings.max_event_bytes,
+        catalog=catalog, live=live, item_vectors=item_vectors, dlq=dlq,
+        max_item_bytes=settings.max_event_bytes, batch_size=settings.item_batch_size,
+        metrics=metrics,
     )
     events_handler = EventsHandler(
         catalog=catalog,
@@ -85,8 +88,11 @@ def create_app(
             history_length=settings.history_length,
             dedupe_window=settings.dedupe_window,
         ),
-        half_life_ms=settings.decay_half_life_s * 1000.0,
+        live=live,
+        metrics=metrics,
+        highwater=lambda partition: app.consumer.highwater(TP(settings.topic_events, partition)),
     )
+    metrics.use_model(live.version)
 
     @app.agent(items, name="items")
     async def embed_items(stream: StreamT) -> None:
@@ -103,6 +109,14 @@ def create_app(
             settings.event_batch_size, within=settings.event_batch_within_s
         ):
             await events_handler.handle(batch)
+
+    @app.task
+    async def apply_releases() -> None:
+        # Releases loaded by streams.releases.ModelReleases, applied between batches.
+        while True:
+            model = await live.pending.get()
+            await switch_model(model, live=live, catalog=catalog, items=items_handler,
+                               events=events_handler, metrics=metrics)
 
     last = {"accepted": 0, "rejected": 0, "embedded": 0}
 

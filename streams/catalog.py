@@ -38,6 +38,23 @@ class Catalog:
     def vector_count(self) -> int:
         return len(self._vectors)
 
+    def vectors(self) -> dict[str, np.ndarray]:
+        """The current version's vectors. A switch replaces this mapping rather than
+        changing it, so a holder keeps a single version's vectors throughout."""
+        return self._vectors
+
+    def items_without_vector(self) -> list[events_pb2.Item]:
+        return [item for item_id, item in self._items.items() if item_id not in self._vectors]
+
+    def switch(self, version: str, dim: int, vectors: dict[str, np.ndarray]) -> None:
+        """Use another model version: its stored vectors replace every current one."""
+        kept = {item_id: normalise(vector) for item_id, vector in vectors.items()
+                if vector.shape == (dim,)}
+        if len(kept) < len(vectors):
+            log.warning("version %s: %s item vectors without dimension %s ignored",
+                        version, len(vectors) - len(kept), dim)
+        self.model_version, self.dim, self._vectors = version, dim, kept
+
     def put_item(self, item: events_pb2.Item) -> None:
         self._items[item.item_id] = item
 
@@ -56,5 +73,5 @@ class Catalog:
                 item_vector.item_id, len(item_vector.vector), self.dim,
             )
             return False
-        self._vectors[item_vector.item_id] = normalise(np.asarray(item_vector.vector))
+        self._vectors[item_vector.item_id] = normalise(np.asarray(item_vector.vector, np.float32))
         return True

@@ -57,32 +57,51 @@ def use_bf16(device: torch.device, requested: str) -> bool:
     return cpuinfo.is_file() and native_bf16(cpuinfo.read_text())
 
 
+def load_head(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """``weight`` float32 [dim, hidden] and ``bias`` [dim] of an ``item_head.npz``."""
+    try:
+        with np.load(path) as head:
+            weight, bias = head["weight"], head["bias"]
+    except (OSError, KeyError, ValueError) as error:
+        raise ModelLoadError(f"{path}: not an item head ({error})") from None
+    if weight.ndim != 2 or bias.shape != (weight.shape[0],):
+        raise ModelLoadError(f"{path}: weight {weight.shape} and bias {bias.shape} do not fit")
+    return torch.from_numpy(weight.astype(np.float32)), torch.from_numpy(bias.astype(np.float32))
+
+
 class ItemEncoder:
     """A tokenizer and transformer turning texts into vectors; ``encode`` is blocking,
-    call it off the event loop."""
+    call it off the event loop. With a ``head`` (a fine-tuned version's projection), the
+    mean-pooled text is projected to the version's dimension before normalising."""
 
     def __init__(
         self, tokenizer: Any, model: torch.nn.Module, device: torch.device, *,
-        max_length: int, bf16: bool,
+        max_length: int, bf16: bool, head: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> None:
         self._tokenizer = tokenizer
         self._model = model.to(device).eval()
         self.device = device
         self.max_length = max_length
         self.bf16 = bf16
-        self.dim = int(model.config.hidden_size)  # type: ignore[union-attr,arg-type]
+        self._head = None if head is None else (head[0].to(device), head[1].to(device))
+        hidden = int(model.config.hidden_size)  # type: ignore[union-attr,arg-type]
+        if head is not None and head[0].shape[1] != hidden:
+            raise ModelLoadError(f"item head expects {head[0].shape[1]} inputs, model has {hidden}")
+        self.dim = hidden if head is None else int(head[0].shape[0])
 
     @classmethod
     def load(
-        cls, model_dir: Path, *, device: str = "auto", bf16: str = "auto", max_length: int = 128
+        cls, model_dir: Path, *, device: str = "auto", bf16: str = "auto", max_length: int = 128,
+        head: Path | None = None,
     ) -> ItemEncoder:
-        """Load a local Hugging Face model directory, never touching the network."""
+        """Load a local Hugging Face model directory (and head), never touching the network."""
         if not (model_dir / "config.json").is_file():
             raise ModelLoadError(f"{model_dir}: not a Hugging Face model directory")
         tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
         model = AutoModel.from_pretrained(model_dir, local_files_only=True)
         chosen = pick_device(device)
-        encoder = cls(tokenizer, model, chosen, max_length=max_length, bf16=use_bf16(chosen, bf16))
+        encoder = cls(tokenizer, model, chosen, max_length=max_length, bf16=use_bf16(chosen, bf16),
+                      head=None if head is None else load_head(head))
         log.info(
             "item encoder %s on %s, dim %s, bf16 %s",
             model_dir, encoder.device, encoder.dim, encoder.bf16,
@@ -106,4 +125,7 @@ class ItemEncoder:
         mask = batch["attention_mask"].unsqueeze(-1).to(torch.float32)  # [batch, tokens, 1]
         summed = (hidden.to(torch.float32) * mask).sum(dim=1)  # [batch, dim]
         pooled = summed / mask.sum(dim=1).clamp(min=1e-9)  # mean over real tokens
+        if self._head is not None:
+            weight, bias = self._head
+            pooled = pooled @ weight.T + bias  # [batch, dim]
         return torch.nn.functional.normalize(pooled, p=2, dim=1).cpu().numpy()

@@ -27,6 +27,22 @@ log = logging.getLogger(__name__)
 ASSIGNMENT_TIMEOUT_S = 30.0
 
 
+async def full_assignment(
+    consumer: AIOKafkaConsumer, topics: tuple[str, ...]
+) -> list[TopicPartition]:
+    """Every partition of `topics`, once metadata and assignment have caught up."""
+    deadline = time.monotonic() + ASSIGNMENT_TIMEOUT_S
+    while True:
+        known = {topic: consumer.partitions_for_topic(topic) for topic in topics}
+        wanted = {TopicPartition(t, p) for t, numbers in known.items() for p in numbers or ()}
+        if all(known.values()) and wanted <= consumer.assignment():
+            return sorted(wanted)
+        if time.monotonic() > deadline:
+            missing = [topic for topic, numbers in known.items() if not numbers]
+            raise TopicSetupError(f"no partitions assigned for topics {missing or topics}")
+        await asyncio.sleep(0.05)
+
+
 class CatalogFeed(Service):
     """A group-less consumer of the catalog topics feeding one :class:`Catalog`."""
 
@@ -65,23 +81,7 @@ class CatalogFeed(Service):
         )
         await consumer.start()
         self._consumer = consumer
-        await self._catch_up(consumer, await self._full_assignment(consumer, topics))
-
-    @staticmethod
-    async def _full_assignment(
-        consumer: AIOKafkaConsumer, topics: tuple[str, ...]
-    ) -> list[TopicPartition]:
-        """Every partition of `topics`, once metadata and assignment have caught up."""
-        deadline = time.monotonic() + ASSIGNMENT_TIMEOUT_S
-        while True:
-            known = {topic: consumer.partitions_for_topic(topic) for topic in topics}
-            wanted = {TopicPartition(t, p) for t, numbers in known.items() for p in numbers or ()}
-            if all(known.values()) and wanted <= consumer.assignment():
-                return sorted(wanted)
-            if time.monotonic() > deadline:
-                missing = [topic for topic, numbers in known.items() if not numbers]
-                raise TopicSetupError(f"no partitions assigned for topics {missing or topics}")
-            await asyncio.sleep(0.05)
+        await self._catch_up(consumer, await full_assignment(consumer, topics))
 
     async def _catch_up(self, consumer: AIOKafkaConsumer, partitions: list[TopicPartition]) -> None:
         started = time.monotonic()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from protos import events_pb2
 
@@ -70,11 +70,8 @@ def fold(
         position -= 1  # out-of-order event: insert by event time, after equal times
     history.insert(position, interaction)
     accepted = (*state.accepted, (event_id, offset))
-    return replace(
-        state,
-        history=tuple(history[-history_length:]),
-        accepted=accepted[-dedupe_window:],
-    )
+    # The constructor, not dataclasses.replace: this runs once per event.
+    return UserState(history=tuple(history[-history_length:]), accepted=accepted[-dedupe_window:])
 
 
 def encode_state(state: UserState) -> bytes:

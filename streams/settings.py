@@ -9,6 +9,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from protos import events_pb2
+from streams.trending import windows_from_settings
 
 DEFAULT_WEIGHTS: dict[str, float] = {
     "view": 1.0,
@@ -33,6 +34,7 @@ class StreamsSettings(BaseSettings):
     topic_dlq: str = "events.dlq"
     topic_items: str = "items"
     topic_item_vectors: str = "item-vectors"
+    topic_models: str = "models"
     artifact_dir: Path = Path("var/artifacts")
 
     # The Faust application.
@@ -52,6 +54,11 @@ class StreamsSettings(BaseSettings):
     )
     web_enabled: bool = False
     web_port: int = Field(default=6066, ge=0, le=65535)
+    metrics_port: int | None = Field(
+        default=None, ge=0, le=65535,
+        description="Prometheus /metrics port; None: not served; 0: any free port (logged)",
+    )
+    metrics_host: str = "0.0.0.0"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     # Freshness: aiokafka waits up to this long for data before answering a fetch,
@@ -61,7 +68,12 @@ class StreamsSettings(BaseSettings):
         default=100, ge=0, le=5000,
         description="fetch wait of the catalog reader; the owning worker's own items skip it",
     )
-    producer_linger_ms: float = Field(default=1.0, ge=0, le=1000)
+    producer_linger_ms: float = Field(
+        default=10.0, ge=0, le=1000,
+        description="how long the producer gathers records per request; only the event "
+        "log and changelog wait for it (Redis is written before), and fewer, larger "
+        "requests cost far less CPU than one per record",
+    )
 
     # Input limits (dead-letter reasons oversized and bad_timestamp).
     max_event_bytes: int = Field(default=64 * 1024, ge=64, le=16 * 1024 * 1024)
@@ -83,6 +95,22 @@ class StreamsSettings(BaseSettings):
         default_factory=lambda: dict(DEFAULT_WEIGHTS),
         description="interaction weight per event type (lower-case EventType names); "
         "a rating with a positive value weighs weights.rating * value",
+    )
+    acts_length: int = Field(
+        default=100, ge=1, le=100_000,
+        description="items kept per user and event type in Redis acts:{type}:{user}",
+    )
+    purchases_length: int = Field(
+        default=1000, ge=1, le=1_000_000,
+        description="items kept per user in acts:purchase:{user} (exclusion of bought items)",
+    )
+    trending_windows: dict[str, float] = Field(
+        default_factory=lambda: {"1h": 3600.0, "24h": 86400.0},
+        description="trending window name -> decay time constant in seconds; "
+        "Redis trending:{name}",
+    )
+    trending_size: int = Field(
+        default=10_000, ge=1, le=10_000_000, description="items kept per trending window"
     )
     decay_half_life_s: float = Field(
         default=24 * 3600.0,
@@ -121,6 +149,12 @@ class StreamsSettings(BaseSettings):
         if any(weight <= 0 for weight in weights.values()):
             raise ValueError("weights must be positive")
         return weights
+
+    @field_validator("trending_windows")
+    @classmethod
+    def _window_names(cls, windows: dict[str, float]) -> dict[str, float]:
+        windows_from_settings(windows)  # raises ValueError with the reason
+        return windows
 
     def bootstrap_servers(self) -> list[str]:
         """The bootstrap list as ``host:port`` strings."""

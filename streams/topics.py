@@ -40,7 +40,7 @@ class TopicSpec:
 
 
 def topic_specs(settings: StreamsSettings) -> list[TopicSpec]:
-    """The five contract topics of the worker (docs/contracts.md §2)."""
+    """The contract topics the worker reads or writes (docs/contracts.md §2)."""
     partitions, replication = settings.topic_partitions, settings.topic_replication
     compact = {"cleanup.policy": "compact"}
     log_configs = {"cleanup.policy": "delete", "retention.ms": str(settings.log_retention_ms)}
@@ -51,6 +51,8 @@ def topic_specs(settings: StreamsSettings) -> list[TopicSpec]:
         TopicSpec(settings.topic_dlq, partitions, replication, dict(log_configs)),
         TopicSpec(settings.topic_items, partitions, replication, dict(compact)),
         TopicSpec(settings.topic_item_vectors, partitions, replication, dict(compact)),
+        # One partition: releases apply in the order they were announced.
+        TopicSpec(settings.topic_models, 1, replication, dict(log_configs)),
     ]
 
 

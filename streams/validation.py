@@ -46,29 +46,31 @@ def validate_event(
     event: events_pb2.Event, key: bytes | None, *, now_ms: int, limits: EventLimits
 ) -> None:
     """Raise the first contract violation of a decoded event, checked in the contract's order."""
-    missing = [
-        name
-        for name, present in (
-            ("event_id", bool(event.event_id)),
-            ("user_id", bool(event.user_id)),
-            ("item_id", bool(event.item_id)),
-            ("timestamp_ms", event.timestamp_ms != 0),
-        )
-        if not present
-    ]
-    if missing:
+    user_id = event.user_id
+    if not (event.event_id and user_id and event.item_id and event.timestamp_ms):
+        missing = [
+            name
+            for name, present in (
+                ("event_id", bool(event.event_id)),
+                ("user_id", bool(user_id)),
+                ("item_id", bool(event.item_id)),
+                ("timestamp_ms", event.timestamp_ms != 0),
+            )
+            if not present
+        ]
         raise MissingField(f"empty: {', '.join(missing)}")
     if event.type not in KNOWN_EVENT_TYPES:
         raise UnknownEventType(f"type {event.type} is not a known EventType")
-    if event.timestamp_ms < MIN_TIMESTAMP_MS:
-        raise BadTimestamp(f"timestamp_ms {event.timestamp_ms} is before 1995-01-01")
-    if event.timestamp_ms > now_ms + limits.max_future_skew_ms:
+    timestamp_ms = event.timestamp_ms
+    if timestamp_ms < MIN_TIMESTAMP_MS:
+        raise BadTimestamp(f"timestamp_ms {timestamp_ms} is before 1995-01-01")
+    if timestamp_ms > now_ms + limits.max_future_skew_ms:
         raise BadTimestamp(
-            f"timestamp_ms {event.timestamp_ms} is more than {limits.max_future_skew_ms} ms "
+            f"timestamp_ms {timestamp_ms} is more than {limits.max_future_skew_ms} ms "
             f"ahead of now ({now_ms})"
         )
-    if key is not None and key != event.user_id.encode():
-        raise KeyMismatch(f"key {key[:64]!r} is not user_id {event.user_id[:64]!r}")
+    if key is not None and key != user_id.encode():
+        raise KeyMismatch(f"key {key[:64]!r} is not user_id {user_id[:64]!r}")
 
 
 def parse_event(

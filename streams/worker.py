@@ -3,42 +3,61 @@
 from __future__ import annotations
 
 import logging
+from functools import partial
 
 import faust
+from mode import Service
 from redis.asyncio import Redis
 
 from streams.app import create_app
 from streams.catalog import Catalog
-from streams.encoder import ItemEncoder, pretrained_model_dir
+from streams.encoder import pretrained_model_dir
 from streams.feed import CatalogFeed
+from streams.live import EncoderOptions, LiveModel, load_model
+from streams.metrics import MetricsServer, StreamsMetrics
 from streams.model import choose_model
-from streams.online import OnlineState, RedisKeys
+from streams.online import Caps, OnlineState, RedisKeys
+from streams.releases import ModelReleases
 from streams.settings import StreamsSettings
 from streams.topics import TopicSetup, topic_specs
+from streams.trending import windows_from_settings
 
 log = logging.getLogger(__name__)
 
 
-def build_worker(settings: StreamsSettings) -> faust.Worker:
-    """Load the model once and wire every service; nothing connects before the worker starts."""
-    model = choose_model(settings.artifact_dir, settings.model_dir or pretrained_model_dir())
-    encoder = ItemEncoder.load(
-        model.encoder_dir, device=settings.device, bf16=settings.bf16,
-        max_length=settings.max_length,
-    )
-    log.info("model version %s", model.version)
-    catalog = Catalog(model_version=model.version, dim=encoder.dim)
-    online = OnlineState(
-        Redis.from_url(settings.redis_url),
+def online_state(settings: StreamsSettings, client: Redis) -> OnlineState:
+    """The Redis writer with the settings' key prefix, caps, trending windows and retries."""
+    return OnlineState(
+        client,
         keys=RedisKeys(settings.redis_prefix),
-        seen_length=settings.history_length,
+        caps=Caps(seen=settings.history_length, acts=settings.acts_length,
+                  purchases=settings.purchases_length, trending=settings.trending_size),
+        trending=windows_from_settings(settings.trending_windows),
         retry_initial_s=settings.redis_retry_initial_s,
         retry_max_s=settings.redis_retry_max_s,
     )
-    app = create_app(settings, catalog=catalog, encoder=encoder, online=online)
+
+
+def build_worker(settings: StreamsSettings) -> faust.Worker:
+    """Load the model once and wire every service; nothing connects before the worker starts."""
+    pretrained = settings.model_dir or pretrained_model_dir()
+    options = EncoderOptions(device=settings.device, bf16=settings.bf16,
+                             max_length=settings.max_length,
+                             half_life_ms=settings.decay_half_life_s * 1000.0)
+    model = load_model(choose_model(settings.artifact_dir, pretrained), options)
+    log.info("model version %s", model.version)
+    live = LiveModel(model)
+    catalog = Catalog(model_version=model.version, dim=model.dim)
+    catalog.switch(model.version, model.dim, model.item_vectors)
+    online = online_state(settings, Redis.from_url(settings.redis_url))
+    metrics = StreamsMetrics()
+    app = create_app(settings, catalog=catalog, live=live, online=online, metrics=metrics)
     servers = settings.bootstrap_servers()
     # Services start in this order, all before the app: topics exist before anything
     # subscribes, and the catalog is loaded before the first event is judged against it.
+    extra: list[Service] = []
+    if settings.metrics_port is not None:
+        extra.append(MetricsServer(metrics, host=settings.metrics_host, port=settings.metrics_port))
     return faust.Worker(
         app,
         TopicSetup(topic_specs(settings), bootstrap_servers=servers),
@@ -51,5 +70,10 @@ def build_worker(settings: StreamsSettings) -> faust.Worker:
             max_item_bytes=settings.max_event_bytes,
         ),
         online,
+        ModelReleases(
+            live, bootstrap_servers=servers, topic=settings.topic_models,
+            pretrained_dir=pretrained, load=partial(load_model, options=options),
+        ),
+        *extra,
         loglevel=settings.log_level,
     )

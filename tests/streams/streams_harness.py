@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -31,6 +32,7 @@ class StreamsWorker:
             "dlq": f"events.dlq-{suffix}",
             "items": f"items-{suffix}",
             "item_vectors": f"item-vectors-{suffix}",
+            "models": f"models-{suffix}",
         }
         self.redis_prefix = f"test-{suffix}:"
         self.log_path = workdir / "worker.log"
@@ -43,6 +45,8 @@ class StreamsWorker:
             "STREAMREC_STREAMS_DATADIR": str(workdir / "data"),
             "STREAMREC_STREAMS_ARTIFACT_DIR": str(workdir / "artifacts"),
             "STREAMREC_STREAMS_WEB_ENABLED": "false",
+            "STREAMREC_STREAMS_METRICS_PORT": "0",  # any free port, read from the log
+            "STREAMREC_STREAMS_METRICS_HOST": "127.0.0.1",
             **{
                 f"STREAMREC_STREAMS_TOPIC_{name.upper()}": topic
                 for name, topic in self.topics.items()
@@ -66,6 +70,11 @@ class StreamsWorker:
                 raise AssertionError(f"worker not ready after {timeout_s} s:\n{self.log_tail()}")
             time.sleep(0.2)
         return time.monotonic() - started
+
+    def metrics_url(self) -> str:
+        found = re.search(r"metrics on (http://\S+/metrics)", self.log_since_start())
+        assert found, f"the worker logged no metrics address:\n{self.log_tail()}"
+        return found.group(1)
 
     def log_since_start(self) -> str:
         with self.log_path.open("rb") as log:

@@ -9,18 +9,20 @@ from redis.asyncio import Redis
 from streams.app import create_app, faust_config
 from streams.catalog import Catalog
 from streams.encoder import ItemEncoder
-from streams.online import OnlineState, RedisKeys
+from streams.live import LiveModel, LoadedModel
+from streams.metrics import StreamsMetrics
 from streams.settings import StreamsSettings
 from streams.transport import ShortFetchTransport
+from streams.userencoder import WeightedMean
+from streams.worker import online_state
 
 
 def build(settings: StreamsSettings, encoder: ItemEncoder):  # type: ignore[no-untyped-def]
-    online = OnlineState(
-        Redis.from_url(settings.redis_url), keys=RedisKeys(settings.redis_prefix),
-        seen_length=settings.history_length, retry_initial_s=0.1, retry_max_s=1.0,
-    )
+    online = online_state(settings, Redis.from_url(settings.redis_url))
     catalog = Catalog(model_version="base", dim=encoder.dim)
-    return create_app(settings, catalog=catalog, encoder=encoder, online=online)
+    live = LiveModel(LoadedModel("base", encoder, WeightedMean(3_600_000.0), {}))
+    return create_app(settings, catalog=catalog, live=live, online=online,
+                      metrics=StreamsMetrics())
 
 
 def test_faust_config_uses_raw_bytes_and_settings(tmp_path: Path) -> None:

@@ -45,3 +45,20 @@ def test_vectors_of_another_dimension_are_ignored() -> None:
 @pytest.mark.parametrize("version", ["base", "20261122T230000Z"])
 def test_model_version_is_kept(version: str) -> None:
     assert Catalog(model_version=version, dim=1).model_version == version
+
+
+def test_switch_replaces_every_vector_with_the_new_versions() -> None:
+    catalog = Catalog(model_version="base", dim=2)
+    for item_id in ("a", "b"):
+        catalog.put_item(events_pb2.Item(item_id=item_id))
+    catalog.put_vector(vector("a", "base", [1.0, 0.0]))
+    catalog.put_vector(vector("b", "base", [0.0, 1.0]))
+    before = catalog.vectors()
+    catalog.switch("v2", 3, {"a": np.array([0.0, 3.0, 4.0]), "bad": np.zeros(2)})
+    assert (catalog.model_version, catalog.dim) == ("v2", 3)
+    np.testing.assert_allclose(catalog.vector("a"), [0.0, 0.6, 0.8])
+    assert catalog.vector("bad") is None
+    assert [item.item_id for item in catalog.items_without_vector()] == ["b"]
+    assert set(before) == {"a", "b"} and len(before["a"]) == 2  # a holder keeps one version
+    assert catalog.put_vector(vector("b", "v2", [1.0, 0.0, 0.0]))
+    assert not catalog.put_vector(vector("b", "base", [1.0, 0.0]))

@@ -5,10 +5,18 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from streams.errors import ArtifactError
-from streams.model import BASE_VERSION, choose_model
+from streams.model import (
+    BASE_VERSION,
+    ModelChoice,
+    artifact_path,
+    choose_model,
+    item_vectors,
+    read_version,
+)
 
 PRETRAINED = Path("/models/minilm")
 
@@ -56,3 +64,39 @@ def test_pointer_to_missing_version_is_an_error(tmp_path: Path) -> None:
     (tmp_path / "production.json").write_text('{"version": "gone"}')
     with pytest.raises(ArtifactError, match="manifest"):
         choose_model(tmp_path, PRETRAINED)
+
+
+def test_trained_version_files(tmp_path: Path) -> None:
+    root = store(tmp_path, "v3", {"kind": "finetuned", "dir": "item_encoder",
+                                  "head": "item_head.npz", "max_length": 64})
+    (root / "v3" / "item_encoder").mkdir()
+    (root / "v3" / "item_encoder" / "config.json").write_text("{}")
+    (root / "v3" / "item_head.npz").write_bytes(b"")
+    manifest = json.loads((root / "v3" / "manifest.json").read_text())
+    manifest["user_encoder"] = {"kind": "transformer", "file": "user_encoder.pt2", "max_len": 8}
+    (root / "v3" / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match="without file"):
+        choose_model(root, PRETRAINED)
+    (root / "v3" / "user_encoder.pt2").write_bytes(b"")
+    choice = read_version(root / "v3", "v3", PRETRAINED)
+    assert (choice.head, choice.text_max_length) == (root / "v3" / "item_head.npz", 64)
+    assert (choice.user_encoder, choice.max_len) == (root / "v3" / "user_encoder.pt2", 8)
+    with pytest.raises(ArtifactError, match="manifest is of version"):
+        read_version(root / "v3", "v4", PRETRAINED)
+
+
+def test_item_vectors_by_id(tmp_path: Path) -> None:
+    (tmp_path / "item_ids.json").write_text('["x", "y"]')
+    np.save(tmp_path / "item_vectors.npy", np.eye(2, dtype=np.float32))
+    vectors = item_vectors(ModelChoice("v", PRETRAINED, tmp_path))
+    np.testing.assert_array_equal(vectors["y"], [0.0, 1.0])
+    assert item_vectors(ModelChoice(BASE_VERSION, PRETRAINED)) == {}
+    (tmp_path / "item_ids.json").write_text('["x"]')
+    with pytest.raises(ArtifactError, match="do not match"):
+        item_vectors(ModelChoice("v", PRETRAINED, tmp_path))
+
+
+def test_artifact_uri() -> None:
+    assert artifact_path("file:///a/b") == Path("/a/b") == artifact_path("/a/b")
+    with pytest.raises(ArtifactError, match="unsupported"):
+        artifact_path("s3://bucket/v1")

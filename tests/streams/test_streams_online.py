@@ -12,14 +12,28 @@ import numpy as np
 import pytest
 from redis.asyncio import Redis
 
-from streams.online import OnlineState, RedisKeys, Touch, UserVector
+from protos import events_pb2
+from streams.online import Caps, OnlineState, RedisKeys, Touch, UserVector
+from streams.trending import REBASE_EXPONENT, Window, decayed
 from streams.vectors import from_bytes, to_bytes
 
 pytestmark = pytest.mark.integration
 
 
-def touch(item: str, ts: int, *, popularity: float = 2.0, user: str = "u1") -> Touch:
-    return Touch(user_id=user, item_id=item, timestamp_ms=ts, popularity=popularity)
+HOUR_MS = 3_600_000.0
+CAPS = Caps(seen=3, acts=2, purchases=4, trending=100)
+
+
+def touch(item: str, ts: int, *, popularity: float = 2.0, user: str = "u1",
+          kind: int = events_pb2.CLICK) -> Touch:
+    return Touch(user_id=user, item_id=item, timestamp_ms=ts, popularity=popularity,
+                 event_type=kind)
+
+
+def online_state(client: Redis, keys: RedisKeys, caps: Caps = CAPS,
+                 windows: tuple[Window, ...] = (Window("1h", HOUR_MS),)) -> OnlineState:
+    return OnlineState(client, keys=keys, caps=caps, trending=windows, retry_initial_s=0.01,
+                       retry_max_s=0.1)
 
 
 def user_vector(vector: np.ndarray, newest_ms: int, user: str = "u1") -> UserVector:
@@ -40,7 +54,7 @@ async def redis(redis_url: str, unique: str) -> AsyncIterator[tuple[Redis, Redis
 
 async def test_writes_the_contract_keys(redis: tuple[Redis, RedisKeys]) -> None:
     client, keys = redis
-    online = OnlineState(client, keys=keys, seen_length=3, retry_initial_s=0.01, retry_max_s=0.1)
+    online = online_state(client, keys)
     vector = np.array([0.6, 0.8], dtype=np.float32)
     await online.write([touch("a", 100)], [user_vector(vector, 100)])
     stored: dict[bytes, bytes]
@@ -54,7 +68,7 @@ async def test_writes_the_contract_keys(redis: tuple[Redis, RedisKeys]) -> None:
 
 async def test_seen_keeps_newest_time_and_is_trimmed(redis: tuple[Redis, RedisKeys]) -> None:
     client, keys = redis
-    online = OnlineState(client, keys=keys, seen_length=3, retry_initial_s=0.01, retry_max_s=0.1)
+    online = online_state(client, keys)
     await online.write([touch("a", 10), touch("b", 20)], [])
     await online.write(
         [touch("c", 30), touch("a", 5), touch("d", 40), touch("x", 1, user="u2")], []
@@ -69,11 +83,77 @@ async def test_no_vector_and_no_popularity_leave_those_keys_alone(
     redis: tuple[Redis, RedisKeys],
 ) -> None:
     client, keys = redis
-    online = OnlineState(client, keys=keys, seen_length=3, retry_initial_s=0.01, retry_max_s=0.1)
+    online = online_state(client, keys)
     await online.write([touch("a", 10, popularity=0.0)], [])
     assert not await client.exists(keys.user_vector("u1"))
     assert await client.zscore(keys.popular(), "a") is None
+    assert await client.zscore(keys.trending("1h"), "a") is None
     assert await client.zscore(keys.seen("u1"), "a") == 10
+
+
+async def test_acts_per_event_type_with_their_own_caps(redis: tuple[Redis, RedisKeys]) -> None:
+    client, keys = redis
+    online = online_state(client, keys)
+    purchase, view = events_pb2.PURCHASE, events_pb2.VIEW
+    await online.write(
+        [touch(f"p{k}", 100 + k, kind=purchase) for k in range(6)]
+        + [touch(f"v{k}", 200 + k, kind=view) for k in range(3)]
+        + [touch("p1", 50, kind=view), touch("v2", 1, kind=view)], []
+    )
+    assert keys.acts(purchase, "u1") == f"{keys.prefix}acts:purchase:u1"
+    purchases = await client.zrange(keys.acts(purchase, "u1"), 0, -1, withscores=True)
+    assert purchases == [(b"p2", 102.0), (b"p3", 103.0), (b"p4", 104.0), (b"p5", 105.0)]
+    views = await client.zrange(keys.acts(view, "u1"), 0, -1, withscores=True)
+    assert views == [(b"v1", 201.0), (b"v2", 202.0)]  # acts cap 2; newest time kept
+    assert await client.exists(keys.acts(events_pb2.CLICK, "u1")) == 0
+    assert await client.zcard(keys.seen("u1")) == 3
+
+
+async def test_trending_ranks_by_decayed_count(redis: tuple[Redis, RedisKeys]) -> None:
+    client, keys = redis
+    online = online_state(client, keys)
+    t0 = 1_790_000_000_000
+    # "old" got 3 events an hour before "new" got 2: decayed, 3/e < 2.
+    await online.write([touch("old", t0, popularity=1.0, user=f"u{k}") for k in range(3)], [])
+    await online.write([touch("new", t0 + int(HOUR_MS), popularity=1.0, user=f"w{k}")
+                        for k in range(2)], [])
+    ranked = await client.zrevrange(keys.trending("1h"), 0, -1, withscores=True)
+    assert [item for item, _ in ranked] == [b"new", b"old"]
+    base = float(await client.get(keys.trending_base("1h")))
+    now = t0 + HOUR_MS
+    counts = {item: decayed(score, base, now, HOUR_MS) for item, score in ranked}
+    assert counts[b"new"] == pytest.approx(2.0)
+    assert counts[b"old"] == pytest.approx(3.0 / np.e)
+
+
+async def test_trending_rebases_long_replays_without_overflow(
+    redis: tuple[Redis, RedisKeys],
+) -> None:
+    client, keys = redis
+    online = online_state(client, keys)
+    t0 = 1_000_000_000_000
+    step = int(HOUR_MS * REBASE_EXPONENT / 3)  # several rebases over the replay
+    for k in range(40):  # 40 * 21 h: exp((t - t0) / 1 h) alone would overflow
+        await online.write([touch("steady", t0 + k * step, popularity=1.0),
+                            touch(f"once{k}", t0 + k * step, popularity=5.0)], [])
+    now = t0 + 39 * step
+    base = float(await client.get(keys.trending_base("1h")))
+    assert base > t0
+    ranked = await client.zrevrange(keys.trending("1h"), 0, -1, withscores=True)
+    counts = {item.decode(): decayed(score, base, now, HOUR_MS) for item, score in ranked}
+    assert all(np.isfinite(score) for _, score in ranked)
+    assert [item for item, _ in ranked[:2]] == [b"once39", b"steady"]
+    assert counts["once39"] == pytest.approx(5.0) and counts["steady"] == pytest.approx(1.0)
+    assert "once0" not in counts  # decayed to nothing and dropped by a rebase
+
+
+async def test_trending_is_capped(redis: tuple[Redis, RedisKeys]) -> None:
+    client, keys = redis
+    online = online_state(client, keys, caps=Caps(seen=3, acts=2, purchases=4, trending=5))
+    await online.write([touch(f"i{k}", 1_000 + k, popularity=1.0 + k, user=f"u{k}")
+                        for k in range(12)], [])
+    top = await client.zrevrange(keys.trending("1h"), 0, -1)
+    assert top == [f"i{k}".encode() for k in range(11, 6, -1)]
 
 
 def _free_port() -> int:
@@ -90,9 +170,7 @@ async def test_write_retries_until_redis_is_reachable(
     port = _free_port()  # nothing listens here until the proxy below starts
     database = target.path.lstrip("/") or "0"
     unreachable = Redis.from_url(f"redis://127.0.0.1:{port}/{database}")
-    online = OnlineState(
-        unreachable, keys=keys, seen_length=3, retry_initial_s=0.02, retry_max_s=0.1
-    )
+    online = online_state(unreachable, keys)
 
     async def forward(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         upstream_reader, upstream_writer = await asyncio.open_connection(

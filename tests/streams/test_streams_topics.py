@@ -9,7 +9,8 @@ from streams.topics import TopicSpec, check_shape, topic_specs
 def test_specs_follow_the_contract() -> None:
     settings = StreamsSettings(topic_partitions=6, topic_events="ev", topic_item_vectors="iv")
     specs = {spec.name: spec for spec in topic_specs(settings)}
-    assert set(specs) == {"ev", "events.enriched", "events.dlq", "items", "iv"}
+    assert set(specs) == {"ev", "events.enriched", "events.dlq", "items", "iv", "models"}
+    assert specs.pop("models").partitions == 1  # releases stay in order
     assert all(spec.partitions == 6 for spec in specs.values())
     assert specs["items"].compacted and specs["iv"].compacted
     assert not specs["events.enriched"].compacted

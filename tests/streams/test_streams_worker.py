@@ -6,6 +6,7 @@ One worker serves the whole module; every test uses its own item and user ids.
 from __future__ import annotations
 
 import time
+import urllib.request
 import uuid
 
 import numpy as np
@@ -13,6 +14,7 @@ import pytest
 from kafka import KafkaAdminClient
 from kafka.admin import ConfigResource, ConfigResourceType
 from kafka.consumer.fetcher import ConsumerRecord
+from prometheus_client.parser import text_string_to_metric_families
 from streams_harness import Running
 
 from protos import events_pb2
@@ -93,12 +95,14 @@ def test_topics_are_created_with_the_contract_shapes(
         )["topic"]
     finally:
         admin.close()
-    assert {len(described[name]["partitions"]) for name in topics.values()} == {4}
+    partitions = {key: len(described[name]["partitions"]) for key, name in topics.items()}
+    assert partitions.pop("models") == 1
+    assert set(partitions.values()) == {4}
     policy = {
         key: configs[name].get("cleanup.policy", {}).get("value") for key, name in topics.items()
     }
     assert policy["items"] == policy["item_vectors"] == "compact"
-    assert policy["enriched"] == policy["dlq"] == "delete"
+    assert policy["enriched"] == policy["dlq"] == policy["models"] == "delete"
     assert int(configs[topics["enriched"]]["retention.ms"]["value"]) == 365 * 24 * 3600 * 1000
 
 
@@ -150,6 +154,19 @@ def test_events_are_enriched_and_update_redis(running: Running) -> None:
     assert set(running.redis.zrange(f"{prefix}seen:{user}", 0, -1)) == {
         first.item_id.encode(), second.item_id.encode(),
     }
+    # Acts by event type, for exclusion; trending by decayed count (1 h time constant).
+    assert running.redis.zrange(f"{prefix}acts:purchase:{user}", 0, -1, withscores=True) == [
+        (first.item_id.encode(), float(start))
+    ]
+    assert running.redis.zrange(f"{prefix}acts:click:{user}", 0, -1) == [second.item_id.encode()]
+    trending = dict(running.redis.zrange(f"{prefix}trending:1h", 0, -1, withscores=True))
+    base = float(running.redis.get(f"{prefix}trending:1h:base"))  # type: ignore[arg-type]
+    now = start + 3_600_000
+
+    def count(item: events_pb2.Item) -> float:
+        return trending[item.item_id.encode()] * float(np.exp((base - now) / 3_600_000))
+
+    assert count(first) == pytest.approx(5.0 / np.e) and count(second) == pytest.approx(2.0)
 
 
 def test_malformed_input_is_dead_lettered_and_the_worker_goes_on(running: Running) -> None:
@@ -259,3 +276,54 @@ def test_every_event_ends_in_exactly_one_output(running: Running) -> None:
     assert len(enriched) == 240 and len(dead) == 60
     assert set(enriched) | set(dead) == produced
     assert len(set(enriched) | set(dead)) == len(enriched) + len(dead)  # none in both, none twice
+
+
+def scrape(url: str) -> dict[str, float]:
+    """Samples of the worker's /metrics by name and labels, e.g. ``a_total{reason="x"}``."""
+    with urllib.request.urlopen(url, timeout=10) as response:
+        text = response.read().decode()
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
+            samples[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+    return samples
+
+
+def test_metrics_endpoint_counts_what_the_worker_did(running: Running) -> None:
+    url = running.worker.metrics_url()
+    before = scrape(url)
+    (item,) = catalog(1)
+    publish_items(running, [item])
+    user = new_id("user")
+    for kind in (events_pb2.VIEW, events_pb2.CLICK):
+        running.send("events", user, event(user, item.item_id, kind).SerializeToString())
+    running.send("events", user, event(user, "no-such-item").SerializeToString())
+    enriched_for(running, user, 2)
+    running.logs["dlq"].wait_for(
+        lambda records: [r for r in records if r.key == user.encode()] or None, running.worker,
+        what="dead letter",
+    )
+    deadline = time.monotonic() + 30
+    while True:
+        after = scrape(url)
+        if after.get('streams_events_dead_lettered_total{reason="unknown_item"}', 0) > before.get(
+            'streams_events_dead_lettered_total{reason="unknown_item"}', 0
+        ) or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+
+    def grew(name: str) -> float:
+        return after.get(name, 0.0) - before.get(name, 0.0)
+
+    assert grew("streams_events_in_total") >= 3
+    assert grew("streams_events_enriched_total") >= 2
+    assert grew('streams_events_dead_lettered_total{reason="unknown_item"}') >= 1
+    assert grew("streams_user_vectors_total") >= 1
+    assert grew("streams_items_embedded_total") >= 1
+    assert grew("streams_batch_size_count") >= 1
+    assert grew('streams_encode_seconds_count{encoder="user"}') >= 1
+    assert grew("streams_freshness_seconds_count") >= 2
+    assert after['streams_model_info{version="base"}'] == 1
+    lags = [value for name, value in after.items() if name.startswith("streams_consumer_lag")]
+    assert lags and all(lag >= 0 for lag in lags)

@@ -1,0 +1,228 @@
+"""Throughput of one streams worker on a MovieLens-1M replay, against the raw consume rate
+of the same topic by a plain client, measured in the same run.
+
+    .venv/bin/python -m bench.streams [--events 300000] [--profile worker.prof]
+
+Needs Kafka and Redis up (``make infra-up``). Steps, in a private namespace
+(``bench/stack.py``): a first worker embeds the MovieLens-1M catalog (3,883 items) and
+stops; the first ``--events`` ratings (event-time order, as a replay sends them) are
+produced to ``events``; a plain aiokafka consumer reads them all (the reference); a
+second worker of the same consumer group starts, loads the catalog and its vectors, and
+drains the topic, updating every user's history, ``seen``/``acts``, popular/trending and
+user vector. Its rate is taken from the timestamps of its own ``events.enriched``
+records (first to last), so start-up is not counted; the wall time from "Ready" to the
+last output is reported too. Writes ``bench/results/streams.json``, keeping the
+freshness figures of ``bench.freshness`` (run that one for them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import redis
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from kafka.admin import KafkaAdminClient, NewTopic
+from tqdm import tqdm
+
+from bench.stack import Child, LocalStack
+from ingest import movielens
+from ingest.messages import event_records, item_records
+
+RESULTS = Path(__file__).resolve().parent / "results"
+PARTITIONS = 4
+READY = r"\[\^Worker\]: Ready| OK \^"
+
+
+async def produce(kafka: str, topic: str, records: list[tuple[str, bytes]]) -> float:
+    """Send every record (key user or item id); returns seconds until all are acked."""
+    producer = AIOKafkaProducer(bootstrap_servers=kafka, acks="all", linger_ms=5,
+                                max_batch_size=1 << 20)
+    await producer.start()
+    started = time.perf_counter()
+    try:
+        pending = []
+        for key, value in tqdm(records, desc=f"produce {topic}", unit="rec", mininterval=2):
+            pending.append(await producer.send(topic, key=key.encode(), value=value))
+            if len(pending) >= 10_000:
+                await asyncio.gather(*pending)
+                pending.clear()
+        await asyncio.gather(*pending)
+    finally:
+        await producer.stop()
+    return time.perf_counter() - started
+
+
+async def raw_consume(kafka: str, topic: str, count: int) -> float:
+    """Records per second of a plain group-less aiokafka consumer reading `count` records."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=kafka, group_id=None, enable_auto_commit=False,
+                                auto_offset_reset="earliest", max_partition_fetch_bytes=4 << 20)
+    await consumer.start()
+    try:
+        consumer.assign([TopicPartition(topic, p) for p in range(PARTITIONS)])
+        await consumer.seek_to_beginning()
+        seen = 0
+        started = time.perf_counter()
+        while seen < count:
+            batches = await consumer.getmany(timeout_ms=1000, max_records=20_000)
+            seen += sum(len(records) for records in batches.values())
+        return seen / (time.perf_counter() - started)
+    finally:
+        await consumer.stop()
+
+
+async def output_times(kafka: str, topics: list[str], count: int, timeout_s: float,
+                       alive: Child) -> list[int]:
+    """Record timestamps (ms) of the first `count` records of `topics` together."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=kafka, group_id=None, enable_auto_commit=False,
+                                auto_offset_reset="earliest")
+    await consumer.start()
+    times: list[int] = []
+    try:
+        consumer.assign([TopicPartition(t, p) for t in topics for p in range(PARTITIONS)])
+        await consumer.seek_to_beginning()
+        deadline = time.monotonic() + timeout_s
+        with tqdm(total=count, desc="worker output", unit="ev", mininterval=2) as bar:
+            while len(times) < count:
+                batches = await consumer.getmany(timeout_ms=1000, max_records=20_000)
+                for records in batches.values():
+                    times.extend(record.timestamp for record in records)
+                    bar.update(len(records))
+                alive.check_alive()
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"only {len(times)} of {count} outputs after {timeout_s} s")
+    finally:
+        await consumer.stop()
+    return sorted(times)
+
+
+def cpu_reference_s() -> float:
+    """Seconds for a fixed pure-Python loop: how much CPU this process gets right now
+    (about 0.2 s on an idle core of the reference machine)."""
+    started = time.perf_counter()
+    sum(range(10_000_000))
+    return time.perf_counter() - started
+
+
+def scrape(url: str) -> dict[str, float]:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        text = response.read().decode()
+    values = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            values[name] = float(value)
+    return values
+
+
+def create_topics(kafka: str, stack: LocalStack) -> None:
+    admin = KafkaAdminClient(bootstrap_servers=kafka)
+    try:
+        admin.create_topics([NewTopic(stack.topics["events"], PARTITIONS, 1)])
+    finally:
+        admin.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--kafka", default="127.0.0.1:9092")
+    parser.add_argument("--redis", default="redis://127.0.0.1:6379/0")
+    parser.add_argument("--events", type=int, default=300_000, help="ratings to replay")
+    parser.add_argument("--profile", type=Path, help="cProfile the draining worker to this file")
+    parser.add_argument("--env", action="append", default=[],
+                        help="extra worker setting NAME=VALUE (repeatable)")
+    args = parser.parse_args()
+
+    dataset = movielens.load()
+    ratings = dataset.interactions.head(args.events)
+    events = list(event_records(dataset.name, ratings))
+    items = list(item_records(dataset.items, int(time.time() * 1000)))
+    users = int(ratings["user_id"].nunique())
+    extra = dict(setting.split("=", 1) for setting in args.env)
+    cpu_before = cpu_reference_s()
+
+    with tempfile.TemporaryDirectory(prefix="bench-streams-") as workdir:
+        stack = LocalStack(kafka=args.kafka, redis_url=args.redis, workdir=Path(workdir),
+                           extra_env={"STREAMREC_STREAMS_METRICS_PORT": "0",
+                                      "STREAMREC_STREAMS_METRICS_HOST": "127.0.0.1", **extra})
+        client = redis.Redis.from_url(args.redis)
+        try:
+            create_topics(args.kafka, stack)
+            print(f"embedding {len(items)} catalog items with a first worker ...")
+            stack.streams.start()
+            stack.streams.wait_for_log(READY, 300)
+            asyncio.run(produce(args.kafka, stack.topics["items"], items))
+            asyncio.run(output_times(args.kafka, [stack.topics["item_vectors"]], len(items),
+                                     900, stack.streams))
+            stack.streams.stop()
+
+            produce_s = asyncio.run(produce(args.kafka, stack.topics["events"], events))
+            print(f"produced {len(events):,} events in {produce_s:.1f} s")
+            raw = asyncio.run(raw_consume(args.kafka, stack.topics["events"], len(events)))
+            print(f"reference: plain aiokafka consumer {raw:,.0f} records/s")
+
+            drain = Child("streams", stack.streams.env, Path(workdir) / "drain.log")
+            if args.profile:
+                drain.python_args = ["-m", "cProfile", "-o", str(args.profile.resolve())]
+            drain.start()
+            drain.wait_for_log(READY, 300)
+            ready = time.time()
+            url = re.search(r"metrics on (http://\S+/metrics)", drain.log())
+            times = asyncio.run(output_times(
+                args.kafka, [stack.topics["enriched"], stack.topics["dlq"]], len(events), 1800,
+                drain,
+            ))
+            metrics = scrape(url.group(1)) if url else {}
+            vectors = sum(1 for _ in client.scan_iter(match=f"{stack.redis_prefix}uv:*",
+                                                      count=10_000))
+            drain.stop(timeout_s=120)
+            cpu_after = cpu_reference_s()
+        finally:
+            stack.stop()
+            stack.delete_state()
+            client.close()
+
+    sustained = (len(times) - 1) / ((times[-1] - times[0]) / 1000.0)
+    wall = len(times) / (times[-1] / 1000.0 - ready)
+    previous = {}
+    if (RESULTS / "streams.json").is_file():
+        previous = json.loads((RESULTS / "streams.json").read_text())
+    freshness = previous.get("freshness_ms")
+    if (RESULTS / "freshness.json").is_file():
+        measured = json.loads((RESULTS / "freshness.json").read_text())["freshness_ms"]
+        freshness = {key: measured[key] for key in ("p50", "p99", "max")}
+    result = {
+        "events_per_s": round(sustained),
+        "raw_consume_per_s": round(raw),
+        "ratio": round(sustained / raw, 3),
+        "freshness_ms": freshness,
+        "events": len(events),
+        "users": users,
+        "user_vectors_in_redis": vectors,
+        "ready_to_last_output_events_per_s": round(wall),
+        "worker_metrics": {
+            name: metrics.get(name) for name in (
+                "streams_events_enriched_total", "streams_user_vectors_total",
+                "streams_batch_size_sum", "streams_batch_size_count",
+                "streams_encode_seconds_sum{encoder=\"user\"}",
+                "streams_encode_seconds_count{encoder=\"user\"}",
+            )
+        },
+        "worker_settings": extra,
+        "cpu_reference_s": {"before": round(cpu_before, 3), "after": round(cpu_after, 3)},
+        "load_average_1m_after": round(os.getloadavg()[0], 2),
+    }
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "streams.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

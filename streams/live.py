@@ -1,0 +1,79 @@
+"""The model version in use and its encoders, swapped without a restart.
+
+A release (:mod:`streams.releases`) is loaded off the event loop and queued on
+:attr:`LiveModel.pending`; a task of the app applies it between two batches of events
+(the batches hold :attr:`LiveModel.lock`): the catalog takes the version's item vectors,
+items the version lacks are embedded with its item encoder and published, and the users
+of the worker's table are re-embedded, so every user vector written from then on is of
+the new version.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+from streams.encoder import ItemEncoder, pick_device
+from streams.model import ModelChoice, item_vectors
+from streams.userencoder import ExportedTower, UserEncoder, WeightedMean
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EncoderOptions:
+    """How a version's encoders are run."""
+
+    device: str
+    bf16: str
+    max_length: int
+    half_life_ms: float
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A version ready to use: encoders and the item vectors stored with it."""
+
+    version: str
+    item_encoder: ItemEncoder
+    user_encoder: UserEncoder
+    item_vectors: dict[str, np.ndarray]
+
+    @property
+    def dim(self) -> int:
+        return self.item_encoder.dim
+
+
+def load_model(choice: ModelChoice, options: EncoderOptions) -> LoadedModel:
+    """Load every file of a version (blocking: seconds; call it off the event loop)."""
+    item_encoder = ItemEncoder.load(
+        choice.encoder_dir, device=options.device, bf16=options.bf16,
+        max_length=choice.text_max_length or options.max_length, head=choice.head,
+    )
+    user_encoder: UserEncoder = WeightedMean(options.half_life_ms)
+    if choice.user_encoder is not None:
+        user_encoder = ExportedTower.load(
+            choice.user_encoder, max_len=choice.max_len, dim=item_encoder.dim,
+            device=pick_device(options.device),
+        )
+    vectors = item_vectors(choice)
+    log.info("model %s: item encoder dim %s, user encoder %s, %s stored item vectors",
+             choice.version, item_encoder.dim, type(user_encoder).__name__, len(vectors))
+    return LoadedModel(choice.version, item_encoder, user_encoder, vectors)
+
+
+class LiveModel:
+    """The loaded version in use; releases wait in :attr:`pending` until applied."""
+
+    def __init__(self, model: LoadedModel) -> None:
+        self.current = model
+        self.lock = asyncio.Lock()  # held by each batch of events and by a switch
+        self.pending: asyncio.Queue[LoadedModel] = asyncio.Queue()
+
+    @property
+    def version(self) -> str:
+        return self.current.version
+
