@@ -112,15 +112,20 @@ def _frozen_states(
         texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt"
     )
     n, t = enc["input_ids"].shape
+    token_types = enc.get("token_type_ids", torch.zeros_like(enc["input_ids"]))
+    counts = enc["attention_mask"].sum(1)
+    order = torch.argsort(counts, stable=True)  # similar lengths share a batch: less padding
     states = torch.zeros(n, t, int(model.config.hidden_size))
     for first in tqdm(range(0, n, batch_size), desc="text cache", disable=not progress):
-        sl = slice(first, first + batch_size)
+        rows = order[first : first + batch_size]
+        width = int(counts[rows].max())  # texts are left-aligned: the rest is padding
         out = model(
-            input_ids=enc["input_ids"][sl], attention_mask=enc["attention_mask"][sl],
-            token_type_ids=enc.get("token_type_ids", torch.zeros_like(enc["input_ids"]))[sl],
+            input_ids=enc["input_ids"][rows, :width],
+            attention_mask=enc["attention_mask"][rows, :width],
+            token_type_ids=token_types[rows, :width],
             output_hidden_states=True,
         )
-        states[sl] = out.hidden_states[frozen_layers]  # [0] = embeddings
+        states[rows, :width] = out.hidden_states[frozen_layers]  # [0] = embeddings
     log.info("cached text states of %s items, %s tokens, after %s layers", n, t, frozen_layers)
     return states, enc["attention_mask"].to(torch.bool)
 

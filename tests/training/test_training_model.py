@@ -93,6 +93,23 @@ def test_full_cross_entropy_matches_the_definition() -> None:
     assert loss.item() == pytest.approx(manual.item(), rel=1e-5)
 
 
+def test_bf16_logits_give_the_fp32_loss_and_gradient() -> None:
+    torch.manual_seed(0)
+    table = torch.cat([torch.zeros(1, 16), F.normalize(torch.randn(500, 16), dim=-1)])
+    targets = torch.randint(1, 501, (300,))
+    base = F.normalize(torch.randn(300, 16) + 2 * table[targets], dim=-1)
+    grads, losses = [], []
+    for bf16 in (False, True):
+        states = base.clone().requires_grad_()
+        loss = next_item_loss("ce", states, table, targets, 0.05, bf16_logits=bf16)
+        loss.backward()
+        assert loss.dtype == torch.float32
+        losses.append(loss.item())
+        grads.append(states.grad.flatten())
+    assert losses[1] == pytest.approx(losses[0], rel=1e-2)
+    assert F.cosine_similarity(grads[0], grads[1], dim=0).item() > 0.999
+
+
 def test_sampled_and_bce_losses_are_finite_and_fall_for_the_right_item() -> None:
     table = torch.cat([torch.zeros(1, 3), torch.eye(3)])
     targets = torch.tensor([1, 2, 3])

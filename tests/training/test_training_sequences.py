@@ -74,8 +74,12 @@ def test_training_batch_targets_are_the_next_items() -> None:
     )
     rng = np.random.default_rng(0)
     inputs, targets = training_batch(seqs, np.array([0, 1]), 5, rng, crop_prob=0.0)
-    assert inputs.items.tolist() == [[0, 0, 1, 2, 3], [0, 0, 0, 0, 4]]
-    assert targets.tolist() == [[0, 0, 2, 3, 4], [0, 0, 0, 0, 1]]
+    # three slots: the longest input of the batch, not max_len
+    assert inputs.items.tolist() == [[1, 2, 3], [0, 0, 4]]
+    assert targets.tolist() == [[2, 3, 4], [0, 0, 1]]
+    inputs, targets = training_batch(seqs, np.array([0, 1]), 2, rng, crop_prob=0.0)
+    assert inputs.items.tolist() == [[2, 3], [0, 4]]
+    assert targets.tolist() == [[3, 4], [0, 1]]
 
 
 def test_training_batch_crop_keeps_targets_aligned() -> None:
@@ -92,3 +96,12 @@ def test_epoch_batches_partition_the_users() -> None:
     batches = epoch_batches(10, 4, np.random.default_rng(0))
     assert [len(b) for b in batches] == [4, 4, 2]
     assert sorted(np.concatenate(batches).tolist()) == list(range(10))
+
+
+def test_epoch_batches_by_length_group_similar_users() -> None:
+    lengths = np.arange(64) % 8  # eight users of each length 0..7
+    batches = epoch_batches(64, 8, np.random.default_rng(0), lengths=lengths, bucket=8)
+    assert sorted(np.concatenate(batches).tolist()) == list(range(64))
+    # one bucket holds every user: each batch is then users of a single length
+    assert all(len(set(lengths[b].tolist())) == 1 for b in batches)
+    assert [lengths[b][0] for b in batches] != sorted(lengths[b][0] for b in batches)
