@@ -31,11 +31,11 @@ class UserState:
     excluded: frozenset[str] = frozenset()
 
 
-def decode_vector(raw: bytes | None, dim: int) -> np.ndarray | None:
-    """float32 little-endian bytes as a [dim] vector; None when absent, mis-sized or not finite."""
-    if raw is None:
-        return None
-    if len(raw) != 4 * dim:
+def decode_vector(raw: bytes | None) -> np.ndarray | None:
+    """float32 little-endian bytes as a vector; None when absent, of no whole number of
+    floats, not finite or all zeros. Its dimension is the writer's model's: the reader
+    checks it against the version it answers with."""
+    if raw is None or not raw or len(raw) % 4:
         return None
     vector = np.frombuffer(raw, dtype="<f4").astype(np.float32)
     if not np.isfinite(vector).all() or not vector.any():
@@ -46,7 +46,7 @@ def decode_vector(raw: bytes | None, dim: int) -> np.ndarray | None:
 class OnlineStore:
     """User vectors, seen items and popular items under one key prefix."""
 
-    def __init__(self, client: Redis, *, prefix: str, seen_limit: int, dim: int,
+    def __init__(self, client: Redis, *, prefix: str, seen_limit: int,
                  coalesce: bool = True, exclude_types: tuple[str, ...] = EVENT_TYPES,
                  trending_window: str = "") -> None:
         """`exclude_types`: the event types whose items a user is not shown again (read
@@ -59,7 +59,6 @@ class OnlineStore:
         self._client = client
         self._prefix = prefix
         self._seen_limit = seen_limit
-        self._dim = dim
         self._exclude_types = tuple(dict.fromkeys(exclude_types))
         self._seen_excluded = set(self._exclude_types) == set(EVENT_TYPES)
         self._trending_window = trending_window
@@ -101,12 +100,10 @@ class OnlineStore:
         if self._seen_excluded:
             excluded = excluded.union(seen)
         version = raw_version.decode() if raw_vector is not None and raw_version is not None else None
-        vector = decode_vector(raw_vector, self._dim)
+        vector = decode_vector(raw_vector)
         if raw_vector is not None and vector is None:
-            log.warning(
-                "user %s has an unusable vector (%s bytes, expected %s float32); not using it",
-                user_id, len(raw_vector), self._dim,
-            )
+            log.warning("user %s has an unusable vector (%s bytes); not using it",
+                        user_id, len(raw_vector))
         return UserState(vector=vector, version=version, seen=seen, excluded=excluded)
 
     async def popular(self, count: int) -> tuple[list[tuple[str, float]], list[tuple[str, float]]]:

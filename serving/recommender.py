@@ -18,6 +18,7 @@ widens ×4 while fewer than k pass; trending items backfill. Every answer is log
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 from collections.abc import Callable
@@ -47,6 +48,8 @@ from serving.ranking import (
 )
 from serving.requests import RecommendQuery, SimilarQuery
 from serving.tracking import RecommendationLog
+
+log = logging.getLogger(__name__)
 
 STRATEGY_PERSONAL = "personal"
 STRATEGY_RECENT = "recent_items"
@@ -191,7 +194,10 @@ class Recommender:
         """The user's vector if it is of `model`'s version, else the mean of their recent
         items in `model`'s space: never a vector of one version against another's index."""
         if state.vector is not None and state.version == model.version:
-            return state.vector, STRATEGY_PERSONAL
+            if len(state.vector) == model.index.dim:
+                return state.vector, STRATEGY_PERSONAL
+            log.warning("user vector of version %s has %s dimensions, its index %s; not using it",
+                        model.version, len(state.vector), model.index.dim)
         if state.seen:
             _, recent = model.index.vectors(state.seen[: self._tuning.recent_items])
             mean = mean_vector(recent)

@@ -95,7 +95,8 @@ async def read_topic(settings: ServingSettings, topic: str) -> list[bytes]:
         return []
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers(), group_id=None,
                                 enable_auto_commit=False, client_id=client_id,
-                                auto_offset_reset="earliest")
+                                auto_offset_reset="earliest",
+                                isolation_level="read_committed")  # streams writes in transactions
     await consumer.start()
     values: list[bytes] = []
     try:

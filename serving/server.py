@@ -163,7 +163,7 @@ async def running(settings: ServingSettings) -> AsyncIterator[Running]:
         models=models,
         catalog=catalog,
         store=OnlineStore(redis, prefix=settings.redis_prefix, seen_limit=settings.seen_limit,
-                          dim=state.dim, coalesce=settings.redis_coalesce,
+                          coalesce=settings.redis_coalesce,
                           exclude_types=tuple(settings.exclude_event_types),
                           trending_window=settings.trending_window),
         tuning=Tuning(

@@ -5,6 +5,8 @@
   ``schedule_min_new_events`` new events, one run at a time, retrying failures.
 - ``evaluate``: train the shipped model and the baselines on a local dataset or on the
   event log, and print the full-catalog leave-last-out table.
+- ``rollback``: make the previous version production again and announce it on
+  ``models``, so serving and streams both switch back without restart.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import json
 import logging
 import os
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +27,9 @@ from pydantic import ValidationError
 
 from training.encoder import ItemEncoder, default_model_dir
 from training.errors import TrainingError
-from training.artifact import read_manifest, read_production
+from protos import events_pb2
+from training.announce import announce_release
+from training.artifact import promote, read_manifest, read_production
 from training.job import RunSummary, TrainedRunSummary, run_once, run_trained
 from training.schedule import Policy, exclusive, loop
 from training.settings import TrainingSettings
@@ -60,6 +65,8 @@ def run_with_clients(settings: TrainingSettings) -> RunSummary | TrainedRunSumma
             client_id="streamrec-training",
             group_id=None,
             enable_auto_commit=False,
+            # streams writes the log in transactions: an aborted one is no event
+            isolation_level="read_committed",
         )
         producer = KafkaProducer(
             bootstrap_servers=settings.kafka_bootstrap, client_id="streamrec-training", acks="all"
@@ -86,7 +93,7 @@ def new_events(settings: TrainingSettings) -> int:
     """Records in the log past the window production was trained on (all, without one)."""
     consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap,
                              client_id="streamrec-training-schedule", group_id=None,
-                             enable_auto_commit=False)
+                             enable_auto_commit=False, isolation_level="read_committed")
     try:
         found = consumer.partitions_for_topic(settings.topic_enriched) or set()
         ends = consumer.end_offsets([TopicPartition(settings.topic_enriched, p) for p in found])
@@ -99,6 +106,39 @@ def new_events(settings: TrainingSettings) -> int:
         if window.get("topic") == settings.topic_enriched:
             seen = window.get("partitions", {})
     return sum(max(0, end - seen.get(str(tp.partition), [0, 0])[1]) for tp, end in ends.items())
+
+
+def rollback() -> int:
+    """0 when the previous version is production again and announced; 2 when there is
+    none; 3 when Kafka fails (the pointer has moved: run it again to announce)."""
+    try:
+        settings = TrainingSettings()
+        with exclusive(settings.artifact_dir):
+            current = read_production(settings.artifact_dir)
+            if current is None or not current.previous:
+                raise TrainingError(f"{settings.artifact_dir}: no previous version to roll back to")
+            now = datetime.now(UTC)
+            pointer = promote(settings.artifact_dir, current.previous, now)
+            producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap,
+                                     client_id="streamrec-training", acks="all")
+            try:
+                announce_release(producer, settings.topic_models, events_pb2.ModelRelease(
+                    version=pointer.version,
+                    uri=str((settings.artifact_dir / pointer.version).resolve()),
+                    created_at_ms=int(now.timestamp() * 1000), action="rollback",
+                    previous_version=current.version,
+                ))
+            finally:
+                producer.close()
+    except (TrainingError, ValidationError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KafkaError as error:
+        print(f"error: Kafka: {error!r}", file=sys.stderr)
+        return 3
+    print(f"production: {pointer.version} (rolled back from {current.version}); "
+          f"announced on {settings.topic_models}")
+    return 0
 
 
 def schedule() -> int:
@@ -210,7 +250,10 @@ def main(argv: list[str] | None = None) -> int:
         return evaluate(rest)
     if command == "schedule":
         return schedule()
-    print(f"usage: python -m training [run | schedule | evaluate ...]; unknown command {command!r}",
+    if command == "rollback":
+        return rollback()
+    print(f"usage: python -m training [run | schedule | evaluate ... | rollback]; "
+          f"unknown command {command!r}",
           file=sys.stderr)
     return 2
 
