@@ -11,10 +11,11 @@ from typing import Any, cast
 
 import faust
 from faust import Stream
-from faust.types import StreamT
+from faust.types import TP, StreamT
 
 from streams.agents import EventsHandler, ItemsHandler
 from streams.catalog import Catalog
+from streams.delivery import Transactions
 from streams.encoder import ItemEncoder
 from streams.history import weights_by_type
 from streams.online import OnlineState
@@ -53,12 +54,23 @@ def create_app(
     app = faust.App(settings.app_id, **faust_config(settings))
     # Set before anything touches app.topics, which would build the default transport.
     app.transport = ShortFetchTransport(
-        app.conf.broker_consumer, app, fetch_max_wait_ms=settings.consumer_fetch_max_wait_ms
+        app.conf.broker_consumer, app, fetch_max_wait_ms=settings.consumer_fetch_max_wait_ms,
+        committed_elsewhere=frozenset({settings.topic_events}),
     )
+    transactions = Transactions(
+        bootstrap_servers=settings.bootstrap_servers(),
+        group_id=settings.app_id,
+        topic=settings.topic_events,
+        commit_interval_s=settings.commit_interval_s,
+        transaction_timeout_ms=int(settings.transaction_timeout_s * 1000),
+        linger_ms=settings.producer_linger_ms,
+        owns=lambda partition: TP(settings.topic_events, partition) in app.consumer.assignment(),
+        before_commit=lambda: app.producer.flush(),
+    )
+    app.add_dependency(transactions)
 
     events = app.topic(settings.topic_events, key_type=bytes, value_type=bytes)
     items = app.topic(settings.topic_items, key_type=bytes, value_type=bytes)
-    enriched = app.topic(settings.topic_enriched, key_type=bytes, value_type=bytes)
     dlq = app.topic(settings.topic_dlq, key_type=bytes, value_type=bytes)
     item_vectors = app.topic(settings.topic_item_vectors, key_type=bytes, value_type=bytes)
     users = app.Table(
@@ -77,8 +89,9 @@ def create_app(
         catalog=catalog,
         users=users,
         online=online,
-        enriched=enriched,
-        dlq=dlq,
+        transactions=transactions,
+        enriched=settings.topic_enriched,
+        dlq=settings.topic_dlq,
         policy=Policy(
             limits=EventLimits(settings.max_event_bytes, settings.max_future_skew_ms),
             weights=weights_by_type(settings.weights),
@@ -103,6 +116,23 @@ def create_app(
             settings.event_batch_size, within=settings.event_batch_within_s
         ):
             await events_handler.handle(batch)
+
+    def of_events(partitions: set[TP]) -> set[int]:
+        return {tp.partition for tp in partitions if tp.topic == settings.topic_events}
+
+    # Signal receivers are called with the app as sender.
+    @app.on_partitions_assigned.connect
+    async def start_transactions(_: faust.App, assigned: set[TP], **__: Any) -> None:
+        await transactions.assigned(of_events(assigned))
+
+    @app.on_partitions_revoked.connect
+    async def end_transactions(_: faust.App, revoked: set[TP], **__: Any) -> None:
+        await transactions.revoked(of_events(revoked))
+
+    @app.on_before_shutdown.connect
+    async def commit_at_shutdown(_: faust.App, **__: Any) -> None:
+        # The agents are done and the producer still runs: commit what they processed.
+        await transactions.finish()
 
     last = {"accepted": 0, "rejected": 0, "embedded": 0}
 

@@ -31,6 +31,8 @@ def build_worker(settings: StreamsSettings) -> faust.Worker:
     online = OnlineState(
         Redis.from_url(settings.redis_url),
         keys=RedisKeys(settings.redis_prefix),
+        group=settings.app_id,
+        source_topic=settings.topic_events,
         seen_length=settings.history_length,
         retry_initial_s=settings.redis_retry_initial_s,
         retry_max_s=settings.redis_retry_max_s,

@@ -95,12 +95,12 @@ class StreamsWorker:
 
 
 class TopicLog:
-    """Every record of one topic, read from the beginning as it grows."""
+    """Every committed record of one topic, read from the beginning as it grows."""
 
     def __init__(self, bootstrap: str, topic: str) -> None:
         self._consumer = KafkaConsumer(
             bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
-            auto_offset_reset="earliest",
+            auto_offset_reset="earliest", isolation_level="read_committed",
         )
         partitions = self._consumer.partitions_for_topic(topic) or set()
         assert partitions, f"topic {topic} does not exist"

@@ -17,7 +17,7 @@ from streams.transport import ShortFetchTransport
 def build(settings: StreamsSettings, encoder: ItemEncoder):  # type: ignore[no-untyped-def]
     online = OnlineState(
         Redis.from_url(settings.redis_url), keys=RedisKeys(settings.redis_prefix),
-        seen_length=settings.history_length, retry_initial_s=0.1, retry_max_s=1.0,
+        group=settings.app_id, source_topic=settings.topic_events, seen_length=settings.history_length, retry_initial_s=0.1, retry_max_s=1.0,
     )
     catalog = Catalog(model_version="base", dim=encoder.dim)
     return create_app(settings, catalog=catalog, encoder=encoder, online=online)
@@ -48,3 +48,5 @@ async def test_app_has_agents_table_and_short_fetch_consumer(
     thread = app.consumer._thread
     consumer = thread._create_worker_consumer(app.transport)
     assert consumer._fetch_max_wait_ms == 7
+    # Offsets of events are committed by the worker's transactions, not by Faust.
+    assert app.transport.committed_elsewhere == frozenset({"ev-x"})
