@@ -7,6 +7,7 @@ undecodable input is dead-lettered instead of crashing an agent.
 from __future__ import annotations
 
 import logging
+from collections.abc import Set as AbstractSet
 from typing import Any, cast
 
 import faust
@@ -40,6 +41,8 @@ def faust_config(settings: StreamsSettings) -> dict[str, Any]:
         "topic_partitions": settings.topic_partitions,
         "topic_replication_factor": settings.topic_replication,
         "consumer_auto_offset_reset": "earliest",
+        "broker_session_timeout": settings.session_timeout_s,
+        "broker_heartbeat_interval": settings.session_timeout_s / 4,
         "producer_linger": settings.producer_linger_ms / 1000.0,
         "web_enabled": settings.web_enabled,
         "web_port": settings.web_port,
@@ -117,20 +120,24 @@ def create_app(
         ):
             await events_handler.handle(batch)
 
-    def of_events(partitions: set[TP]) -> set[int]:
+    def of_events(partitions: AbstractSet[TP]) -> set[int]:
         return {tp.partition for tp in partitions if tp.topic == settings.topic_events}
 
     # Signal receivers are called with the app as sender.
     @app.on_partitions_assigned.connect
-    async def start_transactions(_: faust.App, assigned: set[TP], **__: Any) -> None:
+    async def start_transactions(
+        _: object, /, assigned: AbstractSet[TP] = frozenset(), *__: object, **___: object
+    ) -> None:
         await transactions.assigned(of_events(assigned))
 
     @app.on_partitions_revoked.connect
-    async def end_transactions(_: faust.App, revoked: set[TP], **__: Any) -> None:
+    async def end_transactions(
+        _: object, /, revoked: AbstractSet[TP] = frozenset(), *__: object, **___: object
+    ) -> None:
         await transactions.revoked(of_events(revoked))
 
     @app.on_before_shutdown.connect
-    async def commit_at_shutdown(_: faust.App, **__: Any) -> None:
+    async def commit_at_shutdown(*_: object, **__: object) -> None:
         # The agents are done and the producer still runs: commit what they processed.
         await transactions.finish()
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from mode import Service
@@ -142,10 +142,11 @@ class OnlineState(Service):
         """Partition of the events topic -> newest offset whose effects are applied."""
         return self._parse_applied(await self._client.hgetall(self._applied_key))
 
-    def _parse_applied(self, fields: dict[bytes, bytes]) -> dict[int, int]:
+    def _parse_applied(self, fields: Mapping[bytes | str, bytes | str]) -> dict[int, int]:
         applied = {}
         for field, offset in fields.items():
-            topic, _, partition = field.decode().rpartition(":")
+            name = field.decode() if isinstance(field, bytes) else field
+            topic, _, partition = name.rpartition(":")
             if topic == self._source_topic:
                 applied[int(partition)] = int(offset)
         return applied

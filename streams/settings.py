@@ -63,6 +63,14 @@ class StreamsSettings(BaseSettings):
     )
     producer_linger_ms: float = Field(default=1.0, ge=0, le=1000)
 
+    # A worker that dies without leaving its consumer group holds its partitions until this
+    # passes without a heartbeat (Faust's default, 60 s, stalls every restart after a crash).
+    session_timeout_s: float = Field(
+        default=10.0, ge=6, le=300,
+        description="consumer group session timeout; the broker's group.min.session.timeout.ms "
+        "(6 s by default) is the floor",
+    )
+
     # Delivery: outputs of events and their offsets are committed in Kafka transactions.
     commit_interval_s: float = Field(
         default=0.1, gt=0, le=60,

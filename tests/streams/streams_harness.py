@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import TypeVar
 
 import redis
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.errors import KafkaError
 from kafka.consumer.fetcher import ConsumerRecord
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -78,6 +79,14 @@ class StreamsWorker:
     def check_alive(self) -> None:
         if self._process is None or self._process.poll() is not None:
             raise AssertionError(f"the worker exited:\n{self.log_tail()}")
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown of any kind, as in a crash."""
+        if self._process is None:
+            return
+        process, self._process = self._process, None
+        process.kill()
+        process.wait()
 
     def stop(self) -> int | None:
         """SIGTERM, then SIGKILL after 30 s; returns the exit code."""
@@ -146,3 +155,22 @@ class Running:
         raw_key = key.encode() if isinstance(key, str) else key
         metadata = self.producer.send(self.worker.topics[topic], key=raw_key, value=value).get(30)
         return metadata.partition, metadata.offset
+
+
+def delete_keys(client: redis.Redis, prefix: str) -> None:
+    names = client.keys(f"{prefix}*")
+    if names:
+        client.delete(*names)
+
+
+def delete_topics(bootstrap: str, suffix: str) -> None:
+    """A test's topics and Faust's internal ones (named after the app id)."""
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        mine = [name for name in admin.list_topics() if suffix in name]
+        if mine:
+            admin.delete_topics(mine)
+    except KafkaError:
+        pass
+    finally:
+        admin.close()
