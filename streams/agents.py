@@ -145,8 +145,11 @@ class EventsHandler:
         return decode_state(self._users.get(user_id.encode()))
 
     async def handle(self, events: Sequence[EventT]) -> None:
+        records = [to_record(event.message) for event in events]
+        # Faust may hand over a record again after a rebalance: its outputs are out already.
+        records = [r for r in records if not self._transactions.handled(r.partition, r.offset)]
         batch = admit_batch(
-            [to_record(event.message) for event in events],
+            records,
             items=self._catalog.item, state_of=self._state_of, now_ms=now_ms(),
             policy=self._policy,
         )

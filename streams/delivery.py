@@ -69,7 +69,9 @@ class Transactions(Service):
         self._fenced_off: set[int] = set()
         self._open: set[int] = set()
         self._next_offsets: dict[int, int] = {}
+        self._handled: dict[int, int] = {}  # partition -> next offset after the last one sent
         self.lock = asyncio.Lock()
+        self._starting = asyncio.Lock()  # two producers of one id would fence each other
         self.commits = 0
 
     def transactional_id(self, partition: int) -> str:
@@ -123,6 +125,14 @@ class Transactions(Service):
         """The record at `offset` of `partition` has its outputs in the open transaction."""
         if partition in self._producers:
             self._next_offsets[partition] = max(self._next_offsets.get(partition, 0), offset + 1)
+            self._handled[partition] = max(self._handled.get(partition, 0), offset + 1)
+
+    def handled(self, partition: int, offset: int) -> bool:
+        """Whether this worker already sent the outputs of that record, committed or in the
+        open transaction. Faust hands a record over again when a rebalance keeps its
+        partition here (records fetched before the seek to the committed offset) and
+        at the offset it seeks to; such a record must not be handled twice."""
+        return offset < self._handled.get(partition, 0)
 
     def due(self) -> bool:
         return bool(self._next_offsets) and (
@@ -172,7 +182,12 @@ class Transactions(Service):
         """The partition's producer, started on first use; None once the partition is
         another worker's (starting one then would fence the rightful owner)."""
         producer = self._producers.get(partition)
-        if producer is None:
+        if producer is not None:
+            return producer
+        async with self._starting:
+            producer = self._producers.get(partition)
+            if producer is not None:
+                return producer
             if partition in self._fenced_off or not self._owns(partition):
                 return None
             producer = AIOKafkaProducer(
@@ -191,6 +206,8 @@ class Transactions(Service):
         return producer
 
     async def _close(self, partition: int) -> None:
+        """Stop the partition's producer; what it handled stays known (committed, or left to
+        the next owner when it was fenced off: see :meth:`_fenced`)."""
         self._open.discard(partition)
         self._next_offsets.pop(partition, None)
         producer = self._producers.pop(partition, None)
@@ -203,6 +220,7 @@ class Transactions(Service):
             "uncommitted records again", self.transactional_id(partition), self.topic, partition,
         )
         self._fenced_off.add(partition)
+        self._handled.pop(partition, None)  # its open transaction is lost
         await self._close(partition)
 
     async def _fail(self, error: BaseException) -> None:
