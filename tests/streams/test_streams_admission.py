@@ -10,11 +10,9 @@ what is accepted is a valid, first-seen event with a finite positive weight.
 from __future__ import annotations
 
 import math
-import re
-from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from random_records import ITEM_IDS, NOW_MS, REASONS, records
 
 from protos import events_pb2
 from streams.history import UserState, weights_by_type
@@ -22,71 +20,18 @@ from streams.processing import INTERNAL_ERROR, Accepted, Policy, Record, Rejecte
 from streams.settings import DEFAULT_WEIGHTS
 from streams.validation import KNOWN_EVENT_TYPES, MIN_TIMESTAMP_MS, EventLimits
 
-NOW_MS = 1_790_000_000_000
 POLICY = Policy(
     limits=EventLimits(max_bytes=2048, max_future_skew_ms=60_000),
     weights=weights_by_type(DEFAULT_WEIGHTS),
     history_length=20,
     dedupe_window=50,
 )
-ITEMS = {f"i{k}": events_pb2.Item(item_id=f"i{k}", title=f"Film {k}") for k in range(5)}
-USERS = ["u1", "u2", "u3"]
-CONTRACTS = Path(__file__).resolve().parents[2] / "docs" / "contracts.md"
-
-
-def documented_reasons() -> set[str]:
-    """The reasons in the dead-letter table of docs/contracts.md."""
-    section = CONTRACTS.read_text().split("### Dead-letter reasons", 1)[1].split("\n## ", 1)[0]
-    return set(re.findall(r"^\| `([a-z_]+)` +\|", section, flags=re.MULTILINE))
-
-
-REASONS = documented_reasons()
-
-int64 = st.integers(-(2**63), 2**63 - 1)
-events = st.builds(
-    events_pb2.Event,
-    event_id=st.one_of(st.sampled_from(["", "e1", "e2", "e3"]), st.text(max_size=30)),
-    user_id=st.one_of(st.sampled_from(["", *USERS]), st.text(max_size=20)),
-    item_id=st.one_of(st.sampled_from(["", *ITEMS, "unknown"]), st.text(max_size=20)),
-    type=st.one_of(st.sampled_from(sorted(KNOWN_EVENT_TYPES)), st.integers(-(2**31), 2**31 - 1)),
-    timestamp_ms=st.one_of(
-        st.integers(NOW_MS - 10**10, NOW_MS + 120_000),  # around now, some too far ahead
-        st.sampled_from([0, MIN_TIMESTAMP_MS - 1, MIN_TIMESTAMP_MS]), int64,
-    ),
-    value=st.floats(allow_nan=True, allow_infinity=True),
-    session_id=st.one_of(st.none(), st.text(max_size=10)),
-    context=st.dictionaries(st.text(max_size=5), st.text(max_size=20), max_size=3),
-    properties=st.dictionaries(st.text(max_size=5), st.text(max_size=3000), max_size=2),
-)
-
-
-@st.composite
-def records(draw: st.DrawFn) -> list[Record]:
-    """A batch as one worker takes it: increasing offsets per partition, some records
-    repeated byte for byte (the same event sent twice)."""
-    payloads = draw(st.lists(
-        st.one_of(
-            events.map(lambda e: (e.user_id.encode(), e.SerializeToString())),
-            st.tuples(st.one_of(st.none(), st.sampled_from([b"u1", b"x"]), st.binary(max_size=8)),
-                      events.map(lambda e: e.SerializeToString())),
-            st.tuples(st.sampled_from([b"u1", None]), st.binary(max_size=300)),
-            st.tuples(st.just(b"u1"), st.integers(2049, 70_000).map(lambda n: b"\x0a" * n)),
-        ),
-        min_size=1, max_size=POLICY.dedupe_window - 10,
-    ))
-    repeats = draw(st.lists(st.integers(0, len(payloads) - 1), max_size=10))
-    payloads += [payloads[k] for k in repeats]
-    batch, offsets = [], {0: 0, 1: 0}
-    for key, value in payloads:
-        partition = draw(st.sampled_from([0, 1]))
-        batch.append(Record("events", partition, offsets[partition], key, value))
-        offsets[partition] += 1
-    return batch
+ITEMS = {item_id: events_pb2.Item(item_id=item_id, title=item_id) for item_id in ITEM_IDS}
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                    HealthCheck.data_too_large])
-@given(records())
+@given(records(max_size=POLICY.dedupe_window - 10, max_bytes=POLICY.limits.max_bytes))
 def test_every_record_gets_one_documented_outcome(batch: list[Record]) -> None:
     result = admit_batch(batch, items=ITEMS.get, state_of=lambda _: UserState(), now_ms=NOW_MS,
                          policy=POLICY)
