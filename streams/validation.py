@@ -75,8 +75,11 @@ def validate_event(
     if not math.isfinite(event.value) or abs(event.value) > limits.max_abs_value:
         raise BadValue(f"value {event.value!r} is not a finite number within "
                        f"±{limits.max_abs_value:g}")
-    if key is not None and key != event.user_id.encode():
-        raise KeyMismatch(f"key {key[:64]!r} is not user_id {event.user_id[:64]!r}")
+    # A record without the user's key lands on any partition: the user's events would lose
+    # their order and the dedupe and delivery bookkeeping, which are per partition.
+    if key is None or key != event.user_id.encode():
+        shown = "missing" if key is None else repr(key[:64])
+        raise KeyMismatch(f"key {shown} is not user_id {event.user_id[:64]!r}")
 
 
 def parse_event(

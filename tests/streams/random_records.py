@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import zlib
 from pathlib import Path
 
 from hypothesis import strategies as st
@@ -73,7 +74,8 @@ def records(draw: st.DrawFn, max_size: int, max_bytes: int) -> list[Record]:
     pairs += [pairs[k] for k in repeats]
     batch, offsets = [], {0: 0, 1: 0}
     for key, value in pairs:
-        partition = draw(st.sampled_from([0, 1]))
+        # As Kafka places them: by key, so one user's records share a partition.
+        partition = zlib.crc32(key) % 2 if key is not None else draw(st.sampled_from([0, 1]))
         batch.append(Record("events", partition, offsets[partition], key, value))
         offsets[partition] += 1
     return batch

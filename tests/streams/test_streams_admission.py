@@ -48,7 +48,7 @@ def test_every_record_gets_one_documented_outcome(batch: list[Record]) -> None:
         assert event.event_id and event.user_id and event.item_id in ITEMS
         assert event.type in KNOWN_EVENT_TYPES
         assert MIN_TIMESTAMP_MS <= event.timestamp_ms <= NOW_MS + POLICY.limits.max_future_skew_ms
-        assert record.key is None or record.key == event.user_id.encode()
+        assert record.key == event.user_id.encode()
         assert math.isfinite(outcome.weight) and outcome.weight > 0
         assert not outcome.replay  # the state knew nothing before this batch
         key = (event.user_id, event.event_id)

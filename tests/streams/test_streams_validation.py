@@ -43,8 +43,9 @@ def test_valid_event_is_returned_decoded() -> None:
     assert parsed.value == 4.5
 
 
-def test_missing_key_is_accepted() -> None:
-    assert parse(event(), key=None).user_id == "u1"
+def test_missing_key_is_a_mismatch() -> None:
+    with pytest.raises(KeyMismatch):
+        parse(event(), key=None)
 
 
 @pytest.mark.parametrize(
