@@ -59,6 +59,7 @@ def create_app(
     app.transport = ShortFetchTransport(
         app.conf.broker_consumer, app, fetch_max_wait_ms=settings.consumer_fetch_max_wait_ms,
         committed_elsewhere=frozenset({settings.topic_events}),
+        gap_checked=frozenset({settings.topic_events, settings.topic_items}),
     )
     transactions = Transactions(
         bootstrap_servers=settings.bootstrap_servers(),

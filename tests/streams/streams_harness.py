@@ -150,10 +150,12 @@ class Running:
     redis: redis.Redis
     startup_s: float
 
-    def send(self, topic: str, key: str | bytes | None, value: bytes) -> tuple[int, int]:
+    def send(self, topic: str, key: str | bytes | None, value: bytes,
+             partition: int | None = None) -> tuple[int, int]:
         """Produce one record and return its (partition, offset)."""
         raw_key = key.encode() if isinstance(key, str) else key
-        metadata = self.producer.send(self.worker.topics[topic], key=raw_key, value=value).get(30)
+        metadata = self.producer.send(self.worker.topics[topic], key=raw_key, value=value,
+                                      partition=partition).get(30)
         return metadata.partition, metadata.offset
 
 
