@@ -1,7 +1,9 @@
 """The two agents' record handlers: decode, call the pure functions, send, write Redis.
 
-Every record of ``events`` ends in exactly one of ``events.enriched`` or ``events.dlq``;
-a bad record of ``items`` goes to ``events.dlq`` too (``origin_topic`` tells them apart).
+Every record of ``events`` ends in exactly one of ``events.enriched`` or ``events.dlq``,
+sent in the Kafka transaction that commits the record's offset (``streams.delivery``);
+a bad record of ``items`` goes to ``events.dlq`` too (``origin_topic`` tells them apart),
+at least once.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from faust.types.tuples import Message
 
 from protos import events_pb2
 from streams.catalog import Catalog
+from streams.delivery import Transactions
 from streams.errors import RejectedInput
 from streams.history import UserState, decode_state, encode_state
 from streams.live import LiveModel, LoadedModel
@@ -47,9 +50,12 @@ def to_record(message: Message) -> Record:
     return Record(message.topic, message.partition, message.offset, message.key, message.value)
 
 
+def dead_letter_bytes(record: Record, *, reason: str, detail: str) -> bytes:
+    return dead_letter(record, reason=reason, detail=detail, now_ms=now_ms()).SerializeToString()
+
+
 async def send_dead_letter(dlq: TopicT, record: Record, *, reason: str, detail: str) -> None:
-    letter = dead_letter(record, reason=reason, detail=detail, now_ms=now_ms())
-    await dlq.send(key=record.key, value=letter.SerializeToString())
+    await dlq.send(key=record.key, value=dead_letter_bytes(record, reason=reason, detail=detail))
 
 
 class ItemsHandler:
@@ -133,16 +139,17 @@ def put_state(users: TableT, partition: int, user_id: str, state: UserState) -> 
 
 class EventsHandler:
     """Validates, dedupes and enriches batches of events; keeps user state in a table and
-    in Redis."""
+    in Redis; sends each record's outcome in its partition's transaction."""
 
     def __init__(
-        self, *, catalog: Catalog, users: TableT, online: OnlineState, enriched: TopicT,
-        dlq: TopicT, policy: Policy, live: LiveModel, metrics: StreamsMetrics,
-        highwater: Callable[[int], int | None],
+        self, *, catalog: Catalog, users: TableT, online: OnlineState,
+        transactions: Transactions, enriched: str, dlq: str, policy: Policy,
+        live: LiveModel, metrics: StreamsMetrics, highwater: Callable[[int], int | None],
     ) -> None:
         self._catalog = catalog
         self._users = users
         self._online = online
+        self._transactions = transactions
         self._enriched = enriched
         self._dlq = dlq
         self._policy = policy
@@ -177,29 +184,35 @@ class EventsHandler:
     def _written(self, events: Sequence[EventT], outcomes: Sequence[tuple[Record, object]]) -> None:
         """Freshness of the accepted events whose online state was just written."""
         done = time.time()
-        for event, (_, outcome) in zip(events, outcomes, strict=True):
-            if isinstance(outcome, Accepted) and event.message.timestamp:
-                self._metrics.freshness.observe(max(done - event.message.timestamp, 0.0))
+        produced = {(e.message.partition, e.message.offset): e.message.timestamp for e in events}
+        for record, outcome in outcomes:
+            timestamp = produced.get((record.partition, record.offset))
+            if isinstance(outcome, Accepted) and timestamp:
+                self._metrics.freshness.observe(max(done - timestamp, 0.0))
 
     async def _handle(self, events: Sequence[EventT]) -> None:
+        records = [to_record(event.message) for event in events]
+        # Faust may hand over a record again after a rebalance: its outputs are out already.
+        records = [r for r in records if not self._transactions.handled(r.partition, r.offset)]
         batch = admit_batch(
-            [to_record(event.message) for event in events],
+            records,
             items=self._catalog.item, state_of=self._state_of, now_ms=now_ms(),
             policy=self._policy,
         )
         for user_id, (partition, state) in batch.changed.items():
             put_state(self._users, partition, user_id, state)
-        accepted = [o for _, o in batch.outcomes if isinstance(o, Accepted)]
+        accepted = [(r, o) for r, o in batch.outcomes if isinstance(o, Accepted)]
         outcomes = batch.outcomes
         try:
             # Redis first, then the event log: once enriched, serving already sees the event.
+            # A record read again after a crash finds its effects applied and adds nothing.
             await self._online.write(
                 [
-                    Touch(o.event.user_id, o.event.item_id, o.event.timestamp_ms,
-                          0.0 if o.replay else o.weight, o.event.type)
-                    for o in accepted
+                    Touch(o.event.user_id, o.event.item_id, o.event.timestamp_ms, o.weight,
+                          o.event.type, r.partition, r.offset)
+                    for r, o in accepted
                 ],
-                await self._user_vectors({o.event.user_id: o.state for o in accepted}),
+                await self._user_vectors({o.event.user_id: o.state for _, o in accepted}),
             )
             self._written(events, outcomes)
         except Exception as error:
@@ -207,18 +220,26 @@ class EventsHandler:
             failed = Rejected(INTERNAL_ERROR, repr(error))
             outcomes = [(r, failed if isinstance(o, Accepted) else o) for r, o in outcomes]
             accepted = []
-        for record, outcome in outcomes:
-            if isinstance(outcome, Accepted):
-                enriched = enriched_event(record, outcome, now_ms=now_ms())
-                await self._enriched.send(
-                    key=outcome.event.user_id.encode(), value=enriched.SerializeToString()
-                )
-            else:
-                log.debug("event %s[%s]@%s rejected: %s %s", record.topic, record.partition,
-                          record.offset, outcome.reason, outcome.detail)
-                await send_dead_letter(self._dlq, record, reason=outcome.reason,
-                                       detail=outcome.detail)
-                self.rejected[outcome.reason] += 1
+        transactions = self._transactions
+        async with transactions.lock:
+            for record, outcome in outcomes:
+                if isinstance(outcome, Accepted):
+                    enriched = enriched_event(record, outcome, now_ms=now_ms())
+                    await transactions.send(
+                        record.partition, self._enriched, outcome.event.user_id.encode(),
+                        enriched.SerializeToString(),
+                    )
+                else:
+                    log.debug("event %s[%s]@%s rejected: %s %s", record.topic,
+                              record.partition, record.offset, outcome.reason, outcome.detail)
+                    await transactions.send(
+                        record.partition, self._dlq, record.key,
+                        dead_letter_bytes(record, reason=outcome.reason, detail=outcome.detail),
+                    )
+                    self.rejected[outcome.reason] += 1
+                transactions.processed(record.partition, record.offset)
+            if transactions.due():
+                await transactions.commit()
         self.accepted += len(accepted)
 
     async def _user_vectors(self, states: dict[str, UserState]) -> list[UserVector]:

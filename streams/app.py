@@ -7,6 +7,7 @@ undecodable input is dead-lettered instead of crashing an agent.
 from __future__ import annotations
 
 import logging
+from collections.abc import Set as AbstractSet
 from typing import Any, cast
 
 import faust
@@ -15,6 +16,7 @@ from faust.types import TP, StreamT
 
 from streams.agents import EventsHandler, ItemsHandler, switch_model
 from streams.catalog import Catalog
+from streams.delivery import Transactions
 from streams.history import weights_by_type
 from streams.live import LiveModel
 from streams.metrics import StreamsMetrics
@@ -40,6 +42,8 @@ def faust_config(settings: StreamsSettings) -> dict[str, Any]:
         "topic_partitions": settings.topic_partitions,
         "topic_replication_factor": settings.topic_replication,
         "consumer_auto_offset_reset": "earliest",
+        "broker_session_timeout": settings.session_timeout_s,
+        "broker_heartbeat_interval": settings.session_timeout_s / 4,
         "producer_linger": settings.producer_linger_ms / 1000.0,
         "web_enabled": settings.web_enabled,
         "web_port": settings.web_port,
@@ -55,12 +59,24 @@ def create_app(
     app = faust.App(settings.app_id, **faust_config(settings))
     # Set before anything touches app.topics, which would build the default transport.
     app.transport = ShortFetchTransport(
-        app.conf.broker_consumer, app, fetch_max_wait_ms=settings.consumer_fetch_max_wait_ms
+        app.conf.broker_consumer, app, fetch_max_wait_ms=settings.consumer_fetch_max_wait_ms,
+        committed_elsewhere=frozenset({settings.topic_events}),
+        gap_checked=frozenset({settings.topic_events, settings.topic_items}),
     )
+    transactions = Transactions(
+        bootstrap_servers=settings.bootstrap_servers(),
+        group_id=settings.app_id,
+        topic=settings.topic_events,
+        commit_interval_s=settings.commit_interval_s,
+        transaction_timeout_ms=int(settings.transaction_timeout_s * 1000),
+        linger_ms=settings.producer_linger_ms,
+        owns=lambda partition: TP(settings.topic_events, partition) in app.consumer.assignment(),
+        before_commit=lambda: app.producer.flush(),
+    )
+    app.add_dependency(transactions)
 
     events = app.topic(settings.topic_events, key_type=bytes, value_type=bytes)
     items = app.topic(settings.topic_items, key_type=bytes, value_type=bytes)
-    enriched = app.topic(settings.topic_enriched, key_type=bytes, value_type=bytes)
     dlq = app.topic(settings.topic_dlq, key_type=bytes, value_type=bytes)
     item_vectors = app.topic(settings.topic_item_vectors, key_type=bytes, value_type=bytes)
     users = app.Table(
@@ -80,8 +96,9 @@ def create_app(
         catalog=catalog,
         users=users,
         online=online,
-        enriched=enriched,
-        dlq=dlq,
+        transactions=transactions,
+        enriched=settings.topic_enriched,
+        dlq=settings.topic_dlq,
         policy=Policy(
             limits=EventLimits(settings.max_event_bytes, settings.max_future_skew_ms),
             weights=weights_by_type(settings.weights),
@@ -117,6 +134,27 @@ def create_app(
             model = await live.pending.get()
             await switch_model(model, live=live, catalog=catalog, items=items_handler,
                                events=events_handler, metrics=metrics)
+
+    def of_events(partitions: AbstractSet[TP]) -> set[int]:
+        return {tp.partition for tp in partitions if tp.topic == settings.topic_events}
+
+    # Signal receivers are called with the app as sender.
+    @app.on_partitions_assigned.connect
+    async def start_transactions(
+        _: object, /, assigned: AbstractSet[TP] = frozenset(), *__: object, **___: object
+    ) -> None:
+        await transactions.assigned(of_events(assigned))
+
+    @app.on_partitions_revoked.connect
+    async def end_transactions(
+        _: object, /, revoked: AbstractSet[TP] = frozenset(), *__: object, **___: object
+    ) -> None:
+        await transactions.revoked(of_events(revoked))
+
+    @app.on_before_shutdown.connect
+    async def commit_at_shutdown(*_: object, **__: object) -> None:
+        # The agents are done and the producer still runs: commit what they processed.
+        await transactions.finish()
 
     last = {"accepted": 0, "rejected": 0, "embedded": 0}
 

@@ -116,8 +116,9 @@ def read_to_end(consumer: KafkaConsumer, topic: str, *, from_committed: bool,
 
 
 def list_letters(settings: StreamsSettings, reasons: frozenset[str], show: int) -> Summary:
+    # Dead letters of events are written in transactions: read only committed ones.
     consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap_servers(), group_id=None,
-                             enable_auto_commit=False)
+                             enable_auto_commit=False, isolation_level="read_committed")
     try:
         records = tqdm(read_to_end(consumer, settings.topic_dlq, from_committed=False),
                        desc="dead letters", unit="rec", disable=None)
@@ -142,7 +143,7 @@ def _redrive_reason(settings: StreamsSettings, reason: str, limit: int | None,
     consumer = KafkaConsumer(
         bootstrap_servers=settings.bootstrap_servers(),
         group_id=f"{settings.app_id}-dlq-redrive.{reason}",
-        enable_auto_commit=False, auto_offset_reset="earliest",
+        enable_auto_commit=False, auto_offset_reset="earliest", isolation_level="read_committed",
     )
     producer = KafkaProducer(bootstrap_servers=settings.bootstrap_servers(), acks="all",
                              enable_idempotence=True)

@@ -59,6 +59,12 @@ class BadTimestamp(RejectedInput):
     reason = "bad_timestamp"
 
 
+class BadValue(RejectedInput):
+    """The event's value is not a finite number within the allowed magnitude."""
+
+    reason = "bad_value"
+
+
 class KeyMismatch(RejectedInput):
     """The record key is not the event's user id."""
 

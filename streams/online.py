@@ -4,18 +4,25 @@ One pipelined transaction per batch of accepted events; a Redis failure is logge
 retried with exponential backoff until it succeeds, so no event is lost (the batch waits).
 Commands are grouped per user and per item, so a batch costs a few commands per distinct
 user rather than per event.
+
+Effects are applied once per event although a crash or a rebalance makes the worker read
+records again: the transaction also records, per partition of the events topic, the
+newest offset whose effects it holds (``applied``), and a record at or below that offset
+adds nothing. The check and the write are one optimistic transaction (``WATCH``), so a
+worker that lost a partition and still writes cannot apply what the new owner applied.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from mode import Service
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.asyncio.client import Pipeline
+from redis.exceptions import RedisError, WatchError
 
 from protos import events_pb2
 from streams.trending import SCRIPT, Window, increments, script_args
@@ -38,6 +45,9 @@ class RedisKeys:
     def popular(self) -> str:
         return f"{self.prefix}popular"
 
+    def applied(self, group: str) -> str:
+        return f"{self.prefix}applied:{group}"
+
     def acts(self, event_type: int, user_id: str) -> str:
         """Items the user acted on with this event type (``acts:purchase:{user}``...)."""
         return f"{self.prefix}acts:{TYPE_NAMES[event_type]}:{user_id}"
@@ -58,13 +68,16 @@ TYPE_NAMES: dict[int, str] = {
 @dataclass(frozen=True)
 class Touch:
     """An accepted event: the user acted on the item (``event_type``, an ``EventType``
-    number); ``popularity`` is added to its popular and trending scores (0 adds nothing)."""
+    number); ``popularity`` is added to its popular and trending scores (0 adds nothing).
+    ``partition`` and ``offset`` locate its record in the events topic."""
 
     user_id: str
     item_id: str
     timestamp_ms: int
     popularity: float
     event_type: int
+    partition: int
+    offset: int
 
 
 @dataclass(frozen=True)
@@ -124,8 +137,23 @@ class UserVector:
     written_at_ms: int
 
 
+def unapplied(
+    touches: Sequence[Touch], vectors: Sequence[UserVector], applied: dict[int, int]
+) -> tuple[list[Touch], list[UserVector], dict[int, int]]:
+    """The touches above their partition's applied offset, the vectors of their users, and
+    the new applied offset of each partition they come from."""
+    fresh = [t for t in touches if t.offset > applied.get(t.partition, -1)]
+    users = {t.user_id for t in fresh}
+    newest: dict[int, int] = {}
+    for touch in fresh:
+        newest[touch.partition] = max(newest.get(touch.partition, -1), touch.offset)
+    return fresh, [v for v in vectors if v.user_id in users], newest
+
+
 class OnlineState(Service):
-    """Writes batches of :class:`Touch` and :class:`UserVector`; owns the Redis client."""
+    """Writes batches of :class:`Touch` and :class:`UserVector`; owns the Redis client.
+    ``group`` (the consumer group) and ``source_topic`` (the events topic) name the
+    applied offsets."""
 
     def __init__(
         self,
@@ -134,6 +162,8 @@ class OnlineState(Service):
         keys: RedisKeys,
         caps: Caps,
         trending: Sequence[Window],
+        group: str,
+        source_topic: str,
         retry_initial_s: float,
         retry_max_s: float,
         **kwargs: object,
@@ -144,6 +174,8 @@ class OnlineState(Service):
         self._caps = caps
         self._windows = list(trending)
         self._trending = client.register_script(SCRIPT)
+        self._applied_key = keys.applied(group)
+        self._source_topic = source_topic
         self._retry_initial_s = retry_initial_s
         self._retry_max_s = retry_max_s
 
@@ -156,16 +188,19 @@ class OnlineState(Service):
     async def on_shutdown(self) -> None:
         await self._client.aclose()
 
-    async def write(self, touches: Sequence[Touch], vectors: Sequence[UserVector]) -> None:
-        """Apply a batch, retrying on any Redis error until it is applied."""
+    async def write(self, touches: Sequence[Touch], vectors: Sequence[UserVector]) -> int:
+        """Apply a batch, retrying on any Redis error until it is applied; returns how many
+        touches were new (the others had been applied before). Vectors without touches
+        (users re-embedded after a release) are written as they are."""
         if not touches and not vectors:
-            return
+            return 0
         delay = self._retry_initial_s
         attempt = 1
         while True:
             try:
-                await self._write_once(touches, vectors)
-                return
+                return await self._write_once(touches, vectors)
+            except WatchError:
+                continue  # another worker moved the applied offsets: check again
             except RedisError as error:
                 log.warning(
                     "redis write of %s events failed (attempt %s): %s; retrying in %.2f s",
@@ -175,37 +210,71 @@ class OnlineState(Service):
             delay = min(delay * 2, self._retry_max_s)
             attempt += 1
 
-    async def _write_once(self, touches: Sequence[Touch], vectors: Sequence[UserVector]) -> None:
-        keys, caps = self.keys, self._caps
+    async def applied(self) -> dict[int, int]:
+        """Partition of the events topic -> newest offset whose effects are applied."""
+        return self._parse_applied(await self._client.hgetall(self._applied_key))
+
+    def _parse_applied(self, fields: Mapping[bytes | str, bytes | str]) -> dict[int, int]:
+        applied = {}
+        for field, offset in fields.items():
+            name = field.decode() if isinstance(field, bytes) else field
+            topic, _, partition = name.rpartition(":")
+            if topic == self._source_topic:
+                applied[int(partition)] = int(offset)
+        return applied
+
+    async def _write_once(self, touches: Sequence[Touch], vectors: Sequence[UserVector]) -> int:
         async with self._client.pipeline(transaction=True) as pipe:
-            for user_id, user in group_touches(touches).items():
-                seen = keys.seen(user_id)
-                pipe.zadd(seen, user.seen, gt=True)  # type: ignore[arg-type]
-                pipe.zremrangebyrank(seen, 0, -(caps.seen + 1))
-                for event_type, items in user.acts.items():
-                    acts = keys.acts(event_type, user_id)
-                    pipe.zadd(acts, items, gt=True)  # type: ignore[arg-type]
-                    pipe.zremrangebyrank(acts, 0, -(caps.acts_of(event_type) + 1))
-            for item_id, amount in popularity_sums(touches).items():
-                pipe.zincrby(keys.popular(), amount, item_id)
-            for window in self._windows:
-                ref_ms, amounts = increments(
-                    ((t.item_id, t.timestamp_ms, t.popularity) for t in touches), window.tau_ms
-                )
-                if amounts:
-                    await self._trending(
-                        keys=[keys.trending(window.name), keys.trending_base(window.name)],
-                        args=script_args(window.tau_ms, ref_ms, amounts, cap=caps.trending),
-                        client=pipe,
-                    )
-            for vector in vectors:
-                pipe.hset(
-                    keys.user_vector(vector.user_id),
-                    mapping={
-                        "vec": vector.vector,
-                        "version": vector.version,
-                        "ts": vector.newest_ms,
-                        "at": vector.written_at_ms,
-                    },
-                )
+            if not touches:  # vectors alone (re-embedding after a release): overwrites
+                await self._queue_effects(pipe, [], vectors)
+                await pipe.execute()
+                return 0
+            await pipe.watch(self._applied_key)
+            applied = self._parse_applied(await pipe.hgetall(self._applied_key))
+            fresh, fresh_vectors, newest = unapplied(touches, vectors, applied)
+            if not fresh:
+                return 0
+            pipe.multi()
+            await self._queue_effects(pipe, fresh, fresh_vectors)
+            pipe.hset(
+                self._applied_key,
+                mapping={f"{self._source_topic}:{p}": offset for p, offset in newest.items()},
+            )
             await pipe.execute()
+            return len(fresh)
+
+    async def _queue_effects(
+        self, pipe: Pipeline, touches: Sequence[Touch], vectors: Sequence[UserVector]
+    ) -> None:
+        """The commands of one batch's effects, queued in the open transaction."""
+        keys, caps = self.keys, self._caps
+        for user_id, user in group_touches(touches).items():
+            seen = keys.seen(user_id)
+            pipe.zadd(seen, user.seen, gt=True)  # type: ignore[arg-type]
+            pipe.zremrangebyrank(seen, 0, -(caps.seen + 1))
+            for event_type, items in user.acts.items():
+                acts = keys.acts(event_type, user_id)
+                pipe.zadd(acts, items, gt=True)  # type: ignore[arg-type]
+                pipe.zremrangebyrank(acts, 0, -(caps.acts_of(event_type) + 1))
+        for item_id, amount in popularity_sums(touches).items():
+            pipe.zincrby(keys.popular(), amount, item_id)
+        for window in self._windows:
+            ref_ms, amounts = increments(
+                ((t.item_id, t.timestamp_ms, t.popularity) for t in touches), window.tau_ms
+            )
+            if amounts:
+                await self._trending(
+                    keys=[keys.trending(window.name), keys.trending_base(window.name)],
+                    args=script_args(window.tau_ms, ref_ms, amounts, cap=caps.trending),
+                    client=pipe,
+                )
+        for vector in vectors:
+            pipe.hset(
+                keys.user_vector(vector.user_id),
+                mapping={
+                    "vec": vector.vector,
+                    "version": vector.version,
+                    "ts": vector.newest_ms,
+                    "at": vector.written_at_ms,
+                },
+            )

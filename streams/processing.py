@@ -48,8 +48,9 @@ class Policy:
 class Accepted:
     """An accepted event, its catalog item and the user's state after it.
 
-    ``replay`` marks a record this worker already accepted before a restart (same event
-    id, same offset): its outputs are written again, the state is left as it was.
+    ``replay`` marks a record read again after a crash or a rebalance that the user's
+    state already holds (same event id, same offset): its earlier output was in a
+    transaction that did not commit, so it is sent again; the state is left as it was.
     """
 
     event: events_pb2.Event

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from protos import events_pb2
@@ -75,6 +75,26 @@ class StreamsSettings(BaseSettings):
         "requests cost far less CPU than one per record",
     )
 
+    # A worker that dies without leaving its consumer group holds its partitions until this
+    # passes without a heartbeat (Faust's default, 60 s, stalls every restart after a crash).
+    session_timeout_s: float = Field(
+        default=10.0, ge=6, le=300,
+        description="consumer group session timeout; the broker's group.min.session.timeout.ms "
+        "(6 s by default) is the floor",
+    )
+
+    # Delivery: outputs of events and their offsets are committed in Kafka transactions.
+    commit_interval_s: float = Field(
+        default=0.1, gt=0, le=60,
+        description="how often the outputs of events are committed; read_committed readers "
+        "see them this much later, and a crash makes the worker read this much again",
+    )
+    transaction_timeout_s: float = Field(
+        default=30.0, ge=1, le=900,
+        description="the broker aborts a transaction left open this long by a dead worker "
+        "no other worker took over from",
+    )
+
     # Input limits (dead-letter reasons oversized and bad_timestamp).
     max_event_bytes: int = Field(default=64 * 1024, ge=64, le=16 * 1024 * 1024)
     max_future_skew_ms: int = Field(default=5 * 60 * 1000, ge=0)
@@ -135,6 +155,15 @@ class StreamsSettings(BaseSettings):
     # Redis retries: exponential backoff, never giving up on an event.
     redis_retry_initial_s: float = Field(default=0.1, gt=0)
     redis_retry_max_s: float = Field(default=5.0, gt=0)
+
+    @model_validator(mode="after")
+    def _commit_within_timeout(self) -> StreamsSettings:
+        if self.commit_interval_s * 2 > self.transaction_timeout_s:
+            raise ValueError(
+                f"commit_interval_s ({self.commit_interval_s}) must be at most half of "
+                f"transaction_timeout_s ({self.transaction_timeout_s})"
+            )
+        return self
 
     @field_validator("weights")
     @classmethod

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from google.protobuf.message import DecodeError
@@ -9,6 +10,7 @@ from google.protobuf.message import DecodeError
 from protos import events_pb2
 from streams.errors import (
     BadTimestamp,
+    BadValue,
     KeyMismatch,
     MissingField,
     Oversized,
@@ -24,10 +26,13 @@ KNOWN_EVENT_TYPES = frozenset(
 
 @dataclass(frozen=True)
 class EventLimits:
-    """What an acceptable event looks like beyond its schema."""
+    """What an acceptable event looks like beyond its schema. ``max_abs_value`` bounds
+    ``Event.value``: a rating's weight scales with it, and an infinite or NaN weight would
+    poison popularity scores and user vectors."""
 
     max_bytes: int
     max_future_skew_ms: int
+    max_abs_value: float = 1e9
 
 
 def decode_event(payload: bytes | None, limits: EventLimits) -> events_pb2.Event:
@@ -69,8 +74,14 @@ def validate_event(
             f"timestamp_ms {timestamp_ms} is more than {limits.max_future_skew_ms} ms "
             f"ahead of now ({now_ms})"
         )
-    if key is not None and key != user_id.encode():
-        raise KeyMismatch(f"key {key[:64]!r} is not user_id {user_id[:64]!r}")
+    if not math.isfinite(event.value) or abs(event.value) > limits.max_abs_value:
+        raise BadValue(f"value {event.value!r} is not a finite number within "
+                       f"±{limits.max_abs_value:g}")
+    # A record without the user's key lands on any partition: the user's events would lose
+    # their order and the dedupe and delivery bookkeeping, which are per partition.
+    if key is None or key != user_id.encode():
+        shown = "missing" if key is None else repr(key[:64])
+        raise KeyMismatch(f"key {shown} is not user_id {user_id[:64]!r}")
 
 
 def parse_event(

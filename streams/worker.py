@@ -33,6 +33,8 @@ def online_state(settings: StreamsSettings, client: Redis) -> OnlineState:
         caps=Caps(seen=settings.history_length, acts=settings.acts_length,
                   purchases=settings.purchases_length, trending=settings.trending_size),
         trending=windows_from_settings(settings.trending_windows),
+        group=settings.app_id,
+        source_topic=settings.topic_events,
         retry_initial_s=settings.redis_retry_initial_s,
         retry_max_s=settings.redis_retry_max_s,
     )

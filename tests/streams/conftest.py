@@ -8,9 +8,8 @@ from collections.abc import Iterator
 
 import pytest
 import redis
-from kafka import KafkaAdminClient, KafkaProducer
-from kafka.errors import KafkaError
-from streams_harness import Running, StreamsWorker, TopicLog
+from kafka import KafkaProducer
+from streams_harness import Running, StreamsWorker, TopicLog, delete_keys, delete_topics
 
 from streams.encoder import ItemEncoder, pretrained_model_dir
 
@@ -43,22 +42,7 @@ def running(
         for topic_log in logs.values():
             topic_log.close()
         producer.close()
-        names = client.keys(f"{worker.redis_prefix}*")
-        if names:
-            client.delete(*names)
+        delete_keys(client, worker.redis_prefix)
         client.close()
-        _delete_topics(kafka_bootstrap, suffix)
+        delete_topics(kafka_bootstrap, suffix)
     assert exit_code == 0, f"worker exit code {exit_code}:\n{worker.log_tail()}"
-
-
-def _delete_topics(bootstrap: str, suffix: str) -> None:
-    """The worker's topics and Faust's internal ones (named after the app id)."""
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
-    try:
-        mine = [name for name in admin.list_topics() if suffix in name]
-        if mine:
-            admin.delete_topics(mine)
-    except KafkaError:
-        pass
-    finally:
-        admin.close()

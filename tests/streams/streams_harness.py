@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import TypeVar
 
 import redis
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.errors import KafkaError
 from kafka.consumer.fetcher import ConsumerRecord
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -88,6 +89,14 @@ class StreamsWorker:
         if self._process is None or self._process.poll() is not None:
             raise AssertionError(f"the worker exited:\n{self.log_tail()}")
 
+    def kill(self) -> None:
+        """SIGKILL: no shutdown of any kind, as in a crash."""
+        if self._process is None:
+            return
+        process, self._process = self._process, None
+        process.kill()
+        process.wait()
+
     def stop(self) -> int | None:
         """SIGTERM, then SIGKILL after 30 s; returns the exit code."""
         if self._process is None:
@@ -104,12 +113,12 @@ class StreamsWorker:
 
 
 class TopicLog:
-    """Every record of one topic, read from the beginning as it grows."""
+    """Every committed record of one topic, read from the beginning as it grows."""
 
     def __init__(self, bootstrap: str, topic: str) -> None:
         self._consumer = KafkaConsumer(
             bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
-            auto_offset_reset="earliest",
+            auto_offset_reset="earliest", isolation_level="read_committed",
         )
         partitions = self._consumer.partitions_for_topic(topic) or set()
         assert partitions, f"topic {topic} does not exist"
@@ -150,8 +159,29 @@ class Running:
     redis: redis.Redis
     startup_s: float
 
-    def send(self, topic: str, key: str | bytes | None, value: bytes) -> tuple[int, int]:
+    def send(self, topic: str, key: str | bytes | None, value: bytes,
+             partition: int | None = None) -> tuple[int, int]:
         """Produce one record and return its (partition, offset)."""
         raw_key = key.encode() if isinstance(key, str) else key
-        metadata = self.producer.send(self.worker.topics[topic], key=raw_key, value=value).get(30)
+        metadata = self.producer.send(self.worker.topics[topic], key=raw_key, value=value,
+                                      partition=partition).get(30)
         return metadata.partition, metadata.offset
+
+
+def delete_keys(client: redis.Redis, prefix: str) -> None:
+    names = client.keys(f"{prefix}*")
+    if names:
+        client.delete(*names)
+
+
+def delete_topics(bootstrap: str, suffix: str) -> None:
+    """A test's topics and Faust's internal ones (named after the app id)."""
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        mine = [name for name in admin.list_topics() if suffix in name]
+        if mine:
+            admin.delete_topics(mine)
+    except KafkaError:
+        pass
+    finally:
+        admin.close()

@@ -50,3 +50,5 @@ async def test_app_has_agents_table_and_short_fetch_consumer(
     thread = app.consumer._thread
     consumer = thread._create_worker_consumer(app.transport)
     assert consumer._fetch_max_wait_ms == 7
+    # Offsets of events are committed by the worker's transactions, not by Faust.
+    assert app.transport.committed_elsewhere == frozenset({"ev-x"})

@@ -1,8 +1,10 @@
-"""streams.online against the real Redis: contract keys, trimming, and retry until Redis is back."""
+"""streams.online against the real Redis: contract keys, trimming, retry until Redis is back,
+and effects applied once per record of the events topic."""
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import socket
 from collections.abc import AsyncIterator
@@ -13,7 +15,7 @@ import pytest
 from redis.asyncio import Redis
 
 from protos import events_pb2
-from streams.online import Caps, OnlineState, RedisKeys, Touch, UserVector
+from streams.online import Caps, OnlineState, RedisKeys, Touch, UserVector, unapplied
 from streams.trending import REBASE_EXPONENT, Window, decayed
 from streams.vectors import from_bytes, to_bytes
 
@@ -22,18 +24,22 @@ pytestmark = pytest.mark.integration
 
 HOUR_MS = 3_600_000.0
 CAPS = Caps(seen=3, acts=2, purchases=4, trending=100)
+_offsets = itertools.count()
 
 
 def touch(item: str, ts: int, *, popularity: float = 2.0, user: str = "u1",
-          kind: int = events_pb2.CLICK) -> Touch:
+          kind: int = events_pb2.CLICK, partition: int = 0, offset: int | None = None) -> Touch:
+    """A touch from the next record of `partition` unless `offset` is given."""
     return Touch(user_id=user, item_id=item, timestamp_ms=ts, popularity=popularity,
-                 event_type=kind)
+                 event_type=kind, partition=partition,
+                 offset=next(_offsets) if offset is None else offset)
 
 
 def online_state(client: Redis, keys: RedisKeys, caps: Caps = CAPS,
-                 windows: tuple[Window, ...] = (Window("1h", HOUR_MS),)) -> OnlineState:
-    return OnlineState(client, keys=keys, caps=caps, trending=windows, retry_initial_s=0.01,
-                       retry_max_s=0.1)
+                 windows: tuple[Window, ...] = (Window("1h", HOUR_MS),),
+                 retry_initial_s: float = 0.01) -> OnlineState:
+    return OnlineState(client, keys=keys, caps=caps, trending=windows, group="g",
+                       source_topic="ev", retry_initial_s=retry_initial_s, retry_max_s=0.1)
 
 
 def user_vector(vector: np.ndarray, newest_ms: int, user: str = "u1") -> UserVector:
@@ -170,7 +176,7 @@ async def test_write_retries_until_redis_is_reachable(
     port = _free_port()  # nothing listens here until the proxy below starts
     database = target.path.lstrip("/") or "0"
     unreachable = Redis.from_url(f"redis://127.0.0.1:{port}/{database}")
-    online = online_state(unreachable, keys)
+    online = online_state(unreachable, keys, retry_initial_s=0.02)
 
     async def forward(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         upstream_reader, upstream_writer = await asyncio.open_connection(
@@ -197,3 +203,48 @@ async def test_write_retries_until_redis_is_reachable(
             server.close()
     assert await client.zscore(keys.seen("u1"), "a") == 10
     assert any("retrying" in record.getMessage() for record in caplog.records)
+
+
+def test_unapplied_keeps_records_above_their_partitions_offset() -> None:
+    vector = user_vector(np.array([1.0, 0.0], dtype=np.float32), 1)
+    other = user_vector(np.array([0.0, 1.0], dtype=np.float32), 1, user="u2")
+    touches = [touch("a", 1, partition=0, offset=4), touch("b", 1, partition=0, offset=5),
+               touch("c", 1, partition=1, offset=9, user="u2")]
+    fresh, vectors, newest = unapplied(touches, [vector, other], {0: 4, 1: 9})
+    assert [t.item_id for t in fresh] == ["b"]
+    assert vectors == [vector]  # u2 has nothing new: its vector may be older than the one stored
+    assert newest == {0: 5}
+    assert unapplied(touches, [vector], {}) == (touches, [vector], {0: 5, 1: 9})
+
+
+async def test_a_record_written_again_adds_nothing(redis: tuple[Redis, RedisKeys]) -> None:
+    client, keys = redis
+    online = online_state(client, keys)
+    first = [touch("a", 10, offset=0), touch("b", 20, offset=1, partition=1)]
+    assert await online.write(first, []) == 2
+    # Read again after a crash, with one new record: only the new one counts.
+    assert await online.write([*first, touch("a", 30, offset=1)], []) == 1
+    assert await client.zscore(keys.popular(), "a") == 4.0
+    assert await client.zscore(keys.popular(), "b") == 2.0
+    assert await online.applied() == {0: 1, 1: 1}
+    assert await client.hgetall(keys.applied("g")) == {b"ev:0": b"1", b"ev:1": b"1"}
+
+
+async def test_a_worker_that_lost_the_race_applies_nothing(
+    redis: tuple[Redis, RedisKeys],
+) -> None:
+    """Two workers write the same records (the old owner of a partition and the new one):
+    whichever comes second finds them applied, however their transactions interleave."""
+    client, keys = redis
+    old, new = online_state(client, keys), online_state(client, keys)
+    records = [touch(f"i{n}", n, offset=n) for n in range(50)]
+
+    async def replay(worker: OnlineState) -> int:
+        """A partition's records in order, in batches, as an owner writes them."""
+        counts = [await worker.write(records[k:k + 5], []) for k in range(0, 50, 5)]
+        return sum(counts)
+
+    counts = await asyncio.gather(replay(old), replay(new))
+    assert sum(counts) == 50
+    scores = await client.zrange(keys.popular(), 0, -1, withscores=True)
+    assert scores == [(f"i{n}".encode(), 2.0) for n in sorted(range(50), key=lambda n: f"i{n}")]

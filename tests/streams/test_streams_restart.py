@@ -56,16 +56,18 @@ def test_state_catalog_and_offsets_survive_a_restart(running: Running) -> None:
     item = f"item-{uuid.uuid4().hex[:8]}"
     user = f"user-{uuid.uuid4().hex[:8]}"
     heat = events_pb2.Item(item_id=item, title="Heat (1995)")
-    running.send("items", item, heat.SerializeToString())
+    heat_partition, _ = running.send("items", item, heat.SerializeToString())
     vector_of(running, item)
     running.send("events", user, click(user, item, "first"))
     outputs_of(running, user, enriched=1, dead=0)
 
     assert running.worker.stop() == 0
-    # Published while the worker is down: handled once it is back.
+    # Published while the worker is down: handled once it is back. In the partition of an
+    # item already handled, it is the record at the committed offset, which Faust can take
+    # from the broker before its seek to the committed offsets and not hand over.
     late_item = f"item-{uuid.uuid4().hex[:8]}"
     running.send("items", late_item, events_pb2.Item(item_id=late_item, title="Casino (1995)")
-                 .SerializeToString())
+                 .SerializeToString(), partition=heat_partition)
     restart_s = running.worker.start()
     print(f"worker ready {restart_s:.1f} s after relaunch")
 

@@ -7,6 +7,7 @@ import pytest
 from protos import events_pb2
 from streams.errors import (
     BadTimestamp,
+    BadValue,
     KeyMismatch,
     MissingField,
     Oversized,
@@ -42,8 +43,9 @@ def test_valid_event_is_returned_decoded() -> None:
     assert parsed.value == 4.5
 
 
-def test_missing_key_is_accepted() -> None:
-    assert parse(event(), key=None).user_id == "u1"
+def test_missing_key_is_a_mismatch() -> None:
+    with pytest.raises(KeyMismatch):
+        parse(event(), key=None)
 
 
 @pytest.mark.parametrize(
@@ -96,6 +98,18 @@ def test_bad_timestamp(timestamp_ms: int) -> None:
 @pytest.mark.parametrize("timestamp_ms", [MIN_TIMESTAMP_MS, NOW_MS + LIMITS.max_future_skew_ms])
 def test_timestamp_bounds_are_inclusive(timestamp_ms: int) -> None:
     assert parse(event(timestamp_ms=timestamp_ms)).timestamp_ms == timestamp_ms
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf"), 1e9 + 1, -2e9])
+def test_bad_value(value: float) -> None:
+    with pytest.raises(BadValue) as raised:
+        parse(event(type=events_pb2.RATING, value=value))
+    assert raised.value.reason == "bad_value"
+
+
+@pytest.mark.parametrize("value", [0.0, -1e9, 1e9, 4.5])
+def test_value_bounds_are_inclusive(value: float) -> None:
+    assert parse(event(value=value)).value == value
 
 
 @pytest.mark.parametrize("key", [b"u2", b""])

@@ -1,0 +1,229 @@
+"""Exactly-once output of the events agent: one Kafka transaction per partition of ``events``.
+
+Each partition of the events topic has its own transactional producer, id
+``{app_id}-events-{partition}``. The enriched events and dead letters made from a
+partition's records go into that producer's open transaction; a commit adds the
+partition's next offset to the transaction (``send_offsets_to_transaction``, the group's
+committed offset) and commits both, so a reader with ``isolation.level=read_committed``
+sees a record's output exactly when the worker will not read the record again. A crash
+leaves the open transaction uncommitted: the next owner of the partition starts a
+producer with the same id, which aborts it and fences off the old one, and reads the
+partition again from the committed offset.
+
+Faust's own ``processing_guarantee="exactly_once"`` is not used: it picks a record's
+transaction by the partition of the *output*, so a dead letter keyed by another user (or
+by no key) lands in another partition's transaction or in none; it logs and ignores
+commit errors; and its changelog recovery steps over transaction markers only after
+several 5 s timeouts (faust-streaming issues #177, #323, #517).
+
+One transaction spans ``commit_interval_s`` of batches, not one batch: a commit costs a
+few broker round trips, which per batch would cap throughput.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable
+
+from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka.errors import KafkaError, ProducerFenced
+from mode import Service
+
+log = logging.getLogger(__name__)
+
+
+class Transactions(Service):
+    """Transactional producers of the assigned partitions of one source topic.
+
+    Callers hold :attr:`lock` from the first :meth:`send` of a batch to its last
+    :meth:`processed`, so a commit never takes half a batch. Any Kafka error other than
+    being fenced crashes the worker: the state of an open transaction is then unknown,
+    and a restart reads the partition again from its committed offset.
+    """
+
+    def __init__(
+        self,
+        *,
+        bootstrap_servers: list[str],
+        group_id: str,
+        topic: str,
+        commit_interval_s: float,
+        transaction_timeout_ms: int,
+        linger_ms: float,
+        owns: Callable[[int], bool],
+        before_commit: Callable[[], Awaitable[None]],
+        **kwargs: object,
+    ) -> None:
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+        self._bootstrap_servers = bootstrap_servers
+        self.group_id = group_id
+        self.topic = topic
+        self._commit_interval_s = commit_interval_s
+        self._transaction_timeout_ms = transaction_timeout_ms
+        self._linger_ms = linger_ms
+        self._owns = owns
+        self._before_commit = before_commit
+        self._producers: dict[int, AIOKafkaProducer] = {}
+        self._fenced_off: set[int] = set()
+        self._open: set[int] = set()
+        self._next_offsets: dict[int, int] = {}
+        self._handled: dict[int, int] = {}  # partition -> next offset after the last one sent
+        self.lock = asyncio.Lock()
+        self._starting = asyncio.Lock()  # two producers of one id would fence each other
+        self.commits = 0
+
+    def transactional_id(self, partition: int) -> str:
+        return f"{self.group_id}-{self.topic}-{partition}"
+
+    async def on_stop(self) -> None:
+        # Uncommitted work is left to the next owner, which reads it again.
+        for partition in list(self._producers):
+            await self._close(partition)
+
+    async def assigned(self, partitions: Iterable[int]) -> None:
+        """Start the producers of newly assigned partitions: this aborts what a previous
+        owner left open, so readers of the outputs are not held up by it."""
+        self._fenced_off.difference_update(partitions)
+        for partition in sorted(partitions):
+            await self._producer(partition)
+
+    async def revoked(self, partitions: Iterable[int]) -> None:
+        """Commit what was processed, then let go of the revoked partitions."""
+        async with self.lock:
+            await self.commit()
+            for partition in sorted(partitions):
+                await self._close(partition)
+
+    async def finish(self) -> None:
+        """Commit what was processed before the worker stops."""
+        async with self.lock:
+            try:
+                await self.commit()
+            except KafkaError as error:
+                log.warning("last commit failed (%r); the next owner reads those records "
+                            "again", error)
+
+    async def send(self, partition: int, topic: str, key: bytes | None, value: bytes) -> None:
+        """Add a record to the open transaction of `partition` (of the source topic); a
+        record of a partition this worker no longer owns is left to the new owner."""
+        producer = await self._producer(partition)
+        if producer is None:
+            return
+        try:
+            if partition not in self._open:
+                await producer.begin_transaction()
+                self._open.add(partition)
+            await producer.send(topic, value, key=key)
+        except ProducerFenced:
+            await self._fenced(partition)
+        except KafkaError as error:
+            await self._fail(error)
+
+    def processed(self, partition: int, offset: int) -> None:
+        """The record at `offset` of `partition` has its outputs in the open transaction."""
+        if partition in self._producers:
+            self._next_offsets[partition] = max(self._next_offsets.get(partition, 0), offset + 1)
+            self._handled[partition] = max(self._handled.get(partition, 0), offset + 1)
+
+    def handled(self, partition: int, offset: int) -> bool:
+        """Whether this worker already sent the outputs of that record, committed or in the
+        open transaction. Faust hands a record over again when a rebalance keeps its
+        partition here (records fetched before the seek to the committed offset) and
+        at the offset it seeks to; such a record must not be handled twice."""
+        return offset < self._handled.get(partition, 0)
+
+    def due(self) -> bool:
+        return bool(self._next_offsets) and (
+            time.monotonic() - self._last_commit >= self._commit_interval_s
+        )
+
+    async def commit(self) -> None:
+        """Commit every open transaction with its partition's next offset; hold :attr:`lock`."""
+        self._last_commit = time.monotonic()
+        pending, self._next_offsets = self._next_offsets, {}
+        if not pending:
+            return
+        # The users table's changelog is written outside the transactions: it must be in
+        # Kafka before the offsets move past the records that changed it.
+        await self._before_commit()
+        await asyncio.gather(*(self._commit_one(p, offset) for p, offset in pending.items()))
+        self.commits += 1
+
+    async def _commit_one(self, partition: int, next_offset: int) -> None:
+        producer = self._producers.get(partition)
+        if producer is None:
+            return  # fenced meanwhile: the new owner reads these records again
+        offsets = {TopicPartition(self.topic, partition): next_offset}
+        try:
+            if partition not in self._open:
+                await producer.begin_transaction()
+                self._open.add(partition)
+            await producer.send_offsets_to_transaction(offsets, self.group_id)
+            await producer.commit_transaction()
+            self._open.discard(partition)
+        except ProducerFenced:
+            await self._fenced(partition)
+        except KafkaError as error:
+            await self._fail(error)
+
+    @Service.task
+    async def _commit_periodically(self) -> None:
+        """Commit when no batch comes along to do it."""
+        self._last_commit = time.monotonic()
+        while not self.should_stop:
+            await self.sleep(self._commit_interval_s)
+            if self.due():
+                async with self.lock:
+                    await self.commit()
+
+    async def _producer(self, partition: int) -> AIOKafkaProducer | None:
+        """The partition's producer, started on first use; None once the partition is
+        another worker's (starting one then would fence the rightful owner)."""
+        producer = self._producers.get(partition)
+        if producer is not None:
+            return producer
+        async with self._starting:
+            producer = self._producers.get(partition)
+            if producer is not None:
+                return producer
+            if partition in self._fenced_off or not self._owns(partition):
+                return None
+            producer = AIOKafkaProducer(
+                bootstrap_servers=self._bootstrap_servers,
+                transactional_id=self.transactional_id(partition),
+                transaction_timeout_ms=self._transaction_timeout_ms,
+                linger_ms=self._linger_ms,
+                acks="all",
+            )
+            try:
+                await producer.start()  # fences the previous owner, aborting its transaction
+            except KafkaError as error:
+                await producer.stop()
+                await self._fail(error)
+            self._producers[partition] = producer
+        return producer
+
+    async def _close(self, partition: int) -> None:
+        """Stop the partition's producer; what it handled stays known (committed, or left to
+        the next owner when it was fenced off: see :meth:`_fenced`)."""
+        self._open.discard(partition)
+        self._next_offsets.pop(partition, None)
+        producer = self._producers.pop(partition, None)
+        if producer is not None:
+            await producer.stop()
+
+    async def _fenced(self, partition: int) -> None:
+        log.warning(
+            "producer %s was fenced: %s[%s] belongs to another worker now, which reads its "
+            "uncommitted records again", self.transactional_id(partition), self.topic, partition,
+        )
+        self._fenced_off.add(partition)
+        self._handled.pop(partition, None)  # its open transaction is lost
+        await self._close(partition)
+
+    async def _fail(self, error: BaseException) -> None:
+        log.error("Kafka transaction failed (%r); stopping the worker", error)
+        await self.crash(error)
+        raise error
