@@ -54,6 +54,18 @@ def dead_letter_bytes(record: Record, *, reason: str, detail: str) -> bytes:
     return dead_letter(record, reason=reason, detail=detail, now_ms=now_ms()).SerializeToString()
 
 
+def new_records(events: Sequence[EventT], *, handled: Callable[[int, int], bool]) -> list[Record]:
+    """The batch less records handed over again (after a rebalance or a seek back): those
+    whose outputs were sent already (``handled(partition, offset)``), and repeats within
+    the batch; in the order they came."""
+    records: dict[tuple[int, int], Record] = {}
+    for event in events:
+        record = to_record(event.message)
+        if not handled(record.partition, record.offset):
+            records.setdefault((record.partition, record.offset), record)
+    return list(records.values())
+
+
 async def send_dead_letter(dlq: TopicT, record: Record, *, reason: str, detail: str) -> None:
     await dlq.send(key=record.key, value=dead_letter_bytes(record, reason=reason, detail=detail))
 
@@ -191,11 +203,8 @@ class EventsHandler:
                 self._metrics.freshness.observe(max(done - timestamp, 0.0))
 
     async def _handle(self, events: Sequence[EventT]) -> None:
-        records = [to_record(event.message) for event in events]
-        # Faust may hand over a record again after a rebalance: its outputs are out already.
-        records = [r for r in records if not self._transactions.handled(r.partition, r.offset)]
         batch = admit_batch(
-            records,
+            new_records(events, handled=self._transactions.handled),
             items=self._catalog.item, state_of=self._state_of, now_ms=now_ms(),
             policy=self._policy,
         )
