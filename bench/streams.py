@@ -82,7 +82,7 @@ async def output_times(kafka: str, topics: list[str], count: int, timeout_s: flo
                        alive: Child) -> list[int]:
     """Record timestamps (ms) of the first `count` records of `topics` together."""
     consumer = AIOKafkaConsumer(bootstrap_servers=kafka, group_id=None, enable_auto_commit=False,
-                                auto_offset_reset="earliest")
+                                auto_offset_reset="earliest", isolation_level="read_committed")
     await consumer.start()
     times: list[int] = []
     try:

@@ -224,7 +224,7 @@ def _dataset_from_kafka(data: object) -> Any:
     settings = TrainingSettings()
     consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap,
                              client_id="streamrec-training-eval", group_id=None,
-                             enable_auto_commit=False)
+                             enable_auto_commit=False, isolation_level="read_committed")
     try:
         events = read_event_log(consumer, settings.topic_enriched,
                                 start_offsets=settings.start_offsets,
