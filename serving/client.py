@@ -149,8 +149,15 @@ async def demo(stub: recommender_pb2_grpc.RecommenderStub, args: argparse.Namesp
         print()
         await recommend(stub, args, event.user_id)
     print()
-    await similar(stub, args, events[0].item_id)
-    return 0
+    item_id, deadline = events[0].item_id, time.monotonic() + args.timeout
+    while True:  # the streams worker may still be embedding the catalog
+        try:
+            await similar(stub, args, item_id)
+            return 0
+        except grpc.aio.AioRpcError as error:
+            if error.code() != grpc.StatusCode.NOT_FOUND or time.monotonic() > deadline:
+                raise
+        await asyncio.sleep(0.2)
 
 
 def _parser() -> argparse.ArgumentParser:
