@@ -159,20 +159,31 @@ class LocalStack:
         """Delete the stack's topics (Faust's internal ones too) and Redis keys."""
         client = redis.Redis.from_url(self.redis_url)
         try:
-            names = list(client.scan_iter(match=f"{self.redis_prefix}*", count=1000))
-            if names:
-                client.delete(*names)
+            delete_keys(client, self.redis_prefix)
         finally:
             client.close()
-        try:
-            admin = KafkaAdminClient(bootstrap_servers=self.kafka)
-        except KafkaError:
-            return
-        try:
-            mine = [name for name in admin.list_topics() if self.suffix in name]
-            if mine:
-                admin.delete_topics(mine)
-        except KafkaError:
-            pass
-        finally:
-            admin.close()
+        delete_topics(self.kafka, self.suffix)
+
+
+def delete_keys(client: redis.Redis, prefix: str) -> None:
+    """Every Redis key under `prefix`."""
+    names = list(client.scan_iter(match=f"{prefix}*", count=1000))
+    if names:
+        client.delete(*names)
+
+
+def delete_topics(kafka: str, suffix: str) -> None:
+    """Every topic whose name holds `suffix` (Faust's internal ones too, named after the
+    app id); a broker that is gone leaves nothing to delete."""
+    try:
+        admin = KafkaAdminClient(bootstrap_servers=kafka)
+    except KafkaError:
+        return
+    try:
+        mine = [name for name in admin.list_topics() if suffix in name]
+        if mine:
+            admin.delete_topics(mine)
+    except KafkaError:
+        pass
+    finally:
+        admin.close()

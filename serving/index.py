@@ -177,8 +177,8 @@ class ItemIndex:
         Returns ``(scores, item_ids)``: per query, cosine similarities (float32) and the
         matching item ids; fewer than `k` when the index holds fewer items.
         """
-        xq = normalise(query_vectors, self.dim)  # [nq, dim]
-        found = self.search_each(xq, [k] * len(xq), [exclude] * len(xq))
+        rows = len(query_vectors) if np.ndim(query_vectors) == 2 else 1
+        found = self.search_each(query_vectors, [k] * rows, [exclude] * rows)
         return [scores for scores, _ in found], [item_ids for _, item_ids in found]
 
     def search_each(
@@ -192,9 +192,9 @@ class ItemIndex:
         """
         if any(k < 1 for k in ks):
             raise ValueError(f"k must be positive, got {min(ks)}")
-        if not len(ks) == len(excludes) == len(query_vectors):
-            raise ValueError("one k and one exclusion set per query row")
         xq = normalise(query_vectors, self.dim)  # [nq, dim]
+        if not len(ks) == len(excludes) == len(xq):
+            raise ValueError("one k and one exclusion set per query row")
         nothing: tuple[np.ndarray, list[str]] = (np.empty(0, np.float32), [])
         with self._lock:
             n = len(self._ids)

@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -27,8 +28,7 @@ from pydantic import ValidationError
 
 from training.encoder import ItemEncoder, default_model_dir
 from training.errors import TrainingError
-from protos import events_pb2
-from training.announce import announce_release
+from training.announce import announce_release, release_message
 from training.artifact import promote, read_manifest, read_production
 from training.job import RunSummary, TrainedRunSummary, run_once, run_trained
 from training.schedule import Policy, exclusive, loop
@@ -39,20 +39,26 @@ log = logging.getLogger("training")
 METRIC_COLUMNS = ("hr@10", "ndcg@10", "hr@50", "ndcg@50", "mrr", "train_seconds")
 
 
-def run() -> int:
-    """0 on success, 2 on bad settings or data, 3 when Kafka fails."""
+def command(body: Callable[[TrainingSettings], list[str]]) -> int:
+    """Run `body` under the artifact store's lock and print its lines: 0 on success, 2 on
+    bad settings or data, 3 when Kafka fails."""
     try:
         settings = TrainingSettings()
         with exclusive(settings.artifact_dir):
-            summary = run_with_clients(settings)
+            lines = body(settings)
     except (TrainingError, ValidationError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except KafkaError as error:
         print(f"error: Kafka: {error!r}", file=sys.stderr)
         return 3
-    print("\n".join(summary.lines()))
+    print("\n".join(lines))
     return 0
+
+
+def run() -> int:
+    """One training run."""
+    return command(lambda settings: run_with_clients(settings).lines())
 
 
 def run_with_clients(settings: TrainingSettings) -> RunSummary | TrainedRunSummary:
@@ -109,36 +115,29 @@ def new_events(settings: TrainingSettings) -> int:
 
 
 def rollback() -> int:
-    """0 when the previous version is production again and announced; 2 when there is
-    none; 3 when Kafka fails (the pointer has moved: run it again to announce)."""
+    """The previous version production again, announced on ``models`` (exit 2 when there
+    is none; 3 when Kafka fails: the pointer has moved, run it again to announce)."""
+    return command(roll_back)
+
+
+def roll_back(settings: TrainingSettings) -> list[str]:
+    current = read_production(settings.artifact_dir)
+    if current is None or not current.previous:
+        raise TrainingError(f"{settings.artifact_dir}: no previous version to roll back to")
+    now = datetime.now(UTC)
+    pointer = promote(settings.artifact_dir, current.previous, now)
+    producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap,
+                             client_id="streamrec-training", acks="all")
     try:
-        settings = TrainingSettings()
-        with exclusive(settings.artifact_dir):
-            current = read_production(settings.artifact_dir)
-            if current is None or not current.previous:
-                raise TrainingError(f"{settings.artifact_dir}: no previous version to roll back to")
-            now = datetime.now(UTC)
-            pointer = promote(settings.artifact_dir, current.previous, now)
-            producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap,
-                                     client_id="streamrec-training", acks="all")
-            try:
-                announce_release(producer, settings.topic_models, events_pb2.ModelRelease(
-                    version=pointer.version,
-                    uri=str((settings.artifact_dir / pointer.version).resolve()),
-                    created_at_ms=int(now.timestamp() * 1000), action="rollback",
-                    previous_version=current.version,
-                ))
-            finally:
-                producer.close()
-    except (TrainingError, ValidationError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except KafkaError as error:
-        print(f"error: Kafka: {error!r}", file=sys.stderr)
-        return 3
-    print(f"production: {pointer.version} (rolled back from {current.version}); "
-          f"announced on {settings.topic_models}")
-    return 0
+        announce_release(producer, settings.topic_models, release_message(
+            version=pointer.version, uri=str((settings.artifact_dir / pointer.version).resolve()),
+            created_at_ms=int(now.timestamp() * 1000), previous_version=current.version,
+            action="rollback",
+        ))
+    finally:
+        producer.close()
+    return [f"production: {pointer.version} (rolled back from {current.version}); "
+            f"announced on {settings.topic_models}"]
 
 
 def schedule() -> int:

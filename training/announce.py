@@ -15,14 +15,17 @@ _SEND_TIMEOUT_S = 30.0
 
 
 def release_message(
-    *, version: str, uri: str, created_at_ms: int, previous_version: str | None
+    *, version: str, uri: str, created_at_ms: int, previous_version: str | None,
+    action: str = "promote",
 ) -> events_pb2.ModelRelease:
-    """A ``promote`` release of `version`."""
+    """A release of `version`: ``promote`` (a new version) or ``rollback`` (back to one)."""
+    if action not in ("promote", "rollback"):
+        raise ValueError(f"unknown release action {action!r}")
     return events_pb2.ModelRelease(
         version=version,
         uri=uri,
         created_at_ms=created_at_ms,
-        action="promote",
+        action=action,
         previous_version=previous_version or "",
     )
 

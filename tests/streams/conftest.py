@@ -9,8 +9,9 @@ from collections.abc import Iterator
 import pytest
 import redis
 from kafka import KafkaProducer
-from streams_harness import Running, StreamsWorker, TopicLog, delete_keys, delete_topics
+from streams_harness import Running, StreamsWorker, TopicLog
 
+from bench.stack import delete_keys, delete_topics
 from streams.encoder import ItemEncoder, pretrained_model_dir
 
 

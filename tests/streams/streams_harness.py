@@ -14,8 +14,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import redis
-from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
-from kafka.errors import KafkaError
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -168,20 +167,3 @@ class Running:
         return metadata.partition, metadata.offset
 
 
-def delete_keys(client: redis.Redis, prefix: str) -> None:
-    names = client.keys(f"{prefix}*")
-    if names:
-        client.delete(*names)
-
-
-def delete_topics(bootstrap: str, suffix: str) -> None:
-    """A test's topics and Faust's internal ones (named after the app id)."""
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
-    try:
-        mine = [name for name in admin.list_topics() if suffix in name]
-        if mine:
-            admin.delete_topics(mine)
-    except KafkaError:
-        pass
-    finally:
-        admin.close()

@@ -22,7 +22,9 @@ from pathlib import Path
 import pytest
 import redis
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
-from streams_harness import StreamsWorker, TopicLog, delete_keys, delete_topics
+from streams_harness import StreamsWorker, TopicLog
+
+from bench.stack import delete_keys, delete_topics
 
 from protos import events_pb2
 from streams.history import decode_state
