@@ -7,6 +7,8 @@ Needs Kafka and Redis up (``make infra-up``). Starts a private stack (``bench/st
 publishes the MovieLens-1M catalog, then per trial: a fresh user makes one event, the
 item ranked first for them is noted, an event on that item is produced at t0, and
 ``Recommend`` is polled until the item is gone (a seen item is never recommended) at t1.
+Between the two, Redis is polled (every 0.2 ms) until the worker has written the event to
+the user's ``seen`` set: the streams part of the time, reported on its own.
 A background thread replays MovieLens-1M ratings as live events at ``--background-rate``.
 
 Reference in the same run: the plain produce -> consume latency of one record through
@@ -28,6 +30,7 @@ from pathlib import Path
 
 import grpc
 import numpy as np
+import redis
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import KafkaAdminClient, NewTopic
 from tqdm import tqdm
@@ -188,7 +191,18 @@ def main() -> None:
                 return stub.Recommend(recommender_pb2.RecommendRequest(user_id=user, k=args.k),
                                       timeout=5)
 
-            samples = []
+            client = redis.Redis.from_url(args.redis)
+            seen_key = f"{stack.redis_prefix}seen:{{}}"
+
+            def in_redis(user: str, item: str) -> bool:
+                deadline = time.monotonic() + 30
+                while client.zscore(seen_key.format(user), item) is None:
+                    if time.monotonic() > deadline:
+                        return False
+                    time.sleep(0.0002)
+                return True
+
+            samples, streams_samples = [], []
             for trial in tqdm(range(args.trials), desc="freshness trials"):
                 user = f"probe-{stack.suffix}-{trial}"
                 send_event(producer, stack.topics["events"], user, rng.choice(item_ids))
@@ -198,10 +212,15 @@ def main() -> None:
                 target = first.items[0].item_id
                 t0 = time.perf_counter()
                 send_event(producer, stack.topics["events"], user, target)
+                if not in_redis(user, target):
+                    raise RuntimeError(f"the event is not in Redis after 30 s:\n"
+                                       f"{stack.streams.log_tail()}")
+                streams_samples.append((time.perf_counter() - t0) * 1000)
                 wait_until(lambda u=user, t=target: all(i.item_id != t for i in recommend(u).items),
                            30, "the answer to change", stack)
                 samples.append((time.perf_counter() - t0) * 1000)
             channel.close()
+            client.close()
         finally:
             if background is not None:
                 background.stop()
@@ -211,6 +230,7 @@ def main() -> None:
 
     result = {
         "freshness_ms": summary(samples),
+        "produce_to_redis_ms": summary(streams_samples),
         "raw_kafka_ms": summary(raw),
         "ratio_p50": round(statistics.median(samples) / statistics.median(raw), 2),
         "background_events_per_s": args.background_rate,

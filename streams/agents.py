@@ -1,9 +1,10 @@
-"""The two agents' record handlers: decode, call the pure functions, send, write Redis.
+"""The record handlers of items and events: decode, call the pure functions, send, write
+Redis.
 
 Every record of ``events`` ends in exactly one of ``events.enriched`` or ``events.dlq``,
-sent in the Kafka transaction that commits the record's offset (``streams.delivery``);
-a bad record of ``items`` goes to ``events.dlq`` too (``origin_topic`` tells them apart),
-at least once.
+sent in the Kafka transaction that commits the record's offset (``streams.delivery``),
+together with the user states it changed; a bad record of ``items`` goes to
+``events.dlq`` too (``origin_topic`` tells them apart), at least once.
 """
 
 from __future__ import annotations
@@ -12,16 +13,17 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
-from faust.types import EventT, TableT, TopicT
+from aiokafka import ConsumerRecord
+from faust.types import EventT, TopicT
 from faust.types.tuples import Message
 
 from protos import events_pb2
 from streams.catalog import Catalog
-from streams.delivery import Transactions
+from streams.delivery import Output, Transactions
 from streams.errors import RejectedInput
-from streams.history import UserState, decode_state, encode_state
+from streams.history import UserState
 from streams.live import LiveModel, LoadedModel
 from streams.metrics import StreamsMetrics
 from streams.online import OnlineState, Touch, UserVector
@@ -36,6 +38,7 @@ from streams.processing import (
     enriched_event,
 )
 from streams.text import item_text
+from streams.userstore import UserStore
 from streams.validation import parse_item
 from streams.vectors import to_bytes
 
@@ -52,18 +55,6 @@ def to_record(message: Message) -> Record:
 
 def dead_letter_bytes(record: Record, *, reason: str, detail: str) -> bytes:
     return dead_letter(record, reason=reason, detail=detail, now_ms=now_ms()).SerializeToString()
-
-
-def new_records(events: Sequence[EventT], *, handled: Callable[[int, int], bool]) -> list[Record]:
-    """The batch less records handed over again (after a rebalance or a seek back): those
-    whose outputs were sent already (``handled(partition, offset)``), and repeats within
-    the batch; in the order they came."""
-    records: dict[tuple[int, int], Record] = {}
-    for event in events:
-        record = to_record(event.message)
-        if not handled(record.partition, record.offset):
-            records.setdefault((record.partition, record.offset), record)
-    return list(records.values())
 
 
 async def send_dead_letter(dlq: TopicT, record: Record, *, reason: str, detail: str) -> None:
@@ -140,23 +131,15 @@ class ItemsHandler:
         self._metrics.items_embedded.inc(len(items))
 
 
-def put_state(users: TableT, partition: int, user_id: str, state: UserState) -> None:
-    """``users[user_id] = state`` with the changelog entry in `partition`, the partition of
-    the user's events. (Assigning through the mapping takes the partition from the stream's
-    current event, which a batch of events does not have.)"""
-    key, value = user_id.encode(), encode_state(state)
-    users.data[key] = value
-    users.send_changelog(partition, key, value)
-
-
 class EventsHandler:
-    """Validates, dedupes and enriches batches of events; keeps user state in a table and
-    in Redis; sends each record's outcome in its partition's transaction."""
+    """Validates, dedupes and enriches batches of events; keeps user state in the user
+    store and in Redis; sends each record's outcome, and the changed user states, in its
+    partition's transaction. The caller holds ``live.lock``."""
 
     def __init__(
-        self, *, catalog: Catalog, users: TableT, online: OnlineState,
+        self, *, catalog: Catalog, users: UserStore, online: OnlineState,
         transactions: Transactions, enriched: str, dlq: str, policy: Policy,
-        live: LiveModel, metrics: StreamsMetrics, highwater: Callable[[int], int | None],
+        live: LiveModel, metrics: StreamsMetrics,
     ) -> None:
         self._catalog = catalog
         self._users = users
@@ -167,49 +150,52 @@ class EventsHandler:
         self._policy = policy
         self._live = live
         self._metrics = metrics
-        self._highwater = highwater  # events partition -> offset after its newest record
         self.accepted = 0
         self.rejected: Counter[str] = Counter()
 
-    def _state_of(self, user_id: str) -> UserState:
-        return decode_state(self._users.get(user_id.encode()))
-
-    async def handle(self, events: Sequence[EventT]) -> None:
+    async def handle(self, records: Sequence[ConsumerRecord]) -> None:
+        """Handle records of owned partitions, each partition's in offset order."""
         accepted, rejected = self.accepted, self.rejected.copy()
-        async with self._live.lock:  # a model switch waits for the batch, and vice versa
-            await self._handle(events)
+        await self._handle(records)
         metrics = self._metrics
-        metrics.events_in.inc(len(events))
-        metrics.batch_size.observe(len(events))
+        metrics.events_in.inc(len(records))
+        metrics.batch_size.observe(len(records))
         metrics.enriched.inc(self.accepted - accepted)
         for reason, count in (self.rejected - rejected).items():
             metrics.dead_lettered.labels(reason).inc(count)
-        newest: dict[int, int] = {}
-        for event in events:
-            newest[event.message.partition] = max(event.message.offset,
-                                                  newest.get(event.message.partition, -1))
-        for partition, offset in newest.items():
-            end = self._highwater(partition)
-            if end is not None:
-                metrics.lag.labels(str(partition)).set(max(end - offset - 1, 0))
 
-    def _written(self, events: Sequence[EventT], outcomes: Sequence[tuple[Record, object]]) -> None:
+    def _written(self, outcomes: Sequence[tuple[Record, Accepted | Rejected]],
+                 produced: dict[tuple[int, int], int]) -> None:
         """Freshness of the accepted events whose online state was just written."""
-        done = time.time()
-        produced = {(e.message.partition, e.message.offset): e.message.timestamp for e in events}
+        done = now_ms()
+        observe = self._metrics.freshness.observe
         for record, outcome in outcomes:
             timestamp = produced.get((record.partition, record.offset))
-            if isinstance(outcome, Accepted) and timestamp:
-                self._metrics.freshness.observe(max(done - timestamp, 0.0))
+            if timestamp and isinstance(outcome, Accepted):
+                observe(max(done - timestamp, 0) / 1000.0)
 
-    async def _handle(self, events: Sequence[EventT]) -> None:
-        batch = admit_batch(
-            new_records(events, handled=self._transactions.handled),
-            items=self._catalog.item, state_of=self._state_of, now_ms=now_ms(),
-            policy=self._policy,
-        )
+    async def _handle(self, consumed: Sequence[ConsumerRecord]) -> None:
+        handled = self._transactions.handled
+        records = [
+            Record(r.topic, r.partition, r.offset, r.key, r.value)
+            for r in consumed if not handled(r.partition, r.offset)
+        ]
+        # An accepted record's key is its user id (admission checks it), and a key's
+        # records share a partition: the partition whose store holds the user's state.
+        partition_of = {r.key.decode(errors="replace"): r.partition for r in records if r.key}
+        users = self._users
+
+        def state_of(user_id: str) -> UserState:
+            partition = partition_of.get(user_id)
+            return users.get(partition, user_id) if partition is not None else UserState()
+
+        batch = admit_batch(records, items=self._catalog.item, state_of=state_of,
+                            now_ms=now_ms(), policy=self._policy)
+        states: dict[int, list[tuple[str, bytes]]] = {}
         for user_id, (partition, state) in batch.changed.items():
-            put_state(self._users, partition, user_id, state)
+            states.setdefault(partition, []).append(
+                (user_id, self._users.put(partition, user_id, state))
+            )
         accepted = [(r, o) for r, o in batch.outcomes if isinstance(o, Accepted)]
         outcomes = batch.outcomes
         try:
@@ -223,32 +209,43 @@ class EventsHandler:
                 ],
                 await self._user_vectors({o.event.user_id: o.state for _, o in accepted}),
             )
-            self._written(events, outcomes)
+            self._written(outcomes, {(r.partition, r.offset): r.timestamp for r in consumed})
         except Exception as error:
             log.exception("writing the online state of %s events failed", len(accepted))
             failed = Rejected(INTERNAL_ERROR, repr(error))
             outcomes = [(r, failed if isinstance(o, Accepted) else o) for r, o in outcomes]
             accepted = []
+        by_partition: dict[int, list[Output]] = {}
+        processed_at = now_ms()
+        for record, outcome in outcomes:
+            outputs = by_partition.setdefault(record.partition, [])
+            if isinstance(outcome, Accepted):
+                enriched = enriched_event(record, outcome, now_ms=processed_at)
+                outputs.append((self._enriched, None, outcome.event.user_id.encode(),
+                                enriched.SerializeToString()))
+            else:
+                log.debug("event %s[%s]@%s rejected: %s %s", record.topic, record.partition,
+                          record.offset, outcome.reason, outcome.detail)
+                outputs.append((self._dlq, None, record.key, dead_letter_bytes(
+                    record, reason=outcome.reason, detail=outcome.detail)))
+                self.rejected[outcome.reason] += 1
+        changelog = self._users.topic
+        for partition, changed in states.items():
+            by_partition.setdefault(partition, []).extend(
+                (changelog, partition, user_id.encode(), value) for user_id, value in changed
+            )
         transactions = self._transactions
+        newest: dict[int, int] = {}
+        for record in records:
+            newest[record.partition] = max(newest.get(record.partition, -1), record.offset)
+        # Commits are the transactions' own task (every commit_interval_s): the next batch
+        # reads, judges and writes Redis while one is on its way, and waits for it only
+        # to send its outputs.
         async with transactions.lock:
-            for record, outcome in outcomes:
-                if isinstance(outcome, Accepted):
-                    enriched = enriched_event(record, outcome, now_ms=now_ms())
-                    await transactions.send(
-                        record.partition, self._enriched, outcome.event.user_id.encode(),
-                        enriched.SerializeToString(),
-                    )
-                else:
-                    log.debug("event %s[%s]@%s rejected: %s %s", record.topic,
-                              record.partition, record.offset, outcome.reason, outcome.detail)
-                    await transactions.send(
-                        record.partition, self._dlq, record.key,
-                        dead_letter_bytes(record, reason=outcome.reason, detail=outcome.detail),
-                    )
-                    self.rejected[outcome.reason] += 1
-                transactions.processed(record.partition, record.offset)
-            if transactions.due():
-                await transactions.commit()
+            for partition, outputs in by_partition.items():
+                await transactions.send_many(partition, outputs)
+            for partition, offset in newest.items():
+                transactions.processed(partition, offset)
         self.accepted += len(accepted)
 
     async def _user_vectors(self, states: dict[str, UserState]) -> list[UserVector]:
@@ -275,15 +272,15 @@ class EventsHandler:
         ]
 
     async def reembed(self, chunk: int = 256) -> int:
-        """Write a vector of the version in use for every user in the table; chunks wait
+        """Write a vector of the version in use for every user in the store; chunks wait
         for the batch in progress, so a user's state is read as it is now. Events wait
         for a chunk in turn: one tower call over `chunk` users, tens of milliseconds."""
-        user_ids = list(self._users.data.keys())
+        users = list(self._users.users())
         written = 0
-        for start in range(0, len(user_ids), chunk):
+        for start in range(0, len(users), chunk):
             async with self._live.lock:
-                states = {key.decode(): self._state_of(key.decode())
-                          for key in user_ids[start:start + chunk]}
+                states = {user_id: self._users.get(partition, user_id)
+                          for partition, user_id in users[start:start + chunk]}
                 vectors = await self._user_vectors(
                     {user_id: state for user_id, state in states.items() if state.history}
                 )

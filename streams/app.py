@@ -1,4 +1,6 @@
-"""The Faust app: topics, the users table and the two agents, wired from settings.
+"""The Faust app, wired from settings: the items agent, the events processor (a service
+of the app with its own consumer group, :mod:`streams.processor`), model releases and
+stats.
 
 Values and keys travel as raw bytes; the handlers decode protobuf themselves so that
 undecodable input is dead-lettered instead of crashing an agent.
@@ -7,12 +9,11 @@ undecodable input is dead-lettered instead of crashing an agent.
 from __future__ import annotations
 
 import logging
-from collections.abc import Set as AbstractSet
 from typing import Any, cast
 
 import faust
 from faust import Stream
-from faust.types import TP, StreamT
+from faust.types import StreamT
 
 from streams.agents import EventsHandler, ItemsHandler, switch_model
 from streams.catalog import Catalog
@@ -22,8 +23,10 @@ from streams.live import LiveModel
 from streams.metrics import StreamsMetrics
 from streams.online import OnlineState
 from streams.processing import Policy
+from streams.processor import EventsProcessor
 from streams.settings import StreamsSettings
 from streams.transport import ShortFetchTransport
+from streams.userstore import UserStore
 from streams.validation import EventLimits
 
 log = logging.getLogger(__name__)
@@ -37,7 +40,6 @@ def faust_config(settings: StreamsSettings) -> dict[str, Any]:
         "broker": [f"kafka://{server}" for server in settings.bootstrap_servers()],
         "key_serializer": "raw",
         "value_serializer": "raw",
-        "store": settings.table_store,
         "datadir": str(settings.datadir),
         "topic_partitions": settings.topic_partitions,
         "topic_replication_factor": settings.topic_replication,
@@ -60,32 +62,29 @@ def create_app(
     # Set before anything touches app.topics, which would build the default transport.
     app.transport = ShortFetchTransport(
         app.conf.broker_consumer, app, fetch_max_wait_ms=settings.consumer_fetch_max_wait_ms,
-        committed_elsewhere=frozenset({settings.topic_events}),
-        gap_checked=frozenset({settings.topic_events, settings.topic_items}),
+        gap_checked=frozenset({settings.topic_items}),
     )
+    servers = settings.bootstrap_servers()
+    group = settings.events_group()
+    processor: EventsProcessor | None = None
+
+    def owns(partition: int) -> bool:
+        return processor is not None and partition in processor.assignment()
+
     transactions = Transactions(
-        bootstrap_servers=settings.bootstrap_servers(),
-        group_id=settings.app_id,
+        bootstrap_servers=servers,
+        group_id=group,
+        transactional_prefix=settings.app_id,
         topic=settings.topic_events,
         commit_interval_s=settings.commit_interval_s,
         transaction_timeout_ms=int(settings.transaction_timeout_s * 1000),
-        linger_ms=settings.producer_linger_ms,
-        owns=lambda partition: TP(settings.topic_events, partition) in app.consumer.assignment(),
-        before_commit=lambda: app.producer.flush(),
+        owns=owns,
     )
-    app.add_dependency(transactions)
+    users = UserStore(topic=settings.users_changelog(), bootstrap_servers=servers)
 
-    events = app.topic(settings.topic_events, key_type=bytes, value_type=bytes)
     items = app.topic(settings.topic_items, key_type=bytes, value_type=bytes)
     dlq = app.topic(settings.topic_dlq, key_type=bytes, value_type=bytes)
     item_vectors = app.topic(settings.topic_item_vectors, key_type=bytes, value_type=bytes)
-    users = app.Table(
-        "users",
-        key_type=bytes,
-        value_type=bytes,
-        partitions=settings.topic_partitions,
-        help="user id -> recent history and accepted event ids (streams.history JSON)",
-    )
 
     items_handler = ItemsHandler(
         catalog=catalog, live=live, item_vectors=item_vectors, dlq=dlq,
@@ -107,8 +106,16 @@ def create_app(
         ),
         live=live,
         metrics=metrics,
-        highwater=lambda partition: app.consumer.highwater(TP(settings.topic_events, partition)),
     )
+    processor = EventsProcessor(
+        handler=events_handler, transactions=transactions, users=users, live=live,
+        metrics=metrics, bootstrap_servers=servers, topic=settings.topic_events, group=group,
+        batch_size=settings.event_batch_size,
+        batch_wait_ms=int(settings.event_batch_within_s * 1000),
+        fetch_max_wait_ms=settings.consumer_fetch_max_wait_ms,
+        session_timeout_s=settings.session_timeout_s,
+    )
+    app.add_dependency(processor)
     metrics.use_model(live.version)
 
     @app.agent(items, name="items")
@@ -119,14 +126,6 @@ def create_app(
         ):
             await items_handler.handle(batch)
 
-    @app.agent(events, name="events")
-    async def process_events(stream: StreamT) -> None:
-        # Batches share one Redis round trip; a lone event waits at most `within`.
-        async for batch in cast(Stream, stream).take_events(
-            settings.event_batch_size, within=settings.event_batch_within_s
-        ):
-            await events_handler.handle(batch)
-
     @app.task
     async def apply_releases() -> None:
         # Releases loaded by streams.releases.ModelReleases, applied between batches.
@@ -134,27 +133,6 @@ def create_app(
             model = await live.pending.get()
             await switch_model(model, live=live, catalog=catalog, items=items_handler,
                                events=events_handler, metrics=metrics)
-
-    def of_events(partitions: AbstractSet[TP]) -> set[int]:
-        return {tp.partition for tp in partitions if tp.topic == settings.topic_events}
-
-    # Signal receivers are called with the app as sender.
-    @app.on_partitions_assigned.connect
-    async def start_transactions(
-        _: object, /, assigned: AbstractSet[TP] = frozenset(), *__: object, **___: object
-    ) -> None:
-        await transactions.assigned(of_events(assigned))
-
-    @app.on_partitions_revoked.connect
-    async def end_transactions(
-        _: object, /, revoked: AbstractSet[TP] = frozenset(), *__: object, **___: object
-    ) -> None:
-        await transactions.revoked(of_events(revoked))
-
-    @app.on_before_shutdown.connect
-    async def commit_at_shutdown(*_: object, **__: object) -> None:
-        # The agents are done and the producer still runs: commit what they processed.
-        await transactions.finish()
 
     last = {"accepted": 0, "rejected": 0, "embedded": 0}
 

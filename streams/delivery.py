@@ -1,23 +1,29 @@
-"""Exactly-once output of the events agent: one Kafka transaction per partition of ``events``.
+"""Exactly-once output of the events processor: one Kafka transaction per partition of
+``events``.
 
 Each partition of the events topic has its own transactional producer, id
-``{app_id}-events-{partition}``. The enriched events and dead letters made from a
-partition's records go into that producer's open transaction; a commit adds the
-partition's next offset to the transaction (``send_offsets_to_transaction``, the group's
-committed offset) and commits both, so a reader with ``isolation.level=read_committed``
-sees a record's output exactly when the worker will not read the record again. A crash
+``{app_id}-{events topic}-{partition}``. The enriched events, dead letters and changed
+user states (the users changelog, :mod:`streams.userstore`) made from a partition's
+records go into that producer's open transaction; a commit adds the partition's next
+offset to the transaction (``send_offsets_to_transaction``, the events consumer group's
+committed offset) and commits all of it, so a reader with ``isolation.level=read_committed``
+sees a record's outputs exactly when the worker will not read the record again. A crash
 leaves the open transaction uncommitted: the next owner of the partition starts a
-producer with the same id, which aborts it and fences off the old one, and reads the
-partition again from the committed offset.
+producer with the same id, which aborts it and fences off the old one, restores the
+partition's user states from the committed changelog and reads the partition again from
+the committed offset.
 
 Faust's own ``processing_guarantee="exactly_once"`` is not used: it picks a record's
 transaction by the partition of the *output*, so a dead letter keyed by another user (or
 by no key) lands in another partition's transaction or in none; it logs and ignores
-commit errors; and its changelog recovery steps over transaction markers only after
-several 5 s timeouts (faust-streaming issues #177, #323, #517).
+commit errors; its table changelogs are written outside the transactions; and its
+changelog recovery steps over transaction markers only after several 5 s timeouts
+(faust-streaming issues #177, #323, #517).
 
 One transaction spans ``commit_interval_s`` of batches, not one batch: a commit costs a
-few broker round trips, which per batch would cap throughput.
+few broker round trips, which per batch would cap throughput. Records go to the producer
+as whole record batches per output partition (:meth:`Transactions.send_many`), not one
+``send`` per record.
 """
 
 from __future__ import annotations
@@ -25,13 +31,22 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka.partitioner import DefaultPartitioner
+from aiokafka.producer.message_accumulator import BatchBuilder
 from aiokafka.errors import KafkaError, ProducerFenced
 from mode import Service
 
 log = logging.getLogger(__name__)
+
+MAX_BATCH_BYTES = 1 << 20  # one record batch per output partition and batch of events
+
+# An output record: topic, partition, key, value. Without a partition, a keyed record goes
+# where the default partitioner (murmur2 of the key, as Kafka's Java client) puts it.
+Output = tuple[str, int | None, bytes | None, bytes]
+PARTITIONER = DefaultPartitioner()
 
 
 class Transactions(Service):
@@ -48,23 +63,21 @@ class Transactions(Service):
         *,
         bootstrap_servers: list[str],
         group_id: str,
+        transactional_prefix: str,
         topic: str,
         commit_interval_s: float,
         transaction_timeout_ms: int,
-        linger_ms: float,
         owns: Callable[[int], bool],
-        before_commit: Callable[[], Awaitable[None]],
         **kwargs: object,
     ) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]
         self._bootstrap_servers = bootstrap_servers
         self.group_id = group_id
+        self._transactional_prefix = transactional_prefix
         self.topic = topic
         self._commit_interval_s = commit_interval_s
         self._transaction_timeout_ms = transaction_timeout_ms
-        self._linger_ms = linger_ms
         self._owns = owns
-        self._before_commit = before_commit
         self._producers: dict[int, AIOKafkaProducer] = {}
         self._fenced_off: set[int] = set()
         self._open: set[int] = set()
@@ -75,7 +88,7 @@ class Transactions(Service):
         self.commits = 0
 
     def transactional_id(self, partition: int) -> str:
-        return f"{self.group_id}-{self.topic}-{partition}"
+        return f"{self._transactional_prefix}-{self.topic}-{partition}"
 
     async def on_stop(self) -> None:
         # Uncommitted work is left to the next owner, which reads it again.
@@ -121,6 +134,51 @@ class Transactions(Service):
         except KafkaError as error:
             await self._fail(error)
 
+    async def send_many(self, partition: int, outputs: Sequence[Output]) -> None:
+        """Add records to the open transaction of `partition` (of the source topic), one
+        record batch per output partition; like :meth:`send`, a partition this worker no
+        longer owns sends nothing."""
+        producer = await self._producer(partition)
+        if producer is None or not outputs:
+            return
+        try:
+            if partition not in self._open:
+                await producer.begin_transaction()
+                self._open.add(partition)
+            builders: dict[tuple[str, int], BatchBuilder] = {}
+            partitions: dict[str, list[int]] = {}
+            chosen: dict[tuple[str, bytes], int] = {}
+            for topic, out_partition, key, value in outputs:
+                if out_partition is None and key is None:
+                    await producer.send(topic, value)  # the producer spreads keyless records
+                    continue
+                if out_partition is None:
+                    out_partition = chosen.get((topic, key))  # type: ignore[arg-type]
+                if out_partition is None:
+                    numbers = partitions.get(topic)
+                    if numbers is None:
+                        numbers = partitions[topic] = sorted(await producer.partitions_for(topic))
+                    out_partition = chosen[topic, key] = PARTITIONER(key, numbers, numbers)  # type: ignore[index]
+                builder = builders.get((topic, out_partition))
+                if builder is None:
+                    builder = builders[topic, out_partition] = producer.create_batch()
+                if builder.append(key=key, value=value, timestamp=None) is None:  # full
+                    await producer.send_batch(builder, topic, partition=out_partition)
+                    builder = builders[topic, out_partition] = producer.create_batch()
+                    if builder.append(key=key, value=value, timestamp=None) is None:
+                        # Larger than a batch on its own: the producer's checks apply.
+                        await producer.send(topic, value, key=key, partition=out_partition)
+            for (topic, out_partition), builder in builders.items():
+                await producer.send_batch(builder, topic, partition=out_partition)
+        except ProducerFenced:
+            await self._fenced(partition)
+        except KafkaError as error:
+            await self._fail(error)
+
+    def owns(self, partition: int) -> bool:
+        """Whether this worker has the partition's producer (it was assigned, not fenced)."""
+        return partition in self._producers
+
     def processed(self, partition: int, offset: int) -> None:
         """The record at `offset` of `partition` has its outputs in the open transaction."""
         if partition in self._producers:
@@ -145,9 +203,6 @@ class Transactions(Service):
         pending, self._next_offsets = self._next_offsets, {}
         if not pending:
             return
-        # The users table's changelog is written outside the transactions: it must be in
-        # Kafka before the offsets move past the records that changed it.
-        await self._before_commit()
         await asyncio.gather(*(self._commit_one(p, offset) for p, offset in pending.items()))
         self.commits += 1
 
@@ -170,7 +225,7 @@ class Transactions(Service):
 
     @Service.task
     async def _commit_periodically(self) -> None:
-        """Commit when no batch comes along to do it."""
+        """Commit every commit_interval_s, between two batches' sends."""
         self._last_commit = time.monotonic()
         while not self.should_stop:
             await self.sleep(self._commit_interval_s)
@@ -194,7 +249,10 @@ class Transactions(Service):
                 bootstrap_servers=self._bootstrap_servers,
                 transactional_id=self.transactional_id(partition),
                 transaction_timeout_ms=self._transaction_timeout_ms,
-                linger_ms=self._linger_ms,
+                # Batches are whole already; a linger would hold each one, and the
+                # next batch's send to the same partition waits for the previous to leave.
+                linger_ms=0,
+                max_batch_size=MAX_BATCH_BYTES,
                 acks="all",
             )
             try:

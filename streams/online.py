@@ -15,6 +15,7 @@ worker that lost a partition and still writes cannot apply what the new owner ap
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -25,7 +26,42 @@ from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError, WatchError
 
 from protos import events_pb2
-from streams.trending import SCRIPT, Window, increments, script_args
+from streams.trending import SCRIPT, Window, flat_pairs, increments, script_args
+
+# KEYS: the popular zset. ARGV: a JSON list of item id and amount pairs, flat. One command
+# with one argument for a batch's items, where a ZINCRBY each would cost the client a
+# command per item.
+POPULAR_SCRIPT = """
+local pairs = cjson.decode(ARGV[1])
+for i = 1, #pairs, 2 do
+  redis.call('ZINCRBY', KEYS[1], string.format('%.17g', pairs[i + 1]), pairs[i])
+end
+return #pairs / 2
+"""
+
+# KEYS: per-user sorted sets (seen, acts). ARGV[1]: a JSON list aligned with KEYS, each
+# ``[cap, item, ts, item, ts, ...]``: ZADD GT of the pairs (an item keeps its newest
+# time), then the set trimmed to its newest ``cap``. One argument for the whole batch.
+TOUCH_SCRIPT = """
+local data = cjson.decode(ARGV[1])
+for k = 1, #KEYS do
+  local entry = data[k]
+  local args = {}
+  for i = 2, #entry, 2 do
+    args[#args + 1] = string.format('%.17g', entry[i + 1])
+    args[#args + 1] = entry[i]
+    if #args >= 1000 then
+      redis.call('ZADD', KEYS[k], 'GT', unpack(args))
+      args = {}
+    end
+  end
+  if #args > 0 then
+    redis.call('ZADD', KEYS[k], 'GT', unpack(args))
+  end
+  redis.call('ZREMRANGEBYRANK', KEYS[k], 0, -(entry[1] + 1))
+end
+return #KEYS
+"""
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +162,14 @@ def popularity_sums(touches: Sequence[Touch]) -> dict[str, float]:
     return sums
 
 
+def flat_entry(cap: int, times: dict[str, int]) -> list[object]:
+    """``[cap, item, ts, item, ts, ...]``: one sorted set's part of :data:`TOUCH_SCRIPT`."""
+    entry: list[object] = [cap]
+    for item, ts in times.items():
+        entry += (item, ts)
+    return entry
+
+
 @dataclass(frozen=True)
 class UserVector:
     """A user's new vector (float32 little-endian bytes) and what it was made from."""
@@ -174,6 +218,8 @@ class OnlineState(Service):
         self._caps = caps
         self._windows = list(trending)
         self._trending = client.register_script(SCRIPT)
+        self._popular = client.register_script(POPULAR_SCRIPT)
+        self._touch = client.register_script(TOUCH_SCRIPT)
         self._applied_key = keys.applied(group)
         self._source_topic = source_topic
         self._retry_initial_s = retry_initial_s
@@ -248,16 +294,20 @@ class OnlineState(Service):
     ) -> None:
         """The commands of one batch's effects, queued in the open transaction."""
         keys, caps = self.keys, self._caps
+        sets: list[str] = []
+        entries: list[list[object]] = []
         for user_id, user in group_touches(touches).items():
-            seen = keys.seen(user_id)
-            pipe.zadd(seen, user.seen, gt=True)  # type: ignore[arg-type]
-            pipe.zremrangebyrank(seen, 0, -(caps.seen + 1))
+            sets.append(keys.seen(user_id))
+            entries.append(flat_entry(caps.seen, user.seen))
             for event_type, items in user.acts.items():
-                acts = keys.acts(event_type, user_id)
-                pipe.zadd(acts, items, gt=True)  # type: ignore[arg-type]
-                pipe.zremrangebyrank(acts, 0, -(caps.acts_of(event_type) + 1))
-        for item_id, amount in popularity_sums(touches).items():
-            pipe.zincrby(keys.popular(), amount, item_id)
+                sets.append(keys.acts(event_type, user_id))
+                entries.append(flat_entry(caps.acts_of(event_type), items))
+        if sets:
+            await self._touch(keys=sets, args=[json.dumps(entries, separators=(",", ":"))],
+                              client=pipe)
+        popular = popularity_sums(touches)
+        if popular:
+            await self._popular(keys=[keys.popular()], args=[flat_pairs(popular)], client=pipe)
         for window in self._windows:
             ref_ms, amounts = increments(
                 ((t.item_id, t.timestamp_ms, t.popularity) for t in touches), window.tau_ms

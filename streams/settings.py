@@ -44,7 +44,6 @@ class StreamsSettings(BaseSettings):
         description="Faust app id: consumer group and prefix of its internal topics",
     )
     datadir: Path = Path("var/streams")
-    table_store: str = Field(default="memory://", description="Faust store URL of the tables")
     topic_partitions: int = Field(default=4, ge=1, le=10_000)
     topic_replication: int = Field(default=1, ge=1, le=10)
     log_retention_ms: int = Field(
@@ -70,9 +69,8 @@ class StreamsSettings(BaseSettings):
     )
     producer_linger_ms: float = Field(
         default=10.0, ge=0, le=1000,
-        description="how long the producer gathers records per request; only the event "
-        "log and changelog wait for it (Redis is written before), and fewer, larger "
-        "requests cost far less CPU than one per record",
+        description="how long Faust's producer (item vectors, dead letters of items) gathers "
+        "records per request; the events path sends whole record batches without a linger",
     )
 
     # A worker that dies without leaving its consumer group holds its partitions until this
@@ -99,11 +97,14 @@ class StreamsSettings(BaseSettings):
     max_event_bytes: int = Field(default=64 * 1024, ge=64, le=16 * 1024 * 1024)
     max_future_skew_ms: int = Field(default=5 * 60 * 1000, ge=0)
 
-    # Events are handled in batches: one Redis transaction and one table write per user.
-    event_batch_size: int = Field(default=500, ge=1, le=100_000)
+    # Events are handled in batches: one Redis transaction, one user-encoder call and one
+    # state record per user per batch. A batch is what has arrived, up to the size: a
+    # backlog goes in large batches, a trickle one event at a time.
+    event_batch_size: int = Field(default=2000, ge=1, le=100_000)
     event_batch_within_s: float = Field(
-        default=0.01, gt=0, le=10,
-        description="longest wait to fill an event batch: latency against throughput",
+        default=0.1, gt=0, le=10,
+        description="longest a read of events waits when none has arrived (it returns as "
+        "soon as one does)",
     )
 
     # User state.
@@ -184,6 +185,15 @@ class StreamsSettings(BaseSettings):
     def _window_names(cls, windows: dict[str, float]) -> dict[str, float]:
         windows_from_settings(windows)  # raises ValueError with the reason
         return windows
+
+    def events_group(self) -> str:
+        """The consumer group of the events processor (offsets committed in its
+        transactions); Faust's own group, ``app_id``, has the items agent."""
+        return f"{self.app_id}-events"
+
+    def users_changelog(self) -> str:
+        """The compacted topic of user states, partitioned like the events topic."""
+        return f"{self.app_id}-users-changelog"
 
     def bootstrap_servers(self) -> list[str]:
         """The bootstrap list as ``host:port`` strings."""

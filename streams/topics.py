@@ -45,8 +45,10 @@ def topic_specs(settings: StreamsSettings) -> list[TopicSpec]:
     compact = {"cleanup.policy": "compact"}
     log_configs = {"cleanup.policy": "delete", "retention.ms": str(settings.log_retention_ms)}
     return [
-        # The users table's changelog is partitioned like events: they must match.
+        # User states are partitioned like events: they must match.
         TopicSpec(settings.topic_events, partitions, replication, copartitioned=True),
+        TopicSpec(settings.users_changelog(), partitions, replication, dict(compact),
+                  copartitioned=True),
         TopicSpec(settings.topic_enriched, partitions, replication, dict(log_configs)),
         TopicSpec(settings.topic_dlq, partitions, replication, dict(log_configs)),
         TopicSpec(settings.topic_items, partitions, replication, dict(compact)),

@@ -11,6 +11,7 @@ from streams.catalog import Catalog
 from streams.encoder import ItemEncoder
 from streams.live import LiveModel, LoadedModel
 from streams.metrics import StreamsMetrics
+from streams.processor import EventsProcessor
 from streams.settings import StreamsSettings
 from streams.transport import ShortFetchTransport
 from streams.userencoder import WeightedMean
@@ -35,20 +36,22 @@ def test_faust_config_uses_raw_bytes_and_settings(tmp_path: Path) -> None:
     assert config["producer_linger"] == 0.002
 
 
-async def test_app_has_agents_table_and_short_fetch_consumer(
+async def test_app_has_the_items_agent_the_events_processor_and_short_fetch_consumer(
     tmp_path: Path, encoder: ItemEncoder
 ) -> None:
     settings = StreamsSettings(app_id="test-streams-app", datadir=tmp_path, topic_events="ev-x",
                                topic_items="it-x", consumer_fetch_max_wait_ms=7)
     app = build(settings, encoder)
     assert isinstance(app.transport, ShortFetchTransport)
+    # Faust's agents read items only; events go through the processor's own group.
     topics = {agent.channel.get_topic_name() for agent in app.agents.values()}
-    assert topics == {"ev-x", "it-x"}
-    table = app.tables["users"]
-    assert table.partitions == settings.topic_partitions
-    # The worker's aiokafka consumer is built (not started) with the configured wait.
+    assert topics == {"it-x"}
+    assert not app.tables
+    (processor,) = [s for s in app._children if isinstance(s, EventsProcessor)]
+    assert (processor.topic, processor.group) == ("ev-x", "test-streams-app-events")
+    assert processor.assignment() == set()  # nothing connects before the worker starts
+    # The worker's aiokafka consumer of items is built (not started) with the configured wait.
     thread = app.consumer._thread
     consumer = thread._create_worker_consumer(app.transport)
     assert consumer._fetch_max_wait_ms == 7
-    # Offsets of events are committed by the worker's transactions, not by Faust.
-    assert app.transport.committed_elsewhere == frozenset({"ev-x"})
+    assert app.transport.gap_checked == frozenset({"it-x"})

@@ -3,7 +3,7 @@
 A worker is SIGKILLed at a random moment while it works through a backlog of thousands
 of events on several partitions, then started again; a second worker joins mid-stream
 and the first leaves. Afterwards every record of ``events`` has exactly one outcome in
-``events.enriched`` or ``events.dlq`` (read committed), and Redis and the users table
+``events.enriched`` or ``events.dlq`` (read committed), and Redis and the user states
 hold what one clean pass over the records gives. ``STREAMREC_TEST_SEED`` replays a run.
 """
 
@@ -202,10 +202,11 @@ def wait_for_all_outcomes(worker: StreamsWorker, logs: dict[str, TopicLog],
 
 
 def table_states(worker: StreamsWorker) -> dict[str, bytes]:
-    """The users table as its changelog has it: the newest value of each key."""
+    """User states as their changelog has them: the newest committed value of each key."""
     topic = f"{worker.env['STREAMREC_STREAMS_APP_ID']}-users-changelog"
     consumer = KafkaConsumer(bootstrap_servers=worker.env["STREAMREC_STREAMS_KAFKA_BOOTSTRAP"],
-                             group_id=None, enable_auto_commit=False)
+                             group_id=None, enable_auto_commit=False,
+                             isolation_level="read_committed")
     try:
         partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)]
         consumer.assign(partitions)
@@ -253,7 +254,7 @@ def check_exactly_once(worker: StreamsWorker, logs: dict[str, TopicLog], client:
         assert scores(client, f"{prefix}seen:{user}") == seen
         newest = max(event.timestamp_ms for event in events)
         assert int(client.hget(f"{prefix}uv:{user}", "ts")) == newest  # type: ignore[arg-type]
-        # The users table: each accepted event folded in once, the newest kept by event time.
+        # User states: each accepted event folded in once, the newest kept by event time.
         state = decode_state(states[user])
         by_time = sorted(events, key=lambda e: e.timestamp_ms)[-HISTORY_LENGTH:]
         assert [(i.item_id, i.event_type, i.timestamp_ms) for i in state.history] == [

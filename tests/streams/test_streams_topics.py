@@ -7,15 +7,19 @@ from streams.topics import TopicSpec, check_shape, topic_specs
 
 
 def test_specs_follow_the_contract() -> None:
-    settings = StreamsSettings(topic_partitions=6, topic_events="ev", topic_item_vectors="iv")
+    settings = StreamsSettings(topic_partitions=6, topic_events="ev", topic_item_vectors="iv",
+                               app_id="app")
     specs = {spec.name: spec for spec in topic_specs(settings)}
-    assert set(specs) == {"ev", "events.enriched", "events.dlq", "items", "iv", "models"}
+    assert set(specs) == {"ev", "events.enriched", "events.dlq", "items", "iv", "models",
+                          "app-users-changelog"}
     assert specs.pop("models").partitions == 1  # releases stay in order
     assert all(spec.partitions == 6 for spec in specs.values())
     assert specs["items"].compacted and specs["iv"].compacted
     assert not specs["events.enriched"].compacted
     assert specs["events.enriched"].configs["retention.ms"] == str(settings.log_retention_ms)
     assert specs["ev"].copartitioned and not specs["items"].copartitioned
+    # User states are restored per partition of events: the changelog must match it.
+    assert specs["app-users-changelog"].copartitioned and specs["app-users-changelog"].compacted
 
 
 def test_events_with_other_partition_count_is_fatal() -> None:

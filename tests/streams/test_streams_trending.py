@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -23,7 +24,8 @@ def test_no_positive_weight_means_no_increments() -> None:
 def test_script_args_keep_full_precision() -> None:
     args = script_args(3_600_000.0, 1_790_000_000_123, {"x": 1 / 3}, cap=7)
     assert args[1] == "1790000000123" and args[4] == "7"
-    assert args[5:] == ["x", repr(1 / 3)]
+    assert args[5] == f'["x",{1 / 3!r}]'
+    assert json.loads(args[5]) == ["x", 1 / 3]
 
 
 def test_decayed_count() -> None:

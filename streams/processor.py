@@ -1,0 +1,165 @@
+"""The events path of the worker: ``events`` read in large batches by one member of the
+events consumer group, handled by :class:`streams.agents.EventsHandler`.
+
+Faust hands an agent one record at a time (fetch hand-over, stream, buffer, ack per
+record), which caps a worker at a few thousand events a second on two cores; here a
+``getmany`` returns up to ``event_batch_size`` records at once and the outputs leave as
+one record batch per output partition. The consumer group is ``{app_id}-events``:
+Faust's own group (the items agent) uses another assignor, and one group cannot mix two.
+
+Per assigned partition, in this order: its transactional producer starts (fencing a
+previous owner and aborting what it left open), its user states are restored from the
+committed changelog, and the consumer is sought to the committed offset, read only
+after the fence so that no commit of the previous owner can still be on its way.
+A revoked partition's work is committed before the group moves on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import KafkaError
+from mode import Service
+
+from streams.agents import EventsHandler
+from streams.delivery import Transactions
+from streams.live import LiveModel
+from streams.metrics import StreamsMetrics
+from streams.userstore import UserStore
+
+log = logging.getLogger(__name__)
+
+MAX_PARTITION_FETCH_BYTES = 4 << 20
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, processor: EventsProcessor) -> None:
+        self._processor = processor
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        await self._processor.revoked({tp.partition for tp in revoked})
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        await self._processor.assigned({tp.partition for tp in assigned})
+
+
+class EventsProcessor(Service):
+    """Consumes ``topic`` in the ``group`` and feeds the handler batch by batch."""
+
+    def __init__(
+        self,
+        *,
+        handler: EventsHandler,
+        transactions: Transactions,
+        users: UserStore,
+        live: LiveModel,
+        metrics: StreamsMetrics,
+        bootstrap_servers: list[str],
+        topic: str,
+        group: str,
+        batch_size: int,
+        batch_wait_ms: int,
+        fetch_max_wait_ms: int,
+        session_timeout_s: float,
+        **kwargs: object,
+    ) -> None:
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+        self.handler = handler
+        self._transactions = transactions
+        self._users = users
+        self._live = live
+        self._metrics = metrics
+        self.topic = topic
+        self.group = group
+        self._batch_size = batch_size
+        self._batch_wait_ms = batch_wait_ms
+        self.add_dependency(transactions)  # started before, stopped after this service
+        self._consumer_options = dict(
+            bootstrap_servers=bootstrap_servers,
+            group_id=group,
+            client_id=f"{group}-consumer",
+            enable_auto_commit=False,  # offsets are committed in the transactions
+            auto_offset_reset="earliest",
+            isolation_level="read_committed",
+            fetch_max_wait_ms=fetch_max_wait_ms,
+            max_partition_fetch_bytes=MAX_PARTITION_FETCH_BYTES,
+            session_timeout_ms=int(session_timeout_s * 1000),
+            heartbeat_interval_ms=int(session_timeout_s * 1000 / 4),
+        )
+        self._consumer: AIOKafkaConsumer | None = None  # made on start, in the event loop
+
+    @property
+    def consumer(self) -> AIOKafkaConsumer:
+        if self._consumer is None:
+            raise RuntimeError("the events processor has not started")
+        return self._consumer
+
+    def assignment(self) -> set[int]:
+        """Partitions of the events topic assigned to this worker now."""
+        if self._consumer is None:
+            return set()
+        return {tp.partition for tp in self._consumer.assignment() if tp.topic == self.topic}
+
+    async def on_start(self) -> None:
+        self._consumer = AIOKafkaConsumer(**self._consumer_options)
+        self._consumer.subscribe([self.topic], listener=_Rebalance(self))
+        await self._consumer.start()
+
+    async def on_stop(self) -> None:
+        # Between two batches (the loop sees should_stop under the lock): commit what was
+        # handled, then leave the group; the transactions stop after this.
+        async with self._live.lock:
+            await self._transactions.finish()
+        if self._consumer is not None:
+            await self._consumer.stop()
+
+    async def assigned(self, partitions: set[int]) -> None:
+        async with self._live.lock:
+            await self._transactions.assigned(partitions)
+            await self._users.restore(partitions)
+            for partition in sorted(partitions):
+                tp = TopicPartition(self.topic, partition)
+                committed = await self.consumer.committed(tp)
+                if committed is not None:
+                    self.consumer.seek(tp, committed)
+                # else: no commit yet, auto_offset_reset (earliest) decides
+        log.info("events partitions %s assigned; %s users held", sorted(partitions),
+                 len(self._users))
+
+    async def revoked(self, partitions: set[int]) -> None:
+        async with self._live.lock:
+            await self._transactions.revoked(partitions)
+            self._users.drop(partitions)
+        log.info("events partitions %s revoked", sorted(partitions))
+
+    @Service.task
+    async def _consume(self) -> None:
+        consumer = self.consumer
+        transactions = self._transactions
+        while not self.should_stop:
+            try:
+                batches = await consumer.getmany(timeout_ms=self._batch_wait_ms,
+                                                 max_records=self._batch_size)
+            except KafkaError as error:
+                log.error("reading %s failed (%r); stopping the worker", self.topic, error)
+                await self.crash(error)
+                return
+            if not batches:
+                continue
+            async with self._live.lock:  # a rebalance or a model switch waits for the batch
+                if self.should_stop:
+                    return  # stopping: the last commit (on_stop) must not take half a batch
+                # Records fetched before a rebalance may be of a partition gone meanwhile.
+                records = [record for tp, part in batches.items()
+                           if transactions.owns(tp.partition) for record in part]
+                if records:
+                    await self.handler.handle(records)
+            self._observe_lag(batches)
+
+    def _observe_lag(self, batches: dict[TopicPartition, list]) -> None:  # type: ignore[type-arg]
+        for tp, records in batches.items():
+            end = self.consumer.highwater(tp)
+            if end is not None and records:
+                self._metrics.lag.labels(str(tp.partition)).set(max(end - records[-1].offset - 1, 0))
