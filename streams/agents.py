@@ -165,21 +165,19 @@ class EventsHandler:
             metrics.dead_lettered.labels(reason).inc(count)
 
     def _written(self, outcomes: Sequence[tuple[Record, Accepted | Rejected]],
-                 produced: dict[tuple[int, int], int]) -> None:
-        """Freshness of the accepted events whose online state was just written."""
+                 produced: Sequence[int]) -> None:
+        """Freshness of the accepted events whose online state was just written;
+        `produced` holds the records' timestamps, in the order of `outcomes`."""
         done = now_ms()
         observe = self._metrics.freshness.observe
-        for record, outcome in outcomes:
-            timestamp = produced.get((record.partition, record.offset))
+        for (_, outcome), timestamp in zip(outcomes, produced, strict=True):
             if timestamp and isinstance(outcome, Accepted):
                 observe(max(done - timestamp, 0) / 1000.0)
 
     async def _handle(self, consumed: Sequence[ConsumerRecord]) -> None:
         handled = self._transactions.handled
-        records = [
-            Record(r.topic, r.partition, r.offset, r.key, r.value)
-            for r in consumed if not handled(r.partition, r.offset)
-        ]
+        fresh = [r for r in consumed if not handled(r.partition, r.offset)]
+        records = [Record(r.topic, r.partition, r.offset, r.key, r.value) for r in fresh]
         # An accepted record's key is its user id (admission checks it), and a key's
         # records share a partition: the partition whose store holds the user's state.
         partition_of = {r.key.decode(errors="replace"): r.partition for r in records if r.key}
@@ -209,7 +207,7 @@ class EventsHandler:
                 ],
                 await self._user_vectors({o.event.user_id: o.state for _, o in accepted}),
             )
-            self._written(outcomes, {(r.partition, r.offset): r.timestamp for r in consumed})
+            self._written(outcomes, [r.timestamp for r in fresh])
         except Exception as error:
             log.exception("writing the online state of %s events failed", len(accepted))
             failed = Rejected(INTERNAL_ERROR, repr(error))

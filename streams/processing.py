@@ -67,15 +67,21 @@ def admit(
     state_of: Callable[[str], UserState],
     now_ms: int,
     policy: Policy,
+    accepted_at: Callable[[str, UserState, str], int | None] | None = None,
 ) -> Accepted:
-    """Validate, join with the catalog and dedupe one record; raises RejectedInput."""
+    """Validate, join with the catalog and dedupe one record; raises RejectedInput.
+    ``accepted_at(user_id, state, event_id)`` finds an event id among the state's recent
+    ones (by default a scan of ``state.accepted``)."""
     event = parse_event(record.value, record.key, now_ms=now_ms, limits=policy.limits)
     item = items(event.item_id)
     if item is None:
         raise UnknownItem(f"item {event.item_id[:200]!r} is not in the catalog")
     state = state_of(event.user_id)
     weight = interaction_weight(event.type, event.value, policy.weights)
-    seen_at = accepted_offset(state, event.event_id)
+    if accepted_at is None:
+        seen_at = accepted_offset(state, event.event_id)
+    else:
+        seen_at = accepted_at(event.user_id, state, event.event_id)
     if seen_at == record.offset:
         return Accepted(event, item, weight, state, replay=True)
     if seen_at is not None:
@@ -119,15 +125,26 @@ def admit_batch(
 ) -> Batch:
     """:func:`admit` for each record; one record's failure never affects another's."""
     batch = Batch()
+    # Per user of the batch, its recent event ids -> offsets, oldest first, kept as fold
+    # keeps ``state.accepted`` (the newest dedupe_window): one dict built per user, where
+    # a scan of the window per event would cost dedupe_window comparisons each.
+    recent: dict[str, dict[str, int]] = {}
 
     def current(user_id: str) -> UserState:
         changed = batch.changed.get(user_id)
         return changed[1] if changed is not None else state_of(user_id)
 
+    def accepted_at(user_id: str, state: UserState, event_id: str) -> int | None:
+        ids = recent.get(user_id)
+        if ids is None:
+            ids = recent[user_id] = dict(state.accepted)
+        return ids.get(event_id)
+
     for record in records:
         outcome: Accepted | Rejected
         try:
-            outcome = admit(record, items=items, state_of=current, now_ms=now_ms, policy=policy)
+            outcome = admit(record, items=items, state_of=current, now_ms=now_ms, policy=policy,
+                            accepted_at=accepted_at)
         except RejectedInput as error:
             outcome = Rejected(error.reason, str(error))
         except Exception as error:
@@ -135,7 +152,12 @@ def admit_batch(
             outcome = Rejected(INTERNAL_ERROR, repr(error))
         else:
             if not outcome.replay:
-                batch.changed[outcome.event.user_id] = (record.partition, outcome.state)
+                user_id = outcome.event.user_id
+                batch.changed[user_id] = (record.partition, outcome.state)
+                ids = recent[user_id]
+                ids[outcome.event.event_id] = record.offset
+                if len(ids) > policy.dedupe_window:
+                    del ids[next(iter(ids))]
         batch.outcomes.append((record, outcome))
     return batch
 

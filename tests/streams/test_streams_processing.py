@@ -161,3 +161,34 @@ def test_batch_isolates_a_failing_record() -> None:
     assert isinstance(first, Rejected) and first.reason == INTERNAL_ERROR
     assert "catalog bug" in first.detail
     assert isinstance(second, Accepted)
+
+
+def test_batch_dedupes_within_the_window_as_one_record_at_a_time_does() -> None:
+    """An id leaves the dedupe memory after `dedupe_window` newer accepted events, in a
+    batch as in record-by-record admission."""
+    policy = Policy(limits=POLICY.limits, weights=POLICY.weights, history_length=10,
+                    dedupe_window=3)
+    states = States()
+    run(record("e0", offset=0), states)  # remembered before the batch
+    ids = ["e1", "e0", "e2", "e3", "e0", "e4", "e2", "e4"]
+    records = [record(event_id, offset=n + 1) for n, event_id in enumerate(ids)]
+    batch = admit_batch(records, items=CATALOG.get, state_of=states, now_ms=NOW_MS,
+                        policy=policy)
+    one_by_one = States()
+    one_by_one.data = dict(states.data)
+    expected = []
+    for rec in records:
+        try:
+            accepted = admit(rec, items=CATALOG.get, state_of=one_by_one, now_ms=NOW_MS,
+                             policy=policy)
+        except Duplicate:
+            expected.append("duplicate")
+        else:
+            one_by_one.data["u1"] = accepted.state
+            expected.append("accepted")
+    kinds = [o.reason if isinstance(o, Rejected) else "accepted" for _, o in batch.outcomes]
+    # e0 is still remembered at first; after e1, e2, e3 it is forgotten and comes back in;
+    # so is e2 after e3, e0, e4.
+    assert kinds == expected == ["accepted", "duplicate", "accepted", "accepted", "accepted",
+                                 "accepted", "accepted", "duplicate"]
+    assert batch.changed["u1"][1] == one_by_one.data["u1"]
