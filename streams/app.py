@@ -110,6 +110,7 @@ def create_app(
     processor = EventsProcessor(
         handler=events_handler, transactions=transactions, users=users, live=live,
         metrics=metrics, bootstrap_servers=servers, topic=settings.topic_events, group=group,
+        legacy_group=settings.app_id,
         batch_size=settings.event_batch_size,
         batch_wait_ms=int(settings.event_batch_within_s * 1000),
         fetch_max_wait_ms=settings.consumer_fetch_max_wait_ms,

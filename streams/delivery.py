@@ -185,6 +185,11 @@ class Transactions(Service):
             self._next_offsets[partition] = max(self._next_offsets.get(partition, 0), offset + 1)
             self._handled[partition] = max(self._handled.get(partition, 0), offset + 1)
 
+    def start_at(self, partition: int, offset: int) -> None:
+        """The partition was just assigned and is read from `offset` (its committed offset):
+        records below it were handled, whatever a fetch made before the seek returns."""
+        self._handled[partition] = offset
+
     def handled(self, partition: int, offset: int) -> bool:
         """Whether this worker already sent the outputs of that record, committed or in the
         open transaction. Faust hands a record over again when a rebalance keeps its

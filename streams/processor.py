@@ -12,6 +12,10 @@ previous owner and aborting what it left open), its user states are restored fro
 committed changelog, and the consumer is sought to the committed offset, read only
 after the fence so that no commit of the previous owner can still be on its way.
 A revoked partition's work is committed before the group moves on.
+
+Earlier versions read ``events`` in Faust's group (``app_id``) and committed there; a
+partition with no offset in the events group starts from that group's offset, so an
+upgrade neither reads the event log again nor skips any of it.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import asyncio
 import logging
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 from mode import Service
 
@@ -59,6 +64,7 @@ class EventsProcessor(Service):
         bootstrap_servers: list[str],
         topic: str,
         group: str,
+        legacy_group: str | None,
         batch_size: int,
         batch_wait_ms: int,
         fetch_max_wait_ms: int,
@@ -73,6 +79,8 @@ class EventsProcessor(Service):
         self._metrics = metrics
         self.topic = topic
         self.group = group
+        self._legacy_group = legacy_group
+        self._bootstrap_servers = bootstrap_servers
         self._batch_size = batch_size
         self._batch_wait_ms = batch_wait_ms
         self.add_dependency(transactions)  # started before, stopped after this service
@@ -119,14 +127,44 @@ class EventsProcessor(Service):
         async with self._live.lock:
             await self._transactions.assigned(partitions)
             await self._users.restore(partitions)
+            uncommitted: list[TopicPartition] = []
             for partition in sorted(partitions):
                 tp = TopicPartition(self.topic, partition)
                 committed = await self.consumer.committed(tp)
                 if committed is not None:
                     self.consumer.seek(tp, committed)
-                # else: no commit yet, auto_offset_reset (earliest) decides
+                    # Records fetched from a position the consumer found on its own
+                    # before this seek may still come out of getmany: drop those below.
+                    self._transactions.start_at(partition, committed)
+                else:
+                    uncommitted.append(tp)
+            legacy = await self._legacy_offsets(uncommitted)
+            if legacy:
+                # Committed in this group too: the consumer's own look-up of committed
+                # offsets, which may come after the seek, must not reset it to the start.
+                await self.consumer.commit(legacy)
+            for tp, offset in legacy.items():
+                log.info("%s[%s] starts at offset %s, committed by group %s", tp.topic,
+                         tp.partition, offset, self._legacy_group)
+                self.consumer.seek(tp, offset)
+                self._transactions.start_at(tp.partition, offset)
+            # Any other: no commit yet, auto_offset_reset (earliest) decides.
         log.info("events partitions %s assigned; %s users held", sorted(partitions),
                  len(self._users))
+
+    async def _legacy_offsets(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
+        """Offsets the legacy group committed for `partitions` (those it has)."""
+        if not partitions or not self._legacy_group:
+            return {}
+        admin = AIOKafkaAdminClient(bootstrap_servers=self._bootstrap_servers,
+                                    client_id=f"{self.group}-admin")
+        await admin.start()
+        try:
+            found = await admin.list_consumer_group_offsets(self._legacy_group,
+                                                            partitions=partitions)
+        finally:
+            await admin.close()
+        return {tp: meta.offset for tp, meta in found.items() if meta.offset >= 0}
 
     async def revoked(self, partitions: set[int]) -> None:
         async with self._live.lock:
