@@ -72,7 +72,7 @@ def normalise(vectors: np.ndarray, dim: int) -> np.ndarray:
         raise ValueError(f"expected vectors of dimension {dim}, got shape {array.shape}")
     if not np.isfinite(array).all():
         raise ValueError("vectors contain NaN or infinity")
-    norms = np.linalg.norm(array, axis=1, keepdims=True)  # [n, 1]
+    norms = np.sqrt(np.add.reduce(array * array, axis=1, keepdims=True))  # [n, 1], as linalg.norm
     if (norms < _EPS).any():
         raise ValueError("a vector is all zeros")
     return np.ascontiguousarray(array / norms, dtype=np.float32)

@@ -67,7 +67,7 @@ def decode_vector(raw: bytes | None) -> np.ndarray | None:
     checks it against the version it answers with."""
     if raw is None or not raw or len(raw) % 4:
         return None
-    vector = np.frombuffer(raw, dtype="<f4").astype(np.float32)
+    vector = np.frombuffer(raw, dtype="<f4").astype(np.float32, copy=False)  # read-only: never written
     if not np.isfinite(vector).all() or not vector.any():
         return None
     return vector
