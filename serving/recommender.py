@@ -23,6 +23,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -57,9 +58,9 @@ STRATEGY_POPULAR = "popular"
 STRATEGY_SIMILAR = "similar"
 
 
-@dataclass(frozen=True)
-class Shown:
-    """One returned item with its display fields."""
+class Shown(NamedTuple):
+    """One returned item with its display fields (a named tuple: k of them per request,
+    at a third of a frozen dataclass's cost)."""
 
     item_id: str
     score: float
