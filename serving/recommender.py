@@ -204,8 +204,20 @@ class Recommender:
         return None, STRATEGY_POPULAR
 
     def _allows(self, filters: Filters) -> Callable[[str], bool]:
+        """:meth:`Filters.allows` against the catalog; without category or price filters
+        (most requests) only exclusion and availability are checked, in one call."""
         get = self.catalog.get
-        return lambda item_id: filters.allows(item_id, get(item_id))
+        if filters.narrows:
+            return lambda item_id: filters.allows(item_id, get(item_id))
+        excluded = filters.excluded
+
+        def allows(item_id: str) -> bool:
+            if item_id in excluded:
+                return False
+            entry = get(item_id)
+            return entry is None or entry.available
+
+        return allows
 
     def _group(self, item_id: str) -> str | None:
         """The item's first category, case-folded: what the diversity cap counts."""
