@@ -13,8 +13,9 @@ def anchors(shown: np.ndarray, recent: np.ndarray, same: np.ndarray | None = Non
     that are one item (a seen item shown again): an item never explains itself.
     """
     similarity = shown @ recent.T  # [n, r]
-    if same is not None:
-        similarity = np.where(same, -np.inf, similarity)
+    if same is None:  # unit vectors: every similarity is finite, each row has an anchor
+        return np.argmax(similarity, axis=1)
+    similarity = np.where(same, -np.inf, similarity)
     best = np.argmax(similarity, axis=1)  # [n]
     return np.where(np.isfinite(similarity[np.arange(len(best)), best]), best, -1)
 

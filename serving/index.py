@@ -12,6 +12,11 @@ more neighbour per excluded item and drops them (cheaper than a FAISS id selecto
 is checked against every scanned vector, and it lets queries with different exclusions
 share one FAISS call). Every method holds one lock, so searches may run in worker
 threads (FAISS releases the GIL) next to upserts.
+
+FAISS ids name items through a numpy object array (FAISS id -> item id): a search turns
+its labels into item ids with one gather instead of a Python lookup per label, and
+hands the labels back (:class:`Hits`) so vectors of found items are read without
+looking their ids up again.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import logging
 import math
 import threading
 from collections.abc import Collection, Iterable, Sequence
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import faiss
 import numpy as np
@@ -41,6 +46,14 @@ def ivf_lists(n_items: int) -> int:
     return max(1, int(4 * math.sqrt(max(n_items, 1))))
 
 
+class Hits(NamedTuple):
+    """One query row's answer: scores (float32), item ids and their FAISS ids (int64)."""
+
+    scores: np.ndarray
+    item_ids: list[str]
+    keys: np.ndarray
+
+
 def _remove(index: faiss.Index, faiss_ids: Collection[int]) -> None:
     """Remove ids; an IVF hashtable direct map accepts only an IDSelectorArray."""
     array = np.fromiter(faiss_ids, dtype=np.int64, count=len(faiss_ids))
@@ -59,7 +72,7 @@ def normalise(vectors: np.ndarray, dim: int) -> np.ndarray:
         raise ValueError(f"expected vectors of dimension {dim}, got shape {array.shape}")
     if not np.isfinite(array).all():
         raise ValueError("vectors contain NaN or infinity")
-    norms = np.linalg.norm(array, axis=1, keepdims=True)  # [n, 1]
+    norms = np.sqrt(np.add.reduce(array * array, axis=1, keepdims=True))  # [n, 1], as linalg.norm
     if (norms < _EPS).any():
         raise ValueError("a vector is all zeros")
     return np.ascontiguousarray(array / norms, dtype=np.float32)
@@ -99,7 +112,9 @@ class ItemIndex:
         else:
             self._index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
         self._ids: dict[str, int] = {}  # item id -> FAISS id
-        self._items: list[str | None] = []  # FAISS id -> item id (None once removed)
+        # FAISS id -> item id (None once removed); the first `_assigned` rows are in use.
+        self._items: np.ndarray = np.full(1024, None, dtype=object)
+        self._assigned = 0
         self._lock = threading.Lock()
 
     @classmethod
@@ -147,11 +162,27 @@ class ItemIndex:
         """Drop `item_ids` from the index; unknown ids are ignored. Returns how many went."""
         with self._lock:
             gone = [self._ids.pop(item_id) for item_id in set(item_ids) if item_id in self._ids]
-            for faiss_id in gone:
-                self._items[faiss_id] = None
+            self._items[gone] = None
             if gone:
                 _remove(self._index, gone)
         return len(gone)
+
+    def found_vectors(self, keys: np.ndarray, item_ids: Sequence[str],
+                      others: Iterable[str]) -> tuple[np.ndarray, list[str], np.ndarray] | None:
+        """The unit vectors of items a search found (by their FAISS ids `keys`, with their
+        item ids) and of the indexed ones of `others`, in one call into FAISS:
+        ``(found [n, dim], indexed others, their vectors [m, dim])``. None when one of the
+        found items has been removed or replaced since the search.
+        """
+        get = self._ids.get
+        with self._lock:
+            if self._items[keys].tolist() != list(item_ids):
+                return None
+            pairs = [(item_id, key) for item_id in others if (key := get(item_id)) is not None]
+            wanted = np.concatenate([keys, np.fromiter((key for _, key in pairs), np.int64, len(pairs))])
+            matrix = np.asarray(self._index.reconstruct_batch(wanted), dtype=np.float32)
+        n = len(keys)
+        return matrix[:n], [item_id for item_id, _ in pairs], matrix[n:]
 
     def vector(self, item_id: str) -> np.ndarray | None:
         """The stored unit vector of `item_id` [dim], or None when it is not indexed."""
@@ -185,7 +216,13 @@ class ItemIndex:
         self, query_vectors: np.ndarray, ks: Sequence[int], excludes: Sequence[Collection[str]]
     ) -> list[tuple[np.ndarray, list[str]]]:
         """Query row i's up-to-``ks[i]`` most similar items, never one of ``excludes[i]``,
-        as ``(scores, item_ids)`` pairs, in one FAISS call for all rows.
+        as ``(scores, item_ids)`` pairs, in one FAISS call for all rows."""
+        return [(hits.scores, hits.item_ids) for hits in self.search_hits(query_vectors, ks, excludes)]
+
+    def search_hits(
+        self, query_vectors: np.ndarray, ks: Sequence[int], excludes: Sequence[Collection[str]]
+    ) -> list[Hits]:
+        """:meth:`search_each` with the FAISS ids of what was found.
 
         Each row fetches its k plus one per excluded item, so exclusions never eat into
         the k results; the excluded ones are dropped from what comes back.
@@ -195,29 +232,31 @@ class ItemIndex:
         xq = normalise(query_vectors, self.dim)  # [nq, dim]
         if not len(ks) == len(excludes) == len(xq):
             raise ValueError("one k and one exclusion set per query row")
-        nothing: tuple[np.ndarray, list[str]] = (np.empty(0, np.float32), [])
         with self._lock:
             n = len(self._ids)
             if n == 0:
-                return [nothing for _ in xq]
+                return [Hits(np.empty(0, np.float32), [], np.empty(0, np.int64)) for _ in xq]
             fetch = min(n, max(k + len(excluded) for k, excluded in zip(ks, excludes)))
             D, I = self._index.search(xq, fetch)  # [nq, fetch] each
-            items = self._items
-            found: list[tuple[np.ndarray, list[str]]] = []
-            for distances, labels, k, excluded in zip(D, I, ks, excludes, strict=True):
-                # An approximate index may return fewer than asked (label -1, at the end).
-                named = [items[label] for label in labels.tolist() if label >= 0]
-                kept = [n for n, item_id in enumerate(named)
+            # An approximate index may return fewer than asked (label -1, at the end).
+            named = self._items[np.maximum(I, 0)]  # [nq, fetch] item ids, None once removed
+            named[I < 0] = None
+            found: list[Hits] = []
+            for distances, labels, names, k, excluded in zip(D, I, named, ks, excludes, strict=True):
+                kept = [n for n, item_id in enumerate(names.tolist())
                         if item_id is not None and item_id not in excluded][:k]
-                found.append((distances[kept].astype(np.float32, copy=False),
-                              [named[n] for n in kept]))
+                found.append(Hits(distances[kept].astype(np.float32, copy=False),
+                                  names[kept].tolist(), labels[kept]))
         return found
 
     def _faiss_id(self, item_id: str) -> int:
         """The FAISS id of `item_id`, assigning a fresh one on first sight (lock held)."""
         faiss_id = self._ids.get(item_id)
         if faiss_id is None:
-            faiss_id = len(self._items)
+            faiss_id = self._assigned
+            if faiss_id == len(self._items):  # doubling keeps assignment amortised O(1)
+                self._items = np.concatenate([self._items, np.full(len(self._items), None, dtype=object)])
             self._ids[item_id] = faiss_id
-            self._items.append(item_id)
+            self._items[faiss_id] = item_id
+            self._assigned += 1
         return faiss_id

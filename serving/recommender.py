@@ -23,6 +23,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -32,7 +33,7 @@ from serving.coalesce import Coalescer
 from serving.errors import ItemNotFound
 from serving.explain import anchors, mean_vector, similar_to
 from serving.filters import Filters
-from serving.index import ItemIndex
+from serving.index import Hits, ItemIndex
 from serving.models import Model, Models
 from serving.online import OnlineStore, UserState
 from serving.ranking import (
@@ -57,9 +58,9 @@ STRATEGY_POPULAR = "popular"
 STRATEGY_SIMILAR = "similar"
 
 
-@dataclass(frozen=True)
-class Shown:
-    """One returned item with its display fields."""
+class Shown(NamedTuple):
+    """One returned item with its display fields (a named tuple: k of them per request,
+    at a third of a frozen dataclass's cost)."""
 
     item_id: str
     score: float
@@ -100,18 +101,15 @@ class Search:
     excluded: frozenset[str]
 
 
-Found = tuple[np.ndarray, list[str]]  # scores, item ids
-
-
-def search_all(searches: list[Search]) -> list[Found]:
+def search_all(searches: list[Search]) -> list[Hits]:
     """Every search's answer; the rows of one index go to FAISS in one call."""
     by_index: dict[int, list[int]] = {}
     for n, search in enumerate(searches):
         by_index.setdefault(id(search.index), []).append(n)
-    found: list[Found | None] = [None] * len(searches)
+    found: list[Hits | None] = [None] * len(searches)
     for rows in by_index.values():
         index = searches[rows[0]].index
-        answers = index.search_each(
+        answers = index.search_hits(
             np.stack([searches[n].vector for n in rows]),
             [searches[n].k for n in rows], [searches[n].excluded for n in rows],
         )
@@ -131,7 +129,7 @@ class Recommender:
         self._tuning = tuning
         self._log = log
         # Searches of concurrent requests made in one event-loop turn share a FAISS call.
-        self._coalesced: Coalescer[Search, Found] | None = (
+        self._coalesced: Coalescer[Search, Hits] | None = (
             Coalescer(self._search_batch) if tuning.coalesce_search else None
         )
 
@@ -165,7 +163,7 @@ class Recommender:
             exclude_categories=query.exclude_categories,
             min_price=query.min_price, max_price=query.max_price,
         )
-        picked = await self._nearest(model.index, vector, query.k, filters, 0, REASON_SIMILAR)
+        picked, _ = await self._nearest(model.index, vector, query.k, filters, 0, REASON_SIMILAR)
         return self._finish(model.version, picked, STRATEGY_SIMILAR, query.user_id, "SimilarItems")
 
     async def _answer(self, query: RecommendQuery, state: UserState, method: str) -> Recommendation:
@@ -180,9 +178,9 @@ class Recommender:
         vector, strategy = self._query_vector(model, state)
         personal: list[Candidate] = []
         if vector is not None:
-            personal = await self._nearest(model.index, vector, query.k, filters,
-                                           query.max_per_category, REASON_PERSONAL)
-            personal = self._explained(model.index, personal, state.seen)
+            personal, hits = await self._nearest(model.index, vector, query.k, filters,
+                                                 query.max_per_category, REASON_PERSONAL)
+            personal = self._explained(model.index, personal, hits, state.seen)
         picked = personal
         if len(picked) < query.k:
             picked = await self._backfill(personal, query.k, filters, query.max_per_category)
@@ -206,8 +204,20 @@ class Recommender:
         return None, STRATEGY_POPULAR
 
     def _allows(self, filters: Filters) -> Callable[[str], bool]:
+        """:meth:`Filters.allows` against the catalog; without category or price filters
+        (most requests) only exclusion and availability are checked, in one call."""
         get = self.catalog.get
-        return lambda item_id: filters.allows(item_id, get(item_id))
+        if filters.narrows:
+            return lambda item_id: filters.allows(item_id, get(item_id))
+        excluded = filters.excluded
+
+        def allows(item_id: str) -> bool:
+            if item_id in excluded:
+                return False
+            entry = get(item_id)
+            return entry is None or entry.available
+
+        return allows
 
     def _group(self, item_id: str) -> str | None:
         """The item's first category, case-folded: what the diversity cap counts."""
@@ -217,47 +227,54 @@ class Recommender:
         return entry.categories[0].strip().casefold() or None
 
     async def _nearest(self, index: ItemIndex, vector: np.ndarray, k: int, filters: Filters,
-                       max_per_category: int, reason: str) -> list[Candidate]:
-        """The k best allowed neighbours, widening the search while filters take too many."""
+                       max_per_category: int, reason: str) -> tuple[list[Candidate], Hits | None]:
+        """The k best allowed neighbours, widening the search while filters take too many,
+        and the search's answer they were picked from."""
         limit = min(len(index), self._tuning.max_candidates)
         if limit == 0:
-            return []
+            return [], None
         extra = k * 3 if filters.narrows or max_per_category else 0
         window: int | None = first_window(k, extra, self._tuning.candidate_margin, limit)
         allows = self._allows(filters)
         picked: list[Candidate] = []
+        hits: Hits | None = None
         while window is not None:
             search = Search(index, vector, window, filters.excluded)
             if self._coalesced is not None:
-                scores, item_ids = await self._coalesced(search)
+                hits = await self._coalesced(search)
             else:
-                scores, item_ids = (await self._search_batch([search]))[0]
-            picked = merge([candidates(item_ids, scores, reason)], k, allows,
+                hits = (await self._search_batch([search]))[0]
+            picked = merge([candidates(hits.item_ids, hits.scores, reason)], k, allows,
                            max_per_group=max_per_category, group=self._group)
-            if len(picked) >= k or len(item_ids) < window:
+            if len(picked) >= k or len(hits.item_ids) < window:
                 break
             window = next_window(window, limit)
-        return picked
+        return picked, hits
 
-    async def _search_batch(self, searches: list[Search]) -> list[Found]:
+    async def _search_batch(self, searches: list[Search]) -> list[Hits]:
         if self._tuning.search_in_thread:  # FAISS releases the GIL: the loop runs on meanwhile
             return await asyncio.to_thread(search_all, searches)
         return search_all(searches)
 
-    def _explained(self, index: ItemIndex, picked: list[Candidate],
+    def _explained(self, index: ItemIndex, picked: list[Candidate], hits: Hits | None,
                    seen: tuple[str, ...]) -> list[Candidate]:
-        """Each personal item says which recent item of the user it is closest to."""
-        if not picked or not seen:
+        """Each personal item says which recent item of the user it is closest to.
+
+        The picked items' vectors are read by the FAISS ids their search answered with,
+        so only the recent items are looked up by item id.
+        """
+        if not picked or not seen or hits is None:
             return picked
-        asked = [c.item_id for c in picked] + list(seen[: self._tuning.recent_items])
-        found, matrix = index.vectors(asked)  # one call
-        if found[: len(picked)] != asked[: len(picked)] or len(found) == len(picked):
+        position = {item_id: n for n, item_id in enumerate(hits.item_ids)}
+        shown_ids = [c.item_id for c in picked]
+        keys = hits.keys[[position[item_id] for item_id in shown_ids]]
+        vectors = index.found_vectors(keys, shown_ids, seen[: self._tuning.recent_items])
+        if vectors is None or not vectors[1]:
             return picked  # an item removed meanwhile, or no recent item indexed: generic reason
-        shown, recent = matrix[: len(picked)], matrix[len(picked):]
-        recent_ids = found[len(picked):]
+        shown, recent_ids, recent = vectors
         same = None  # [k, r]: a seen item shown again (only when seen items are not excluded)
-        if not set(recent_ids).isdisjoint(asked[: len(picked)]):
-            same = np.equal.outer(np.array(asked[: len(picked)], dtype=object),
+        if not set(recent_ids).isdisjoint(shown_ids):
+            same = np.equal.outer(np.array(shown_ids, dtype=object),
                                   np.array(recent_ids, dtype=object))
         rows = anchors(shown, recent, same).tolist()
         return [c if row < 0 else Candidate(c.item_id, c.score, similar_to(self._name(recent_ids[row])))

@@ -100,6 +100,14 @@ def _price_range(request: recommender_pb2.RecommendRequest | recommender_pb2.Sim
     return low, high
 
 
+_NONE: frozenset[str] = frozenset()
+
+
+def _keys(name: str, values: Sequence[str], most: int) -> frozenset[str]:
+    """Checked category filter keys; most requests have none, which costs nothing to build."""
+    return category_keys(_check_list(name, values, most)) if values else _NONE
+
+
 def parse_recommend(request: recommender_pb2.RecommendRequest, limits: Limits) -> RecommendQuery:
     """Check `request`; raises InvalidRequest naming the first field out of bounds."""
     low, high = _price_range(request)
@@ -110,13 +118,11 @@ def parse_recommend(request: recommender_pb2.RecommendRequest, limits: Limits) -
         k=_check_k(request.k, limits),
         exclude_item_ids=frozenset(
             _check_list("exclude_item_ids", request.exclude_item_ids, limits.max_exclude)
-        ),
-        include_categories=category_keys(
-            _check_list("include_categories", request.include_categories, limits.max_categories)
-        ),
-        exclude_categories=category_keys(
-            _check_list("exclude_categories", request.exclude_categories, limits.max_categories)
-        ),
+        ) if request.exclude_item_ids else _NONE,
+        include_categories=_keys("include_categories", request.include_categories,
+                                 limits.max_categories),
+        exclude_categories=_keys("exclude_categories", request.exclude_categories,
+                                 limits.max_categories),
         min_price=low,
         max_price=high,
         max_per_category=request.max_per_category,

@@ -65,7 +65,7 @@ def translated(method: Method[Request, Response]) -> Method[Request, Response]:
             raise AssertionError("context.abort returned") from error  # abort always raises
         finally:
             if metrics is not None:
-                metrics.latency.labels(name).observe(time.perf_counter() - started)
+                metrics.method_latency(name).observe(time.perf_counter() - started)
 
     return call
 
@@ -81,12 +81,17 @@ def _scored(item: Shown) -> recommender_pb2.ScoredItem:
 
 
 def _response(result: Recommendation) -> recommender_pb2.RecommendResponse:
-    return recommender_pb2.RecommendResponse(
-        items=[_scored(item) for item in result.items],
+    """The response, its items added in place (not built apart and then copied in)."""
+    response = recommender_pb2.RecommendResponse(
         model_version=result.model_version,
         recommendation_id=result.recommendation_id,
         strategy=result.strategy,
     )
+    add = response.items.add
+    for item in result.items:
+        add(item_id=item.item_id, score=item.score, title=item.title, reason=item.reason,
+            categories=item.categories)
+    return response
 
 
 class RecommenderServicer(recommender_pb2_grpc.RecommenderServicer):

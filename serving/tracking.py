@@ -61,7 +61,7 @@ class RecommendationLog:
         self._producer = producer
         self._topic = topic
         self._queue: asyncio.Queue[events_pb2.RecommendationLog] = asyncio.Queue(queue_size)
-        self._in_flight: asyncio.Task[None] | None = None  # the entry being handed to Kafka
+        self._in_flight: asyncio.Task[None] | None = None  # the entries being handed to Kafka
         self.dropped = 0
 
     def record(self, entry: events_pb2.RecommendationLog) -> None:
@@ -73,10 +73,12 @@ class RecommendationLog:
     async def run(self) -> None:
         """Produce queued records until cancelled; then what is queued is flushed by :meth:`drain`."""
         while True:
-            entry = await self._queue.get()
-            # Shielded: cancelling the loop at shutdown must not lose the entry it holds
-            # (the first send to a topic waits for metadata); drain() finishes it.
-            self._in_flight = asyncio.ensure_future(self._send(entry))
+            entries = [await self._queue.get()]
+            while not self._queue.empty():  # all that is queued: one task per wake-up, not per entry
+                entries.append(self._queue.get_nowait())
+            # Shielded: cancelling the loop at shutdown must not lose the entries it holds
+            # (the first send to a topic waits for metadata); drain() finishes them.
+            self._in_flight = asyncio.ensure_future(self._send_all(entries))
             await asyncio.shield(self._in_flight)
 
     async def drain(self) -> None:
@@ -86,6 +88,10 @@ class RecommendationLog:
             await self._in_flight
         while not self._queue.empty():
             await self._send(self._queue.get_nowait())
+
+    async def _send_all(self, entries: list[events_pb2.RecommendationLog]) -> None:
+        for entry in entries:
+            await self._send(entry)
 
     async def _send(self, entry: events_pb2.RecommendationLog) -> None:
         try:

@@ -80,18 +80,19 @@ async def test_filters_inside_retrieval_still_give_k_results(stack: Stack) -> No
     assert _ids(with_seen) == in_stock[:3]
 
 
-async def test_recommend_batch_answers_each_request_in_order(stack: Stack) -> None:
+@pytest.mark.parametrize("coalesce", [False, True])
+async def test_recommend_batch_answers_each_request_in_order(stack: Stack, coalesce: bool) -> None:
     vectors = _vectors()
     await stack.publish_vectors(vectors)
     await stack.set_user("a", vectors["i001"])
     await stack.set_user("b", vectors["i002"])
     await stack.set_popular({"i010": 5, "i011": 4})
     requests = [recommender_pb2.RecommendRequest(user_id=u, k=k) for u, k in (("a", 3), ("new", 2), ("b", 4))]
-    async with stack.server(max_batch=3) as client:
+    async with stack.server(max_batch=3, redis_coalesce=coalesce, search_coalesce=coalesce) as client:
         batch = await client.stub.RecommendBatch(
             recommender_pb2.RecommendBatchRequest(requests=requests), timeout=5)
         singles = [await client.stub.Recommend(r, timeout=5) for r in requests]
-        # Concurrent calls share one Redis pipeline; each still gets its own user's answer.
+        # Concurrent calls (batched together when coalescing) each get their own user's answer.
         together = await asyncio.gather(*(client.stub.Recommend(r, timeout=5) for r in requests * 3))
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await client.stub.RecommendBatch(
