@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from protos import events_pb2
 
 
-@dataclass(frozen=True)
-class Interaction:
+class Interaction(NamedTuple):
     """One accepted event as the history keeps it."""
 
     item_id: str
@@ -23,8 +22,7 @@ class Interaction:
     weight: float
 
 
-@dataclass(frozen=True)
-class UserState:
+class UserState(NamedTuple):
     """``history`` oldest first by event time; ``accepted`` holds (event_id, source offset)
     pairs, oldest first."""
 

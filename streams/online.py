@@ -19,6 +19,7 @@ import json
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from mode import Service
 from redis.asyncio import Redis
@@ -101,8 +102,7 @@ TYPE_NAMES: dict[int, str] = {
 }
 
 
-@dataclass(frozen=True)
-class Touch:
+class Touch(NamedTuple):
     """An accepted event: the user acted on the item (``event_type``, an ``EventType``
     number); ``popularity`` is added to its popular and trending scores (0 adds nothing).
     ``partition`` and ``offset`` locate its record in the events topic."""
@@ -170,8 +170,7 @@ def flat_entry(cap: int, times: dict[str, int]) -> list[object]:
     return entry
 
 
-@dataclass(frozen=True)
-class UserVector:
+class UserVector(NamedTuple):
     """A user's new vector (float32 little-endian bytes) and what it was made from."""
 
     user_id: str

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from protos import events_pb2
 from streams.errors import Duplicate, RejectedInput, UnknownItem
@@ -23,8 +24,7 @@ log = logging.getLogger(__name__)
 INTERNAL_ERROR = "internal_error"
 
 
-@dataclass(frozen=True)
-class Record:
+class Record(NamedTuple):
     """A consumed Kafka record, as far as processing needs it."""
 
     topic: str
@@ -44,8 +44,7 @@ class Policy:
     dedupe_window: int
 
 
-@dataclass(frozen=True)
-class Accepted:
+class Accepted(NamedTuple):
     """An accepted event, its catalog item and the user's state after it.
 
     ``replay`` marks a record read again after a crash or a rebalance that the user's
@@ -98,8 +97,7 @@ def admit(
     return Accepted(event, item, weight, state, replay=False)
 
 
-@dataclass(frozen=True)
-class Rejected:
+class Rejected(NamedTuple):
     """A record that goes to the dead-letter topic."""
 
     reason: str
