@@ -2,7 +2,8 @@
 
 A worker is SIGKILLed at a random moment while it works through a backlog of thousands
 of events on several partitions, then started again; a second worker joins mid-stream
-and the first leaves. Afterwards every record of ``events`` has exactly one outcome in
+and the first leaves; a second worker joins and the first is SIGKILLed during the
+rebalance. Afterwards every record of ``events`` has exactly one outcome in
 ``events.enriched`` or ``events.dlq`` (read committed), and Redis and the user states
 hold what one clean pass over the records gives. ``STREAMREC_TEST_SEED`` replays a run.
 """
@@ -307,38 +308,88 @@ def test_sigkill_mid_replay_loses_nothing_and_applies_nothing_twice(
         client.close()
 
 
-def test_a_second_worker_joins_and_the_first_leaves_mid_stream(
-    deployment: Deployment, rng: random.Random,
-) -> None:
-    first, second = deployment.worker("w1"), deployment.worker("w2")
-    client = redis.Redis.from_url(deployment.redis_url)
-    producer = KafkaProducer(bootstrap_servers=deployment.kafka, acks="all", linger_ms=5)
-    logs: dict[str, TopicLog] = {}
-    expected = Expected()
+def live_events(first: StreamsWorker, producer: KafkaProducer, client: redis.Redis,
+                rng: random.Random, expected: Expected, records: int) -> threading.Thread:
+    """Start `first` with a catalog, send `records` events at 300/s from a thread, and
+    return it (still sending) once the worker has applied 500 of them."""
+    first.start()
+    items = publish_catalog(first, producer, 40)
+    sending = threading.Thread(
+        target=produce,
+        args=(producer, first.topics["events"], Events(rng, 400, items), records, expected),
+        kwargs={"per_second": 300.0},
+    )
+    sending.start()
+    wait_for_progress(client, first, 500)
+    return sending
+
+
+@dataclass
+class Pair:
+    """Two workers of one deployment, the producer and Redis client the test uses, and the
+    logs it opens; all closed or killed afterwards."""
+
+    first: StreamsWorker
+    second: StreamsWorker
+    producer: KafkaProducer
+    client: redis.Redis
+    logs: dict[str, TopicLog] = field(default_factory=dict)
+
+
+@pytest.fixture
+def pair(deployment: Deployment) -> Iterator[Pair]:
+    workers = Pair(
+        deployment.worker("w1"), deployment.worker("w2"),
+        KafkaProducer(bootstrap_servers=deployment.kafka, acks="all", linger_ms=5),
+        redis.Redis.from_url(deployment.redis_url),
+    )
     try:
-        first.start()
-        items = publish_catalog(first, producer, 40)
-        events = Events(rng, 400, items)
-        sending = threading.Thread(
-            target=produce,
-            args=(producer, first.topics["events"], events, 12_000, expected),
-            kwargs={"per_second": 300.0},
-        )
-        sending.start()
-        wait_for_progress(client, first, 500)
-        second.start()  # ready once it has its share of the partitions
-        time.sleep(3.0)  # both work, while events keep coming
-        assert sending.is_alive(), "the events ran out before the first worker left"
-        assert first.stop() == 0  # leaves: the second takes every partition
-        sending.join()
-        logs = open_logs(second)
-        check_exactly_once(second, logs, client, expected)
-        assert "Setting newly assigned partitions" in second.log_since_start()
-        assert second.stop() == 0
+        yield workers
     finally:
-        first.kill()
-        second.kill()
-        for log in logs.values():
+        workers.first.kill()
+        workers.second.kill()
+        for log in workers.logs.values():
             log.close()
-        producer.close()
-        client.close()
+        workers.producer.close()
+        workers.client.close()
+
+
+def test_a_second_worker_joins_and_the_first_leaves_mid_stream(
+    pair: Pair, rng: random.Random,
+) -> None:
+    first, second, expected = pair.first, pair.second, Expected()
+    sending = live_events(first, pair.producer, pair.client, rng, expected, 12_000)
+    second.start()  # ready once it has its share of the partitions
+    time.sleep(3.0)  # both work, while events keep coming
+    assert sending.is_alive(), "the events ran out before the first worker left"
+    assert first.stop() == 0  # leaves: the second takes every partition
+    sending.join()
+    pair.logs = open_logs(second)
+    check_exactly_once(second, pair.logs, pair.client, expected)
+    assert "Setting newly assigned partitions" in second.log_since_start()
+    assert second.stop() == 0
+
+
+def test_a_worker_killed_while_a_second_one_joins_loses_nothing(
+    pair: Pair, rng: random.Random,
+) -> None:
+    """SIGKILL of the first worker at a random moment of the rebalance the second one's
+    join starts, while events keep coming: the second ends up with every partition (after
+    the dead one's session times out) and every record has exactly one outcome."""
+    first, second, expected = pair.first, pair.second, Expected()
+    sending = live_events(first, pair.producer, pair.client, rng, expected, 8_000)
+    joining = threading.Thread(target=second.start)
+    joining.start()
+    # The second's first assignment of events partitions starts the rebalance in which
+    # the first must commit and let go of some of its own.
+    deadline = time.monotonic() + 120
+    while not (second.log_path.exists() and "events partitions" in second.log_since_start()):
+        assert time.monotonic() < deadline, f"the second never joined:\n{second.log_tail()}"
+        time.sleep(0.01)
+    time.sleep(rng.uniform(0.0, 1.0))
+    first.kill()
+    joining.join()
+    sending.join()
+    pair.logs = open_logs(second)
+    check_exactly_once(second, pair.logs, pair.client, expected)
+    assert second.stop() == 0
