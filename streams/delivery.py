@@ -118,33 +118,15 @@ class Transactions(Service):
                 log.warning("last commit failed (%r); the next owner reads those records "
                             "again", error)
 
-    async def send(self, partition: int, topic: str, key: bytes | None, value: bytes) -> None:
-        """Add a record to the open transaction of `partition` (of the source topic); a
-        record of a partition this worker no longer owns is left to the new owner."""
-        producer = await self._producer(partition)
-        if producer is None:
-            return
-        try:
-            if partition not in self._open:
-                await producer.begin_transaction()
-                self._open.add(partition)
-            await producer.send(topic, value, key=key)
-        except ProducerFenced:
-            await self._fenced(partition)
-        except KafkaError as error:
-            await self._fail(error)
-
     async def send_many(self, partition: int, outputs: Sequence[Output]) -> None:
         """Add records to the open transaction of `partition` (of the source topic), one
-        record batch per output partition; like :meth:`send`, a partition this worker no
-        longer owns sends nothing."""
+        record batch per output partition; records of a partition this worker no longer
+        owns are left to the new owner."""
         producer = await self._producer(partition)
         if producer is None or not outputs:
             return
         try:
-            if partition not in self._open:
-                await producer.begin_transaction()
-                self._open.add(partition)
+            await self._begin(partition, producer)
             builders: dict[tuple[str, int], BatchBuilder] = {}
             partitions: dict[str, list[int]] = {}
             chosen: dict[tuple[str, bytes], int] = {}
@@ -191,10 +173,10 @@ class Transactions(Service):
         self._handled[partition] = offset
 
     def handled(self, partition: int, offset: int) -> bool:
-        """Whether this worker already sent the outputs of that record, committed or in the
-        open transaction. Faust hands a record over again when a rebalance keeps its
-        partition here (records fetched before the seek to the committed offset) and
-        at the offset it seeks to; such a record must not be handled twice."""
+        """Whether the outputs of that record were sent already (by this worker, committed
+        or in the open transaction, or below the offset the partition was assigned at). A
+        consumer can return such a record again: fetched before a seek, or once more after
+        a rebalance kept the partition here; it must not be handled twice."""
         return offset < self._handled.get(partition, 0)
 
     def due(self) -> bool:
@@ -211,15 +193,19 @@ class Transactions(Service):
         await asyncio.gather(*(self._commit_one(p, offset) for p, offset in pending.items()))
         self.commits += 1
 
+    async def _begin(self, partition: int, producer: AIOKafkaProducer) -> None:
+        """Open the partition's transaction unless it is open."""
+        if partition not in self._open:
+            await producer.begin_transaction()
+            self._open.add(partition)
+
     async def _commit_one(self, partition: int, next_offset: int) -> None:
         producer = self._producers.get(partition)
         if producer is None:
             return  # fenced meanwhile: the new owner reads these records again
         offsets = {TopicPartition(self.topic, partition): next_offset}
         try:
-            if partition not in self._open:
-                await producer.begin_transaction()
-                self._open.add(partition)
+            await self._begin(partition, producer)
             await producer.send_offsets_to_transaction(offsets, self.group_id)
             await producer.commit_transaction()
             self._open.discard(partition)

@@ -1,5 +1,5 @@
-"""Faust's aiokafka transport with a configurable consumer fetch wait, and offsets that
-the worker commits itself.
+"""Faust's aiokafka transport with a configurable consumer fetch wait, reading again
+records it skipped.
 
 aiokafka keeps one fetch request in flight per broker; the broker holds it up to
 ``fetch_max_wait_ms`` when the requested partitions have no data, and a partition that
@@ -7,18 +7,11 @@ gets data meanwhile waits for that request to return. Faust 0.15 hard-codes 1500
 and has no setting for it, which would add up to 1.5 s to an event's way through the
 worker. This transport sets the wait of the worker's consumer (10 ms by default).
 
-The offsets of ``events`` are committed inside the worker's Kafka transactions, together
-with the records made from them (``streams.delivery``). Faust's consumer must not commit
-them as well: its commit of an acknowledged offset could land before the transaction that
-holds the record's output, or after a newer transactional commit and move the group back.
-It takes the offsets as committed without sending them.
-
 Faust can take records from aiokafka and not hand them to the agent: its ``getmany``
 stops part-way through a fetched batch when the flow stops or the generation changes,
 and the partition's position has moved past them; Faust counts on its next seek to the
 committed offsets to read them again, and until a rebalance brings one they are skipped
-(an event's offset then committed past a record never handled, or an item left
-unembedded after a restart). The consumer here keeps, for the topics it guards, the next
+(an item left unembedded after a restart). The consumer here keeps, for the topics it guards, the next
 offset each partition should hand over; a record beyond it means records were skipped,
 and the partition is sought back to read them again. A gap that is there again after
 one such seek is a real one (compaction, transaction markers) and is accepted. Skipped
@@ -121,32 +114,16 @@ class _ShortFetchConsumer(faust_aiokafka.Consumer):
                         await self._seek_back(tp, expected, position)
             previous = current
 
-    async def _commit_offsets(
-        self, offsets: Mapping[TP, int], start_new_transaction: bool = True
-    ) -> bool:
-        elsewhere = cast(ShortFetchTransport, self.transport).committed_elsewhere
-        own = {tp: offset for tp, offset in offsets.items() if tp.topic not in elsewhere}
-        # Faust's bookkeeping (what is left to commit, stall warnings) sees them done.
-        self._committed_offset.update(
-            {tp: offset for tp, offset in offsets.items() if tp.topic in elsewhere}
-        )
-        if not own:
-            return False
-        return await super()._commit_offsets(own, start_new_transaction)
-
 
 class ShortFetchTransport(faust_aiokafka.Transport):
     """Use as ``app.transport = ShortFetchTransport(app.conf.broker_consumer, app, ...)``;
-    ``committed_elsewhere`` names the topics whose offsets Faust must not commit,
-    ``gap_checked`` those whose skipped records are read again."""
+    ``gap_checked`` names the topics whose skipped records are read again."""
 
     Consumer = _ShortFetchConsumer
 
     def __init__(
-        self, *args: Any, fetch_max_wait_ms: int, committed_elsewhere: frozenset[str] = frozenset(),
-        gap_checked: frozenset[str] = frozenset(), **kwargs: Any,
+        self, *args: Any, fetch_max_wait_ms: int, gap_checked: frozenset[str] = frozenset(), **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         self.fetch_max_wait_ms = fetch_max_wait_ms
-        self.committed_elsewhere = committed_elsewhere
         self.gap_checked = gap_checked

@@ -17,6 +17,16 @@ def _stored(index: ItemIndex, item_id: str) -> np.ndarray:
     return vector
 
 
+def _indexed(seed: int, n: int) -> tuple[np.random.Generator, dict[str, np.ndarray], ItemIndex]:
+    """A generator, `n` random unit vectors ``item-0...`` and an index holding them."""
+    rng = np.random.default_rng(seed)
+    vectors = unit_rows(rng, n, DIM)
+    reference = {f"item-{i}": vectors[i] for i in range(len(vectors))}
+    index = ItemIndex(DIM)
+    index.upsert(list(reference), vectors)
+    return rng, reference, index
+
+
 def _check_agrees(index: ItemIndex, reference: dict[str, np.ndarray], queries: np.ndarray, k: int) -> None:
     scores, item_ids = index.search(queries, k)
     assert len(scores) == len(item_ids) == len(queries)
@@ -27,11 +37,7 @@ def _check_agrees(index: ItemIndex, reference: dict[str, np.ndarray], queries: n
 
 
 def test_index_agrees_with_exact_search_through_upserts_and_removals() -> None:
-    rng = np.random.default_rng(7)
-    vectors = unit_rows(rng, 300, DIM)
-    reference = {f"item-{i}": vectors[i] for i in range(len(vectors))}
-    index = ItemIndex(DIM)
-    index.upsert(list(reference), vectors)
+    rng, reference, index = _indexed(7, 300)
     queries = rng.normal(size=(12, DIM)).astype(np.float32)
     _check_agrees(index, reference, queries, 10)
 
@@ -103,11 +109,7 @@ def test_ids_and_rows_must_match_and_k_must_be_positive() -> None:
 
 
 def test_excluded_items_are_left_out_inside_the_search() -> None:
-    rng = np.random.default_rng(3)
-    vectors = unit_rows(rng, 200, DIM)
-    reference = {f"item-{i}": vectors[i] for i in range(len(vectors))}
-    index = ItemIndex(DIM)
-    index.upsert(list(reference), vectors)
+    rng, reference, index = _indexed(3, 200)
     query = rng.normal(size=DIM).astype(np.float32)
     excluded = set(exact_nearest(reference, query, 15)[::2]) | {"never-indexed"}
     _, item_ids = index.search(query, 10, exclude=excluded)
@@ -148,11 +150,7 @@ def test_ivf_index_recall_on_clustered_data_and_live_updates() -> None:
 
 
 def test_search_each_answers_every_row_with_its_own_k_and_exclusions() -> None:
-    rng = np.random.default_rng(5)
-    vectors = unit_rows(rng, 400, DIM)
-    reference = {f"item-{i}": vectors[i] for i in range(len(vectors))}
-    index = ItemIndex(DIM)
-    index.upsert(list(reference), vectors)
+    rng, reference, index = _indexed(5, 400)
     index.remove(["item-0", "item-1"])  # removed rows are never answered
     del reference["item-0"], reference["item-1"]
     queries = rng.normal(size=(3, DIM)).astype(np.float32)
