@@ -45,6 +45,7 @@ from protos import recommender_pb2, recommender_pb2_grpc  # noqa: E402
 DIM = 64  # the trained model's dimension (training.model.ModelConfig.dim); --dim 384 for the bootstrap model
 VERSION = "bench-v1"
 _LISTENING = re.compile(r"listening on [^ ]+:(\d+)")
+_ALL_LISTENING = re.compile(r"workers: listening on [^ ]+:(\d+)")  # the supervisor, once every worker listens
 
 
 def clustered(rng: np.random.Generator, n: int, clusters: int, dim: int) -> tuple[np.ndarray, np.ndarray]:
@@ -142,12 +143,13 @@ async def topics(bootstrap: str, names: list[str], create: bool) -> None:
 
 
 def start_server(env: dict[str, str], log_path: Path, timeout_s: float) -> tuple[subprocess.Popen[bytes], int]:
+    listening = _ALL_LISTENING if int(env.get("STREAMREC_SERVING_WORKERS", "1")) > 1 else _LISTENING
     log = open(log_path, "wb")
     process = subprocess.Popen([sys.executable, "-m", "serving"], cwd=REPO_ROOT, env=env,
                                stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        found = _LISTENING.search(log_path.read_text(errors="replace"))
+        found = listening.search(log_path.read_text(errors="replace"))
         if found:
             return process, int(found.group(1))
         if process.poll() is not None:
@@ -179,9 +181,17 @@ async def recall_at_10(stub: recommender_pb2_grpc.RecommenderStub, names: list[s
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of process `pid` so far (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU time so far of process `pid` and its children (the workers of
+    ``STREAMREC_SERVING_WORKERS``), from Linux /proc."""
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        if stat.parent.name == str(pid) or fields[1] == str(pid):  # fields[1]: the parent pid
+            total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 async def load(call, concurrency: int, duration_s: float, warmup_s: float,  # type: ignore[no-untyped-def]
@@ -222,27 +232,35 @@ async def load(call, concurrency: int, duration_s: float, warmup_s: float,  # ty
 
 async def measure(port: int, server_pid: int, names: list[str], recall_names: list[str], exact: np.ndarray,
                   args: argparse.Namespace) -> dict[str, object]:
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-        await wait_serving(channel, args.start_timeout)
-        stub = recommender_pb2_grpc.RecommenderStub(channel)
-        echo = recommender_pb2_grpc.DiagnosticsStub(channel)
-        results: dict[str, object] = {"recall@10": round(await recall_at_10(stub, recall_names, exact), 4)}
+    # Each channel its own connection (a local subchannel pool): the kernel spreads
+    # connections, not calls, over the workers of a multi-process server.
+    channels = [grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=[("grpc.use_local_subchannel_pool", 1)])
+                for _ in range(args.channels)]
+    try:
+        for channel in channels:
+            await wait_serving(channel, args.start_timeout)
+        stubs = [recommender_pb2_grpc.RecommenderStub(channel) for channel in channels]
+        echoes = [recommender_pb2_grpc.DiagnosticsStub(channel) for channel in channels]
+        results: dict[str, object] = {"recall@10": round(await recall_at_10(stubs[0], recall_names, exact), 4)}
         requests = [recommender_pb2.RecommendRequest(user_id=name, k=10) for name in names]
         ping = recommender_pb2.EchoMessage(payload=b"x" * 32)
 
         async def recommend(n: int) -> None:
-            reply = await stub.Recommend(requests[n % len(requests)], timeout=10)
+            reply = await stubs[n % len(stubs)].Recommend(requests[n % len(requests)], timeout=10)
             assert len(reply.items) == 10
 
         async def echo_call(n: int) -> None:
-            await echo.Echo(ping, timeout=10)
+            await echoes[n % len(echoes)].Echo(ping, timeout=10)
 
-        for concurrency in (1, 8, 64):
+        for concurrency in args.concurrency:
             row = {"echo": await load(echo_call, concurrency, args.duration, args.warmup, server_pid),
                    "recommend": await load(recommend, concurrency, args.duration, args.warmup, server_pid)}
             results[f"c{concurrency}"] = row
             print(f"c{concurrency}: {json.dumps(row)}", flush=True)
         return results
+    finally:
+        for channel in channels:
+            await channel.close()
 
 
 def main() -> int:
@@ -253,6 +271,10 @@ def main() -> int:
     parser.add_argument("--recall-queries", type=int, default=200)
     parser.add_argument("--duration", type=float, default=8.0, help="seconds measured per point")
     parser.add_argument("--warmup", type=float, default=1.0)
+    parser.add_argument("--channels", type=int, default=1,
+                        help="client connections, calls spread over them (>= workers to reach every worker)")
+    parser.add_argument("--concurrency", type=lambda text: [int(n) for n in text.split(",")],
+                        default=[1, 8, 64], help="calls in flight, comma-separated (default 1,8,64)")
     parser.add_argument("--start-timeout", type=float, default=900.0)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/streamrec-bench-serving"))
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench/results/serving.json")
@@ -305,7 +327,8 @@ def main() -> int:
             redis.delete(*keys[start:start + 10_000])
     summary = {"items": args.items, "dim": args.dim, **results,
                "setup": {"users": args.users, "recall_queries": args.recall_queries,
-                         "duration_s": args.duration, "server_start_s": round(time.monotonic() - started, 1),
+                         "duration_s": args.duration, "channels": args.channels,
+                         "server_start_s": round(time.monotonic() - started, 1),
                          "server_env": args.server_env}}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(summary, indent=2) + "\n")

@@ -116,12 +116,14 @@ class RollbackRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class SetSplitRequest(_message.Message):
-    __slots__ = ("version", "percent")
+    __slots__ = ("version", "percent", "uri")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     PERCENT_FIELD_NUMBER: _ClassVar[int]
+    URI_FIELD_NUMBER: _ClassVar[int]
     version: str
     percent: float
-    def __init__(self, version: _Optional[str] = ..., percent: _Optional[float] = ...) -> None: ...
+    uri: str
+    def __init__(self, version: _Optional[str] = ..., percent: _Optional[float] = ..., uri: _Optional[str] = ...) -> None: ...
 
 class StatusRequest(_message.Message):
     __slots__ = ()

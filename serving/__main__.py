@@ -1,4 +1,5 @@
-"""``python -m serving``: read settings, build the server, serve until SIGTERM/SIGINT."""
+"""``python -m serving``: read settings, build the server (or, with ``workers`` > 1, the
+supervisor of that many), serve until SIGTERM/SIGINT."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pydantic import ValidationError
 from serving.errors import ServingError
 from serving.server import serve
 from serving.settings import ServingSettings
+from serving.workers import supervise
 
 log = logging.getLogger("serving")
 
@@ -24,21 +26,26 @@ def main(argv: list[str]) -> int:
     except ValidationError as error:
         print(f"invalid STREAMREC_SERVING_* settings:\n{error}", file=sys.stderr)
         return 2
+    several = settings.workers > 1 or settings.reuse_port  # the supervisor or one of its workers
     logging.basicConfig(
         level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format="%(asctime)s %(levelname)s " + ("[%(process)d] " if several else "") + "%(name)s: %(message)s",
     )
+    main_task = supervise(settings) if settings.workers > 1 else serve(settings)
     try:
         if settings.event_loop == "uvloop":
             import uvloop  # libuv's loop: cheaper socket and callback handling per request
 
-            uvloop.run(serve(settings))
+            status = uvloop.run(main_task)
         else:
-            asyncio.run(serve(settings))
+            status = asyncio.run(main_task)
     except ServingError as error:
         log.error("cannot serve: %s", error)
         return 1
-    return 0
+    except OSError as error:  # the public port is taken
+        log.error("cannot serve: %s", error)
+        return 1
+    return status if isinstance(status, int) else 0
 
 
 if __name__ == "__main__":

@@ -37,7 +37,8 @@ async def run(args: argparse.Namespace) -> int:
                 reply = await stub.Rollback(recommender_pb2.RollbackRequest(), timeout=args.deadline)
             elif args.command == "split":
                 reply = await stub.SetSplit(
-                    recommender_pb2.SetSplitRequest(version=args.version, percent=args.percent),
+                    recommender_pb2.SetSplitRequest(version=args.version, percent=args.percent,
+                                                    uri=args.uri),
                     timeout=args.deadline)
             else:
                 reply = await stub.Status(recommender_pb2.StatusRequest(), timeout=args.deadline)
@@ -63,6 +64,7 @@ def _parser() -> argparse.ArgumentParser:
     split = commands.add_parser("split", help="send a share of users to a loaded version")
     split.add_argument("--version", default="")
     split.add_argument("--percent", type=float, required=True)
+    split.add_argument("--uri", default="", help="artifact directory, if not loaded yet")
     return parser
 
 

@@ -21,10 +21,14 @@ looking their ids up again.
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import logging
 import math
+import os
 import threading
 from collections.abc import Collection, Iterable, Sequence
+from pathlib import Path
 from typing import Literal, NamedTuple
 
 import faiss
@@ -119,14 +123,72 @@ class ItemIndex:
 
     @classmethod
     def build(cls, dim: int, item_ids: Sequence[str], vectors: np.ndarray, *,
-              ivf_threshold: int, nprobe: int) -> ItemIndex:
-        """An index of the kind that suits the catalog size, holding `vectors`."""
+              ivf_threshold: int, nprobe: int, cache_dir: Path | None = None) -> ItemIndex:
+        """An index of the kind that suits the catalog size, holding `vectors`.
+
+        With `cache_dir`, a built IVF index is kept there as a FAISS file named by a hash
+        of its ids and vectors, and later builds of the same rows read it instead of
+        training again: the workers of one server share one build, and a restart skips it.
+        """
         kind = index_kind(len(item_ids), ivf_threshold)
         rows = normalise(vectors, dim) if len(item_ids) else np.empty((0, dim), np.float32)
+        if kind == "ivf" and cache_dir is not None and len(set(item_ids)) == len(item_ids):
+            return cls._cached(dim, list(item_ids), rows, nprobe, cache_dir)
+        return cls._built(dim, kind, item_ids, rows, nprobe)
+
+    @classmethod
+    def _built(cls, dim: int, kind: IndexKind, item_ids: Sequence[str], rows: np.ndarray,
+               nprobe: int) -> ItemIndex:
         index = cls(dim, kind=kind, nprobe=nprobe, training=rows if kind == "ivf" else None)
         if len(item_ids):
             index.upsert(item_ids, rows)
         log.info("%s index of %s items (dimension %s)", kind, len(index), dim)
+        return index
+
+    @classmethod
+    def _cached(cls, dim: int, item_ids: list[str], rows: np.ndarray, nprobe: int,
+                cache_dir: Path) -> ItemIndex:
+        """The IVF index of `rows` (unique `item_ids`, FAISS id = row) from `cache_dir`, built
+        and written there first if no process has yet; one process builds at a time."""
+        digest = hashlib.blake2b(digest_size=16)
+        digest.update(f"ivf:{dim}:{ivf_lists(len(rows))}:{len(item_ids)}\n".encode())
+        digest.update("\0".join(item_ids).encode())
+        digest.update(np.ascontiguousarray(rows).data)
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        path = cache_dir / f"ivf-{digest.hexdigest()}.faiss"
+        with open(cache_dir / f"{path.name}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or the process dies
+            if path.exists():
+                try:
+                    stored = faiss.read_index(str(path))
+                except RuntimeError as error:
+                    log.warning("unreadable index cache %s (%s): building again", path, error)
+                else:
+                    if stored.ntotal == len(item_ids) and stored.d == dim:
+                        log.info("ivf index of %s items (dimension %s) read from %s",
+                                 len(item_ids), dim, path)
+                        return cls._adopt(dim, stored, item_ids, nprobe)
+                    log.warning("index cache %s holds %s rows of dimension %s, expected %s of %s: "
+                                "building again", path, stored.ntotal, stored.d, len(item_ids), dim)
+            index = cls._built(dim, "ivf", item_ids, rows, nprobe)
+            partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
+            faiss.write_index(index._index, str(partial))
+            os.replace(partial, path)  # whole or absent: a reader never sees half a file
+            return index
+
+    @classmethod
+    def _adopt(cls, dim: int, stored: faiss.Index, item_ids: list[str], nprobe: int) -> ItemIndex:
+        """An IVF ItemIndex around a read FAISS index whose id i is item_ids[i]."""
+        index = cls.__new__(cls)
+        index.dim, index.kind, index.nprobe = dim, "ivf", nprobe
+        stored.nprobe = nprobe  # type: ignore[attr-defined]  # an IndexIVFFlat as read
+        stored.set_direct_map_type(faiss.DirectMap.Hashtable)  # type: ignore[attr-defined]  # kept by the file: a no-op
+        index._index = stored
+        index._ids = {item_id: n for n, item_id in enumerate(item_ids)}
+        index._items = np.empty(max(1024, len(item_ids)), dtype=object)
+        index._items[:len(item_ids)] = item_ids
+        index._assigned = len(item_ids)
+        index._lock = threading.Lock()
         return index
 
     def __len__(self) -> int:

@@ -35,12 +35,13 @@ def artifact_path(uri: str) -> Path:
     return Path(uri)
 
 
-def build_model(version_dir: Path, version: str, *, ivf_threshold: int, nprobe: int) -> Model:
+def build_model(version_dir: Path, version: str, *, ivf_threshold: int, nprobe: int,
+                cache_dir: Path | None = None) -> Model:
     """Read one version's item vectors and index them (blocking: call in a thread)."""
     state = load_version(version_dir, version)
     try:
         index = ItemIndex.build(state.dim, state.item_ids, state.vectors,
-                                ivf_threshold=ivf_threshold, nprobe=nprobe)
+                                ivf_threshold=ivf_threshold, nprobe=nprobe, cache_dir=cache_dir)
     except ValueError as error:
         raise ArtifactError(f"model {version}: {error}") from error
     return Model(version, index)
@@ -49,10 +50,12 @@ def build_model(version_dir: Path, version: str, *, ivf_threshold: int, nprobe: 
 class ModelAdmin:
     """Promote, roll back and split traffic over the loaded versions."""
 
-    def __init__(self, models: Models, *, ivf_threshold: int, nprobe: int) -> None:
+    def __init__(self, models: Models, *, ivf_threshold: int, nprobe: int,
+                 cache_dir: Path | None = None) -> None:
         self.models = models
         self._ivf_threshold = ivf_threshold
         self._nprobe = nprobe
+        self._cache_dir = cache_dir
         self._lock = asyncio.Lock()  # one change at a time
 
     async def load(self, version: str, uri: str) -> Model:
@@ -63,7 +66,8 @@ class ModelAdmin:
         if not uri:
             raise ModelNotLoaded(f"model version {version!r} is not loaded and no uri was given")
         model = await asyncio.to_thread(build_model, artifact_path(uri), version,
-                                        ivf_threshold=self._ivf_threshold, nprobe=self._nprobe)
+                                        ivf_threshold=self._ivf_threshold, nprobe=self._nprobe,
+                                        cache_dir=self._cache_dir)
         self.models.add(model)
         gc.freeze()  # the new index's maps live as long as the version: out of the collector's passes
         return model

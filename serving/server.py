@@ -61,7 +61,11 @@ def create_server(
     tokens = [token.get_secret_value() for token in settings.auth_tokens]
     server = grpc.aio.server(
         interceptors=[TokenAuth(tokens)] if tokens else None,
-        options=[("grpc.max_receive_message_length", settings.max_receive_message_bytes)],
+        # SO_REUSEPORT only where processes share the port on purpose (the workers of
+        # serving.workers): elsewhere a second server on a taken port fails to start
+        options=[("grpc.max_receive_message_length", settings.max_receive_message_bytes),
+                 ("grpc.so_reuseport", int(settings.reuse_port)),
+                 *_connection_age(settings)],
     )
     recommender_pb2_grpc.add_RecommenderServicer_to_server(servicer, server)
     names = [SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME]
@@ -79,14 +83,25 @@ def create_server(
     return server, port
 
 
+def _connection_age(settings: ServingSettings) -> list[tuple[str, int]]:
+    """Close client connections after `max_connection_age_s` (calls in flight get `grace_s`)."""
+    if settings.max_connection_age_s is None:
+        return []
+    return [("grpc.max_connection_age_ms", int(settings.max_connection_age_s * 1000)),
+            ("grpc.max_connection_age_grace_ms", int(settings.grace_s * 1000))]
+
+
 def create_admin_server(
     settings: ServingSettings, *, admin: recommender_pb2_grpc.AdminServicer
 ) -> tuple[grpc.aio.Server, int]:
-    """An unstarted admin server on ``admin_host:admin_port`` (plaintext: bind it to a
-    private address)."""
+    """An unstarted admin server on ``admin_host:admin_port``, or on the Unix socket
+    ``admin_socket`` (plaintext: bind it to a private address)."""
     server = grpc.aio.server()
     recommender_pb2_grpc.add_AdminServicer_to_server(admin, server)
     reflection.enable_server_reflection((ADMIN_NAME, reflection.SERVICE_NAME), server)
+    if settings.admin_socket is not None:
+        settings.admin_socket.unlink(missing_ok=True)  # left by a worker that was killed
+        return server, server.add_insecure_port(f"unix:{settings.admin_socket}")
     port = server.add_insecure_port(f"{settings.admin_host}:{settings.admin_port or 0}")
     return server, port
 
@@ -124,12 +139,14 @@ async def running(settings: ServingSettings) -> AsyncIterator[Running]:
         index = await asyncio.to_thread(
             ItemIndex.build, state.dim, state.item_ids, state.vectors,
             ivf_threshold=settings.ivf_threshold, nprobe=settings.nprobe,
+            cache_dir=settings.index_cache_dir,
         )
     except ValueError as error:
         raise ArtifactError(f"model {state.version}: {error}") from error
     faiss.omp_set_num_threads(settings.faiss_threads)
     models = Models(Model(state.version, index))
-    admin = ModelAdmin(models, ivf_threshold=settings.ivf_threshold, nprobe=settings.nprobe)
+    admin = ModelAdmin(models, ivf_threshold=settings.ivf_threshold, nprobe=settings.nprobe,
+                       cache_dir=settings.index_cache_dir)
     releases = ReleaseUpdates(admin)
     catalog = Catalog()
     feeds = [
@@ -187,7 +204,7 @@ async def running(settings: ServingSettings) -> AsyncIterator[Running]:
                                  diagnostics=DiagnosticsServicer(metrics))
     admin_server: grpc.aio.Server | None = None
     admin_port: int | None = None
-    if settings.admin_port is not None:
+    if settings.admin_port is not None or settings.admin_socket is not None:
         admin_server, admin_port = create_admin_server(settings, admin=AdminServicer(admin, metrics))
     metrics_port: int | None = None
     tasks: list[asyncio.Task[None]] = []
@@ -213,7 +230,7 @@ async def running(settings: ServingSettings) -> AsyncIterator[Running]:
             metrics_port = metrics.serve(settings.metrics_host, settings.metrics_port)
         tasks.append(asyncio.create_task(_ready_when_loaded(feeds, health_servicer), name="ready"))
         log.info("model %s: listening on %s:%s (admin %s, metrics %s)", state.version,
-                 settings.host, port, admin_port, metrics_port)
+                 settings.host, port, settings.admin_socket or admin_port, metrics_port)
         yield Running(server, port, health_servicer, recommender, feeds, admin, admin_port,
                       metrics, metrics_port, recommendation_log)
     finally:

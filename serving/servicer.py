@@ -192,7 +192,8 @@ class AdminServicer(recommender_pb2_grpc.AdminServicer):
         if request.percent and not request.version:
             raise InvalidRequest("version is required")
         try:
-            return self._status(await self._admin.set_split(request.version, request.percent))
+            return self._status(await self._admin.set_split(request.version, request.percent,
+                                                            request.uri))
         except ValueError as error:
             raise InvalidRequest(str(error)) from error
 

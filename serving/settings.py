@@ -36,6 +36,21 @@ class ServingSettings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     admin_host: str = Field(default="127.0.0.1", min_length=1, description="admin port address")
     admin_port: int | None = Field(default=50052, ge=0, le=65535, description="None: no admin port")
+    admin_socket: Path | None = Field(
+        default=None, description="serve Admin on this Unix socket instead of admin_host:admin_port"
+    )
+    max_connection_age_s: float | None = Field(
+        default=300.0, gt=0, le=86_400,
+        description="a client connection is closed (GOAWAY) after this and reconnects: new "
+                    "connections spread over workers and replicas again; None: never",
+    )
+    reuse_port: bool = Field(
+        default=False, description="SO_REUSEPORT on the public port (set for each of `workers`)"
+    )
+    workers: int = Field(
+        default=1, ge=1, le=64,
+        description="server processes sharing the public port (SO_REUSEPORT); Admin fans out to all",
+    )
     metrics_port: int | None = Field(default=None, ge=0, le=65535, description="Prometheus /metrics")
     metrics_host: str = "127.0.0.1"
     tls_cert_file: Path | None = None
@@ -54,6 +69,10 @@ class ServingSettings(BaseSettings):
 
     # Vectors: the dimension when no artifact names one.
     dim: int = Field(default=384, ge=1, le=65_536)
+    index_cache_dir: Path | None = Field(
+        default=None,
+        description="built IVF indexes kept here by content hash: restarts and workers skip the build",
+    )
 
     # Candidate generation.
     faiss_threads: int = Field(

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
+
 import numpy as np
 import pytest
 from serving_harness import exact_nearest, unit_rows
@@ -166,3 +169,37 @@ def test_search_each_answers_every_row_with_its_own_k_and_exclusions() -> None:
         assert len(scores) == k and list(scores) == sorted(scores, reverse=True)
     with pytest.raises(ValueError, match="one k and one exclusion set per query row"):
         index.search_each(queries, [5], excludes)
+
+
+def test_an_ivf_index_is_built_once_into_the_cache_and_read_from_it_after(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    rng = np.random.default_rng(5)
+    vectors = unit_rows(rng, 2_000, DIM, clusters=20)
+    item_ids = [f"item-{i}" for i in range(len(vectors))]
+    reference = dict(zip(item_ids, vectors, strict=True))
+    cache = tmp_path / "cache"
+    with caplog.at_level(logging.INFO, logger="serving.index"):
+        built = ItemIndex.build(DIM, item_ids, vectors, ivf_threshold=1_000, nprobe=64, cache_dir=cache)
+        read = ItemIndex.build(DIM, item_ids, vectors, ivf_threshold=1_000, nprobe=64, cache_dir=cache)
+    assert [r.getMessage().startswith("ivf index of 2000 items (dimension 16)") for r in caplog.records] \
+        == [True, True] and "read from" in caplog.records[1].getMessage()
+    assert len(list(cache.glob("*.faiss"))) == 1 and read.kind == "ivf" and len(read) == 2_000
+    queries = unit_rows(rng, 20, DIM, clusters=20)
+    for got, expected in zip(read.search(queries, 10)[0], built.search(queries, 10)[0], strict=True):
+        np.testing.assert_array_equal(got, expected)
+    assert read.search(queries, 10)[1] == built.search(queries, 10)[1]
+    # the read index takes live changes like a built one
+    read.remove(["item-3"])
+    fresh = unit_rows(rng, 1, DIM)
+    read.upsert(["new-0"], fresh)
+    np.testing.assert_allclose(_stored(read, "new-0"), fresh[0], atol=1e-6)
+    assert read.vector("item-3") is None and len(read) == 2_000
+    np.testing.assert_allclose(_stored(read, "item-9"), reference["item-9"], atol=1e-6)
+    # other rows are another cache entry; a damaged file is built again, not trusted
+    ItemIndex.build(DIM, item_ids[:1_500], vectors[:1_500], ivf_threshold=1_000, nprobe=64, cache_dir=cache)
+    assert len(list(cache.glob("*.faiss"))) == 2
+    for path in cache.glob("*.faiss"):
+        path.write_bytes(b"not an index")
+    again = ItemIndex.build(DIM, item_ids, vectors, ivf_threshold=1_000, nprobe=64, cache_dir=cache)
+    assert again.search(queries, 10)[1] == built.search(queries, 10)[1]

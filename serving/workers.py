@@ -1,0 +1,395 @@
+"""``python -m serving`` with ``workers`` > 1: a supervisor and that many server processes.
+
+One Python process answers on one core (the GIL). With ``workers`` N the supervisor:
+
+- **Port.** Binds the public ``host:port`` with SO_REUSEPORT and never listens on it, so
+  the port stays taken while workers come and go (``port`` 0 picks one). Each worker is a
+  ``python -m serving`` process listening on that port with ``reuse_port``; the kernel
+  spreads new connections over them. A client keeps its connection to one worker, so
+  load spreads over frontends and connections, not over the calls of one connection.
+- **Index.** Reads or builds the production version's index into ``index_cache_dir`` (a
+  temporary directory when unset) before the workers start, so they read it instead of
+  each training the same IVF index; later versions are built once the same way.
+- **Admin.** Workers serve Admin on Unix sockets in a private directory; the supervisor
+  serves it on ``admin_host:admin_port`` and applies every call to all workers at once.
+  The first worker's answer is the reply; a worker that failed or disagrees afterwards
+  is aligned to it (promote its previous and production versions, then its split).
+  Releases on ``models`` reach every worker directly.
+- **Metrics.** Worker i serves /metrics on ``metrics_port + i``.
+- **Faults.** A worker that exits after its Admin socket answered is started again
+  (after 1 s, doubling up to 30 s while it keeps failing) and aligned to a running
+  worker's routing. One that exits before it ever answered stops the server with its
+  exit status: a bad artifact or setting would fail again.
+- **Stop.** SIGTERM/SIGINT: the admin port closes and every worker gets SIGTERM (each
+  goes NOT_SERVING and drains within ``grace_s``); what still runs ``grace_s`` + 30 s
+  later is killed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+
+from protos import recommender_pb2, recommender_pb2_grpc
+from serving.artifact import BOOTSTRAP_VERSION, load_production
+from serving.errors import ArtifactError, ServingError
+from serving.index import ItemIndex
+from serving.server import create_admin_server
+from serving.settings import ServingSettings
+
+log = logging.getLogger(__name__)
+
+RESTART_DELAY_S = 1.0
+MAX_RESTART_DELAY_S = 30.0
+STARTED_AFTER_S = 60.0  # a worker that ran this long before exiting starts again at the first delay
+KILL_AFTER_S = 30.0  # beyond grace_s
+
+
+class WorkerFailed(ServingError):
+    """A worker exited before it ever served: starting it again would fail again."""
+
+    def __init__(self, message: str, returncode: int) -> None:
+        super().__init__(message)
+        self.returncode = returncode
+
+
+def reserve_port(host: str, port: int) -> socket.socket:
+    """A bound, never-listening SO_REUSEPORT socket on host:port (0: a free port)."""
+    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        sock.bind(address)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+@dataclass
+class Worker:
+    """One server process and the Admin stub on its Unix socket."""
+
+    number: int
+    socket_path: Path
+    env: dict[str, str]
+    process: asyncio.subprocess.Process | None = None
+    channel: grpc.aio.Channel | None = None
+    started_at: float = 0.0
+    answered: bool = False  # its Admin socket has answered since it was (re)started
+    delay_s: float = RESTART_DELAY_S
+    restarts: int = 0
+    watch: asyncio.Task[None] | None = field(default=None, repr=False)
+
+    @property
+    def stub(self) -> recommender_pb2_grpc.AdminStub:
+        if self.channel is None:
+            self.channel = grpc.aio.insecure_channel(f"unix:{self.socket_path}")
+        return recommender_pb2_grpc.AdminStub(self.channel)
+
+    async def start(self) -> None:
+        self.socket_path.unlink(missing_ok=True)
+        self.answered = False
+        self.started_at = time.monotonic()
+        self.process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "serving", env=self.env, stdin=asyncio.subprocess.DEVNULL,
+        )
+        log.info("worker %s started: pid %s", self.number, self.process.pid)
+
+    async def wait_answering(self, poll_s: float = 0.5) -> None:
+        """Until the Admin socket answers; WorkerFailed if the process exits first."""
+        assert self.process is not None
+        while True:
+            if self.process.returncode is not None:
+                raise WorkerFailed(f"worker {self.number} exited with status "
+                                   f"{self.process.returncode} before it served",
+                                   self.process.returncode)
+            if self.socket_path.exists():
+                try:
+                    await self.stub.Status(recommender_pb2.StatusRequest(), timeout=poll_s * 4)
+                    self.answered = True
+                    return
+                except grpc.aio.AioRpcError:
+                    pass
+            await asyncio.sleep(poll_s)
+
+    def signal(self, signum: int) -> None:
+        if self.process is not None and self.process.returncode is None:
+            try:
+                self.process.send_signal(signum)
+            except ProcessLookupError:
+                pass
+
+
+def worker_env(settings: ServingSettings, number: int, port: int, run_dir: Path,
+               cache_dir: Path) -> dict[str, str]:
+    """The environment of worker `number`: the supervisor's, with its own sockets and ports."""
+    env = dict(os.environ)
+    env.update({
+        "STREAMREC_SERVING_WORKERS": "1",
+        "STREAMREC_SERVING_PORT": str(port),
+        "STREAMREC_SERVING_REUSE_PORT": "true",
+        "STREAMREC_SERVING_ADMIN_SOCKET": str(run_dir / f"worker-{number}.sock"),
+        "STREAMREC_SERVING_INDEX_CACHE_DIR": str(cache_dir),
+        "STREAMREC_SERVING_CLIENT_ID": f"{settings.client_id}-{number}",
+    })
+    if settings.metrics_port is not None:
+        env["STREAMREC_SERVING_METRICS_PORT"] = str(settings.metrics_port + number if settings.metrics_port else 0)
+    return env
+
+
+class FanOutAdmin(recommender_pb2_grpc.AdminServicer):
+    """The Admin service of the supervisor: each call goes to every running worker."""
+
+    def __init__(self, supervisor: Supervisor) -> None:
+        self._supervisor = supervisor
+
+    async def Promote(self, request: recommender_pb2.PromoteRequest,
+                      context: grpc.aio.ServicerContext) -> recommender_pb2.ModelStatus:
+        return await self._supervisor.fan_out("Promote", request, context)
+
+    async def Rollback(self, request: recommender_pb2.RollbackRequest,
+                       context: grpc.aio.ServicerContext) -> recommender_pb2.ModelStatus:
+        return await self._supervisor.fan_out("Rollback", request, context)
+
+    async def SetSplit(self, request: recommender_pb2.SetSplitRequest,
+                       context: grpc.aio.ServicerContext) -> recommender_pb2.ModelStatus:
+        return await self._supervisor.fan_out("SetSplit", request, context)
+
+    async def Status(self, request: recommender_pb2.StatusRequest,
+                     context: grpc.aio.ServicerContext) -> recommender_pb2.ModelStatus:
+        return await self._supervisor.fan_out("Status", request, context, change=False)
+
+    async def Echo(self, request: recommender_pb2.EchoMessage,
+                   context: grpc.aio.ServicerContext) -> recommender_pb2.EchoMessage:
+        return request
+
+
+def _routing(status: recommender_pb2.ModelStatus) -> tuple[str, str, str, float]:
+    return status.production, status.previous, status.candidate, status.percent
+
+
+class Supervisor:
+    """Starts, watches, restarts and stops the workers; fans Admin calls out to them."""
+
+    def __init__(self, settings: ServingSettings, port: int, run_dir: Path, cache_dir: Path) -> None:
+        self.settings = settings
+        self.port = port
+        self.workers = [
+            Worker(n, run_dir / f"worker-{n}.sock", worker_env(settings, n, port, run_dir, cache_dir))
+            for n in range(settings.workers)
+        ]
+        self._stopping = False
+        self._admin_lock = asyncio.Lock()  # one change at a time, and none during an alignment
+
+    async def start(self) -> None:
+        """Every worker started and answering; WorkerFailed (the others stopped) if one fails."""
+        for worker in self.workers:
+            await worker.start()
+        try:
+            await asyncio.gather(*(worker.wait_answering() for worker in self.workers))
+        except WorkerFailed:
+            await self.stop()
+            raise
+        for worker in self.workers:
+            worker.watch = asyncio.create_task(self._watch(worker), name=f"worker {worker.number}")
+
+    def running(self) -> list[Worker]:
+        """The workers whose process runs and whose Admin socket has answered."""
+        return [w for w in self.workers
+                if w.answered and w.process is not None and w.process.returncode is None]
+
+    async def _watch(self, worker: Worker) -> None:
+        """Start `worker` again whenever it exits, until the supervisor stops."""
+        while True:
+            assert worker.process is not None
+            status = await worker.process.wait()
+            if self._stopping:
+                return
+            ran_s = time.monotonic() - worker.started_at
+            if ran_s >= STARTED_AFTER_S:
+                worker.delay_s = RESTART_DELAY_S
+            log.error("worker %s (pid %s) exited with status %s after %.0f s; starting it again in %.0f s",
+                      worker.number, worker.process.pid, status, ran_s, worker.delay_s)
+            await asyncio.sleep(worker.delay_s)
+            worker.delay_s = min(MAX_RESTART_DELAY_S, worker.delay_s * 2)
+            if self._stopping:
+                return
+            worker.restarts += 1
+            await worker.start()
+            try:
+                await worker.wait_answering()
+            except WorkerFailed as error:
+                log.error("%s", error)
+                continue
+            async with self._admin_lock:
+                await self._align(worker)
+
+    async def _align(self, worker: Worker) -> None:
+        """Give `worker` the routing of another answering worker (after a restart or a
+        change that did not reach it)."""
+        reference = next((w for w in self.running() if w is not worker), None)
+        if reference is None:
+            return
+        try:
+            target = await reference.stub.Status(recommender_pb2.StatusRequest(), timeout=10)
+            await self.align_to(worker, target)
+        except grpc.aio.AioRpcError as error:
+            log.error("worker %s not aligned with worker %s: %s %s", worker.number, reference.number,
+                      error.code().name, error.details())
+
+    async def align_to(self, worker: Worker, target: recommender_pb2.ModelStatus,
+                       timeout_s: float = 600.0) -> None:
+        """Promote `target`'s previous and production versions on `worker`, then its split."""
+        stub = worker.stub
+        status = await stub.Status(recommender_pb2.StatusRequest(), timeout=timeout_s)
+        if _routing(status) == _routing(target):
+            return
+        if target.previous and target.previous != BOOTSTRAP_VERSION and status.production != target.previous \
+                and status.production != target.production:
+            status = await stub.Promote(recommender_pb2.PromoteRequest(
+                version=target.previous, uri=self._uri(target.previous)), timeout=timeout_s)
+        if status.production != target.production:
+            status = await stub.Promote(recommender_pb2.PromoteRequest(
+                version=target.production, uri=self._uri(target.production)), timeout=timeout_s)
+        if (status.candidate, status.percent) != (target.candidate, target.percent):
+            status = await stub.SetSplit(recommender_pb2.SetSplitRequest(
+                version=target.candidate, percent=target.percent, uri=self._uri(target.candidate)),
+                timeout=timeout_s)
+        log.info("worker %s aligned: production %s, previous %s, candidate %s at %.2f %%",
+                 worker.number, *_routing(status))
+
+    def _uri(self, version: str) -> str:
+        path = self.settings.artifact_dir / version
+        return str(path) if version and path.is_dir() else ""
+
+    async def fan_out(self, method: str, request: object, context: grpc.aio.ServicerContext,
+                      change: bool = True) -> recommender_pb2.ModelStatus:
+        """`method` on every answering worker; the first one's reply. A worker that failed or
+        disagrees is aligned to it; with no answer to return, the first error is the status."""
+        remaining = context.time_remaining()
+        timeout = remaining if remaining is not None else 600.0
+        async with self._admin_lock:
+            live = self.running()
+            if not live:
+                await context.abort(grpc.StatusCode.UNAVAILABLE, "no worker is running")
+            replies = await asyncio.gather(
+                *(getattr(w.stub, method)(request, timeout=timeout) for w in live),
+                return_exceptions=True,
+            )
+            good = [(w, r) for w, r in zip(live, replies, strict=True)
+                    if isinstance(r, recommender_pb2.ModelStatus)]
+            if not good:
+                error = replies[0]
+                if isinstance(error, grpc.aio.AioRpcError):
+                    await context.abort(error.code(), error.details() or "")
+                raise error if isinstance(error, BaseException) else RuntimeError(str(error))
+            leader, first = good[0]
+            for worker, reply in zip(live, replies, strict=True):
+                if not isinstance(reply, recommender_pb2.ModelStatus):
+                    log.error("Admin.%s failed on worker %s: %s", method, worker.number, reply)
+                elif _routing(reply) == _routing(first):
+                    continue
+                else:
+                    log.warning("worker %s routes %s, worker %s %s", worker.number,
+                                _routing(reply), leader.number, _routing(first))
+                if change:
+                    try:
+                        await self.align_to(worker, first, timeout)
+                    except grpc.aio.AioRpcError as error:
+                        log.error("worker %s not aligned: %s %s", worker.number,
+                                  error.code().name, error.details())
+            return first
+
+    async def stop(self) -> None:
+        """SIGTERM to every worker; SIGKILL to those still running after grace_s + 30 s."""
+        self._stopping = True
+        for worker in self.workers:
+            if worker.watch is not None:
+                worker.watch.cancel()
+            worker.signal(signal.SIGTERM)
+        waits = [w.process.wait() for w in self.workers if w.process is not None]
+        try:
+            await asyncio.wait_for(asyncio.gather(*waits), self.settings.grace_s + KILL_AFTER_S)
+        except TimeoutError:
+            for worker in self.workers:
+                if worker.process is not None and worker.process.returncode is None:
+                    log.error("worker %s did not stop in time: killed", worker.number)
+                    worker.signal(signal.SIGKILL)
+            await asyncio.gather(*(w.process.wait() for w in self.workers if w.process is not None))
+        for worker in self.workers:
+            if worker.watch is not None:
+                await asyncio.gather(worker.watch, return_exceptions=True)
+            if worker.channel is not None:
+                await worker.channel.close()
+                worker.channel = None
+
+
+def prebuild(settings: ServingSettings, cache_dir: Path) -> None:
+    """The production index built (or found) in `cache_dir`, for the workers to read."""
+    state = load_production(settings.artifact_dir, settings.dim)
+    try:
+        ItemIndex.build(state.dim, state.item_ids, state.vectors, ivf_threshold=settings.ivf_threshold,
+                        nprobe=settings.nprobe, cache_dir=cache_dir)
+    except ValueError as error:
+        raise ArtifactError(f"model {state.version}: {error}") from error
+
+
+async def _started(settings: ServingSettings, cache_dir: Path, supervisor: Supervisor) -> None:
+    await asyncio.to_thread(prebuild, settings, cache_dir)
+    await supervisor.start()
+
+
+async def supervise(settings: ServingSettings) -> int:
+    """Run ``settings.workers`` servers until SIGTERM or SIGINT; the exit status."""
+    reserved = reserve_port(settings.host, settings.port)
+    port = reserved.getsockname()[1]
+    run_dir = Path(tempfile.mkdtemp(prefix="streamrec-serving-"))
+    cache_dir = settings.index_cache_dir or run_dir / "index-cache"
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    supervisor = Supervisor(settings, port, run_dir, cache_dir)
+    admin_server: grpc.aio.Server | None = None
+    try:
+        starting = asyncio.ensure_future(_started(settings, cache_dir, supervisor))
+        stopped = asyncio.ensure_future(stop.wait())
+        await asyncio.wait([starting, stopped], return_when=asyncio.FIRST_COMPLETED)
+        if not starting.done():  # a signal while the index builds or workers start
+            starting.cancel()
+            await asyncio.gather(starting, return_exceptions=True)
+            log.info("signal received while starting: stopping")
+            return 0
+        stopped.cancel()
+        starting.result()  # WorkerFailed, ArtifactError
+        admin_port = None
+        if settings.admin_port is not None or settings.admin_socket is not None:
+            admin_server, admin_port = create_admin_server(settings, admin=FanOutAdmin(supervisor))
+            await admin_server.start()
+        log.info("%s workers: listening on %s:%s (admin %s)", settings.workers, settings.host, port,
+                 admin_port)
+        await stop.wait()
+        log.info("signal received: stopping %s workers within %.1f s", settings.workers, settings.grace_s)
+        return 0
+    except WorkerFailed as error:
+        log.error("%s", error)
+        return error.returncode if error.returncode > 0 else 1
+    finally:
+        if admin_server is not None:
+            await admin_server.stop(0)
+        await supervisor.stop()
+        reserved.close()
+        shutil.rmtree(run_dir, ignore_errors=True)
+        log.info("stopped")

@@ -1,0 +1,173 @@
+"""``python -m serving`` with several workers: one port, one index build, Admin on all of
+them, a killed worker started again with the routing of the others."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import sys
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from conftest import Stack, eventually
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from serving_harness import unit_rows, write_artifact
+
+from protos import recommender_pb2, recommender_pb2_grpc
+from serving.settings import ServingSettings
+
+ROOT = Path(__file__).resolve().parents[2]
+CONNECTIONS = 8  # the kernel spreads connections over the workers, not calls
+
+
+def _env(settings: ServingSettings) -> dict[str, str]:
+    env = dict(os.environ)
+    for name, value in settings.model_dump().items():
+        if value is not None and value != []:
+            env[f"STREAMREC_SERVING_{name.upper()}"] = json.dumps(value) if isinstance(value, list) else str(value)
+    return env
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+
+
+class Lines:
+    """Everything the server writes, read as it comes (a full pipe would block it)."""
+
+    def __init__(self, stream: asyncio.StreamReader) -> None:
+        self.text = ""
+        self._task = asyncio.create_task(self._read(stream))
+
+    async def _read(self, stream: asyncio.StreamReader) -> None:
+        while line := await stream.readline():
+            self.text += line.decode(errors="replace")
+
+    async def wait_for(self, pattern: str, timeout_s: float = 120.0) -> re.Match[str]:
+        found: list[re.Match[str]] = []
+
+        async def seen() -> bool:
+            match = re.search(pattern, self.text)
+            if match:
+                found.append(match)
+            return match is not None or self._task.done()
+
+        await eventually(seen, timeout_s)
+        assert found, f"{pattern!r} not in:\n{self.text}"
+        return found[0]
+
+    async def close(self) -> None:
+        await asyncio.wait_for(self._task, 60)
+
+
+@pytest.mark.integration
+async def test_workers_share_the_port_and_the_index_and_a_killed_one_comes_back_aligned(
+    stack: Stack, tmp_path: Path
+) -> None:
+    rng = np.random.default_rng(3)
+    ids = [f"m{n}" for n in range(600)]
+    write_artifact(stack.artifact_dir, "v2", ids, unit_rows(rng, 600, 16))
+    write_artifact(stack.artifact_dir, "v1", ids, unit_rows(rng, 600, 16))  # production.json: v1
+    await stack.set_user("u1", None, seen=["m1", "m2"])
+    settings = stack.settings(workers=2, ivf_threshold=500, nprobe=8, dim=16,
+                              index_cache_dir=tmp_path / "index-cache")
+    server = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "serving", cwd=ROOT, env=_env(settings),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )
+    assert server.stdout is not None
+    lines = Lines(server.stdout)
+    channels: list[grpc.aio.Channel] = []
+    try:
+        found = await lines.wait_for(r"2 workers: listening on 127\.0\.0\.1:(\d+) \(admin (\d+)\)")
+        port, admin_port = int(found.group(1)), int(found.group(2))
+        pids = [int(p) for p in re.findall(r"worker \d started: pid (\d+)", lines.text)]
+        assert len(pids) == 2 and all(_alive(pid) for pid in pids)
+        # one IVF build (the supervisor's), read by both workers
+        assert len(re.findall(r"ivf index of 600 items \(dimension 16\)\n", lines.text)) == 1
+        assert len(re.findall(r"ivf index of 600 items \(dimension 16\) read from", lines.text)) == 2
+
+        channels = [grpc.aio.insecure_channel(f"127.0.0.1:{port}",
+                                              options=[("grpc.use_local_subchannel_pool", 1)])
+                    for _ in range(CONNECTIONS)]
+
+        async def answers() -> set[str]:
+            versions = set()
+            for channel in channels:
+                reply = await recommender_pb2_grpc.RecommenderStub(channel).Recommend(
+                    recommender_pb2.RecommendRequest(user_id="u1", k=5), timeout=10)
+                assert len(reply.items) == 5 and {"m1", "m2"}.isdisjoint(i.item_id for i in reply.items)
+                versions.add(reply.model_version)
+            return versions
+
+        for channel in channels:
+            health = health_pb2_grpc.HealthStub(channel)
+
+            async def serving(health: health_pb2_grpc.HealthStub = health) -> bool:
+                reply = await health.Check(health_pb2.HealthCheckRequest(), timeout=5)
+                return reply.status == health_pb2.HealthCheckResponse.SERVING
+
+            await eventually(serving, 60)
+        assert await answers() == {"v1"}
+
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{admin_port}") as admin_channel:
+            admin = recommender_pb2_grpc.AdminStub(admin_channel)
+            status = await admin.Promote(recommender_pb2.PromoteRequest(
+                version="v2", uri=str(stack.artifact_dir / "v2")), timeout=60)
+            assert (status.production, status.previous) == ("v2", "v1")
+            assert await answers() == {"v2"}
+            for pid in pids:  # each worker applied it (connections may all reach one worker)
+                assert f"[{pid}] serving.models: routing: production v2, previous v1, candidate None" \
+                    in lines.text
+            status = await admin.SetSplit(recommender_pb2.SetSplitRequest(version="v1", percent=100),
+                                          timeout=60)
+            assert (status.production, status.candidate, status.percent) == ("v2", "v1", 100)
+            assert await answers() == {"v1"}
+
+            os.kill(pids[0], signal.SIGKILL)  # the next worker 0 takes worker 1's routing
+            found = await lines.wait_for(r"worker 0 started: pid (\d+)\n(?:.|\n)*worker 0 aligned")
+            restarted = int(re.findall(r"worker 0 started: pid (\d+)", lines.text)[-1])
+            assert restarted not in pids and _alive(restarted) and not _alive(pids[0])
+            assert "worker 0 aligned: production v2, previous v1, candidate v1 at 100.00 %" in lines.text
+            status = await admin.Status(recommender_pb2.StatusRequest(), timeout=10)
+            assert (status.production, status.previous, status.candidate) == ("v2", "v1", "v1")
+
+            async def all_answer_v1() -> bool:
+                try:
+                    return await answers() == {"v1"}
+                except grpc.aio.AioRpcError:  # a connection to the killed worker, reconnecting
+                    return False
+
+            await eventually(all_answer_v1, 60)
+            pids = [restarted, pids[1]]
+    finally:
+        for channel in channels:
+            await channel.close()
+        if server.returncode is None:
+            server.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(server.wait(), 90)
+        await lines.close()
+    assert server.returncode == 0, lines.text
+    assert "signal received: stopping 2 workers" in lines.text
+    assert not any(_alive(pid) for pid in pids)
+
+
+def test_a_bad_artifact_stops_the_supervisor_with_exit_code_1(tmp_path: Path) -> None:
+    import subprocess
+
+    (tmp_path / "production.json").write_text('{"version": "v9"}')
+    env = dict(os.environ, STREAMREC_SERVING_ARTIFACT_DIR=str(tmp_path), STREAMREC_SERVING_PORT="0",
+               STREAMREC_SERVING_WORKERS="2")
+    done = subprocess.run([sys.executable, "-m", "serving"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1, done.stderr
+    assert "cannot serve: cannot read" in done.stderr and "worker 0 started" not in done.stderr
