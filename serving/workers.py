@@ -101,6 +101,9 @@ class Worker:
     async def start(self) -> None:
         self.socket_path.unlink(missing_ok=True)
         self.answered = False
+        if self.channel is not None:  # its reconnect back-off grew while the worker was down
+            await self.channel.close()
+            self.channel = None
         self.started_at = time.monotonic()
         self.process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "serving", env=self.env, stdin=asyncio.subprocess.DEVNULL,
