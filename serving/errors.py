@@ -41,6 +41,10 @@ class Unauthenticated(ServingError):
     """The call carries no valid bearer token."""
 
 
+class AddressUnavailable(ServingError):
+    """The server cannot listen on its address (taken by another process, or not this host's)."""
+
+
 STATUS_CODES: dict[type[ServingError], grpc.StatusCode] = {
     InvalidRequest: grpc.StatusCode.INVALID_ARGUMENT,
     ItemNotFound: grpc.StatusCode.NOT_FOUND,
@@ -50,6 +54,7 @@ STATUS_CODES: dict[type[ServingError], grpc.StatusCode] = {
     ModelNotLoaded: grpc.StatusCode.FAILED_PRECONDITION,
     DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
     Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    AddressUnavailable: grpc.StatusCode.UNAVAILABLE,
     ServingError: grpc.StatusCode.INTERNAL,
 }
 

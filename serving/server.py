@@ -11,8 +11,8 @@ import asyncio
 import gc
 import logging
 import signal
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 
 import faiss
@@ -28,7 +28,7 @@ from protos import recommender_pb2, recommender_pb2_grpc
 from serving.artifact import load_production
 from serving.auth import TokenAuth, server_credentials
 from serving.catalog import Catalog
-from serving.errors import ArtifactError, BrokerUnavailable
+from serving.errors import AddressUnavailable, ArtifactError, BrokerUnavailable
 from serving.feeds import CatalogUpdates, Handler, TopicFeed, VectorUpdates
 from serving.index import ItemIndex
 from serving.metrics import Metrics
@@ -76,11 +76,22 @@ def create_server(
     reflection.enable_server_reflection(names, server)
     address = f"{settings.host}:{settings.port}"
     credentials = server_credentials(settings)
-    if credentials is None:
-        port = server.add_insecure_port(address)
-    else:
-        port = server.add_secure_port(address, credentials)
+    with _binding(address):
+        if credentials is None:
+            port = server.add_insecure_port(address)
+        else:
+            port = server.add_secure_port(address, credentials)
     return server, port
+
+
+@contextmanager
+def _binding(address: str) -> Iterator[None]:
+    """gRPC's failure to bind `address` as AddressUnavailable (a clear start-up error)."""
+    try:
+        yield
+    except RuntimeError as error:
+        raise AddressUnavailable(f"cannot listen on {address}: taken by another process, "
+                                 "or not an address of this host") from error
 
 
 def _connection_age(settings: ServingSettings) -> list[tuple[str, int]]:
@@ -101,8 +112,11 @@ def create_admin_server(
     reflection.enable_server_reflection((ADMIN_NAME, reflection.SERVICE_NAME), server)
     if settings.admin_socket is not None:
         settings.admin_socket.unlink(missing_ok=True)  # left by a worker that was killed
-        return server, server.add_insecure_port(f"unix:{settings.admin_socket}")
-    port = server.add_insecure_port(f"{settings.admin_host}:{settings.admin_port or 0}")
+        address = f"unix:{settings.admin_socket}"
+    else:
+        address = f"{settings.admin_host}:{settings.admin_port or 0}"
+    with _binding(address):
+        port = server.add_insecure_port(address)
     return server, port
 
 
@@ -200,12 +214,18 @@ async def running(settings: ServingSettings) -> AsyncIterator[Running]:
         limits=Limits.from_settings(settings),
         metrics=metrics,
     )
-    server, port = create_server(settings, servicer=servicer, health_servicer=health_servicer,
-                                 diagnostics=DiagnosticsServicer(metrics))
     admin_server: grpc.aio.Server | None = None
     admin_port: int | None = None
-    if settings.admin_port is not None or settings.admin_socket is not None:
-        admin_server, admin_port = create_admin_server(settings, admin=AdminServicer(admin, metrics))
+    try:
+        server, port = create_server(settings, servicer=servicer, health_servicer=health_servicer,
+                                     diagnostics=DiagnosticsServicer(metrics))
+        if settings.admin_port is not None or settings.admin_socket is not None:
+            admin_server, admin_port = create_admin_server(settings, admin=AdminServicer(admin, metrics))
+    except AddressUnavailable:
+        await producer.stop()  # never started: nothing to flush, only handles to close
+        await log_producer.stop()
+        await redis.aclose()
+        raise
     metrics_port: int | None = None
     tasks: list[asyncio.Task[None]] = []
     try:

@@ -7,6 +7,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -36,6 +37,22 @@ def test_an_unreadable_artifact_stops_start_up_with_exit_code_1(tmp_path: Path) 
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 1
     assert "cannot serve: cannot read" in done.stderr and "v9/manifest.json" in done.stderr
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_taken_port_stops_start_up_with_exit_code_1(tmp_path: Path, workers: str) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = dict(os.environ, STREAMREC_SERVING_ARTIFACT_DIR=str(tmp_path), STREAMREC_SERVING_PORT=str(port),
+                   STREAMREC_SERVING_ADMIN_PORT="0", STREAMREC_SERVING_WORKERS=workers)
+        done = subprocess.run([sys.executable, "-m", "serving"], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1, done.stderr
+    assert "cannot serve:" in done.stderr and ("Address already in use" in done.stderr
+                                               or f"cannot listen on 127.0.0.1:{port}" in done.stderr)
+    assert "Traceback" not in done.stderr and "Unclosed" not in done.stderr
 
 
 async def _client(*args: str) -> tuple[int, str, str]:
