@@ -4,7 +4,10 @@ supervisor of that many), serve until SIGTERM/SIGINT."""
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
+import os
+import signal
 import sys
 
 from pydantic import ValidationError
@@ -15,6 +18,18 @@ from serving.settings import ServingSettings
 from serving.workers import supervise
 
 log = logging.getLogger("serving")
+
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _stop_with_parent() -> None:
+    """SIGTERM to this process when its parent dies (Linux), so a worker never outlives
+    its supervisor; a parent that is already gone means stopping now."""
+    parent = os.getppid()
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() != parent:
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def main(argv: list[str]) -> int:
@@ -31,6 +46,8 @@ def main(argv: list[str]) -> int:
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s " + ("[%(process)d] " if several else "") + "%(name)s: %(message)s",
     )
+    if settings.stop_with_parent:
+        _stop_with_parent()
     main_task = supervise(settings) if settings.workers > 1 else serve(settings)
     try:
         if settings.event_loop == "uvloop":

@@ -50,6 +50,26 @@ def ivf_lists(n_items: int) -> int:
     return max(1, int(4 * math.sqrt(max(n_items, 1))))
 
 
+_CACHE_FORMAT = "ivfflat-1"  # part of every cache key: a change to how indexes are built changes it
+CACHE_KEEP = 4  # cached indexes kept, the most recently used
+
+
+def _evict(cache_dir: Path, keep: int) -> None:
+    """Delete all but the `keep` most recently used cached indexes (a reader holding one
+    open keeps reading it; a later build of its rows writes it again)."""
+    def used(path: Path) -> float:
+        try:
+            return path.stat().st_mtime
+        except OSError:  # evicted by another process meanwhile
+            return 0.0
+
+    files = sorted(cache_dir.glob("ivf-*.faiss"), key=used, reverse=True)
+    for old in files[keep:]:
+        log.info("index cache: %s evicted", old.name)
+        old.unlink(missing_ok=True)
+        Path(f"{old}.lock").unlink(missing_ok=True)
+
+
 class Hits(NamedTuple):
     """One query row's answer: scores (float32), item ids and their FAISS ids (int64)."""
 
@@ -151,13 +171,20 @@ class ItemIndex:
         """The IVF index of `rows` (unique `item_ids`, FAISS id = row) from `cache_dir`, built
         and written there first if no process has yet; one process builds at a time."""
         digest = hashlib.blake2b(digest_size=16)
-        digest.update(f"ivf:{dim}:{ivf_lists(len(rows))}:{len(item_ids)}\n".encode())
+        digest.update(f"{_CACHE_FORMAT}:{dim}:{ivf_lists(len(rows))}:{len(item_ids)}\n".encode())
         digest.update("\0".join(item_ids).encode())
         digest.update(np.ascontiguousarray(rows).data)
-        cache_dir.mkdir(parents=True, exist_ok=True)
         path = cache_dir / f"ivf-{digest.hexdigest()}.faiss"
-        with open(cache_dir / f"{path.name}.lock", "w") as lock:
+        try:
+            cache_dir.mkdir(parents=True, exist_ok=True)
+            lock = open(cache_dir / f"{path.name}.lock", "w")
+        except OSError as error:
+            log.warning("index cache %s not usable (%s): building without it", cache_dir, error)
+            return cls._built(dim, "ivf", item_ids, rows, nprobe)
+        with lock:
             fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or the process dies
+            for stale in cache_dir.glob(f"{path.name}.*.partial"):  # a writer that died
+                stale.unlink(missing_ok=True)
             if path.exists():
                 try:
                     stored = faiss.read_index(str(path))
@@ -167,13 +194,20 @@ class ItemIndex:
                     if stored.ntotal == len(item_ids) and stored.d == dim:
                         log.info("ivf index of %s items (dimension %s) read from %s",
                                  len(item_ids), dim, path)
+                        os.utime(path)  # in use: the last to be evicted
                         return cls._adopt(dim, stored, item_ids, nprobe)
                     log.warning("index cache %s holds %s rows of dimension %s, expected %s of %s: "
                                 "building again", path, stored.ntotal, stored.d, len(item_ids), dim)
             index = cls._built(dim, "ivf", item_ids, rows, nprobe)
             partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
-            faiss.write_index(index._index, str(partial))
-            os.replace(partial, path)  # whole or absent: a reader never sees half a file
+            try:
+                faiss.write_index(index._index, str(partial))
+                os.replace(partial, path)  # whole or absent: a reader never sees half a file
+            except (RuntimeError, OSError) as error:  # a full disk: serve the index anyway
+                log.warning("index not written to the cache %s: %s", path, error)
+                partial.unlink(missing_ok=True)
+            else:
+                _evict(cache_dir, keep=CACHE_KEEP)
             return index
 
     @classmethod

@@ -107,7 +107,7 @@ def create_admin_server(
 ) -> tuple[grpc.aio.Server, int]:
     """An unstarted admin server on ``admin_host:admin_port``, or on the Unix socket
     ``admin_socket`` (plaintext: bind it to a private address)."""
-    server = grpc.aio.server()
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])  # a taken admin port fails start-up
     recommender_pb2_grpc.add_AdminServicer_to_server(admin, server)
     reflection.enable_server_reflection((ADMIN_NAME, reflection.SERVICE_NAME), server)
     if settings.admin_socket is not None:

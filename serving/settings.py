@@ -47,6 +47,9 @@ class ServingSettings(BaseSettings):
     reuse_port: bool = Field(
         default=False, description="SO_REUSEPORT on the public port (set for each of `workers`)"
     )
+    stop_with_parent: bool = Field(
+        default=False, description="exit (SIGTERM) when the parent process dies (set for each of `workers`)"
+    )
     workers: int = Field(
         default=1, ge=1, le=64,
         description="server processes sharing the public port (SO_REUSEPORT); Admin fans out to all",

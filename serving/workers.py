@@ -3,13 +3,14 @@
 One Python process answers on one core (the GIL). With ``workers`` N the supervisor:
 
 - **Port.** Binds the public ``host:port`` with SO_REUSEPORT and never listens on it, so
-  the port stays taken while workers come and go (``port`` 0 picks one). Each worker is a
+  the port stays taken while workers come and go (``port`` 0 picks one), and holds a
+  lock file on it so that a second supervisor cannot join the port. Each worker is a
   ``python -m serving`` process listening on that port with ``reuse_port``; the kernel
   spreads new connections over them. A client keeps its connection to one worker, so
   load spreads over frontends and connections, not over the calls of one connection.
-- **Index.** Reads or builds the production version's index into ``index_cache_dir`` (a
-  temporary directory when unset) before the workers start, so they read it instead of
-  each training the same IVF index; later versions are built once the same way.
+- **Index.** Workers share ``index_cache_dir`` (a temporary directory when unset): the
+  first to need an IVF index builds it while the others wait for its file and read it,
+  for the production version at start and for every version loaded later.
 - **Admin.** Workers serve Admin on Unix sockets in a private directory; the supervisor
   serves it on ``admin_host:admin_port`` and applies every call to all workers at once.
   The first worker's answer is the reply; a worker that failed or disagrees afterwards
@@ -17,9 +18,12 @@ One Python process answers on one core (the GIL). With ``workers`` N the supervi
   Releases on ``models`` reach every worker directly.
 - **Metrics.** Worker i serves /metrics on ``metrics_port + i``.
 - **Faults.** A worker that exits after its Admin socket answered is started again
-  (after 1 s, doubling up to 30 s while it keeps failing) and aligned to a running
-  worker's routing. One that exits before it ever answered stops the server with its
-  exit status: a bad artifact or setting would fail again.
+  (after 1 s, doubling up to 30 s while it keeps failing) and aligned to a running,
+  aligned worker's routing (or, with none left, to what the last Admin change left);
+  until then Admin calls leave it out. At start, one that exits before it ever answered
+  stops the server with its exit status: a bad artifact or setting would fail again.
+  Workers stop when the supervisor dies (``stop_with_parent``), so none is left
+  serving an old routing on the port.
 - **Stop.** SIGTERM/SIGINT: the admin port closes and every worker gets SIGTERM (each
   goes NOT_SERVING and drains within ``grace_s``); what still runs ``grace_s`` + 30 s
   later is killed.
@@ -28,6 +32,7 @@ One Python process answers on one core (the GIL). With ``workers`` N the supervi
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
 import os
 import shutil
@@ -38,13 +43,13 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 import grpc
 
 from protos import recommender_pb2, recommender_pb2_grpc
-from serving.artifact import BOOTSTRAP_VERSION, load_production
-from serving.errors import ArtifactError, ServingError
-from serving.index import ItemIndex
+from serving.artifact import BOOTSTRAP_VERSION
+from serving.errors import AddressUnavailable, ServingError
 from serving.server import create_admin_server
 from serving.settings import ServingSettings
 
@@ -66,7 +71,7 @@ class WorkerFailed(ServingError):
 
 def reserve_port(host: str, port: int) -> socket.socket:
     """A bound, never-listening SO_REUSEPORT socket on host:port (0: a free port)."""
-    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    family, kind, proto, _, address = socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM)[0]
     sock = socket.socket(family, kind, proto)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
@@ -75,6 +80,20 @@ def reserve_port(host: str, port: int) -> socket.socket:
         sock.close()
         raise
     return sock
+
+
+def _own_port(host: str, port: int) -> IO[str]:
+    """An exclusive lock on host:port among supervisors (SO_REUSEPORT alone would let a
+    second one join the port); held while the returned file is open."""
+    path = Path(tempfile.gettempdir()) / f"streamrec-serving-{host.strip('[]')}-{port}.lock"
+    owner = open(path, "w")
+    try:
+        fcntl.flock(owner, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as error:
+        owner.close()
+        raise AddressUnavailable(f"cannot listen on {host}:{port}: another serving supervisor "
+                                 "holds it") from error
+    return owner
 
 
 @dataclass
@@ -88,6 +107,7 @@ class Worker:
     channel: grpc.aio.Channel | None = None
     started_at: float = 0.0
     answered: bool = False  # its Admin socket has answered since it was (re)started
+    aligned: bool = False  # it routes as the others: from the start, or aligned after a restart
     delay_s: float = RESTART_DELAY_S
     restarts: int = 0
     watch: asyncio.Task[None] | None = field(default=None, repr=False)
@@ -100,7 +120,7 @@ class Worker:
 
     async def start(self) -> None:
         self.socket_path.unlink(missing_ok=True)
-        self.answered = False
+        self.answered = self.aligned = False
         if self.channel is not None:  # its reconnect back-off grew while the worker was down
             await self.channel.close()
             self.channel = None
@@ -146,6 +166,7 @@ def worker_env(settings: ServingSettings, number: int, port: int, run_dir: Path,
         "STREAMREC_SERVING_ADMIN_SOCKET": str(run_dir / f"worker-{number}.sock"),
         "STREAMREC_SERVING_INDEX_CACHE_DIR": str(cache_dir),
         "STREAMREC_SERVING_CLIENT_ID": f"{settings.client_id}-{number}",
+        "STREAMREC_SERVING_STOP_WITH_PARENT": "true",
     })
     if settings.metrics_port is not None:
         env["STREAMREC_SERVING_METRICS_PORT"] = str(settings.metrics_port + number if settings.metrics_port else 0)
@@ -195,6 +216,8 @@ class Supervisor:
         ]
         self._stopping = False
         self._admin_lock = asyncio.Lock()  # one change at a time, and none during an alignment
+        self._desired: recommender_pb2.ModelStatus | None = None  # the routing the last change left
+        self._uris: dict[str, str] = {}  # version -> the uri an Admin call loaded it from
 
     async def start(self) -> None:
         """Every worker started and answering; WorkerFailed (the others stopped) if one fails."""
@@ -205,18 +228,31 @@ class Supervisor:
         except WorkerFailed:
             await self.stop()
             raise
-        for worker in self.workers:
+        for worker in self.workers:  # all started from the same production.json
+            worker.aligned = True
             worker.watch = asyncio.create_task(self._watch(worker), name=f"worker {worker.number}")
 
     def running(self) -> list[Worker]:
-        """The workers whose process runs and whose Admin socket has answered."""
-        return [w for w in self.workers
-                if w.answered and w.process is not None and w.process.returncode is None]
+        """The workers whose process runs, whose Admin socket answered and which route as
+        the others do (a restarted worker only once it has been aligned)."""
+        return [w for w in self.workers if w.answered and w.aligned
+                and w.process is not None and w.process.returncode is None]
 
     async def _watch(self, worker: Worker) -> None:
         """Start `worker` again whenever it exits, until the supervisor stops."""
-        while True:
-            assert worker.process is not None
+        while not self._stopping:
+            try:
+                await self._restart_when_gone(worker)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # e.g. no memory to start a process: try again later
+                log.exception("worker %s: restart failed; trying again in %.0f s", worker.number,
+                              worker.delay_s)
+                await asyncio.sleep(worker.delay_s)
+                worker.delay_s = min(MAX_RESTART_DELAY_S, worker.delay_s * 2)
+
+    async def _restart_when_gone(self, worker: Worker) -> None:
+        if worker.process is not None:
             status = await worker.process.wait()
             if self._stopping:
                 return
@@ -229,43 +265,53 @@ class Supervisor:
             worker.delay_s = min(MAX_RESTART_DELAY_S, worker.delay_s * 2)
             if self._stopping:
                 return
-            worker.restarts += 1
-            await worker.start()
-            try:
-                await worker.wait_answering()
-            except WorkerFailed as error:
-                log.error("%s", error)
-                continue
-            async with self._admin_lock:
-                await self._align(worker)
+        worker.restarts += 1
+        await worker.start()
+        try:
+            await worker.wait_answering()
+        except WorkerFailed as error:
+            log.error("%s", error)
+            return
+        async with self._admin_lock:
+            await self._align(worker)
 
     async def _align(self, worker: Worker) -> None:
-        """Give `worker` the routing of another answering worker (after a restart or a
-        change that did not reach it)."""
+        """Give a restarted `worker` the routing of a running, aligned worker, or else the
+        last routing an Admin change left (every worker was down)."""
+        target = self._desired
         reference = next((w for w in self.running() if w is not worker), None)
-        if reference is None:
-            return
         try:
-            target = await reference.stub.Status(recommender_pb2.StatusRequest(), timeout=10)
-            await self.align_to(worker, target)
+            if reference is not None:
+                target = await reference.stub.Status(recommender_pb2.StatusRequest(), timeout=10)
+            if target is None:
+                log.warning("worker %s: no running worker and no Admin change to align with; "
+                            "it routes as production.json says", worker.number)
+            else:
+                await self.align_to(worker, target)
+            worker.aligned = True
         except grpc.aio.AioRpcError as error:
-            log.error("worker %s not aligned with worker %s: %s %s", worker.number, reference.number,
-                      error.code().name, error.details())
+            log.error("worker %s not aligned: %s %s; it serves no Admin change until it is",
+                      worker.number, error.code().name, error.details())
 
     async def align_to(self, worker: Worker, target: recommender_pb2.ModelStatus,
                        timeout_s: float = 600.0) -> None:
-        """Promote `target`'s previous and production versions on `worker`, then its split."""
+        """Make `worker` route as `target`: promote its previous version, then its
+        production version (so both roles match), then set its split."""
         stub = worker.stub
         status = await stub.Status(recommender_pb2.StatusRequest(), timeout=timeout_s)
         if _routing(status) == _routing(target):
             return
-        if target.previous and target.previous != BOOTSTRAP_VERSION and status.production != target.previous \
-                and status.production != target.production:
-            status = await stub.Promote(recommender_pb2.PromoteRequest(
-                version=target.previous, uri=self._uri(target.previous)), timeout=timeout_s)
-        if status.production != target.production:
-            status = await stub.Promote(recommender_pb2.PromoteRequest(
-                version=target.production, uri=self._uri(target.production)), timeout=timeout_s)
+        if (status.production, status.previous) != (target.production, target.previous):
+            if target.previous and target.previous not in (BOOTSTRAP_VERSION, status.production):
+                try:  # best effort: without it the worker serves right but cannot roll back
+                    status = await stub.Promote(recommender_pb2.PromoteRequest(
+                        version=target.previous, uri=self._uri(target.previous)), timeout=timeout_s)
+                except grpc.aio.AioRpcError as error:
+                    log.warning("worker %s: previous version %s not loaded: %s %s", worker.number,
+                                target.previous, error.code().name, error.details())
+            if status.production != target.production:
+                status = await stub.Promote(recommender_pb2.PromoteRequest(
+                    version=target.production, uri=self._uri(target.production)), timeout=timeout_s)
         if (status.candidate, status.percent) != (target.candidate, target.percent):
             status = await stub.SetSplit(recommender_pb2.SetSplitRequest(
                 version=target.candidate, percent=target.percent, uri=self._uri(target.candidate)),
@@ -274,6 +320,9 @@ class Supervisor:
                  worker.number, *_routing(status))
 
     def _uri(self, version: str) -> str:
+        """Where `version` was loaded from by an Admin call, else its directory in the store."""
+        if version in self._uris:
+            return self._uris[version]
         path = self.settings.artifact_dir / version
         return str(path) if version and path.is_dir() else ""
 
@@ -283,6 +332,9 @@ class Supervisor:
         disagrees is aligned to it; with no answer to return, the first error is the status."""
         remaining = context.time_remaining()
         timeout = remaining if remaining is not None else 600.0
+        uri = getattr(request, "uri", "")
+        if uri and getattr(request, "version", ""):
+            self._uris[request.version] = uri  # type: ignore[attr-defined]
         async with self._admin_lock:
             live = self.running()
             if not live:
@@ -313,6 +365,8 @@ class Supervisor:
                     except grpc.aio.AioRpcError as error:
                         log.error("worker %s not aligned: %s %s", worker.number,
                                   error.code().name, error.details())
+            if change:
+                self._desired = first
             return first
 
     async def stop(self) -> None:
@@ -339,25 +393,15 @@ class Supervisor:
                 worker.channel = None
 
 
-def prebuild(settings: ServingSettings, cache_dir: Path) -> None:
-    """The production index built (or found) in `cache_dir`, for the workers to read."""
-    state = load_production(settings.artifact_dir, settings.dim)
-    try:
-        ItemIndex.build(state.dim, state.item_ids, state.vectors, ivf_threshold=settings.ivf_threshold,
-                        nprobe=settings.nprobe, cache_dir=cache_dir)
-    except ValueError as error:
-        raise ArtifactError(f"model {state.version}: {error}") from error
-
-
-async def _started(settings: ServingSettings, cache_dir: Path, supervisor: Supervisor) -> None:
-    await asyncio.to_thread(prebuild, settings, cache_dir)
-    await supervisor.start()
-
-
 async def supervise(settings: ServingSettings) -> int:
     """Run ``settings.workers`` servers until SIGTERM or SIGINT; the exit status."""
     reserved = reserve_port(settings.host, settings.port)
     port = reserved.getsockname()[1]
+    try:
+        owner = _own_port(settings.host, port)
+    except AddressUnavailable:
+        reserved.close()
+        raise
     run_dir = Path(tempfile.mkdtemp(prefix="streamrec-serving-"))
     cache_dir = settings.index_cache_dir or run_dir / "index-cache"
     stop = asyncio.Event()
@@ -367,7 +411,7 @@ async def supervise(settings: ServingSettings) -> int:
     supervisor = Supervisor(settings, port, run_dir, cache_dir)
     admin_server: grpc.aio.Server | None = None
     try:
-        starting = asyncio.ensure_future(_started(settings, cache_dir, supervisor))
+        starting = asyncio.ensure_future(supervisor.start())
         stopped = asyncio.ensure_future(stop.wait())
         await asyncio.wait([starting, stopped], return_when=asyncio.FIRST_COMPLETED)
         if not starting.done():  # a signal while the index builds or workers start
@@ -376,7 +420,7 @@ async def supervise(settings: ServingSettings) -> int:
             log.info("signal received while starting: stopping")
             return 0
         stopped.cancel()
-        starting.result()  # WorkerFailed, ArtifactError
+        starting.result()  # WorkerFailed
         admin_port = None
         if settings.admin_port is not None or settings.admin_socket is not None:
             admin_server, admin_port = create_admin_server(settings, admin=FanOutAdmin(supervisor))
@@ -394,5 +438,6 @@ async def supervise(settings: ServingSettings) -> int:
             await admin_server.stop(0)
         await supervisor.stop()
         reserved.close()
+        owner.close()
         shutil.rmtree(run_dir, ignore_errors=True)
         log.info("stopped")

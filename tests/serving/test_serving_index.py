@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from serving_harness import exact_nearest, unit_rows
 
+from serving import index as index_module
 from serving.index import ItemIndex, index_kind, normalise
 
 DIM = 16
@@ -171,12 +172,17 @@ def test_search_each_answers_every_row_with_its_own_k_and_exclusions() -> None:
         index.search_each(queries, [5], excludes)
 
 
+def _clustered_catalog(seed: int, n: int) -> tuple[np.random.Generator, np.ndarray, list[str]]:
+    """A generator, `n` clustered unit vectors and their ids ``item-0...``."""
+    rng = np.random.default_rng(seed)
+    vectors = unit_rows(rng, n, DIM, clusters=20)
+    return rng, vectors, [f"item-{i}" for i in range(n)]
+
+
 def test_an_ivf_index_is_built_once_into_the_cache_and_read_from_it_after(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    rng = np.random.default_rng(5)
-    vectors = unit_rows(rng, 2_000, DIM, clusters=20)
-    item_ids = [f"item-{i}" for i in range(len(vectors))]
+    rng, vectors, item_ids = _clustered_catalog(5, 2_000)
     reference = dict(zip(item_ids, vectors, strict=True))
     cache = tmp_path / "cache"
     with caplog.at_level(logging.INFO, logger="serving.index"):
@@ -203,3 +209,26 @@ def test_an_ivf_index_is_built_once_into_the_cache_and_read_from_it_after(
         path.write_bytes(b"not an index")
     again = ItemIndex.build(DIM, item_ids, vectors, ivf_threshold=1_000, nprobe=64, cache_dir=cache)
     assert again.search(queries, 10)[1] == built.search(queries, 10)[1]
+
+
+def test_the_index_cache_keeps_the_most_recently_used_and_clears_dead_writers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, vectors, item_ids = _clustered_catalog(6, 1_200)
+    cache = tmp_path / "cache"
+    monkeypatch.setattr(index_module, "CACHE_KEEP", 2)
+
+    def build(n: int) -> None:
+        ItemIndex.build(DIM, item_ids[:n], vectors[:n], ivf_threshold=1_000, nprobe=8, cache_dir=cache)
+
+    build(1_000)
+    (first,) = cache.glob("*.faiss")
+    dead_writer = cache / f"{first.name}.4242.partial"
+    dead_writer.write_bytes(b"half an index")
+    build(1_000)  # read back, and the dead writer's file is gone
+    assert not dead_writer.exists()
+    build(1_100)
+    build(1_000)  # used again: the newest
+    build(1_200)  # a third: the least recently used (1,100 rows) goes
+    kept = {path.stat().st_size for path in cache.glob("*.faiss")}
+    assert len(kept) == 2 and first.exists()

@@ -19,7 +19,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from serving_harness import unit_rows, write_artifact
 
 from protos import recommender_pb2, recommender_pb2_grpc
+from serving.models import Routing, promoted, split
 from serving.settings import ServingSettings
+from serving.errors import AddressUnavailable
+from serving.workers import Supervisor, Worker, _own_port, reserve_port
 
 ROOT = Path(__file__).resolve().parents[2]
 CONNECTIONS = 8  # the kernel spreads connections over the workers, not calls
@@ -92,9 +95,9 @@ async def test_workers_share_the_port_and_the_index_and_a_killed_one_comes_back_
         port, admin_port = int(found.group(1)), int(found.group(2))
         pids = [int(p) for p in re.findall(r"worker \d started: pid (\d+)", lines.text)]
         assert len(pids) == 2 and all(_alive(pid) for pid in pids)
-        # one IVF build (the supervisor's), read by both workers
+        # one IVF build, by the worker that took the cache's lock first; the other reads it
         assert len(re.findall(r"ivf index of 600 items \(dimension 16\)\n", lines.text)) == 1
-        assert len(re.findall(r"ivf index of 600 items \(dimension 16\) read from", lines.text)) == 2
+        assert len(re.findall(r"ivf index of 600 items \(dimension 16\) read from", lines.text)) == 1
 
         channels = [grpc.aio.insecure_channel(f"127.0.0.1:{port}",
                                               options=[("grpc.use_local_subchannel_pool", 1)])
@@ -161,7 +164,7 @@ async def test_workers_share_the_port_and_the_index_and_a_killed_one_comes_back_
     assert not any(_alive(pid) for pid in pids)
 
 
-def test_a_bad_artifact_stops_the_supervisor_with_exit_code_1(tmp_path: Path) -> None:
+def test_a_worker_failing_at_start_stops_the_supervisor_with_its_exit_code(tmp_path: Path) -> None:
     import subprocess
 
     (tmp_path / "production.json").write_text('{"version": "v9"}')
@@ -170,4 +173,91 @@ def test_a_bad_artifact_stops_the_supervisor_with_exit_code_1(tmp_path: Path) ->
     done = subprocess.run([sys.executable, "-m", "serving"], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 1, done.stderr
-    assert "cannot serve: cannot read" in done.stderr and "worker 0 started" not in done.stderr
+    assert "cannot serve: cannot read" in done.stderr  # the workers' own message
+    assert re.search(r"worker \d exited with status 1 before it served", done.stderr)
+    assert "Traceback" not in done.stderr
+
+
+class FakeAdmin:
+    """A worker's Admin service over the real routing rules of serving.models."""
+
+    def __init__(self, routing: Routing, loadable: set[str]) -> None:
+        self.routing = routing
+        self.loadable = loadable  # versions whose artifact can be read
+        self.calls: list[str] = []
+
+    def _status(self) -> recommender_pb2.ModelStatus:
+        r = self.routing
+        return recommender_pb2.ModelStatus(production=r.production, previous=r.previous or "",
+                                           candidate=r.candidate or "", percent=r.percent)
+
+    def _load(self, version: str) -> None:
+        if version not in self.loadable:
+            raise grpc.aio.AioRpcError(grpc.StatusCode.FAILED_PRECONDITION, grpc.aio.Metadata(),
+                                       grpc.aio.Metadata(), f"cannot read {version}")
+
+    async def Status(self, request: object, timeout: float) -> recommender_pb2.ModelStatus:
+        return self._status()
+
+    async def Promote(self, request: recommender_pb2.PromoteRequest,
+                      timeout: float) -> recommender_pb2.ModelStatus:
+        self.calls.append(f"promote {request.version}")
+        self._load(request.version)
+        self.routing = promoted(self.routing, request.version)
+        return self._status()
+
+    async def SetSplit(self, request: recommender_pb2.SetSplitRequest,
+                       timeout: float) -> recommender_pb2.ModelStatus:
+        self.calls.append(f"split {request.version} {request.percent:g}")
+        if request.percent:
+            self._load(request.version)
+        self.routing = split(self.routing, request.version, request.percent)
+        return self._status()
+
+
+@pytest.mark.parametrize(("start", "target", "calls"), [
+    # a restart from production.json naming the previous version
+    (Routing("v1"), Routing("v2", "v1", "v1", 100.0), ["promote v2", "split v1 100"]),
+    # production.json names production: the previous version is loaded too, for rollback
+    (Routing("v2"), Routing("v2", "v1"), ["promote v1", "promote v2"]),
+    # neither: both, in order, then the split
+    (Routing("v0"), Routing("v2", "v1", "v3", 10.0), ["promote v1", "promote v2", "split v3 10"]),
+    # an experiment the worker should no longer run
+    (Routing("v2", "v1", "v3", 10.0), Routing("v2", "v1"), ["split  0"]),
+    # already there
+    (Routing("v2", "v1"), Routing("v2", "v1"), []),
+])
+async def test_align_to_reproduces_the_routing_of_the_others(
+    tmp_path: Path, start: Routing, target: Routing, calls: list[str]
+) -> None:
+    supervisor = Supervisor(ServingSettings(workers=2, artifact_dir=tmp_path), 50051, tmp_path, tmp_path)
+    worker = supervisor.workers[0]
+    fake = FakeAdmin(start, loadable={"v0", "v1", "v2", "v3"})
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Worker, "stub", property(lambda self: fake))
+        await supervisor.align_to(worker, FakeAdmin(target, set())._status())
+    assert fake.routing == target and fake.calls == calls
+
+
+async def test_a_previous_version_that_cannot_be_read_does_not_stop_the_alignment(tmp_path: Path) -> None:
+    supervisor = Supervisor(ServingSettings(workers=2, artifact_dir=tmp_path), 50051, tmp_path, tmp_path)
+    worker = supervisor.workers[0]
+    fake = FakeAdmin(Routing("v0"), loadable={"v2", "v3"})
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Worker, "stub", property(lambda self: fake))
+        await supervisor.align_to(worker, FakeAdmin(Routing("v2", "v1", "v3", 5.0), set())._status())
+    assert fake.routing == Routing("v2", "v0", "v3", 5.0)  # serves right; rolls back to v0, not v1
+    assert fake.calls == ["promote v1", "promote v2", "split v3 5"]
+
+
+def test_a_second_supervisor_cannot_take_a_port_one_holds() -> None:
+    reserved = reserve_port("127.0.0.1", 0)
+    port = reserved.getsockname()[1]
+    owner = _own_port("127.0.0.1", port)
+    try:
+        with pytest.raises(AddressUnavailable, match=f"127.0.0.1:{port}: another serving supervisor"):
+            _own_port("127.0.0.1", port)
+    finally:
+        owner.close()
+        reserved.close()
+    _own_port("127.0.0.1", port).close()  # free again once the first let go
