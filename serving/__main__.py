@@ -46,7 +46,7 @@ def main(argv: list[str]) -> int:
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s " + ("[%(process)d] " if several else "") + "%(name)s: %(message)s",
     )
-    if settings.stop_with_parent:
+    if settings.stop_with_parent and sys.platform == "linux":  # prctl is Linux's
         _stop_with_parent()
     main_task = supervise(settings) if settings.workers > 1 else serve(settings)
     try:

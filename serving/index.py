@@ -215,8 +215,8 @@ class ItemIndex:
         """An IVF ItemIndex around a read FAISS index whose id i is item_ids[i]."""
         index = cls.__new__(cls)
         index.dim, index.kind, index.nprobe = dim, "ivf", nprobe
-        stored.nprobe = nprobe  # type: ignore[attr-defined]  # an IndexIVFFlat as read
-        stored.set_direct_map_type(faiss.DirectMap.Hashtable)  # type: ignore[attr-defined]  # kept by the file: a no-op
+        # an IndexIVFFlat as read; its hashtable direct map comes with the file
+        stored.nprobe = nprobe  # type: ignore[attr-defined]
         index._index = stored
         index._ids = {item_id: n for n, item_id in enumerate(item_ids)}
         index._items = np.empty(max(1024, len(item_ids)), dtype=object)

@@ -109,7 +109,6 @@ class Worker:
     answered: bool = False  # its Admin socket has answered since it was (re)started
     aligned: bool = False  # it routes as the others: from the start, or aligned after a restart
     delay_s: float = RESTART_DELAY_S
-    restarts: int = 0
     watch: asyncio.Task[None] | None = field(default=None, repr=False)
 
     @property
@@ -209,7 +208,6 @@ class Supervisor:
 
     def __init__(self, settings: ServingSettings, port: int, run_dir: Path, cache_dir: Path) -> None:
         self.settings = settings
-        self.port = port
         self.workers = [
             Worker(n, run_dir / f"worker-{n}.sock", worker_env(settings, n, port, run_dir, cache_dir))
             for n in range(settings.workers)
@@ -248,8 +246,13 @@ class Supervisor:
             except Exception:  # e.g. no memory to start a process: try again later
                 log.exception("worker %s: restart failed; trying again in %.0f s", worker.number,
                               worker.delay_s)
-                await asyncio.sleep(worker.delay_s)
-                worker.delay_s = min(MAX_RESTART_DELAY_S, worker.delay_s * 2)
+                await self._back_off(worker)
+
+    @staticmethod
+    async def _back_off(worker: Worker) -> None:
+        """Wait the worker's restart delay, and double it for the next time."""
+        await asyncio.sleep(worker.delay_s)
+        worker.delay_s = min(MAX_RESTART_DELAY_S, worker.delay_s * 2)
 
     async def _restart_when_gone(self, worker: Worker) -> None:
         if worker.process is not None:
@@ -261,11 +264,9 @@ class Supervisor:
                 worker.delay_s = RESTART_DELAY_S
             log.error("worker %s (pid %s) exited with status %s after %.0f s; starting it again in %.0f s",
                       worker.number, worker.process.pid, status, ran_s, worker.delay_s)
-            await asyncio.sleep(worker.delay_s)
-            worker.delay_s = min(MAX_RESTART_DELAY_S, worker.delay_s * 2)
+            await self._back_off(worker)
             if self._stopping:
                 return
-        worker.restarts += 1
         await worker.start()
         try:
             await worker.wait_answering()
