@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from contracts.events import MAX_EVENT_BYTES, MAX_FUTURE_SKEW_MS
 from serving.online import EVENT_TYPES
 
 
@@ -69,6 +70,14 @@ class ServingSettings(BaseSettings):
     max_id_chars: int = Field(default=1024, ge=1, le=65_536, description="user and item id length")
     max_track_events: int = Field(default=1000, ge=1, le=100_000, description="events per TrackEvents")
     max_batch: int = Field(default=100, ge=1, le=10_000, description="requests per RecommendBatch")
+    # TrackEvents refuses what streams would dead-letter: keep these at most the streams
+    # worker's STREAMREC_STREAMS_MAX_EVENT_BYTES and _MAX_FUTURE_SKEW_MS (same defaults).
+    max_event_bytes: int = Field(
+        default=MAX_EVENT_BYTES, ge=64, le=16 * 1024 * 1024, description="serialized size of one tracked Event"
+    )
+    max_future_skew_ms: int = Field(
+        default=MAX_FUTURE_SKEW_MS, ge=0, description="how far ahead of the server's clock a tracked event may be"
+    )
 
     # Vectors: the dimension when no artifact names one.
     dim: int = Field(default=384, ge=1, le=65_536)
