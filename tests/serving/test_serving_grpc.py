@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 import time
 
@@ -122,6 +123,25 @@ async def test_exclusion_follows_the_configured_event_types_and_trending_ranks_c
     assert _ids(trending) == ["p5", "p4", "p1"]  # the window ranks first; nothing is excluded
     assert [item.reason for item in trending.items] == ["trending now"] * 2 + [
         "popular with other shoppers"]
+
+
+async def test_trending_scores_are_counts_decayed_to_now_whatever_the_base_time(stack: Stack) -> None:
+    # As streams writes them (docs/contracts.md §3): events of weights 5, 3 and 1 half an
+    # hour ago, against a base a day old in a 1-hour window: raw scores near 1.6e10.
+    tau_ms, now = 3_600_000.0, time.time() * 1000
+    base, event_time = now - 24 * tau_ms, now - tau_ms / 2
+    weights = {"t1": 5.0, "t2": 3.0, "t3": 1.0}
+    raw = {item_id: w * math.exp((event_time - base) / tau_ms) for item_id, w in weights.items()}
+    await stack.redis.zadd(f"{stack.prefix}trending:1h", raw)
+    await stack.redis.set(f"{stack.prefix}trending:1h:base", repr(base))
+    async with stack.server(trending_window="1h") as client:
+        response = await _recommend(client, "newcomer", 3)
+    assert response.strategy == "popular"
+    assert _ids(response) == sorted(raw, key=raw.__getitem__, reverse=True)  # the raw order
+    expected = [w * math.exp(-0.5) for w in weights.values()]  # 3.03, 1.82, 0.61
+    # rel 1e-3: the seconds the test takes decay the counts by far less.
+    assert [item.score for item in response.items] == pytest.approx(expected, rel=1e-3)
+    assert all(0 <= item.score <= sum(weights.values()) for item in response.items)
 
 
 def test_unknown_event_types_in_settings_are_refused() -> None:
