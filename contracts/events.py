@@ -29,8 +29,6 @@ UNKNOWN_EVENT_TYPE = "unknown_event_type"
 BAD_TIMESTAMP = "bad_timestamp"
 BAD_VALUE = "bad_value"
 
-REQUIRED_FIELDS = ("event_id", "user_id", "item_id", "timestamp_ms")
-
 
 @dataclass(frozen=True)
 class EventLimits:
@@ -77,9 +75,7 @@ def event_violations(event: events_pb2.Event, *, now_ms: int, limits: EventLimit
         found.append(Violation("type", UNKNOWN_EVENT_TYPE,
                                f"type {event.type} is not a known EventType"))
     timestamp_ms = event.timestamp_ms
-    if timestamp_ms == 0:
-        pass  # reported as missing
-    elif timestamp_ms < MIN_TIMESTAMP_MS:
+    if timestamp_ms and timestamp_ms < MIN_TIMESTAMP_MS:  # 0 is reported as missing
         found.append(Violation("timestamp_ms", BAD_TIMESTAMP,
                                f"timestamp_ms {timestamp_ms} is before 1995-01-01"))
     elif timestamp_ms > now_ms + limits.max_future_skew_ms:

@@ -209,8 +209,8 @@ class OnlineStore:
         popular = _pairs(replies[-1])
         if not window:
             return [], popular
-        trending = decayed_counts(_pairs(replies[0]), base_ms=_base_ms(replies[1]), now_ms=time.time() * 1000,
-                                  tau_ms=self._trending_tau_ms)
+        trending = decayed_counts(_pairs(replies[0]), base_ms=_base_ms(replies[1]),
+                                  now_ms=time.time() * 1000, tau_ms=self._trending_tau_ms)
         return trending, popular
 
 

@@ -213,12 +213,16 @@ def check_events(request: recommender_pb2.TrackEventsRequest, limits: Limits, *,
             violations += [_field_violation(position, problem) for problem in found]
     if not violations:
         return events
-    first = violations[0]
-    more = len(violations) - 1
+    first, more = violations[0], len(violations) - 1
+    if more == 0:
+        rest = ""
+    elif len(violations) <= MAX_VIOLATIONS:
+        rest = f" (and {more} more in the error details)"
+    else:
+        rest = f" (and {more} more; the error details hold the first {MAX_VIOLATIONS})"
     raise InvalidRequest(
         f"{bad} of {len(events)} events {'is' if bad == 1 else 'are'} invalid, none was "
-        f"written: {first.field}: {first.description}"
-        + (f" (and {more} more in the error details)" if more else ""),
+        f"written: {first.field}: {first.description}{rest}",
         violations[:MAX_VIOLATIONS],
     )
 

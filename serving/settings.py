@@ -12,7 +12,6 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from contracts.events import MAX_EVENT_BYTES, MAX_FUTURE_SKEW_MS
 from serving.online import EVENT_TYPES
 
-
 _WINDOW_LENGTH = re.compile(r"^([0-9]+)([smhd])$")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
 

@@ -139,6 +139,7 @@ def test_the_size_limit_is_the_configured_one_and_reports_are_capped() -> None:
     with pytest.raises(InvalidRequest, match="^60 of 60 events are invalid") as raised:
         _check(*[_event(event_id="")] * 60, limits=small)
     assert len(raised.value.violations) == MAX_VIOLATIONS
+    assert str(raised.value).endswith(f"(and 59 more; the error details hold the first {MAX_VIOLATIONS})")
 
 
 @pytest.mark.parametrize(
