@@ -307,6 +307,15 @@ async def test_a_call_with_a_bad_event_is_refused_whole_with_standard_details(st
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await client.stub.TrackEvents(recommender_pb2.TrackEventsRequest(events=bad))
         reply = await client.stub.TrackEvents(recommender_pb2.TrackEventsRequest(events=good))
+        # The longest problems, on every event of the largest call: the details still fit
+        # a client's default metadata limit.
+        worst = events_pb2.Event(event_id="", user_id="", item_id="", type=99,
+                                 timestamp_ms=-(2**63), value=float("nan"))
+        with pytest.raises(grpc.aio.AioRpcError) as flooded:
+            await client.stub.TrackEvents(recommender_pb2.TrackEventsRequest(events=[worst] * 1000))
+    assert flooded.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    flood_status = rpc_status.from_call(flooded.value)
+    assert flood_status is not None and flood_status.details
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert caught.value.details().startswith("2 of 4 events are invalid, none was written: "
                                              "events[1].event_id: event_id is empty")
