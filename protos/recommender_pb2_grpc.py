@@ -74,7 +74,9 @@ class RecommenderServicer:
         raise NotImplementedError('Method not implemented!')
 
     def TrackEvents(self, request, context):
-        """A batch of events, acknowledged once every one is written to Kafka `events`.
+        """A batch of events, acknowledged once every one is written to Kafka `events`. A batch
+        with any structurally invalid event (docs/contracts.md §2) is refused whole, nothing
+        written: INVALID_ARGUMENT with google.rpc.BadRequest details naming events[i].field.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

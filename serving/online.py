@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -49,6 +51,19 @@ for u = 4 + n_types, #ARGV do
 end
 return answers
 """
+
+
+def decayed_counts(pairs: list[tuple[str, float]], *, base_ms: float | None, now_ms: float,
+                   tau_ms: float) -> list[tuple[str, float]]:
+    """Forward-decayed trending scores (docs/contracts.md §3) as counts decayed to `now_ms`:
+    ``score · exp(−(now − base) / τ)``, i.e. ``Σ w · exp(−(now − t) / τ)`` over the window's
+    events, the order unchanged. A base ahead of the clock (events stamped up to the
+    allowed skew in the future) counts as now; without a base (a set streams did not
+    write) the scores are taken as counts already."""
+    if base_ms is None:
+        return pairs
+    factor = math.exp(-max(now_ms - base_ms, 0.0) / tau_ms)
+    return [(item_id, score * factor) for item_id, score in pairs]
 
 
 @dataclass(frozen=True)
@@ -98,11 +113,12 @@ class OnlineStore:
 
     def __init__(self, client: Redis, *, prefix: str, seen_limit: int,
                  coalesce: bool = True, exclude_types: tuple[str, ...] = EVENT_TYPES,
-                 trending_window: str = "") -> None:
+                 trending_window: str = "", trending_tau_s: float | None = None) -> None:
         """`exclude_types`: the event types whose items a user is not shown again (read
         from ``sr:acts:{type}``; with every type, ``sr:seen`` too). `trending_window`:
         the ``sr:trending:{window}`` that ranks cold-start items (``sr:popular`` when
-        empty or while that window holds nothing)."""
+        empty or while that window holds nothing); `trending_tau_s`: its decay time
+        constant, as the streams worker writes it, which turns its scores into counts."""
         unknown = set(exclude_types) - set(EVENT_TYPES)
         if unknown:
             raise ValueError(f"unknown event types {sorted(unknown)}; known: {list(EVENT_TYPES)}")
@@ -111,7 +127,10 @@ class OnlineStore:
         self._seen_limit = seen_limit
         self._exclude_types = tuple(dict.fromkeys(exclude_types))
         self._seen_excluded = set(self._exclude_types) == set(EVENT_TYPES)
+        if trending_window and not (trending_tau_s and trending_tau_s > 0):
+            raise ValueError(f"trending window {trending_window!r} needs its decay time constant")
         self._trending_window = trending_window
+        self._trending_tau_ms = (trending_tau_s or 0.0) * 1000.0
         # Reads asked for in the same event-loop turn (concurrent requests) share one
         # pipeline: one write and one read on the socket for all of them.
         self._coalesced: Coalescer[str, UserState] | None = Coalescer(self.users) if coalesce else None
@@ -173,17 +192,40 @@ class OnlineStore:
         return UserState(vector=vector, version=version, seen=seen, excluded=excluded)
 
     async def popular(self, count: int) -> tuple[list[tuple[str, float]], list[tuple[str, float]]]:
-        """The `count` best items of the configured trending window and the `count` most
-        popular of all time, each with its score, best first, in one round trip."""
-        keys = [f"{self._prefix}popular"]
-        if self._trending_window:
-            keys.insert(0, f"{self._prefix}trending:{self._trending_window}")
+        """The `count` best items of the configured trending window, with their counts
+        decayed to now (:func:`decayed_counts`), and the `count` most popular of all time
+        with their weighted counts, best first, in one round trip. The window and its
+        base time are read in one transaction: a rebase between them would misscale."""
+        window = self._trending_window
         try:
-            async with self._client.pipeline(transaction=False) as pipe:
-                for key in keys:
-                    pipe.zrevrange(key, 0, count - 1, withscores=True)
+            async with self._client.pipeline(transaction=bool(window)) as pipe:
+                if window:
+                    pipe.zrevrange(f"{self._prefix}trending:{window}", 0, count - 1, withscores=True)
+                    pipe.get(f"{self._prefix}trending:{window}:base")
+                pipe.zrevrange(f"{self._prefix}popular", 0, count - 1, withscores=True)
                 replies: list[Any] = await pipe.execute()
         except (RedisError, OSError) as error:
             raise StoreUnavailable(f"Redis is unavailable: {error}") from error
-        pairs = [[(item.decode(), float(score)) for item, score in reply] for reply in replies]
-        return (pairs[0] if self._trending_window else []), pairs[-1]
+        popular = _pairs(replies[-1])
+        if not window:
+            return [], popular
+        trending = decayed_counts(_pairs(replies[0]), base_ms=_base_ms(replies[1]),
+                                  now_ms=time.time() * 1000, tau_ms=self._trending_tau_ms)
+        return trending, popular
+
+
+def _base_ms(raw: bytes | None) -> float | None:
+    """The trending base time, or None when it is absent or not a finite number."""
+    try:
+        base = float(raw) if raw is not None else None
+    except ValueError:
+        base = None
+    if base is not None and math.isfinite(base):
+        return base
+    if raw is not None:
+        log.warning("trending base time %r is not a number; scores served as stored", raw[:32])
+    return None
+
+
+def _pairs(reply: list[tuple[bytes, float]]) -> list[tuple[str, float]]:
+    return [(item.decode(), float(score)) for item, score in reply]

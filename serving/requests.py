@@ -6,10 +6,22 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from contracts.events import (
+    MAX_EVENT_BYTES,
+    MAX_FUTURE_SKEW_MS,
+    EventLimits,
+    Violation,
+    event_violations,
+    size_violation,
+)
 from protos import events_pb2, recommender_pb2
 from serving.catalog import category_keys
-from serving.errors import InvalidRequest
+from serving.errors import FieldViolation, InvalidRequest
 from serving.settings import ServingSettings
+
+# Field violations sent back per call, at most: they travel in one trailer, and a client's
+# metadata limit (8 KiB by default) must hold them; the message counts every bad event.
+MAX_VIOLATIONS = 20
 
 
 @dataclass(frozen=True)
@@ -22,6 +34,7 @@ class Limits:
     max_id_chars: int
     max_track_events: int
     max_batch: int = 100
+    events: EventLimits = EventLimits(MAX_EVENT_BYTES, MAX_FUTURE_SKEW_MS)
 
     @classmethod
     def from_settings(cls, settings: ServingSettings) -> Limits:
@@ -32,6 +45,7 @@ class Limits:
             max_id_chars=settings.max_id_chars,
             max_track_events=settings.max_track_events,
             max_batch=settings.max_batch,
+            events=EventLimits(settings.max_event_bytes, settings.max_future_skew_ms),
         )
 
 
@@ -167,21 +181,52 @@ def parse_similar(request: recommender_pb2.SimilarItemsRequest, limits: Limits) 
     )
 
 
-def check_events(request: recommender_pb2.TrackEventsRequest, limits: Limits) -> list[events_pb2.Event]:
-    """The batch's events, if it is non-empty, within the limit and every event has a user.
+def event_problems(event: events_pb2.Event, limits: Limits, *, now_ms: int) -> list[Violation]:
+    """Every rule of contracts.events that `event` breaks, and a user id over the length
+    limit (the Kafka key); empty when streams would accept it, catalog and dedupe aside."""
+    found = event_violations(event, now_ms=now_ms, limits=limits.events)
+    if len(event.user_id) > limits.max_id_chars:
+        found.append(Violation("user_id", "too_long",
+                               f"user_id is longer than {limits.max_id_chars} characters"))
+    too_big = size_violation(event.ByteSize(), limits.events)
+    if too_big is not None:
+        found.append(too_big)
+    return found
 
-    The user id is the Kafka key; every other check is the streams worker's, which
-    dead-letters what it cannot accept.
-    """
+
+def check_events(request: recommender_pb2.TrackEventsRequest, limits: Limits, *,
+                 now_ms: int) -> list[events_pb2.Event]:
+    """The batch's events, if it is non-empty, within the count limit and every event is
+    acceptable (:func:`event_problems`); else InvalidRequest with one field violation per
+    problem (``events[3].event_id``, the dead-letter reason upper-cased), the first
+    :data:`MAX_VIOLATIONS` of them. A call is accepted or refused whole."""
     events = list(request.events)
     if not events:
         raise InvalidRequest("events is empty")
     _check_count("events", len(events), limits.max_track_events)
+    violations: list[FieldViolation] = []
+    bad = 0
     for position, event in enumerate(events):
-        if not event.user_id:
-            raise InvalidRequest(f"events[{position}].user_id is required")
-        if len(event.user_id) > limits.max_id_chars:
-            raise InvalidRequest(
-                f"events[{position}].user_id is longer than {limits.max_id_chars} characters"
-            )
-    return events
+        found = event_problems(event, limits, now_ms=now_ms)
+        if found:
+            bad += 1
+            violations += [_field_violation(position, problem) for problem in found]
+    if not violations:
+        return events
+    first, more = violations[0], len(violations) - 1
+    if more == 0:
+        rest = ""
+    elif len(violations) <= MAX_VIOLATIONS:
+        rest = f" (and {more} more in the error details)"
+    else:
+        rest = f" (and {more} more; the error details hold the first {MAX_VIOLATIONS})"
+    raise InvalidRequest(
+        f"{bad} of {len(events)} events {'is' if bad == 1 else 'are'} invalid, none was "
+        f"written: {first.field}: {first.description}{rest}",
+        violations[:MAX_VIOLATIONS],
+    )
+
+
+def _field_violation(position: int, problem: Violation) -> FieldViolation:
+    path = f"events[{position}].{problem.field}" if problem.field else f"events[{position}]"
+    return FieldViolation(path, problem.reason.upper(), problem.description)

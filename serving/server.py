@@ -196,7 +196,8 @@ async def running(settings: ServingSettings) -> AsyncIterator[Running]:
         store=OnlineStore(redis, prefix=settings.redis_prefix, seen_limit=settings.seen_limit,
                           coalesce=settings.redis_coalesce,
                           exclude_types=tuple(settings.exclude_event_types),
-                          trending_window=settings.trending_window),
+                          trending_window=settings.trending_window,
+                          trending_tau_s=settings.trending_tau_s),
         tuning=Tuning(
             candidate_margin=settings.candidate_margin,
             max_candidates=settings.max_candidates,

@@ -1,8 +1,9 @@
 """The gRPC servicers: decode, call the recommender or the model admin, encode.
 
 Every method goes through :func:`translated`: it bounds the work by the caller's
-deadline, turns a ServingError into the status code of errors.STATUS_CODES, and records
-latency and errors in the server's metrics.
+deadline, turns a ServingError into the status code of errors.STATUS_CODES (with
+``google.rpc.BadRequest`` details when it names bad fields), and records latency and
+errors in the server's metrics.
 """
 
 from __future__ import annotations
@@ -17,7 +18,13 @@ from typing import Any, TypeVar
 import grpc
 
 from protos import recommender_pb2, recommender_pb2_grpc
-from serving.errors import DeadlineExceeded, InvalidRequest, ServingError, status_code
+from serving.errors import (
+    DeadlineExceeded,
+    InvalidRequest,
+    ServingError,
+    status_code,
+    status_trailers,
+)
 from serving.metrics import Metrics
 from serving.models import Routing
 from serving.recommender import Recommendation, Recommender, Shown
@@ -61,7 +68,7 @@ def translated(method: Method[Request, Response]) -> Method[Request, Response]:
                 metrics.errors.labels(name, code.name).inc()
             level = logging.WARNING if code == grpc.StatusCode.UNAVAILABLE else logging.DEBUG
             log.log(level, "%s: %s %s", name, code.name, error)
-            await context.abort(code, str(error))
+            await context.abort(code, str(error), trailing_metadata=status_trailers(error))
             raise AssertionError("context.abort returned") from error  # abort always raises
         finally:
             if metrics is not None:
@@ -132,7 +139,8 @@ class RecommenderServicer(recommender_pb2_grpc.RecommenderServicer):
     async def TrackEvents(
         self, request: recommender_pb2.TrackEventsRequest, context: grpc.aio.ServicerContext
     ) -> recommender_pb2.TrackEventsResponse:
-        accepted = await self._sink.send(check_events(request, self._limits))
+        events = check_events(request, self._limits, now_ms=int(time.time() * 1000))
+        accepted = await self._sink.send(events)
         return recommender_pb2.TrackEventsResponse(accepted=accepted)
 
 

@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from contracts.events import MAX_EVENT_BYTES, MAX_FUTURE_SKEW_MS
 from serving.online import EVENT_TYPES
+
+_WINDOW_LENGTH = re.compile(r"^([0-9]+)([smhd])$")
+_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
+
+
+def window_seconds(name: str) -> float | None:
+    """The length a window name like ``24h`` says, in seconds; None if it says none."""
+    match = _WINDOW_LENGTH.match(name)
+    if match is None or int(match[1]) == 0:
+        return None
+    return float(int(match[1]) * _UNIT_S[match[2]])
 
 
 class ServingSettings(BaseSettings):
@@ -69,6 +82,14 @@ class ServingSettings(BaseSettings):
     max_id_chars: int = Field(default=1024, ge=1, le=65_536, description="user and item id length")
     max_track_events: int = Field(default=1000, ge=1, le=100_000, description="events per TrackEvents")
     max_batch: int = Field(default=100, ge=1, le=10_000, description="requests per RecommendBatch")
+    # TrackEvents refuses what streams would dead-letter: keep these at most the streams
+    # worker's STREAMREC_STREAMS_MAX_EVENT_BYTES and _MAX_FUTURE_SKEW_MS (same defaults).
+    max_event_bytes: int = Field(
+        default=MAX_EVENT_BYTES, ge=64, le=16 * 1024 * 1024, description="serialized size of one tracked Event"
+    )
+    max_future_skew_ms: int = Field(
+        default=MAX_FUTURE_SKEW_MS, ge=0, description="how far ahead of the server's clock a tracked event may be"
+    )
 
     # Vectors: the dimension when no artifact names one.
     dim: int = Field(default=384, ge=1, le=65_536)
@@ -101,6 +122,12 @@ class ServingSettings(BaseSettings):
     trending_window: str = Field(
         default="24h", pattern=r"^[A-Za-z0-9]*$",
         description="sr:trending:{window} ranks cold-start and backfill items; empty: sr:popular",
+    )
+    trending_tau_s: float | None = Field(
+        default=None, gt=0,
+        description="decay time constant of trending_window, the streams worker's "
+        "trending_windows[window] (turns its scores into counts); None: read from a name "
+        "like 24h, 90m, 7d, 3600s",
     )
     recent_items: int = Field(
         default=20, ge=1, le=1000,
@@ -148,6 +175,11 @@ class ServingSettings(BaseSettings):
         unknown = set(self.exclude_event_types) - set(EVENT_TYPES)
         if unknown:
             raise ValueError(f"exclude_event_types: unknown {sorted(unknown)}, known {list(EVENT_TYPES)}")
+        if self.trending_window and self.trending_tau_s is None:
+            self.trending_tau_s = window_seconds(self.trending_window)
+            if self.trending_tau_s is None:
+                raise ValueError(f"trending_tau_s is required: the window name "
+                                 f"{self.trending_window!r} does not say its length")
         if self.max_candidates < self.max_k:
             raise ValueError("max_candidates must be at least max_k")
         if (self.tls_cert_file is None) != (self.tls_key_file is None):

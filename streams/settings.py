@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from contracts.events import MAX_EVENT_BYTES, MAX_FUTURE_SKEW_MS
 from protos import events_pb2
 from streams.trending import windows_from_settings
 
@@ -93,9 +94,10 @@ class StreamsSettings(BaseSettings):
         "no other worker took over from",
     )
 
-    # Input limits (dead-letter reasons oversized and bad_timestamp).
-    max_event_bytes: int = Field(default=64 * 1024, ge=64, le=16 * 1024 * 1024)
-    max_future_skew_ms: int = Field(default=5 * 60 * 1000, ge=0)
+    # Input limits (dead-letter reasons oversized and bad_timestamp); serving's TrackEvents
+    # applies its own copies of them at the door, with the same defaults (contracts.events).
+    max_event_bytes: int = Field(default=MAX_EVENT_BYTES, ge=64, le=16 * 1024 * 1024)
+    max_future_skew_ms: int = Field(default=MAX_FUTURE_SKEW_MS, ge=0)
 
     # Events are handled in batches: one Redis transaction, one user-encoder call and one
     # state record per user per batch. A batch is what has arrived, up to the size: a

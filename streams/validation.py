@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-
 from google.protobuf.message import DecodeError
 
+from contracts.events import (
+    KNOWN_EVENT_TYPES,
+    MIN_TIMESTAMP_MS,
+    MISSING_FIELD,
+    EventLimits,
+    event_violations,
+    size_violation,
+)
 from protos import events_pb2
 from streams.errors import (
     BadTimestamp,
@@ -14,33 +19,26 @@ from streams.errors import (
     KeyMismatch,
     MissingField,
     Oversized,
+    RejectedInput,
     Undecodable,
     UnknownEventType,
 )
 
-MIN_TIMESTAMP_MS = 788_918_400_000  # 1995-01-01T00:00:00Z
-KNOWN_EVENT_TYPES = frozenset(
-    value for value in events_pb2.EventType.values() if value != events_pb2.EVENT_TYPE_UNSPECIFIED
-)
+__all__ = ["KNOWN_EVENT_TYPES", "MIN_TIMESTAMP_MS", "EventLimits", "decode_event",
+           "parse_event", "parse_item", "validate_event"]
 
-
-@dataclass(frozen=True)
-class EventLimits:
-    """What an acceptable event looks like beyond its schema. ``max_abs_value`` bounds
-    ``Event.value``: a rating's weight scales with it, and an infinite or NaN weight would
-    poison popularity scores and user vectors."""
-
-    max_bytes: int
-    max_future_skew_ms: int
-    max_abs_value: float = 1e9
+_REJECTED: dict[str, type[RejectedInput]] = {
+    error.reason: error for error in (MissingField, UnknownEventType, BadTimestamp, BadValue)
+}
 
 
 def decode_event(payload: bytes | None, limits: EventLimits) -> events_pb2.Event:
     """Protobuf ``Event`` from a record value; raises Oversized or Undecodable."""
     if payload is None:
         raise Undecodable("the record has no value")
-    if len(payload) > limits.max_bytes:
-        raise Oversized(f"{len(payload)} bytes > limit {limits.max_bytes}")
+    too_big = size_violation(len(payload), limits)
+    if too_big is not None:
+        raise Oversized(too_big.description)
     try:
         return events_pb2.Event.FromString(payload)
     except DecodeError as error:
@@ -50,33 +48,16 @@ def decode_event(payload: bytes | None, limits: EventLimits) -> events_pb2.Event
 def validate_event(
     event: events_pb2.Event, key: bytes | None, *, now_ms: int, limits: EventLimits
 ) -> None:
-    """Raise the first contract violation of a decoded event, checked in the contract's order."""
+    """Raise the first contract violation of a decoded event, checked in the contract's
+    order (contracts.events), then the record key."""
+    violations = event_violations(event, now_ms=now_ms, limits=limits)
+    if violations:
+        first = violations[0]
+        if first.reason == MISSING_FIELD:
+            missing = [v.field for v in violations if v.reason == MISSING_FIELD]
+            raise MissingField(f"empty: {', '.join(missing)}")
+        raise _REJECTED[first.reason](first.description)
     user_id = event.user_id
-    if not (event.event_id and user_id and event.item_id and event.timestamp_ms):
-        missing = [
-            name
-            for name, present in (
-                ("event_id", bool(event.event_id)),
-                ("user_id", bool(user_id)),
-                ("item_id", bool(event.item_id)),
-                ("timestamp_ms", event.timestamp_ms != 0),
-            )
-            if not present
-        ]
-        raise MissingField(f"empty: {', '.join(missing)}")
-    if event.type not in KNOWN_EVENT_TYPES:
-        raise UnknownEventType(f"type {event.type} is not a known EventType")
-    timestamp_ms = event.timestamp_ms
-    if timestamp_ms < MIN_TIMESTAMP_MS:
-        raise BadTimestamp(f"timestamp_ms {timestamp_ms} is before 1995-01-01")
-    if timestamp_ms > now_ms + limits.max_future_skew_ms:
-        raise BadTimestamp(
-            f"timestamp_ms {timestamp_ms} is more than {limits.max_future_skew_ms} ms "
-            f"ahead of now ({now_ms})"
-        )
-    if not math.isfinite(event.value) or abs(event.value) > limits.max_abs_value:
-        raise BadValue(f"value {event.value!r} is not a finite number within "
-                       f"±{limits.max_abs_value:g}")
     # A record without the user's key lands on any partition: the user's events would lose
     # their order and the dedupe and delivery bookkeeping, which are per partition.
     if key is None or key != user_id.encode():

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import math
 import re
 import time
 
 import grpc
 import numpy as np
 import pytest
-from aiokafka import AIOKafkaConsumer
-from conftest import DIM, Client, Stack, eventually
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from conftest import DIM, PARTITIONS, Client, Stack, eventually
 from grpc_health.v1 import health_pb2
+from google.rpc import code_pb2, error_details_pb2
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from grpc_status import rpc_status
 from serving_harness import exact_nearest, unit_rows, write_artifact
 
 from protos import events_pb2, recommender_pb2
@@ -120,6 +123,25 @@ async def test_exclusion_follows_the_configured_event_types_and_trending_ranks_c
     assert _ids(trending) == ["p5", "p4", "p1"]  # the window ranks first; nothing is excluded
     assert [item.reason for item in trending.items] == ["trending now"] * 2 + [
         "popular with other shoppers"]
+
+
+async def test_trending_scores_are_counts_decayed_to_now_whatever_the_base_time(stack: Stack) -> None:
+    # As streams writes them (docs/contracts.md §3): events of weights 5, 3 and 1 half an
+    # hour ago, against a base a day old in a 1-hour window: raw scores near 1.6e10.
+    tau_ms, now = 3_600_000.0, time.time() * 1000
+    base, event_time = now - 24 * tau_ms, now - tau_ms / 2
+    weights = {"t1": 5.0, "t2": 3.0, "t3": 1.0}
+    raw = {item_id: w * math.exp((event_time - base) / tau_ms) for item_id, w in weights.items()}
+    await stack.redis.zadd(f"{stack.prefix}trending:1h", raw)
+    await stack.redis.set(f"{stack.prefix}trending:1h:base", repr(base))
+    async with stack.server(trending_window="1h") as client:
+        response = await _recommend(client, "newcomer", 3)
+    assert response.strategy == "popular"
+    assert _ids(response) == sorted(raw, key=raw.__getitem__, reverse=True)  # the raw order
+    expected = [w * math.exp(-0.5) for w in weights.values()]  # 3.03, 1.82, 0.61
+    # rel 1e-3: the seconds the test takes decay the counts by far less.
+    assert [item.score for item in response.items] == pytest.approx(expected, rel=1e-3)
+    assert all(0 <= item.score <= sum(weights.values()) for item in response.items)
 
 
 def test_unknown_event_types_in_settings_are_refused() -> None:
@@ -254,6 +276,63 @@ async def test_tracked_events_are_on_the_events_topic_keyed_by_user(stack: Stack
     assert sorted(received, key=lambda pair: pair[1].event_id) == [(e.user_id, e) for e in events]
     alice = [event.event_id for key, event in received if key == "alice"]
     assert alice == ["e1", "e3"]  # one partition per user keeps their order
+
+
+async def _everything_on(stack: Stack, topic: str) -> list[events_pb2.Event]:
+    """Every record of `topic` (of the stack's partitions) up to its end offsets now."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=stack.kafka, group_id=None,
+                                auto_offset_reset="earliest")
+    await consumer.start()
+    try:
+        partitions = [TopicPartition(topic, p) for p in range(PARTITIONS)]
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        ends = await consumer.end_offsets(partitions)
+        received: list[events_pb2.Event] = []
+        while [tp for tp in partitions if await consumer.position(tp) < ends[tp]]:
+            for records in (await consumer.getmany(timeout_ms=500)).values():
+                received += [events_pb2.Event.FromString(r.value) for r in records]
+    finally:
+        await consumer.stop()
+    return received
+
+
+async def test_a_call_with_a_bad_event_is_refused_whole_with_standard_details(stack: Stack) -> None:
+    good = [_event(10, "alice"), _event(11, "bob")]
+    bad = [_event(20, "carol"), _event(21, "dave"), _event(22, "erin"), _event(23, "frank")]
+    bad[1].event_id = ""
+    bad[3].ClearField("timestamp_ms")
+    bad[3].type = events_pb2.EVENT_TYPE_UNSPECIFIED
+    async with stack.server() as client:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await client.stub.TrackEvents(recommender_pb2.TrackEventsRequest(events=bad))
+        reply = await client.stub.TrackEvents(recommender_pb2.TrackEventsRequest(events=good))
+        # The longest problems, on every event of the largest call: the details still fit
+        # a client's default metadata limit.
+        worst = events_pb2.Event(event_id="", user_id="", item_id="", type=99,
+                                 timestamp_ms=-(2**63), value=float("nan"))
+        with pytest.raises(grpc.aio.AioRpcError) as flooded:
+            await client.stub.TrackEvents(recommender_pb2.TrackEventsRequest(events=[worst] * 1000))
+    assert flooded.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    flood_status = rpc_status.from_call(flooded.value)
+    assert flood_status is not None and flood_status.details
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert caught.value.details().startswith("2 of 4 events are invalid, none was written: "
+                                             "events[1].event_id: event_id is empty")
+    status = rpc_status.from_call(caught.value)  # the grpc-status-details-bin trailer
+    assert status is not None and status.code == code_pb2.INVALID_ARGUMENT
+    (detail,) = status.details
+    bad_request = error_details_pb2.BadRequest()
+    assert detail.Unpack(bad_request)
+    assert [(v.field, v.reason) for v in bad_request.field_violations] == [
+        ("events[1].event_id", "MISSING_FIELD"),
+        ("events[3].timestamp_ms", "MISSING_FIELD"),
+        ("events[3].type", "UNKNOWN_EVENT_TYPE"),
+    ]
+    assert bad_request.field_violations[2].description == "type 0 is not a known EventType"
+    assert reply.accepted == 2
+    on_topic = await _everything_on(stack, stack.topics["events"])
+    assert sorted(event.event_id for event in on_topic) == ["e10", "e11"]  # nothing of the bad call
 
 
 async def test_events_not_acknowledged_in_time_are_unavailable(stack: Stack) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -10,7 +11,8 @@ import pytest
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 
-from serving.online import OnlineStore
+from serving.online import OnlineStore, decayed_counts
+from serving.settings import ServingSettings, window_seconds
 
 
 @pytest.fixture
@@ -62,3 +64,38 @@ async def test_a_script_redis_no_longer_holds_is_loaded_again(
     monkeypatch.setattr(store, "_call", lost_once)
     (state,) = await store.users(["u"])
     assert calls == 2 and state.seen == ("a",) and state.excluded == {"a"}
+
+
+def test_trending_scores_become_counts_decayed_to_now_in_the_same_order() -> None:
+    tau = 1000.0
+    stored = [("a", 4.0 * math.e**3), ("b", math.e**3)]  # events at base + 3τ, weights 4 and 1
+    counts = decayed_counts(stored, base_ms=0.0, now_ms=3 * tau, tau_ms=tau)
+    assert [item for item, _ in counts] == ["a", "b"]
+    assert [score for _, score in counts] == pytest.approx([4.0, 1.0])
+    later = decayed_counts(stored, base_ms=0.0, now_ms=4 * tau, tau_ms=tau)
+    assert [score for _, score in later] == pytest.approx([4.0 / math.e, 1.0 / math.e])
+    # A base ahead of the clock counts as now; no base: the scores are counts already.
+    assert decayed_counts(stored, base_ms=5 * tau, now_ms=3 * tau, tau_ms=tau) == stored
+    assert decayed_counts(stored, base_ms=None, now_ms=3 * tau, tau_ms=tau) == stored
+
+
+async def test_a_base_time_that_is_not_a_number_serves_the_scores_as_stored(
+    client: tuple[Redis, str],
+) -> None:
+    redis, prefix = client
+    await redis.zadd(f"{prefix}trending:1h", {"a": 2.0, "b": 1.0})
+    await redis.set(f"{prefix}trending:1h:base", "not-a-time")
+    store = OnlineStore(redis, prefix=prefix, seen_limit=0, trending_window="1h",
+                        trending_tau_s=3600)
+    assert await store.popular(5) == ([("a", 2.0), ("b", 1.0)], [])
+
+
+def test_the_trending_decay_constant_comes_from_the_window_name_or_is_required() -> None:
+    assert [window_seconds(name) for name in ("24h", "90m", "7d", "3600s", "hot", "0h")] == [
+        86_400.0, 5400.0, 604_800.0, 3600.0, None, None]
+    assert ServingSettings(trending_window="1h").trending_tau_s == 3600.0
+    assert ServingSettings(trending_window="hot", trending_tau_s=600).trending_tau_s == 600.0
+    with pytest.raises(ValueError, match="trending_tau_s is required"):
+        ServingSettings(trending_window="hot")
+    with pytest.raises(ValueError, match="decay time constant"):
+        OnlineStore(Redis(), prefix="p:", seen_limit=0, trending_window="hot")

@@ -6,6 +6,7 @@ import grpc
 import pytest
 from pydantic import ValidationError
 
+from contracts.events import EventLimits
 from protos import events_pb2, recommender_pb2
 from serving.errors import (
     STATUS_CODES,
@@ -17,7 +18,7 @@ from serving.errors import (
     StoreUnavailable,
     status_code,
 )
-from serving.requests import Limits, check_events, parse_recommend, parse_similar
+from serving.requests import MAX_VIOLATIONS, Limits, check_events, parse_recommend, parse_similar
 from serving.settings import ServingSettings
 
 LIMITS = Limits(max_k=20, max_exclude=3, max_categories=2, max_id_chars=10, max_track_events=2)
@@ -67,15 +68,78 @@ def test_similar_request_checks() -> None:
         parse_similar(recommender_pb2.SimilarItemsRequest(item_id="i", k=0), LIMITS)
 
 
-def test_event_batches_must_be_non_empty_bounded_and_keyed() -> None:
-    event = events_pb2.Event(event_id="e", user_id="u", item_id="i", type=events_pb2.VIEW)
-    assert check_events(recommender_pb2.TrackEventsRequest(events=[event]), LIMITS) == [event]
+NOW_MS = 1_790_000_000_000
+
+
+def _event(**changes: object) -> events_pb2.Event:
+    fields: dict[str, object] = dict(event_id="e", user_id="u", item_id="i", type=events_pb2.VIEW,
+                                     timestamp_ms=NOW_MS - 1000)
+    fields.update(changes)
+    return events_pb2.Event(**fields)  # type: ignore[arg-type]
+
+
+def _check(*events: events_pb2.Event, limits: Limits = LIMITS) -> list[events_pb2.Event]:
+    return check_events(recommender_pb2.TrackEventsRequest(events=events), limits, now_ms=NOW_MS)
+
+
+def _violations(*events: events_pb2.Event, limits: Limits = LIMITS) -> list[tuple[str, str]]:
+    with pytest.raises(InvalidRequest) as raised:
+        _check(*events, limits=limits)
+    return [(v.field, v.reason) for v in raised.value.violations]
+
+
+def test_event_batches_must_be_non_empty_and_bounded() -> None:
+    event = _event()
+    assert _check(event) == [event]
     with pytest.raises(InvalidRequest, match="events is empty"):
-        check_events(recommender_pb2.TrackEventsRequest(), LIMITS)
+        _check()
     with pytest.raises(InvalidRequest, match="events has 3 entries; at most 2"):
-        check_events(recommender_pb2.TrackEventsRequest(events=[event] * 3), LIMITS)
-    with pytest.raises(InvalidRequest, match=r"events\[1\].user_id is required"):
-        check_events(recommender_pb2.TrackEventsRequest(events=[event, events_pb2.Event()]), LIMITS)
+        _check(event, event, event)
+
+
+@pytest.mark.parametrize(
+    ("changes", "field", "reason"),
+    [
+        ({"event_id": ""}, "events[1].event_id", "MISSING_FIELD"),
+        ({"user_id": ""}, "events[1].user_id", "MISSING_FIELD"),
+        ({"item_id": ""}, "events[1].item_id", "MISSING_FIELD"),
+        ({"timestamp_ms": 0}, "events[1].timestamp_ms", "MISSING_FIELD"),
+        ({"type": events_pb2.EVENT_TYPE_UNSPECIFIED}, "events[1].type", "UNKNOWN_EVENT_TYPE"),
+        ({"type": 42}, "events[1].type", "UNKNOWN_EVENT_TYPE"),
+        ({"timestamp_ms": 5}, "events[1].timestamp_ms", "BAD_TIMESTAMP"),
+        ({"timestamp_ms": NOW_MS + 5 * 60 * 1000 + 1}, "events[1].timestamp_ms", "BAD_TIMESTAMP"),
+        ({"value": float("nan")}, "events[1].value", "BAD_VALUE"),
+        ({"user_id": "u" * 11}, "events[1].user_id", "TOO_LONG"),
+        ({"properties": {"blob": "x" * 70_000}}, "events[1]", "OVERSIZED"),
+    ],
+)
+def test_each_structural_rule_names_the_event_and_field(
+    changes: dict[str, object], field: str, reason: str
+) -> None:
+    assert _violations(_event(), _event(**changes)) == [(field, reason)]
+
+
+def test_every_bad_event_is_reported_and_the_message_counts_them() -> None:
+    with pytest.raises(InvalidRequest) as raised:
+        _check(_event(event_id="", type=0), _event(), limits=Limits(
+            max_k=20, max_exclude=3, max_categories=2, max_id_chars=10, max_track_events=3))
+    assert [(v.field, v.reason) for v in raised.value.violations] == [
+        ("events[0].event_id", "MISSING_FIELD"), ("events[0].type", "UNKNOWN_EVENT_TYPE")]
+    assert str(raised.value) == ("1 of 2 events is invalid, none was written: events[0].event_id: "
+                                 "event_id is empty (and 1 more in the error details)")
+    assert raised.value.violations[1].description == "type 0 is not a known EventType"
+
+
+def test_the_size_limit_is_the_configured_one_and_reports_are_capped() -> None:
+    small = Limits(max_k=20, max_exclude=3, max_categories=2, max_id_chars=10,
+                   max_track_events=100, events=EventLimits(max_bytes=64, max_future_skew_ms=0))
+    assert _violations(_event(properties={"k": "v" * 64}), limits=small) == [("events[0]", "OVERSIZED")]
+    assert _violations(_event(timestamp_ms=NOW_MS + 1), limits=small) == [
+        ("events[0].timestamp_ms", "BAD_TIMESTAMP")]
+    with pytest.raises(InvalidRequest, match="^60 of 60 events are invalid") as raised:
+        _check(*[_event(event_id="")] * 60, limits=small)
+    assert len(raised.value.violations) == MAX_VIOLATIONS
+    assert str(raised.value).endswith(f"(and 59 more; the error details hold the first {MAX_VIOLATIONS})")
 
 
 @pytest.mark.parametrize(
