@@ -1,0 +1,1 @@
+"""Contracts the deployables share without importing one another."""
