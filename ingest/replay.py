@@ -15,6 +15,7 @@ from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.producer.message_accumulator import BatchBuilder
 from tqdm import tqdm
 
+from contracts.topics import EVENTS, ITEMS, TopicSpec, ensure_topics, spec
 from ingest.dataset import Dataset, rebase_shift_ms
 from ingest.messages import event_records, item_records
 from ingest.pacing import delays, is_paced, schedule
@@ -22,6 +23,8 @@ from ingest.settings import IngestSettings
 
 log = logging.getLogger(__name__)
 
+CLIENT_ID = "streamrec-ingest-setup"
+FIX_COMMAND = "python -m ingest topics fix"
 _SLEEP_AHEAD_S = 0.002  # wait only when this far ahead of schedule; records in between batch up
 
 
@@ -66,6 +69,20 @@ class ReplaySummary:
         if self.shift_ms:
             lines.append(f"rebased by:   {self.shift_ms / 86_400_000:+.2f} days")
         return lines
+
+
+def topic_specs(settings: IngestSettings, *, items: bool = True, events: bool = True
+                ) -> list[TopicSpec]:
+    """The contract topics ingest writes (docs/contracts.md §2)."""
+    return [*([spec(ITEMS, settings.topic_items, settings)] if items else []),
+            *([spec(EVENTS, settings.topic_events, settings)] if events else [])]
+
+
+async def prepare_topics(settings: IngestSettings, specs: list[TopicSpec]) -> None:
+    """Create the topics about to be written, with their contract settings, and report
+    any of another cleanup policy: the broker never auto-creates them."""
+    await ensure_topics(settings.kafka_bootstrap, specs, client_id=CLIENT_ID,
+                        fix_command=FIX_COMMAND)
 
 
 def make_producer(settings: IngestSettings) -> AIOKafkaProducer:
