@@ -121,21 +121,22 @@ def check_shape(spec: TopicSpec, partitions: int, cleanup_policy: str | None
     return fatal, (Mismatch(spec, cleanup_policy) if policies != wanted else None)
 
 
-def mismatch_line(mismatch: Mismatch, *, bootstrap: str, fix_command: str) -> str:
+def mismatch_line(mismatch: Mismatch, *, bootstrap: str, fix_command: str | None) -> str:
     """One log line: what is wrong, what it costs, and the commands that fix it."""
     spec = mismatch.spec
     cost = ("retention will delete old entries" if spec.compacted
             else "compaction keeps only the newest record per key")
     return (
         f"topic {spec.name!r} has cleanup.policy={mismatch.actual!r} but the contract says "
-        f"{spec.cleanup_policy!r} ({cost}); fix it with `{fix_command}` or "
-        f"`kafka-configs.sh --bootstrap-server {bootstrap} --alter --entity-type topics "
+        f"{spec.cleanup_policy!r} ({cost}); fix it with "
+        + (f"`{fix_command}` or " if fix_command else "")
+        + f"`kafka-configs.sh --bootstrap-server {bootstrap} --alter --entity-type topics "
         f"--entity-name {spec.name} --add-config cleanup.policy={spec.cleanup_policy}`"
     )
 
 
 async def ensure_topics(bootstrap: str, specs: Sequence[TopicSpec], *, client_id: str,
-                        fix_command: str) -> list[Mismatch]:
+                        fix_command: str | None = None) -> list[Mismatch]:
     """Create the missing topics with their contract settings, wait until every one has
     leaders, and check the existing ones: raises `TopicContractError` on a fatal shape,
     logs one warning line per mismatched policy (and returns the mismatches)."""
@@ -258,7 +259,7 @@ async def apply_contract(bootstrap: str, specs: Sequence[TopicSpec], *, client_i
     """What ``topics fix`` does: set the contract's policy where it differs, create what
     is missing; returns one line per change."""
     fixed = await fix_topics(bootstrap, specs, client_id=client_id)
-    await ensure_topics(bootstrap, specs, client_id=client_id, fix_command="topics fix")
+    await ensure_topics(bootstrap, specs, client_id=client_id)
     lines = [f"{m.spec.name}: cleanup.policy {m.actual} -> {m.spec.cleanup_policy}"
              for m in fixed]
     return lines or [f"{len(specs)} topics match the contract"]

@@ -8,11 +8,14 @@ from typing import Literal
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from contracts.topics import TopicLayout
+
 from serving.online import EVENT_TYPES
 
 
-class ServingSettings(BaseSettings):
-    """Where the stores are, where to listen, request limits and tuning."""
+class ServingSettings(BaseSettings, TopicLayout):
+    """Where the stores are, where to listen, request limits and tuning (``topic_partitions``,
+    ``topic_replication``, ``log_retention_ms``: how the topics serving writes are created)."""
 
     model_config = SettingsConfigDict(env_prefix="STREAMREC_SERVING_", extra="forbid")
 
