@@ -28,7 +28,8 @@ from pydantic import ValidationError
 
 from training.encoder import ItemEncoder, default_model_dir
 from training.errors import TrainingError
-from training.announce import announce_release, release_message
+from contracts.topics import TopicContractError
+from training.announce import announce_release, prepare_topics, release_message
 from training.artifact import promote, read_manifest, read_production
 from training.job import RunSummary, TrainedRunSummary, run_once, run_trained
 from training.schedule import Policy, exclusive, loop
@@ -46,7 +47,7 @@ def command(body: Callable[[TrainingSettings], list[str]]) -> int:
         settings = TrainingSettings()
         with exclusive(settings.artifact_dir):
             lines = body(settings)
-    except (TrainingError, ValidationError) as error:
+    except (TrainingError, ValidationError, TopicContractError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except KafkaError as error:
@@ -63,6 +64,7 @@ def run() -> int:
 
 def run_with_clients(settings: TrainingSettings) -> RunSummary | TrainedRunSummary:
     """One run (fine-tuned or bootstrap, per settings) with its own Kafka clients."""
+    prepare_topics(settings)
     consumer: KafkaConsumer | None = None
     producer: KafkaProducer | None = None
     try:
@@ -124,6 +126,7 @@ def roll_back(settings: TrainingSettings) -> list[str]:
     current = read_production(settings.artifact_dir)
     if current is None or not current.previous:
         raise TrainingError(f"{settings.artifact_dir}: no previous version to roll back to")
+    prepare_topics(settings)
     now = datetime.now(UTC)
     pointer = promote(settings.artifact_dir, current.previous, now)
     producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap,
