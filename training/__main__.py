@@ -32,7 +32,7 @@ from contracts.topics import TopicContractError
 from training.announce import announce_release, prepare_topics, release_message
 from training.artifact import promote, read_manifest, read_production
 from training.job import RunSummary, TrainedRunSummary, run_once, run_trained
-from training.schedule import Policy, exclusive, loop
+from training.schedule import Policy, Stopped, exclusive, loop, stop_on_signals
 from training.settings import TrainingSettings
 
 log = logging.getLogger("training")
@@ -45,8 +45,11 @@ def command(body: Callable[[TrainingSettings], list[str]]) -> int:
     bad settings or data, 3 when Kafka fails."""
     try:
         settings = TrainingSettings()
-        with exclusive(settings.artifact_dir):
+        with stop_on_signals(), exclusive(settings.artifact_dir):
             lines = body(settings)
+    except Stopped as stopped:
+        log.warning("stopped by %s: nothing was promoted or announced", stopped)
+        return 128 + stopped.signum
     except (TrainingError, ValidationError, TopicContractError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -154,10 +157,15 @@ def schedule() -> int:
                     retry_s=settings.schedule_retry_s)
     log.info("scheduling: every %s s and/or after %s new events", policy.interval_s,
              policy.min_new_events)
-    loop(policy, store=settings.artifact_dir, poll_s=settings.schedule_poll_s,
-         count_new_events=lambda: new_events(settings),
-         run=lambda: log.info("\n%s", "\n".join(
-             run_with_clients(settings).lines())))
+    try:
+        with stop_on_signals():
+            loop(policy, store=settings.artifact_dir, poll_s=settings.schedule_poll_s,
+                 count_new_events=lambda: new_events(settings),
+                 run=lambda: log.info("\n%s", "\n".join(
+                     run_with_clients(settings).lines())))
+    except Stopped as stopped:
+        log.info("stopped by %s; a run in progress was abandoned, nothing of it promoted "
+                 "or announced", stopped)
     return 0
 
 
