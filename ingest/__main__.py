@@ -16,6 +16,7 @@ from pydantic import ValidationError
 from ingest import movielens
 from ingest.dataset import Dataset, Selection, describe, parse_users, select
 from ingest.errors import IngestError, ReplayOptionError
+from contracts.console import add_verbose_flag, setup_logging
 from contracts.topics import TopicContractError, apply_contract
 from ingest.replay import (
     CLIENT_ID, ReplayOptions, make_producer, prepare_topics, publish_catalog, replay, topic_specs,
@@ -47,12 +48,14 @@ def build_parser() -> argparse.ArgumentParser:
             _add_replay_arguments(sub)
         if name != "stats":
             sub.add_argument("--no-progress", action="store_true", help="hide progress bars")
+        add_verbose_flag(sub)
     topics = commands.add_parser(
         "topics", help="set the contract's settings on the topics ingest writes",
         description="fix: create the events and items topics if missing and set their "
         "cleanup policy to the contract's (other settings stay)",
     )
     topics.add_argument("action", choices=["fix"])
+    add_verbose_flag(topics)
     return parser
 
 
@@ -194,7 +197,7 @@ async def _produce(
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one sub-command; 0 on success, 2 on bad input, 3 when Kafka fails."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    setup_logging(verbose=args.verbose)
     try:
         settings = IngestSettings()
         if args.command == "topics":

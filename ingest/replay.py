@@ -15,6 +15,7 @@ from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.producer.message_accumulator import BatchBuilder
 from tqdm import tqdm
 
+from contracts.console import progress_bar
 from contracts.topics import EVENTS, ITEMS, TopicSpec, ensure_topics, spec
 from ingest.dataset import Dataset, rebase_shift_ms
 from ingest.messages import event_records, item_records
@@ -106,7 +107,7 @@ async def publish_catalog(
 ) -> int:
     """Send every item to the items topic and wait until all are acknowledged."""
     records = item_records(items, updated_at_ms=int(time.time() * 1000))
-    with tqdm(total=len(items), desc="items", unit="item", disable=not progress) as bar:
+    with progress_bar(total=len(items), desc="items", unit="item", enabled=progress) as bar:
         return await _send_all(producer, settings.topic_items, records, bar)
 
 
@@ -127,8 +128,8 @@ async def publish_events(
     )
     marks = schedule(waits) if is_paced(options.speedup, options.rate) else None
     records = event_records(dataset_name, interactions, shift_ms)
-    with tqdm(
-        total=len(interactions), desc="events", unit="ev", disable=not options.progress
+    with progress_bar(
+        total=len(interactions), desc="events", unit="ev", enabled=options.progress
     ) as bar:
         return await _send_all(
             producer,

@@ -12,6 +12,7 @@ import time
 from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 
+from contracts.console import setup_logging
 from streams.errors import StreamsError
 from streams.settings import StreamsSettings
 
@@ -30,16 +31,17 @@ def main(argv: list[str]) -> int:
     except ValidationError as error:
         print(f"invalid STREAMREC_STREAMS_* settings:\n{error}", file=sys.stderr)
         return 2
+    if argv[:1] == ["dlq"]:
+        from streams.deadletters import main as dlq_main
+
+        return dlq_main(argv[1:], settings)  # sets up logging after its own --verbose
+    if argv[:1] == ["topics"]:
+        setup_logging(settings.log_level)
+        return fix_topics(settings)
     logging.basicConfig(
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    if argv[:1] == ["dlq"]:
-        from streams.deadletters import main as dlq_main
-
-        return dlq_main(argv[1:], settings)
-    if argv[:1] == ["topics"]:
-        return fix_topics(settings)
     # Hugging Face reads this when its modules are imported, which streams.worker does.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from streams.worker import build_worker

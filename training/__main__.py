@@ -28,6 +28,7 @@ from pydantic import ValidationError
 
 from training.encoder import ItemEncoder, default_model_dir
 from training.errors import TrainingError
+from contracts.console import setup_logging
 from contracts.topics import TopicContractError
 from training.announce import announce_release, prepare_topics, release_message
 from training.artifact import promote, read_manifest, read_production
@@ -248,10 +249,9 @@ def _dataset_from_kafka(data: object) -> Any:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
-    logging.getLogger("kafka").setLevel(logging.WARNING)  # per-connection INFO lines
+    verbose = "--verbose" in argv  # also the Kafka clients' INFO lines, for any command
+    argv = [arg for arg in argv if arg != "--verbose"]
+    setup_logging(verbose=verbose)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     command, rest = (argv[0], argv[1:]) if argv else ("run", [])
     if command == "run":

@@ -152,9 +152,14 @@ def test_ingest_creates_its_topics_with_the_contract_settings(
     topics = [env["STREAMREC_INGEST_TOPIC_ITEMS"], env["STREAMREC_INGEST_TOPIC_EVENTS"]]
     assert describe_topics(topics) == {}
     result = _run_ingest(["replay", "--interactions", str(interactions), "--items", str(items),
-                          "--speedup", "0", "--no-progress"],
+                          "--speedup", "0"],
                          {**env, "STREAMREC_INGEST_TOPIC_PARTITIONS": "3"})
     assert result.returncode == 0, result.stderr
+    # stderr is no terminal: progress is a log line at start and end, never a bar
+    assert "\r" not in result.stderr
+    progress = [line for line in result.stderr.splitlines() if " progress: " in line]
+    assert [line.split(" progress: ")[1].split(" ")[:2] for line in progress] == [
+        ["items:", "0/3"], ["items:", "3/3"], ["events:", "0/6"], ["events:", "6/6"]]
     found = describe_topics(topics)
     assert found[topics[0]][0] == found[topics[1]][0] == 3
     assert found[topics[0]][1]["cleanup.policy"] == "compact"

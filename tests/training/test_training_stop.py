@@ -81,6 +81,7 @@ def test_schedule_stops_within_seconds_and_announces_nothing(
     output = "".join(lines)
     assert code == 0, output[-4000:]
     assert f"stopped by {signal.Signals(signum).name}" in output
+    assert "\r" not in output  # progress off a terminal: log lines, no bar
     assert _records(consumer, settings.topic_models) == []
     assert _records(consumer, settings.topic_item_vectors) == []
     left = sorted(p.name for p in settings.artifact_dir.iterdir())
