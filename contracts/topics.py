@@ -81,7 +81,7 @@ class TopicSpec:
 
     @property
     def cleanup_policy(self) -> str:
-        return self.configs["cleanup.policy"]
+        return self.configs.get("cleanup.policy", "delete")  # the broker's default
 
     @property
     def compacted(self) -> bool:
