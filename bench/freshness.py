@@ -33,9 +33,9 @@ import numpy as np
 import redis
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import KafkaAdminClient, NewTopic
-from tqdm import tqdm
 
 from bench.stack import LocalStack
+from contracts.console import progress_bar
 from ingest import movielens
 from ingest.messages import item_records
 from protos import events_pb2, recommender_pb2, recommender_pb2_grpc
@@ -203,7 +203,7 @@ def main() -> None:
                 return True
 
             samples, streams_samples = [], []
-            for trial in tqdm(range(args.trials), desc="freshness trials"):
+            for trial in progress_bar(range(args.trials), desc="freshness trials"):
                 user = f"probe-{stack.suffix}-{trial}"
                 send_event(producer, stack.topics["events"], user, rng.choice(item_ids))
                 first = wait_until(

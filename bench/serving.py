@@ -33,13 +33,16 @@ from pathlib import Path
 
 import grpc
 import numpy as np
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin import AIOKafkaAdminClient
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from redis import Redis
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
+from contracts.topics import (  # noqa: E402
+    EVENTS, ITEM_VECTORS, ITEMS, MODELS, RECOMMENDATIONS, TopicLayout, ensure_topics, spec,
+)
 from protos import recommender_pb2, recommender_pb2_grpc  # noqa: E402
 
 DIM = 64  # the trained model's dimension (training.model.ModelConfig.dim); --dim 384 for the bootstrap model
@@ -130,14 +133,22 @@ def exact_top(vectors: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
     return best_rows
 
 
-async def topics(bootstrap: str, names: list[str], create: bool) -> None:
+ROLES = {"events": EVENTS, "items": ITEMS, "item-vectors": ITEM_VECTORS, "models": MODELS,
+         "recommendations": RECOMMENDATIONS}
+
+
+async def create_topics(bootstrap: str, names: dict[str, str]) -> None:
+    """The run's topics, one partition each, with their contract settings."""
+    layout = TopicLayout(topic_partitions=1)
+    await ensure_topics(bootstrap, [spec(ROLES[role], name, layout) for role, name in names.items()],
+                        client_id="streamrec-bench")
+
+
+async def delete_topics(bootstrap: str, names: list[str]) -> None:
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
-        if create:
-            await admin.create_topics([NewTopic(name, 1, 1) for name in names])
-        else:
-            await admin.delete_topics(names)
+        await admin.delete_topics(names)
     finally:
         await admin.close()
 
@@ -301,7 +312,7 @@ def main() -> int:
     redis.zadd(f"{prefix}popular", {f"item-{n}": float(1000 - n) for n in range(1000)})
     topic_names = {name: f"{name}.bench-{run}" for name in
                    ("events", "items", "item-vectors", "models", "recommendations")}
-    asyncio.run(topics(args.kafka, list(topic_names.values()), create=True))
+    asyncio.run(create_topics(args.kafka, topic_names))
 
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), STREAMREC_SERVING_PORT="0",
                STREAMREC_SERVING_ADMIN_PORT="0", STREAMREC_SERVING_ARTIFACT_DIR=str(store),
@@ -322,7 +333,7 @@ def main() -> int:
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=60)
-        asyncio.run(topics(args.kafka, list(topic_names.values()), create=False))
+        asyncio.run(delete_topics(args.kafka, list(topic_names.values())))
         keys = list(redis.scan_iter(match=f"{prefix}*", count=10_000))
         for start in range(0, len(keys), 10_000):
             redis.delete(*keys[start:start + 10_000])

@@ -30,9 +30,9 @@ from pathlib import Path
 import redis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from kafka.admin import KafkaAdminClient, NewTopic
-from tqdm import tqdm
 
 from bench.stack import Child, LocalStack
+from contracts.console import progress_bar
 from ingest import movielens
 from ingest.messages import event_records, item_records
 
@@ -49,7 +49,7 @@ async def produce(kafka: str, topic: str, records: list[tuple[str, bytes]]) -> f
     started = time.perf_counter()
     try:
         pending = []
-        for key, value in tqdm(records, desc=f"produce {topic}", unit="rec", mininterval=2):
+        for key, value in progress_bar(records, desc=f"produce {topic}", unit="rec"):
             pending.append(await producer.send(topic, key=key.encode(), value=value))
             if len(pending) >= 10_000:
                 await asyncio.gather(*pending)
@@ -89,7 +89,7 @@ async def output_times(kafka: str, topics: list[str], count: int, timeout_s: flo
         consumer.assign([TopicPartition(t, p) for t in topics for p in range(PARTITIONS)])
         await consumer.seek_to_beginning()
         deadline = time.monotonic() + timeout_s
-        with tqdm(total=count, desc="worker output", unit="ev", mininterval=2) as bar:
+        with progress_bar(total=count, desc="worker output", unit="ev") as bar:
             while len(times) < count:
                 batches = await consumer.getmany(timeout_ms=1000, max_records=20_000)
                 for records in batches.values():

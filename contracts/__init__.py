@@ -1,1 +1,1 @@
-"""Contracts shared by the deployables: what they agree on, executable, in one place."""
+"""Contracts the deployables share without importing one another: executable, in one place."""

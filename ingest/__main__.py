@@ -16,7 +16,11 @@ from pydantic import ValidationError
 from ingest import movielens
 from ingest.dataset import Dataset, Selection, describe, parse_users, select
 from ingest.errors import IngestError, ReplayOptionError
-from ingest.replay import ReplayOptions, make_producer, publish_catalog, replay
+from contracts.console import add_verbose_flag, setup_logging
+from contracts.topics import TopicContractError, apply_contract
+from ingest.replay import (
+    CLIENT_ID, ReplayOptions, make_producer, prepare_topics, publish_catalog, replay, topic_specs,
+)
 from ingest.settings import IngestSettings
 from ingest.tabular import load_tabular
 
@@ -44,6 +48,14 @@ def build_parser() -> argparse.ArgumentParser:
             _add_replay_arguments(sub)
         if name != "stats":
             sub.add_argument("--no-progress", action="store_true", help="hide progress bars")
+        add_verbose_flag(sub)
+    topics = commands.add_parser(
+        "topics", help="set the contract's settings on the topics ingest writes",
+        description="fix: create the events and items topics if missing and set their "
+        "cleanup policy to the contract's (other settings stay)",
+    )
+    topics.add_argument("action", choices=["fix"])
+    add_verbose_flag(topics)
     return parser
 
 
@@ -155,6 +167,7 @@ async def _produce(
 ) -> list[str]:
     progress = not args.no_progress
     if args.command == "catalog":
+        await prepare_topics(settings, topic_specs(settings, events=False))
         producer = make_producer(settings)
         await producer.start()
         try:
@@ -171,6 +184,7 @@ async def _produce(
         progress=progress,
     )
     chosen = select(dataset.interactions, selection_from(args))
+    await prepare_topics(settings, topic_specs(settings, items=not args.skip_catalog))
     producer = make_producer(settings)
     await producer.start()
     try:
@@ -183,16 +197,20 @@ async def _produce(
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one sub-command; 0 on success, 2 on bad input, 3 when Kafka fails."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    setup_logging(verbose=args.verbose)
     try:
         settings = IngestSettings()
+        if args.command == "topics":
+            print("\n".join(asyncio.run(apply_contract(
+                settings.kafka_bootstrap, topic_specs(settings), client_id=CLIENT_ID))))
+            return 0
         if args.command == "replay":
             selection_from(args)  # reject bad selection options before loading data
         dataset = load_source(args)
         lines = describe(dataset) if args.command == "stats" else asyncio.run(
             _produce(settings, dataset, args)
         )
-    except (IngestError, ValidationError) as error:
+    except (IngestError, ValidationError, TopicContractError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except KafkaError as error:

@@ -15,6 +15,8 @@ from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.producer.message_accumulator import BatchBuilder
 from tqdm import tqdm
 
+from contracts.console import progress_bar
+from contracts.topics import EVENTS, ITEMS, TopicSpec, ensure_topics, spec
 from ingest.dataset import Dataset, rebase_shift_ms
 from ingest.messages import event_records, item_records
 from ingest.pacing import delays, is_paced, schedule
@@ -22,6 +24,8 @@ from ingest.settings import IngestSettings
 
 log = logging.getLogger(__name__)
 
+CLIENT_ID = "streamrec-ingest-setup"
+FIX_COMMAND = "python -m ingest topics fix"
 _SLEEP_AHEAD_S = 0.002  # wait only when this far ahead of schedule; records in between batch up
 
 
@@ -68,6 +72,20 @@ class ReplaySummary:
         return lines
 
 
+def topic_specs(settings: IngestSettings, *, items: bool = True, events: bool = True
+                ) -> list[TopicSpec]:
+    """The contract topics ingest writes (docs/contracts.md §2)."""
+    return [*([spec(ITEMS, settings.topic_items, settings)] if items else []),
+            *([spec(EVENTS, settings.topic_events, settings)] if events else [])]
+
+
+async def prepare_topics(settings: IngestSettings, specs: list[TopicSpec]) -> None:
+    """Create the topics about to be written, with their contract settings, and report
+    any of another cleanup policy: the broker never auto-creates them."""
+    await ensure_topics(settings.kafka_bootstrap, specs, client_id=CLIENT_ID,
+                        fix_command=FIX_COMMAND)
+
+
 def make_producer(settings: IngestSettings) -> AIOKafkaProducer:
     """An unstarted producer; batches are built by the replay, up to max_batch_bytes."""
     acks: int | str = settings.acks if settings.acks == "all" else int(settings.acks)
@@ -89,7 +107,7 @@ async def publish_catalog(
 ) -> int:
     """Send every item to the items topic and wait until all are acknowledged."""
     records = item_records(items, updated_at_ms=int(time.time() * 1000))
-    with tqdm(total=len(items), desc="items", unit="item", disable=not progress) as bar:
+    with progress_bar(total=len(items), desc="items", unit="item", enabled=progress) as bar:
         return await _send_all(producer, settings.topic_items, records, bar)
 
 
@@ -110,8 +128,8 @@ async def publish_events(
     )
     marks = schedule(waits) if is_paced(options.speedup, options.rate) else None
     records = event_records(dataset_name, interactions, shift_ms)
-    with tqdm(
-        total=len(interactions), desc="events", unit="ev", disable=not options.progress
+    with progress_bar(
+        total=len(interactions), desc="events", unit="ev", enabled=options.progress
     ) as bar:
         return await _send_all(
             producer,

@@ -7,9 +7,12 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from contracts.topics import TopicLayout
 
-class IngestSettings(BaseSettings):
-    """Where replayed data goes and how the producer batches it."""
+
+class IngestSettings(BaseSettings, TopicLayout):
+    """Where replayed data goes and how the producer batches it (``topic_partitions`` and
+    ``topic_replication``: how ingest creates the topics it writes when they are missing)."""
 
     model_config = SettingsConfigDict(env_prefix="STREAMREC_INGEST_", extra="forbid")
 

@@ -7,20 +7,42 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PY=.venv/bin/python
-LOG_DIR=var/log
+PY=${DEMO_PYTHON:-.venv/bin/python}
+LOG_DIR=${DEMO_LOG_DIR:-var/log}
 REPLAY_LIMIT=${DEMO_REPLAY_LIMIT:-50000}
 mkdir -p "$LOG_DIR"
 export HF_HUB_OFFLINE=1
 
+STOP_WAIT_S=${DEMO_STOP_WAIT_S:-8}  # then whatever is left is killed: all gone within 10 s
+
+# Every command runs as a child this shell knows (`run` waits for it in a way a signal
+# interrupts), so Ctrl-C or a TERM stops them all, wherever the script is.
 pids=()
+run() {
+  "$@" &
+  pids+=($!)
+  wait "$!"
+}
 cleanup() {
+  trap - EXIT INT TERM
   echo
-  echo "==> stopping streams and serving (Kafka and Redis stay up: make infra-down)"
-  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  echo "==> stopping every process the demo started (Kafka and Redis stay up: make infra-down)"
+  local alive=() deadline=$((SECONDS + STOP_WAIT_S))
+  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null && alive+=("$pid"); done
+  while ((${#alive[@]})) && ((SECONDS < deadline)); do
+    sleep 0.2
+    local still=()
+    for pid in "${alive[@]}"; do kill -0 "$pid" 2>/dev/null && still+=("$pid"); done
+    alive=("${still[@]+"${still[@]}"}")
+  done
+  for pid in "${alive[@]+"${alive[@]}"}"; do
+    echo "    pid $pid did not stop within ${STOP_WAIT_S} s: killed"
+    kill -KILL "$pid" 2>/dev/null || true
+  done
   wait 2>/dev/null || true
 }
-trap cleanup EXIT INT TERM
+trap cleanup EXIT
+trap 'exit 130' INT TERM
 
 echo "==> streams worker   (log: $LOG_DIR/streams.log)"
 $PY -m streams >"$LOG_DIR/streams.log" 2>&1 &
@@ -28,15 +50,15 @@ pids+=($!)
 echo "==> gRPC server      (log: $LOG_DIR/serving.log)"
 $PY -m serving >"$LOG_DIR/serving.log" 2>&1 &
 pids+=($!)
-$PY -m serving.client wait --timeout 180
+run $PY -m serving.client wait --timeout 180
 
 echo "==> MovieLens-1M catalog -> Kafka 'items'"
-$PY -m ingest catalog --source movielens
+run $PY -m ingest catalog --source movielens
 echo "==> replaying the first $REPLAY_LIMIT ratings -> Kafka 'events'"
-$PY -m ingest replay --source movielens --limit "$REPLAY_LIMIT" --speedup 0 --skip-catalog
+run $PY -m ingest replay --source movielens --limit "$REPLAY_LIMIT" --speedup 0 --skip-catalog
 
 echo "==> recommendations through the gRPC client"
-$PY -m serving.client demo --wait-for-last-event --users 3 -k 10
+run $PY -m serving.client demo --wait-for-last-event --users 3 -k 10
 
 echo "==> trainer on a schedule (log: $LOG_DIR/training.log): fine-tunes on the event log,"
 echo "    promotes past the quality gate; serving swaps the new version in without restart"
@@ -49,5 +71,5 @@ echo
 echo "streamrec is serving on 127.0.0.1:50051; try:"
 echo "  $PY -m serving.client recommend --user 1m_10 -k 10"
 echo "  $PY -m serving.client similar --item 'Toy Story (1995)' -k 10"
-echo "Ctrl-C stops the worker and the server."
+echo "Ctrl-C stops the worker, the server and the trainer."
 wait

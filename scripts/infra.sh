@@ -2,7 +2,7 @@
 # Local infrastructure for development and tests: a single-node Apache Kafka (KRaft,
 # broker + controller) and Redis, both on loopback, with all state under var/.
 #
-# Usage: scripts/infra.sh up|down|status
+# Usage: scripts/infra.sh up|down|status|config  (config: print the broker's rendered settings)
 # Env:   KAFKA_PORT (9092), KAFKA_CONTROLLER_PORT (9093), REDIS_PORT (6379),
 #        KAFKA_HEAP_OPTS (-Xms256m -Xmx1g), INFRA_TIMEOUT_S (120)
 set -euo pipefail
@@ -109,12 +109,16 @@ kafka_resolve() {
   printf '%s\n' "$want" >"$stamp"
 }
 
-kafka_configure() {
-  mkdir -p "$KAFKA_DATA" "$KAFKA_LOGS"
+kafka_render() {
   sed -e "s|@KAFKA_PORT@|$KAFKA_PORT|g" \
       -e "s|@CONTROLLER_PORT@|$KAFKA_CONTROLLER_PORT|g" \
       -e "s|@DATA_DIR@|$KAFKA_DATA|g" \
-      "$KAFKA_SRC/server.properties.in" >"$KAFKA_HOME/server.properties"
+      "$KAFKA_SRC/server.properties.in"
+}
+
+kafka_configure() {
+  mkdir -p "$KAFKA_DATA" "$KAFKA_LOGS"
+  kafka_render >"$KAFKA_HOME/server.properties"
   if [[ ! -f "$KAFKA_DATA/meta.properties" ]]; then
     local cluster_id
     cluster_id="$(java -cp "$KAFKA_LIB/*" kafka.tools.StorageTool random-uuid)"
@@ -238,8 +242,11 @@ case "${1:-}" in
   status)
     status
     ;;
+  config)
+    kafka_render
+    ;;
   *)
-    echo "usage: $0 up|down|status" >&2
+    echo "usage: $0 up|down|status|config" >&2
     exit 2
     ;;
 esac

@@ -14,6 +14,7 @@ import sys
 
 import grpc
 
+from contracts.console import add_verbose_flag, setup_logging
 from protos import recommender_pb2, recommender_pb2_grpc
 
 
@@ -55,6 +56,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--target", default="127.0.0.1:50052", help="admin host:port")
     parser.add_argument("--deadline", type=float, default=300.0,
                         help="seconds; loading a large version takes a while")
+    add_verbose_flag(parser)
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("status", help="versions loaded and the split")
     promote = commands.add_parser("promote", help="make a version production")
@@ -69,7 +71,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str]) -> int:
-    return asyncio.run(run(_parser().parse_args(argv)))
+    args = _parser().parse_args(argv)
+    setup_logging(verbose=args.verbose)
+    return asyncio.run(run(args))
 
 
 if __name__ == "__main__":

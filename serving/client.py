@@ -25,6 +25,7 @@ from google.protobuf.message import DecodeError
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from redis.asyncio import Redis
 
+from contracts.console import add_verbose_flag, setup_logging
 from protos import events_pb2, recommender_pb2, recommender_pb2_grpc
 from serving.feeds import topic_partitions
 from serving.settings import ServingSettings
@@ -165,6 +166,7 @@ def _parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--target", default="127.0.0.1:50051", help="server host:port")
     parser.add_argument("--deadline", type=float, default=5.0, help="seconds per call")
+    add_verbose_flag(parser)
     commands = parser.add_subparsers(dest="command", required=True)
     rec = commands.add_parser("recommend", help="recommendations for one user")
     rec.add_argument("--user", required=True)
@@ -209,7 +211,9 @@ async def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str]) -> int:
-    return asyncio.run(run(_parser().parse_args(argv)))
+    args = _parser().parse_args(argv)
+    setup_logging(verbose=args.verbose)
+    return asyncio.run(run(args))
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from typing import TypeVar
 from aiokafka import AIOKafkaConsumer
 from google.protobuf.message import DecodeError, Message
 
+from contracts.console import add_verbose_flag, setup_logging
 from protos import events_pb2
 from serving.feeds import topic_partitions
 from serving.settings import ServingSettings
@@ -149,7 +150,9 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m serving.report", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    add_verbose_flag(parser)
     args = parser.parse_args(argv)
+    setup_logging(verbose=args.verbose)
     reports, unattributed = asyncio.run(build(ServingSettings()))
     if args.json:
         print(json.dumps(as_json(reports, unattributed), indent=2))

@@ -24,6 +24,7 @@ from grpc_reflection.v1alpha import reflection
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from contracts.topics import EVENTS, RECOMMENDATIONS, TopicContractError, TopicSpec, ensure_topics, spec
 from protos import recommender_pb2, recommender_pb2_grpc
 from serving.artifact import load_production
 from serving.auth import TokenAuth, server_credentials
@@ -231,9 +232,11 @@ async def running(settings: ServingSettings) -> AsyncIterator[Running]:
     tasks: list[asyncio.Task[None]] = []
     try:
         try:
+            await ensure_topics(settings.kafka_bootstrap, written_topics(settings),
+                                client_id=f"{settings.client_id}-setup")
             await producer.start()
             await log_producer.start()
-        except KafkaError as error:
+        except (KafkaError, TopicContractError) as error:
             raise BrokerUnavailable(f"Kafka at {settings.kafka_bootstrap}: {error}") from error
         try:
             async with asyncio.timeout(min(settings.redis_timeout_s, 2.0)):  # a warning only
@@ -271,6 +274,13 @@ async def running(settings: ServingSettings) -> AsyncIterator[Running]:
         await redis.aclose()
         metrics.close()
         log.info("stopped")
+
+
+def written_topics(settings: ServingSettings) -> list[TopicSpec]:
+    """The topics serving writes (TrackEvents, the recommendation log), created at start
+    with their contract settings; the ones it reads are waited for, never created."""
+    return [spec(EVENTS, settings.topic_events, settings),
+            spec(RECOMMENDATIONS, settings.topic_recommendations, settings)]
 
 
 def _feed(topic: str, handle: Handler, settings: ServingSettings, *, from_end: bool = False,

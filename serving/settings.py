@@ -10,6 +10,7 @@ from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from contracts.events import MAX_EVENT_BYTES, MAX_FUTURE_SKEW_MS
+from contracts.topics import TopicLayout
 from serving.online import EVENT_TYPES
 
 _WINDOW_LENGTH = re.compile(r"^([0-9]+)([smhd])$")
@@ -24,8 +25,9 @@ def window_seconds(name: str) -> float | None:
     return float(int(match[1]) * _UNIT_S[match[2]])
 
 
-class ServingSettings(BaseSettings):
-    """Where the stores are, where to listen, request limits and tuning."""
+class ServingSettings(BaseSettings, TopicLayout):
+    """Where the stores are, where to listen, request limits and tuning (``topic_partitions``,
+    ``topic_replication``, ``log_retention_ms``: how the topics serving writes are created)."""
 
     model_config = SettingsConfigDict(env_prefix="STREAMREC_SERVING_", extra="forbid")
 

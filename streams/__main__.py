@@ -2,24 +2,27 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 import os
 import sys
 import time
 
+from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 
+from contracts.console import setup_logging
 from streams.errors import StreamsError
 from streams.settings import StreamsSettings
 
 log = logging.getLogger("streams")
 
-USAGE = "usage: python -m streams [worker | dlq {list,redrive} ...]"
+USAGE = "usage: python -m streams [worker | dlq {list,redrive} ... | topics fix]"
 
 
 def main(argv: list[str]) -> int:
-    if argv[:1] != ["dlq"] and argv not in ([], ["worker"]):
+    if argv[:1] != ["dlq"] and argv not in ([], ["worker"], ["topics", "fix"]):
         print(USAGE, file=sys.stderr)
         return 2
     started = time.monotonic()
@@ -28,14 +31,17 @@ def main(argv: list[str]) -> int:
     except ValidationError as error:
         print(f"invalid STREAMREC_STREAMS_* settings:\n{error}", file=sys.stderr)
         return 2
+    if argv[:1] == ["dlq"]:
+        from streams.deadletters import main as dlq_main
+
+        return dlq_main(argv[1:], settings)  # sets up logging after its own --verbose
+    if argv[:1] == ["topics"]:
+        setup_logging(settings.log_level)
+        return fix_topics(settings)
     logging.basicConfig(
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    if argv[:1] == ["dlq"]:
-        from streams.deadletters import main as dlq_main
-
-        return dlq_main(argv[1:], settings)
     # Hugging Face reads this when its modules are imported, which streams.worker does.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from streams.worker import build_worker
@@ -52,6 +58,21 @@ def main(argv: list[str]) -> int:
     gc.collect()
     gc.freeze()
     worker.execute_from_commandline()  # runs until SIGTERM/SIGINT, then exits the process
+    return 0
+
+
+def fix_topics(settings: StreamsSettings) -> int:
+    """``topics fix``: the contract's settings on the worker's topics; 1 when it fails."""
+    from contracts.topics import TopicContractError, apply_contract
+    from streams.topics import CLIENT_ID, topic_specs
+
+    try:
+        lines = asyncio.run(apply_contract(settings.kafka_bootstrap, topic_specs(settings),
+                                           client_id=CLIENT_ID))
+    except (TopicContractError, KafkaError) as error:
+        log.error("cannot fix topics: %s", error)
+        return 1
+    print("\n".join(lines))
     return 0
 
 

@@ -25,8 +25,8 @@ from google.protobuf.message import DecodeError
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.structs import OffsetAndMetadata
 from kafka.consumer.fetcher import ConsumerRecord
-from tqdm import tqdm
 
+from contracts.console import add_verbose_flag, progress_bar, setup_logging
 from protos import events_pb2
 from streams.settings import StreamsSettings
 
@@ -120,8 +120,8 @@ def list_letters(settings: StreamsSettings, reasons: frozenset[str], show: int) 
     consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap_servers(), group_id=None,
                              enable_auto_commit=False, isolation_level="read_committed")
     try:
-        records = tqdm(read_to_end(consumer, settings.topic_dlq, from_committed=False),
-                       desc="dead letters", unit="rec", disable=None)
+        records = progress_bar(read_to_end(consumer, settings.topic_dlq, from_committed=False),
+                               desc="dead letters", unit="rec")
         return summarise((decode(r.value) for r in records), reasons, show)
     finally:
         consumer.close()
@@ -150,9 +150,9 @@ def _redrive_reason(settings: StreamsSettings, reason: str, limit: int | None,
     sent: Counter[str] = Counter()
     done: dict[TopicPartition, int] = {}  # next offset to read, per partition handled
     try:
-        for record in tqdm(read_to_end(consumer, settings.topic_dlq, from_committed=True,
-                                       limit=limit),
-                           desc=f"re-driving {reason}", unit="rec", disable=None):
+        for record in progress_bar(read_to_end(consumer, settings.topic_dlq, from_committed=True,
+                                               limit=limit),
+                                   desc=f"re-driving {reason}", unit="rec"):
             done[TopicPartition(record.topic, record.partition)] = record.offset + 1
             letter = decode(record.value)
             if not selected(letter, frozenset({reason})):
@@ -181,7 +181,10 @@ def main(argv: Sequence[str], settings: StreamsSettings) -> int:
                          help="only this reason (repeatable); default: all")
     again.add_argument("--reason", action="append", required=True,
                        help="a reason whose cause is fixed (repeatable)")
+    for command in (listing, again):
+        add_verbose_flag(command)
     args = parser.parse_args(list(argv))
+    setup_logging(settings.log_level, verbose=args.verbose)
     reasons = frozenset(args.reason)
     if args.command == "list":
         print("\n".join(list_letters(settings, reasons, args.show).lines()))

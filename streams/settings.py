@@ -9,6 +9,7 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from contracts.events import MAX_EVENT_BYTES, MAX_FUTURE_SKEW_MS
+from contracts.topics import TopicLayout
 from protos import events_pb2
 from streams.trending import windows_from_settings
 
@@ -21,8 +22,9 @@ DEFAULT_WEIGHTS: dict[str, float] = {
 }
 
 
-class StreamsSettings(BaseSettings):
-    """Topics, stores, limits and tuning of one Faust worker."""
+class StreamsSettings(BaseSettings, TopicLayout):
+    """Topics, stores, limits and tuning of one Faust worker (``topic_partitions``,
+    ``topic_replication`` and ``log_retention_ms``: see :class:`TopicLayout`)."""
 
     model_config = SettingsConfigDict(env_prefix="STREAMREC_STREAMS_", extra="forbid")
 
@@ -45,13 +47,6 @@ class StreamsSettings(BaseSettings):
         description="Faust app id: consumer group and prefix of its internal topics",
     )
     datadir: Path = Path("var/streams")
-    topic_partitions: int = Field(default=4, ge=1, le=10_000)
-    topic_replication: int = Field(default=1, ge=1, le=10)
-    log_retention_ms: int = Field(
-        default=365 * 24 * 3600 * 1000,
-        ge=-1,
-        description="retention of events.enriched and events.dlq when created; -1: forever",
-    )
     web_enabled: bool = False
     web_port: int = Field(default=6066, ge=0, le=65535)
     metrics_port: int | None = Field(

@@ -62,7 +62,7 @@ def build_worker(settings: StreamsSettings) -> faust.Worker:
         extra.append(MetricsServer(metrics, host=settings.metrics_host, port=settings.metrics_port))
     return faust.Worker(
         app,
-        TopicSetup(topic_specs(settings), bootstrap_servers=servers),
+        TopicSetup(topic_specs(settings), bootstrap=settings.kafka_bootstrap),
         CatalogFeed(
             catalog,
             bootstrap_servers=servers,

@@ -20,6 +20,7 @@ START_HINT = "run `bash scripts/infra.sh up` (or `make infra-up`)"
 TOPIC_READY_TIMEOUT_S = 30.0
 
 CreateTopics = Callable[..., list[str]]
+DescribeTopics = Callable[[list[str]], dict[str, tuple[int, dict[str, str]]]]
 
 
 @pytest.fixture(scope="session")
@@ -83,6 +84,40 @@ def create_topics(kafka_bootstrap: str) -> Iterator[CreateTopics]:
             admin.delete_topics(created)
         except KafkaError:
             pass
+    admin.close()
+
+
+@pytest.fixture
+def owned_topics(kafka_bootstrap: str, unique: str) -> Iterator[str]:
+    """The `unique` suffix, for topics the code under test creates itself: every topic
+    whose name holds it is deleted at teardown."""
+    yield unique
+    from bench.stack import delete_topics
+
+    delete_topics(kafka_bootstrap, unique)
+
+
+@pytest.fixture
+def describe_topics(kafka_bootstrap: str) -> Iterator[DescribeTopics]:
+    """``describe(names) -> {name: (partitions, {config: value})}`` of existing topics."""
+    from kafka.admin import ConfigResource, ConfigResourceType
+
+    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+
+    def describe(names: list[str]) -> dict[str, tuple[int, dict[str, str]]]:
+        existing = set(admin.list_topics())
+        names = [name for name in names if name in existing]
+        if not names:
+            return {}
+        partitions = {t["name"]: len(t["partitions"]) for t in admin.describe_topics(names)}
+        described = admin.describe_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, name) for name in names]
+        )["topic"]
+        configs = {name: {key: entry["value"] for key, entry in described[name].items()}
+                   for name in names}
+        return {name: (partitions[name], configs.get(name, {})) for name in names}
+
+    yield describe
     admin.close()
 
 

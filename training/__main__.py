@@ -28,10 +28,12 @@ from pydantic import ValidationError
 
 from training.encoder import ItemEncoder, default_model_dir
 from training.errors import TrainingError
-from training.announce import announce_release, release_message
+from contracts.console import setup_logging
+from contracts.topics import TopicContractError
+from training.announce import announce_release, prepare_topics, release_message
 from training.artifact import promote, read_manifest, read_production
 from training.job import RunSummary, TrainedRunSummary, run_once, run_trained
-from training.schedule import Policy, exclusive, loop
+from training.schedule import Policy, Stopped, exclusive, loop, stop_on_signals
 from training.settings import TrainingSettings
 
 log = logging.getLogger("training")
@@ -44,9 +46,12 @@ def command(body: Callable[[TrainingSettings], list[str]]) -> int:
     bad settings or data, 3 when Kafka fails."""
     try:
         settings = TrainingSettings()
-        with exclusive(settings.artifact_dir):
+        with stop_on_signals(), exclusive(settings.artifact_dir):
             lines = body(settings)
-    except (TrainingError, ValidationError) as error:
+    except Stopped as stopped:
+        log.warning("stopped by %s: nothing was promoted or announced", stopped)
+        return 128 + stopped.signum
+    except (TrainingError, ValidationError, TopicContractError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except KafkaError as error:
@@ -63,6 +68,7 @@ def run() -> int:
 
 def run_with_clients(settings: TrainingSettings) -> RunSummary | TrainedRunSummary:
     """One run (fine-tuned or bootstrap, per settings) with its own Kafka clients."""
+    prepare_topics(settings)
     consumer: KafkaConsumer | None = None
     producer: KafkaProducer | None = None
     try:
@@ -124,6 +130,7 @@ def roll_back(settings: TrainingSettings) -> list[str]:
     current = read_production(settings.artifact_dir)
     if current is None or not current.previous:
         raise TrainingError(f"{settings.artifact_dir}: no previous version to roll back to")
+    prepare_topics(settings)
     now = datetime.now(UTC)
     pointer = promote(settings.artifact_dir, current.previous, now)
     producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap,
@@ -151,10 +158,15 @@ def schedule() -> int:
                     retry_s=settings.schedule_retry_s)
     log.info("scheduling: every %s s and/or after %s new events", policy.interval_s,
              policy.min_new_events)
-    loop(policy, store=settings.artifact_dir, poll_s=settings.schedule_poll_s,
-         count_new_events=lambda: new_events(settings),
-         run=lambda: log.info("\n%s", "\n".join(
-             run_with_clients(settings).lines())))
+    try:
+        with stop_on_signals():
+            loop(policy, store=settings.artifact_dir, poll_s=settings.schedule_poll_s,
+                 count_new_events=lambda: new_events(settings),
+                 run=lambda: log.info("\n%s", "\n".join(
+                     run_with_clients(settings).lines())))
+    except Stopped as stopped:
+        log.info("stopped by %s; a run in progress was abandoned, nothing of it promoted "
+                 "or announced", stopped)
     return 0
 
 
@@ -237,10 +249,9 @@ def _dataset_from_kafka(data: object) -> Any:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
-    logging.getLogger("kafka").setLevel(logging.WARNING)  # per-connection INFO lines
+    verbose = "--verbose" in argv  # also the Kafka clients' INFO lines, for any command
+    argv = [arg for arg in argv if arg != "--verbose"]
+    setup_logging(verbose=verbose)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     command, rest = (argv[0], argv[1:]) if argv else ("run", [])
     if command == "run":

@@ -3,15 +3,32 @@ optionally the version's item vectors on ``item-vectors``."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 
 import numpy as np
 from kafka import KafkaProducer
 
+from contracts.topics import ITEM_VECTORS, MODELS, TopicSpec, ensure_topics, spec
 from protos import events_pb2
+from training.settings import TrainingSettings
 
 RELEASE_KEY = b"release"
 _SEND_TIMEOUT_S = 30.0
+
+
+def written_topics(settings: TrainingSettings) -> list[TopicSpec]:
+    """The topics a run writes: ``models`` and, when it publishes them, ``item-vectors``."""
+    return [spec(MODELS, settings.topic_models, settings),
+            *([spec(ITEM_VECTORS, settings.topic_item_vectors, settings)]
+              if settings.publish_item_vectors else [])]
+
+
+def prepare_topics(settings: TrainingSettings) -> None:
+    """Create the topics a run writes, with their contract settings, before it starts:
+    the broker never auto-creates them, and a run should not fail only at its end."""
+    asyncio.run(ensure_topics(settings.kafka_bootstrap, written_topics(settings),
+                              client_id="streamrec-training-setup"))
 
 
 def release_message(

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 from transformers import AutoModel, AutoTokenizer, PreTrainedModel
 
+from contracts.console import progress_bar
 from training.errors import ModelLoadError
 
 log = logging.getLogger(__name__)
@@ -115,7 +115,7 @@ class ItemEncoder:
         """float32 [len(texts), dim], rows L2-normalised, in the order of `texts`."""
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         order = np.argsort([len(text) for text in texts], kind="stable")  # less padding
-        with tqdm(total=len(texts), desc="embed", unit="item", disable=not progress) as bar:
+        with progress_bar(total=len(texts), desc="embed", unit="item", enabled=progress) as bar:
             for first in range(0, len(texts), batch_size):
                 rows = order[first : first + batch_size]
                 out[rows] = self._encode_batch([texts[row] for row in rows])

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from google.protobuf.message import DecodeError
 from kafka import KafkaConsumer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
-from tqdm import tqdm
 
+from contracts.console import progress_bar
 from protos import events_pb2
 from training.errors import LogReadError
 
@@ -169,7 +169,7 @@ def read_ranges(
         consumer.seek(TopicPartition(topic, partition), first)
     remaining = set(open_ranges)
     last_progress = time.monotonic()
-    with tqdm(total=count(open_ranges), desc=desc, unit="rec", disable=not progress) as bar:
+    with progress_bar(total=count(open_ranges), desc=desc, unit="rec", enabled=progress) as bar:
         while remaining:
             batches = consumer.poll(timeout_ms=_POLL_MS, max_records=_POLL_RECORDS)
             if batches:

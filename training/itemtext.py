@@ -18,8 +18,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 from transformers import AutoModel, AutoTokenizer, PreTrainedModel
+
+from contracts.console import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +82,7 @@ class TextTower(nn.Module):
     def refresh(self, batch_size: int = 512, progress: bool = False) -> None:
         """Recompute the pooled text of every item (after training, before export)."""
         n = self.states.shape[0]
-        for first in tqdm(range(0, n, batch_size), desc="text", disable=not progress):
+        for first in progress_bar(range(0, n, batch_size), desc="text", enabled=progress):
             rows = torch.arange(first, min(first + batch_size, n), device=self.states.device)
             self.pooled[rows] = self.encode_rows(rows)
 
@@ -116,7 +117,7 @@ def _frozen_states(
     counts = enc["attention_mask"].sum(1)
     order = torch.argsort(counts, stable=True)  # similar lengths share a batch: less padding
     states = torch.zeros(n, t, int(model.config.hidden_size))
-    for first in tqdm(range(0, n, batch_size), desc="text cache", disable=not progress):
+    for first in progress_bar(range(0, n, batch_size), desc="text cache", enabled=progress):
         rows = order[first : first + batch_size]
         width = int(counts[rows].max())  # texts are left-aligned: the rest is padding
         out = model(

@@ -14,8 +14,8 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
+from contracts.console import progress_bar
 from training.sequences import Sequences, windows
 from training.train import TwoTower, to_tensors
 
@@ -55,7 +55,7 @@ def evaluate_scorer(
     """Metrics of `score` predicting ``targets[i]`` from events ``[0, ends[i])`` of user
     ``users[i]``."""
     ranks = []
-    for first in tqdm(range(0, len(users), batch_size), desc=desc, disable=not progress):
+    for first in progress_bar(range(0, len(users), batch_size), desc=desc, enabled=progress):
         sl = slice(first, first + batch_size)
         scores = torch.as_tensor(score(users[sl], ends[sl]))
         ranks.append(ranks_of(scores, torch.as_tensor(targets[sl])).numpy())

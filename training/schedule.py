@@ -11,6 +11,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import signal
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -26,6 +27,38 @@ LOCK = ".training.lock"
 
 class RunInProgressError(TrainingError):
     """Another training run holds the store's lock."""
+
+
+class Stopped(BaseException):  # noqa: N818 -- like KeyboardInterrupt: no handler for errors catches it
+    """SIGINT or SIGTERM arrived: the run in progress is abandoned."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+@contextmanager
+def stop_on_signals() -> Iterator[None]:
+    """SIGINT and SIGTERM raise `Stopped` wherever the job is (a read, a training step,
+    an export): what it had written is in temporary files that are removed on the way
+    out, and nothing is promoted or announced. Installed explicitly because a process
+    started in the background by a script inherits SIGINT ignored. A second signal
+    during the clean-up kills the process."""
+
+    def stop(signum: int, _frame: object) -> None:
+        for number in STOP_SIGNALS:
+            signal.signal(number, signal.SIG_DFL)
+        raise Stopped(signum)
+
+    previous = {number: signal.signal(number, stop) for number in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
 
 
 @dataclass(frozen=True)

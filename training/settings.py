@@ -8,9 +8,12 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from contracts.topics import TopicLayout
 
-class TrainingSettings(BaseSettings):
-    """Inputs, outputs and limits of one training run."""
+
+class TrainingSettings(BaseSettings, TopicLayout):
+    """Inputs, outputs and limits of one training run (``topic_partitions``,
+    ``topic_replication``, ``log_retention_ms``: how the topics it writes are created)."""
 
     model_config = SettingsConfigDict(env_prefix="STREAMREC_TRAINING_", extra="forbid")
 

@@ -24,8 +24,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
+from contracts.console import progress_bar
 from training.itemtext import TextTower
 from training.model import ItemTable, ModelConfig, UserTower
 from training.sequences import PAD, Sequences, Window, epoch_batches, training_batch
@@ -201,7 +201,7 @@ def train(
              len(users), steps_per_epoch, kind, device, cfg.bf16)
     started = time.monotonic()
     step, epoch, losses, stop = 0, 0, [], False
-    bar = tqdm(total=total, desc="train", unit="step", disable=not progress)
+    bar = progress_bar(total=total, desc="train", unit="step", enabled=progress)
     for epoch in range(1, cfg.epochs + 1):
         model.train()
         epoch_loss, epoch_steps = 0.0, 0

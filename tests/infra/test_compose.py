@@ -53,6 +53,8 @@ def config() -> dict[str, Any]:
 def test_stack_has_infrastructure_and_deployables(config: dict[str, Any]) -> None:
     assert {"kafka", "redis", *DEPLOYABLES} <= set(config["services"])
     assert config["services"]["kafka"]["image"].startswith("apache/kafka:")
+    # Topics are created by the deployables with their contract settings.
+    assert config["services"]["kafka"]["environment"]["KAFKA_AUTO_CREATE_TOPICS_ENABLE"] == "false"
 
 
 def test_long_running_services_have_healthchecks(config: dict[str, Any]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -54,14 +55,22 @@ def test_kafka_round_trip(
     assert sum(v or 0 for v in committed.values()) == len(sent)
 
 
-def test_kafka_auto_creates_topics_with_four_partitions(kafka_bootstrap: str, unique: str) -> None:
-    topic = f"infra-auto-{unique}"
-    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
-    try:
-        producer.send(topic, b"x").get(timeout=30)
-        assert producer.partitions_for(topic) == {0, 1, 2, 3}
-    finally:
-        producer.close()
+def _rendered_broker_config() -> dict[str, str]:
+    """The broker settings `infra.sh up` writes, as `infra.sh config` prints them."""
+    result = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "infra.sh"), "config"],
+        capture_output=True, text=True, timeout=60, check=True,
+    )
+    lines = [line.strip() for line in result.stdout.splitlines()]
+    pairs = [line.split("=", 1) for line in lines if line and not line.startswith("#")]
+    return {key.strip(): value.strip() for key, value in pairs}
+
+
+def test_rendered_broker_config_never_auto_creates_topics() -> None:
+    config = _rendered_broker_config()
+    assert config["auto.create.topics.enable"] == "false"
+    assert config["num.partitions"] == "4"  # what contracts.topics creates by default
+    assert not re.search(r"@[A-Z_]+@", "".join(config.values()))  # every placeholder rendered
 
 
 def test_redis_ping_set_get(redis_url: str, unique: str) -> None:

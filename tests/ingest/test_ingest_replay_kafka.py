@@ -52,9 +52,9 @@ def files(tmp_path: Path) -> tuple[Path, Path]:
 
 
 @pytest.fixture
-def env(kafka_bootstrap: str, unique: str, create_topics: Callable[..., list[str]]) -> dict[str, str]:
-    create_topics([f"events-{unique}"])
-    create_topics([f"items-{unique}"], config={"cleanup.policy": "compact"})
+def env(kafka_bootstrap: str, owned_topics: str) -> dict[str, str]:
+    """Fresh topic names; ingest creates the topics itself (deleted after the test)."""
+    unique = owned_topics
     return {
         "STREAMREC_INGEST_KAFKA_BOOTSTRAP": kafka_bootstrap,
         "STREAMREC_INGEST_TOPIC_EVENTS": f"events-{unique}",
@@ -143,3 +143,43 @@ def test_catalog_command_and_unreachable_kafka(
     )
     assert down.returncode == 3
     assert "error: Kafka at 127.0.0.1:1" in down.stderr
+
+
+def test_ingest_creates_its_topics_with_the_contract_settings(
+    files: tuple[Path, Path], env: dict[str, str], describe_topics: Callable[..., dict]
+) -> None:
+    interactions, items = files
+    topics = [env["STREAMREC_INGEST_TOPIC_ITEMS"], env["STREAMREC_INGEST_TOPIC_EVENTS"]]
+    assert describe_topics(topics) == {}
+    result = _run_ingest(["replay", "--interactions", str(interactions), "--items", str(items),
+                          "--speedup", "0"],
+                         {**env, "STREAMREC_INGEST_TOPIC_PARTITIONS": "3"})
+    assert result.returncode == 0, result.stderr
+    # stderr is no terminal: progress is a log line at start and end, never a bar
+    assert "\r" not in result.stderr
+    progress = [line for line in result.stderr.splitlines() if " progress: " in line]
+    assert [line.split(" progress: ")[1].split(" ")[:2] for line in progress] == [
+        ["items:", "0/3"], ["items:", "3/3"], ["events:", "0/6"], ["events:", "6/6"]]
+    found = describe_topics(topics)
+    assert found[topics[0]][0] == found[topics[1]][0] == 3
+    assert found[topics[0]][1]["cleanup.policy"] == "compact"
+    assert found[topics[1]][1]["cleanup.policy"] == "delete"
+
+
+def test_catalog_into_an_uncompacted_topic_says_how_to_fix_it(
+    files: tuple[Path, Path], env: dict[str, str], create_topics: Callable[..., list[str]],
+    describe_topics: Callable[..., dict],
+) -> None:
+    _interactions, items = files
+    (topic,) = create_topics([env["STREAMREC_INGEST_TOPIC_ITEMS"]],
+                             config={"cleanup.policy": "delete"})
+    result = _run_ingest(["catalog", "--items", str(items), "--no-progress"], env)
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stderr.splitlines() if "cleanup.policy" in line]
+    assert len(lines) == 1, result.stderr
+    assert "python -m ingest topics fix" in lines[0] and f"--entity-name {topic}" in lines[0]
+
+    fixed = _run_ingest(["topics", "fix"], env)
+    assert fixed.returncode == 0, fixed.stderr
+    assert f"{topic}: cleanup.policy delete -> compact" in fixed.stdout
+    assert describe_topics([topic])[topic][1]["cleanup.policy"] == "compact"

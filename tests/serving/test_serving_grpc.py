@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+from typing import Any
 import time
 
 import grpc
@@ -388,3 +389,17 @@ async def test_the_production_artifact_is_loaded_and_its_version_served(stack: S
     assert (current.strategy, _ids(current)) == ("personal", exact_nearest(served, query, 4))
     assert (stale.strategy, _ids(stale)) == ("popular", ["i05"])
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_serving_creates_the_topics_it_writes_with_their_contract_settings(
+    stack: Stack, owned_topics: str, describe_topics: Any
+) -> None:
+    written = {"topic_events": f"events.created-{owned_topics}",
+               "topic_recommendations": f"recommendations.created-{owned_topics}"}
+    assert describe_topics(list(written.values())) == {}
+    async with stack.server(**written, topic_partitions=3, log_retention_ms=86_400_000):
+        found = describe_topics(list(written.values()))
+    events, recommendations = found[written["topic_events"]], found[written["topic_recommendations"]]
+    assert events[0] == recommendations[0] == 3
+    assert events[1]["cleanup.policy"] == recommendations[1]["cleanup.policy"] == "delete"
+    assert recommendations[1]["retention.ms"] == "86400000"

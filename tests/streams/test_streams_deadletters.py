@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import re
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
@@ -12,6 +17,8 @@ from kafka.admin import NewTopic
 from protos import events_pb2
 from streams.deadletters import UNREADABLE, decode, list_letters, redrive, selected, summarise
 from streams.settings import StreamsSettings
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def letter(reason: str, payload: bytes, *, key: bytes = b"u1",
@@ -98,3 +105,33 @@ def test_redrive_sends_original_bytes_back_once(kafka_bootstrap: str,
     with pytest.raises(ValueError):
         redrive(settings, frozenset(), None, dry_run=False)
     producer.close()
+
+
+KAFKA_CLIENT_LINE = re.compile(r"\b(INFO|DEBUG) (kafka|aiokafka)[.:]")
+
+
+def _dlq_list(kafka_bootstrap: str, dlq: str, *flags: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "STREAMREC_STREAMS_KAFKA_BOOTSTRAP": kafka_bootstrap,
+           "STREAMREC_STREAMS_TOPIC_DLQ": dlq}
+    return subprocess.run([sys.executable, "-m", "streams", "dlq", "list", *flags], env=env,
+                          cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
+
+
+@pytest.mark.integration
+def test_dlq_list_prints_its_table_without_kafka_client_chatter(
+    kafka_bootstrap: str, topics: dict[str, str]
+) -> None:
+    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
+    value = letter("unknown_item", b"p1", origin=topics["events"]).SerializeToString()
+    producer.send(topics["dlq"], key=b"u1", value=value).get(timeout=30)
+    producer.close()
+
+    quiet = _dlq_list(kafka_bootstrap, topics["dlq"])
+    assert quiet.returncode == 0, quiet.stderr
+    assert quiet.stdout.splitlines()[0] == "1 dead letters"
+    assert not KAFKA_CLIENT_LINE.search(quiet.stdout + quiet.stderr), quiet.stderr
+    assert "\r" not in quiet.stderr  # no progress bar off a terminal
+
+    verbose = _dlq_list(kafka_bootstrap, topics["dlq"], "--verbose")
+    assert verbose.returncode == 0, verbose.stderr
+    assert KAFKA_CLIENT_LINE.search(verbose.stderr)  # asked for: there they are

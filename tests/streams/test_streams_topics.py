@@ -1,9 +1,22 @@
-"""streams.topics: the topic shapes and the checks on existing topics."""
+"""streams.topics: the worker's topics and their check at start; ``python -m streams
+topics fix`` on the real broker."""
 
 from __future__ import annotations
 
+import logging
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from streams.errors import TopicSetupError
 from streams.settings import StreamsSettings
-from streams.topics import TopicSpec, check_shape, topic_specs
+from streams.topics import FIX_COMMAND, TopicSetup, topic_specs
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_specs_follow_the_contract() -> None:
@@ -22,16 +35,49 @@ def test_specs_follow_the_contract() -> None:
     assert specs["app-users-changelog"].copartitioned and specs["app-users-changelog"].compacted
 
 
-def test_events_with_other_partition_count_is_fatal() -> None:
-    spec = TopicSpec("events", 4, 1, copartitioned=True)
-    fatal, warnings = check_shape(spec, 8, None)
-    assert len(fatal) == 1 and "TOPIC_PARTITIONS=8" in fatal[0]
-    assert warnings == []
-    assert check_shape(spec, 4, None) == ([], [])
+def _settings(kafka: str, suffix: str) -> dict[str, str]:
+    names = {"events": "events", "enriched": "enriched", "dlq": "dlq", "items": "items",
+             "item_vectors": "item-vectors", "models": "models"}
+    env = {f"STREAMREC_STREAMS_TOPIC_{key.upper()}": f"{name}-{suffix}"
+           for key, name in names.items()}
+    return {**env, "STREAMREC_STREAMS_KAFKA_BOOTSTRAP": kafka,
+            "STREAMREC_STREAMS_APP_ID": f"app-{suffix}"}
 
 
-def test_uncompacted_catalog_topic_is_a_warning() -> None:
-    spec = TopicSpec("items", 4, 1, {"cleanup.policy": "compact"})
-    fatal, warnings = check_shape(spec, 3, "delete")
-    assert fatal == [] and len(warnings) == 1
-    assert check_shape(spec, 3, "compact,delete") == ([], [])
+@pytest.mark.integration
+async def test_start_reports_an_uncompacted_catalog_and_topics_fix_repairs_it(
+    kafka_bootstrap: str, owned_topics: str, create_topics: Callable[..., list[str]],
+    describe_topics: Callable[..., dict], caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    env = _settings(kafka_bootstrap, owned_topics)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    settings = StreamsSettings()
+    (items,) = create_topics([settings.topic_items], config={"cleanup.policy": "delete"})
+    with caplog.at_level(logging.WARNING):
+        await TopicSetup(topic_specs(settings), bootstrap=kafka_bootstrap).on_start()
+    lines = [r.getMessage() for r in caplog.records if "cleanup.policy" in r.getMessage()]
+    assert len(lines) == 1 and items in lines[0] and FIX_COMMAND in lines[0]
+    created = describe_topics([s.name for s in topic_specs(settings)])
+    assert len(created) == 7  # the missing ones were created meanwhile
+
+    done = subprocess.run([sys.executable, "-m", "streams", "topics", "fix"],
+                          env={**os.environ, **env}, cwd=ROOT, capture_output=True,
+                          text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"{items}: cleanup.policy delete -> compact"
+    assert describe_topics([items])[items][1]["cleanup.policy"] == "compact"
+
+
+@pytest.mark.integration
+async def test_events_with_another_partition_count_stop_start(
+    kafka_bootstrap: str, owned_topics: str, create_topics: Callable[..., list[str]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for key, value in _settings(kafka_bootstrap, owned_topics).items():
+        monkeypatch.setenv(key, value)
+    settings = StreamsSettings()
+    create_topics([settings.topic_events], partitions=2)
+    with pytest.raises(TopicSetupError, match="STREAMREC_STREAMS_TOPIC_PARTITIONS=2"):
+        await TopicSetup(topic_specs(settings), bootstrap=kafka_bootstrap).on_start()

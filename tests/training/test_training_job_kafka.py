@@ -16,6 +16,7 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
 
 from protos import events_pb2
+from training.announce import prepare_topics
 from training.artifact import read_item_vectors, read_manifest, read_production
 from training.encoder import ItemEncoder
 from training.errors import EmptyLogError
@@ -243,3 +244,19 @@ def test_trained_run_gates_promotion(
     releases = [events_pb2.ModelRelease.FromString(r.value)
                 for r in _records(consumer, settings.topic_models)]
     assert [m.version for m in releases] == [first.version]
+
+
+def test_a_run_first_creates_the_topics_it_writes(
+    kafka_bootstrap: str, owned_topics: str, tmp_path: Path, describe_topics: Callable[..., dict],
+) -> None:
+    settings = TrainingSettings(
+        kafka_bootstrap=kafka_bootstrap, topic_models=f"models-{owned_topics}",
+        topic_item_vectors=f"item-vectors-{owned_topics}", publish_item_vectors=True,
+        topic_partitions=3, log_retention_ms=86_400_000, artifact_dir=tmp_path,
+    )
+    prepare_topics(settings)
+    found = describe_topics([settings.topic_models, settings.topic_item_vectors])
+    models, vectors = found[settings.topic_models], found[settings.topic_item_vectors]
+    assert models[0] == 1 and models[1]["cleanup.policy"] == "delete"  # releases in order
+    assert models[1]["retention.ms"] == "86400000"
+    assert vectors[0] == 3 and vectors[1]["cleanup.policy"] == "compact"
