@@ -36,6 +36,7 @@ from kafka.admin import KafkaAdminClient, NewTopic
 
 from bench.stack import LocalStack
 from contracts.console import progress_bar
+from contracts.online import RedisKeys
 from ingest import movielens
 from ingest.messages import item_records
 from protos import events_pb2, recommender_pb2, recommender_pb2_grpc
@@ -192,11 +193,11 @@ def main() -> None:
                                       timeout=5)
 
             client = redis.Redis.from_url(args.redis)
-            seen_key = f"{stack.redis_prefix}seen:{{}}"
+            keys = RedisKeys(stack.redis_prefix)
 
             def in_redis(user: str, item: str) -> bool:
                 deadline = time.monotonic() + 30
-                while client.zscore(seen_key.format(user), item) is None:
+                while client.zscore(keys.seen(user), item) is None:
                     if time.monotonic() > deadline:
                         return False
                     time.sleep(0.0002)

@@ -43,6 +43,14 @@ sys.path.insert(0, str(REPO_ROOT))
 from contracts.topics import (  # noqa: E402
     EVENTS, ITEM_VECTORS, ITEMS, MODELS, RECOMMENDATIONS, TopicLayout, ensure_topics, spec,
 )
+from contracts.online import (  # noqa: E402
+    NEWEST_FIELD,
+    VECTOR_FIELD,
+    VERSION_FIELD,
+    WRITTEN_AT_FIELD,
+    RedisKeys,
+    encode_vector,
+)
 from protos import recommender_pb2, recommender_pb2_grpc  # noqa: E402
 
 DIM = 64  # the trained model's dimension (training.model.ModelConfig.dim); --dim 384 for the bootstrap model
@@ -106,12 +114,15 @@ def user_vectors(rng: np.random.Generator, vectors: np.ndarray, clusters: np.nda
 def write_users(redis: Redis, prefix: str, users: np.ndarray, seen: list[list[int]],
                 names: list[str]) -> None:
     now = int(time.time() * 1000)
+    keys = RedisKeys(prefix)
     pipe = redis.pipeline(transaction=False)
     for n, name in enumerate(names):
-        pipe.hset(f"{prefix}uv:{name}", mapping={"vec": users[n].astype("<f4").tobytes(),
-                                                  "version": VERSION, "ts": now, "at": now})
+        pipe.hset(keys.user_vector(name), mapping={
+            VECTOR_FIELD: encode_vector(users[n]), VERSION_FIELD: VERSION,
+            NEWEST_FIELD: now, WRITTEN_AT_FIELD: now,
+        })
         if seen[n]:
-            pipe.zadd(f"{prefix}seen:{name}", {f"item-{row}": now - i for i, row in enumerate(seen[n])})
+            pipe.zadd(keys.seen(name), {f"item-{row}": now - i for i, row in enumerate(seen[n])})
         if n % 1000 == 999:
             pipe.execute()
     pipe.execute()
@@ -309,7 +320,7 @@ def main() -> int:
     redis = Redis.from_url(args.redis)
     write_users(redis, prefix, users, seen, names)
     write_users(redis, prefix, recall_users, [[] for _ in recall_names], recall_names)
-    redis.zadd(f"{prefix}popular", {f"item-{n}": float(1000 - n) for n in range(1000)})
+    redis.zadd(RedisKeys(prefix).popular(), {f"item-{n}": float(1000 - n) for n in range(1000)})
     topic_names = {name: f"{name}.bench-{run}" for name in
                    ("events", "items", "item-vectors", "models", "recommendations")}
     asyncio.run(create_topics(args.kafka, topic_names))

@@ -33,6 +33,7 @@ from kafka.admin import KafkaAdminClient, NewTopic
 
 from bench.stack import Child, LocalStack
 from contracts.console import progress_bar
+from contracts.online import RedisKeys
 from ingest import movielens
 from ingest.messages import event_records, item_records
 
@@ -180,7 +181,7 @@ def main() -> None:
                 drain,
             ))
             metrics = scrape(url.group(1)) if url else {}
-            vectors = sum(1 for _ in client.scan_iter(match=f"{stack.redis_prefix}uv:*",
+            vectors = sum(1 for _ in client.scan_iter(match=RedisKeys(stack.redis_prefix).user_vector("*"),
                                                       count=10_000))
             drain.stop(timeout_s=120)
             cpu_after = cpu_reference_s()

@@ -20,7 +20,6 @@ from ingest.errors import ReplayOptionError
 
 ITEM_COLUMNS = ("item_id", "title", "description", "categories", "price", "availability")
 INTERACTION_COLUMNS = ("row", "user_id", "item_id", "timestamp_ms", "event_type", "value")
-EVENT_TYPES = ("view", "click", "add_to_cart", "purchase", "rating")
 AVAILABILITIES = ("", "in_stock", "out_of_stock", "discontinued")
 
 

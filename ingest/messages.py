@@ -6,16 +6,10 @@ from collections.abc import Iterator
 
 import pandas as pd
 
+from contracts.online import EVENT_TYPE_NUMBERS
 from ingest.dataset import event_id
 from protos import events_pb2
 
-EVENT_TYPES = {
-    "view": events_pb2.VIEW,
-    "click": events_pb2.CLICK,
-    "add_to_cart": events_pb2.ADD_TO_CART,
-    "purchase": events_pb2.PURCHASE,
-    "rating": events_pb2.RATING,
-}
 AVAILABILITY = {
     "": events_pb2.AVAILABILITY_UNSPECIFIED,
     "in_stock": events_pb2.IN_STOCK,
@@ -68,7 +62,7 @@ def event_records(
             event_id=event_id(dataset_name, row, user_id, item_id, timestamp_ms),
             user_id=user_id,
             item_id=item_id,
-            type=EVENT_TYPES[event_type],
+            type=EVENT_TYPE_NUMBERS[event_type],
             timestamp_ms=timestamp_ms + shift_ms,
             value=value,
         )

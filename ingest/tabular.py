@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from contracts.online import EVENT_TYPES
 from ingest.dataset import (
     AVAILABILITIES,
-    EVENT_TYPES,
     Dataset,
     empty_interactions,
     empty_items,

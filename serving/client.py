@@ -26,6 +26,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from redis.asyncio import Redis
 
 from contracts.console import add_verbose_flag, setup_logging
+from contracts.online import NEWEST_FIELD, RedisKeys
 from protos import events_pb2, recommender_pb2, recommender_pb2_grpc
 from serving.feeds import topic_partitions
 from serving.settings import ServingSettings
@@ -118,11 +119,11 @@ async def newest_events(settings: ServingSettings, count: int) -> list[events_pb
 async def wait_folded(settings: ServingSettings, event: events_pb2.Event, timeout_s: float) -> bool:
     """Wait until the user's vector in Redis includes `event` (its ``ts`` reached)."""
     redis = Redis.from_url(settings.redis_url)
-    key = f"{settings.redis_prefix}uv:{event.user_id}"
+    key = RedisKeys(settings.redis_prefix).user_vector(event.user_id)
     deadline = time.monotonic() + timeout_s
     try:
         while time.monotonic() < deadline:
-            ts = await redis.hget(key, "ts")
+            ts = await redis.hget(key, NEWEST_FIELD)
             if ts is not None and int(ts) >= event.timestamp_ms:
                 return True
             await asyncio.sleep(0.05)

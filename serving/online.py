@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -14,56 +13,20 @@ import numpy as np
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError, RedisError
 
+from contracts.online import (
+    EVENT_TYPES,
+    READ_USERS_SCRIPT,
+    RedisKeys,
+    VectorFormatError,
+    decode_base_ms,
+    decode_vector,
+    decayed_counts,
+    read_users_args,
+)
 from serving.coalesce import Coalescer
 from serving.errors import StoreUnavailable
 
 log = logging.getLogger(__name__)
-
-
-EVENT_TYPES = ("view", "click", "add_to_cart", "purchase", "rating")  # sr:acts:{type}
-
-# Every user's vector, version, newest seen items and excluded-type items, read by one
-# server-side call per batch of users. Three commands per user through the client cost
-# far more to pack and parse (in Python) than the reads cost Redis.
-# ARGV: prefix, seen limit, number of event types, the types, then the user ids.
-# Answers one {vec, version, seen, acts} per user; a missing field is a nil reply.
-_READ_USERS = """
-local prefix = ARGV[1]
-local seen_limit = tonumber(ARGV[2])
-local n_types = tonumber(ARGV[3])
-local answers = {}
-for u = 4 + n_types, #ARGV do
-  local user = ARGV[u]
-  local vector = redis.call('HMGET', prefix .. 'uv:' .. user, 'vec', 'version')
-  local seen = {}
-  if seen_limit > 0 then
-    seen = redis.call('ZREVRANGE', prefix .. 'seen:' .. user, 0, seen_limit - 1)
-  end
-  local acts = {}
-  if n_types > 0 then
-    local keys = {}
-    for t = 1, n_types do
-      keys[t] = prefix .. 'acts:' .. ARGV[3 + t] .. ':' .. user
-    end
-    acts = redis.call('ZUNION', n_types, unpack(keys))
-  end
-  answers[#answers + 1] = {vector[1], vector[2], seen, acts}
-end
-return answers
-"""
-
-
-def decayed_counts(pairs: list[tuple[str, float]], *, base_ms: float | None, now_ms: float,
-                   tau_ms: float) -> list[tuple[str, float]]:
-    """Forward-decayed trending scores (docs/contracts.md §3) as counts decayed to `now_ms`:
-    ``score · exp(−(now − base) / τ)``, i.e. ``Σ w · exp(−(now − t) / τ)`` over the window's
-    events, the order unchanged. A base ahead of the clock (events stamped up to the
-    allowed skew in the future) counts as now; without a base (a set streams did not
-    write) the scores are taken as counts already."""
-    if base_ms is None:
-        return pairs
-    factor = math.exp(-max(now_ms - base_ms, 0.0) / tau_ms)
-    return [(item_id, score * factor) for item_id, score in pairs]
 
 
 @dataclass(frozen=True)
@@ -76,18 +39,6 @@ class UserState:
     version: str | None
     seen: tuple[str, ...]
     excluded: frozenset[str] = frozenset()
-
-
-def decode_vector(raw: bytes | None) -> np.ndarray | None:
-    """float32 little-endian bytes as a vector; None when absent, of no whole number of
-    floats, not finite or all zeros. Its dimension is the writer's model's: the reader
-    checks it against the version it answers with."""
-    if raw is None or not raw or len(raw) % 4:
-        return None
-    vector = np.frombuffer(raw, dtype="<f4").astype(np.float32, copy=False)  # read-only: never written
-    if not np.isfinite(vector).all() or not vector.any():
-        return None
-    return vector
 
 
 def _bulk(value: bytes) -> bytes:
@@ -119,26 +70,24 @@ class OnlineStore:
         the ``sr:trending:{window}`` that ranks cold-start items (``sr:popular`` when
         empty or while that window holds nothing); `trending_tau_s`: its decay time
         constant, as the streams worker writes it, which turns its scores into counts."""
-        unknown = set(exclude_types) - set(EVENT_TYPES)
-        if unknown:
-            raise ValueError(f"unknown event types {sorted(unknown)}; known: {list(EVENT_TYPES)}")
+        keys = RedisKeys(prefix)
         self._client = client
-        self._prefix = prefix
         self._seen_limit = seen_limit
         self._exclude_types = tuple(dict.fromkeys(exclude_types))
         self._seen_excluded = set(self._exclude_types) == set(EVENT_TYPES)
         if trending_window and not (trending_tau_s and trending_tau_s > 0):
             raise ValueError(f"trending window {trending_window!r} needs its decay time constant")
         self._trending_window = trending_window
+        self._trending_key = keys.trending(trending_window)
+        self._trending_base_key = keys.trending_base(trending_window)
+        self._popular_key = keys.popular()
         self._trending_tau_ms = (trending_tau_s or 0.0) * 1000.0
         # Reads asked for in the same event-loop turn (concurrent requests) share one
         # pipeline: one write and one read on the socket for all of them.
         self._coalesced: Coalescer[str, UserState] | None = Coalescer(self.users) if coalesce else None
-        types = self._exclude_types
-        self._head, self._head_words = _packed_head(
-            _READ_USERS,
-            [str(word).encode() for word in (prefix, seen_limit, len(types), *types)],
-        )
+        fixed = read_users_args(keys, seen_limit=seen_limit, types=self._exclude_types)
+        self._head, self._head_words = _packed_head(READ_USERS_SCRIPT,
+                                                    [word.encode() for word in fixed])
 
     async def user(self, user_id: str) -> UserState:
         """The user's vector, its version and recent items, in one round trip."""
@@ -154,7 +103,7 @@ class OnlineStore:
             try:
                 replies: list[Any] = await self._call(packed)
             except NoScriptError:  # a restarted or flushed Redis: load the script once more
-                await self._client.script_load(_READ_USERS)
+                await self._client.script_load(READ_USERS_SCRIPT)
                 replies = await self._call(packed)
         except (RedisError, OSError) as error:
             raise StoreUnavailable(f"Redis is unavailable: {error}") from error
@@ -185,10 +134,13 @@ class OnlineStore:
         if self._seen_excluded:
             excluded = excluded.union(seen)
         version = raw_version.decode() if raw_vector is not None and raw_version is not None else None
-        vector = decode_vector(raw_vector)
-        if raw_vector is not None and vector is None:
-            log.warning("user %s has an unusable vector (%s bytes); not using it",
-                        user_id, len(raw_vector))
+        vector = None
+        if raw_vector is not None:
+            try:
+                vector = decode_vector(raw_vector)
+            except VectorFormatError as error:
+                log.warning("user %s has an unusable vector (%s bytes: %s); not using it",
+                            user_id, len(raw_vector), error)
         return UserState(vector=vector, version=version, seen=seen, excluded=excluded)
 
     async def popular(self, count: int) -> tuple[list[tuple[str, float]], list[tuple[str, float]]]:
@@ -200,9 +152,9 @@ class OnlineStore:
         try:
             async with self._client.pipeline(transaction=bool(window)) as pipe:
                 if window:
-                    pipe.zrevrange(f"{self._prefix}trending:{window}", 0, count - 1, withscores=True)
-                    pipe.get(f"{self._prefix}trending:{window}:base")
-                pipe.zrevrange(f"{self._prefix}popular", 0, count - 1, withscores=True)
+                    pipe.zrevrange(self._trending_key, 0, count - 1, withscores=True)
+                    pipe.get(self._trending_base_key)
+                pipe.zrevrange(self._popular_key, 0, count - 1, withscores=True)
                 replies: list[Any] = await pipe.execute()
         except (RedisError, OSError) as error:
             raise StoreUnavailable(f"Redis is unavailable: {error}") from error
@@ -216,15 +168,13 @@ class OnlineStore:
 
 def _base_ms(raw: bytes | None) -> float | None:
     """The trending base time, or None when it is absent or not a finite number."""
+    if raw is None:
+        return None
     try:
-        base = float(raw) if raw is not None else None
+        return decode_base_ms(raw)
     except ValueError:
-        base = None
-    if base is not None and math.isfinite(base):
-        return base
-    if raw is not None:
         log.warning("trending base time %r is not a number; scores served as stored", raw[:32])
-    return None
+        return None
 
 
 def _pairs(reply: list[tuple[bytes, float]]) -> list[tuple[str, float]]:

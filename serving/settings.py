@@ -10,8 +10,8 @@ from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from contracts.events import MAX_EVENT_BYTES, MAX_FUTURE_SKEW_MS
+from contracts.online import EVENT_TYPES
 from contracts.topics import TopicLayout
-from serving.online import EVENT_TYPES
 
 _WINDOW_LENGTH = re.compile(r"^([0-9]+)([smhd])$")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
@@ -118,7 +118,7 @@ class ServingSettings(BaseSettings, TopicLayout):
         default=True, description="leave out items the user interacted with, unless a request asks"
     )
     exclude_event_types: list[str] = Field(
-        default=["view", "click", "add_to_cart", "purchase", "rating"],
+        default_factory=lambda: list(EVENT_TYPES),
         description="event types whose items are not shown again (sr:acts:{type}; all of them: sr:seen too)",
     )
     trending_window: str = Field(

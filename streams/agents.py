@@ -19,6 +19,7 @@ from aiokafka import ConsumerRecord
 from faust.types import EventT, TopicT
 from faust.types.tuples import Message
 
+from contracts.online import encode_vector as to_bytes
 from protos import events_pb2
 from streams.catalog import Catalog
 from streams.delivery import Output, Transactions
@@ -40,7 +41,6 @@ from streams.processing import (
 from streams.text import item_text
 from streams.userstore import UserStore
 from streams.validation import parse_item
-from streams.vectors import to_bytes
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""The online state serving reads, written to Redis (keys in docs/contracts.md §3).
+"""The online state serving reads, written to Redis (keys and formats: ``contracts.online``).
 
 One pipelined transaction per batch of accepted events; a Redis failure is logged and
 retried with exponential backoff until it succeeds, so no event is lost (the batch waits).
@@ -26,6 +26,13 @@ from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError, WatchError
 
+from contracts.online import (
+    NEWEST_FIELD,
+    VECTOR_FIELD,
+    VERSION_FIELD,
+    WRITTEN_AT_FIELD,
+    RedisKeys,
+)
 from protos import events_pb2
 from streams.trending import SCRIPT, Window, flat_pairs, increments, script_args
 
@@ -65,41 +72,6 @@ return #KEYS
 """
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class RedisKeys:
-    """Key names under one prefix."""
-
-    prefix: str
-
-    def user_vector(self, user_id: str) -> str:
-        return f"{self.prefix}uv:{user_id}"
-
-    def seen(self, user_id: str) -> str:
-        return f"{self.prefix}seen:{user_id}"
-
-    def popular(self) -> str:
-        return f"{self.prefix}popular"
-
-    def applied(self, group: str) -> str:
-        return f"{self.prefix}applied:{group}"
-
-    def acts(self, event_type: int, user_id: str) -> str:
-        """Items the user acted on with this event type (``acts:purchase:{user}``...)."""
-        return f"{self.prefix}acts:{TYPE_NAMES[event_type]}:{user_id}"
-
-    def trending(self, window: str) -> str:
-        return f"{self.prefix}trending:{window}"
-
-    def trending_base(self, window: str) -> str:
-        return f"{self.prefix}trending:{window}:base"
-
-
-# EventType number -> lower-case name, as used in ``acts`` keys.
-TYPE_NAMES: dict[int, str] = {
-    number: name.lower() for name, number in events_pb2.EventType.items() if number
-}
 
 
 class Touch(NamedTuple):
@@ -171,7 +143,7 @@ def flat_entry(cap: int, times: dict[str, int]) -> list[object]:
 
 
 class UserVector(NamedTuple):
-    """A user's new vector (float32 little-endian bytes) and what it was made from."""
+    """A user's new vector (``contracts.online.encode_vector`` bytes) and what it was made from."""
 
     user_id: str
     vector: bytes
@@ -321,9 +293,9 @@ class OnlineState(Service):
             pipe.hset(
                 keys.user_vector(vector.user_id),
                 mapping={
-                    "vec": vector.vector,
-                    "version": vector.version,
-                    "ts": vector.newest_ms,
-                    "at": vector.written_at_ms,
+                    VECTOR_FIELD: vector.vector,
+                    VERSION_FIELD: vector.version,
+                    NEWEST_FIELD: vector.newest_ms,
+                    WRITTEN_AT_FIELD: vector.written_at_ms,
                 },
             )

@@ -9,8 +9,8 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from contracts.events import MAX_EVENT_BYTES, MAX_FUTURE_SKEW_MS
+from contracts.online import EVENT_TYPES
 from contracts.topics import TopicLayout
-from protos import events_pb2
 from streams.trending import windows_from_settings
 
 DEFAULT_WEIGHTS: dict[str, float] = {
@@ -166,7 +166,7 @@ class StreamsSettings(BaseSettings, TopicLayout):
     @field_validator("weights")
     @classmethod
     def _known_types(cls, weights: dict[str, float]) -> dict[str, float]:
-        known = {name.lower() for name in events_pb2.EventType.keys()} - {"event_type_unspecified"}
+        known = set(EVENT_TYPES)
         unknown = set(weights) - known
         if unknown:
             raise ValueError(f"unknown event types {sorted(unknown)}; known: {sorted(known)}")

@@ -6,7 +6,7 @@ item's score in ``{prefix}trending:{window}``, where ``tau`` is the window's len
 ``base`` (``{prefix}trending:{window}:base``, ms) is shared by every writer. All scores
 share the factor ``exp(-(now - base) / tau)``, so ranking the raw scores ranks the decayed
 counts ``sum(w * exp(-(now - t) / tau))`` at any ``now``; multiply by that factor to read
-a count. When ``(t - base) / tau`` grows past :data:`REBASE_EXPONENT` the writer moves
+a count (``contracts.online.decayed``). When ``(t - base) / tau`` grows past :data:`REBASE_EXPONENT` the writer moves
 ``base`` to ``t`` and rescales every score in the same atomic script (float overflow
 would come at about 700). Events far older than ``base`` add (almost) nothing, as they
 would to a sliding window; a replay of old data into fresh keys starts its own base at
@@ -20,6 +20,8 @@ import math
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+
+from contracts.online import encode_base_ms
 
 REBASE_EXPONENT = 64.0  # exp(64) ~ 6e27: far from overflow, rare enough to be free
 DROP_BELOW = 1e-6  # decayed count under which a rebase drops an item
@@ -95,7 +97,7 @@ def script_args(
     tau_ms: float, ref_ms: int, amounts: Mapping[str, float], *, cap: int
 ) -> list[str]:
     """ARGV of :data:`SCRIPT`."""
-    return [repr(float(tau_ms)), str(ref_ms), repr(REBASE_EXPONENT), repr(DROP_BELOW), str(cap),
+    return [repr(float(tau_ms)), encode_base_ms(ref_ms), repr(REBASE_EXPONENT), repr(DROP_BELOW), str(cap),
             flat_pairs(amounts)]
 
 
@@ -107,6 +109,3 @@ def flat_pairs(amounts: Mapping[str, float]) -> str:
     return json.dumps(flat, separators=(",", ":"), allow_nan=False)
 
 
-def decayed(score: float, base_ms: float, now_ms: float, tau_ms: float) -> float:
-    """A stored score as the decayed count at `now_ms` (how a reader gets a count)."""
-    return score * math.exp((base_ms - now_ms) / tau_ms)

@@ -39,16 +39,6 @@ def user_vector(
     return (mean / norm).astype(np.float32)
 
 
-def to_bytes(vector: np.ndarray) -> bytes:
-    """float32 little-endian bytes, the Redis ``vec`` field of the contract."""
-    return np.asarray(vector, dtype="<f4").tobytes()
-
-
-def from_bytes(data: bytes) -> np.ndarray:
-    """Inverse of :func:`to_bytes`."""
-    return np.frombuffer(data, dtype="<f4").astype(np.float32)
-
-
 def normalise(vector: np.ndarray) -> np.ndarray:
     """L2-normalised float32 copy; a zero vector stays zero."""
     vector = np.asarray(vector, dtype=np.float32)

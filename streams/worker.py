@@ -9,6 +9,7 @@ import faust
 from mode import Service
 from redis.asyncio import Redis
 
+from contracts.online import RedisKeys
 from streams.app import create_app
 from streams.catalog import Catalog
 from streams.encoder import pretrained_model_dir
@@ -16,7 +17,7 @@ from streams.feed import CatalogFeed
 from streams.live import EncoderOptions, LiveModel, load_model
 from streams.metrics import MetricsServer, StreamsMetrics
 from streams.model import choose_model
-from streams.online import Caps, OnlineState, RedisKeys
+from streams.online import Caps, OnlineState
 from streams.releases import ModelReleases
 from streams.settings import StreamsSettings
 from streams.topics import TopicSetup, topic_specs

@@ -11,7 +11,8 @@ import pytest
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 
-from serving.online import OnlineStore, decayed_counts
+from contracts.online import decayed_counts
+from serving.online import OnlineStore
 from serving.settings import ServingSettings, window_seconds
 
 
@@ -43,6 +44,22 @@ async def test_users_read_vector_version_seen_and_excluded_items_of_any_user_id(
     assert known.version == "v1" and known.seen == ("b", "c") and known.excluded == {"p"}
     assert unknown.vector is None and unknown.version is None
     assert unknown.seen == () and unknown.excluded == frozenset()
+
+
+async def test_a_corrupt_or_non_finite_vector_is_not_used(
+    client: tuple[Redis, str], caplog: pytest.LogCaptureFixture,
+) -> None:
+    redis, prefix = client
+    await redis.hset(f"{prefix}uv:torn", mapping={"vec": b"\x00\x00\x80?\x00", "version": "v1"})
+    await redis.hset(f"{prefix}uv:nan", mapping={
+        "vec": np.array([1.0, np.nan], "<f4").tobytes(), "version": "v1"})
+    await redis.zadd(f"{prefix}seen:nan", {"a": 1})
+    store = OnlineStore(redis, prefix=prefix, seen_limit=5)
+    torn, nan = await store.users(["torn", "nan"])
+    assert torn.vector is None and torn.version == "v1"
+    assert nan.vector is None and nan.version == "v1" and nan.seen == ("a",)
+    assert "user torn has an unusable vector (5 bytes" in caplog.text
+    assert "user nan has an unusable vector (8 bytes: values that are not finite)" in caplog.text
 
 
 async def test_a_script_redis_no_longer_holds_is_loaded_again(

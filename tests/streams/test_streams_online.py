@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 from redis.asyncio import Redis
 
+from contracts.online import RedisKeys, decayed, decode_vector, encode_vector
 from protos import events_pb2
-from streams.online import Caps, OnlineState, RedisKeys, Touch, UserVector, unapplied
-from streams.trending import REBASE_EXPONENT, Window, decayed
-from streams.vectors import from_bytes, to_bytes
+from streams.online import Caps, OnlineState, Touch, UserVector, unapplied
+from streams.trending import REBASE_EXPONENT, Window
 
 pytestmark = pytest.mark.integration
 
@@ -43,7 +43,7 @@ def online_state(client: Redis, keys: RedisKeys, caps: Caps = CAPS,
 
 
 def user_vector(vector: np.ndarray, newest_ms: int, user: str = "u1") -> UserVector:
-    return UserVector(user_id=user, vector=to_bytes(vector), version="base",
+    return UserVector(user_id=user, vector=encode_vector(vector), version="base",
                       newest_ms=newest_ms, written_at_ms=1_790_000_000_000)
 
 
@@ -65,7 +65,7 @@ async def test_writes_the_contract_keys(redis: tuple[Redis, RedisKeys]) -> None:
     await online.write([touch("a", 100)], [user_vector(vector, 100)])
     stored: dict[bytes, bytes]
     stored = await client.hgetall(keys.user_vector("u1"))  # type: ignore[assignment,misc]
-    np.testing.assert_array_equal(from_bytes(stored[b"vec"]), vector)
+    np.testing.assert_array_equal(decode_vector(stored[b"vec"]), vector)
     assert stored[b"version"] == b"base"
     assert int(stored[b"ts"]) == 100 and int(stored[b"at"]) == 1_790_000_000_000
     assert await client.zscore(keys.seen("u1"), "a") == 100

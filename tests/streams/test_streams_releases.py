@@ -21,9 +21,9 @@ from streams_harness import Running
 from test_streams_worker import catalog, enriched_for, event, new_id, now_ms, publish_items
 from transformers import AutoModel, AutoTokenizer
 
+from contracts.online import decode_vector
 from protos import events_pb2
 from streams.text import item_text
-from streams.vectors import from_bytes
 from training.announce import announce_release, release_message
 from training.artifact import write_artifact
 from training.data import Dataset
@@ -79,7 +79,7 @@ def stored_vector(running: Running, user: str) -> tuple[str, np.ndarray] | None:
     stored = running.redis.hgetall(f"{running.worker.redis_prefix}uv:{user}")
     if not stored:
         return None
-    return stored[b"version"].decode(), from_bytes(stored[b"vec"])  # type: ignore[index]
+    return stored[b"version"].decode(), decode_vector(stored[b"vec"])  # type: ignore[index]
 
 
 def wait_for_version(running: Running, user: str, version: str,

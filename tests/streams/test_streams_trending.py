@@ -7,7 +7,8 @@ import math
 
 import pytest
 
-from streams.trending import Window, decayed, increments, script_args, windows_from_settings
+from contracts.online import decayed
+from streams.trending import Window, increments, script_args, windows_from_settings
 
 
 def test_increments_are_relative_to_the_newest_event() -> None:

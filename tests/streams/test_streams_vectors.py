@@ -1,4 +1,4 @@
-"""streams.vectors: the user vector (weights, decay, normalisation) and its bytes."""
+"""streams.vectors: the user vector (weights, decay, normalisation)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from streams.history import Interaction
-from streams.vectors import decay_factors, from_bytes, normalise, to_bytes, user_vector
+from streams.vectors import decay_factors, normalise, user_vector
 
 HOUR_MS = 3_600_000.0
 A = np.array([1.0, 0.0, 0.0], dtype=np.float32)
@@ -65,13 +65,6 @@ def test_none_without_usable_vectors() -> None:
 def test_decay_factors() -> None:
     factors = decay_factors(np.array([0.0, 50.0, 100.0]), half_life_ms=50.0)
     np.testing.assert_allclose(factors, [0.25, 0.5, 1.0])
-
-
-def test_bytes_are_float32_little_endian() -> None:
-    data = to_bytes(np.array([1.0, -2.5], dtype=np.float32))
-    assert data == np.array([1.0, -2.5], dtype="<f4").tobytes()
-    assert len(data) == 8
-    np.testing.assert_array_equal(from_bytes(data), [1.0, -2.5])
 
 
 def test_normalise() -> None:

@@ -17,10 +17,10 @@ from kafka.consumer.fetcher import ConsumerRecord
 from prometheus_client.parser import text_string_to_metric_families
 from streams_harness import Running
 
+from contracts.online import decode_vector
 from protos import events_pb2
 from streams.encoder import ItemEncoder
 from streams.text import item_text
-from streams.vectors import from_bytes
 
 pytestmark = pytest.mark.integration
 
@@ -133,7 +133,7 @@ def test_events_are_enriched_and_update_redis(running: Running) -> None:
     prefix = running.worker.redis_prefix
     stored: dict[bytes, bytes]
     stored = running.redis.hgetall(f"{prefix}uv:{user}")  # type: ignore[assignment]
-    one = from_bytes(stored[b"vec"])
+    one = decode_vector(stored[b"vec"])
     np.testing.assert_allclose(one, vectors[first.item_id], atol=1e-5)
     assert stored[b"version"] == b"base"
     assert int(stored[b"ts"]) == start
@@ -145,7 +145,7 @@ def test_events_are_enriched_and_update_redis(running: Running) -> None:
     enriched_for(running, user, 2)
     raw = running.redis.hget(f"{prefix}uv:{user}", "vec")
     assert isinstance(raw, bytes)
-    two = from_bytes(raw)
+    two = decode_vector(raw)
     # Weighted, decayed mean: the purchase is one hour older than the newest event.
     decay = 0.5 ** (3_600_000 / HALF_LIFE_MS)
     want = 5.0 * decay * vectors[first.item_id] + 2.0 * vectors[second.item_id]

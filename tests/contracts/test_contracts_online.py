@@ -1,0 +1,147 @@
+"""contracts.online: key names, event-type names, the vector and base-time formats, and
+the user-read script against the real Redis with keys of another shape."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import AsyncIterator
+
+import numpy as np
+import pytest
+from redis.asyncio import Redis
+
+from contracts.online import (
+    EVENT_TYPE_NAMES,
+    EVENT_TYPE_NUMBERS,
+    EVENT_TYPES,
+    READ_USERS_SCRIPT,
+    KeyPattern,
+    RedisKeys,
+    VectorFormatError,
+    decayed,
+    decode_base_ms,
+    decode_vector,
+    encode_base_ms,
+    encode_vector,
+    read_users_args,
+)
+from protos import events_pb2
+
+
+def test_keys_are_spelled_as_the_contract_says() -> None:
+    keys = RedisKeys("sr:")
+    assert keys.user_vector("u1") == "sr:uv:u1"
+    assert keys.seen("u1") == "sr:seen:u1"
+    assert keys.acts(events_pb2.PURCHASE, "u1") == "sr:acts:purchase:u1"
+    assert keys.acts(events_pb2.ADD_TO_CART, "u1") == "sr:acts:add_to_cart:u1"
+    assert keys.popular() == "sr:popular"
+    assert keys.trending("1h") == "sr:trending:1h"
+    assert keys.trending_base("1h") == "sr:trending:1h:base"
+    assert keys.applied("app") == "sr:applied:app"
+    assert RedisKeys("").user_vector("ü:x") == "uv:ü:x"
+    with pytest.raises(KeyError):
+        keys.acts(events_pb2.EVENT_TYPE_UNSPECIFIED, "u1")
+
+
+def test_event_type_names_are_the_proto_enum_lower_cased() -> None:
+    assert EVENT_TYPES == ("view", "click", "add_to_cart", "purchase", "rating")
+    for number, name in EVENT_TYPE_NAMES.items():
+        assert events_pb2.EventType.Value(name.upper()) == number
+    assert set(EVENT_TYPE_NAMES) == set(events_pb2.EventType.values()) - {0}
+    assert EVENT_TYPE_NUMBERS["purchase"] == events_pb2.PURCHASE
+
+
+def test_vectors_are_float32_little_endian_and_round_trip() -> None:
+    data = encode_vector(np.array([1.0, -2.5], dtype=np.float64))
+    assert data == np.array([1.0, -2.5], dtype="<f4").tobytes()
+    assert len(data) == 8
+    vector = decode_vector(data, dim=2)
+    assert vector.dtype == np.float32
+    np.testing.assert_array_equal(vector, [1.0, -2.5])
+    assert not vector.flags.writeable  # a view of the reply: nothing may change it
+
+
+@pytest.mark.parametrize("raw, reason", [
+    (b"", "whole number"),
+    (b"\x00\x00\x80?\x00", "whole number"),
+    (np.array([1.0, np.nan], "<f4").tobytes(), "not finite"),
+    (np.array([np.inf, 1.0], "<f4").tobytes(), "not finite"),
+    (np.zeros(3, "<f4").tobytes(), "all zeros"),
+])
+def test_corrupt_or_unusable_vectors_are_rejected(raw: bytes, reason: str) -> None:
+    with pytest.raises(VectorFormatError, match=reason):
+        decode_vector(raw)
+
+
+def test_a_vector_of_another_dimension_is_rejected_when_one_is_expected() -> None:
+    data = encode_vector(np.ones(3))
+    assert len(decode_vector(data)) == 3
+    with pytest.raises(VectorFormatError, match="3 dimensions, not 4"):
+        decode_vector(data, dim=4)
+
+
+@pytest.mark.parametrize("shape", [(0,), (2, 2), ()])
+def test_only_a_flat_non_empty_vector_is_encoded(shape: tuple[int, ...]) -> None:
+    with pytest.raises(ValueError, match="1-D"):
+        encode_vector(np.ones(shape))
+
+
+def test_base_times_are_decimal_ms() -> None:
+    assert encode_base_ms(1_790_000_000_123) == "1790000000123"
+    assert decode_base_ms(b"1790000000123") == 1_790_000_000_123.0
+    assert decode_base_ms("1.5e12") == 1.5e12
+    for bad in (b"not-a-time", b"inf", b"nan"):
+        with pytest.raises(ValueError):
+            decode_base_ms(bad)
+
+
+def test_a_base_ahead_of_the_clock_counts_as_now() -> None:
+    assert decayed(2.0, 0.0, 1_000.0, 1_000.0) == pytest.approx(2 / math.e)
+    assert decayed(2.0, 5_000.0, 1_000.0, 1_000.0) == 2.0
+
+
+def test_read_arguments_carry_the_keys_around_the_user_id() -> None:
+    keys = RedisKeys("p:")
+    assert read_users_args(keys, seen_limit=5, types=("purchase", "view")) == [
+        "p:uv:", "", "p:seen:", "", "5", "2", "p:acts:purchase:", "", "p:acts:view:", "",
+    ]
+    with pytest.raises(ValueError, match="unknown event types"):
+        read_users_args(keys, seen_limit=5, types=("like",))
+
+
+@pytest.fixture
+async def redis(redis_url: str) -> AsyncIterator[Redis]:
+    client = Redis.from_url(redis_url)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+@pytest.mark.integration
+async def test_the_user_read_spells_no_key_itself(redis: Redis, unique: str) -> None:
+    """Keys shaped as a Cluster hash tag would shape them: the script follows RedisKeys."""
+    prefix = f"{unique}:"
+    keys = RedisKeys(prefix)
+    keys.user_vectors = KeyPattern(f"{prefix}uv:{{", "}")
+    keys.seen_sets = KeyPattern(f"{prefix}seen:{{", "}")
+    keys.acts_sets = {n: KeyPattern(f"{prefix}acts:{name}:{{", "}")
+                      for n, name in EVENT_TYPE_NAMES.items()}
+    user = "u:1"
+    try:
+        await redis.hset(keys.user_vector(user), mapping={"vec": encode_vector(np.ones(2)),
+                                                          "version": "v1"})
+        await redis.zadd(keys.seen(user), {"a": 1, "b": 2})
+        await redis.zadd(keys.acts(events_pb2.PURCHASE, user), {"p": 1})
+        await redis.zadd(keys.acts(events_pb2.CLICK, user), {"c": 1})
+        args = read_users_args(keys, seen_limit=1, types=("purchase", "click"))
+        ((vec, version, seen, acts), (none_vec, none_version, none_seen, none_acts)) = (
+            await redis.eval(READ_USERS_SCRIPT, 0, *args, user, "nobody")  # type: ignore[misc]
+        )
+        assert decode_vector(vec).tolist() == [1.0, 1.0] and version == b"v1"
+        assert seen == [b"b"] and sorted(acts) == [b"c", b"p"]
+        assert none_vec is None and none_version is None and none_seen == [] and none_acts == []
+    finally:
+        found = [key async for key in redis.scan_iter(match=f"{prefix}*")]
+        if found:
+            await redis.delete(*found)
