@@ -49,6 +49,8 @@ def topic_specs(settings: StreamsSettings) -> list[TopicSpec]:
         TopicSpec(settings.topic_events, partitions, replication, copartitioned=True),
         TopicSpec(settings.users_changelog(), partitions, replication, dict(compact),
                   copartitioned=True),
+        TopicSpec(settings.dedupe_changelog(), partitions, replication, dict(compact),
+                  copartitioned=True),
         TopicSpec(settings.topic_enriched, partitions, replication, dict(log_configs)),
         TopicSpec(settings.topic_dlq, partitions, replication, dict(log_configs)),
         TopicSpec(settings.topic_items, partitions, replication, dict(compact)),

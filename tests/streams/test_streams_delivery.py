@@ -124,7 +124,8 @@ class Events:
             event_id=f"ev-{self._count}-{rng.randrange(10**9)}", user_id=user,
             item_id=rng.choice(self._items), type=rng.choice(TYPES),
             # Distinct times, out of order within a user: history is kept by event time.
-            timestamp_ms=self._now - rng.randrange(10**9) // 1000 * 1000 - self._count,
+            # Within six days: older than the dedupe window (7 days) would be too_old.
+            timestamp_ms=self._now - rng.randrange(5 * 10**8) // 1000 * 1000 - self._count,
         )
         if roll < 0.07:
             event.item_id = f"unknown-{self._count}"
