@@ -16,9 +16,9 @@ window, so the arrays are filtered rarely).
 
 Changelog (compacted, one Kafka partition per events partition; key: a decimal sequence
 number; value: :func:`encode_record`). Each batch's new ids become a level-0 record; once
-``merge_records`` of them (or ``merge_ids`` ids) have gathered they are rewritten as
-level-1 records of up to ``chunk_ids`` ids and tombstoned. A level-1 record is
-tombstoned when the newest id in it expires. So the topic holds about the ids of one
+``merge_records`` of them (or ``merge_ids`` ids) have gathered, or ids expire, they are
+rewritten as level-1 records of up to ``chunk_ids`` ids and tombstoned. A level-1 record
+is tombstoned when the newest id in it expires. So the topic holds about the ids of one
 window, plus what compaction has not yet removed, and restoring reads a few records per
 ``chunk_ids`` ids. Every record carries the watermark when it was written; the newest
 record of a partition is never a tombstone, so the watermark comes back with the ids.
@@ -168,9 +168,12 @@ class SeenIds:
             self._fresh_keys.append(key)
             self._fresh, self._fresh_minutes = _merged(self._fresh, self._fresh_minutes,
                                                        part, part_minutes)
-        if len(self._fresh_keys) >= self._merge_records or len(self._fresh) >= self._merge_ids:
-            changes += self._merge()
-        return changes + self._expire()
+        below = self._expiry_due()
+        gone = self._forget(below) if below is not None else []
+        if below is not None or len(self._fresh_keys) >= self._merge_records \
+                or len(self._fresh) >= self._merge_ids:
+            changes += self._merge()  # on expiry too: level-0 records lose their expired ids
+        return changes + gone
 
     def load(self, records: Mapping[bytes, bytes]) -> None:
         """Rebuild from a partition's committed changelog (key -> newest value)."""
@@ -188,7 +191,9 @@ class SeenIds:
                 self._hashes, self._minutes = _merged(
                     self._hashes, self._minutes, packed.hashes, packed.minutes)
         # Records left holding only expired ids: tombstoned with the next batch's records.
-        self._pending += self._expire()
+        below = self._expiry_due()
+        if below is not None:
+            self._pending += self._forget(below)
 
     def _key(self) -> bytes:
         key = b"%d" % self._next_key
@@ -212,16 +217,18 @@ class SeenIds:
         self._fresh_keys = []
         return changes
 
-    def _expire(self) -> list[Change]:
-        """Forget ids whose minute ends before the oldest remembered time; tombstones of
-        the level-1 records left with no id to remember."""
+    def _expiry_due(self) -> int | None:
+        """The minute before which ids are to be forgotten now, if it has moved on enough."""
         oldest = self.oldest_ms()
         if oldest is None:
-            return []
+            return None
         below = oldest // MINUTE_MS  # a minute before this one ends before `oldest`
         step = max(1, self.window_ms // MINUTE_MS // EXPIRY_STEPS)
-        if below < self._expired_below + step:
-            return []
+        return below if below >= self._expired_below + step else None
+
+    def _forget(self, below: int) -> list[Change]:
+        """Forget ids of minutes before `below`; tombstones of the level-1 records left
+        with no id to remember."""
         self._expired_below = below
         keep = self._minutes >= below
         self._hashes, self._minutes = self._hashes[keep], self._minutes[keep]

@@ -117,3 +117,14 @@ def test_memory_is_about_12_bytes_per_remembered_id() -> None:
     assert len(store) == n
     assert 12 * n <= store.nbytes <= 12 * n + 12 * 20_000
     assert held < 13 * n  # arrays, keys and bookkeeping: under 13 MB per million ids
+
+
+def test_a_few_batches_of_expired_ids_leave_the_changelog_too() -> None:
+    store = SeenIds(window_ms=3600 * 1000)  # merges only after 64 records, or on expiry
+    changelog: dict[bytes, bytes] = {}
+    for k in range(5):
+        replay(store, changelog, id_hashes([f"old-{k}"]), [T0 + k])
+    replay(store, changelog, id_hashes(["new"]), [T0 + 2 * 3600 * 1000])
+    values = [decode_record(value) for value in changelog.values()]
+    assert sum(len(v.hashes) for v in values) == 1
+    assert max(v.watermark_ms for v in values) == T0 + 2 * 3600 * 1000
