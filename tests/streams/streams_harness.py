@@ -199,3 +199,21 @@ def outputs(running: Running, tag: str, *, enriched: int, dead: int) -> tuple[li
 
     return running.logs["enriched"].wait_for(found, running.worker, timeout_s=120,
                                              what=f"outputs of {tag}")
+
+
+def committed_records(bootstrap: str, topic: str) -> list[tuple[bytes, bytes | None]]:
+    """(key, value) of every committed record of `topic`, each partition in order."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None,
+                             enable_auto_commit=False, isolation_level="read_committed")
+    try:
+        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)]
+        consumer.assign(partitions)
+        consumer.seek_to_beginning(*partitions)
+        ends = consumer.end_offsets(partitions)
+        records: list[tuple[bytes, bytes | None]] = []
+        while any(consumer.position(tp) < ends[tp] for tp in partitions):
+            for batch in consumer.poll(timeout_ms=500).values():
+                records += [(r.key, r.value) for r in batch]
+        return records
+    finally:
+        consumer.close()

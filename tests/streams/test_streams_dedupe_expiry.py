@@ -7,8 +7,7 @@ import time
 import uuid
 
 import pytest
-from kafka import KafkaConsumer, TopicPartition
-from streams_harness import Running, outputs, publish_items
+from streams_harness import Running, committed_records, outputs, publish_items
 
 from protos import events_pb2
 from streams.seen import decode_record
@@ -31,22 +30,8 @@ def click(user: str, item: str, event_id: str, timestamp_ms: int) -> bytes:
 def changelog(running: Running) -> list[tuple[bytes, bytes | None]]:
     """(key, value) of every committed record of the dedupe changelog, in order."""
     env = running.worker.env
-    topic = f"{env['STREAMREC_STREAMS_APP_ID']}-dedupe-changelog"
-    consumer = KafkaConsumer(bootstrap_servers=env["STREAMREC_STREAMS_KAFKA_BOOTSTRAP"],
-                             group_id=None, enable_auto_commit=False,
-                             isolation_level="read_committed")
-    try:
-        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)]
-        consumer.assign(partitions)
-        consumer.seek_to_beginning(*partitions)
-        ends = consumer.end_offsets(partitions)
-        records: list[tuple[bytes, bytes | None]] = []
-        while any(consumer.position(tp) < ends[tp] for tp in partitions):
-            for batch in consumer.poll(timeout_ms=500).values():
-                records += [(r.key, r.value) for r in batch]
-        return records
-    finally:
-        consumer.close()
+    return committed_records(env["STREAMREC_STREAMS_KAFKA_BOOTSTRAP"],
+                             f"{env['STREAMREC_STREAMS_APP_ID']}-dedupe-changelog")
 
 
 def test_ids_beyond_the_window_are_forgotten_and_too_old(running: Running) -> None:
