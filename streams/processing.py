@@ -141,8 +141,8 @@ class _Parsed(NamedTuple):
     """Records of a batch parsed once, and the dedupe window's lookup of their ids."""
 
     events: list[events_pb2.Event | Exception]  # an error: raised again in the record's turn
-    hashes: dict[int, int]  # record position -> position in `found`/`all_hashes`
-    all_hashes: Hashes
+    positions: dict[int, int]  # record position -> position in `hashes` and `found`
+    hashes: Hashes
     found: np.ndarray  # bool per hash
 
 
@@ -216,7 +216,7 @@ def admit_batch(
             if seen is not None:
                 store = seen(record.partition)
                 watermark = watermarks.setdefault(record.partition, store.watermark_ms)
-                remembered = bool(parsed.found[parsed.hashes[position]]) or \
+                remembered = bool(parsed.found[parsed.positions[position]]) or \
                     (event.user_id, event.event_id) in accepted_ids.get(record.partition, ())
                 window = Window(remembered, store.oldest_ms(watermark))
             outcome = admit(record, items=items, state_of=current, now_ms=now_ms, policy=policy,
@@ -235,11 +235,11 @@ def admit_batch(
                 if len(ids) > policy.dedupe_window:
                     del ids[next(iter(ids))]
                 if window is not None:
-                    _remember(record.partition, outcome.event, parsed.hashes[position],
+                    _remember(record.partition, outcome.event, parsed.positions[position],
                               watermarks, accepted_ids, new_ids)
         batch.outcomes.append((record, outcome))
     for partition, (indexes, times) in new_ids.items():
-        batch.seen[partition] = (parsed.all_hashes[indexes], np.array(times, dtype=np.int64))
+        batch.seen[partition] = (parsed.hashes[indexes], np.array(times, dtype=np.int64))
     return batch
 
 

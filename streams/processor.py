@@ -9,8 +9,9 @@ Faust's own group (the items agent) uses another assignor, and one group cannot 
 
 Per assigned partition, in this order: its transactional producer starts (fencing a
 previous owner and aborting what it left open), its user states and its dedupe window
-are restored from their committed changelogs, and the consumer is sought to the committed offset, read only
-after the fence so that no commit of the previous owner can still be on its way.
+are restored from their committed changelogs, and the consumer is sought to the
+committed offset, read only after the fence so that no commit of the previous owner can
+still be on its way.
 A revoked partition's work is committed before the group moves on.
 
 Earlier versions read ``events`` in Faust's group (``app_id``) and committed there; a
