@@ -3,10 +3,11 @@ Kafka: membership, expiry by the partition's event-time watermark, and the chang
 records that rebuild it.
 
 An id is kept as a 64-bit hash (the first 8 bytes of the BLAKE2b digest of the user id
-and event id, :func:`event_key`: duplicates are per user, as in the user states) with the
-minute of its event time: 12 bytes. Most ids sit in one sorted ``uint64`` array with a parallel
-``int32`` array of minutes, so a batch's membership is one ``searchsorted``; the ids of
-the last few batches sit in a small sorted array of their own until they are merged in.
+and event id, :func:`event_key`: duplicates are per user, as in the user states) with
+the minute of its event time: 12 bytes. Most ids sit in one sorted ``uint64`` array with
+a parallel ``int32`` array of minutes, so a batch's membership is one ``searchsorted``;
+the ids of the last few batches sit in a small sorted array of their own until they are
+merged in.
 
 The watermark is the newest event time accepted in the partition. An event older than
 the watermark less the window may have been forgotten: admission dead-letters it
