@@ -53,6 +53,7 @@ ITEM_VECTORS = Role("item-vectors", compacted=True)
 MODELS = Role("models", compacted=False, long_retention=True, partitions=1)
 RECOMMENDATIONS = Role("recommendations", compacted=False, long_retention=True)
 USERS_CHANGELOG = Role("{app_id}-users-changelog", compacted=True)
+DEDUPE_CHANGELOG = Role("{app_id}-dedupe-changelog", compacted=True)
 
 
 class TopicLayout(BaseModel):

@@ -38,6 +38,7 @@ from streams.processing import (
     dead_letter,
     enriched_event,
 )
+from streams.seenstore import SeenStore
 from streams.text import item_text
 from streams.userstore import UserStore
 from streams.validation import parse_item
@@ -133,16 +134,18 @@ class ItemsHandler:
 
 class EventsHandler:
     """Validates, dedupes and enriches batches of events; keeps user state in the user
-    store and in Redis; sends each record's outcome, and the changed user states, in its
-    partition's transaction. The caller holds ``live.lock``."""
+    store and in Redis, accepted event ids in the dedupe windows; sends each record's
+    outcome, the changed user states and the new ids in its partition's transaction.
+    The caller holds ``live.lock``."""
 
     def __init__(
-        self, *, catalog: Catalog, users: UserStore, online: OnlineState,
+        self, *, catalog: Catalog, users: UserStore, seen: SeenStore, online: OnlineState,
         transactions: Transactions, enriched: str, dlq: str, policy: Policy,
         live: LiveModel, metrics: StreamsMetrics,
     ) -> None:
         self._catalog = catalog
         self._users = users
+        self._seen = seen
         self._online = online
         self._transactions = transactions
         self._enriched = enriched
@@ -188,7 +191,7 @@ class EventsHandler:
             return users.get(partition, user_id) if partition is not None else UserState()
 
         batch = admit_batch(records, items=self._catalog.item, state_of=state_of,
-                            now_ms=now_ms(), policy=self._policy)
+                            now_ms=now_ms(), policy=self._policy, seen=self._seen.of)
         states: dict[int, list[tuple[str, bytes]]] = {}
         for user_id, (partition, state) in batch.changed.items():
             states.setdefault(partition, []).append(
@@ -232,6 +235,13 @@ class EventsHandler:
             by_partition.setdefault(partition, []).extend(
                 (changelog, partition, user_id.encode(), value) for user_id, value in changed
             )
+        if accepted:  # the ids of events whose online state was written
+            seen = self._seen
+            for partition, (hashes, times) in batch.seen.items():
+                by_partition.setdefault(partition, []).extend(
+                    (seen.topic, partition, key, value)
+                    for key, value in seen.add(partition, hashes, times)
+                )
         transactions = self._transactions
         newest: dict[int, int] = {}
         for record in records:

@@ -24,6 +24,7 @@ from streams.metrics import StreamsMetrics
 from streams.online import OnlineState
 from streams.processing import Policy
 from streams.processor import EventsProcessor
+from streams.seenstore import SeenStore
 from streams.settings import StreamsSettings
 from streams.transport import ShortFetchTransport
 from streams.userstore import UserStore
@@ -81,6 +82,8 @@ def create_app(
         owns=owns,
     )
     users = UserStore(topic=settings.users_changelog(), bootstrap_servers=servers)
+    seen = SeenStore(topic=settings.dedupe_changelog(), bootstrap_servers=servers,
+                     window_ms=int(settings.dedupe_window_s * 1000))
 
     items = app.topic(settings.topic_items, key_type=bytes, value_type=bytes)
     dlq = app.topic(settings.topic_dlq, key_type=bytes, value_type=bytes)
@@ -94,6 +97,7 @@ def create_app(
     events_handler = EventsHandler(
         catalog=catalog,
         users=users,
+        seen=seen,
         online=online,
         transactions=transactions,
         enriched=settings.topic_enriched,
@@ -108,7 +112,7 @@ def create_app(
         metrics=metrics,
     )
     processor = EventsProcessor(
-        handler=events_handler, transactions=transactions, users=users, live=live,
+        handler=events_handler, transactions=transactions, users=users, seen=seen, live=live,
         metrics=metrics, bootstrap_servers=servers, topic=settings.topic_events, group=group,
         legacy_group=settings.app_id,
         batch_size=settings.event_batch_size,

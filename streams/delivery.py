@@ -43,9 +43,10 @@ log = logging.getLogger(__name__)
 
 MAX_BATCH_BYTES = 1 << 20  # one record batch per output partition and batch of events
 
-# An output record: topic, partition, key, value. Without a partition, a keyed record goes
-# where the default partitioner (murmur2 of the key, as Kafka's Java client) puts it.
-Output = tuple[str, int | None, bytes | None, bytes]
+# An output record: topic, partition, key, value (None: a tombstone). Without a partition,
+# a keyed record goes where the default partitioner (murmur2 of the key, as Kafka's Java
+# client) puts it.
+Output = tuple[str, int | None, bytes | None, bytes | None]
 PARTITIONER = DefaultPartitioner()
 
 

@@ -81,3 +81,9 @@ class Duplicate(RejectedInput):
     """An event with this event id was already accepted."""
 
     reason = "duplicate"
+
+
+class TooOld(RejectedInput):
+    """The event time is older than the dedupe window before the partition's watermark."""
+
+    reason = "too_old"

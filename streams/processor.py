@@ -8,9 +8,10 @@ one record batch per output partition. The consumer group is ``{app_id}-events``
 Faust's own group (the items agent) uses another assignor, and one group cannot mix two.
 
 Per assigned partition, in this order: its transactional producer starts (fencing a
-previous owner and aborting what it left open), its user states are restored from the
-committed changelog, and the consumer is sought to the committed offset, read only
-after the fence so that no commit of the previous owner can still be on its way.
+previous owner and aborting what it left open), its user states and its dedupe window
+are restored from their committed changelogs, and the consumer is sought to the
+committed offset, read only after the fence so that no commit of the previous owner can
+still be on its way.
 A revoked partition's work is committed before the group moves on.
 
 Earlier versions read ``events`` in Faust's group (``app_id``) and committed there; a
@@ -32,6 +33,7 @@ from streams.agents import EventsHandler
 from streams.delivery import Transactions
 from streams.live import LiveModel
 from streams.metrics import StreamsMetrics
+from streams.seenstore import SeenStore
 from streams.userstore import UserStore
 
 log = logging.getLogger(__name__)
@@ -59,6 +61,7 @@ class EventsProcessor(Service):
         handler: EventsHandler,
         transactions: Transactions,
         users: UserStore,
+        seen: SeenStore,
         live: LiveModel,
         metrics: StreamsMetrics,
         bootstrap_servers: list[str],
@@ -75,6 +78,7 @@ class EventsProcessor(Service):
         self.handler = handler
         self._transactions = transactions
         self._users = users
+        self._seen = seen
         self._live = live
         self._metrics = metrics
         self.topic = topic
@@ -127,6 +131,7 @@ class EventsProcessor(Service):
         async with self._live.lock:
             await self._transactions.assigned(partitions)
             await self._users.restore(partitions)
+            await self._seen.restore(partitions)
             uncommitted: list[TopicPartition] = []
             for partition in sorted(partitions):
                 tp = TopicPartition(self.topic, partition)
@@ -170,6 +175,7 @@ class EventsProcessor(Service):
         async with self._live.lock:
             await self._transactions.revoked(partitions)
             self._users.drop(partitions)
+            self._seen.drop(partitions)
         log.info("events partitions %s revoked", sorted(partitions))
 
     @Service.task

@@ -107,7 +107,14 @@ class StreamsSettings(BaseSettings, TopicLayout):
     # User state.
     history_length: int = Field(default=50, ge=1, le=10_000)
     dedupe_window: int = Field(
-        default=100, ge=1, le=100_000, description="recent event ids kept per user for dedupe"
+        default=100, ge=1, le=100_000,
+        description="recent event ids (with their offsets) kept in each user's state",
+    )
+    dedupe_window_s: float = Field(
+        default=7 * 24 * 3600.0, ge=60, le=100 * 365 * 24 * 3600.0,
+        description="event time for which a re-sent event id is a duplicate, however many "
+        "events came since; an event older than this before its partition's newest "
+        "accepted event time is dead-lettered too_old (about 12 bytes of memory per id)",
     )
     weights: dict[str, float] = Field(
         default_factory=lambda: dict(DEFAULT_WEIGHTS),
@@ -191,6 +198,10 @@ class StreamsSettings(BaseSettings, TopicLayout):
     def users_changelog(self) -> str:
         """The compacted topic of user states, partitioned like the events topic."""
         return f"{self.app_id}-users-changelog"
+
+    def dedupe_changelog(self) -> str:
+        """The compacted topic of remembered event ids, partitioned like the events topic."""
+        return f"{self.app_id}-dedupe-changelog"
 
     def bootstrap_servers(self) -> list[str]:
         """The bootstrap list as ``host:port`` strings."""

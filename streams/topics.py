@@ -9,7 +9,7 @@ from __future__ import annotations
 from mode import Service
 
 from contracts.topics import (
-    DLQ, ENRICHED, EVENTS, ITEM_VECTORS, ITEMS, MODELS, USERS_CHANGELOG,
+    DEDUPE_CHANGELOG, DLQ, ENRICHED, EVENTS, ITEM_VECTORS, ITEMS, MODELS, USERS_CHANGELOG,
     TopicContractError, TopicSpec, ensure_topics, spec,
 )
 from streams.errors import TopicSetupError
@@ -22,9 +22,10 @@ FIX_COMMAND = "python -m streams topics fix"
 def topic_specs(settings: StreamsSettings) -> list[TopicSpec]:
     """The contract topics the worker reads or writes (docs/contracts.md §2)."""
     return [
-        # User states are restored per partition of events: the two must match.
+        # User states and dedupe windows are restored per partition of events: the two must match.
         spec(EVENTS, settings.topic_events, settings, copartitioned=True),
         spec(USERS_CHANGELOG, settings.users_changelog(), settings, copartitioned=True),
+        spec(DEDUPE_CHANGELOG, settings.dedupe_changelog(), settings, copartitioned=True),
         spec(ENRICHED, settings.topic_enriched, settings),
         spec(DLQ, settings.topic_dlq, settings),
         spec(ITEMS, settings.topic_items, settings),

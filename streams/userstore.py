@@ -15,91 +15,34 @@ a few KB per user; they are decoded when a batch touches the user.
 
 from __future__ import annotations
 
-import logging
-import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
-
+from streams.changelog import ChangelogStore
 from streams.history import UserState, decode_state, encode_state
 
-log = logging.getLogger(__name__)
 
-RESTORE_FETCH_BYTES = 8 << 20
-
-
-class UserStore:
+class UserStore(ChangelogStore[dict[str, bytes]]):
     """Partition -> user id -> encoded state; ``topic`` is the changelog."""
 
-    def __init__(self, *, topic: str, bootstrap_servers: list[str]) -> None:
-        self.topic = topic
-        self._bootstrap_servers = bootstrap_servers
-        self._states: dict[int, dict[str, bytes]] = {}
+    what = "user states"
 
     def get(self, partition: int, user_id: str) -> UserState:
-        return decode_state(self._states.get(partition, {}).get(user_id))
+        return decode_state(self._held.get(partition, {}).get(user_id))
 
     def put(self, partition: int, user_id: str, state: UserState) -> bytes:
         """Keep the new state; returns its encoding, the changelog record's value."""
         value = encode_state(state)
-        self._states.setdefault(partition, {})[user_id] = value
+        self._held.setdefault(partition, {})[user_id] = value
         return value
 
     def users(self) -> Iterator[tuple[int, str]]:
         """(partition, user id) of every user held, over a snapshot of the keys."""
-        for partition, states in list(self._states.items()):
+        for partition, states in list(self._held.items()):
             for user_id in list(states):
                 yield partition, user_id
 
-    def __len__(self) -> int:
-        return sum(len(states) for states in self._states.values())
+    def _load(self, records: dict[bytes, bytes]) -> dict[str, bytes]:
+        return {key.decode(): value for key, value in records.items()}
 
-    def drop(self, partitions: Iterable[int]) -> None:
-        """Forget partitions this worker no longer owns."""
-        for partition in partitions:
-            self._states.pop(partition, None)
-
-    async def restore(self, partitions: Iterable[int]) -> None:
-        """Rebuild the maps of `partitions` from their committed changelog records."""
-        wanted = sorted(set(partitions))
-        if not wanted:
-            return
-        started = time.monotonic()
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self._bootstrap_servers,
-            group_id=None,
-            enable_auto_commit=False,
-            isolation_level="read_committed",
-            max_partition_fetch_bytes=RESTORE_FETCH_BYTES,
-            fetch_max_wait_ms=50,
-            client_id="streamrec-streams-restore",
-        )
-        await consumer.start()
-        try:
-            tps = [TopicPartition(self.topic, p) for p in wanted]
-            consumer.assign(tps)
-            await consumer.seek_to_beginning(*tps)
-            # read_committed: the end is the last stable offset, after any open transaction.
-            ends = await consumer.end_offsets(tps)
-            states: dict[int, dict[str, bytes]] = {p: {} for p in wanted}
-            pending = {tp for tp in tps if ends[tp] > 0}
-            while pending:
-                batches = await consumer.getmany(*pending, timeout_ms=500)
-                for tp, records in batches.items():
-                    partition = states[tp.partition]
-                    for record in records:
-                        if record.key is None:
-                            continue
-                        if record.value is None:
-                            partition.pop(record.key.decode(), None)
-                        else:
-                            partition[record.key.decode()] = record.value
-                for tp in list(pending):
-                    if await consumer.position(tp) >= ends[tp]:
-                        pending.discard(tp)
-        finally:
-            await consumer.stop()
-        self._states.update(states)
-        log.info("restored %s user states of %s partitions %s in %.2f s",
-                 sum(len(s) for s in states.values()), self.topic, wanted,
-                 time.monotonic() - started)
+    def _count(self, held: dict[str, bytes]) -> int:
+        return len(held)

@@ -22,15 +22,18 @@ def encoder() -> ItemEncoder:
 
 @pytest.fixture(scope="module")
 def running(
-    kafka_bootstrap: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory
+    kafka_bootstrap: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory,
+    request: pytest.FixtureRequest,
 ) -> Iterator[Running]:
-    """One worker per test module (model load and group join take seconds); its topics
-    and Redis keys are deleted afterwards."""
+    """One worker per test module (model load and group join take seconds), with the
+    module's ``WORKER_ENV`` settings if it has any; its topics and Redis keys are deleted
+    afterwards."""
     suffix = "t" + uuid.uuid4().hex[:10]
     worker = StreamsWorker(
         kafka=kafka_bootstrap, redis_url=redis_url, suffix=suffix,
         workdir=tmp_path_factory.mktemp(f"streams-{suffix}"),
     )
+    worker.env.update(getattr(request.module, "WORKER_ENV", {}))
     client = redis.Redis.from_url(redis_url)
     producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all", linger_ms=0)
     logs: dict[str, TopicLog] = {}

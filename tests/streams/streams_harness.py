@@ -17,6 +17,8 @@ import redis
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
 
+from protos import events_pb2
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 T = TypeVar("T")
 
@@ -167,3 +169,51 @@ class Running:
         return metadata.partition, metadata.offset
 
 
+def publish_items(running: Running, tag: str, n: int) -> list[str]:
+    """`n` items named after `tag`, waiting until the worker has embedded them all."""
+    items = [f"{tag}-item-{k}" for k in range(n)]
+    for k, item_id in enumerate(items):
+        running.send("items", item_id, events_pb2.Item(item_id=item_id, title=f"Film {k}")
+                     .SerializeToString())
+
+    def embedded(records: list[ConsumerRecord]) -> bool | None:
+        ids = {events_pb2.ItemVector.FromString(r.value).item_id for r in records}
+        return True if ids.issuperset(items) else None
+
+    running.logs["item_vectors"].wait_for(embedded, running.worker, what="item vectors")
+    return items
+
+
+def outputs(running: Running, tag: str, *, enriched: int, dead: int) -> tuple[list, list]:
+    """Wait for at least that many enriched events and dead letters of the tag's users."""
+    prefix = f"{tag}-".encode()
+
+    def found(_: list[ConsumerRecord]) -> tuple[list, list] | None:
+        running.logs["dlq"].poll()
+        mine_enriched = [events_pb2.EnrichedEvent.FromString(r.value)
+                         for r in running.logs["enriched"].records if r.key.startswith(prefix)]
+        mine_dead = [events_pb2.DeadLetter.FromString(r.value)
+                     for r in running.logs["dlq"].records if r.key.startswith(prefix)]
+        done = len(mine_enriched) >= enriched and len(mine_dead) >= dead
+        return (mine_enriched, mine_dead) if done else None
+
+    return running.logs["enriched"].wait_for(found, running.worker, timeout_s=120,
+                                             what=f"outputs of {tag}")
+
+
+def committed_records(bootstrap: str, topic: str) -> list[tuple[bytes, bytes | None]]:
+    """(key, value) of every committed record of `topic`, each partition in order."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None,
+                             enable_auto_commit=False, isolation_level="read_committed")
+    try:
+        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)]
+        consumer.assign(partitions)
+        consumer.seek_to_beginning(*partitions)
+        ends = consumer.end_offsets(partitions)
+        records: list[tuple[bytes, bytes | None]] = []
+        while any(consumer.position(tp) < ends[tp] for tp in partitions):
+            for batch in consumer.poll(timeout_ms=500).values():
+                records += [(r.key, r.value) for r in batch]
+        return records
+    finally:
+        consumer.close()

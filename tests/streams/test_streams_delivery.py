@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pytest
 import redis
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
-from streams_harness import StreamsWorker, TopicLog
+from kafka import KafkaProducer
+from streams_harness import StreamsWorker, TopicLog, committed_records
 
 from bench.stack import delete_keys, delete_topics
 
@@ -124,7 +124,8 @@ class Events:
             event_id=f"ev-{self._count}-{rng.randrange(10**9)}", user_id=user,
             item_id=rng.choice(self._items), type=rng.choice(TYPES),
             # Distinct times, out of order within a user: history is kept by event time.
-            timestamp_ms=self._now - rng.randrange(10**9) // 1000 * 1000 - self._count,
+            # Within six days: older than the dedupe window (7 days) would be too_old.
+            timestamp_ms=self._now - rng.randrange(5 * 10**8) // 1000 * 1000 - self._count,
         )
         if roll < 0.07:
             event.item_id = f"unknown-{self._count}"
@@ -205,22 +206,8 @@ def wait_for_all_outcomes(worker: StreamsWorker, logs: dict[str, TopicLog],
 def table_states(worker: StreamsWorker) -> dict[str, bytes]:
     """User states as their changelog has them: the newest committed value of each key."""
     topic = f"{worker.env['STREAMREC_STREAMS_APP_ID']}-users-changelog"
-    consumer = KafkaConsumer(bootstrap_servers=worker.env["STREAMREC_STREAMS_KAFKA_BOOTSTRAP"],
-                             group_id=None, enable_auto_commit=False,
-                             isolation_level="read_committed")
-    try:
-        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)]
-        consumer.assign(partitions)
-        consumer.seek_to_beginning(*partitions)
-        ends = consumer.end_offsets(partitions)
-        states: dict[str, bytes] = {}
-        while any(consumer.position(tp) < ends[tp] for tp in partitions):
-            for records in consumer.poll(timeout_ms=500).values():
-                for record in records:
-                    states[record.key.decode()] = record.value
-        return states
-    finally:
-        consumer.close()
+    records = committed_records(worker.env["STREAMREC_STREAMS_KAFKA_BOOTSTRAP"], topic)
+    return {key.decode(): value for key, value in records if value is not None}
 
 
 def scores(client: redis.Redis, key: str) -> dict[str, float]:

@@ -18,6 +18,7 @@ from streams.processing import (
     dead_letter,
     enriched_event,
 )
+from streams.seen import SeenIds, event_key, id_hashes
 from streams.settings import DEFAULT_WEIGHTS
 from streams.validation import EventLimits
 
@@ -192,3 +193,80 @@ def test_batch_dedupes_within_the_window_as_one_record_at_a_time_does() -> None:
     assert kinds == expected == ["accepted", "duplicate", "accepted", "accepted", "accepted",
                                  "accepted", "accepted", "duplicate"]
     assert batch.changed["u1"][1] == one_by_one.data["u1"]
+
+
+DAY_MS = 24 * 3600 * 1000
+
+
+def timed(event_id: str, offset: int, timestamp_ms: int, user: str = "u1") -> Record:
+    event = events_pb2.Event(event_id=event_id, user_id=user, item_id="i1",
+                             type=events_pb2.CLICK, timestamp_ms=timestamp_ms)
+    return Record("events", 2, offset, user.encode(), event.SerializeToString())
+
+
+class Windowed:
+    """Batches through admit_batch with a dedupe window, applied as the handler does."""
+
+    def __init__(self, window_ms: int = 7 * DAY_MS) -> None:
+        self.states = States()
+        self.window = SeenIds(window_ms=window_ms)
+
+    def run(self, records: list[Record]) -> list[str]:
+        batch = admit_batch(records, items=CATALOG.get, state_of=self.states, now_ms=NOW_MS,
+                            policy=POLICY, seen=lambda partition: self.window)
+        for user_id, (_, state) in batch.changed.items():
+            self.states.data[user_id] = state
+        for hashes, times in batch.seen.values():
+            self.window.add(hashes, times)
+        return [o.reason if isinstance(o, Rejected) else "accepted" for _, o in batch.outcomes]
+
+
+def test_a_resent_id_is_a_duplicate_however_many_events_the_user_had_since() -> None:
+    windowed = Windowed()
+    first = [timed(f"e{k}", k, NOW_MS - 10_000 + k) for k in range(3 * POLICY.dedupe_window)]
+    assert windowed.run(first[:15]) == ["accepted"] * 15
+    assert windowed.run(first[15:]) == ["accepted"] * (len(first) - 15)
+    # The user state remembers only the newest dedupe_window ids; the window all of them.
+    assert len(windowed.states.data["u1"].accepted) == POLICY.dedupe_window
+    again = [timed(f"e{k}", 1000 + k, NOW_MS - 10_000 + k) for k in range(len(first))]
+    assert windowed.run(again) == ["duplicate"] * len(first)
+
+
+def test_a_repeat_inside_one_batch_beyond_the_users_recent_ids_is_a_duplicate() -> None:
+    windowed = Windowed()
+    records = [timed(f"e{k}", k, NOW_MS - 1000) for k in range(POLICY.dedupe_window + 5)]
+    records.append(timed("e0", 500, NOW_MS - 1000))
+    assert windowed.run(records)[-1] == "duplicate"
+
+
+def test_an_event_older_than_the_window_before_the_watermark_is_too_old() -> None:
+    windowed = Windowed(window_ms=7 * DAY_MS)
+    start = NOW_MS - 50 * DAY_MS
+    # In event-time order (as ingest replays), weeks of events pass; users interleave.
+    replay = [timed(f"r{k}", k, start + k * DAY_MS, user=f"u{k % 3}") for k in range(30)]
+    assert windowed.run(replay) == ["accepted"] * 30
+    late = [timed("late-within", 40, start + 23 * DAY_MS),  # 6 days before the newest
+            timed("late-beyond", 41, start + 21 * DAY_MS),  # 8 days before: maybe forgotten
+            timed("r0", 42, start)]  # a re-sent id, also beyond: too_old, not a duplicate
+    assert windowed.run(late) == ["accepted", "too_old", "too_old"]
+    # Within one batch, the watermark moves with each accepted event.
+    batch = [timed("jump", 50, start + 40 * DAY_MS), timed("behind", 51, start + 31 * DAY_MS)]
+    assert windowed.run(batch) == ["accepted", "too_old"]
+
+
+def test_the_same_event_id_of_two_users_is_two_events() -> None:
+    windowed = Windowed()
+    assert windowed.run([timed("e1", 1, NOW_MS - 5, user="u1")]) == ["accepted"]
+    assert windowed.run([timed("e1", 2, NOW_MS - 5, user="u2"),
+                         timed("e1", 3, NOW_MS - 5, user="u2")]) == ["accepted", "duplicate"]
+
+
+def test_the_batch_carries_only_accepted_ids_for_the_window() -> None:
+    windowed = Windowed()
+    records = [timed("a", 1, NOW_MS - 5), timed("a", 2, NOW_MS - 5),
+               Record("events", 2, 3, b"u1", b"\xff"), timed("b", 4, NOW_MS - 3)]
+    batch = admit_batch(records, items=CATALOG.get, state_of=windowed.states, now_ms=NOW_MS,
+                        policy=POLICY, seen=lambda partition: windowed.window)
+    hashes, times = batch.seen[2]
+    assert hashes.tolist() == id_hashes([event_key("u1", "a"), event_key("u1", "b")]).tolist()
+    assert times.tolist() == [NOW_MS - 5, NOW_MS - 3]

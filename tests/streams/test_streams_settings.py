@@ -47,3 +47,12 @@ def test_unknown_setting_is_rejected() -> None:
 
 def test_bootstrap_list() -> None:
     assert StreamsSettings(kafka_bootstrap="a:1, b:2").bootstrap_servers() == ["a:1", "b:2"]
+
+
+def test_dedupe_window_is_a_week_of_event_time_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert StreamsSettings().dedupe_window_s == 7 * 24 * 3600
+    monkeypatch.setenv("STREAMREC_STREAMS_DEDUPE_WINDOW_S", "94608000")  # MovieLens re-imports
+    assert StreamsSettings().dedupe_window_s == 94_608_000
+    with pytest.raises(ValidationError):
+        StreamsSettings(dedupe_window_s=0)
+    assert StreamsSettings(app_id="a").dedupe_changelog() == "a-dedupe-changelog"

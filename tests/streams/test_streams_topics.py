@@ -24,7 +24,7 @@ def test_specs_follow_the_contract() -> None:
                                app_id="app")
     specs = {spec.name: spec for spec in topic_specs(settings)}
     assert set(specs) == {"ev", "events.enriched", "events.dlq", "items", "iv", "models",
-                          "app-users-changelog"}
+                          "app-users-changelog", "app-dedupe-changelog"}
     assert specs.pop("models").partitions == 1  # releases stay in order
     assert all(spec.partitions == 6 for spec in specs.values())
     assert specs["items"].compacted and specs["iv"].compacted
@@ -33,6 +33,8 @@ def test_specs_follow_the_contract() -> None:
     assert specs["ev"].copartitioned and not specs["items"].copartitioned
     # User states are restored per partition of events: the changelog must match it.
     assert specs["app-users-changelog"].copartitioned and specs["app-users-changelog"].compacted
+    # So are the dedupe windows, whose records expire by tombstones.
+    assert specs["app-dedupe-changelog"].copartitioned and specs["app-dedupe-changelog"].compacted
 
 
 def _settings(kafka: str, suffix: str) -> dict[str, str]:

@@ -1,0 +1,103 @@
+"""Reading a worker's compacted changelog topics back, read committed, when partitions
+of ``events`` are assigned (:mod:`streams.userstore`, :mod:`streams.seenstore`)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+from typing import Generic, TypeVar
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+log = logging.getLogger(__name__)
+
+RESTORE_FETCH_BYTES = 8 << 20
+T = TypeVar("T")
+
+
+async def read_committed(
+    *, bootstrap_servers: list[str], topic: str, partitions: Iterable[int], client_id: str,
+) -> dict[int, dict[bytes, bytes]]:
+    """Per partition, the newest committed value of every key (tombstones remove it)."""
+    wanted = sorted(set(partitions))
+    values: dict[int, dict[bytes, bytes]] = {p: {} for p in wanted}
+    if not wanted:
+        return values
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap_servers,
+        group_id=None,
+        enable_auto_commit=False,
+        isolation_level="read_committed",
+        max_partition_fetch_bytes=RESTORE_FETCH_BYTES,
+        fetch_max_wait_ms=50,
+        client_id=client_id,
+    )
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in wanted]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        # read_committed: the end is the last stable offset, after any open transaction.
+        ends = await consumer.end_offsets(tps)
+        pending = {tp for tp in tps if ends[tp] > 0}
+        while pending:
+            batches = await consumer.getmany(*pending, timeout_ms=500)
+            for tp, records in batches.items():
+                partition = values[tp.partition]
+                for record in records:
+                    if record.key is None:
+                        continue
+                    if record.value is None:
+                        partition.pop(record.key, None)
+                    else:
+                        partition[record.key] = record.value
+            for tp in list(pending):
+                if await consumer.position(tp) >= ends[tp]:
+                    pending.discard(tp)
+    finally:
+        await consumer.stop()
+    return values
+
+
+class ChangelogStore(Generic[T]):
+    """Something per assigned partition of ``events`` (``T``), kept in memory and rebuilt
+    from its changelog ``topic`` when the partition is assigned."""
+
+    what = "records"  # what a restore reports the count of
+    client_id = "streamrec-streams-restore"
+
+    def __init__(self, *, topic: str, bootstrap_servers: list[str]) -> None:
+        self.topic = topic
+        self._bootstrap_servers = bootstrap_servers
+        self._held: dict[int, T] = {}
+
+    def _load(self, records: dict[bytes, bytes]) -> T:
+        """The partition's value from its changelog (key -> newest committed value)."""
+        raise NotImplementedError
+
+    def _count(self, held: T) -> int:
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        return sum(self._count(held) for held in self._held.values())
+
+    def drop(self, partitions: Iterable[int]) -> None:
+        """Forget partitions this worker no longer owns."""
+        for partition in partitions:
+            self._held.pop(partition, None)
+
+    async def restore(self, partitions: Iterable[int]) -> None:
+        """Rebuild `partitions` from their committed changelog records."""
+        wanted = sorted(set(partitions))
+        if not wanted:
+            return
+        started = time.monotonic()
+        values = await read_committed(bootstrap_servers=self._bootstrap_servers,
+                                      topic=self.topic, partitions=wanted,
+                                      client_id=self.client_id)
+        for partition, records in values.items():
+            self._held[partition] = self._load(records)
+        log.info("restored %s %s of %s partitions %s in %.2f s",
+                 sum(self._count(self._held[p]) for p in wanted), self.what, self.topic, wanted,
+                 time.monotonic() - started)
