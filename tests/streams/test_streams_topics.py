@@ -62,7 +62,7 @@ async def test_start_reports_an_uncompacted_catalog_and_topics_fix_repairs_it(
     lines = [r.getMessage() for r in caplog.records if "cleanup.policy" in r.getMessage()]
     assert len(lines) == 1 and items in lines[0] and FIX_COMMAND in lines[0]
     created = describe_topics([s.name for s in topic_specs(settings)])
-    assert len(created) == 7  # the missing ones were created meanwhile
+    assert len(created) == len(topic_specs(settings))  # the missing ones were created meanwhile
 
     done = subprocess.run([sys.executable, "-m", "streams", "topics", "fix"],
                           env={**os.environ, **env}, cwd=ROOT, capture_output=True,
