@@ -300,7 +300,7 @@ def main() -> int:
     write_users(redis, prefix, recall_users, [[] for _ in recall_names], recall_names)
     redis.zadd(f"{prefix}popular", {f"item-{n}": float(1000 - n) for n in range(1000)})
     topic_names = {name: f"{name}.bench-{run}" for name in
-                   ("events", "items", "item-vectors", "models", "recommendations")}
+                   ("events", "items", "item-vectors", "recommendations")}
     asyncio.run(topics(args.kafka, list(topic_names.values()), create=True))
 
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), STREAMREC_SERVING_PORT="0",
@@ -310,7 +310,7 @@ def main() -> int:
                STREAMREC_SERVING_TOPIC_EVENTS=topic_names["events"],
                STREAMREC_SERVING_TOPIC_ITEMS=topic_names["items"],
                STREAMREC_SERVING_TOPIC_ITEM_VECTORS=topic_names["item-vectors"],
-               STREAMREC_SERVING_TOPIC_MODELS=topic_names["models"],
+               STREAMREC_SERVING_TOPIC_ROUTING=f"model-routing.bench-{run}",  # serving creates it
                STREAMREC_SERVING_TOPIC_RECOMMENDATIONS=topic_names["recommendations"],
                STREAMREC_SERVING_LOG_LEVEL="info")
     env.update(item.split("=", 1) for item in args.server_env)

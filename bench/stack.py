@@ -138,7 +138,7 @@ class LocalStack:
             "STREAMREC_SERVING_TOPIC_EVENTS": self.topics["events"],
             "STREAMREC_SERVING_TOPIC_ITEMS": self.topics["items"],
             "STREAMREC_SERVING_TOPIC_ITEM_VECTORS": self.topics["item_vectors"],
-            "STREAMREC_SERVING_TOPIC_MODELS": self.topics["models"],
+            "STREAMREC_SERVING_TOPIC_ROUTING": f"model-routing-{self.suffix}",  # serving creates it
         }
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.streams = Child("streams", streams_env, self.workdir / "streams.log")

@@ -1,0 +1,1 @@
+"""Executable contracts shared by the deployables (topics, records and their rules)."""
