@@ -28,7 +28,7 @@ from pydantic import ValidationError
 
 from training.encoder import ItemEncoder, default_model_dir
 from training.errors import TrainingError
-from training.announce import announce_release, release_message
+from training.announce import announce, release_message
 from training.artifact import promote, read_manifest, read_production
 from training.job import RunSummary, TrainedRunSummary, run_once, run_trained
 from training.schedule import Policy, exclusive, loop
@@ -129,7 +129,7 @@ def roll_back(settings: TrainingSettings) -> list[str]:
     producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap,
                              client_id="streamrec-training", acks="all")
     try:
-        announce_release(producer, settings.topic_models, release_message(
+        announce(producer, settings, release_message(
             version=pointer.version, uri=str((settings.artifact_dir / pointer.version).resolve()),
             created_at_ms=int(now.timestamp() * 1000), previous_version=current.version,
             action="rollback",
@@ -137,7 +137,7 @@ def roll_back(settings: TrainingSettings) -> list[str]:
     finally:
         producer.close()
     return [f"production: {pointer.version} (rolled back from {current.version}); "
-            f"announced on {settings.topic_models}"]
+            f"announced on {settings.topic_models} and {settings.topic_routing}"]
 
 
 def schedule() -> int:

@@ -18,6 +18,8 @@ class TrainingSettings(BaseSettings):
     topic_enriched: str = "events.enriched"
     topic_items: str = "items"
     topic_models: str = "models"
+    topic_routing: str = Field(default="model-routing", description="serving's routing: a release makes its version production")
+    topic_routing_replication: int = Field(default=1, ge=1, le=32, description="when training creates topic_routing")
     topic_item_vectors: str = "item-vectors"
     artifact_dir: Path = Path("var/artifacts")
 
