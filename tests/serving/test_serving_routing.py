@@ -12,6 +12,8 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+from kafka import KafkaAdminClient
+from kafka.admin import ConfigResource, ConfigResourceType
 from conftest import Stack, eventually
 from serving_harness import unit_rows, write_artifact
 from test_serving_workers import ROOT, Lines, _env
@@ -121,3 +123,25 @@ async def test_separate_processes_and_a_restarted_one_route_as_the_last_admin_ch
         await asyncio.gather(one.close(), two.close(), return_exceptions=True)
     assert one.process is not None and one.process.returncode == 0
     assert not [line for line in (one.lines.text if one.lines else "").splitlines() if "Traceback" in line]
+
+
+async def test_a_missing_routing_topic_is_created_compacted_with_one_partition(
+    stack: Stack, kafka_bootstrap: str, unique: str
+) -> None:
+    topic = f"model-routing.created-{unique}"
+    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    try:
+        async with stack.server(topic_routing=topic) as client:
+            (described,) = admin.describe_topics([topic])
+            configs = admin.describe_configs(
+                [ConfigResource(ConfigResourceType.TOPIC, topic, configs={"cleanup.policy": None})]
+            )["topic"][topic]
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{client.running.admin_port}") as channel:
+                status = await recommender_pb2_grpc.AdminStub(channel).Status(
+                    recommender_pb2.StatusRequest(), timeout=10)
+        assert len(described["partitions"]) == 1
+        assert configs["cleanup.policy"]["value"] == "compact"
+        assert (status.production, status.revision) == ("base", 0)
+    finally:
+        admin.delete_topics([topic])
+        admin.close()

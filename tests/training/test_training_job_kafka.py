@@ -16,6 +16,7 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
 
 from protos import events_pb2
+from training.__main__ import roll_back
 from training.artifact import read_item_vectors, read_manifest, read_production
 from training.encoder import ItemEncoder
 from training.errors import EmptyLogError
@@ -159,6 +160,11 @@ def test_run_writes_promotes_and_announces(
     ]
     assert (routings[1][1].production_uri, routings[1][1].previous_uri) == (
         str(second.path.resolve()), str(first.path.resolve()))
+
+    roll_back(settings)  # python -m training rollback
+    back = events_pb2.Routing.FromString(_records(consumer, settings.topic_routing)[-1].value)
+    assert (back.production, back.previous, back.revision, back.change) == (
+        first.version, second.version, 3, "rollback")
     item_vectors = [events_pb2.ItemVector.FromString(r.value) for r in _records(consumer, settings.topic_item_vectors)]
     assert sorted(v.item_id for v in item_vectors) == sorted(ITEMS)
     assert {v.model_version for v in item_vectors} == {second.version}
