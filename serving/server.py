@@ -276,7 +276,7 @@ async def running(settings: ServingSettings) -> AsyncIterator[Running]:
         log.info("stopped")
 
 
-def _feed(topic: str, handle: Handler, settings: ServingSettings, *, from_end: bool = False,
+def _feed(topic: str, handle: Handler, settings: ServingSettings, *,
           fetch_max_wait_ms: int | None = None) -> TopicFeed:
     """A feed of `topic`; routing needs no 10 ms freshness, so its fetches wait longer."""
     return TopicFeed(
@@ -288,7 +288,6 @@ def _feed(topic: str, handle: Handler, settings: ServingSettings, *, from_end: b
         else settings.kafka_fetch_max_wait_ms,
         retry_s=settings.kafka_retry_s,
         poll_s=settings.topic_poll_s,
-        from_end=from_end,
     )
 
 
