@@ -41,7 +41,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 from contracts.topics import (  # noqa: E402
-    EVENTS, ITEM_VECTORS, ITEMS, MODELS, RECOMMENDATIONS, TopicLayout, ensure_topics, spec,
+    EVENTS, ITEM_VECTORS, ITEMS, RECOMMENDATIONS, TopicLayout, ensure_topics, spec,
 )
 from contracts.online import (  # noqa: E402
     NEWEST_FIELD,
@@ -144,7 +144,7 @@ def exact_top(vectors: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
     return best_rows
 
 
-ROLES = {"events": EVENTS, "items": ITEMS, "item-vectors": ITEM_VECTORS, "models": MODELS,
+ROLES = {"events": EVENTS, "items": ITEMS, "item-vectors": ITEM_VECTORS,
          "recommendations": RECOMMENDATIONS}
 
 
@@ -322,7 +322,7 @@ def main() -> int:
     write_users(redis, prefix, recall_users, [[] for _ in recall_names], recall_names)
     redis.zadd(RedisKeys(prefix).popular(), {f"item-{n}": float(1000 - n) for n in range(1000)})
     topic_names = {name: f"{name}.bench-{run}" for name in
-                   ("events", "items", "item-vectors", "models", "recommendations")}
+                   ("events", "items", "item-vectors", "recommendations")}
     asyncio.run(create_topics(args.kafka, topic_names))
 
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), STREAMREC_SERVING_PORT="0",
@@ -332,7 +332,7 @@ def main() -> int:
                STREAMREC_SERVING_TOPIC_EVENTS=topic_names["events"],
                STREAMREC_SERVING_TOPIC_ITEMS=topic_names["items"],
                STREAMREC_SERVING_TOPIC_ITEM_VECTORS=topic_names["item-vectors"],
-               STREAMREC_SERVING_TOPIC_MODELS=topic_names["models"],
+               STREAMREC_SERVING_TOPIC_ROUTING=f"model-routing.bench-{run}",  # serving creates it
                STREAMREC_SERVING_TOPIC_RECOMMENDATIONS=topic_names["recommendations"],
                STREAMREC_SERVING_LOG_LEVEL="info")
     env.update(item.split("=", 1) for item in args.server_env)

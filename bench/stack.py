@@ -113,6 +113,7 @@ class LocalStack:
 
     def __post_init__(self) -> None:
         self.topics = topic_names(self.suffix)
+        self.routing_topic = f"model-routing-{self.suffix}"  # created by serving, written by training too
         self.redis_prefix = f"stack-{self.suffix}:"
         self.artifact_dir = self.workdir / "artifacts"
         common = {**os.environ, "HF_HUB_OFFLINE": "1", **self.extra_env}
@@ -138,7 +139,7 @@ class LocalStack:
             "STREAMREC_SERVING_TOPIC_EVENTS": self.topics["events"],
             "STREAMREC_SERVING_TOPIC_ITEMS": self.topics["items"],
             "STREAMREC_SERVING_TOPIC_ITEM_VECTORS": self.topics["item_vectors"],
-            "STREAMREC_SERVING_TOPIC_MODELS": self.topics["models"],
+            "STREAMREC_SERVING_TOPIC_ROUTING": self.routing_topic,
         }
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.streams = Child("streams", streams_env, self.workdir / "streams.log")

@@ -54,6 +54,8 @@ MODELS = Role("models", compacted=False, long_retention=True, partitions=1)
 RECOMMENDATIONS = Role("recommendations", compacted=False, long_retention=True)
 USERS_CHANGELOG = Role("{app_id}-users-changelog", compacted=True)
 DEDUPE_CHANGELOG = Role("{app_id}-dedupe-changelog", compacted=True)
+# One partition: every writer of routing (Admin, the trainer) shares one order.
+ROUTING = Role("model-routing", compacted=True, partitions=1)
 
 
 class TopicLayout(BaseModel):

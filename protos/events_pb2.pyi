@@ -153,6 +153,32 @@ class ModelRelease(_message.Message):
     previous_version: str
     def __init__(self, version: _Optional[str] = ..., uri: _Optional[str] = ..., created_at_ms: _Optional[int] = ..., action: _Optional[str] = ..., previous_version: _Optional[str] = ...) -> None: ...
 
+class Routing(_message.Message):
+    __slots__ = ("production", "production_uri", "previous", "previous_uri", "candidate", "candidate_uri", "percent", "revision", "changed_at_ms", "changed_by", "change")
+    PRODUCTION_FIELD_NUMBER: _ClassVar[int]
+    PRODUCTION_URI_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_URI_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATE_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATE_URI_FIELD_NUMBER: _ClassVar[int]
+    PERCENT_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    CHANGED_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    CHANGED_BY_FIELD_NUMBER: _ClassVar[int]
+    CHANGE_FIELD_NUMBER: _ClassVar[int]
+    production: str
+    production_uri: str
+    previous: str
+    previous_uri: str
+    candidate: str
+    candidate_uri: str
+    percent: float
+    revision: int
+    changed_at_ms: int
+    changed_by: str
+    change: str
+    def __init__(self, production: _Optional[str] = ..., production_uri: _Optional[str] = ..., previous: _Optional[str] = ..., previous_uri: _Optional[str] = ..., candidate: _Optional[str] = ..., candidate_uri: _Optional[str] = ..., percent: _Optional[float] = ..., revision: _Optional[int] = ..., changed_at_ms: _Optional[int] = ..., changed_by: _Optional[str] = ..., change: _Optional[str] = ...) -> None: ...
+
 class RecommendationLog(_message.Message):
     __slots__ = ("recommendation_id", "model_version", "user_id", "item_ids", "strategy", "served_at_ms", "method")
     RECOMMENDATION_ID_FIELD_NUMBER: _ClassVar[int]

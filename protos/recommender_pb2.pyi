@@ -140,18 +140,24 @@ class LoadedModel(_message.Message):
     def __init__(self, version: _Optional[str] = ..., n_items: _Optional[int] = ..., index_kind: _Optional[str] = ...) -> None: ...
 
 class ModelStatus(_message.Message):
-    __slots__ = ("production", "previous", "candidate", "percent", "loaded")
+    __slots__ = ("production", "previous", "candidate", "percent", "loaded", "revision", "changed_by", "routing_error")
     PRODUCTION_FIELD_NUMBER: _ClassVar[int]
     PREVIOUS_FIELD_NUMBER: _ClassVar[int]
     CANDIDATE_FIELD_NUMBER: _ClassVar[int]
     PERCENT_FIELD_NUMBER: _ClassVar[int]
     LOADED_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    CHANGED_BY_FIELD_NUMBER: _ClassVar[int]
+    ROUTING_ERROR_FIELD_NUMBER: _ClassVar[int]
     production: str
     previous: str
     candidate: str
     percent: float
     loaded: _containers.RepeatedCompositeFieldContainer[LoadedModel]
-    def __init__(self, production: _Optional[str] = ..., previous: _Optional[str] = ..., candidate: _Optional[str] = ..., percent: _Optional[float] = ..., loaded: _Optional[_Iterable[_Union[LoadedModel, _Mapping]]] = ...) -> None: ...
+    revision: int
+    changed_by: str
+    routing_error: str
+    def __init__(self, production: _Optional[str] = ..., previous: _Optional[str] = ..., candidate: _Optional[str] = ..., percent: _Optional[float] = ..., loaded: _Optional[_Iterable[_Union[LoadedModel, _Mapping]]] = ..., revision: _Optional[int] = ..., changed_by: _Optional[str] = ..., routing_error: _Optional[str] = ...) -> None: ...
 
 class TrackEventsRequest(_message.Message):
     __slots__ = ("events",)

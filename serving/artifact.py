@@ -39,15 +39,23 @@ def _read_json(path: Path) -> Any:
         raise ArtifactError(f"cannot read {path}: {error}") from error
 
 
-def load_production(artifact_dir: Path, default_dim: int) -> ModelState:
-    """The version named by ``production.json``, or the bootstrap state without one."""
+def production_version(artifact_dir: Path) -> str:
+    """The version ``production.json`` names, or the bootstrap version without one."""
     pointer = artifact_dir / "production.json"
     if not pointer.exists():
-        log.info("no %s: serving the bootstrap model %r", pointer, BOOTSTRAP_VERSION)
-        return bootstrap_state(default_dim)
+        log.info("no %s: the production version is the bootstrap model %r", pointer, BOOTSTRAP_VERSION)
+        return BOOTSTRAP_VERSION
     version = _read_json(pointer).get("version")
     if not isinstance(version, str) or not version or Path(version).name != version:
         raise ArtifactError(f"{pointer} names no valid version: {version!r}")
+    return version
+
+
+def load_production(artifact_dir: Path, default_dim: int) -> ModelState:
+    """The version named by ``production.json``, or the bootstrap state without one."""
+    version = production_version(artifact_dir)
+    if not (artifact_dir / "production.json").exists():
+        return bootstrap_state(default_dim)
     return load_version(artifact_dir / version, version)
 
 

@@ -143,11 +143,8 @@ class TopicFeed:
         fetch_max_wait_ms: int,
         retry_s: float,
         poll_s: float,
-        from_end: bool = False,
     ) -> None:
         self.topic = topic
-        self._from_end = from_end  # only records written after start (model releases)
-        self._missing_at_start = False
         self._handle = handle
         self._bootstrap_servers = bootstrap_servers
         self._client_id = client_id
@@ -169,7 +166,6 @@ class TopicFeed:
 
     async def _follow(self) -> None:
         partitions = await self._await_partitions()
-        appeared_later, self._missing_at_start = self._missing_at_start, False
         consumer = AIOKafkaConsumer(
             bootstrap_servers=self._bootstrap_servers,
             client_id=self._client_id,
@@ -181,19 +177,8 @@ class TopicFeed:
         await consumer.start()
         try:
             consumer.assign(partitions)
-            if self._from_end and not appeared_later:
-                # Only what is written from now on; a record sent while the feed
-                # reconnects is missed (the artifact store's production.json still names it).
-                await consumer.seek_to_end(*partitions)
-                for tp in partitions:
-                    await consumer.position(tp)  # resolve now: later records are new ones
-                self.loaded.set()
-            elif self._from_end:
-                await consumer.seek_to_beginning(*partitions)  # all of it is newer than the start
-                self.loaded.set()
-            else:
-                await consumer.seek_to_beginning(*partitions)
-                await self._catch_up(consumer, partitions)
+            await consumer.seek_to_beginning(*partitions)
+            await self._catch_up(consumer, partitions)
             while True:
                 batches = await consumer.getmany(timeout_ms=1000)
                 for records in batches.values():
@@ -210,7 +195,6 @@ class TopicFeed:
             if not self.loaded.is_set():
                 log.warning("topic %r does not exist yet; serving without it until it does",
                             self.topic)
-                self._missing_at_start = True
                 self.loaded.set()
             await asyncio.sleep(self._poll_s)
 

@@ -3,16 +3,18 @@
 At most three versions are loaded: ``production``, the ``previous`` one (for a one-call
 rollback) and an experiment ``candidate`` that gets ``percent`` of users. A user's arm is
 a stable hash of the user id (:func:`bucket`), so a user sees one version across calls
-and replicas. Every change replaces one immutable :class:`Routing`, so a request reads
-one consistent view (model and index of the same version) without a lock.
+and replicas. Every change replaces one immutable :class:`Routing` (from a record on
+``model-routing``, :mod:`serving.routing`), so a request reads one consistent view
+(model and index of the same version) without a lock.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
+from protos import events_pb2
 from serving.errors import ModelNotLoaded
 from serving.index import ItemIndex
 
@@ -38,6 +40,7 @@ class Model:
 
     version: str
     index: ItemIndex
+    uri: str = ""  # the artifact directory it was read from; empty: production.json's store
 
 
 @dataclass(frozen=True)
@@ -55,33 +58,16 @@ class Routing:
             return self.candidate
         return self.production
 
+    @classmethod
+    def of(cls, record: events_pb2.Routing) -> Routing:
+        """The roles a ``model-routing`` record names."""
+        return cls(production=record.production, previous=record.previous or None,
+                   candidate=record.candidate or None,
+                   percent=record.percent if record.candidate else 0.0)
 
-def promoted(routing: Routing, version: str) -> Routing:
-    """`version` becomes production, production becomes previous; the split ends if the
-    candidate is the one promoted."""
-    if version == routing.production:
-        return routing
-    candidate = None if routing.candidate == version else routing.candidate
-    return Routing(production=version, previous=routing.production, candidate=candidate,
-                   percent=routing.percent if candidate else 0.0)
-
-
-def rolled_back(routing: Routing) -> Routing:
-    """Production and previous swap places."""
-    if routing.previous is None:
-        raise ModelNotLoaded("there is no previous version to roll back to")
-    return replace(routing, production=routing.previous, previous=routing.production)
-
-
-def split(routing: Routing, version: str, percent: float) -> Routing:
-    """`percent` % of users go to `version`; 0 % ends the experiment."""
-    if not 0 <= percent <= 100:
-        raise ValueError(f"percent must be between 0 and 100, got {percent}")
-    if percent == 0:
-        return replace(routing, candidate=None, percent=0.0)
-    if version == routing.production:
-        raise ValueError(f"{version!r} is production already")
-    return replace(routing, candidate=version, percent=percent)
+    def versions(self) -> list[str]:
+        """The versions it names, production first."""
+        return [v for v in (self.production, self.previous, self.candidate) if v]
 
 
 class Models:
@@ -110,24 +96,12 @@ class Models:
         """Hold `model` (replacing a loaded one of the same version)."""
         self._models = {**self._models, model.version: model}
 
-    def promote(self, version: str) -> Routing:
-        self._require(version)
-        return self._apply(promoted(self.routing, version))
-
-    def rollback(self) -> Routing:
-        return self._apply(rolled_back(self.routing))
-
-    def set_split(self, version: str, percent: float) -> Routing:
-        if percent:
-            self._require(version)
-        return self._apply(split(self.routing, version, percent))
-
-    def _require(self, version: str) -> None:
-        if version not in self._models:
-            raise ModelNotLoaded(f"model version {version!r} is not loaded")
-
-    def _apply(self, routing: Routing) -> Routing:
-        """Switch to `routing`, then drop versions it no longer names."""
+    def route(self, routing: Routing) -> Routing:
+        """Switch to `routing` (every version it names is held), then drop the versions
+        it no longer names."""
+        missing = [v for v in routing.versions() if v not in self._models]
+        if missing:
+            raise ModelNotLoaded(f"model versions {missing} are not loaded")
         self.routing = routing
         keep = {routing.production, routing.previous, routing.candidate}
         self._models = {v: m for v, m in self._models.items() if v in keep}

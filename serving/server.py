@@ -10,10 +10,13 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 import signal
+import socket
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import faiss
 import grpc
@@ -24,19 +27,20 @@ from grpc_reflection.v1alpha import reflection
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from contracts.topics import EVENTS, RECOMMENDATIONS, TopicContractError, TopicSpec, ensure_topics, spec
-from protos import recommender_pb2, recommender_pb2_grpc
-from serving.artifact import load_production
+from contracts import routing as contract
+from contracts.topics import EVENTS, RECOMMENDATIONS, ROUTING, TopicContractError, TopicSpec, ensure_topics, spec
+from protos import events_pb2, recommender_pb2, recommender_pb2_grpc
+from serving.artifact import production_version
 from serving.auth import TokenAuth, server_credentials
 from serving.catalog import Catalog
 from serving.errors import AddressUnavailable, ArtifactError, BrokerUnavailable
 from serving.feeds import CatalogUpdates, Handler, TopicFeed, VectorUpdates
-from serving.index import ItemIndex
 from serving.metrics import Metrics
-from serving.models import Model, Models
+from serving.models import Models
+from serving.routing import RoutingFollower, VersionLoader, production_routing, read_in_force
 from serving.online import OnlineStore
 from serving.recommender import Recommender, Tuning
-from serving.releases import ModelAdmin, ReleaseUpdates
+from serving.releases import ModelAdmin
 from serving.requests import Limits
 from serving.servicer import AdminServicer, DiagnosticsServicer, RecommenderServicer
 from serving.settings import ServingSettings
@@ -138,7 +142,7 @@ class Running:
     health: health.aio.HealthServicer
     recommender: Recommender
     feeds: Sequence[TopicFeed]
-    admin: ModelAdmin
+    routing: RoutingFollower
     admin_port: int | None
     metrics: Metrics
     metrics_port: int | None
@@ -149,25 +153,25 @@ class Running:
 async def running(settings: ServingSettings) -> AsyncIterator[Running]:
     """Build everything, start the server (NOT_SERVING until the feeds have caught up) and
     stop it all on exit."""
-    state = load_production(settings.artifact_dir, settings.dim)
-    try:  # every core for the start-up build (IVF training); nothing is served yet
-        index = await asyncio.to_thread(
-            ItemIndex.build, state.dim, state.item_ids, state.vectors,
-            ivf_threshold=settings.ivf_threshold, nprobe=settings.nprobe,
-            cache_dir=settings.index_cache_dir,
-        )
-    except ValueError as error:
-        raise ArtifactError(f"model {state.version}: {error}") from error
+    routing_feed_id = f"{settings.client_id}-routing"
+    try:  # routing is written by Admin here and read back at once: it must exist first
+        await ensure_topics(settings.kafka_bootstrap, [spec(ROUTING, settings.topic_routing, settings)],
+                            client_id=routing_feed_id)
+    except (KafkaError, TopicContractError) as error:
+        raise BrokerUnavailable(f"Kafka at {settings.kafka_bootstrap}: {error}") from error
+    in_force = await read_in_force(settings.bootstrap_servers(), routing_feed_id,
+                                   settings.topic_routing)
+    load = VersionLoader(artifact_dir=settings.artifact_dir, dim=settings.dim,
+                         ivf_threshold=settings.ivf_threshold, nprobe=settings.nprobe,
+                         cache_dir=settings.index_cache_dir)
+    # every core for the start-up build (IVF training); nothing is served yet
+    models, follower = await _first_routing(load, in_force, settings.artifact_dir)
     faiss.omp_set_num_threads(settings.faiss_threads)
-    models = Models(Model(state.version, index))
-    admin = ModelAdmin(models, ivf_threshold=settings.ivf_threshold, nprobe=settings.nprobe,
-                       cache_dir=settings.index_cache_dir)
-    releases = ReleaseUpdates(admin)
     catalog = Catalog()
     feeds = [
         _feed(settings.topic_item_vectors, VectorUpdates(models), settings),
         _feed(settings.topic_items, CatalogUpdates(catalog), settings),
-        _feed(settings.topic_models, releases, settings, from_end=True, fetch_max_wait_ms=500),
+        _feed(settings.topic_routing, follower, settings, fetch_max_wait_ms=100),
     ]
     redis = Redis.from_url(
         settings.redis_url,
@@ -222,6 +226,8 @@ async def running(settings: ServingSettings) -> AsyncIterator[Running]:
         server, port = create_server(settings, servicer=servicer, health_servicer=health_servicer,
                                      diagnostics=DiagnosticsServicer(metrics))
         if settings.admin_port is not None or settings.admin_socket is not None:
+            admin = ModelAdmin(follower, producer, topic=settings.topic_routing,
+                               writer=f"serving {socket.gethostname()}:{os.getpid()}")
             admin_server, admin_port = create_admin_server(settings, admin=AdminServicer(admin, metrics))
     except AddressUnavailable:
         await producer.stop()  # never started: nothing to flush, only handles to close
@@ -244,7 +250,7 @@ async def running(settings: ServingSettings) -> AsyncIterator[Running]:
         except (RedisError, OSError, TimeoutError) as error:
             log.warning("Redis is not reachable yet (%s); Recommend is UNAVAILABLE until it is", error)
         tasks = [asyncio.create_task(feed.run(), name=f"feed {feed.topic}") for feed in feeds]
-        tasks.append(asyncio.create_task(releases.run(), name="model releases"))
+        tasks.append(asyncio.create_task(follower.run(), name="routing"))
         tasks.append(asyncio.create_task(recommendation_log.run(), name="recommendation log"))
         await set_health(health_servicer, health_pb2.HealthCheckResponse.NOT_SERVING)
         await server.start()
@@ -252,10 +258,11 @@ async def running(settings: ServingSettings) -> AsyncIterator[Running]:
             await admin_server.start()
         if settings.metrics_port is not None:
             metrics_port = metrics.serve(settings.metrics_host, settings.metrics_port)
-        tasks.append(asyncio.create_task(_ready_when_loaded(feeds, health_servicer), name="ready"))
-        log.info("model %s: listening on %s:%s (admin %s, metrics %s)", state.version,
+        tasks.append(asyncio.create_task(_ready_when_loaded(feeds, follower, health_servicer),
+                                         name="ready"))
+        log.info("model %s: listening on %s:%s (admin %s, metrics %s)", models.routing.production,
                  settings.host, port, settings.admin_socket or admin_port, metrics_port)
-        yield Running(server, port, health_servicer, recommender, feeds, admin, admin_port,
+        yield Running(server, port, health_servicer, recommender, feeds, follower, admin_port,
                       metrics, metrics_port, recommendation_log)
     finally:
         await set_health(health_servicer, health_pb2.HealthCheckResponse.NOT_SERVING)
@@ -283,9 +290,9 @@ def written_topics(settings: ServingSettings) -> list[TopicSpec]:
             spec(RECOMMENDATIONS, settings.topic_recommendations, settings)]
 
 
-def _feed(topic: str, handle: Handler, settings: ServingSettings, *, from_end: bool = False,
+def _feed(topic: str, handle: Handler, settings: ServingSettings, *,
           fetch_max_wait_ms: int | None = None) -> TopicFeed:
-    """A feed of `topic`; releases need no 10 ms freshness, so their fetches wait longer."""
+    """A feed of `topic`; routing needs no 10 ms freshness, so its fetches wait longer."""
     return TopicFeed(
         topic,
         handle,
@@ -295,14 +302,36 @@ def _feed(topic: str, handle: Handler, settings: ServingSettings, *, from_end: b
         else settings.kafka_fetch_max_wait_ms,
         retry_s=settings.kafka_retry_s,
         poll_s=settings.topic_poll_s,
-        from_end=from_end,
     )
 
 
+async def _first_routing(load: VersionLoader, in_force: events_pb2.Routing | None,
+                         artifact_dir: Path) -> tuple[Models, RoutingFollower]:
+    """The production version of the record in force at start, or of ``production.json``
+    without one; a record whose production cannot be read leaves ``production.json`` in
+    force (the feed's replay reports it)."""
+    fallback = production_routing(production_version(artifact_dir))
+    first = in_force or fallback
+    try:
+        model = await load(first.production, contract.uri_of(first, first.production))
+    except ArtifactError as error:
+        if in_force is None:
+            raise
+        log.error("routing revision %s: production %s unreadable (%s); starting from %s",
+                  in_force.revision, in_force.production, error, fallback.production)
+        first = fallback
+        model = await load(first.production, "")
+    models = Models(model)  # the routing feed replays the record: its other versions load then
+    return models, RoutingFollower(models, load, fallback=fallback)
+
+
 async def _ready_when_loaded(
-    feeds: Sequence[TopicFeed], health_servicer: health.aio.HealthServicer
+    feeds: Sequence[TopicFeed], follower: RoutingFollower,
+    health_servicer: health.aio.HealthServicer,
 ) -> None:
     await asyncio.gather(*(feed.loaded.wait() for feed in feeds))
+    await follower.caught_up()  # the versions the routing in force names are loaded
+    follower.loaded.set()
     # What start-up built (index maps of every item, catalog, libraries) lives as long as
     # the process: kept out of the collector, whose full passes over it stall the loop.
     gc.collect()

@@ -167,6 +167,7 @@ def model_status(admin: ModelAdmin, routing: Routing) -> recommender_pb2.ModelSt
             recommender_pb2.LoadedModel(version=m.version, n_items=len(m.index), index_kind=m.index.kind)
             for m in admin.models.loaded()
         ],
+        **admin.status_fields(),
     )
 
 

@@ -38,7 +38,8 @@ class ServingSettings(BaseSettings, TopicLayout):
     topic_events: str = "events"
     topic_items: str = "items"
     topic_item_vectors: str = "item-vectors"
-    topic_models: str = "models"
+    topic_routing: str = Field(default="model-routing", min_length=1,
+                               description="routing records (compacted, one partition; created if missing)")
     topic_recommendations: str = "recommendations"
     topic_enriched: str = Field(default="events.enriched", description="read by `serving.report`")
     artifact_dir: Path = Path("var/artifacts")
@@ -67,7 +68,7 @@ class ServingSettings(BaseSettings, TopicLayout):
     )
     workers: int = Field(
         default=1, ge=1, le=64,
-        description="server processes sharing the public port (SO_REUSEPORT); Admin fans out to all",
+        description="server processes sharing the public port (SO_REUSEPORT), each following the routing",
     )
     metrics_port: int | None = Field(default=None, ge=0, le=65535, description="Prometheus /metrics")
     metrics_host: str = "127.0.0.1"

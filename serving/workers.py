@@ -11,19 +11,17 @@ One Python process answers on one core (the GIL). With ``workers`` N the supervi
 - **Index.** Workers share ``index_cache_dir`` (a temporary directory when unset): the
   first to need an IVF index builds it while the others wait for its file and read it,
   for the production version at start and for every version loaded later.
-- **Admin.** Workers serve Admin on Unix sockets in a private directory; the supervisor
-  serves it on ``admin_host:admin_port`` and applies every call to all workers at once.
-  The first worker's answer is the reply; a worker that failed or disagrees afterwards
-  is aligned to it (promote its previous and production versions, then its split).
-  Releases on ``models`` reach every worker directly.
+- **Routing.** Every worker follows ``model-routing`` itself (:mod:`serving.routing`),
+  as separate replicas do: a worker started again reads the record in force before it
+  serves. Workers serve Admin on Unix sockets in a private directory; the supervisor's
+  ``admin_host:admin_port`` hands each call to one running worker, which writes the
+  record and answers once it applied it. Nothing is fanned out or aligned.
 - **Metrics.** Worker i serves /metrics on ``metrics_port + i``.
 - **Faults.** A worker that exits after its Admin socket answered is started again
-  (after 1 s, doubling up to 30 s while it keeps failing) and aligned to a running,
-  aligned worker's routing (or, with none left, to what the last Admin change left);
-  until then Admin calls leave it out. At start, one that exits before it ever answered
-  stops the server with its exit status: a bad artifact or setting would fail again.
-  Workers stop when the supervisor dies (``stop_with_parent``), so none is left
-  serving an old routing on the port.
+  (after 1 s, doubling up to 30 s while it keeps failing); until its socket answers,
+  Admin calls go to the others. At start, one that exits before it ever answered stops
+  the server with its exit status: a bad artifact or setting would fail again. Workers
+  stop when the supervisor dies (``stop_with_parent``), so none is left serving on the port.
 - **Stop.** SIGTERM/SIGINT: the admin port closes and every worker gets SIGTERM (each
   goes NOT_SERVING and drains within ``grace_s``); what still runs ``grace_s`` + 30 s
   later is killed.
@@ -48,7 +46,6 @@ from typing import IO
 import grpc
 
 from protos import recommender_pb2, recommender_pb2_grpc
-from serving.artifact import BOOTSTRAP_VERSION
 from serving.errors import AddressUnavailable, ServingError
 from serving.server import create_admin_server
 from serving.settings import ServingSettings
@@ -107,7 +104,6 @@ class Worker:
     channel: grpc.aio.Channel | None = None
     started_at: float = 0.0
     answered: bool = False  # its Admin socket has answered since it was (re)started
-    aligned: bool = False  # it routes as the others: from the start, or aligned after a restart
     delay_s: float = RESTART_DELAY_S
     watch: asyncio.Task[None] | None = field(default=None, repr=False)
 
@@ -119,7 +115,7 @@ class Worker:
 
     async def start(self) -> None:
         self.socket_path.unlink(missing_ok=True)
-        self.answered = self.aligned = False
+        self.answered = False
         if self.channel is not None:  # its reconnect back-off grew while the worker was down
             await self.channel.close()
             self.channel = None
@@ -172,39 +168,53 @@ def worker_env(settings: ServingSettings, number: int, port: int, run_dir: Path,
     return env
 
 
-class FanOutAdmin(recommender_pb2_grpc.AdminServicer):
-    """The Admin service of the supervisor: each call goes to every running worker."""
+class ForwardedAdmin(recommender_pb2_grpc.AdminServicer):
+    """The supervisor's Admin port: each call goes to one running worker, which writes the
+    routing record and answers once it applied it; the others follow the topic."""
 
     def __init__(self, supervisor: Supervisor) -> None:
         self._supervisor = supervisor
 
+    async def _forward(self, method: str, request: object,
+                       context: grpc.aio.ServicerContext) -> recommender_pb2.ModelStatus:
+        remaining = context.time_remaining()
+        error: grpc.aio.AioRpcError | None = None
+        for worker in self._supervisor.running():
+            try:
+                reply: recommender_pb2.ModelStatus = await getattr(worker.stub, method)(
+                    request, timeout=remaining if remaining is not None else 600.0)
+                return reply
+            except grpc.aio.AioRpcError as failed:
+                if failed.code() != grpc.StatusCode.UNAVAILABLE:  # the worker's answer
+                    await context.abort(failed.code(), failed.details() or "")
+                error = failed  # the worker is going away: the next one
+        context.set_code(grpc.StatusCode.UNAVAILABLE)
+        context.set_details(f"no worker answered: {error.details() if error else 'none is running'}")
+        return recommender_pb2.ModelStatus()
+
     async def Promote(self, request: recommender_pb2.PromoteRequest,
                       context: grpc.aio.ServicerContext) -> recommender_pb2.ModelStatus:
-        return await self._supervisor.fan_out("Promote", request, context)
+        return await self._forward("Promote", request, context)
 
     async def Rollback(self, request: recommender_pb2.RollbackRequest,
                        context: grpc.aio.ServicerContext) -> recommender_pb2.ModelStatus:
-        return await self._supervisor.fan_out("Rollback", request, context)
+        return await self._forward("Rollback", request, context)
 
     async def SetSplit(self, request: recommender_pb2.SetSplitRequest,
                        context: grpc.aio.ServicerContext) -> recommender_pb2.ModelStatus:
-        return await self._supervisor.fan_out("SetSplit", request, context)
+        return await self._forward("SetSplit", request, context)
 
     async def Status(self, request: recommender_pb2.StatusRequest,
                      context: grpc.aio.ServicerContext) -> recommender_pb2.ModelStatus:
-        return await self._supervisor.fan_out("Status", request, context, change=False)
+        return await self._forward("Status", request, context)
 
     async def Echo(self, request: recommender_pb2.EchoMessage,
                    context: grpc.aio.ServicerContext) -> recommender_pb2.EchoMessage:
         return request
 
 
-def _routing(status: recommender_pb2.ModelStatus) -> tuple[str, str, str, float]:
-    return status.production, status.previous, status.candidate, status.percent
-
-
 class Supervisor:
-    """Starts, watches, restarts and stops the workers; fans Admin calls out to them."""
+    """Starts, watches, restarts and stops the workers."""
 
     def __init__(self, settings: ServingSettings, port: int, run_dir: Path, cache_dir: Path) -> None:
         self.settings = settings
@@ -213,9 +223,6 @@ class Supervisor:
             for n in range(settings.workers)
         ]
         self._stopping = False
-        self._admin_lock = asyncio.Lock()  # one change at a time, and none during an alignment
-        self._desired: recommender_pb2.ModelStatus | None = None  # the routing the last change left
-        self._uris: dict[str, str] = {}  # version -> the uri an Admin call loaded it from
 
     async def start(self) -> None:
         """Every worker started and answering; WorkerFailed (the others stopped) if one fails."""
@@ -226,14 +233,12 @@ class Supervisor:
         except WorkerFailed:
             await self.stop()
             raise
-        for worker in self.workers:  # all started from the same production.json
-            worker.aligned = True
+        for worker in self.workers:
             worker.watch = asyncio.create_task(self._watch(worker), name=f"worker {worker.number}")
 
     def running(self) -> list[Worker]:
-        """The workers whose process runs, whose Admin socket answered and which route as
-        the others do (a restarted worker only once it has been aligned)."""
-        return [w for w in self.workers if w.answered and w.aligned
+        """The workers whose process runs and whose Admin socket answered."""
+        return [w for w in self.workers if w.answered
                 and w.process is not None and w.process.returncode is None]
 
     async def _watch(self, worker: Worker) -> None:
@@ -273,102 +278,7 @@ class Supervisor:
         except WorkerFailed as error:
             log.error("%s", error)
             return
-        async with self._admin_lock:
-            await self._align(worker)
-
-    async def _align(self, worker: Worker) -> None:
-        """Give a restarted `worker` the routing of a running, aligned worker, or else the
-        last routing an Admin change left (every worker was down)."""
-        target = self._desired
-        reference = next((w for w in self.running() if w is not worker), None)
-        try:
-            if reference is not None:
-                target = await reference.stub.Status(recommender_pb2.StatusRequest(), timeout=10)
-            if target is None:
-                log.warning("worker %s: no running worker and no Admin change to align with; "
-                            "it routes as production.json says", worker.number)
-            else:
-                await self.align_to(worker, target)
-            worker.aligned = True
-        except grpc.aio.AioRpcError as error:
-            log.error("worker %s not aligned: %s %s; it serves no Admin change until it is",
-                      worker.number, error.code().name, error.details())
-
-    async def align_to(self, worker: Worker, target: recommender_pb2.ModelStatus,
-                       timeout_s: float = 600.0) -> None:
-        """Make `worker` route as `target`: promote its previous version, then its
-        production version (so both roles match), then set its split."""
-        stub = worker.stub
-        status = await stub.Status(recommender_pb2.StatusRequest(), timeout=timeout_s)
-        if _routing(status) == _routing(target):
-            return
-        if (status.production, status.previous) != (target.production, target.previous):
-            if target.previous and target.previous not in (BOOTSTRAP_VERSION, status.production):
-                try:  # best effort: without it the worker serves right but cannot roll back
-                    status = await stub.Promote(recommender_pb2.PromoteRequest(
-                        version=target.previous, uri=self._uri(target.previous)), timeout=timeout_s)
-                except grpc.aio.AioRpcError as error:
-                    log.warning("worker %s: previous version %s not loaded: %s %s", worker.number,
-                                target.previous, error.code().name, error.details())
-            if status.production != target.production:
-                status = await stub.Promote(recommender_pb2.PromoteRequest(
-                    version=target.production, uri=self._uri(target.production)), timeout=timeout_s)
-        if (status.candidate, status.percent) != (target.candidate, target.percent):
-            status = await stub.SetSplit(recommender_pb2.SetSplitRequest(
-                version=target.candidate, percent=target.percent, uri=self._uri(target.candidate)),
-                timeout=timeout_s)
-        log.info("worker %s aligned: production %s, previous %s, candidate %s at %.2f %%",
-                 worker.number, *_routing(status))
-
-    def _uri(self, version: str) -> str:
-        """Where `version` was loaded from by an Admin call, else its directory in the store."""
-        if version in self._uris:
-            return self._uris[version]
-        path = self.settings.artifact_dir / version
-        return str(path) if version and path.is_dir() else ""
-
-    async def fan_out(self, method: str, request: object, context: grpc.aio.ServicerContext,
-                      change: bool = True) -> recommender_pb2.ModelStatus:
-        """`method` on every answering worker; the first one's reply. A worker that failed or
-        disagrees is aligned to it; with no answer to return, the first error is the status."""
-        remaining = context.time_remaining()
-        timeout = remaining if remaining is not None else 600.0
-        uri = getattr(request, "uri", "")
-        if uri and getattr(request, "version", ""):
-            self._uris[request.version] = uri  # type: ignore[attr-defined]
-        async with self._admin_lock:
-            live = self.running()
-            if not live:
-                await context.abort(grpc.StatusCode.UNAVAILABLE, "no worker is running")
-            replies = await asyncio.gather(
-                *(getattr(w.stub, method)(request, timeout=timeout) for w in live),
-                return_exceptions=True,
-            )
-            good = [(w, r) for w, r in zip(live, replies, strict=True)
-                    if isinstance(r, recommender_pb2.ModelStatus)]
-            if not good:
-                error = replies[0]
-                if isinstance(error, grpc.aio.AioRpcError):
-                    await context.abort(error.code(), error.details() or "")
-                raise error if isinstance(error, BaseException) else RuntimeError(str(error))
-            leader, first = good[0]
-            for worker, reply in zip(live, replies, strict=True):
-                if not isinstance(reply, recommender_pb2.ModelStatus):
-                    log.error("Admin.%s failed on worker %s: %s", method, worker.number, reply)
-                elif _routing(reply) == _routing(first):
-                    continue
-                else:
-                    log.warning("worker %s routes %s, worker %s %s", worker.number,
-                                _routing(reply), leader.number, _routing(first))
-                if change:
-                    try:
-                        await self.align_to(worker, first, timeout)
-                    except grpc.aio.AioRpcError as error:
-                        log.error("worker %s not aligned: %s %s", worker.number,
-                                  error.code().name, error.details())
-            if change:
-                self._desired = first
-            return first
+        log.info("worker %s answering again: pid %s", worker.number, worker.process.pid if worker.process else None)
 
     async def stop(self) -> None:
         """SIGTERM to every worker; SIGKILL to those still running after grace_s + 30 s."""
@@ -424,7 +334,7 @@ async def supervise(settings: ServingSettings) -> int:
         starting.result()  # WorkerFailed
         admin_port = None
         if settings.admin_port is not None or settings.admin_socket is not None:
-            admin_server, admin_port = create_admin_server(settings, admin=FanOutAdmin(supervisor))
+            admin_server, admin_port = create_admin_server(settings, admin=ForwardedAdmin(supervisor))
             await admin_server.start()
         log.info("%s workers: listening on %s:%s (admin %s)", settings.workers, settings.host, port,
                  admin_port)

@@ -30,7 +30,7 @@ from training.encoder import ItemEncoder, default_model_dir
 from training.errors import TrainingError
 from contracts.console import setup_logging
 from contracts.topics import TopicContractError
-from training.announce import announce_release, prepare_topics, release_message
+from training.announce import announce, prepare_topics, release_message
 from training.artifact import promote, read_manifest, read_production
 from training.job import RunSummary, TrainedRunSummary, run_once, run_trained
 from training.schedule import Policy, Stopped, exclusive, loop, stop_on_signals
@@ -136,7 +136,7 @@ def roll_back(settings: TrainingSettings) -> list[str]:
     producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap,
                              client_id="streamrec-training", acks="all")
     try:
-        announce_release(producer, settings.topic_models, release_message(
+        announce(producer, settings, release_message(
             version=pointer.version, uri=str((settings.artifact_dir / pointer.version).resolve()),
             created_at_ms=int(now.timestamp() * 1000), previous_version=current.version,
             action="rollback",
@@ -144,7 +144,7 @@ def roll_back(settings: TrainingSettings) -> list[str]:
     finally:
         producer.close()
     return [f"production: {pointer.version} (rolled back from {current.version}); "
-            f"announced on {settings.topic_models}"]
+            f"announced on {settings.topic_models} and {settings.topic_routing}"]
 
 
 def schedule() -> int:

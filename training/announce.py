@@ -1,5 +1,10 @@
-"""Tell the other deployables about a release: `ModelRelease` on ``models``, and
-optionally the version's item vectors on ``item-vectors``."""
+"""Tell the other deployables about a release: `ModelRelease` on ``models`` (streams
+re-embeds), the next `Routing` record on ``model-routing`` (serving makes the version
+production), and optionally the version's item vectors on ``item-vectors``.
+
+The routing record is computed from the one in force (read from the compacted topic's
+beginning), so a release and serving's Admin changes make one ordered history on one
+partition (contracts/routing.py)."""
 
 from __future__ import annotations
 
@@ -7,9 +12,10 @@ import asyncio
 from collections.abc import Sequence
 
 import numpy as np
-from kafka import KafkaProducer
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-from contracts.topics import ITEM_VECTORS, MODELS, TopicSpec, ensure_topics, spec
+from contracts import routing as contract
+from contracts.topics import ITEM_VECTORS, MODELS, ROUTING, TopicSpec, ensure_topics, spec
 from protos import events_pb2
 from training.settings import TrainingSettings
 
@@ -20,6 +26,7 @@ _SEND_TIMEOUT_S = 30.0
 def written_topics(settings: TrainingSettings) -> list[TopicSpec]:
     """The topics a run writes: ``models`` and, when it publishes them, ``item-vectors``."""
     return [spec(MODELS, settings.topic_models, settings),
+            spec(ROUTING, settings.topic_routing, settings),
             *([spec(ITEM_VECTORS, settings.topic_item_vectors, settings)]
               if settings.publish_item_vectors else [])]
 
@@ -54,6 +61,39 @@ def announce_release(
     producer.send(topic, key=RELEASE_KEY, value=release.SerializeToString()).get(
         timeout=_SEND_TIMEOUT_S
     )
+
+
+def announce(producer: KafkaProducer, settings: TrainingSettings,
+             release: events_pb2.ModelRelease) -> events_pb2.Routing:
+    """The release on ``models``, then the routing that makes it production; both acked."""
+    announce_release(producer, settings.topic_models, release)
+    current = read_routing(settings.kafka_bootstrap, settings.topic_routing)
+    if current is None:  # serving follows production.json: its production was the previous
+        current = events_pb2.Routing(production=release.previous_version)
+    routing = contract.promoted(current, release.version, release.uri, by="training",
+                                at_ms=release.created_at_ms)
+    routing.change = release.action
+    producer.send(settings.topic_routing, key=contract.KEY,
+                  value=routing.SerializeToString()).get(timeout=_SEND_TIMEOUT_S)
+    return routing
+
+
+def read_routing(bootstrap: str, topic: str) -> events_pb2.Routing | None:
+    """The routing record in force: the topic from its beginning to its end, folded."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, client_id="streamrec-training",
+                             group_id=None, enable_auto_commit=False)
+    try:
+        partitions = [TopicPartition(topic, p) for p in range(contract.PARTITIONS)]
+        consumer.assign(partitions)
+        consumer.seek_to_beginning()
+        ends = consumer.end_offsets(partitions)
+        in_force: events_pb2.Routing | None = None
+        while any(consumer.position(tp) < ends[tp] for tp in partitions):
+            for records in consumer.poll(timeout_ms=1000).values():
+                in_force = contract.fold(in_force, ((r.key, r.value) for r in records))
+        return in_force
+    finally:
+        consumer.close()
 
 
 def publish_item_vectors(

@@ -18,7 +18,7 @@ import numpy as np
 from kafka import KafkaConsumer, KafkaProducer
 
 from protos import events_pb2
-from training.announce import announce_release, publish_item_vectors, release_message
+from training.announce import announce, publish_item_vectors, release_message
 from training.artifact import data_window, promote, read_production, write_artifact
 from training.data import from_event_log
 from training.encoder import ItemEncoder, default_model_dir, item_text
@@ -160,7 +160,7 @@ def run_once(
             vectors=vectors,
             updated_at_ms=int(now.timestamp() * 1000),
         )
-    announce_release(producer, settings.topic_models, release)
+    announce(producer, settings, release)
     log.info("released %s (previous %s)", pointer.version, pointer.previous)
     return RunSummary(
         version=pointer.version,
@@ -265,7 +265,7 @@ def run_trained(
             publish_item_vectors(producer, settings.topic_item_vectors, version=new.version,
                                  item_ids=dataset.item_ids, vectors=vectors,
                                  updated_at_ms=int(now.timestamp() * 1000))
-        announce_release(producer, settings.topic_models, release_message(
+        announce(producer, settings, release_message(
             version=new.version, uri=str(path.resolve()),
             created_at_ms=int(now.timestamp() * 1000), previous_version=new.previous))
         production = new.version

@@ -21,6 +21,7 @@ class TrainingSettings(BaseSettings, TopicLayout):
     topic_enriched: str = "events.enriched"
     topic_items: str = "items"
     topic_models: str = "models"
+    topic_routing: str = Field(default="model-routing", description="serving's routing: a release makes its version production")
     topic_item_vectors: str = "item-vectors"
     artifact_dir: Path = Path("var/artifacts")
 

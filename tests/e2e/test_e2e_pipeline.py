@@ -177,6 +177,7 @@ def run_training(stack: LocalStack, *command: str) -> str:
         "STREAMREC_TRAINING_TOPIC_ENRICHED": stack.topics["enriched"],
         "STREAMREC_TRAINING_TOPIC_ITEMS": stack.topics["items"],
         "STREAMREC_TRAINING_TOPIC_MODELS": stack.topics["models"],
+        "STREAMREC_TRAINING_TOPIC_ROUTING": stack.routing_topic,
         "STREAMREC_TRAINING_TOPIC_ITEM_VECTORS": stack.topics["item_vectors"],
         "STREAMREC_TRAINING_ARTIFACT_DIR": str(stack.artifact_dir),
         "STREAMREC_TRAINING_TRAIN_TIME_BUDGET_S": "10",

@@ -69,7 +69,7 @@ class Stack:
             topic_events=self.topics["events"],
             topic_items=self.topics["items"],
             topic_item_vectors=self.topics["item_vectors"],
-            topic_models=self.topics["models"],
+            topic_routing=self.topics["routing"],
             topic_recommendations=self.topics["recommendations"],
             topic_enriched=self.topics["enriched"],
             admin_port=0,
@@ -143,13 +143,13 @@ async def stack(
         "events": f"events.serving-{unique}",
         "items": f"items.serving-{unique}",
         "item_vectors": f"item-vectors.serving-{unique}",
-        "models": f"models.serving-{unique}",
+        "routing": f"model-routing.serving-{unique}",
         "recommendations": f"recommendations.serving-{unique}",
         "enriched": f"events.enriched.serving-{unique}",
     }
     create_topics([topics["events"], topics["recommendations"], topics["enriched"]],
                   partitions=PARTITIONS)
-    create_topics([topics["models"]], partitions=1)
+    create_topics([topics["routing"]], partitions=1, config={"cleanup.policy": "compact"})
     create_topics([topics["items"], topics["item_vectors"]], partitions=PARTITIONS,
                   config={"cleanup.policy": "compact"})
     producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")

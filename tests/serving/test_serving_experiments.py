@@ -20,6 +20,7 @@ from conftest import DIM, Client, Stack, eventually
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from serving_harness import exact_nearest, unit_rows, write_artifact
 
+from contracts import routing as contract
 from protos import events_pb2, recommender_pb2, recommender_pb2_grpc
 from serving.report import build
 from serving.server import running
@@ -143,7 +144,7 @@ async def test_admin_promotes_splits_and_rolls_back_without_restart(stack: Stack
             assert echo.payload == b"hi"
 
 
-async def test_a_release_on_the_models_topic_swaps_the_version_live(stack: Stack, tmp_path: Path) -> None:
+async def test_a_routing_record_from_training_swaps_the_version_live(stack: Stack, tmp_path: Path) -> None:
     base = _vectors(seed=1, n=30)
     await stack.publish_vectors(base)
     v2 = _vectors(seed=2, n=30)
@@ -153,10 +154,10 @@ async def test_a_release_on_the_models_topic_swaps_the_version_live(stack: Stack
     async with stack.server() as client:
         before = await client.stub.Recommend(recommender_pb2.RecommendRequest(user_id="u", k=4))
         assert (before.model_version, before.strategy) == ("base", "personal")
-        release = events_pb2.ModelRelease(version="v2", uri=f"file://{v2_dir}", action="promote",
-                                          previous_version="base")
-        await stack.producer.send_and_wait(stack.topics["models"], key=b"release",
-                                           value=release.SerializeToString())
+        record = contract.promoted(events_pb2.Routing(production="base"), "v2", f"file://{v2_dir}",
+                                   by="training", at_ms=int(time.time() * 1000))
+        await stack.producer.send_and_wait(stack.topics["routing"], key=contract.KEY,
+                                           value=record.SerializeToString())
 
         async def swapped() -> bool:
             reply = await client.stub.Recommend(recommender_pb2.RecommendRequest(user_id="u", k=4))
@@ -169,7 +170,34 @@ async def test_a_release_on_the_models_topic_swaps_the_version_live(stack: Stack
     mean = (v2["i005"] + v2["i006"]) / 2
     assert after.strategy == "recent_items"
     assert _ids(after) == exact_nearest(v2, mean, 4, {"i005", "i006"})
-    assert (status.production, status.previous) == ("v2", "base")
+    assert (status.production, status.previous, status.revision, status.changed_by) == \
+        ("v2", "base", 1, "training")
+
+
+async def test_a_record_naming_an_unreadable_version_keeps_the_routing_and_says_why(
+    stack: Stack, tmp_path: Path
+) -> None:
+    await stack.publish_vectors(_vectors(seed=1, n=10))
+    async with stack.server() as client:
+        record = contract.promoted(events_pb2.Routing(production="base"), "v9", str(tmp_path / "gone"),
+                                   by="training", at_ms=int(time.time() * 1000))
+        await stack.producer.send_and_wait(stack.topics["routing"], key=contract.KEY,
+                                           value=record.SerializeToString())
+        channel, admin = _admin(client)
+        async with channel:
+            async def reported() -> bool:
+                status = await admin.Status(recommender_pb2.StatusRequest())
+                return bool(status.routing_error)
+
+            await eventually(reported)
+            status = await admin.Status(recommender_pb2.StatusRequest())
+            assert (status.production, status.revision) == ("base", 0)
+            assert status.routing_error.startswith("revision 1 (promote by training): cannot read")
+            reply = await client.stub.Recommend(recommender_pb2.RecommendRequest(user_id="x", k=3))
+            assert reply.model_version == "base"
+            # the next good change clears it
+            status = await admin.SetSplit(recommender_pb2.SetSplitRequest(version="", percent=0))
+            assert (status.production, status.revision, status.routing_error) == ("base", 2, "")
 
 
 async def test_calls_without_a_valid_token_are_unauthenticated(stack: Stack) -> None:

@@ -12,7 +12,7 @@ from serving.errors import InvalidRequest, ModelNotLoaded
 from serving.explain import anchors, mean_vector, similar_to
 from serving.filters import Filters
 from serving.index import ItemIndex
-from serving.models import BUCKETS, Model, Models, Routing, bucket, in_candidate, promoted, rolled_back, split
+from serving.models import BUCKETS, Model, Models, Routing, bucket, in_candidate
 from serving.ranking import Candidate, merge
 from serving.report import compute
 from serving.requests import Limits, parse_batch, parse_recommend
@@ -38,35 +38,24 @@ def test_a_bigger_split_keeps_the_users_already_in_the_candidate() -> None:
     assert at_10 < at_30
 
 
-def test_routing_promote_rollback_and_split() -> None:
-    routing = Routing(production="a")
-    assert routing.version_for("anyone") == "a"
-    with_b = split(routing, "b", 100)
-    assert with_b.version_for("anyone") == "b"
-    assert split(with_b, "", 0) == Routing(production="a")
-    after = promoted(with_b, "b")
-    assert after == Routing(production="b", previous="a")  # the candidate promoted ends the split
-    assert rolled_back(after) == Routing(production="a", previous="b")
-    with pytest.raises(ModelNotLoaded):
-        rolled_back(routing)
-    with pytest.raises(ValueError):
-        split(routing, "a", 10)
-    with pytest.raises(ValueError):
-        split(routing, "b", 101)
+def test_routing_of_a_record_sends_the_split_to_the_candidate() -> None:
+    routing = Routing.of(events_pb2.Routing(production="a", previous="p", candidate="b", percent=100))
+    assert routing == Routing(production="a", previous="p", candidate="b", percent=100)
+    assert routing.version_for("anyone") == "b" and routing.versions() == ["a", "p", "b"]
+    assert Routing.of(events_pb2.Routing(production="a")).version_for("anyone") == "a"
 
 
 def test_models_hold_only_the_versions_routing_names() -> None:
     models = Models(Model("a", ItemIndex(2)))
     for version in ("b", "c"):
         models.add(Model(version, ItemIndex(2)))
-    models.promote("b")
+    models.route(Routing("b", "a"))
     assert {m.version for m in models.loaded()} == {"a", "b"}  # c is dropped
-    models.rollback()
-    assert models.production.version == "a"
     with pytest.raises(ModelNotLoaded):
-        models.promote("c")
-    models.set_split("b", 100)
-    assert models.for_user("x").version == "b"
+        models.route(Routing("c", "b"))
+    assert models.production.version == "b"  # a routing naming an unheld version changes nothing
+    models.route(Routing("b", "a", "a", 100))
+    assert models.for_user("x").version == "a"
 
 
 def _catalog() -> Catalog:

@@ -1,5 +1,6 @@
-"""``python -m serving`` with several workers: one port, one index build, Admin on all of
-them, a killed worker started again with the routing of the others."""
+"""``python -m serving`` with several workers: one port, one index build, an Admin change
+reaching every worker through the routing topic, a killed worker started again and
+routing as the others."""
 
 from __future__ import annotations
 
@@ -19,10 +20,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from serving_harness import unit_rows, write_artifact
 
 from protos import recommender_pb2, recommender_pb2_grpc
-from serving.models import Routing, promoted, split
-from serving.settings import ServingSettings
 from serving.errors import AddressUnavailable
-from serving.workers import Supervisor, Worker, _own_port, reserve_port
+from serving.settings import ServingSettings
+from serving.workers import _own_port, reserve_port
 
 ROOT = Path(__file__).resolve().parents[2]
 CONNECTIONS = 8  # the kernel spreads connections over the workers, not calls
@@ -73,7 +73,7 @@ class Lines:
 
 
 @pytest.mark.integration
-async def test_workers_share_the_port_and_the_index_and_a_killed_one_comes_back_aligned(
+async def test_workers_share_the_port_and_the_index_and_a_killed_one_comes_back_with_the_routing(
     stack: Stack, tmp_path: Path
 ) -> None:
     rng = np.random.default_rng(3)
@@ -129,20 +129,22 @@ async def test_workers_share_the_port_and_the_index_and_a_killed_one_comes_back_
             assert (status.production, status.previous) == ("v2", "v1")
             assert await answers() == {"v2"}
             for pid in pids:  # each worker applied it (connections may all reach one worker)
-                assert f"[{pid}] serving.models: routing: production v2, previous v1, candidate None" \
-                    in lines.text
+                await lines.wait_for(rf"\[{pid}\] serving.routing: routing revision 1 \(promote by ", 10)
             status = await admin.SetSplit(recommender_pb2.SetSplitRequest(version="v1", percent=100),
                                           timeout=60)
             assert (status.production, status.candidate, status.percent) == ("v2", "v1", 100)
             assert await answers() == {"v1"}
 
-            os.kill(pids[0], signal.SIGKILL)  # the next worker 0 takes worker 1's routing
-            found = await lines.wait_for(r"worker 0 started: pid (\d+)\n(?:.|\n)*worker 0 aligned")
+            assert status.revision == 2
+            os.kill(pids[0], signal.SIGKILL)  # the next worker 0 reads the routing from the topic
+            await lines.wait_for(r"worker 0 started: pid (\d+)\n(?:.|\n)*worker 0 answering again")
             restarted = int(re.findall(r"worker 0 started: pid (\d+)", lines.text)[-1])
             assert restarted not in pids and _alive(restarted) and not _alive(pids[0])
-            assert "worker 0 aligned: production v2, previous v1, candidate v1 at 100.00 %" in lines.text
-            status = await admin.Status(recommender_pb2.StatusRequest(), timeout=10)
-            assert (status.production, status.previous, status.candidate) == ("v2", "v1", "v1")
+            await lines.wait_for(rf"\[{restarted}\] serving.routing: routing revision 2 \(split by ", 10)
+            for _ in range(4):  # whichever worker answers
+                status = await admin.Status(recommender_pb2.StatusRequest(), timeout=10)
+                assert (status.production, status.previous, status.candidate, status.revision) == \
+                    ("v2", "v1", "v1", 2)
 
             async def all_answer_v1() -> bool:
                 try:
@@ -176,78 +178,6 @@ def test_a_worker_failing_at_start_stops_the_supervisor_with_its_exit_code(tmp_p
     assert "cannot serve: cannot read" in done.stderr  # the workers' own message
     assert re.search(r"worker \d exited with status 1 before it served", done.stderr)
     assert "Traceback" not in done.stderr
-
-
-class FakeAdmin:
-    """A worker's Admin service over the real routing rules of serving.models."""
-
-    def __init__(self, routing: Routing, loadable: set[str]) -> None:
-        self.routing = routing
-        self.loadable = loadable  # versions whose artifact can be read
-        self.calls: list[str] = []
-
-    def _status(self) -> recommender_pb2.ModelStatus:
-        r = self.routing
-        return recommender_pb2.ModelStatus(production=r.production, previous=r.previous or "",
-                                           candidate=r.candidate or "", percent=r.percent)
-
-    def _load(self, version: str) -> None:
-        if version not in self.loadable:
-            raise grpc.aio.AioRpcError(grpc.StatusCode.FAILED_PRECONDITION, grpc.aio.Metadata(),
-                                       grpc.aio.Metadata(), f"cannot read {version}")
-
-    async def Status(self, request: object, timeout: float) -> recommender_pb2.ModelStatus:
-        return self._status()
-
-    async def Promote(self, request: recommender_pb2.PromoteRequest,
-                      timeout: float) -> recommender_pb2.ModelStatus:
-        self.calls.append(f"promote {request.version}")
-        self._load(request.version)
-        self.routing = promoted(self.routing, request.version)
-        return self._status()
-
-    async def SetSplit(self, request: recommender_pb2.SetSplitRequest,
-                       timeout: float) -> recommender_pb2.ModelStatus:
-        self.calls.append(f"split {request.version} {request.percent:g}")
-        if request.percent:
-            self._load(request.version)
-        self.routing = split(self.routing, request.version, request.percent)
-        return self._status()
-
-
-@pytest.mark.parametrize(("start", "target", "calls"), [
-    # a restart from production.json naming the previous version
-    (Routing("v1"), Routing("v2", "v1", "v1", 100.0), ["promote v2", "split v1 100"]),
-    # production.json names production: the previous version is loaded too, for rollback
-    (Routing("v2"), Routing("v2", "v1"), ["promote v1", "promote v2"]),
-    # neither: both, in order, then the split
-    (Routing("v0"), Routing("v2", "v1", "v3", 10.0), ["promote v1", "promote v2", "split v3 10"]),
-    # an experiment the worker should no longer run
-    (Routing("v2", "v1", "v3", 10.0), Routing("v2", "v1"), ["split  0"]),
-    # already there
-    (Routing("v2", "v1"), Routing("v2", "v1"), []),
-])
-async def test_align_to_reproduces_the_routing_of_the_others(
-    tmp_path: Path, start: Routing, target: Routing, calls: list[str]
-) -> None:
-    supervisor = Supervisor(ServingSettings(workers=2, artifact_dir=tmp_path), 50051, tmp_path, tmp_path)
-    worker = supervisor.workers[0]
-    fake = FakeAdmin(start, loadable={"v0", "v1", "v2", "v3"})
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(Worker, "stub", property(lambda self: fake))
-        await supervisor.align_to(worker, FakeAdmin(target, set())._status())
-    assert fake.routing == target and fake.calls == calls
-
-
-async def test_a_previous_version_that_cannot_be_read_does_not_stop_the_alignment(tmp_path: Path) -> None:
-    supervisor = Supervisor(ServingSettings(workers=2, artifact_dir=tmp_path), 50051, tmp_path, tmp_path)
-    worker = supervisor.workers[0]
-    fake = FakeAdmin(Routing("v0"), loadable={"v2", "v3"})
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(Worker, "stub", property(lambda self: fake))
-        await supervisor.align_to(worker, FakeAdmin(Routing("v2", "v1", "v3", 5.0), set())._status())
-    assert fake.routing == Routing("v2", "v0", "v3", 5.0)  # serves right; rolls back to v0, not v1
-    assert fake.calls == ["promote v1", "promote v2", "split v3 5"]
 
 
 def test_a_second_supervisor_cannot_take_a_port_one_holds() -> None:

@@ -17,6 +17,7 @@ from kafka.consumer.fetcher import ConsumerRecord
 
 from protos import events_pb2
 from training.announce import prepare_topics
+from training.__main__ import roll_back
 from training.artifact import read_item_vectors, read_manifest, read_production
 from training.encoder import ItemEncoder
 from training.errors import EmptyLogError
@@ -50,11 +51,13 @@ def _settings(
     """Settings on fresh topics, created like the real ones (deleted after the test)."""
     create_topics([f"events.enriched-{unique}", f"models-{unique}"])
     create_topics([f"items-{unique}", f"item-vectors-{unique}"], config={"cleanup.policy": "compact"})
+    create_topics([f"model-routing-{unique}"], partitions=1, config={"cleanup.policy": "compact"})
     return TrainingSettings(
         kafka_bootstrap=kafka_bootstrap,
         topic_enriched=f"events.enriched-{unique}",
         topic_items=f"items-{unique}",
         topic_models=f"models-{unique}",
+        topic_routing=f"model-routing-{unique}",
         topic_item_vectors=f"item-vectors-{unique}",
         artifact_dir=store,
         read_timeout_s=20,
@@ -150,6 +153,19 @@ def test_run_writes_promotes_and_announces(
         (first.version, "", "promote"), (second.version, first.version, "promote")
     ]
     assert releases[1][1].uri == str(second.path.resolve())
+    routings = [(r.key, events_pb2.Routing.FromString(r.value))
+                for r in _records(consumer, settings.topic_routing)]
+    assert [key for key, _ in routings] == [b"routing", b"routing"]
+    assert [(r.production, r.previous, r.revision, r.change, r.changed_by) for _, r in routings] == [
+        (first.version, "", 1, "promote", "training"), (second.version, first.version, 2, "promote", "training")
+    ]
+    assert (routings[1][1].production_uri, routings[1][1].previous_uri) == (
+        str(second.path.resolve()), str(first.path.resolve()))
+
+    roll_back(settings)  # python -m training rollback
+    back = events_pb2.Routing.FromString(_records(consumer, settings.topic_routing)[-1].value)
+    assert (back.production, back.previous, back.revision, back.change) == (
+        first.version, second.version, 3, "rollback")
     item_vectors = [events_pb2.ItemVector.FromString(r.value) for r in _records(consumer, settings.topic_item_vectors)]
     assert sorted(v.item_id for v in item_vectors) == sorted(ITEMS)
     assert {v.model_version for v in item_vectors} == {second.version}
