@@ -1,11 +1,19 @@
-"""Decode and check raw records; every failure is a :class:`RejectedInput` with its reason."""
+"""Decode and check raw records; every failure is a :class:`RejectedInput` with its reason.
+
+A record of ``events`` or ``items`` is the protobuf message in its binary encoding or in
+its JSON mapping (``google.protobuf.json_format``), told apart per record by the first
+byte: ``{`` is JSON, anything else binary (:func:`is_json`).
+"""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
 
-from google.protobuf.message import DecodeError
+from typing import TypeVar
+
+from google.protobuf import json_format
+from google.protobuf.message import DecodeError, Message
 
 from protos import events_pb2
 from streams.errors import (
@@ -19,9 +27,41 @@ from streams.errors import (
 )
 
 MIN_TIMESTAMP_MS = 788_918_400_000  # 1995-01-01T00:00:00Z
+JSON_OPEN = b"{"[0]
 KNOWN_EVENT_TYPES = frozenset(
     value for value in events_pb2.EventType.values() if value != events_pb2.EVENT_TYPE_UNSPECIFIED
 )
+
+
+M = TypeVar("M", bound=Message)
+
+
+def is_json(payload: bytes) -> bool:
+    """Whether a record value is the JSON mapping of its message rather than the binary
+    encoding: its first byte is ``{``. A serializer writes a message's fields in field
+    number order, and the first byte of a field is its tag ``number << 3 | wire type``:
+    ``{`` (0x7B) would be field 15 opening a group, a field neither ``Event`` nor
+    ``Item`` has, so no encoding of either that a serializer writes begins with it."""
+    return bool(payload) and payload[0] == JSON_OPEN
+
+
+def decode_message(payload: bytes, message: type[M]) -> M:
+    """The message in a record value, binary or JSON; raises Undecodable. JSON takes the
+    field names of the .proto or their lowerCamel forms, enum values by name or number;
+    an unknown field name is rejected (a typo would otherwise pass as an empty field)."""
+    if not is_json(payload):
+        try:
+            return message.FromString(payload)
+        except DecodeError as error:
+            raise Undecodable(str(error)) from None
+    try:
+        text = payload.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise Undecodable(f"JSON {message.DESCRIPTOR.name} is not UTF-8: {error}") from None
+    try:
+        return json_format.Parse(text, message(), ignore_unknown_fields=False)
+    except (json_format.ParseError, RecursionError) as error:
+        raise Undecodable(f"not a JSON {message.DESCRIPTOR.name}: {error}") from None
 
 
 @dataclass(frozen=True)
@@ -36,15 +76,12 @@ class EventLimits:
 
 
 def decode_event(payload: bytes | None, limits: EventLimits) -> events_pb2.Event:
-    """Protobuf ``Event`` from a record value; raises Oversized or Undecodable."""
+    """The ``Event`` of a record value (binary or JSON); raises Oversized or Undecodable."""
     if payload is None:
         raise Undecodable("the record has no value")
     if len(payload) > limits.max_bytes:
         raise Oversized(f"{len(payload)} bytes > limit {limits.max_bytes}")
-    try:
-        return events_pb2.Event.FromString(payload)
-    except DecodeError as error:
-        raise Undecodable(str(error)) from None
+    return decode_message(payload, events_pb2.Event)
 
 
 def validate_event(
@@ -94,13 +131,10 @@ def parse_event(
 
 
 def parse_item(payload: bytes, *, max_bytes: int) -> events_pb2.Item:
-    """Decode a record of the items topic; the item id must be set."""
+    """Decode a record of the items topic (binary or JSON); the item id must be set."""
     if len(payload) > max_bytes:
         raise Oversized(f"{len(payload)} bytes > limit {max_bytes}")
-    try:
-        item = events_pb2.Item.FromString(payload)
-    except DecodeError as error:
-        raise Undecodable(str(error)) from None
+    item = decode_message(payload, events_pb2.Item)
     if not item.item_id:
         raise MissingField("empty: item_id")
     return item
