@@ -127,6 +127,7 @@ class EventsProcessor(Service):
         async with self._live.lock:
             await self._transactions.assigned(partitions)
             await self._users.restore(partitions)
+            self.handler.note_waiting(partitions)
             uncommitted: list[TopicPartition] = []
             for partition in sorted(partitions):
                 tp = TopicPartition(self.topic, partition)
@@ -170,6 +171,7 @@ class EventsProcessor(Service):
         async with self._live.lock:
             await self._transactions.revoked(partitions)
             self._users.drop(partitions)
+            self.handler.waiting.drop(partitions)
         log.info("events partitions %s revoked", sorted(partitions))
 
     @Service.task

@@ -168,7 +168,9 @@ class Running:
                                       partition=partition).get(30)
         return metadata.partition, metadata.offset
 
-    def send_all(self, topic: str, records: list[tuple[bytes | None, bytes]]) -> list[tuple[int, int]]:
+    def send_all(
+        self, topic: str, records: list[tuple[bytes | None, bytes]]
+    ) -> list[tuple[int, int]]:
         """Produce (key, value) records in one go; their (partition, offset), in order."""
         futures = [self.producer.send(self.worker.topics[topic], key=key, value=value)
                    for key, value in records]

@@ -48,7 +48,8 @@ def test_a_bad_json_item_is_dead_lettered(running: Running) -> None:
     def letter(records: list[ConsumerRecord]) -> events_pb2.DeadLetter | None:
         for record in records:
             found = events_pb2.DeadLetter.FromString(record.value)
-            if found.origin_topic == running.worker.topics["items"] and found.origin_offset == offset:
+            if (found.origin_topic, found.origin_offset) == (running.worker.topics["items"],
+                                                             offset):
                 return found
         return None
 
