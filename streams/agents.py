@@ -260,7 +260,7 @@ class EventsHandler:
         model, vectors = self._live.current, self._catalog.vectors()
         for user_id, state in states.items():
             self.waiting.note((partition_of[user_id], user_id),
-                              missing_items(state.history, vectors.__contains__))
+                              missing_items(state.history, vectors))
         histories = [state.history for state in states.values()]
         encode = model.user_encoder.encode
         started = time.perf_counter()
@@ -301,11 +301,11 @@ class EventsHandler:
     def note_waiting(self, partitions: Iterable[int]) -> None:
         """Rebuild the waiting users of newly assigned partitions from their restored
         states (the caller holds ``live.lock``)."""
-        wanted, has_vector = set(partitions), self._catalog.vectors().__contains__
+        wanted, vectors = set(partitions), self._catalog.vectors()
         for partition, user_id in self._users.users():
             if partition in wanted:
                 history = self._users.get(partition, user_id).history
-                self.waiting.note((partition, user_id), missing_items(history, has_vector))
+                self.waiting.note((partition, user_id), missing_items(history, vectors))
 
     async def embed_arrived(self) -> int:
         """Embed again the users waiting for the items that got vectors since the last

@@ -12,18 +12,19 @@ it again from scratch.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Container, Iterable
 
 from streams.history import Interaction
 
 UserKey = tuple[int, str]  # (partition of events, user id)
+NONE: frozenset[str] = frozenset()
 
 
-def missing_items(
-    history: Iterable[Interaction], has_vector: Callable[[str], bool]
-) -> frozenset[str]:
-    """Items of the history without a vector."""
-    return frozenset(i.item_id for i in history if not has_vector(i.item_id))
+def missing_items(history: Iterable[Interaction], vectors: Container[str]) -> frozenset[str]:
+    """Items of the history without a vector (runs for every user of every batch: a list
+    comprehension and no set when nothing is missing, a few microseconds)."""
+    missing = [i.item_id for i in history if i.item_id not in vectors]
+    return frozenset(missing) if missing else NONE
 
 
 class WaitingUsers:

@@ -53,10 +53,11 @@ def start_and_wait_for_partitions(running: Running) -> None:
 @pytest.fixture(scope="module")
 def late_items(running: Running, kafka_bootstrap: str) -> Iterator[list[events_pb2.Item]]:
     """Catalog items without a vector: published while the worker is down, skipped by
-    its items agent."""
+    its items agent. The worker now holds one waiting user at most."""
     items = [events_pb2.Item(item_id=f"late-{n}", title=f"Late item {n}", categories=["late"])
-             for n in range(2)]
+             for n in range(3)]
     assert running.worker.stop() == 0
+    running.worker.env["STREAMREC_STREAMS_WAITING_USERS_MAX"] = "1"
     for item in items:
         running.send("items", item.item_id, item.SerializeToString())
     skip_items_in_group(running, kafka_bootstrap)
@@ -126,3 +127,15 @@ def test_waiting_users_are_found_again_after_a_restart(
     start_and_wait_for_partitions(running)  # the user's state is restored from its changelog
     publish_vector(running, encoder, late_items[1])
     assert wait_for_vector(running, user_id)[b"version"] == VERSION.encode()
+
+
+def test_past_the_bound_every_user_is_embedded_again(
+    running: Running, late_items: list[events_pb2.Item], encoder: ItemEncoder,
+) -> None:
+    users = [f"many-{n}-{time.time_ns()}" for n in range(3)]
+    for user_id in users:  # one held, the others past the bound
+        track(running, user_id, late_items[2].item_id)
+    publish_vector(running, encoder, late_items[2])
+    for user_id in users:
+        assert wait_for_vector(running, user_id)[b"version"] == VERSION.encode()
+    assert "wait for item vectors: re-embedding all" in running.worker.log_since_start()

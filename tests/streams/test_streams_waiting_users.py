@@ -20,8 +20,8 @@ def interaction(item_id: str) -> Interaction:
 
 def test_missing_items_are_those_without_a_vector() -> None:
     history = [interaction(i) for i in ["a", "b", "a", "c"]]
-    assert missing_items(history, {"b"}.__contains__) == {"a", "c"}
-    assert missing_items(history, set(ITEMS).__contains__) == frozenset()
+    assert missing_items(history, {"b"}) == {"a", "c"}
+    assert missing_items(history, set(ITEMS)) == frozenset()
 
 
 def test_a_user_waits_until_one_of_their_items_arrives() -> None:
