@@ -1,20 +1,18 @@
 """Decode and check raw records; every failure is a :class:`RejectedInput` with its reason.
 
 A record of ``events`` or ``items`` is the protobuf message in its binary encoding or in
-its JSON mapping (``google.protobuf.json_format``), told apart per record by the first
-byte: ``{`` is JSON, anything else binary (:func:`is_json`).
+its JSON mapping, told apart per record (:mod:`contracts.records`).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-
 from typing import TypeVar
 
-from google.protobuf import json_format
 from google.protobuf.message import DecodeError, Message
 
+from contracts.records import decode_record
 from protos import events_pb2
 from streams.errors import (
     BadTimestamp,
@@ -26,42 +24,20 @@ from streams.errors import (
     UnknownEventType,
 )
 
+M = TypeVar("M", bound=Message)
 MIN_TIMESTAMP_MS = 788_918_400_000  # 1995-01-01T00:00:00Z
-JSON_OPEN = b"{"[0]
 KNOWN_EVENT_TYPES = frozenset(
     value for value in events_pb2.EventType.values() if value != events_pb2.EVENT_TYPE_UNSPECIFIED
 )
 
 
-M = TypeVar("M", bound=Message)
-
-
-def is_json(payload: bytes) -> bool:
-    """Whether a record value is the JSON mapping of its message rather than the binary
-    encoding: its first byte is ``{``. A serializer writes a message's fields in field
-    number order, and the first byte of a field is its tag ``number << 3 | wire type``:
-    ``{`` (0x7B) would be field 15 opening a group, a field neither ``Event`` nor
-    ``Item`` has, so no encoding of either that a serializer writes begins with it."""
-    return bool(payload) and payload[0] == JSON_OPEN
-
-
 def decode_message(payload: bytes, message: type[M]) -> M:
-    """The message in a record value, binary or JSON; raises Undecodable. JSON takes the
-    field names of the .proto or their lowerCamel forms, enum values by name or number;
-    an unknown field name is rejected (a typo would otherwise pass as an empty field)."""
-    if not is_json(payload):
-        try:
-            return message.FromString(payload)
-        except DecodeError as error:
-            raise Undecodable(str(error)) from None
+    """The message in a record value, binary or JSON (:mod:`contracts.records`); raises
+    Undecodable."""
     try:
-        text = payload.decode("utf-8")
-    except UnicodeDecodeError as error:
-        raise Undecodable(f"JSON {message.DESCRIPTOR.name} is not UTF-8: {error}") from None
-    try:
-        return json_format.Parse(text, message(), ignore_unknown_fields=False)
-    except (json_format.ParseError, RecursionError) as error:
-        raise Undecodable(f"not a JSON {message.DESCRIPTOR.name}: {error}") from None
+        return decode_record(payload, message)
+    except DecodeError as error:
+        raise Undecodable(str(error)) from None
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,8 @@ from random_records import ITEM_IDS, NOW_MS, events
 
 from protos import events_pb2
 from streams.errors import MissingField, Oversized, Undecodable, UnknownEventType
-from streams.validation import EventLimits, decode_message, is_json, parse_event, parse_item
+from contracts.records import is_json
+from streams.validation import EventLimits, decode_message, parse_event, parse_item
 
 LIMITS = EventLimits(max_bytes=4096, max_future_skew_ms=60_000)
 EVENT = events_pb2.Event(event_id="e1", user_id="u1", item_id="i1", type=events_pb2.PURCHASE,

@@ -1,0 +1,1 @@
+"""Executable contracts every deployable shares (docs/contracts.md)."""
