@@ -18,6 +18,7 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from aiokafka import ConsumerRecord
 from faust.types import EventT, TopicT
 from faust.types.tuples import Message
+from redis.exceptions import RedisError
 
 from protos import events_pb2
 from streams.catalog import Catalog
@@ -153,6 +154,7 @@ class EventsHandler:
         self._live = live
         self._metrics = metrics
         self.waiting = waiting
+        self._restored: list[UserKey] = []  # waiting for nothing, but is their vector there?
         self.accepted = 0
         self.rejected: Counter[str] = Counter()
 
@@ -300,25 +302,42 @@ class EventsHandler:
 
     def note_waiting(self, partitions: Iterable[int]) -> None:
         """Rebuild the waiting users of newly assigned partitions from their restored
-        states (the caller holds ``live.lock``)."""
+        states (the caller holds ``live.lock``). The others have every item's vector,
+        which may have come while no worker held the partition: :meth:`embed_waiting`
+        looks at their vectors."""
         wanted, vectors = set(partitions), self._catalog.vectors()
         for partition, user_id in self._users.users():
             if partition in wanted:
                 history = self._users.get(partition, user_id).history
-                self.waiting.note((partition, user_id), missing_items(history, vectors))
+                missing = missing_items(history, vectors)
+                self.waiting.note((partition, user_id), missing)
+                if history and not missing:
+                    self._restored.append((partition, user_id))
 
-    async def embed_arrived(self) -> int:
-        """Embed again the users waiting for the items that got vectors since the last
-        call, between batches; every user of the store if the waiting set overflowed."""
+    async def embed_waiting(self) -> int:
+        """Embed again, between batches, the users waiting for the items that got vectors
+        since the last call (every user of the store if the waiting set overflowed), and
+        the restored users without a vector of the version in use."""
+        users: set[UserKey] = set()
+        if self._restored:
+            restored, self._restored = self._restored, []
+            try:
+                versions = await self._online.vector_versions([u for _, u in restored])
+            except RedisError as error:
+                log.warning("reading the vectors of %s restored users failed (%s); "
+                            "trying again", len(restored), error)
+                self._restored += restored
+            else:
+                version = self._live.version
+                users.update(u for u, found in zip(restored, versions, strict=True)
+                             if found != version)
         arrived = self._catalog.take_arrived()
-        if not arrived:
-            return 0
-        if self.waiting.overflowed:
+        if arrived and self.waiting.overflowed:
             log.warning("more than %s users wait for item vectors: re-embedding all %s",
                         self.waiting.max_users, len(self._users))
             self.waiting.clear()
             return await self.reembed()
-        users = self.waiting.take(arrived)
+        users |= self.waiting.take(arrived)
         return await self.reembed(users) if users else 0
 
 

@@ -140,9 +140,10 @@ def create_app(
     @app.timer(settings.waiting_check_interval_s)
     async def embed_waiting_users() -> None:
         # Users whose events came before their items' vectors, once the vectors exist.
-        embedded = await events_handler.embed_arrived()
+        embedded = await events_handler.embed_waiting()
         if embedded:
-            log.info("%s users embedded again: vectors of their items arrived", embedded)
+            log.info("%s users embedded again: their items' vectors arrived, or they were "
+                     "restored without a vector", embedded)
 
     last = {"accepted": 0, "rejected": 0, "embedded": 0}
 

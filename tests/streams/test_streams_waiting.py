@@ -1,5 +1,6 @@
 """Users whose events came before their items' vectors, against the real worker: they are
-embedded once the vectors exist, without another event, also after a restart.
+embedded once the vectors exist, without another event, also after a restart and when
+the vectors came while the worker was down.
 
 The items here are embedded by another worker of the group: their records on ``items``
 lie behind the group's committed offsets, so this worker's items agent never takes
@@ -55,7 +56,7 @@ def late_items(running: Running, kafka_bootstrap: str) -> Iterator[list[events_p
     """Catalog items without a vector: published while the worker is down, skipped by
     its items agent. The worker now holds one waiting user at most."""
     items = [events_pb2.Item(item_id=f"late-{n}", title=f"Late item {n}", categories=["late"])
-             for n in range(3)]
+             for n in range(4)]
     assert running.worker.stop() == 0
     running.worker.env["STREAMREC_STREAMS_WAITING_USERS_MAX"] = "1"
     for item in items:
@@ -126,6 +127,17 @@ def test_waiting_users_are_found_again_after_a_restart(
     assert running.worker.stop() == 0
     start_and_wait_for_partitions(running)  # the user's state is restored from its changelog
     publish_vector(running, encoder, late_items[1])
+    assert wait_for_vector(running, user_id)[b"version"] == VERSION.encode()
+
+
+def test_vectors_that_came_while_the_worker_was_down(
+    running: Running, late_items: list[events_pb2.Item], encoder: ItemEncoder,
+) -> None:
+    user_id = f"down-{time.time_ns()}"
+    track(running, user_id, late_items[3].item_id)
+    assert running.worker.stop() == 0
+    publish_vector(running, encoder, late_items[3])
+    start_and_wait_for_partitions(running)  # the user waits for nothing now: is uv there?
     assert wait_for_vector(running, user_id)[b"version"] == VERSION.encode()
 
 
