@@ -119,25 +119,22 @@ def test_a_user_is_embedded_once_the_vectors_of_their_items_arrive(
     assert len(found[b"vec"]) == 4 * encoder.dim
 
 
+@pytest.mark.parametrize(("item", "while_down"), [(1, False), (3, True)],
+                         ids=["vectors-after-the-restart", "vectors-while-down"])
 def test_waiting_users_are_found_again_after_a_restart(
     running: Running, late_items: list[events_pb2.Item], encoder: ItemEncoder,
+    item: int, while_down: bool,
 ) -> None:
+    """The user's state is restored from its changelog: waiting for the item's vector,
+    or, when it came while the worker was down, waiting for nothing but without one."""
     user_id = f"restarted-{time.time_ns()}"
-    track(running, user_id, late_items[1].item_id)
+    track(running, user_id, late_items[item].item_id)
     assert running.worker.stop() == 0
-    start_and_wait_for_partitions(running)  # the user's state is restored from its changelog
-    publish_vector(running, encoder, late_items[1])
-    assert wait_for_vector(running, user_id)[b"version"] == VERSION.encode()
-
-
-def test_vectors_that_came_while_the_worker_was_down(
-    running: Running, late_items: list[events_pb2.Item], encoder: ItemEncoder,
-) -> None:
-    user_id = f"down-{time.time_ns()}"
-    track(running, user_id, late_items[3].item_id)
-    assert running.worker.stop() == 0
-    publish_vector(running, encoder, late_items[3])
-    start_and_wait_for_partitions(running)  # the user waits for nothing now: is uv there?
+    if while_down:
+        publish_vector(running, encoder, late_items[item])
+    start_and_wait_for_partitions(running)
+    if not while_down:
+        publish_vector(running, encoder, late_items[item])
     assert wait_for_vector(running, user_id)[b"version"] == VERSION.encode()
 
 
