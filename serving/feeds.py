@@ -20,6 +20,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from google.protobuf.message import DecodeError
 
+from contracts.records import decode_record
 from protos import events_pb2
 from serving.catalog import Catalog
 from serving.models import Models
@@ -102,7 +103,7 @@ class CatalogUpdates:
                     self._catalog.remove(record.key.decode(errors="replace"))
                 continue
             try:
-                item = events_pb2.Item.FromString(record.value)
+                item = decode_record(record.value, events_pb2.Item)
             except DecodeError:
                 log.warning("undecodable item at %s[%s]@%s", record.topic, record.partition,
                             record.offset)

@@ -13,11 +13,12 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 
 from aiokafka import ConsumerRecord
 from faust.types import EventT, TopicT
 from faust.types.tuples import Message
+from redis.exceptions import RedisError
 
 from contracts.online import encode_vector as to_bytes
 from protos import events_pb2
@@ -42,6 +43,7 @@ from streams.seenstore import SeenStore
 from streams.text import item_text
 from streams.userstore import UserStore
 from streams.validation import parse_item
+from streams.waiting import UserKey, WaitingUsers, missing_items
 
 log = logging.getLogger(__name__)
 
@@ -136,12 +138,13 @@ class EventsHandler:
     """Validates, dedupes and enriches batches of events; keeps user state in the user
     store and in Redis, accepted event ids in the dedupe windows; sends each record's
     outcome, the changed user states and the new ids in its partition's transaction.
-    The caller holds ``live.lock``."""
+    The caller holds ``live.lock``. ``waiting`` holds the users whose vector lacks
+    items that have no vector yet."""
 
     def __init__(
         self, *, catalog: Catalog, users: UserStore, seen: SeenStore, online: OnlineState,
         transactions: Transactions, enriched: str, dlq: str, policy: Policy,
-        live: LiveModel, metrics: StreamsMetrics,
+        live: LiveModel, metrics: StreamsMetrics, waiting: WaitingUsers,
     ) -> None:
         self._catalog = catalog
         self._users = users
@@ -153,6 +156,8 @@ class EventsHandler:
         self._policy = policy
         self._live = live
         self._metrics = metrics
+        self.waiting = waiting
+        self._restored: list[UserKey] = []  # waiting for nothing, but is their vector there?
         self.accepted = 0
         self.rejected: Counter[str] = Counter()
 
@@ -208,7 +213,8 @@ class EventsHandler:
                           o.event.type, r.partition, r.offset)
                     for r, o in accepted
                 ],
-                await self._user_vectors({o.event.user_id: o.state for _, o in accepted}),
+                await self._user_vectors({o.event.user_id: o.state for _, o in accepted},
+                                         partition_of),
             )
             self._written(outcomes, [r.timestamp for r in fresh])
         except Exception as error:
@@ -256,12 +262,17 @@ class EventsHandler:
                 transactions.processed(partition, offset)
         self.accepted += len(accepted)
 
-    async def _user_vectors(self, states: dict[str, UserState]) -> list[UserVector]:
+    async def _user_vectors(self, states: dict[str, UserState],
+                            partition_of: Mapping[str, int]) -> list[UserVector]:
         """The new vector of each user with a history item that has a vector, all users of
-        the batch in one encoder call."""
+        the batch in one encoder call. Users are noted as waiting for the items without
+        a vector before the call: one that gets its vector meanwhile finds them."""
         if not states:
             return []
         model, vectors = self._live.current, self._catalog.vectors()
+        for user_id, state in states.items():
+            self.waiting.note((partition_of[user_id], user_id),
+                              missing_items(state.history, vectors))
         histories = [state.history for state in states.values()]
         encode = model.user_encoder.encode
         started = time.perf_counter()
@@ -279,22 +290,65 @@ class EventsHandler:
             if vector is not None
         ]
 
-    async def reembed(self, chunk: int = 256) -> int:
-        """Write a vector of the version in use for every user in the store; chunks wait
-        for the batch in progress, so a user's state is read as it is now. Events wait
-        for a chunk in turn: one tower call over `chunk` users, tens of milliseconds."""
-        users = list(self._users.users())
+    async def reembed(self, users: Collection[UserKey] | None = None, chunk: int = 256) -> int:
+        """Write a vector of the version in use for `users` (default: every user in the
+        store); chunks wait for the batch in progress, so a user's state is read as it is
+        now. Events wait for a chunk in turn: one tower call over `chunk` users, tens of
+        milliseconds."""
+        keys = list(self._users.users() if users is None else users)
         written = 0
-        for start in range(0, len(users), chunk):
+        for start in range(0, len(keys), chunk):
             async with self._live.lock:
+                part = keys[start:start + chunk]
                 states = {user_id: self._users.get(partition, user_id)
-                          for partition, user_id in users[start:start + chunk]}
+                          for partition, user_id in part}
                 vectors = await self._user_vectors(
-                    {user_id: state for user_id, state in states.items() if state.history}
+                    {user_id: state for user_id, state in states.items() if state.history},
+                    {user_id: partition for partition, user_id in part},
                 )
                 await self._online.write([], vectors)
                 written += len(vectors)
         return written
+
+    def note_waiting(self, partitions: Iterable[int]) -> None:
+        """Rebuild the waiting users of newly assigned partitions from their restored
+        states (the caller holds ``live.lock``). The others have every item's vector,
+        which may have come while no worker held the partition: :meth:`embed_waiting`
+        looks at their vectors."""
+        wanted, vectors = set(partitions), self._catalog.vectors()
+        for partition, user_id in self._users.users():
+            if partition in wanted:
+                history = self._users.get(partition, user_id).history
+                missing = missing_items(history, vectors)
+                self.waiting.note((partition, user_id), missing)
+                if history and not missing:
+                    self._restored.append((partition, user_id))
+
+    async def embed_waiting(self) -> int:
+        """Embed again, between batches, the users waiting for the items that got vectors
+        since the last call (every user of the store if the waiting set overflowed), and
+        the restored users without a vector of the version in use."""
+        users: set[UserKey] = set()
+        if self._restored:
+            restored, self._restored = self._restored, []
+            try:
+                versions = await self._online.vector_versions([u for _, u in restored])
+            except RedisError as error:
+                log.warning("reading the vectors of %s restored users failed (%s); "
+                            "trying again", len(restored), error)
+                self._restored += restored
+            else:
+                version = self._live.version
+                users.update(u for u, found in zip(restored, versions, strict=True)
+                             if found != version)
+        arrived = self._catalog.take_arrived()
+        if arrived and self.waiting.overflowed:
+            log.warning("more than %s users wait for item vectors: re-embedding all %s",
+                        self.waiting.max_users, len(self._users))
+            self.waiting.clear()
+            return await self.reembed()
+        users |= self.waiting.take(arrived)
+        return await self.reembed(users) if users else 0
 
 
 async def switch_model(
@@ -307,6 +361,7 @@ async def switch_model(
         previous = live.version
         catalog.switch(model.version, model.dim, model.item_vectors)
         live.current = model
+        events.waiting.clear()  # re-embedding every user below notes them for this version
     metrics.use_model(model.version)
     embedded = await items.embed_missing()
     users = await events.reembed()

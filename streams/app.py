@@ -1,6 +1,6 @@
 """The Faust app, wired from settings: the items agent, the events processor (a service
-of the app with its own consumer group, :mod:`streams.processor`), model releases and
-stats.
+of the app with its own consumer group, :mod:`streams.processor`), model releases, users
+waiting for item vectors, and stats.
 
 Values and keys travel as raw bytes; the handlers decode protobuf themselves so that
 undecodable input is dead-lettered instead of crashing an agent.
@@ -29,6 +29,7 @@ from streams.settings import StreamsSettings
 from streams.transport import ShortFetchTransport
 from streams.userstore import UserStore
 from streams.validation import EventLimits
+from streams.waiting import WaitingUsers
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +111,7 @@ def create_app(
         ),
         live=live,
         metrics=metrics,
+        waiting=WaitingUsers(max_users=settings.waiting_users_max),
     )
     processor = EventsProcessor(
         handler=events_handler, transactions=transactions, users=users, seen=seen, live=live,
@@ -138,6 +140,14 @@ def create_app(
             model = await live.pending.get()
             await switch_model(model, live=live, catalog=catalog, items=items_handler,
                                events=events_handler, metrics=metrics)
+
+    @app.timer(settings.waiting_check_interval_s)
+    async def embed_waiting_users() -> None:
+        # Users whose events came before their items' vectors, once the vectors exist.
+        embedded = await events_handler.embed_waiting()
+        if embedded:
+            log.info("%s users embedded again: their items' vectors arrived, or they were "
+                     "restored without a vector", embedded)
 
     last = {"accepted": 0, "rejected": 0, "embedded": 0}
 

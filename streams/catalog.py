@@ -24,6 +24,7 @@ class Catalog:
         self.dim = dim
         self._items: dict[str, events_pb2.Item] = {}
         self._vectors: dict[str, np.ndarray] = {}
+        self._arrived: set[str] = set()  # items that got their first vector, until taken
 
     def __len__(self) -> int:
         return len(self._items)
@@ -46,6 +47,12 @@ class Catalog:
     def items_without_vector(self) -> list[events_pb2.Item]:
         return [item for item_id, item in self._items.items() if item_id not in self._vectors]
 
+    def take_arrived(self) -> set[str]:
+        """Items that got a vector of the version in use, where they had none, since the
+        last call (from item-vectors or this worker's items agent)."""
+        arrived, self._arrived = self._arrived, set()
+        return arrived
+
     def switch(self, version: str, dim: int, vectors: dict[str, np.ndarray]) -> None:
         """Use another model version: its stored vectors replace every current one."""
         kept = {item_id: normalise(vector) for item_id, vector in vectors.items()
@@ -54,6 +61,7 @@ class Catalog:
             log.warning("version %s: %s item vectors without dimension %s ignored",
                         version, len(vectors) - len(kept), dim)
         self.model_version, self.dim, self._vectors = version, dim, kept
+        self._arrived = set()
 
     def put_item(self, item: events_pb2.Item) -> None:
         self._items[item.item_id] = item
@@ -73,5 +81,7 @@ class Catalog:
                 item_vector.item_id, len(item_vector.vector), self.dim,
             )
             return False
+        if item_vector.item_id not in self._vectors:
+            self._arrived.add(item_vector.item_id)
         self._vectors[item_vector.item_id] = normalise(np.asarray(item_vector.vector, np.float32))
         return True

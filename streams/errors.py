@@ -36,7 +36,7 @@ class Oversized(RejectedInput):
 
 
 class Undecodable(RejectedInput):
-    """The bytes are not the expected protobuf message."""
+    """The bytes are not the expected protobuf message, binary or JSON."""
 
     reason = "undecodable"
 

@@ -227,6 +227,15 @@ class OnlineState(Service):
             delay = min(delay * 2, self._retry_max_s)
             attempt += 1
 
+    async def vector_versions(self, user_ids: Sequence[str]) -> list[str | None]:
+        """The model version of each user's vector, None where there is none (one round
+        trip; raises RedisError)."""
+        async with self._client.pipeline(transaction=False) as pipe:
+            for user_id in user_ids:
+                pipe.hget(self.keys.user_vector(user_id), "version")
+            found = await pipe.execute()
+        return [None if v is None else v.decode() if isinstance(v, bytes) else v for v in found]
+
     async def applied(self) -> dict[int, int]:
         """Partition of the events topic -> newest offset whose effects are applied."""
         return self._parse_applied(await self._client.hgetall(self._applied_key))

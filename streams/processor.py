@@ -132,6 +132,7 @@ class EventsProcessor(Service):
             await self._transactions.assigned(partitions)
             await self._users.restore(partitions)
             await self._seen.restore(partitions)
+            self.handler.note_waiting(partitions)
             uncommitted: list[TopicPartition] = []
             for partition in sorted(partitions):
                 tp = TopicPartition(self.topic, partition)
@@ -176,6 +177,7 @@ class EventsProcessor(Service):
             await self._transactions.revoked(partitions)
             self._users.drop(partitions)
             self._seen.drop(partitions)
+            self.handler.waiting.drop(partitions)
         log.info("events partitions %s revoked", sorted(partitions))
 
     @Service.task

@@ -137,6 +137,12 @@ class StreamsSettings(BaseSettings, TopicLayout):
     trending_size: int = Field(
         default=10_000, ge=1, le=10_000_000, description="items kept per trending window"
     )
+    # Users whose events came before their items' vectors, re-embedded once they exist;
+    # past the bound, the next vectors to arrive make the worker re-embed all its users.
+    waiting_users_max: int = Field(default=100_000, ge=1, le=10_000_000,
+                                   description="users held as waiting for item vectors")
+    waiting_check_interval_s: float = Field(default=0.5, gt=0, le=60,
+                                            description="how often arrived vectors are checked")
     decay_half_life_s: float = Field(
         default=24 * 3600.0,
         gt=0,

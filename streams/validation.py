@@ -1,8 +1,14 @@
-"""Decode and check raw records; every failure is a :class:`RejectedInput` with its reason."""
+"""Decode and check raw records; every failure is a :class:`RejectedInput` with its reason.
+
+A record of ``events`` or ``items`` is the protobuf message in its binary encoding or in
+its JSON mapping, told apart per record (:mod:`contracts.records`).
+"""
 
 from __future__ import annotations
 
-from google.protobuf.message import DecodeError
+from typing import TypeVar
+
+from google.protobuf.message import DecodeError, Message
 
 from contracts.events import (
     KNOWN_EVENT_TYPES,
@@ -12,6 +18,7 @@ from contracts.events import (
     event_violations,
     size_violation,
 )
+from contracts.records import decode_record
 from protos import events_pb2
 from streams.errors import (
     BadTimestamp,
@@ -24,25 +31,33 @@ from streams.errors import (
     UnknownEventType,
 )
 
-__all__ = ["KNOWN_EVENT_TYPES", "MIN_TIMESTAMP_MS", "EventLimits", "decode_event",
+__all__ = ["KNOWN_EVENT_TYPES", "MIN_TIMESTAMP_MS", "EventLimits", "decode_event", "decode_message",
            "parse_event", "parse_item", "validate_event"]
 
 _REJECTED: dict[str, type[RejectedInput]] = {
     error.reason: error for error in (MissingField, UnknownEventType, BadTimestamp, BadValue)
 }
 
+M = TypeVar("M", bound=Message)
+
+
+def decode_message(payload: bytes, message: type[M]) -> M:
+    """The message in a record value, binary or JSON (:mod:`contracts.records`); raises
+    Undecodable."""
+    try:
+        return decode_record(payload, message)
+    except DecodeError as error:
+        raise Undecodable(str(error)) from None
+
 
 def decode_event(payload: bytes | None, limits: EventLimits) -> events_pb2.Event:
-    """Protobuf ``Event`` from a record value; raises Oversized or Undecodable."""
+    """The ``Event`` of a record value (binary or JSON); raises Oversized or Undecodable."""
     if payload is None:
         raise Undecodable("the record has no value")
     too_big = size_violation(len(payload), limits)
     if too_big is not None:
         raise Oversized(too_big.description)
-    try:
-        return events_pb2.Event.FromString(payload)
-    except DecodeError as error:
-        raise Undecodable(str(error)) from None
+    return decode_message(payload, events_pb2.Event)
 
 
 def validate_event(
@@ -75,13 +90,10 @@ def parse_event(
 
 
 def parse_item(payload: bytes, *, max_bytes: int) -> events_pb2.Item:
-    """Decode a record of the items topic; the item id must be set."""
+    """Decode a record of the items topic (binary or JSON); the item id must be set."""
     if len(payload) > max_bytes:
         raise Oversized(f"{len(payload)} bytes > limit {max_bytes}")
-    try:
-        item = events_pb2.Item.FromString(payload)
-    except DecodeError as error:
-        raise Undecodable(str(error)) from None
+    item = decode_message(payload, events_pb2.Item)
     if not item.item_id:
         raise MissingField("empty: item_id")
     return item

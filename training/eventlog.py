@@ -17,6 +17,7 @@ from kafka import KafkaConsumer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
 
 from contracts.console import progress_bar
+from contracts.records import decode_record
 from protos import events_pb2
 from training.errors import LogReadError
 
@@ -138,7 +139,7 @@ def read_catalog(
             catalog.pop(key, None)
             return
         try:
-            item = events_pb2.Item.FromString(record.value)
+            item = decode_record(record.value, events_pb2.Item)
         except DecodeError:
             skipped += 1
             return

@@ -88,3 +88,15 @@ def test_items_fill_the_catalog_and_tombstones_remove() -> None:
     assert entry is not None and entry.title == "Heat (1995)"
     assert entry.categories == ("Action", "Crime")
     assert catalog.get("m2") is None and catalog.get("m3") is None
+
+
+def test_items_in_the_json_mapping_fill_the_catalog_too() -> None:
+    catalog = Catalog()
+    CatalogUpdates(catalog)([
+        _record("m4", b'{"itemId": "m4", "title": "Four", "categories": ["Drama"]}',
+                topic="items"),
+        _record("m5", b'{"item_id": "m5", "colour": "red"}', topic="items"),  # unknown field
+    ])
+    entry = catalog.get("m4")
+    assert entry is not None and (entry.title, entry.categories) == ("Four", ("Drama",))
+    assert catalog.get("m5") is None

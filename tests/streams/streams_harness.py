@@ -168,6 +168,31 @@ class Running:
                                       partition=partition).get(30)
         return metadata.partition, metadata.offset
 
+    def send_all(
+        self, topic: str, records: list[tuple[bytes | None, bytes]]
+    ) -> list[tuple[int, int]]:
+        """Produce (key, value) records in one go; their (partition, offset), in order."""
+        futures = [self.producer.send(self.worker.topics[topic], key=key, value=value)
+                   for key, value in records]
+        self.producer.flush(30)
+        return [(m.partition, m.offset) for m in (future.get(30) for future in futures)]
+
+    def outcomes(self, sent: set[tuple[int, int]]) -> dict[tuple[int, int], list[str]]:
+        """Outcome(s) of each sent (partition, offset) of events read so far: "accepted"
+        or the dead-letter reason, read committed."""
+        found: dict[tuple[int, int], list[str]] = {}
+        for record in self.logs["enriched"].records:
+            enriched = events_pb2.EnrichedEvent.FromString(record.value)
+            where = (enriched.source_partition, enriched.source_offset)
+            if where in sent:
+                found.setdefault(where, []).append("accepted")
+        for record in self.logs["dlq"].records:
+            letter = events_pb2.DeadLetter.FromString(record.value)
+            where = (letter.origin_partition, letter.origin_offset)
+            if letter.origin_topic == self.worker.topics["events"] and where in sent:
+                found.setdefault(where, []).append(letter.reason)
+        return found
+
 
 def publish_items(running: Running, tag: str, n: int) -> list[str]:
     """`n` items named after `tag`, waiting until the worker has embedded them all."""

@@ -38,22 +38,6 @@ def catalog(running: Running) -> list[str]:
     return ITEM_IDS
 
 
-def outcomes(running: Running, sent: set[tuple[int, int]]) -> dict[tuple[int, int], list[str]]:
-    """Outcome(s) of each sent (partition, offset) so far, read committed."""
-    found: dict[tuple[int, int], list[str]] = {}
-    for record in running.logs["enriched"].records:
-        enriched = events_pb2.EnrichedEvent.FromString(record.value)
-        where = (enriched.source_partition, enriched.source_offset)
-        if where in sent:
-            found.setdefault(where, []).append("accepted")
-    for record in running.logs["dlq"].records:
-        letter = events_pb2.DeadLetter.FromString(record.value)
-        where = (letter.origin_partition, letter.origin_offset)
-        if letter.origin_topic == running.worker.topics["events"] and where in sent:
-            found.setdefault(where, []).append(letter.reason)
-    return found
-
-
 @settings(max_examples=4, deadline=None, database=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(batch=st.lists(payloads(NOW_MS, ITEM_IDS, MAX_BYTES), min_size=40, max_size=60))
@@ -69,14 +53,14 @@ def test_random_records_each_get_one_outcome(
 
     def all_done(_: list[ConsumerRecord]) -> dict[tuple[int, int], list[str]] | None:
         running.logs["dlq"].poll()
-        found = outcomes(running, set(sent))
+        found = running.outcomes(set(sent))
         return found if len(found) == len(set(sent)) else None
 
     found = running.logs["enriched"].wait_for(all_done, running.worker, what="every outcome")
     time.sleep(1.0)  # ten commit intervals: a second outcome would be committed by now
     running.logs["enriched"].poll()
     running.logs["dlq"].poll()
-    found = outcomes(running, set(sent))
+    found = running.outcomes(set(sent))
     assert all(len(kinds) == 1 for kinds in found.values()), found
     assert found[sent[first_valid]] == ["accepted"] and found[sent[-1]] == ["duplicate"]
     reasons = {kinds[0] for kinds in found.values()} - {"accepted"}
