@@ -105,17 +105,12 @@ def normalise(vectors: np.ndarray, dim: int) -> np.ndarray:
     return np.ascontiguousarray(array / norms, dtype=np.float32)
 
 
-def _factory(kind: IndexKind, n_training: int) -> str:
-    """The ``faiss.index_factory`` description of an index of `kind` trained on
-    `n_training` rows: ``IDMap2,Flat`` (exact, ids of our choosing) or ``IVF{nlist},Flat``."""
-    return f"IVF{ivf_lists(n_training)},Flat" if kind == "ivf" else "IDMap2,Flat"
-
-
 def _trained_ivf(dim: int, training: np.ndarray, nprobe: int) -> faiss.Index:
     """An empty IVFFlat trained on `training` [n, dim] rows, with a hashtable direct map."""
-    ivf = faiss.index_factory(dim, _factory("ivf", len(training)), faiss.METRIC_INNER_PRODUCT)
+    nlist = ivf_lists(len(training))
+    ivf = faiss.index_factory(dim, f"IVF{nlist},Flat", faiss.METRIC_INNER_PRODUCT)
     sample = training
-    most = 64 * ivf.nlist  # k-means needs ~40-256 points per list; more only costs time
+    most = 64 * nlist  # k-means needs ~40-256 points per list; more only costs time
     if len(training) > most:
         rows = np.random.default_rng(0).choice(len(training), size=most, replace=False)
         sample = training[np.sort(rows)]
@@ -146,7 +141,7 @@ class ItemIndex:
                 raise ValueError("an ivf index needs training vectors")
             self._index = _trained_ivf(dim, normalise(training, dim), nprobe)
         else:
-            self._index = faiss.index_factory(dim, _factory("flat", 0), faiss.METRIC_INNER_PRODUCT)
+            self._index = faiss.index_factory(dim, "IDMap2,Flat", faiss.METRIC_INNER_PRODUCT)
         self._ids: dict[str, int] = {}  # item id -> FAISS id
         # FAISS id -> item id (None once removed); the first `_assigned` rows are in use.
         self._items: np.ndarray = np.full(1024, None, dtype=object)
