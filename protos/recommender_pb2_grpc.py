@@ -337,11 +337,6 @@ class AdminStub:
                 request_serializer=protos_dot_recommender__pb2.StatusRequest.SerializeToString,
                 response_deserializer=protos_dot_recommender__pb2.ModelStatus.FromString,
                 _registered_method=True)
-        self.Echo = channel.unary_unary(
-                '/streamrec.v1.Admin/Echo',
-                request_serializer=protos_dot_recommender__pb2.EchoMessage.SerializeToString,
-                response_deserializer=protos_dot_recommender__pb2.EchoMessage.FromString,
-                _registered_method=True)
 
 
 class AdminServicer:
@@ -377,12 +372,6 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def Echo(self, request, context):
-        """Missing associated documentation comment in .proto file."""
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -405,11 +394,6 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.Status,
                     request_deserializer=protos_dot_recommender__pb2.StatusRequest.FromString,
                     response_serializer=protos_dot_recommender__pb2.ModelStatus.SerializeToString,
-            ),
-            'Echo': grpc.unary_unary_rpc_method_handler(
-                    servicer.Echo,
-                    request_deserializer=protos_dot_recommender__pb2.EchoMessage.FromString,
-                    response_serializer=protos_dot_recommender__pb2.EchoMessage.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -521,33 +505,6 @@ class Admin:
             '/streamrec.v1.Admin/Status',
             protos_dot_recommender__pb2.StatusRequest.SerializeToString,
             protos_dot_recommender__pb2.ModelStatus.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def Echo(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/streamrec.v1.Admin/Echo',
-            protos_dot_recommender__pb2.EchoMessage.SerializeToString,
-            protos_dot_recommender__pb2.EchoMessage.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,10 +1,11 @@
 """Nearest items by inner product over L2-normalised vectors (cosine similarity).
 
 Item ids are strings outside and int64 FAISS ids inside. Two kinds of FAISS index, chosen
-by catalog size (:func:`index_kind`):
+by catalog size (:func:`index_kind`) and made by ``faiss.index_factory`` with the inner
+product metric:
 
-- ``flat``: ``IndexIDMap2(IndexFlatIP)``, exact; fine up to tens of thousands of items.
-- ``ivf``: ``IndexIVFFlat`` with a hashtable direct map, approximate; adds in ~85 µs and
+- ``flat``: ``IDMap2,Flat``, exact; fine up to tens of thousands of items.
+- ``ivf``: ``IVF{4·√N},Flat`` with a hashtable direct map, approximate; adds in ~85 µs and
   removes in ~12 µs at 1M items, so live upserts stay cheap (HNSW cannot remove).
 
 Exclusions (seen and excluded items) never eat into the k results: a search fetches one
@@ -46,11 +47,13 @@ def index_kind(n_items: int, ivf_threshold: int) -> IndexKind:
 
 
 def ivf_lists(n_items: int) -> int:
-    """Inverted lists for `n_items`: 4·√N (MEASUREMENTS.md: recall 1.0 at nprobe 8, 1M)."""
+    """Inverted lists for `n_items`: 4·√N (the ``nprobe`` setting is sized against it)."""
     return max(1, int(4 * math.sqrt(max(n_items, 1))))
 
 
-_CACHE_FORMAT = "ivfflat-1"  # part of every cache key: a change to how indexes are built changes it
+# Part of every cache key: a change to what a built index's file holds changes it. (The
+# factory-made IVFFlat writes the same bytes as the one assembled by hand before it.)
+_CACHE_FORMAT = "ivfflat-1"
 CACHE_KEEP = 4  # cached indexes kept, the most recently used
 
 
@@ -105,23 +108,27 @@ def normalise(vectors: np.ndarray, dim: int) -> np.ndarray:
 def _trained_ivf(dim: int, training: np.ndarray, nprobe: int) -> faiss.Index:
     """An empty IVFFlat trained on `training` [n, dim] rows, with a hashtable direct map."""
     nlist = ivf_lists(len(training))
-    quantizer = faiss.IndexFlatIP(dim)
-    ivf = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
-    ivf.own_fields = True
-    quantizer.this.disown()  # type: ignore[attr-defined]  # the IVF index frees it
+    ivf = faiss.index_factory(dim, f"IVF{nlist},Flat", faiss.METRIC_INNER_PRODUCT)
     sample = training
     most = 64 * nlist  # k-means needs ~40-256 points per list; more only costs time
     if len(training) > most:
         rows = np.random.default_rng(0).choice(len(training), size=most, replace=False)
         sample = training[np.sort(rows)]
     ivf.train(sample)
-    ivf.set_direct_map_type(faiss.DirectMap.Hashtable)  # type: ignore[attr-defined]
-    ivf.nprobe = nprobe
+    _tune(ivf, nprobe)
     return ivf
 
 
+def _tune(index: faiss.Index, nprobe: int) -> None:
+    """Set an IVF index's nprobe and its hashtable direct map (ids of our choosing that
+    remove and reconstruct in O(1)); the map is a no-op when the index already has it."""
+    ivf = faiss.extract_index_ivf(index)
+    ivf.set_direct_map_type(faiss.DirectMap.Hashtable)  # type: ignore[attr-defined]
+    ivf.nprobe = nprobe
+
+
 class ItemIndex:
-    """Items by vector; ``search`` answers the most similar items first."""
+    """Items by vector; :meth:`search_hits` answers the most similar items first."""
 
     def __init__(self, dim: int, *, kind: IndexKind = "flat", nprobe: int = 8,
                  training: np.ndarray | None = None) -> None:
@@ -134,7 +141,7 @@ class ItemIndex:
                 raise ValueError("an ivf index needs training vectors")
             self._index = _trained_ivf(dim, normalise(training, dim), nprobe)
         else:
-            self._index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+            self._index = faiss.index_factory(dim, "IDMap2,Flat", faiss.METRIC_INNER_PRODUCT)
         self._ids: dict[str, int] = {}  # item id -> FAISS id
         # FAISS id -> item id (None once removed); the first `_assigned` rows are in use.
         self._items: np.ndarray = np.full(1024, None, dtype=object)
@@ -215,8 +222,7 @@ class ItemIndex:
         """An IVF ItemIndex around a read FAISS index whose id i is item_ids[i]."""
         index = cls.__new__(cls)
         index.dim, index.kind, index.nprobe = dim, "ivf", nprobe
-        # an IndexIVFFlat as read; its hashtable direct map comes with the file
-        stored.nprobe = nprobe  # type: ignore[attr-defined]
+        _tune(stored, nprobe)  # its hashtable direct map comes with the file
         index._index = stored
         index._ids = {item_id: n for n, item_id in enumerate(item_ids)}
         index._items = np.empty(max(1024, len(item_ids)), dtype=object)
@@ -296,29 +302,12 @@ class ItemIndex:
             matrix = self._index.reconstruct_batch(keys)  # [n_found, dim], one call into FAISS
         return [item_id for item_id, _ in pairs], np.asarray(matrix, dtype=np.float32)
 
-    def search(
-        self, query_vectors: np.ndarray, k: int, exclude: Collection[str] = ()
-    ) -> tuple[list[np.ndarray], list[list[str]]]:
-        """The up-to-`k` most similar items per query row, best first, never one of `exclude`.
-
-        Returns ``(scores, item_ids)``: per query, cosine similarities (float32) and the
-        matching item ids; fewer than `k` when the index holds fewer items.
-        """
-        rows = len(query_vectors) if np.ndim(query_vectors) == 2 else 1
-        found = self.search_each(query_vectors, [k] * rows, [exclude] * rows)
-        return [scores for scores, _ in found], [item_ids for _, item_ids in found]
-
-    def search_each(
-        self, query_vectors: np.ndarray, ks: Sequence[int], excludes: Sequence[Collection[str]]
-    ) -> list[tuple[np.ndarray, list[str]]]:
-        """Query row i's up-to-``ks[i]`` most similar items, never one of ``excludes[i]``,
-        as ``(scores, item_ids)`` pairs, in one FAISS call for all rows."""
-        return [(hits.scores, hits.item_ids) for hits in self.search_hits(query_vectors, ks, excludes)]
-
     def search_hits(
         self, query_vectors: np.ndarray, ks: Sequence[int], excludes: Sequence[Collection[str]]
     ) -> list[Hits]:
-        """:meth:`search_each` with the FAISS ids of what was found.
+        """Query row i's up-to-``ks[i]`` most similar items, best first, never one of
+        ``excludes[i]``, in one FAISS call for all rows: cosine similarities (float32),
+        item ids and FAISS ids; fewer than k when the index holds fewer items.
 
         Each row fetches its k plus one per excluded item, so exclusions never eat into
         the k results; the excluded ones are dropped from what comes back.

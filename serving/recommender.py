@@ -93,7 +93,7 @@ class Tuning:
 
 @dataclass(frozen=True)
 class Search:
-    """One query row for :meth:`ItemIndex.search_each`."""
+    """One query row for :meth:`ItemIndex.search_hits`."""
 
     index: ItemIndex
     vector: np.ndarray  # [dim]
@@ -132,11 +132,6 @@ class Recommender:
         self._coalesced: Coalescer[Search, Hits] | None = (
             Coalescer(self._search_batch) if tuning.coalesce_search else None
         )
-
-    @property
-    def model_version(self) -> str:
-        """The production version."""
-        return self.models.routing.production
 
     async def recommend(self, query: RecommendQuery, method: str = "Recommend") -> Recommendation:
         """Up to k items for the user (fewer only when fewer pass the filters)."""

@@ -211,8 +211,3 @@ class AdminServicer(recommender_pb2_grpc.AdminServicer):
                      context: grpc.aio.ServicerContext) -> recommender_pb2.ModelStatus:
         return self._status(self._admin.models.routing)
 
-    @translated
-    async def Echo(self, request: recommender_pb2.EchoMessage,
-                   context: grpc.aio.ServicerContext) -> recommender_pb2.EchoMessage:
-        return request
-

@@ -1,7 +1,8 @@
 """A user's recent history and recently accepted event ids, folded one event at a time.
 
-The state is immutable; :func:`fold` returns a new one. It is stored in a Faust table as
-compact JSON (:func:`encode_state` / :func:`decode_state`).
+The state is immutable; :func:`fold` returns a new one. It is held per partition and
+changelogged as compact JSON (:func:`encode_state` / :func:`decode_state`,
+:mod:`streams.userstore`).
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """The online state serving reads, written to Redis (keys and formats: ``contracts.online``).
 
 One pipelined transaction per batch of accepted events; a Redis failure is logged and
-retried with exponential backoff until it succeeds, so no event is lost (the batch waits).
+retried with exponential backoff until it succeeds (redis-py's ``Retry`` with
+:class:`WriteBackoff`), so no event is lost (the batch waits).
 Commands are grouped per user and per item, so a batch costs a few commands per distinct
 user rather than per event.
 
@@ -14,9 +15,9 @@ worker that lost a partition and still writes cannot apply what the new owner ap
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -24,6 +25,8 @@ from typing import NamedTuple
 from mode import Service
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
 from redis.exceptions import RedisError, WatchError
 
 from contracts.online import (
@@ -165,6 +168,19 @@ def unapplied(
     return fresh, [v for v in vectors if v.user_id in users], newest
 
 
+class WriteBackoff(ExponentialBackoff):
+    """Waits of `initial_s`, doubling after each failure up to `max_s`, for as many failures
+    as come. (:class:`ExponentialBackoff` computes ``base * 2**failures`` and overflows a
+    float after ~1,000 failures: about 1.5 h of outage at a 5 s cap.)"""
+
+    def __init__(self, initial_s: float, max_s: float) -> None:
+        super().__init__(cap=max_s, base=initial_s / 2)  # failure 1 waits base * 2
+        self._doublings = 1 + max(0, math.ceil(math.log2(max_s / initial_s)))
+
+    def compute(self, failures: int) -> float:
+        return super().compute(min(failures, self._doublings))
+
+
 class OnlineState(Service):
     """Writes batches of :class:`Touch` and :class:`UserVector`; owns the Redis client.
     ``group`` (the consumer group) and ``source_topic`` (the events topic) name the
@@ -193,8 +209,14 @@ class OnlineState(Service):
         self._touch = client.register_script(TOUCH_SCRIPT)
         self._applied_key = keys.applied(group)
         self._source_topic = source_topic
-        self._retry_initial_s = retry_initial_s
-        self._retry_max_s = retry_max_s
+        # The retry wraps a whole write, not the client: a write is an optimistic
+        # transaction (WATCH, read the applied offsets, MULTI/EXEC) that must start over
+        # on a new connection, which redis-py's client retry does not do for a watching
+        # pipeline (it raises); and a retry without end on the client would also hold the
+        # start-up ping and vector_versions, whose callers handle the error themselves.
+        # Every Redis error, without end: a partition waits for Redis, it never skips.
+        self._backoff = WriteBackoff(retry_initial_s, retry_max_s)
+        self._retry = Retry(self._backoff, retries=-1, supported_errors=(RedisError,))
 
     async def on_start(self) -> None:
         try:
@@ -211,21 +233,19 @@ class OnlineState(Service):
         (users re-embedded after a release) are written as they are."""
         if not touches and not vectors:
             return 0
-        delay = self._retry_initial_s
-        attempt = 1
-        while True:
-            try:
-                return await self._write_once(touches, vectors)
-            except WatchError:
-                continue  # another worker moved the applied offsets: check again
-            except RedisError as error:
-                log.warning(
-                    "redis write of %s events failed (attempt %s): %s; retrying in %.2f s",
-                    len(touches), attempt, error, delay,
-                )
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, self._retry_max_s)
-            attempt += 1
+
+        async def attempt() -> int:
+            while True:
+                try:
+                    return await self._write_once(touches, vectors)
+                except WatchError:
+                    continue  # another worker moved the applied offsets: check them again
+
+        async def failed(error: Exception, failures: int) -> None:
+            log.warning("redis write of %s events failed (attempt %s): %s; retrying in %.2f s",
+                        len(touches), failures, error, self._backoff.compute(failures))
+
+        return await self._retry.call_with_retry(attempt, failed, with_failure_count=True)
 
     async def vector_versions(self, user_ids: Sequence[str]) -> list[str | None]:
         """The model version of each user's vector, None where there is none (one round

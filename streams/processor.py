@@ -21,7 +21,6 @@ upgrade neither reads the event log again nor skips any of it.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition

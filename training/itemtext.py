@@ -15,7 +15,6 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 from transformers import AutoModel, AutoTokenizer, PreTrainedModel
@@ -129,9 +128,3 @@ def _frozen_states(
         states[rows, :width] = out.hidden_states[frozen_layers]  # [0] = embeddings
     log.info("cached text states of %s items, %s tokens, after %s layers", n, t, frozen_layers)
     return states, enc["attention_mask"].to(torch.bool)
-
-
-def pooled_numpy(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Mean over real tokens, the pooling of the exported recipe (numpy, for tests)."""
-    weights = mask[..., None].astype(np.float32)
-    return (hidden * weights).sum(1) / np.maximum(weights.sum(1), 1e-9)

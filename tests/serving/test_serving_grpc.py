@@ -18,7 +18,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from grpc_status import rpc_status
 from serving_harness import exact_nearest, unit_rows, write_artifact
 
-from protos import events_pb2, recommender_pb2
+from protos import events_pb2, recommender_pb2, recommender_pb2_grpc
 from serving.settings import ServingSettings
 
 pytestmark = pytest.mark.integration
@@ -345,8 +345,11 @@ async def test_events_not_acknowledged_in_time_are_unavailable(stack: Stack) -> 
     assert caught.value.details().startswith("Kafka did not acknowledge")
 
 
-async def test_health_is_serving_and_reflection_lists_the_service(stack: Stack) -> None:
+async def test_health_is_serving_echo_answers_and_reflection_lists_the_service(stack: Stack) -> None:
     async with stack.server() as client:
+        echo = await recommender_pb2_grpc.DiagnosticsStub(client.channel).Echo(
+            recommender_pb2.EchoMessage(payload=b"hi"))
+        assert echo.payload == b"hi"
         overall = await client.health.Check(health_pb2.HealthCheckRequest(service=""))
         service = await client.health.Check(
             health_pb2.HealthCheckRequest(service="streamrec.v1.Recommender"))

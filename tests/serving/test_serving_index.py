@@ -15,6 +15,14 @@ from serving.index import ItemIndex, index_kind, normalise
 DIM = 16
 
 
+def _search(index: ItemIndex, queries: np.ndarray, k: int,
+            exclude: frozenset[str] | set[str] = frozenset()) -> tuple[list[np.ndarray], list[list[str]]]:
+    """Every query row's scores and item ids, all with the same k and exclusions."""
+    rows = len(queries) if np.ndim(queries) == 2 else 1
+    found = index.search_hits(queries, [k] * rows, [exclude] * rows)
+    return [hits.scores for hits in found], [hits.item_ids for hits in found]
+
+
 def _stored(index: ItemIndex, item_id: str) -> np.ndarray:
     vector = index.vector(item_id)
     assert vector is not None, f"{item_id} is not indexed"
@@ -32,7 +40,7 @@ def _indexed(seed: int, n: int) -> tuple[np.random.Generator, dict[str, np.ndarr
 
 
 def _check_agrees(index: ItemIndex, reference: dict[str, np.ndarray], queries: np.ndarray, k: int) -> None:
-    scores, item_ids = index.search(queries, k)
+    scores, item_ids = _search(index, queries, k)
     assert len(scores) == len(item_ids) == len(queries)
     for query, row_scores, row_ids in zip(queries, scores, item_ids, strict=True):
         assert row_ids == exact_nearest(reference, query, k)
@@ -69,14 +77,14 @@ def test_upsert_keeps_the_last_row_of_a_repeated_id_and_normalises() -> None:
     np.testing.assert_allclose(_stored(index, "a"), [0, 0, 1])
     np.testing.assert_allclose(_stored(index, "b"), [0, 1, 0])
     assert index.vector("missing") is None
-    scores, item_ids = index.search(np.array([0, 0, 3], np.float32), 5)
+    scores, item_ids = _search(index, np.array([0, 0, 3], np.float32), 5)
     assert item_ids == [["a", "b"]]
     np.testing.assert_allclose(scores[0], [1.0, 0.0], atol=1e-6)
 
 
 def test_search_of_an_empty_index_finds_nothing() -> None:
     index = ItemIndex(4)
-    scores, item_ids = index.search(np.ones((2, 4), np.float32), 3)
+    scores, item_ids = _search(index, np.ones((2, 4), np.float32), 3)
     assert item_ids == [[], []]
     assert [len(row) for row in scores] == [0, 0]
 
@@ -85,9 +93,9 @@ def test_removed_then_readded_item_is_found_again() -> None:
     index = ItemIndex(2)
     index.upsert(["a", "b"], np.array([[1, 0], [0, 1]], np.float32))
     index.remove(["a"])
-    assert index.search(np.array([1, 0.1], np.float32), 2)[1] == [["b"]]
+    assert _search(index, np.array([1, 0.1], np.float32), 2)[1] == [["b"]]
     index.upsert(["a"], np.array([[1, 0]], np.float32))
-    assert index.search(np.array([1, 0.1], np.float32), 2)[1] == [["a", "b"]]
+    assert _search(index, np.array([1, 0.1], np.float32), 2)[1] == [["a", "b"]]
 
 
 @pytest.mark.parametrize(
@@ -109,14 +117,14 @@ def test_ids_and_rows_must_match_and_k_must_be_positive() -> None:
     with pytest.raises(ValueError, match="2 item ids for 1 vectors"):
         index.upsert(["a", "b"], np.ones((1, 2), np.float32))
     with pytest.raises(ValueError, match="k must be positive"):
-        index.search(np.ones(2, np.float32), 0)
+        _search(index, np.ones(2, np.float32), 0)
 
 
 def test_excluded_items_are_left_out_inside_the_search() -> None:
     rng, reference, index = _indexed(3, 200)
     query = rng.normal(size=DIM).astype(np.float32)
     excluded = set(exact_nearest(reference, query, 15)[::2]) | {"never-indexed"}
-    _, item_ids = index.search(query, 10, exclude=excluded)
+    _, item_ids = _search(index, query, 10, exclude=excluded)
     assert item_ids[0] == exact_nearest(reference, query, 10, excluded)
 
 
@@ -146,14 +154,14 @@ def test_ivf_index_recall_on_clustered_data_and_live_updates() -> None:
     queries = matrix[rng.choice(len(matrix), 100, replace=False)] + 0.1 * rng.normal(size=(100, dim))
     queries = (queries / np.linalg.norm(queries, axis=1, keepdims=True)).astype(np.float32)
     exact = np.argsort(-(queries @ matrix.T), axis=1)[:, :10]  # [100, 10]
-    _, found = index.search(queries, 10)
+    _, found = _search(index, queries, 10)
     hits = sum(len({all_ids[j] for j in row} & set(got)) for row, got in zip(exact, found, strict=True))
     assert hits / (10 * len(queries)) >= 0.95
     assert not set(removed) & {item for got in found for item in got}
     np.testing.assert_allclose(index.vector("new-7"), fresh[7] / np.linalg.norm(fresh[7]), atol=1e-6)
 
 
-def test_search_each_answers_every_row_with_its_own_k_and_exclusions() -> None:
+def test_one_search_answers_every_row_with_its_own_k_and_exclusions() -> None:
     rng, reference, index = _indexed(5, 400)
     index.remove(["item-0", "item-1"])  # removed rows are never answered
     del reference["item-0"], reference["item-1"]
@@ -163,13 +171,13 @@ def test_search_each_answers_every_row_with_its_own_k_and_exclusions() -> None:
         frozenset(),
         frozenset({"never-indexed"} | set(exact_nearest(reference, queries[2], 9)[::3])),
     ]
-    found = index.search_each(queries, [5, 12, 7], excludes)
-    for query, k, excluded, (scores, item_ids) in zip(queries, [5, 12, 7], excludes, found,
-                                                      strict=True):
+    found = index.search_hits(queries, [5, 12, 7], excludes)
+    for query, k, excluded, (scores, item_ids, _) in zip(queries, [5, 12, 7], excludes, found,
+                                                         strict=True):
         assert item_ids == exact_nearest(reference, query, k, excluded)
         assert len(scores) == k and list(scores) == sorted(scores, reverse=True)
     with pytest.raises(ValueError, match="one k and one exclusion set per query row"):
-        index.search_each(queries, [5], excludes)
+        index.search_hits(queries, [5], excludes)
 
 
 def _clustered_catalog(seed: int, n: int) -> tuple[np.random.Generator, np.ndarray, list[str]]:
@@ -192,9 +200,9 @@ def test_an_ivf_index_is_built_once_into_the_cache_and_read_from_it_after(
         == [True, True] and "read from" in caplog.records[1].getMessage()
     assert len(list(cache.glob("*.faiss"))) == 1 and read.kind == "ivf" and len(read) == 2_000
     queries = unit_rows(rng, 20, DIM, clusters=20)
-    for got, expected in zip(read.search(queries, 10)[0], built.search(queries, 10)[0], strict=True):
+    for got, expected in zip(_search(read, queries, 10)[0], _search(built, queries, 10)[0], strict=True):
         np.testing.assert_array_equal(got, expected)
-    assert read.search(queries, 10)[1] == built.search(queries, 10)[1]
+    assert _search(read, queries, 10)[1] == _search(built, queries, 10)[1]
     # the read index takes live changes like a built one
     read.remove(["item-3"])
     fresh = unit_rows(rng, 1, DIM)
@@ -208,7 +216,7 @@ def test_an_ivf_index_is_built_once_into_the_cache_and_read_from_it_after(
     for path in cache.glob("*.faiss"):
         path.write_bytes(b"not an index")
     again = ItemIndex.build(DIM, item_ids, vectors, ivf_threshold=1_000, nprobe=64, cache_dir=cache)
-    assert again.search(queries, 10)[1] == built.search(queries, 10)[1]
+    assert _search(again, queries, 10)[1] == _search(built, queries, 10)[1]
 
 
 def test_the_index_cache_keeps_the_most_recently_used_and_clears_dead_writers(

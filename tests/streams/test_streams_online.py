@@ -16,7 +16,7 @@ from redis.asyncio import Redis
 
 from contracts.online import RedisKeys, decayed, decode_vector, encode_vector
 from protos import events_pb2
-from streams.online import Caps, OnlineState, Touch, UserVector, unapplied
+from streams.online import Caps, OnlineState, Touch, UserVector, WriteBackoff, unapplied
 from streams.trending import REBASE_EXPONENT, Window
 
 pytestmark = pytest.mark.integration
@@ -203,6 +203,14 @@ async def test_write_retries_until_redis_is_reachable(
             server.close()
     assert await client.zscore(keys.seen("u1"), "a") == 10
     assert any("retrying" in record.getMessage() for record in caplog.records)
+
+
+def test_write_waits_double_from_the_initial_wait_up_to_the_cap_however_long_redis_is_down() -> None:
+    backoff = WriteBackoff(0.1, 5.0)
+    waits = [backoff.compute(failures) for failures in range(1, 10)]
+    assert waits == pytest.approx([0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 5.0, 5.0, 5.0])
+    assert backoff.compute(100_000) == 5.0  # hours of outage: still the cap, no overflow
+    assert WriteBackoff(2.0, 1.0).compute(1) == 1.0
 
 
 def test_unapplied_keeps_records_above_their_partitions_offset() -> None:
