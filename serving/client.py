@@ -20,7 +20,7 @@ import time
 from collections.abc import Sequence
 
 import grpc
-from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRecord
 from google.protobuf.message import DecodeError
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from redis.asyncio import Redis
