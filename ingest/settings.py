@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from contracts.topics import TopicLayout
+from contracts.topics import EVENTS, ITEMS, TopicLayout
 
 
 class IngestSettings(BaseSettings, TopicLayout):
@@ -17,8 +17,8 @@ class IngestSettings(BaseSettings, TopicLayout):
     model_config = SettingsConfigDict(env_prefix="STREAMREC_INGEST_", extra="forbid")
 
     kafka_bootstrap: str = "127.0.0.1:9092"
-    topic_events: str = "events"
-    topic_items: str = "items"
+    topic_events: str = EVENTS.default_name
+    topic_items: str = ITEMS.default_name
     client_id: str = "streamrec-ingest"
     max_batch_bytes: int = Field(
         default=1_048_576, ge=1024, description="records go out in batches up to this size"

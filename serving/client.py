@@ -20,11 +20,12 @@ import time
 from collections.abc import Sequence
 
 import grpc
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRecord
 from google.protobuf.message import DecodeError
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from redis.asyncio import Redis
 
+from contracts.catchup import read_to_end
 from contracts.console import add_verbose_flag, setup_logging
 from contracts.online import NEWEST_FIELD, RedisKeys
 from protos import events_pb2, recommender_pb2, recommender_pb2_grpc
@@ -98,15 +99,15 @@ async def newest_events(settings: ServingSettings, count: int) -> list[events_pb
         for tp in partitions:
             consumer.seek(tp, max(starts[tp], ends[tp] - _TAIL_PER_PARTITION))
         events: list[events_pb2.Event] = []
-        pending = {tp for tp in partitions if ends[tp] > starts[tp]}
-        while pending:
-            for records in (await consumer.getmany(timeout_ms=1000)).values():
-                for record in records:
-                    try:
-                        events.append(events_pb2.Event.FromString(record.value or b""))
-                    except DecodeError:
-                        continue
-            pending = {tp for tp in pending if await consumer.position(tp) < ends[tp]}
+
+        def decode(records: list[ConsumerRecord]) -> None:
+            for record in records:
+                try:
+                    events.append(events_pb2.Event.FromString(record.value or b""))
+                except DecodeError:
+                    continue
+
+        await read_to_end(consumer, partitions, decode)
     finally:
         await consumer.stop()
     newest: dict[str, events_pb2.Event] = {}

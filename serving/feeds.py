@@ -20,6 +20,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from google.protobuf.message import DecodeError
 
+from contracts.catchup import read_to_end
 from contracts.records import decode_record
 from protos import events_pb2
 from serving.catalog import Catalog
@@ -202,17 +203,14 @@ class TopicFeed:
     async def _catch_up(self, consumer: AIOKafkaConsumer, partitions: list[TopicPartition]) -> None:
         """Apply everything up to the end offsets seen now, then mark the feed loaded."""
         started = time.monotonic()
-        ends = await consumer.end_offsets(partitions)
-        pending = {tp for tp in partitions if ends[tp] > 0}
         count = 0
-        while pending:
-            batches = await consumer.getmany(timeout_ms=500)
-            for records in batches.values():
-                self._handle(records)
-                count += len(records)
-            for tp in list(pending):
-                if await consumer.position(tp) >= ends[tp]:
-                    pending.discard(tp)
+
+        def handle(records: Sequence[ConsumerRecord]) -> None:
+            nonlocal count
+            self._handle(records)
+            count += len(records)
+
+        await read_to_end(consumer, partitions, handle)
         log.info("topic %r loaded: %s records in %.2f s", self.topic, count,
                  time.monotonic() - started)
         self.loaded.set()

@@ -22,9 +22,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from typing import TypeVar
 
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from google.protobuf.message import DecodeError, Message
 
+from contracts.catchup import read_to_end
 from contracts.console import add_verbose_flag, setup_logging
 from protos import events_pb2
 from serving.feeds import topic_partitions
@@ -99,19 +100,15 @@ async def read_topic(settings: ServingSettings, topic: str) -> list[bytes]:
                                 auto_offset_reset="earliest",
                                 isolation_level="read_committed")  # streams writes in transactions
     await consumer.start()
-    values: list[bytes] = []
+    records: list[ConsumerRecord] = []
     try:
         consumer.assign(partitions)
         await consumer.seek_to_beginning(*partitions)
-        ends = await consumer.end_offsets(partitions)
-        pending = {tp for tp in partitions if ends[tp] > 0}
-        while pending:
-            for tp, records in (await consumer.getmany(timeout_ms=500)).items():
-                values += [r.value for r in records if r.value is not None and r.offset < ends[tp]]
-            pending = {tp for tp in pending if await consumer.position(tp) < ends[tp]}
+        ends = await read_to_end(consumer, partitions, records.extend)
     finally:
         await consumer.stop()
-    return values
+    return [r.value for r in records
+            if r.value is not None and r.offset < ends[TopicPartition(r.topic, r.partition)]]
 
 
 M = TypeVar("M", bound=Message)

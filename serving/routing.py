@@ -22,23 +22,15 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord
 from aiokafka.errors import KafkaError
 
 from contracts import routing as contract
+from contracts.catchup import read_to_end
 from protos import events_pb2
-from serving.artifact import BOOTSTRAP_VERSION, load_version
+from serving.artifact import BOOTSTRAP_VERSION, artifact_path, load_version
 from serving.errors import ArtifactError, BrokerUnavailable, ServingError
 from serving.feeds import topic_partitions
 from serving.index import ItemIndex
 from serving.models import Model, Models, Routing
 
 log = logging.getLogger(__name__)
-
-
-def artifact_path(uri: str) -> Path:
-    """The local directory of an artifact uri (a path or a ``file://`` url)."""
-    if uri.startswith("file://"):
-        return Path(uri[len("file://"):])
-    if "://" in uri:
-        raise ArtifactError(f"unsupported artifact uri {uri!r}: only local directories")
-    return Path(uri)
 
 
 def build_model(version_dir: Path, version: str, *, ivf_threshold: int, nprobe: int,
@@ -65,11 +57,13 @@ async def read_in_force(bootstrap_servers: list[str], client_id: str,
         partitions = await topic_partitions(bootstrap_servers, client_id, topic)
         consumer.assign(partitions)
         await consumer.seek_to_beginning(*partitions)
-        ends = await consumer.end_offsets(partitions)
         in_force: events_pb2.Routing | None = None
-        while [tp for tp in partitions if await consumer.position(tp) < ends[tp]]:
-            for records in (await consumer.getmany(timeout_ms=500)).values():
-                in_force = contract.fold(in_force, ((r.key, r.value) for r in records))
+
+        def fold(records: list[ConsumerRecord]) -> None:
+            nonlocal in_force
+            in_force = contract.fold(in_force, ((r.key, r.value) for r in records))
+
+        await read_to_end(consumer, partitions, fold)
         return in_force
     except KafkaError as error:
         raise BrokerUnavailable(f"cannot read {topic!r}: {error}") from error

@@ -11,7 +11,15 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from contracts.events import MAX_EVENT_BYTES, MAX_FUTURE_SKEW_MS
 from contracts.online import EVENT_TYPES
-from contracts.topics import TopicLayout
+from contracts.topics import (
+    ENRICHED,
+    EVENTS,
+    ITEM_VECTORS,
+    ITEMS,
+    RECOMMENDATIONS,
+    ROUTING,
+    TopicLayout,
+)
 
 _WINDOW_LENGTH = re.compile(r"^([0-9]+)([smhd])$")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
@@ -35,13 +43,13 @@ class ServingSettings(BaseSettings, TopicLayout):
     kafka_bootstrap: str = "127.0.0.1:9092"
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_prefix: str = "sr:"
-    topic_events: str = "events"
-    topic_items: str = "items"
-    topic_item_vectors: str = "item-vectors"
-    topic_routing: str = Field(default="model-routing", min_length=1,
+    topic_events: str = EVENTS.default_name
+    topic_items: str = ITEMS.default_name
+    topic_item_vectors: str = ITEM_VECTORS.default_name
+    topic_routing: str = Field(default=ROUTING.default_name, min_length=1,
                                description="routing records (compacted, one partition; created if missing)")
-    topic_recommendations: str = "recommendations"
-    topic_enriched: str = Field(default="events.enriched", description="read by `serving.report`")
+    topic_recommendations: str = RECOMMENDATIONS.default_name
+    topic_enriched: str = Field(default=ENRICHED.default_name, description="read by `serving.report`")
     artifact_dir: Path = Path("var/artifacts")
 
     # The server.

@@ -8,7 +8,9 @@ import time
 from collections.abc import Iterable
 from typing import Generic, TypeVar
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+
+from contracts.catchup import read_to_end
 
 log = logging.getLogger(__name__)
 
@@ -38,26 +40,26 @@ async def read_committed(
         tps = [TopicPartition(topic, p) for p in wanted]
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
-        # read_committed: the end is the last stable offset, after any open transaction.
-        ends = await consumer.end_offsets(tps)
-        pending = {tp for tp in tps if ends[tp] > 0}
-        while pending:
-            batches = await consumer.getmany(*pending, timeout_ms=500)
-            for tp, records in batches.items():
-                partition = values[tp.partition]
-                for record in records:
-                    if record.key is None:
-                        continue
-                    if record.value is None:
-                        partition.pop(record.key, None)
-                    else:
-                        partition[record.key] = record.value
-            for tp in list(pending):
-                if await consumer.position(tp) >= ends[tp]:
-                    pending.discard(tp)
+        # read_committed: the end is the last stable offset, after any open transaction,
+        # and one past the last transaction's commit marker (read_to_end compares positions).
+        await read_to_end(consumer, tps, lambda records: fold_changelog(values, records))
     finally:
         await consumer.stop()
     return values
+
+
+def fold_changelog(values: dict[int, dict[bytes, bytes]], records: Iterable[ConsumerRecord]
+                   ) -> None:
+    """Fold records of a compacted changelog into `values` (partition -> key -> newest
+    value); a tombstone removes its key, a record without a key is ignored."""
+    for record in records:
+        if record.key is None:
+            continue
+        partition = values.setdefault(record.partition, {})
+        if record.value is None:
+            partition.pop(record.key, None)
+        else:
+            partition[record.key] = record.value
 
 
 class ChangelogStore(Generic[T]):

@@ -17,6 +17,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from google.protobuf.message import DecodeError
 from mode import Service
 
+from contracts.catchup import read_to_end
 from protos import events_pb2
 from streams.catalog import Catalog
 from streams.errors import RejectedInput, TopicSetupError
@@ -85,15 +86,7 @@ class CatalogFeed(Service):
 
     async def _catch_up(self, consumer: AIOKafkaConsumer, partitions: list[TopicPartition]) -> None:
         started = time.monotonic()
-        ends = await consumer.end_offsets(partitions)
-        pending = {tp for tp in partitions if ends[tp] > 0}
-        while pending:
-            batches = await consumer.getmany(timeout_ms=500)
-            for records in batches.values():
-                self._apply(records)
-            for tp in list(pending):
-                if await consumer.position(tp) >= ends[tp]:
-                    pending.discard(tp)
+        await read_to_end(consumer, partitions, self._apply)
         log.info(
             "catalog loaded: %s items, %s vectors of version %s in %.1f s",
             len(self.catalog), self.catalog.vector_count(), self.catalog.model_version,

@@ -10,7 +10,17 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from contracts.events import MAX_EVENT_BYTES, MAX_FUTURE_SKEW_MS
 from contracts.online import EVENT_TYPES
-from contracts.topics import TopicLayout
+from contracts.topics import (
+    DEDUPE_CHANGELOG,
+    DLQ,
+    ENRICHED,
+    EVENTS,
+    ITEM_VECTORS,
+    ITEMS,
+    MODELS,
+    USERS_CHANGELOG,
+    TopicLayout,
+)
 from streams.trending import windows_from_settings
 
 DEFAULT_WEIGHTS: dict[str, float] = {
@@ -32,12 +42,12 @@ class StreamsSettings(BaseSettings, TopicLayout):
     kafka_bootstrap: str = "127.0.0.1:9092"
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_prefix: str = "sr:"
-    topic_events: str = "events"
-    topic_enriched: str = "events.enriched"
-    topic_dlq: str = "events.dlq"
-    topic_items: str = "items"
-    topic_item_vectors: str = "item-vectors"
-    topic_models: str = "models"
+    topic_events: str = EVENTS.default_name
+    topic_enriched: str = ENRICHED.default_name
+    topic_dlq: str = DLQ.default_name
+    topic_items: str = ITEMS.default_name
+    topic_item_vectors: str = ITEM_VECTORS.default_name
+    topic_models: str = MODELS.default_name
     artifact_dir: Path = Path("var/artifacts")
 
     # The Faust application.
@@ -203,11 +213,11 @@ class StreamsSettings(BaseSettings, TopicLayout):
 
     def users_changelog(self) -> str:
         """The compacted topic of user states, partitioned like the events topic."""
-        return f"{self.app_id}-users-changelog"
+        return USERS_CHANGELOG.default_name.format(app_id=self.app_id)
 
     def dedupe_changelog(self) -> str:
         """The compacted topic of remembered event ids, partitioned like the events topic."""
-        return f"{self.app_id}-dedupe-changelog"
+        return DEDUPE_CHANGELOG.default_name.format(app_id=self.app_id)
 
     def bootstrap_servers(self) -> list[str]:
         """The bootstrap list as ``host:port`` strings."""

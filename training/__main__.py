@@ -31,7 +31,7 @@ from training.errors import TrainingError
 from contracts.console import setup_logging
 from contracts.topics import TopicContractError
 from training.announce import announce, prepare_topics, release_message
-from training.artifact import promote, read_manifest, read_production
+from contracts.artifact import ArtifactError, promote, read_manifest, read_production
 from training.job import RunSummary, TrainedRunSummary, run_once, run_trained
 from training.schedule import Policy, Stopped, exclusive, loop, stop_on_signals
 from training.settings import TrainingSettings
@@ -51,7 +51,7 @@ def command(body: Callable[[TrainingSettings], list[str]]) -> int:
     except Stopped as stopped:
         log.warning("stopped by %s: nothing was promoted or announced", stopped)
         return 128 + stopped.signum
-    except (TrainingError, ValidationError, TopicContractError) as error:
+    except (TrainingError, ArtifactError, ValidationError, TopicContractError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except KafkaError as error:
@@ -114,7 +114,8 @@ def new_events(settings: TrainingSettings) -> int:
     pointer = read_production(settings.artifact_dir)
     seen: dict[str, list[int]] = {}
     if pointer is not None:
-        window = read_manifest(settings.artifact_dir, pointer.version).get("data_window", {})
+        manifest = read_manifest(settings.artifact_dir / pointer.version, pointer.version)
+        window = manifest.get("data_window", {})
         if window.get("topic") == settings.topic_enriched:
             seen = window.get("partitions", {})
     return sum(max(0, end - seen.get(str(tp.partition), [0, 0])[1]) for tp, end in ends.items())

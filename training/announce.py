@@ -79,7 +79,10 @@ def announce(producer: KafkaProducer, settings: TrainingSettings,
 
 
 def read_routing(bootstrap: str, topic: str) -> events_pb2.Routing | None:
-    """The routing record in force: the topic from its beginning to its end, folded."""
+    """The routing record in force: the topic from its beginning to its end, folded.
+
+    The loop is `contracts.catchup.read_to_end`'s, written for the synchronous
+    kafka-python client training uses (serving reads the same topic with aiokafka)."""
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, client_id="streamrec-training",
                              group_id=None, enable_auto_commit=False)
     try:

@@ -15,9 +15,5 @@ class LogReadError(TrainingError):
     """The event log or the catalog could not be read to its end offsets."""
 
 
-class ArtifactError(TrainingError):
-    """An artifact store is missing, malformed or cannot be written."""
-
-
 class ModelLoadError(TrainingError):
     """The item encoder could not be loaded."""

@@ -20,14 +20,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from contracts.artifact import CHECKPOINT, ITEM_ENCODER, ITEM_HEAD, USER_ENCODER
 from training.train import TrainConfig, TwoTower
 
 log = logging.getLogger(__name__)
 
-USER_ENCODER = "user_encoder.pt2"
-ITEM_ENCODER = "item_encoder"
-ITEM_HEAD = "item_head.npz"
-CHECKPOINT = "model.pt"
 
 
 def export_user_encoder(model: TwoTower, path: Path) -> None:

@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 from kafka import KafkaConsumer, KafkaProducer
 
+from contracts.artifact import data_window, promote, read_production, write_artifact
 from protos import events_pb2
 from training.announce import announce, publish_item_vectors, release_message
-from training.artifact import data_window, promote, read_production, write_artifact
 from training.data import from_event_log
 from training.encoder import ItemEncoder, default_model_dir, item_text
 from training.errors import EmptyLogError

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from training.artifact import read_item_vectors, read_manifest
+from contracts.artifact import read_version
 from training.quality import Scorer
 from training.sequences import Sequences, windows
 
@@ -33,8 +33,9 @@ def artifact_scorer(
     vector comes from the version's ``user_encoder.pt2`` when it has one, else it is the
     normalised mean of the newest `max_history` item vectors (the bootstrap model).
     """
-    manifest = read_manifest(store, version)
-    stored_ids, stored = read_item_vectors(store, version)
+    stored_version = read_version(store / version, version)
+    manifest, stored_ids, stored = (stored_version.manifest, stored_version.item_ids,
+                                    stored_version.vectors)
     position = {item: row for row, item in enumerate(stored_ids)}
     dim = stored.shape[1]
     table = np.zeros((len(item_ids) + 1, dim), dtype=np.float32)  # row 0 padding

@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from contracts.topics import TopicLayout
+from contracts.topics import ENRICHED, ITEM_VECTORS, ITEMS, MODELS, ROUTING, TopicLayout
 
 
 class TrainingSettings(BaseSettings, TopicLayout):
@@ -18,11 +18,11 @@ class TrainingSettings(BaseSettings, TopicLayout):
     model_config = SettingsConfigDict(env_prefix="STREAMREC_TRAINING_", extra="forbid")
 
     kafka_bootstrap: str = "127.0.0.1:9092"
-    topic_enriched: str = "events.enriched"
-    topic_items: str = "items"
-    topic_models: str = "models"
-    topic_routing: str = Field(default="model-routing", description="serving's routing: a release makes its version production")
-    topic_item_vectors: str = "item-vectors"
+    topic_enriched: str = ENRICHED.default_name
+    topic_items: str = ITEMS.default_name
+    topic_models: str = MODELS.default_name
+    topic_routing: str = Field(default=ROUTING.default_name, description="serving's routing: a release makes its version production")
+    topic_item_vectors: str = ITEM_VECTORS.default_name
     artifact_dir: Path = Path("var/artifacts")
 
     max_events: int = Field(

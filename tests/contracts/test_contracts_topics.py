@@ -99,3 +99,26 @@ async def test_copartitioned_mismatch_stops_start(
     events = spec(EVENTS, name, TopicLayout(topic_partitions=4), copartitioned=True)
     with pytest.raises(TopicContractError, match="TOPIC_PARTITIONS=2"):
         await ensure_topics(kafka_bootstrap, [events], client_id="t", fix_command=FIX)
+
+
+def test_every_deployables_topic_defaults_are_the_contracts_names() -> None:
+    """No default topic name is spelled outside contracts/topics.py."""
+    from contracts import topics
+    from ingest.settings import IngestSettings
+    from serving.settings import ServingSettings
+    from streams.settings import StreamsSettings
+    from training.settings import TrainingSettings
+
+    names = {role.default_name for role in (topics.EVENTS, topics.ENRICHED, topics.DLQ,
+                                             topics.ITEMS, topics.ITEM_VECTORS, topics.MODELS,
+                                             topics.RECOMMENDATIONS, topics.ROUTING)}
+    checked = 0
+    for settings in (IngestSettings, ServingSettings, StreamsSettings, TrainingSettings):
+        for field, info in settings.model_fields.items():
+            if field.startswith("topic_") and isinstance(info.default, str):
+                assert info.default in names, f"{settings.__name__}.{field}"
+                checked += 1
+    assert checked == 2 + 6 + 6 + 5
+    streams = StreamsSettings(app_id="app")
+    assert streams.users_changelog() == "app-users-changelog"
+    assert streams.dedupe_changelog() == "app-dedupe-changelog"

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from serving_harness import unit_rows, write_artifact
 
-from serving.artifact import load_production
+from serving.artifact import load_production, load_version
 from serving.errors import ArtifactError
 
 
@@ -61,3 +61,17 @@ def test_a_bad_production_pointer_stops_start_up(tmp_path: Path, pointer: str) -
     (tmp_path / "production.json").write_text(pointer)
     with pytest.raises(ArtifactError):
         load_production(tmp_path, default_dim=8)
+
+
+@pytest.mark.parametrize("version", ["../v1", "v1/..", ".."])
+def test_a_path_like_version_is_refused(tmp_path: Path, version: str) -> None:
+    write_artifact(tmp_path, "v1", ["a", "b", "c"], unit_rows(np.random.default_rng(2), 3, 8))
+    with pytest.raises(ArtifactError, match="not a valid version"):
+        load_version(tmp_path / "v1", version)
+
+
+def test_vectors_of_another_dtype_are_refused(tmp_path: Path) -> None:
+    version_dir = write_artifact(tmp_path, "v1", ["a", "b"], unit_rows(np.random.default_rng(2), 2, 8))
+    np.save(version_dir / "item_vectors.npy", unit_rows(np.random.default_rng(2), 2, 8).astype(np.float16))
+    with pytest.raises(ArtifactError, match="expected float32"):
+        load_version(version_dir, "v1")

@@ -21,11 +21,11 @@ from streams_harness import Running
 from test_streams_worker import catalog, enriched_for, event, new_id, now_ms, publish_items
 from transformers import AutoModel, AutoTokenizer
 
+from contracts.artifact import write_artifact
 from contracts.online import decode_vector
 from protos import events_pb2
 from streams.text import item_text
 from training.announce import announce_release, release_message
-from training.artifact import write_artifact
 from training.data import Dataset
 from training.encoder import default_model_dir
 from training.export import export_model, item_vectors

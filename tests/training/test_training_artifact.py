@@ -10,17 +10,17 @@ import faiss
 import numpy as np
 import pytest
 
-from training.artifact import (
+from contracts.artifact import (
+    ArtifactError,
     data_window,
     list_versions,
     new_version,
     promote,
-    read_item_vectors,
     read_manifest,
     read_production,
+    read_version,
     write_artifact,
 )
-from training.errors import ArtifactError
 
 NOW = datetime(2026, 11, 22, 23, 0, 0, tzinfo=UTC)
 
@@ -50,7 +50,7 @@ def test_round_trip(tmp_path: Path) -> None:
     assert sorted(p.name for p in path.iterdir()) == [
         "index.faiss", "item_ids.json", "item_vectors.npy", "manifest.json"
     ]
-    manifest = read_manifest(tmp_path, path.name)
+    manifest = read_manifest(path, path.name)
     assert list(manifest) == [
         "format", "version", "created_at", "dim", "item_encoder", "user_encoder",
         "data_window", "n_events", "n_items", "metrics", "config",
@@ -66,7 +66,8 @@ def test_round_trip(tmp_path: Path) -> None:
     }
     assert (manifest["n_events"], manifest["n_items"]) == (11, 3)
     assert manifest["metrics"] == {"k": 10} and manifest["config"] == {"max_events": 100}
-    ids, vectors = read_item_vectors(tmp_path, path.name)
+    stored = read_version(path, path.name)
+    ids, vectors = stored.item_ids, stored.vectors
     assert ids == ["a", "b", "c"]
     assert vectors.dtype == np.float32
     np.testing.assert_array_equal(vectors, _vectors(3))

@@ -16,7 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from training.artifact import read_manifest, write_artifact
+from contracts.artifact import read_manifest, write_artifact
 from training.data import Dataset
 from training.encoder import default_model_dir
 from training.export import export_model, item_vectors
@@ -127,7 +127,7 @@ def test_exported_files_reproduce_the_training_vectors(trained: tuple, tmp_path:
         write_encoders=lambda d: export_model(model, tiny_recipe(1).train, d,
                                               text_max_length=TEXT_MAX_LENGTH),
     )
-    manifest = read_manifest(store, path.name)
+    manifest = read_manifest(path, path.name)
     assert manifest["user_encoder"] == {"kind": "transformer", "file": "user_encoder.pt2",
                                         "max_len": 8, "normalised": True}
     assert manifest["item_encoder"]["kind"] == "finetuned" and manifest["scoring"] == "cosine"

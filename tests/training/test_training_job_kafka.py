@@ -18,7 +18,7 @@ from kafka.consumer.fetcher import ConsumerRecord
 from protos import events_pb2
 from training.announce import prepare_topics
 from training.__main__ import roll_back
-from training.artifact import read_item_vectors, read_manifest, read_production
+from contracts.artifact import read_manifest, read_production, read_version
 from training.encoder import ItemEncoder
 from training.errors import EmptyLogError
 from training.job import run_once, run_trained
@@ -120,7 +120,7 @@ def test_run_writes_promotes_and_announces(
     assert sorted(p.name for p in first.path.iterdir()) == [
         "index.faiss", "item_ids.json", "item_vectors.npy", "manifest.json"
     ]
-    manifest = read_manifest(settings.artifact_dir, first.version)
+    manifest = read_manifest(settings.artifact_dir / first.version, first.version)
     partitions = manifest["data_window"]["partitions"]
     assert manifest["data_window"]["topic"] == settings.topic_enriched
     assert sorted(partitions) == ["0", "1", "2", "3"]
@@ -131,7 +131,8 @@ def test_run_writes_promotes_and_announces(
     assert manifest["metrics"]["users"] == 3  # dee has one event only
     assert 0.0 <= manifest["metrics"]["model"]["hr@10"] <= 1.0
     assert manifest["config"]["topic_enriched"] == settings.topic_enriched
-    ids, vectors = read_item_vectors(settings.artifact_dir, first.version)
+    stored = read_version(settings.artifact_dir / first.version, first.version)
+    ids, vectors = stored.item_ids, stored.vectors
     assert ids == sorted(ITEMS) and vectors.shape == (5, 384)
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, rtol=1e-5)
     assert read_production(settings.artifact_dir).version == first.version  # type: ignore[union-attr]
@@ -180,7 +181,7 @@ def test_max_events_reads_the_newest(
     _produce(producer, settings)
     summary = run_once(settings, consumer=consumer, producer=producer, encoder=cpu_encoder, progress=False)
     assert summary.n_events == 5
-    window = read_manifest(settings.artifact_dir, summary.version)["data_window"]["partitions"]
+    window = read_manifest(settings.artifact_dir / summary.version, summary.version)["data_window"]["partitions"]
     assert sum(end - start for start, end in window.values()) == 5
 
 
@@ -246,7 +247,7 @@ def test_trained_run_gates_promotion(
     assert read_production(settings.artifact_dir).version == first.version  # type: ignore[union-attr]
     names = sorted(p.name for p in first.path.iterdir())
     assert {"user_encoder.pt2", "item_encoder", "item_head.npz", "model.pt"} <= set(names)
-    manifest = read_manifest(settings.artifact_dir, first.version)
+    manifest = read_manifest(settings.artifact_dir / first.version, first.version)
     assert manifest["user_encoder"]["kind"] == "transformer"
     assert manifest["metrics"]["gate"]["passed"] is True
 
