@@ -56,6 +56,7 @@ RESTART_DELAY_S = 1.0
 MAX_RESTART_DELAY_S = 30.0
 STARTED_AFTER_S = 60.0  # a worker that ran this long before exiting starts again at the first delay
 KILL_AFTER_S = 30.0  # beyond grace_s
+CONVERGE_S = 10.0  # an Admin change waits this long at most for every worker to apply it
 
 
 class WorkerFailed(ServingError):
@@ -170,7 +171,9 @@ def worker_env(settings: ServingSettings, number: int, port: int, run_dir: Path,
 
 class ForwardedAdmin(recommender_pb2_grpc.AdminServicer):
     """The supervisor's Admin port: each call goes to one running worker, which writes the
-    routing record and answers once it applied it; the others follow the topic."""
+    routing record and answers once it applied it; the others follow the topic, and a
+    change is answered once every running worker applied it too (or `CONVERGE_S` passed),
+    so a client's next call sees it whichever worker its connection reaches."""
 
     def __init__(self, supervisor: Supervisor) -> None:
         self._supervisor = supervisor
@@ -192,25 +195,51 @@ class ForwardedAdmin(recommender_pb2_grpc.AdminServicer):
         context.set_details(f"no worker answered: {error.details() if error else 'none is running'}")
         return recommender_pb2.ModelStatus()
 
+    async def _change(self, method: str, request: object,
+                      context: grpc.aio.ServicerContext) -> recommender_pb2.ModelStatus:
+        reply = await self._forward(method, request, context)
+        if reply.revision:
+            await self._converged(reply.revision)
+        return reply
+
+    async def _converged(self, revision: int) -> None:
+        """Wait until every running worker has applied `revision` (they read it from the
+        topic within milliseconds); past `CONVERGE_S`, log who lags and answer anyway:
+        the record is durable, and the lagging worker applies it when it reads it."""
+        deadline = asyncio.get_running_loop().time() + CONVERGE_S
+        lagging = self._supervisor.running()
+        while lagging:
+            behind = []
+            for worker in lagging:
+                try:
+                    status = await worker.stub.Status(recommender_pb2.StatusRequest(), timeout=2.0)
+                except grpc.aio.AioRpcError:
+                    continue  # going away: its restart reads the routing from the topic
+                if status.revision < revision:
+                    behind.append(worker)
+            lagging = behind
+            if lagging and asyncio.get_running_loop().time() > deadline:
+                log.warning("routing revision %s not yet applied by worker(s) %s after %.0f s",
+                            revision, ", ".join(str(w.number) for w in lagging), CONVERGE_S)
+                return
+            if lagging:
+                await asyncio.sleep(0.02)
+
     async def Promote(self, request: recommender_pb2.PromoteRequest,
                       context: grpc.aio.ServicerContext) -> recommender_pb2.ModelStatus:
-        return await self._forward("Promote", request, context)
+        return await self._change("Promote", request, context)
 
     async def Rollback(self, request: recommender_pb2.RollbackRequest,
                        context: grpc.aio.ServicerContext) -> recommender_pb2.ModelStatus:
-        return await self._forward("Rollback", request, context)
+        return await self._change("Rollback", request, context)
 
     async def SetSplit(self, request: recommender_pb2.SetSplitRequest,
                        context: grpc.aio.ServicerContext) -> recommender_pb2.ModelStatus:
-        return await self._forward("SetSplit", request, context)
+        return await self._change("SetSplit", request, context)
 
     async def Status(self, request: recommender_pb2.StatusRequest,
                      context: grpc.aio.ServicerContext) -> recommender_pb2.ModelStatus:
         return await self._forward("Status", request, context)
-
-    async def Echo(self, request: recommender_pb2.EchoMessage,
-                   context: grpc.aio.ServicerContext) -> recommender_pb2.EchoMessage:
-        return request
 
 
 class Supervisor:
