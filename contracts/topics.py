@@ -18,7 +18,7 @@ from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
-from aiokafka.errors import TopicAlreadyExistsError, for_code
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
 from pydantic import BaseModel, Field
 
 log = logging.getLogger(__name__)
@@ -156,6 +156,28 @@ async def ensure_topics(bootstrap: str, specs: Sequence[TopicSpec], *, client_id
     if fatal:
         raise TopicContractError("; ".join(fatal))
     return mismatches
+
+
+async def wait_for_coordinator(bootstrap: str, group_id: str, *, client_id: str,
+                               timeout_s: float = VISIBLE_TIMEOUT_S) -> None:
+    """Wait until `group_id` has a group coordinator. A new broker creates its offsets topic
+    on the first lookup and answers "not available" until that topic has leaders; a
+    consumer that meets this logs it as an ERROR, so a deployable waits here first."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id=client_id)
+    await admin.start()
+    try:
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while True:
+            try:
+                await admin.find_coordinator(group_id)
+                return
+            except KafkaError as error:
+                if not error.retriable or asyncio.get_running_loop().time() > deadline:
+                    raise TopicContractError(
+                        f"no group coordinator for {group_id!r}: {error}") from error
+                await asyncio.sleep(0.1)
+    finally:
+        await admin.close()
 
 
 async def fix_topics(bootstrap: str, specs: Sequence[TopicSpec], *, client_id: str

@@ -6,11 +6,13 @@ topic has its contract's settings (contracts/topics.py) before anything subscrib
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from mode import Service
 
 from contracts.topics import (
     DEDUPE_CHANGELOG, DLQ, ENRICHED, EVENTS, ITEM_VECTORS, ITEMS, MODELS, USERS_CHANGELOG,
-    TopicContractError, TopicSpec, ensure_topics, spec,
+    TopicContractError, TopicSpec, ensure_topics, spec, wait_for_coordinator,
 )
 from streams.errors import TopicSetupError
 from streams.settings import StreamsSettings
@@ -37,14 +39,18 @@ def topic_specs(settings: StreamsSettings) -> list[TopicSpec]:
 class TopicSetup(Service):
     """Creates missing topics and checks the shape of existing ones, once, at start."""
 
-    def __init__(self, specs: list[TopicSpec], *, bootstrap: str, **kwargs: object) -> None:
+    def __init__(self, specs: list[TopicSpec], *, bootstrap: str, groups: Sequence[str] = (),
+                 **kwargs: object) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]
         self.specs = specs
         self._bootstrap = bootstrap
+        self._groups = tuple(groups)
 
     async def on_start(self) -> None:
         try:
             await ensure_topics(self._bootstrap, self.specs, client_id=CLIENT_ID,
                                 fix_command=FIX_COMMAND)
+            for group in self._groups:  # on a new broker, before any consumer joins
+                await wait_for_coordinator(self._bootstrap, group, client_id=CLIENT_ID)
         except TopicContractError as error:
             raise TopicSetupError(str(error)) from error

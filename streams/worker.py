@@ -63,7 +63,8 @@ def build_worker(settings: StreamsSettings) -> faust.Worker:
         extra.append(MetricsServer(metrics, host=settings.metrics_host, port=settings.metrics_port))
     return faust.Worker(
         app,
-        TopicSetup(topic_specs(settings), bootstrap=settings.kafka_bootstrap),
+        TopicSetup(topic_specs(settings), bootstrap=settings.kafka_bootstrap,
+                   groups=(settings.events_group(), settings.app_id)),
         CatalogFeed(
             catalog,
             bootstrap_servers=servers,

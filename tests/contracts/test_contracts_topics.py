@@ -10,7 +10,7 @@ import pytest
 
 from contracts.topics import (
     ENRICHED, EVENTS, ITEMS, MODELS, TopicContractError, TopicLayout, TopicSpec,
-    apply_contract, check_shape, ensure_topics, mismatch_line, spec,
+    apply_contract, check_shape, ensure_topics, mismatch_line, spec, wait_for_coordinator,
 )
 
 FIX = "python -m example topics fix"
@@ -99,6 +99,11 @@ async def test_copartitioned_mismatch_stops_start(
     events = spec(EVENTS, name, TopicLayout(topic_partitions=4), copartitioned=True)
     with pytest.raises(TopicContractError, match="TOPIC_PARTITIONS=2"):
         await ensure_topics(kafka_bootstrap, [events], client_id="t", fix_command=FIX)
+
+
+@pytest.mark.integration
+async def test_a_group_coordinator_is_found_for_a_new_group(kafka_bootstrap: str, unique: str) -> None:
+    await wait_for_coordinator(kafka_bootstrap, f"group-{unique}", client_id="t")
 
 
 def test_every_deployables_topic_defaults_are_the_contracts_names() -> None:
