@@ -2,10 +2,14 @@
 baselines scored by the same code.
 
 Leave-last-out per user: the newest event is the test target, the one before it the
-validation target, the model sees everything before the target. Every item of the
-catalog is a candidate (no sampled negatives) and nothing is excluded, not even items
-the user already interacted with -- as in HSTU's evaluation code, which ranks the whole
-catalog without filtering history. Equal scores rank by item row, lower first.
+validation target, the model sees everything before the target. Candidates are the
+items that occur in the data set (catalog rows no event names are never candidates),
+no sampled negatives. Two protocols, scored from the same scores:
+- ``seen_excluded``: the items of the user's history before the target are not
+  candidates (unless one is the target) -- SASRec+ / gSASRec's protocol, and what
+  serving does;
+- ``unfiltered``: nothing excluded, history items stay candidates (HSTU's code).
+Equal scores rank by item row, lower first.
 """
 
 from __future__ import annotations
@@ -23,15 +27,25 @@ KS = (10, 50)
 Scorer = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (users, ends) -> [B, n_items]
 
 
-def ranks_of(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """1-based rank of column ``targets[b] - 1`` in row b of `scores` [B, n_items]."""
+PROTOCOLS = ("seen_excluded", "unfiltered")
+
+
+def ranks_of(
+    scores: torch.Tensor, targets: torch.Tensor, excluded: torch.Tensor | None = None
+) -> torch.Tensor:
+    """1-based rank of column ``targets[b] - 1`` in row b of `scores` [B, n_items] among
+    the columns `excluded` (bool [B, n_items], optional) leaves; the target column is
+    always a candidate."""
     columns = targets - 1
     target = scores.gather(1, columns[:, None])
     ahead = scores > target
     ties = (scores == target) & (
         torch.arange(scores.shape[1], device=scores.device)[None, :] < columns[:, None]
     )
-    return 1 + (ahead | ties).sum(1)
+    beaten = ahead | ties
+    if excluded is not None:
+        beaten &= ~excluded  # the target's own column is never "ahead" of itself
+    return 1 + beaten.sum(1)
 
 
 def metrics(ranks: np.ndarray, ks: tuple[int, ...] = KS) -> dict[str, float]:
@@ -48,18 +62,45 @@ def metrics(ranks: np.ndarray, ks: tuple[int, ...] = KS) -> dict[str, float]:
     return out
 
 
+def seen_mask(seqs: Sequences, users: np.ndarray, ends: np.ndarray, n_items: int) -> torch.Tensor:
+    """bool [B, n_items]: the items of events ``[0, ends[b])`` of user ``users[b]``."""
+    mask = torch.zeros(len(users), n_items, dtype=torch.bool)
+    for b, (u, e) in enumerate(zip(users.tolist(), ends.tolist(), strict=True)):
+        a = int(seqs.starts[u])
+        mask[b, torch.from_numpy(seqs.items[a : a + int(e)] - 1)] = True
+    return mask
+
+
 def evaluate_scorer(
     score: Scorer, users: np.ndarray, ends: np.ndarray, targets: np.ndarray, *,
-    batch_size: int = 256, desc: str = "eval", progress: bool = True,
-) -> dict[str, float]:
+    seqs: Sequences, candidates: np.ndarray | None = None, batch_size: int = 256,
+    desc: str = "eval", progress: bool = True,
+) -> dict[str, dict[str, float]]:
     """Metrics of `score` predicting ``targets[i]`` from events ``[0, ends[i])`` of user
-    ``users[i]``."""
-    ranks = []
+    ``users[i]`` of `seqs`, under each of `PROTOCOLS`. `candidates` (bool [n_items], all
+    by default) marks the items that can be ranked; each protocol's ``candidates`` entry
+    is the mean number of items it ranked per user."""
+    ranks: dict[str, list[np.ndarray]] = {p: [] for p in PROTOCOLS}
+    counts: dict[str, list[np.ndarray]] = {p: [] for p in PROTOCOLS}
+    never = None if candidates is None else ~torch.as_tensor(candidates, dtype=torch.bool)
     for first in tqdm(range(0, len(users), batch_size), desc=desc, disable=not progress):
         sl = slice(first, first + batch_size)
         scores = torch.as_tensor(score(users[sl], ends[sl]))
-        ranks.append(ranks_of(scores, torch.as_tensor(targets[sl])).numpy())
-    return metrics(np.concatenate(ranks) if ranks else np.array([]))
+        target = torch.as_tensor(targets[sl])
+        rows = torch.arange(len(target))
+        base = torch.zeros_like(scores, dtype=torch.bool) if never is None else never.expand(
+            scores.shape).clone()
+        seen = base | seen_mask(seqs, users[sl], ends[sl], scores.shape[1])
+        for name, excluded in (("seen_excluded", seen), ("unfiltered", base)):
+            excluded[rows, target - 1] = False
+            ranks[name].append(ranks_of(scores, target, excluded).numpy())
+            counts[name].append((~excluded).sum(1).numpy())
+    out = {}
+    for name in PROTOCOLS:
+        found = np.concatenate(ranks[name]) if ranks[name] else np.array([])
+        ranked = np.concatenate(counts[name]) if counts[name] else np.array([0])
+        out[name] = {**metrics(found), "candidates": float(ranked.mean())}
+    return out
 
 
 def model_scorer(
