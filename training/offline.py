@@ -125,13 +125,13 @@ def fit(
     started = time.monotonic()
     model = build_model(rec, dataset, text_model_dir, progress)
     built = time.monotonic() - started
-    reserve = built if model.text is not None else 0.0  # the final text refresh
     # whole-step autocast only on CUDA: on a CPU, even with native bf16, casting every
     # small matmul of the user tower costs what it saves; the big logit block alone
     # gains (`bf16_logits`)
     train_cfg = replace(rec.train, bf16=rec.train.bf16 and device.type == "cuda" and _bf16_ok(device),
                         bf16_logits=rec.train.bf16_logits and _bf16_ok(device),
-                        time_budget_s=max(1.0, rec.train.time_budget_s - built - reserve))
+                        time_budget_s=training_budget(rec.train.time_budget_s, built,
+                                                      has_text=model.text is not None))
     validate = None
     if train_cfg.patience > 0:
         validate = validation_score(split, candidates_of(split, len(dataset.item_ids)), device)
@@ -139,6 +139,13 @@ def fit(
                    validate=validate)
     return Fitted(model=model, seconds=time.monotonic() - started, epochs=result.epochs,
                   best_epoch=result.best_epoch)
+
+
+def training_budget(total_s: float, built_s: float, *, has_text: bool) -> float:
+    """Seconds left for the training loop of a `total_s` budget after building the model
+    took `built_s` (the text cache); with text, as much again is set aside for the
+    refresh of every item's text after training. At least one second (one step)."""
+    return max(1.0, total_s - built_s * (2 if has_text else 1))
 
 
 def candidates_of(split: Split, n_items: int) -> np.ndarray:

@@ -14,10 +14,11 @@ Equal scores rank by item row, lower first.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
+from scipy import sparse
 from tqdm import tqdm
 
 from training.sequences import Sequences, windows
@@ -132,27 +133,86 @@ def popular_scorer(train: Sequences, n_items: int) -> Scorer:
 
 
 def item_knn_scorer(
-    train: Sequences, seqs: Sequences, n_items: int, *, recent: int = 20, shrink: float = 10.0
+    train: Sequences, seqs: Sequences, n_items: int, *, recent: int = 20, shrink: float = 10.0,
+    neighbours: int = 100, max_block_pairs: int = 1 << 24,
 ) -> Scorer:
     """Item-kNN on user-level co-occurrence: cosine similarity of item columns of the
-    binary user x item matrix of the training events (shrunk by `shrink`), summed over
-    the user's `recent` newest items before the target."""
-    users_of = np.repeat(np.arange(train.n_users), train.lengths())
-    x = torch.zeros(train.n_users, n_items + 1)
-    x[torch.from_numpy(users_of), torch.from_numpy(train.items)] = 1.0
-    x = x[:, 1:]
-    co = x.T @ x  # [n_items, n_items]
-    counts = torch.diagonal(co).clone()
-    sim = co / (torch.sqrt(counts[:, None] * counts[None, :]) + shrink).clamp(min=1e-9)
-    sim.fill_diagonal_(0.0)
-    sim_np = sim.numpy()
+    binary user x item matrix of the training events (shrunk by `shrink`), each item
+    keeping its `neighbours` most similar items, summed over the user's `recent` newest
+    items before the target. Sparse throughout (`item_neighbours`): memory grows with
+    the co-occurring pairs of a block of items and with ``n_items * neighbours``, never
+    with ``n_items ** 2``."""
+    sim = item_neighbours(train, n_items, shrink=shrink, neighbours=neighbours,
+                          max_block_pairs=max_block_pairs)
 
     def score(users: np.ndarray, ends: np.ndarray) -> np.ndarray:
-        out = np.zeros((len(users), n_items), dtype=np.float32)
+        rows, cols = [], []
         for b, (u, e) in enumerate(zip(users, ends)):
             items, _, _ = seqs.user(int(u))
             history = items[max(0, int(e) - recent) : int(e)] - 1
-            out[b] = sim_np[history].sum(0)
-        return out
+            rows.append(np.full(len(history), b))
+            cols.append(history)
+        r = np.concatenate(rows) if rows else np.array([], dtype=np.int64)
+        c = np.concatenate(cols) if cols else np.array([], dtype=np.int64)
+        # a repeated history item counts once per occurrence (duplicates are summed)
+        recent_items = sparse.csr_matrix((np.ones(len(r), np.float32), (r, c)),
+                                         shape=(len(users), n_items))
+        return (recent_items @ sim).toarray().astype(np.float32)
 
     return score
+
+
+def user_item_matrix(train: Sequences, n_items: int) -> sparse.csr_matrix:
+    """float32 binary [users, n_items] CSR: whether the user has an event of the item."""
+    users_of = np.repeat(np.arange(train.n_users), train.lengths())
+    x = sparse.csr_matrix((np.ones(len(users_of), np.float32), (users_of, train.items - 1)),
+                          shape=(train.n_users, n_items))
+    x.sum_duplicates()
+    x.data[:] = 1.0
+    return x
+
+
+def similarity_blocks(
+    x: sparse.csr_matrix, *, shrink: float, max_block_pairs: int
+) -> Iterator[tuple[int, sparse.csr_matrix]]:
+    """(first item, CSR [block items, n_items]) of the shrunk cosine ``co / (sqrt(n_i
+    n_j) + shrink)``, the diagonal left out, a block of consecutive items at a time.
+
+    A block holds at most `max_block_pairs` stored entries (or one item): item i's row
+    has at most ``sum of |u| over its users u`` entries, and blocks are cut on that bound.
+    """
+    xt = x.T.tocsr()  # [n_items, users]
+    counts = np.asarray(x.sum(0)).ravel()  # users per item
+    bound = xt @ np.asarray(x.sum(1)).ravel()  # per item: entries its row can have
+    first, n_items = 0, x.shape[1]
+    while first < n_items:
+        cum = np.cumsum(bound[first:])
+        last = first + max(1, int(np.searchsorted(cum, max_block_pairs, side="right")))
+        block = (xt[first:last] @ x).tocoo()  # co-occurrence counts
+        rows = block.row + first
+        keep = rows != block.col
+        rows, cols, co = rows[keep], block.col[keep], block.data[keep]
+        sim = co / (np.sqrt(counts[rows] * counts[cols]) + shrink)
+        yield first, sparse.csr_matrix((sim.astype(np.float32), (rows - first, cols)),
+                                       shape=(last - first, n_items))
+        first = last
+
+
+def item_neighbours(
+    train: Sequences, n_items: int, *, shrink: float, neighbours: int, max_block_pairs: int
+) -> sparse.csr_matrix:
+    """float32 [n_items, n_items] CSR: each item's `neighbours` highest similarities
+    (`similarity_blocks`; equal ones by lower item first)."""
+    parts = []
+    for _, block in similarity_blocks(user_item_matrix(train, n_items), shrink=shrink,
+                                      max_block_pairs=max_block_pairs):
+        coo = block.tocoo()
+        order = np.lexsort((coo.col, -coo.data, coo.row))  # by row, best first
+        rows, cols, sims = coo.row[order], coo.col[order], coo.data[order]
+        starts = np.searchsorted(rows, np.arange(block.shape[0]))
+        rank = np.arange(len(rows)) - starts[rows]
+        top = rank < neighbours
+        parts.append(sparse.csr_matrix((sims[top], (rows[top], cols[top])), shape=block.shape))
+    if not parts:
+        return sparse.csr_matrix((n_items, n_items), dtype=np.float32)
+    return sparse.vstack(parts, format="csr")

@@ -124,3 +124,62 @@ def test_peak_rss_counts_what_a_block_allocates_above_its_start() -> None:
     with PeakRss() as idle:
         pass
     assert idle.mb is not None and idle.mb < 30
+
+
+def _random_sequences(n_users: int, n_items: int, per_user: int, seed: int):
+    rng = np.random.default_rng(seed)
+    users = np.repeat([f"u{u}" for u in range(n_users)], per_user)
+    items = rng.integers(0, n_items, n_users * per_user)
+    events = Interactions(
+        user_ids=users.astype(object), item_ids=np.array([f"i{i}" for i in items], dtype=object),
+        timestamps_ms=np.tile(np.arange(per_user), n_users).astype(np.int64),
+        event_types=np.ones(n_users * per_user, dtype=np.int64),
+    )
+    return build_sequences(events, {f"i{k}": k + 1 for k in range(n_items)})
+
+
+def _dense_item_knn(seqs, n_items: int, users, ends, recent: int, shrink: float) -> np.ndarray:
+    """The definition, with a dense item x item matrix."""
+    x = np.zeros((seqs.n_users, n_items))
+    x[np.repeat(np.arange(seqs.n_users), seqs.lengths()), seqs.items - 1] = 1.0
+    co = x.T @ x
+    counts = np.diag(co).copy()
+    sim = co / (np.sqrt(counts[:, None] * counts[None, :]) + shrink)
+    np.fill_diagonal(sim, 0.0)
+    out = np.zeros((len(users), n_items))
+    for b, (u, e) in enumerate(zip(users, ends)):
+        items, _, _ = seqs.user(int(u))
+        out[b] = sim[items[max(0, e - recent) : e] - 1].sum(0)
+    return out
+
+
+def test_sparse_item_knn_equals_the_dense_definition() -> None:
+    seqs = _random_sequences(n_users=30, n_items=17, per_user=9, seed=3)
+    users, ends = np.arange(30), np.full(30, 6)
+    expected = _dense_item_knn(seqs, 17, users, ends, recent=4, shrink=2.0)
+    # every neighbour kept, blocks of a few items: the same numbers as the dense matrix
+    score = item_knn_scorer(seqs, seqs, 17, recent=4, shrink=2.0, neighbours=17,
+                            max_block_pairs=40)
+    np.testing.assert_allclose(score(users, ends), expected, rtol=1e-5, atol=1e-6)
+    # with 3 neighbours, each history item adds only its 3 best
+    top3 = item_knn_scorer(seqs, seqs, 17, recent=1, shrink=2.0, neighbours=3)(users, ends)
+    assert ((top3 > 0).sum(1) <= 3).all()
+
+
+def test_item_knn_on_100k_items_stays_in_bounded_memory() -> None:
+    from training.memory import PeakRss
+    from training.quality import similarity_blocks, user_item_matrix
+
+    n_items, limit = 100_000, 200_000
+    seqs = _random_sequences(n_users=20_000, n_items=n_items, per_user=10, seed=0)
+    x = user_item_matrix(seqs, n_items)
+    with PeakRss() as peak:
+        blocks = [(first, block.shape, block.nnz)
+                  for first, block in similarity_blocks(x, shrink=10.0, max_block_pairs=limit)]
+        score = item_knn_scorer(seqs, seqs, n_items, max_block_pairs=limit)
+        scores = score(np.arange(256), np.full(256, 10))
+    assert sum(shape[0] for _, shape, _ in blocks) == n_items
+    assert all(nnz <= limit for _, _, nnz in blocks)  # never a dense item x item block
+    assert scores.shape == (256, n_items) and (scores > 0).any()
+    # a dense float32 similarity matrix would be 40 GB; this run needs well under 1 GB
+    assert peak.mb is not None and peak.mb < 1024
