@@ -138,10 +138,11 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_readme(section: str) -> None:
+def write_readme(section: str, title: str = SECTION) -> None:
+    """Replace the README's section `title` (up to the next ``## ``) with `section`."""
     text = README.read_text() if README.is_file() else "# Benchmarks\n\n"
-    if SECTION in text:
-        head, _, tail = text.partition(SECTION)
+    if title in text:
+        head, _, tail = text.partition(title)
         rest = tail.split("\n## ", 1)
         text = head + section + ("\n## " + rest[1] if len(rest) > 1 else "")
     else:
