@@ -82,8 +82,10 @@ def test_training_learns_the_next_item_pattern(trained: tuple) -> None:
                            users, ends, split.test_targets, seqs=split.full, progress=False)
     popular = evaluate_scorer(popular_scorer(split.train, len(dataset.item_ids)), users, ends,
                               split.test_targets, seqs=split.full, progress=False)
-    for protocol in ("seen_excluded", "unfiltered"):
-        assert ours[protocol]["hr@10"] > 0.9 > popular[protocol]["hr@10"]
+    assert ours["unfiltered"]["hr@10"] > 0.9 > popular["unfiltered"]["hr@10"]
+    # seen excluded, few of the 24 items are left: most ten are a hit, the order tells
+    assert ours["seen_excluded"]["hr@10"] > 0.9
+    assert ours["seen_excluded"]["mrr"] > popular["seen_excluded"]["mrr"] + 0.2
     assert model.warm[-1] == 0 and model.warm[1:-1].min() == 1  # "cold" has no id part
 
 
