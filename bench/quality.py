@@ -89,6 +89,11 @@ def _target_line(models: dict[str, dict[str, Any]], key: str) -> list[str]:
                 f"{shipped['ndcg@10']})."]
 
 
+def _when(run: dict[str, Any]) -> str:
+    load = run.get("load")
+    return f"{run.get('date', '')}, load average {load}" if load else run.get("date", "")
+
+
 def markdown(result: dict[str, Any]) -> str:
     proto = result["protocol"]
     ranked = proto.get("ranked_per_user", {})
@@ -107,14 +112,13 @@ def markdown(result: dict[str, Any]) -> str:
     ]
     if result.get("models"):
         run = result.get("runs", {}).get("in_budget", {})
-        lines += [f"### In the budget, seen excluded ({run.get('command', '')}; "
-                  f"{run.get('date', '')}, load {run.get('load', '?')})", "",
+        lines += [f"### In the budget, seen excluded (`{run.get('command', '')}`; {_when(run)})",
+                  "",
                   *_rows(result["models"]), *_target_line(result["models"], "in_budget"), ""]
     if result.get("converged"):
         run = result.get("runs", {}).get("converged", {})
         lines += [f"### Early-stopped on validation NDCG@10, seen excluded "
-                  f"(`{run.get('command', '')}`; {run.get('date', '')}, load "
-                  f"{run.get('load', '?')})", "",
+                  f"(`{run.get('command', '')}`; {_when(run)})", "",
                   *_rows(result["converged"], ("epochs", "best_epoch")),
                   *_target_line(result["converged"], "converged"), ""]
     for key, title in (("unfiltered", "in the budget"), ("converged_unfiltered", "early-stopped")):
@@ -203,6 +207,7 @@ def main() -> int:
                         help="file this `python -m training evaluate --out` result instead")
     parser.add_argument("--section", choices=("in_budget", "converged"), default="in_budget")
     parser.add_argument("--command", default="", help="with --record: the command that ran")
+    parser.add_argument("--when", default="", help="with --record: when it ran, and the load")
     args = parser.parse_args()
     section = "converged" if args.converged else args.section
     if args.converged and not args.patience:
@@ -227,8 +232,11 @@ def main() -> int:
     else:
         result["models"], result["unfiltered"] = measured["models"], measured["unfiltered"]
     now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    load = f"{started_load} -> {load_str()}"
+    if args.record and args.when:
+        now, load = args.when, ""
     result.setdefault("runs", {})[section] = {
-        "command": command, "date": now, "load": f"{started_load} -> {load_str()}",
+        "command": command, "date": now, "load": load,
         "machine": f"{platform.machine()} {os.cpu_count()} cores (shared), torch "
                    f"{torch.__version__}, {measured['protocol']['threads']} threads, "
                    f"{measured['protocol']['device']}"}
