@@ -39,6 +39,7 @@ from training.settings import TrainingSettings
 log = logging.getLogger("training")
 
 METRIC_COLUMNS = ("hr@10", "ndcg@10", "hr@50", "ndcg@50", "mrr", "train_seconds")
+TABLE_COLUMNS = (*METRIC_COLUMNS, "epochs", "peak_rss_mb")
 
 
 def command(body: Callable[[TrainingSettings], list[str]]) -> int:
@@ -180,14 +181,28 @@ def movielens_dir() -> Path:
 
 
 def format_table(models: dict[str, dict[str, float]]) -> str:
-    header = f"{'model':<12}" + "".join(f"{c:>15}" for c in METRIC_COLUMNS)
-    rows = [f"{name:<12}" + "".join(f"{r[c]:>15}" for c in METRIC_COLUMNS)
+    header = f"{'model':<12}" + "".join(f"{c:>13}" for c in TABLE_COLUMNS)
+    rows = [f"{name:<12}" + "".join(f"{str(r.get(c, '')):>13}" for c in TABLE_COLUMNS)
             for name, r in models.items()]
     return "\n".join([header, *rows])
 
 
+def format_result(result: dict[str, Any]) -> str:
+    """Both protocols' tables."""
+    proto = result["protocol"]
+    ranked = proto.get("ranked_per_user", {})
+    return "\n".join([
+        f"seen items excluded (~{ranked.get('seen_excluded', '?')} of {proto['items']} "
+        "items ranked per user):", format_table(result["models"]), "",
+        f"nothing excluded ({ranked.get('unfiltered', proto['items'])} items ranked):",
+        format_table(result["unfiltered"]),
+    ])
+
+
 def evaluate(argv: list[str]) -> int:
-    from training import data, offline  # torch-heavy; only this command needs it
+    import torch  # torch-heavy; only this command needs it
+
+    from training import data, offline
 
     parser = argparse.ArgumentParser(prog="python -m training evaluate")
     source = parser.add_mutually_exclusive_group(required=True)
@@ -199,10 +214,25 @@ def evaluate(argv: list[str]) -> int:
     parser.add_argument("--items", type=Path, help="CSV/Parquet items file (with --interactions)")
     parser.add_argument("--models", default="streamrec,sasrec,popular,item-knn")
     parser.add_argument("--time-budget", type=float, default=1500.0,
-                        help="training seconds per learned model")
+                        help="wall seconds per learned model: text cache, training and "
+                        "validation included")
+    parser.add_argument("--patience", type=int, default=0,
+                        help="stop a learned model after this many epochs without a better "
+                        "validation NDCG@10 (0: train for the whole budget)")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's)")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--out", type=Path, help="also write the results as JSON")
+    parser.add_argument("--out", type=Path,
+                        help="also write the results as JSON (after every model)")
     args = parser.parse_args(argv)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+
+    def save(result: dict[str, Any]) -> None:
+        shown = {k: v for k, v in result.items() if k != "trained"}
+        print(format_result(shown), flush=True)
+        if args.out:
+            args.out.write_text(json.dumps(shown, indent=2) + "\n")
+
     try:
         if args.ml_1m or args.recbole:
             dataset = data.read_recbole(args.recbole or movielens_dir())
@@ -213,7 +243,7 @@ def evaluate(argv: list[str]) -> int:
         result = offline.compare(
             dataset, [m.strip() for m in args.models.split(",") if m.strip()],
             text_model_dir=default_model_dir(), time_budget_s=args.time_budget,
-            device=offline.pick_device(args.device),
+            device=offline.pick_device(args.device), patience=args.patience, on_result=save,
         )
     except (TrainingError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
@@ -223,9 +253,6 @@ def evaluate(argv: list[str]) -> int:
         return 3
     result.pop("trained")
     print(json.dumps(result["protocol"], indent=2))
-    print(format_table(result["models"]))
-    if args.out:
-        args.out.write_text(json.dumps(result, indent=2) + "\n")
     return 0
 
 

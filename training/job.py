@@ -224,22 +224,25 @@ def run_trained(
     rec = replace(rec, model=replace(rec.model, max_len=settings.max_len),
                   train=replace(rec.train, epochs=settings.max_epochs))
     device = pick_device(settings.device)
-    model, train_seconds = fit(rec, dataset, split, text_model_dir=settings.model_dir
-                               or default_model_dir(), device=device, progress=progress)
+    fitted = fit(rec, dataset, split, text_model_dir=settings.model_dir or default_model_dir(),
+                 device=device, progress=progress)
+    model, train_seconds = fitted.model, fitted.seconds
 
     # held out: every evaluated user's newest event, from everything before it
     users = split.eval_users[: settings.eval_max_users]
     ends = split.full.lengths()[users] - 1
     targets = split.test_targets[: settings.eval_max_users]
+    # serving leaves out the user's recent items: the gate ranks like it
     candidate = evaluate_scorer(model_scorer(model, split.full, device), users, ends, targets,
-                                desc="candidate", progress=progress)
+                                seqs=split.full, desc="candidate",
+                                progress=progress)["seen_excluded"]
     pointer = read_production(settings.artifact_dir)
     current = None
     if pointer is not None:
         scorer = artifact_scorer(settings.artifact_dir, pointer.version, dataset.item_ids,
                                  split.full, max_history=settings.eval_history)
-        current = evaluate_scorer(scorer, users, ends, targets, desc="production",
-                                  progress=progress)
+        current = evaluate_scorer(scorer, users, ends, targets, seqs=split.full,
+                                  desc="production", progress=progress)["seen_excluded"]
     promote_it = passes_gate(candidate, current, metric=settings.gate_metric,
                              min_gain=settings.gate_min_gain)
 
@@ -248,7 +251,7 @@ def run_trained(
     path = write_artifact(
         settings.artifact_dir, now=now, item_ids=dataset.item_ids, vectors=vectors,
         window=data_window(settings.topic_enriched, events.ranges), n_events=len(events),
-        metrics={"protocol": "leave_last_out_full_catalog", "users": int(len(users)),
+        metrics={"protocol": "leave_last_out_full_catalog_seen_excluded", "users": int(len(users)),
                  "candidate": candidate, "production": current,
                  "production_version": pointer.version if pointer else None,
                  "gate": {"metric": settings.gate_metric, "min_gain": settings.gate_min_gain,

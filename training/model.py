@@ -1,5 +1,7 @@
-"""The two towers. Score = dot(user vector, item vector), both L2-normalised (cosine),
-so FAISS inner-product search over the item vectors serves the model.
+"""The two towers. Score = dot(user vector, item vector), both L2-normalised (cosine,
+``score="cosine"``, what the shipped model uses), so FAISS inner-product search over the
+item vectors serves the model; ``score="dot"`` leaves both unnormalised (SASRec's plain
+dot product, for the ID-only baselines).
 
 User tower: a causal transformer over the user's recent item vectors, event types and
 time gaps; the output at the newest position is the user vector. Item tower: a learned
@@ -33,7 +35,10 @@ class ModelConfig:
     n_heads: int = 2
     ffn_mult: int = 4
     dropout: float = 0.2
-    temperature: float = 0.05  # logits = cosine / temperature
+    temperature: float = 0.05  # logits = cosine / temperature (1 for "dot")
+    score: str = "cosine"  # cosine | dot
+    block: str = "pre"  # pre (pre-norm, GELU) | sasrec (SASRec's: norm on the query, ReLU)
+    attn_dropout: float = 0.0
     use_ids: bool = True
     use_text: bool = True
     use_context: bool = True  # event-type and time-gap embeddings
@@ -85,6 +90,38 @@ class Block(nn.Module):
         return x + self.drop(self.ffn(self.norm2(x)))
 
 
+class SASRecBlock(nn.Module):
+    """SASRec's block (Kang & McAuley 2018, as in its PyTorch port that SASRec+ uses):
+    the query is layer-normed and is the residual, keys and values are not; then a
+    layer norm, a ReLU feed-forward with dropout inside and its own residual."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.n_heads, self.attn_dropout = cfg.n_heads, cfg.attn_dropout
+        self.norm1 = nn.LayerNorm(cfg.dim, eps=1e-8)
+        self.q = nn.Linear(cfg.dim, cfg.dim)
+        self.kv = nn.Linear(cfg.dim, 2 * cfg.dim)
+        self.out = nn.Linear(cfg.dim, cfg.dim)
+        self.norm2 = nn.LayerNorm(cfg.dim, eps=1e-8)
+        self.ffn = nn.Sequential(
+            nn.Linear(cfg.dim, cfg.ffn_mult * cfg.dim), nn.Dropout(cfg.dropout), nn.ReLU(),
+            nn.Linear(cfg.ffn_mult * cfg.dim, cfg.dim), nn.Dropout(cfg.dropout),
+        )
+
+    def forward(self, x: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+        b, l, d = x.shape  # [B, L, D]; allowed: bool [B, 1, L, L]
+        query = self.norm1(x)
+        heads = (b, l, self.n_heads, d // self.n_heads)
+        q = self.q(query).view(heads)
+        k, v = self.kv(x).view(b, l, 2, self.n_heads, d // self.n_heads).unbind(2)
+        attended = F.scaled_dot_product_attention(
+            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=allowed,
+            dropout_p=self.attn_dropout if self.training else 0.0,
+        )  # [B, H, L, D/H]
+        x = self.norm2(query + self.out(attended.transpose(1, 2).reshape(b, l, d)))
+        return x + self.ffn(x)
+
+
 class UserTower(nn.Module):
     """(item vectors, event types, gaps, mask) of the newest L events, left-padded ->
     an L2-normalised vector per position; the last position is the user vector."""
@@ -96,8 +133,9 @@ class UserTower(nn.Module):
         self.types = nn.Embedding(N_EVENT_TYPES, cfg.dim)
         self.gaps = nn.Embedding(N_GAP_BUCKETS, cfg.dim)
         self.drop = nn.Dropout(cfg.dropout)
-        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_blocks))
-        self.norm = nn.LayerNorm(cfg.dim)
+        kind = {"pre": Block, "sasrec": SASRecBlock}[cfg.block]
+        self.blocks = nn.ModuleList(kind(cfg) for _ in range(cfg.n_blocks))
+        self.norm = nn.LayerNorm(cfg.dim, eps=1e-8 if cfg.block == "sasrec" else 1e-5)
         for table in (self.positions, self.types, self.gaps):
             nn.init.normal_(table.weight, std=0.02)
 
@@ -105,7 +143,8 @@ class UserTower(nn.Module):
         self, item_vectors: torch.Tensor, event_types: torch.Tensor, gaps_s: torch.Tensor,
         mask: torch.Tensor,
     ) -> torch.Tensor:
-        """float32 [B, L, D]: the normalised user state after each position."""
+        """float32 [B, L, D]: the user state after each position (normalised for
+        ``score="cosine"``)."""
         b, l, _ = item_vectors.shape
         x = item_vectors * math.sqrt(self.cfg.dim) + self.positions.weight[-l:]
         if self.cfg.use_context:
@@ -116,9 +155,13 @@ class UserTower(nn.Module):
         # a slot sees real slots up to itself, and always itself (padding rows stay finite)
         allowed = (causal & mask[:, None, :]) | torch.eye(l, dtype=torch.bool, device=x.device)
         allowed = allowed.unsqueeze(1)  # [B, 1, L, L]
+        real = mask.unsqueeze(-1).to(x.dtype)
         for block in self.blocks:
             x = block(x, allowed)
-        return F.normalize(self.norm(x).float(), dim=-1)
+            if self.cfg.block == "sasrec":
+                x = x * real  # SASRec zeroes padding slots after every block
+        out = self.norm(x).float()
+        return F.normalize(out, dim=-1) if self.cfg.score == "cosine" else out
 
     def forward(
         self, item_vectors: torch.Tensor, event_types: torch.Tensor, gaps_s: torch.Tensor,
@@ -129,8 +172,9 @@ class UserTower(nn.Module):
 
 
 class ItemTable(nn.Module):
-    """All item vectors ``[n_items + 1, D]`` (row 0 = padding, zeros), L2-normalised:
-    ``normalise(id_embedding[row] + projection(text_features[row]))``."""
+    """All item vectors ``[n_items + 1, D]`` (row 0 = padding, zeros):
+    ``normalise(id_embedding[row] + projection(text_features[row]))`` (not normalised
+    for ``score="dot"``)."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -157,5 +201,7 @@ class ItemTable(nn.Module):
             if text_features is None:
                 raise ValueError("this model needs text features")
             parts.append(self.projection(text_features))
-        table = F.normalize(torch.stack(parts).sum(0).float(), dim=-1)
+        table = torch.stack(parts).sum(0).float()
+        if self.cfg.score == "cosine":
+            table = F.normalize(table, dim=-1)
         return torch.cat([torch.zeros_like(table[:1]), table[1:]])

@@ -15,15 +15,17 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from training.data import Dataset
 from training.itemtext import TextTower, load_text_model
+from training.memory import PeakRss
 from training.model import ModelConfig
 from training.quality import (
     evaluate_scorer,
@@ -51,8 +53,10 @@ class Recipe:
     text_layers: int  # fine-tuned top layers of the text encoder (0 = no text)
 
 
-def recipe(name: str, n_items: int, *, time_budget_s: float, seed: int = 0) -> Recipe:
-    """The configuration of a learned model by name."""
+def recipe(name: str, n_items: int, *, time_budget_s: float, seed: int = 0,
+           patience: int = 0) -> Recipe:
+    """The configuration of a learned model by name. `patience` > 0 trains until
+    validation NDCG@10 has not improved for that many epochs (within the budget)."""
     # sized for ~20 epochs of ML-1M in 25 minutes on two shared CPU cores: SASRec's
     # dim -> dim feed-forward (ffn_mult 1), light dropout and a high learning rate
     # converge fastest there; the text tower's top layer is fine-tuned on 16 of each
@@ -61,15 +65,21 @@ def recipe(name: str, n_items: int, *, time_budget_s: float, seed: int = 0) -> R
         model=ModelConfig(n_items=n_items, dim=64, max_len=200, n_blocks=2, n_heads=2,
                           ffn_mult=1, dropout=0.1, temperature=0.05),
         train=TrainConfig(epochs=200, time_budget_s=time_budget_s, batch_size=64, lr=5e-3,
-                          warmup_steps=50, loss="auto", text_items_per_step=16, seed=seed),
+                          warmup_steps=50, loss="auto", text_items_per_step=16, seed=seed,
+                          patience=patience),
         text_layers=1,
     )
     if name == "streamrec":
         return shipped
-    if name == "sasrec":  # the same transformer and training; item ids are its only input
+    if name == "sasrec":  # SASRec+ (Klenitskiy & Vasilev 2023), item ids its only input
         return Recipe(
-            model=replace(shipped.model, use_text=False, use_context=False),
-            train=replace(shipped.train, id_dropout=0.0),
+            model=ModelConfig(n_items=n_items, dim=64, max_len=200, n_blocks=2, n_heads=1,
+                              ffn_mult=1, dropout=0.1, attn_dropout=0.1, temperature=1.0,
+                              score="dot", block="sasrec", use_text=False, use_context=False),
+            train=TrainConfig(epochs=1000, time_budget_s=time_budget_s, batch_size=128,
+                              lr=1e-3, schedule="constant", warmup_steps=0, weight_decay=0.0,
+                              betas=(0.9, 0.999), grad_clip=0.0, loss="ce", id_dropout=0.0,
+                              seed=seed, patience=patience),
             text_layers=0,
         )
     raise ValueError(f"unknown model {name!r}; known: {', '.join(LEARNED)}")
@@ -96,20 +106,69 @@ def build_model(
     return TwoTower(rec.model, text)
 
 
+@dataclass(frozen=True)
+class Fitted:
+    model: TwoTower
+    seconds: float  # wall time of building and training, text cache included
+    epochs: int
+    best_epoch: int  # the epoch whose weights the model kept (0: the last)
+
+
 def fit(
     rec: Recipe, dataset: Dataset, split: Split, *, text_model_dir: Path | None,
     device: torch.device, progress: bool = True,
-) -> tuple[TwoTower, float]:
-    """Build and train; returns the model and the wall seconds (text cache included)."""
+) -> Fitted:
+    """Build and train within ``rec.train.time_budget_s`` of wall time, everything the
+    model's training does included: the text cache is built inside the budget, and its
+    measured cost is set aside for the refresh of every item's text after training.
+    With ``rec.train.patience`` the validation targets drive early stopping."""
     started = time.monotonic()
     model = build_model(rec, dataset, text_model_dir, progress)
+    built = time.monotonic() - started
     # whole-step autocast only on CUDA: on a CPU, even with native bf16, casting every
     # small matmul of the user tower costs what it saves; the big logit block alone
     # gains (`bf16_logits`)
     train_cfg = replace(rec.train, bf16=rec.train.bf16 and device.type == "cuda" and _bf16_ok(device),
-                        bf16_logits=rec.train.bf16_logits and _bf16_ok(device))
-    train(model, split.train, train_cfg, device=device, progress=progress)
-    return model, time.monotonic() - started
+                        bf16_logits=rec.train.bf16_logits and _bf16_ok(device),
+                        time_budget_s=training_budget(rec.train.time_budget_s, built,
+                                                      has_text=model.text is not None))
+    validate = None
+    if train_cfg.patience > 0:
+        validate = validation_score(split, candidates_of(split, len(dataset.item_ids)), device)
+    result = train(model, split.train, train_cfg, device=device, progress=progress,
+                   validate=validate)
+    return Fitted(model=model, seconds=time.monotonic() - started, epochs=result.epochs,
+                  best_epoch=result.best_epoch)
+
+
+def training_budget(total_s: float, built_s: float, *, has_text: bool) -> float:
+    """Seconds left for the training loop of a `total_s` budget after building the model
+    took `built_s` (the text cache); with text, as much again is set aside for the
+    refresh of every item's text after training. At least one second (one step)."""
+    return max(1.0, total_s - built_s * (2 if has_text else 1))
+
+
+def candidates_of(split: Split, n_items: int) -> np.ndarray:
+    """bool [n_items]: the items some event of the data set names."""
+    occurs = np.zeros(n_items + 1, dtype=bool)
+    occurs[split.full.items] = True
+    return occurs[1:]
+
+
+def validation_score(
+    split: Split, candidates: np.ndarray, device: torch.device
+) -> Callable[[TwoTower], float]:
+    """model -> NDCG@10 on the validation targets, seen items excluded."""
+    users = split.eval_users
+    ends = split.full.lengths()[users] - 2
+
+    def score(model: TwoTower) -> float:
+        out = evaluate_scorer(model_scorer(model, split.full, device, bf16=_bf16_ok(device)),
+                              users, ends, split.valid_targets, seqs=split.full,
+                              candidates=candidates, progress=False)
+        return out["seen_excluded"]["ndcg@10"]
+
+    return score
 
 
 def _bf16_ok(device: torch.device) -> bool:
@@ -125,51 +184,74 @@ def split_dataset(dataset: Dataset) -> Split:
 def compare(
     dataset: Dataset, names: Sequence[str], *, text_model_dir: Path | None,
     time_budget_s: float, device: torch.device, progress: bool = True, seed: int = 0,
-    budgets: dict[str, float] | None = None,
+    budgets: dict[str, float] | None = None, patience: int = 0,
+    on_result: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Train and test every named model on the leave-last-out split of `dataset`.
 
-    `budgets` overrides `time_budget_s` per model name. Returns ``{"protocol": ...,
-    "models": {name: {metrics..., "train_seconds": s}}, "trained": {name: TwoTower}}``.
+    `budgets` overrides `time_budget_s` per model name; `patience` > 0 early-stops the
+    learned models on validation NDCG@10. Returns ``{"protocol": ..., "models": {name:
+    {metrics..., "train_seconds", "peak_rss_mb", ...}} (seen items excluded),
+    "unfiltered": {name: {...}} (nothing excluded), "trained": {name: TwoTower}}``;
+    `on_result(result so far)` is called after each model, so no finished model's
+    figures are lost when a later one fails.
     """
     split = split_dataset(dataset)
     n_items = len(dataset.item_ids)
+    candidates = candidates_of(split, n_items)
     users = split.eval_users
     ends = split.full.lengths()[users] - 1  # the model sees everything before the target
-    results: dict[str, dict[str, float]] = {}
-    trained: dict[str, TwoTower] = {}
-    log.info("%s: %s users, %s items, %s events, %s evaluated users", dataset.name,
-             split.full.n_users, n_items, len(dataset.events), len(users))
-    for name in names:
-        started = time.monotonic()
-        if name == "popular":
-            score, seconds = popular_scorer(split.train, n_items), 0.0
-        elif name == "item-knn":
-            score = item_knn_scorer(split.train, split.full, n_items)
-            seconds = time.monotonic() - started
-        else:
-            budget = (budgets or {}).get(name, time_budget_s)
-            model, seconds = fit(recipe(name, n_items, time_budget_s=budget, seed=seed),
-                                 dataset, split, text_model_dir=text_model_dir, device=device,
-                                 progress=progress)
-            trained[name] = model
-            score = model_scorer(model, split.full, device, bf16=_bf16_ok(device))
-        out = evaluate_scorer(score, users, ends, split.test_targets, desc=f"test {name}",
-                              progress=progress)
-        results[name] = {**{k: round(v, 4) for k, v in out.items()},
-                         "train_seconds": round(seconds, 1)}
-        log.info("%s: %s", name, results[name])
-    return {
+    log.info("%s: %s users, %s catalog rows (%s occur), %s events, %s evaluated users",
+             dataset.name, split.full.n_users, n_items, int(candidates.sum()),
+             len(dataset.events), len(users))
+    result: dict[str, Any] = {
         "protocol": {
             "split": "leave-last-out per user (last = test, second to last = validation)",
-            "candidates": "full catalog",
-            "excluded": "nothing (history items stay candidates, as in HSTU's evaluation)",
+            "candidates": "every item some event names (catalog rows no event names are "
+                          "never candidates)",
+            "excluded": {"models": "the user's history items before the target (unless "
+                                   "one is the target): SASRec+ / gSASRec's protocol",
+                         "unfiltered": "nothing (HSTU's evaluation code)"},
             "users": int(len(users)),
-            "items": n_items,
+            "items": int(candidates.sum()),
+            "catalog_rows": n_items,
             "events": len(dataset.events),
             "threads": torch.get_num_threads(),
             "device": str(device),
         },
-        "models": results,
-        "trained": trained,
+        "models": {}, "unfiltered": {}, "trained": {},
     }
+    for name in names:
+        started = time.monotonic()
+        extra: dict[str, float] = {}
+        with PeakRss() as peak:
+            if name == "popular":
+                score = popular_scorer(split.train, n_items)
+            elif name == "item-knn":
+                score = item_knn_scorer(split.train, split.full, n_items)
+            else:
+                budget = (budgets or {}).get(name, time_budget_s)
+                fitted = fit(recipe(name, n_items, time_budget_s=budget, seed=seed,
+                                    patience=patience),
+                             dataset, split, text_model_dir=text_model_dir, device=device,
+                             progress=progress)
+                result["trained"][name] = fitted.model
+                extra = {"epochs": fitted.epochs, "best_epoch": fitted.best_epoch}
+                score = model_scorer(fitted.model, split.full, device, bf16=_bf16_ok(device))
+            seconds = time.monotonic() - started
+            out = evaluate_scorer(score, users, ends, split.test_targets, seqs=split.full,
+                                  candidates=candidates, desc=f"test {name}",
+                                  progress=progress)
+        for protocol, key in (("seen_excluded", "models"), ("unfiltered", "unfiltered")):
+            figures = {k: round(v, 4) for k, v in out[protocol].items() if k != "candidates"}
+            result[key][name] = {**figures,
+                                 "train_seconds": round(seconds, 1), **extra,
+                                 "peak_rss_mb": peak.mb}
+        result["protocol"]["ranked_per_user"] = {  # mean; the same for every model
+            "seen_excluded": round(out["seen_excluded"]["candidates"], 1),
+            "unfiltered": round(out["unfiltered"]["candidates"], 1)}
+        log.info("%s: seen excluded %s; unfiltered %s", name, result["models"][name],
+                 result["unfiltered"][name])
+        if on_result is not None:
+            on_result(result)
+    return result

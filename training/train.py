@@ -18,6 +18,7 @@ import math
 import random
 import time
 from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -43,8 +44,10 @@ class TrainConfig:
     lr: float = 2e-3
     min_lr_ratio: float = 0.05
     warmup_steps: int = 100
+    schedule: str = "cosine"  # cosine (warm-up, then decay; see lr_factor) | constant
     weight_decay: float = 0.01
-    grad_clip: float = 1.0
+    betas: tuple[float, float] = (0.9, 0.98)
+    grad_clip: float = 1.0  # 0 = no clipping
     loss: str = "auto"  # auto | ce | sampled | bce
     full_ce_max_items: int = 50_000
     n_negatives: int = 1024  # uniform negatives of the sampled softmax
@@ -56,6 +59,11 @@ class TrainConfig:
     seed: int = 0
     bf16: bool = True  # autocast the whole step (used on CUDA; on a CPU it gains nothing)
     bf16_logits: bool = True  # the [positions, items] logits and their softmax in bf16
+    patience: int = 0  # with a validation score: stop after this many worse checks (0 = never)
+    validate_every: int = 1  # epochs between validation checks
+
+    def __post_init__(self) -> None:
+        self.betas = (float(self.betas[0]), float(self.betas[1]))  # a list after a checkpoint
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -85,12 +93,16 @@ class TwoTower(nn.Module):
 
 
 def lr_factor(
-    step: int, total: int, warmup: int, min_ratio: float, spent: float = 0.0
+    step: int, total: int, warmup: int, min_ratio: float, spent: float = 0.0,
+    schedule: str = "cosine",
 ) -> float:
     """Linear warm-up to 1, then cosine decay to `min_ratio` at `total` steps -- or
     sooner: `spent` is the fraction of the time budget used, and the decay follows
     whichever of the two is further along, so a time-limited run ends annealed however
-    fast or busy the machine is (at the cost of step-exact reproducibility)."""
+    fast or busy the machine is (at the cost of step-exact reproducibility).
+    ``schedule="constant"`` is 1 throughout (SASRec's recipe)."""
+    if schedule == "constant":
+        return 1.0
     if step < warmup:
         return (step + 1) / warmup
     progress = min(1.0, max((step - warmup) / max(1, total - warmup), spent))
@@ -166,15 +178,21 @@ class TrainResult:
     epochs: int
     seconds: float
     losses: list[float] = field(default_factory=list)
+    validation: list[tuple[int, float]] = field(default_factory=list)  # (epoch, score)
+    best_epoch: int = 0  # the epoch whose weights the model has (0: the last)
 
 
 def train(
     model: TwoTower, train_seqs: Sequences, cfg: TrainConfig, *, device: torch.device,
     progress: bool = True, on_epoch: Any = None,
+    validate: Callable[[TwoTower], float] | None = None,
 ) -> TrainResult:
-    """Train in place; returns the model with its last weights and the loss per epoch.
+    """Train in place; returns the model and the loss per epoch.
 
-    `on_epoch(epoch, model)` is called after each epoch (e.g. validation logging).
+    `on_epoch(epoch, model)` is called after each epoch. With `validate` (model -> a
+    score, higher is better, e.g. validation NDCG@10), every ``cfg.validate_every``
+    epochs are scored, training stops after ``cfg.patience`` checks without a new best
+    (early stopping; 0 = train on), and the model ends with the best check's weights.
     """
     rng = seed_everything(cfg.seed)
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
@@ -196,11 +214,13 @@ def train(
                        "lr": cfg.text_lr})
     for g in groups:
         g["base_lr"] = float(g["lr"])  # type: ignore[arg-type]
-    optimizer = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
+    optimizer = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay, betas=cfg.betas)
     log.info("training %s users, %s steps/epoch, loss %s, device %s, bf16 %s",
              len(users), steps_per_epoch, kind, device, cfg.bf16)
     started = time.monotonic()
     step, epoch, losses, stop = 0, 0, [], False
+    checks: list[tuple[int, float]] = []
+    best: tuple[float, int, dict[str, torch.Tensor]] | None = None  # score, epoch, weights
     bar = progress_bar(total=total, desc="train", unit="step", enabled=progress)
     for epoch in range(1, cfg.epochs + 1):
         model.train()
@@ -235,12 +255,14 @@ def train(
                 )
             # phase 4: update with the scheduled learning rate
             spent = (time.monotonic() - started) / cfg.time_budget_s
-            factor = lr_factor(step, total, cfg.warmup_steps, cfg.min_lr_ratio, spent)
+            factor = lr_factor(step, total, cfg.warmup_steps, cfg.min_lr_ratio, spent,
+                               cfg.schedule)
             for g in optimizer.param_groups:
                 g["lr"] = float(g["base_lr"]) * factor  # type: ignore[arg-type]
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             optimizer.step()
             step += 1
             epoch_loss += float(loss.detach())
@@ -255,12 +277,29 @@ def train(
         bar.set_postfix(epoch=epoch, loss=f"{losses[-1]:.3f}")
         if on_epoch is not None:
             on_epoch(epoch, model)
+        if validate is not None and (epoch % cfg.validate_every == 0 or stop):
+            score = float(validate(model))
+            checks.append((epoch, score))
+            log.info("epoch %s: loss %.4f, validation %.4f", epoch, losses[-1], score)
+            if best is None or score > best[0]:
+                weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                best = (score, epoch, weights)
+            elif cfg.patience and len(checks) - 1 - _index_of(checks, best[1]) >= cfg.patience:
+                log.info("early stop after epoch %s: best %.4f at epoch %s", epoch, *best[:2])
+                break
         if stop:
             log.info("time budget of %.0f s reached after %s epochs", cfg.time_budget_s, epoch)
             break
     bar.close()
+    if best is not None:
+        model.load_state_dict(best[2])
     model.eval()
     if model.text is not None:
         model.text.refresh()
     return TrainResult(model=model, steps=step, epochs=epoch,
-                       seconds=time.monotonic() - started, losses=losses)
+                       seconds=time.monotonic() - started, losses=losses, validation=checks,
+                       best_epoch=best[1] if best is not None else 0)
+
+
+def _index_of(checks: list[tuple[int, float]], epoch: int) -> int:
+    return next(i for i, (e, _) in enumerate(checks) if e == epoch)

@@ -34,8 +34,7 @@ def _inputs(batch: int = 2, length: int = 6) -> tuple[torch.Tensor, ...]:
     return vectors, types, gaps, mask
 
 
-def test_user_tower_is_causal() -> None:
-    tower = _tower()
+def _assert_causal(tower: UserTower) -> None:
     vectors, types, gaps, mask = _inputs()
     before = tower.sequence(vectors, types, gaps, mask)
     changed = vectors.clone()
@@ -43,6 +42,10 @@ def test_user_tower_is_causal() -> None:
     after = tower.sequence(changed, types, gaps, mask)
     assert torch.allclose(before[:, :-1], after[:, :-1], atol=1e-6)
     assert not torch.allclose(before[:, -1], after[:, -1])
+
+
+def test_user_tower_is_causal() -> None:
+    _assert_causal(_tower())
 
 
 def test_user_vector_ignores_padding_content_and_is_normalised() -> None:
@@ -55,6 +58,30 @@ def test_user_vector_ignores_padding_content_and_is_normalised() -> None:
     out_noisy = tower(noisy, types, gaps, mask)
     assert torch.allclose(out, out_noisy, atol=1e-5)
     assert torch.allclose(out.norm(dim=-1), torch.ones(2), atol=1e-5)
+
+
+def test_sasrec_block_is_causal_ignores_padding_and_scores_by_plain_dot() -> None:
+    tower = _tower(block="sasrec", score="dot", use_context=False, ffn_mult=1)
+    _assert_causal(tower)
+    vectors, types, gaps, mask = _inputs()
+    mask[:, :2] = False
+    out = tower(vectors * mask[..., None], types, gaps, mask)
+    noisy = vectors.clone()
+    noisy[:, :2] = 5.0
+    assert torch.allclose(out, tower(noisy, types, gaps, mask), atol=1e-5)
+    assert not torch.allclose(out.norm(dim=-1), torch.ones(2), atol=1e-3)  # not normalised
+
+
+def test_dot_item_table_keeps_the_embedding_norms() -> None:
+    torch.manual_seed(0)
+    table = ItemTable(ModelConfig(n_items=5, dim=8, use_text=False, score="dot"))
+    rows = table(None)
+    assert torch.equal(rows[0], torch.zeros(8))
+    assert torch.allclose(rows[1:], table.ids.weight[1:])
+
+
+def test_constant_schedule_is_flat() -> None:
+    assert [lr_factor(s, 100, 10, 0.05, schedule="constant") for s in (0, 50, 99)] == [1.0] * 3
 
 
 def test_item_table_rows_are_normalised_and_cold_items_use_text_only() -> None:
