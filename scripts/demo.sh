@@ -54,7 +54,7 @@ pids+=($!)
 echo "==> gRPC server      (log: $LOG_DIR/serving.log)"
 $PY -m serving >"$LOG_DIR/serving.log" 2>&1 &
 pids+=($!)
-run $PY -m serving.client wait --timeout 180
+run $PY -m serving.cli.client wait --timeout 180
 
 echo "==> MovieLens-1M catalog -> Kafka 'items'"
 run $PY -m ingest catalog --source movielens
@@ -62,7 +62,7 @@ echo "==> replaying the first $REPLAY_LIMIT ratings -> Kafka 'events'"
 run $PY -m ingest replay --source movielens --limit "$REPLAY_LIMIT" --speedup 0 --skip-catalog
 
 echo "==> recommendations through the gRPC client"
-run $PY -m serving.client demo --wait-for-last-event --users 3 -k 10
+run $PY -m serving.cli.client demo --wait-for-last-event --users 3 -k 10
 
 echo "==> trainer on a schedule (log: $LOG_DIR/training.log): fine-tunes on the event log,"
 echo "    promotes past the quality gate; serving swaps the new version in without restart"
@@ -73,7 +73,7 @@ pids+=($!)
 
 echo
 echo "streamrec is serving on 127.0.0.1:50051; try:"
-echo "  $PY -m serving.client recommend --user 1m_10 -k 10"
-echo "  $PY -m serving.client similar --item 'Toy Story (1995)' -k 10"
+echo "  $PY -m serving.cli.client recommend --user 1m_10 -k 10"
+echo "  $PY -m serving.cli.client similar --item 'Toy Story (1995)' -k 10"
 echo "Ctrl-C stops the worker, the server and the trainer."
 wait

@@ -49,7 +49,7 @@ class ServingSettings(BaseSettings, TopicLayout):
     topic_routing: str = Field(default=ROUTING.default_name, min_length=1,
                                description="routing records (compacted, one partition; created if missing)")
     topic_recommendations: str = RECOMMENDATIONS.default_name
-    topic_enriched: str = Field(default=ENRICHED.default_name, description="read by `serving.report`")
+    topic_enriched: str = Field(default=ENRICHED.default_name, description="read by `serving.cli.report`")
     artifact_dir: Path = Path("var/artifacts")
 
     # The server.

@@ -18,7 +18,7 @@ STOP_WITHIN_S = 10.0
 STAND_IN = """#!/usr/bin/env bash
 echo $$ >> "$PIDS"
 case "$2" in
-  serving.client|ingest) exit 0 ;;
+  serving.cli.client|ingest) exit 0 ;;
 esac
 trap '' INT TERM
 while :; do sleep 0.1; done

@@ -22,7 +22,7 @@ from serving_harness import exact_nearest, unit_rows, write_artifact
 
 from contracts import routing as contract
 from protos import events_pb2, recommender_pb2, recommender_pb2_grpc
-from serving.report import build
+from serving.cli.report import build
 from serving.server import running
 
 pytestmark = pytest.mark.integration
@@ -291,7 +291,7 @@ async def test_admin_cli_shows_and_changes_the_routing(stack: Stack, tmp_path: P
 
     async def cli(*args: str) -> tuple[int, str]:
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "serving.admin", "--target", target, *args, cwd=ROOT,
+            sys.executable, "-m", "serving.cli.admin", "--target", target, *args, cwd=ROOT,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
         out, _ = await asyncio.wait_for(process.communicate(), timeout=60)
         return process.returncode or 0, out.decode()

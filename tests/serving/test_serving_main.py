@@ -1,4 +1,4 @@
-"""``python -m serving`` and ``python -m serving.client`` as processes."""
+"""``python -m serving`` and ``python -m serving.cli.client`` as processes."""
 
 from __future__ import annotations
 
@@ -57,7 +57,7 @@ def test_a_taken_port_stops_start_up_with_exit_code_1(tmp_path: Path, workers: s
 
 async def _client(*args: str) -> tuple[int, str, str]:
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "serving.client", *args, cwd=ROOT,
+        sys.executable, "-m", "serving.cli.client", *args, cwd=ROOT,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )
     out, err = await asyncio.wait_for(process.communicate(), timeout=120)

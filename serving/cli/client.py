@@ -1,9 +1,9 @@
 """Command-line client of the Recommender service, over the real gRPC stub.
 
-    python -m serving.client recommend --user 1m_10 -k 10 [--exclude ID] [--category C] [--not-category C]
-    python -m serving.client similar --item 'Toy Story (1995)' -k 10
-    python -m serving.client wait --timeout 180       # until the server's health is SERVING
-    python -m serving.client demo --users 3 -k 10 [--wait-for-last-event]
+    python -m serving.cli.client recommend --user 1m_10 -k 10 [--exclude ID] [--category C] [--not-category C]
+    python -m serving.cli.client similar --item 'Toy Story (1995)' -k 10
+    python -m serving.cli.client wait --timeout 180       # until the server's health is SERVING
+    python -m serving.cli.client demo --users 3 -k 10 [--wait-for-last-event]
 
 ``demo`` picks the users of the newest records on Kafka ``events``; with
 ``--wait-for-last-event`` it first waits until the newest event is folded into that
@@ -164,7 +164,7 @@ async def demo(stub: recommender_pb2_grpc.RecommenderStub, args: argparse.Namesp
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m serving.client", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m serving.cli.client", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--target", default="127.0.0.1:50051", help="server host:port")
     parser.add_argument("--deadline", type=float, default=5.0, help="seconds per call")

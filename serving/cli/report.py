@@ -9,7 +9,7 @@ purchases on ``events.enriched`` carry that id (``Event.recommendation_id``). Th
 
 Events whose id no served recommendation has are counted as unattributed.
 
-    python -m serving.report [--json]      # topics and Kafka from STREAMREC_SERVING_*
+    python -m serving.cli.report [--json]      # topics and Kafka from STREAMREC_SERVING_*
 """
 
 from __future__ import annotations
@@ -144,7 +144,7 @@ def as_json(reports: dict[str, VersionReport], unattributed: int) -> dict[str, o
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m serving.report", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m serving.cli.report", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     add_verbose_flag(parser)

@@ -1,0 +1,1 @@
+"""Command-line tools over serving's public contracts: ``client``, ``admin``, ``report``."""
