@@ -1,8 +1,9 @@
-"""The server process: every object built from settings, the gRPC server, start and stop.
+"""The server process: the gRPC servers, start, serve and stop.
 
-``create_server`` only assembles the gRPC server; :func:`running` builds the index,
-catalog, stores and feeds around it; :func:`serve` runs until SIGTERM/SIGINT, then marks
-the health NOT_SERVING and stops with a grace period for calls in flight.
+``create_server`` and ``create_admin_server`` only assemble gRPC servers; :func:`running`
+builds a :class:`~serving.assembly.Service` from settings, starts it and its servers,
+and stops them all on exit; :func:`serve` runs until SIGTERM/SIGINT, then marks the
+health NOT_SERVING and stops with a grace period for calls in flight.
 """
 
 from __future__ import annotations
@@ -10,41 +11,21 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-import os
 import signal
-import socket
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 
-import faiss
 import grpc
-from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
-from contracts import routing as contract
-from contracts.topics import EVENTS, RECOMMENDATIONS, ROUTING, TopicContractError, TopicSpec, ensure_topics, spec
-from protos import events_pb2, recommender_pb2, recommender_pb2_grpc
-from serving.artifact import production_version
+from protos import recommender_pb2, recommender_pb2_grpc
+from serving.assembly import Service, build
 from serving.auth import TokenAuth, server_credentials
-from serving.catalog import Catalog
-from serving.errors import AddressUnavailable, ArtifactError, BrokerUnavailable
-from serving.feeds import CatalogUpdates, Handler, TopicFeed, VectorUpdates
-from serving.metrics import Metrics
-from serving.models import Models
-from serving.routing import RoutingFollower, VersionLoader, production_routing, read_in_force
-from serving.online import OnlineStore
-from serving.recommender import Recommender, Tuning
-from serving.releases import ModelAdmin
-from serving.requests import Limits
-from serving.servicer import AdminServicer, DiagnosticsServicer, RecommenderServicer
+from serving.errors import AddressUnavailable
 from serving.settings import ServingSettings
-from serving.tracking import EventSink, RecommendationLog
+from serving.tracking import RecommendationLog
 
 log = logging.getLogger(__name__)
 
@@ -135,217 +116,100 @@ async def set_health(
 
 @dataclass(frozen=True)
 class Running:
-    """A started server and what tests and operators look at."""
+    """A started server: its ports, and the parts it serves."""
 
     server: grpc.aio.Server
     port: int
-    health: health.aio.HealthServicer
-    recommender: Recommender
-    feeds: Sequence[TopicFeed]
-    routing: RoutingFollower
     admin_port: int | None
-    metrics: Metrics
     metrics_port: int | None
-    recommendation_log: RecommendationLog
+    service: Service
 
 
 @asynccontextmanager
 async def running(settings: ServingSettings) -> AsyncIterator[Running]:
     """Build everything, start the server (NOT_SERVING until the feeds have caught up) and
     stop it all on exit."""
-    routing_feed_id = f"{settings.client_id}-routing"
-    try:  # routing is written by Admin here and read back at once: it must exist first
-        await ensure_topics(settings.kafka_bootstrap, [spec(ROUTING, settings.topic_routing, settings)],
-                            client_id=routing_feed_id)
-    except (KafkaError, TopicContractError) as error:
-        raise BrokerUnavailable(f"Kafka at {settings.kafka_bootstrap}: {error}") from error
-    in_force = await read_in_force(settings.bootstrap_servers(), routing_feed_id,
-                                   settings.topic_routing)
-    load = VersionLoader(artifact_dir=settings.artifact_dir, dim=settings.dim,
-                         ivf_threshold=settings.ivf_threshold, nprobe=settings.nprobe,
-                         cache_dir=settings.index_cache_dir)
-    # every core for the start-up build (IVF training); nothing is served yet
-    models, follower = await _first_routing(load, in_force, settings.artifact_dir)
-    faiss.omp_set_num_threads(settings.faiss_threads)
-    catalog = Catalog()
-    feeds = [
-        _feed(settings.topic_item_vectors, VectorUpdates(models), settings),
-        _feed(settings.topic_items, CatalogUpdates(catalog), settings),
-        _feed(settings.topic_routing, follower, settings, fetch_max_wait_ms=100),
-    ]
-    redis = Redis.from_url(
-        settings.redis_url,
-        socket_timeout=settings.redis_timeout_s,
-        socket_connect_timeout=settings.redis_timeout_s,
-    )
-    producer = AIOKafkaProducer(
-        bootstrap_servers=settings.bootstrap_servers(),
-        client_id=settings.client_id,
-        acks="all",
-        enable_idempotence=True,
-    )
-    # Its own producer: lingering batches many log entries per request to the broker
-    # (cheap for both sides), which TrackEvents' acknowledged sends must not wait for.
-    log_producer = AIOKafkaProducer(
-        bootstrap_servers=settings.bootstrap_servers(),
-        client_id=f"{settings.client_id}-log",
-        acks=1,
-        linger_ms=settings.log_linger_ms,
-    )
-    recommendation_log = RecommendationLog(log_producer, topic=settings.topic_recommendations,
-                                           queue_size=settings.log_queue)
-    metrics = Metrics(models)
-    recommender = Recommender(
-        models=models,
-        catalog=catalog,
-        store=OnlineStore(redis, prefix=settings.redis_prefix, seen_limit=settings.seen_limit,
-                          coalesce=settings.redis_coalesce,
-                          exclude_types=tuple(settings.exclude_event_types),
-                          trending_window=settings.trending_window,
-                          trending_tau_s=settings.trending_tau_s),
-        tuning=Tuning(
-            candidate_margin=settings.candidate_margin,
-            max_candidates=settings.max_candidates,
-            exclude_seen=settings.exclude_seen,
-            recent_items=settings.recent_items,
-            search_in_thread=settings.search_in_thread,
-            coalesce_search=settings.search_coalesce,
-        ),
-        log=recommendation_log,
-    )
-    health_servicer = health.aio.HealthServicer()
-    servicer = RecommenderServicer(
-        recommender=recommender,
-        sink=EventSink(producer, topic=settings.topic_events, timeout_s=settings.track_timeout_s),
-        limits=Limits.from_settings(settings),
-        metrics=metrics,
-    )
+    service = await build(settings)
+    # The servers with their servicers, bound but not started: a taken port stops here.
     admin_server: grpc.aio.Server | None = None
     admin_port: int | None = None
     try:
-        server, port = create_server(settings, servicer=servicer, health_servicer=health_servicer,
-                                     diagnostics=DiagnosticsServicer(metrics))
-        if settings.admin_port is not None or settings.admin_socket is not None:
-            admin = ModelAdmin(follower, producer, topic=settings.topic_routing,
-                               writer=f"serving {socket.gethostname()}:{os.getpid()}")
-            admin_server, admin_port = create_admin_server(settings, admin=AdminServicer(admin, metrics))
+        server, port = create_server(settings, servicer=service.servicer, health_servicer=service.health,
+                                     diagnostics=service.diagnostics)
+        if service.admin is not None:
+            admin_server, admin_port = create_admin_server(settings, admin=service.admin)
     except AddressUnavailable:
-        await producer.stop()  # never started: nothing to flush, only handles to close
-        await log_producer.stop()
-        await redis.aclose()
+        await service.clients.close()  # never started: nothing to flush, only handles to close
         raise
     metrics_port: int | None = None
     tasks: list[asyncio.Task[None]] = []
-    try:
-        try:
-            await ensure_topics(settings.kafka_bootstrap, written_topics(settings),
-                                client_id=f"{settings.client_id}-setup")
-            await producer.start()
-            await log_producer.start()
-        except (KafkaError, TopicContractError) as error:
-            raise BrokerUnavailable(f"Kafka at {settings.kafka_bootstrap}: {error}") from error
-        try:
-            async with asyncio.timeout(min(settings.redis_timeout_s, 2.0)):  # a warning only
-                await redis.ping()
-        except (RedisError, OSError, TimeoutError) as error:
-            log.warning("Redis is not reachable yet (%s); Recommend is UNAVAILABLE until it is", error)
-        tasks = [asyncio.create_task(feed.run(), name=f"feed {feed.topic}") for feed in feeds]
-        tasks.append(asyncio.create_task(follower.run(), name="routing"))
-        tasks.append(asyncio.create_task(recommendation_log.run(), name="recommendation log"))
-        await set_health(health_servicer, health_pb2.HealthCheckResponse.NOT_SERVING)
+    try:  # start: clients, feeds, servers; NOT_SERVING until the feeds have caught up
+        await service.clients.start(settings)
+        tasks = _run_in_background(service)
+        await set_health(service.health, health_pb2.HealthCheckResponse.NOT_SERVING)
         await server.start()
         if admin_server is not None:
             await admin_server.start()
         if settings.metrics_port is not None:
-            metrics_port = metrics.serve(settings.metrics_host, settings.metrics_port)
-        tasks.append(asyncio.create_task(_ready_when_loaded(feeds, follower, health_servicer),
-                                         name="ready"))
-        log.info("model %s: listening on %s:%s (admin %s, metrics %s)", models.routing.production,
+            metrics_port = service.metrics.serve(settings.metrics_host, settings.metrics_port)
+        tasks.append(asyncio.create_task(_ready_when_loaded(service), name="ready"))
+        log.info("model %s: listening on %s:%s (admin %s, metrics %s)", service.models.routing.production,
                  settings.host, port, settings.admin_socket or admin_port, metrics_port)
-        yield Running(server, port, health_servicer, recommender, feeds, follower, admin_port,
-                      metrics, metrics_port, recommendation_log)
-    finally:
-        await set_health(health_servicer, health_pb2.HealthCheckResponse.NOT_SERVING)
+        yield Running(server, port, admin_port, metrics_port, service)
+    finally:  # stop: NOT_SERVING, calls in flight get grace_s, then the resources close
+        await set_health(service.health, health_pb2.HealthCheckResponse.NOT_SERVING)
         if admin_server is not None:
             await admin_server.stop(0)
         await server.stop(settings.grace_s)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        try:
-            await asyncio.wait_for(recommendation_log.drain(), settings.grace_s)
-        except TimeoutError:
-            log.warning("recommendation log not drained within %.1f s", settings.grace_s)
-        await producer.stop()
-        await log_producer.stop()
-        await redis.aclose()
-        metrics.close()
+        await _drain(service.recommendation_log, settings.grace_s)
+        await service.clients.close()
+        service.metrics.close()
         log.info("stopped")
 
 
-def written_topics(settings: ServingSettings) -> list[TopicSpec]:
-    """The topics serving writes (TrackEvents, the recommendation log), created at start
-    with their contract settings; the ones it reads are waited for, never created."""
-    return [spec(EVENTS, settings.topic_events, settings),
-            spec(RECOMMENDATIONS, settings.topic_recommendations, settings)]
+def _run_in_background(service: Service) -> list[asyncio.Task[None]]:
+    """The feeds, the routing follower and the recommendation log's sender."""
+    tasks = [asyncio.create_task(feed.run(), name=f"feed {feed.topic}") for feed in service.feeds]
+    tasks.append(asyncio.create_task(service.routing.run(), name="routing"))
+    tasks.append(asyncio.create_task(service.recommendation_log.run(), name="recommendation log"))
+    return tasks
 
 
-def _feed(topic: str, handle: Handler, settings: ServingSettings, *,
-          fetch_max_wait_ms: int | None = None) -> TopicFeed:
-    """A feed of `topic`; routing needs no 10 ms freshness, so its fetches wait longer."""
-    return TopicFeed(
-        topic,
-        handle,
-        bootstrap_servers=settings.bootstrap_servers(),
-        client_id=settings.client_id,
-        fetch_max_wait_ms=fetch_max_wait_ms if fetch_max_wait_ms is not None
-        else settings.kafka_fetch_max_wait_ms,
-        retry_s=settings.kafka_retry_s,
-        poll_s=settings.topic_poll_s,
-    )
-
-
-async def _first_routing(load: VersionLoader, in_force: events_pb2.Routing | None,
-                         artifact_dir: Path) -> tuple[Models, RoutingFollower]:
-    """The production version of the record in force at start, or of ``production.json``
-    without one; a record whose production cannot be read leaves ``production.json`` in
-    force (the feed's replay reports it)."""
-    fallback = production_routing(production_version(artifact_dir))
-    first = in_force or fallback
-    try:
-        model = await load(first.production, contract.uri_of(first, first.production))
-    except ArtifactError as error:
-        if in_force is None:
-            raise
-        log.error("routing revision %s: production %s unreadable (%s); starting from %s",
-                  in_force.revision, in_force.production, error, fallback.production)
-        first = fallback
-        model = await load(first.production, "")
-    models = Models(model)  # the routing feed replays the record: its other versions load then
-    return models, RoutingFollower(models, load, fallback=fallback)
-
-
-async def _ready_when_loaded(
-    feeds: Sequence[TopicFeed], follower: RoutingFollower,
-    health_servicer: health.aio.HealthServicer,
-) -> None:
-    await asyncio.gather(*(feed.loaded.wait() for feed in feeds))
-    await follower.caught_up()  # the versions the routing in force names are loaded
-    follower.loaded.set()
+async def _ready_when_loaded(service: Service) -> None:
+    """SERVING once every feed caught up and the versions the routing names are loaded."""
+    await asyncio.gather(*(feed.loaded.wait() for feed in service.feeds))
+    await service.routing.caught_up()  # the versions the routing in force names are loaded
+    service.routing.loaded.set()
     # What start-up built (index maps of every item, catalog, libraries) lives as long as
     # the process: kept out of the collector, whose full passes over it stall the loop.
     gc.collect()
     gc.freeze()
-    await set_health(health_servicer, health_pb2.HealthCheckResponse.SERVING)
+    await set_health(service.health, health_pb2.HealthCheckResponse.SERVING)
     log.info("catalog topics loaded: SERVING")
 
 
-async def serve(settings: ServingSettings) -> None:
-    """Run the server until SIGTERM or SIGINT."""
+async def _drain(recommendation_log: RecommendationLog, grace_s: float) -> None:
+    try:
+        await asyncio.wait_for(recommendation_log.drain(), grace_s)
+    except TimeoutError:
+        log.warning("recommendation log not drained within %.1f s", grace_s)
+
+
+def stop_on_signals() -> asyncio.Event:
+    """An event set by SIGTERM or SIGINT (the running loop's handlers)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    return stop
+
+
+async def serve(settings: ServingSettings) -> None:
+    """Run the server until SIGTERM or SIGINT."""
+    stop = stop_on_signals()
     async with running(settings):
         await stop.wait()
         log.info("signal received: NOT_SERVING, stopping within %.1f s", settings.grace_s)

@@ -47,7 +47,7 @@ import grpc
 
 from protos import recommender_pb2, recommender_pb2_grpc
 from serving.errors import AddressUnavailable, ServingError
-from serving.server import create_admin_server
+from serving.server import create_admin_server, stop_on_signals
 from serving.settings import ServingSettings
 
 log = logging.getLogger(__name__)
@@ -344,10 +344,7 @@ async def supervise(settings: ServingSettings) -> int:
         raise
     run_dir = Path(tempfile.mkdtemp(prefix="streamrec-serving-"))
     cache_dir = settings.index_cache_dir or run_dir / "index-cache"
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
+    stop = stop_on_signals()
     supervisor = Supervisor(settings, port, run_dir, cache_dir)
     admin_server: grpc.aio.Server | None = None
     try:
