@@ -2,16 +2,14 @@
 
 Reading and checking a version (its name, manifest, item ids and vectors) is
 :mod:`contracts.artifact`'s; here its refusals become serving's :class:`ArtifactError`
-(``FAILED_PRECONDITION`` at the gRPC edge), and the bootstrap state stands in while the
-store has no production version.
+(``FAILED_PRECONDITION`` at the gRPC edge), and the bootstrap version stands in while
+the store has no production version.
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-
-import numpy as np
 
 from contracts import artifact
 from contracts.artifact import StoredVersion
@@ -20,11 +18,6 @@ from serving.errors import ArtifactError
 log = logging.getLogger(__name__)
 
 BOOTSTRAP_VERSION = artifact.BASE_VERSION
-
-
-def bootstrap_state(dim: int) -> StoredVersion:
-    """The pretrained model before any artifact: no vectors yet, they arrive on item-vectors."""
-    return StoredVersion(BOOTSTRAP_VERSION, dim, [], np.empty((0, dim), dtype=np.float32), {})
 
 
 def artifact_path(uri: str) -> Path:
@@ -42,14 +35,6 @@ def production_version(artifact_dir: Path) -> str:
                  artifact_dir / artifact.PRODUCTION, BOOTSTRAP_VERSION)
         return BOOTSTRAP_VERSION
     return version
-
-
-def load_production(artifact_dir: Path, default_dim: int) -> StoredVersion:
-    """The version named by ``production.json``, or the bootstrap state without one."""
-    version = production_version(artifact_dir)
-    if not (artifact_dir / artifact.PRODUCTION).exists():
-        return bootstrap_state(default_dim)
-    return load_version(artifact_dir / version, version)
 
 
 def load_version(version_dir: Path, version: str) -> StoredVersion:

@@ -9,20 +9,31 @@ import numpy as np
 import pytest
 from serving_harness import unit_rows, write_artifact
 
-from serving.artifact import load_production, load_version
+from contracts.artifact import StoredVersion
+from serving.artifact import load_version, production_version
 from serving.errors import ArtifactError
+from serving.routing import VersionLoader
 
 
-def test_without_production_json_the_bootstrap_model_is_used(tmp_path: Path) -> None:
-    state = load_production(tmp_path / "missing", default_dim=384)
-    assert (state.version, state.dim, state.item_ids) == ("base", 384, [])
-    assert state.vectors.shape == (0, 384)
+def _load_production(artifact_dir: Path) -> StoredVersion:
+    """What start-up reads: the version ``production.json`` names, then its directory."""
+    version = production_version(artifact_dir)
+    return load_version(artifact_dir / version, version)
+
+
+async def test_without_production_json_the_bootstrap_model_is_used(tmp_path: Path) -> None:
+    artifact_dir = tmp_path / "missing"
+    version = production_version(artifact_dir)
+    load = VersionLoader(artifact_dir=artifact_dir, dim=384, ivf_threshold=50_000, nprobe=8,
+                         cache_dir=None)
+    model = await load(version, "")
+    assert (model.version, model.index.dim, len(model.index)) == ("base", 384, 0)
 
 
 def test_the_production_version_is_loaded(tmp_path: Path) -> None:
     vectors = unit_rows(np.random.default_rng(1), 4, 8)
     write_artifact(tmp_path, "20261122T230000Z", ["a", "b", "c", "d"], vectors)
-    state = load_production(tmp_path, default_dim=384)
+    state = _load_production(tmp_path)
     assert (state.version, state.dim, state.item_ids) == ("20261122T230000Z", 8, ["a", "b", "c", "d"])
     np.testing.assert_array_equal(state.vectors, vectors)
     assert state.vectors.dtype == np.float32
@@ -53,14 +64,14 @@ def test_a_broken_artifact_stops_start_up(
     version_dir = write_artifact(tmp_path, "v1", ["a", "b", "c"], unit_rows(np.random.default_rng(2), 3, 8))
     _break(version_dir, name, content)
     with pytest.raises(ArtifactError, match=message):
-        load_production(tmp_path, default_dim=8)
+        _load_production(tmp_path)
 
 
 @pytest.mark.parametrize("pointer", ['{"version": "../elsewhere"}', '{"version": ""}', "[]x"])
 def test_a_bad_production_pointer_stops_start_up(tmp_path: Path, pointer: str) -> None:
     (tmp_path / "production.json").write_text(pointer)
     with pytest.raises(ArtifactError):
-        load_production(tmp_path, default_dim=8)
+        _load_production(tmp_path)
 
 
 @pytest.mark.parametrize("version", ["../v1", "v1/..", ".."])
