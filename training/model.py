@@ -6,7 +6,7 @@ dot product, for the ID-only baselines).
 User tower: a causal transformer over the user's recent item vectors, event types and
 time gaps; the output at the newest position is the user vector. Item tower: a learned
 id embedding (warm items) plus a projection of the item text through the top layer(s)
-of a sentence transformer (``training.itemtext``); a never-seen item has only the
+of a sentence transformer (``training.texttower``); a never-seen item has only the
 text part.
 """
 

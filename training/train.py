@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from contracts.console import progress_bar
-from training.itemtext import TextTower
+from training.texttower import TextTower
 from training.model import ItemTable, ModelConfig, UserTower
 from training.sequences import PAD, Sequences, Window, epoch_batches, training_batch
 
