@@ -22,7 +22,8 @@ import torch
 
 from contracts.artifact import CHECKPOINT, ITEM_ENCODER, ITEM_HEAD, PRETRAINED_MODEL, USER_ENCODER
 from contracts.itemtext import TEMPLATE
-from training.train import TrainConfig, TwoTower
+from training.model import TwoTower
+from training.train import TrainConfig
 
 log = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ from contracts.encoder import load_pretrained, use_bf16
 from training.data import Dataset
 from training.texttower import TextTower
 from training.memory import PeakRss
-from training.model import ModelConfig
+from training.model import ModelConfig, TwoTower
 from training.quality import (
     evaluate_scorer,
     item_knn_scorer,
@@ -35,7 +35,7 @@ from training.quality import (
     popular_scorer,
 )
 from training.sequences import Split, build_sequences, leave_last_out
-from training.train import TrainConfig, TwoTower, train
+from training.train import TrainConfig, train
 
 log = logging.getLogger(__name__)
 
