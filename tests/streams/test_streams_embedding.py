@@ -20,8 +20,9 @@ from contracts.artifact import pretrained_item_encoder, read_manifest, write_art
 from contracts.encoder import ItemEncoder, load_pretrained, pretrained_model_dir
 from contracts.itemtext import MAX_TOKENS, item_text
 from protos import events_pb2
-from streams.live import EncoderOptions, load_model
-from streams.model import choose_model, read_version
+from streams.errors import ModelLoadError, StreamsError
+from streams.live import EncoderOptions, load_model, pretrained_dir
+from streams.model import ModelChoice, choose_model, read_version
 from training.data import from_event_log
 from training.eventlog import EventLog
 from training.export import export_model, item_vectors
@@ -108,3 +109,17 @@ def test_a_fine_tuned_version_is_embedded_as_training_embedded_it(tmp_path: Path
     choice = read_version(path, path.name, pretrained_model_dir())
     assert choice.text_max_length == TEXT_MAX_LENGTH and choice.head is not None
     np.testing.assert_allclose(streams_vectors(path, [cold])[0], vectors[-1], atol=1e-4)
+
+
+def test_an_encoder_that_cannot_load_is_a_streams_error(tmp_path: Path) -> None:
+    """What a release loader catches (the worker keeps its version) and start-up reports."""
+    (tmp_path / "item_head.npz").write_bytes(b"not a head")
+    broken = ModelChoice("v1", pretrained_model_dir(), tmp_path, head=tmp_path / "item_head.npz")
+    with pytest.raises(ModelLoadError, match="not an item head") as raised:
+        load_model(broken, OPTIONS)
+    assert isinstance(raised.value, StreamsError)
+    with pytest.raises(ModelLoadError, match="not a Hugging Face model directory"):
+        load_model(ModelChoice("v1", tmp_path), OPTIONS)
+    assert pretrained_dir(None) == pretrained_model_dir()
+    assert pretrained_dir(tmp_path) == tmp_path
+
