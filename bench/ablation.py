@@ -27,10 +27,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from training import data, offline  # noqa: E402
 from bench.quality import write_readme  # noqa: E402
+from contracts.encoder import pretrained_model_dir  # noqa: E402
+from training import data, offline  # noqa: E402
 from training.__main__ import movielens_dir  # noqa: E402
-from training.encoder import default_model_dir  # noqa: E402
 from training.offline import Recipe  # noqa: E402
 from training.quality import evaluate_scorer, model_scorer  # noqa: E402
 
@@ -74,7 +74,7 @@ def run_row(name: str, dataset: data.Dataset, split: Any, epochs: int,
     anchor = replace(anchor, train=replace(anchor.train, epochs=epochs))
     rec = ROWS[name][1](anchor, n_items)
     started = time.monotonic()
-    fitted = offline.fit(rec, dataset, split, text_model_dir=default_model_dir(),
+    fitted = offline.fit(rec, dataset, split, text_model_dir=pretrained_model_dir(),
                          device=device, progress=False)
     seconds = time.monotonic() - started
     users = split.eval_users

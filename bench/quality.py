@@ -35,9 +35,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
+from contracts.encoder import pretrained_model_dir  # noqa: E402
 from training import data, offline  # noqa: E402
 from training.__main__ import format_result, movielens_dir  # noqa: E402
-from training.encoder import default_model_dir  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "quality.json"
 README = ROOT / "bench" / "README.md"
@@ -161,7 +161,7 @@ def one_model(name: str, threads: int, time_budget_s: float, device: str,
     logging.basicConfig(level=logging.INFO,
                         format=f"%(asctime)s %(levelname)s {name} %(name)s %(message)s")
     dataset = data.read_recbole(movielens_dir())
-    result = offline.compare(dataset, [name], text_model_dir=default_model_dir(),
+    result = offline.compare(dataset, [name], text_model_dir=pretrained_model_dir(),
                              time_budget_s=time_budget_s, device=offline.pick_device(device),
                              progress=False, patience=patience)
     result.pop("trained")

@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from contracts.itemtext import MAX_TOKENS
+
 FORMAT = 1
 BASE_VERSION = "base"  # the bootstrap model before any artifact: pretrained encoder, no files
 VERSION_FORMAT = "%Y%m%dT%H%M%SZ"
@@ -42,6 +44,7 @@ USER_ENCODER = "user_encoder.pt2"
 ITEM_ENCODER = "item_encoder"
 ITEM_HEAD = "item_head.npz"
 CHECKPOINT = "model.pt"
+PRETRAINED_MODEL = "all-MiniLM-L6-v2"  # the pretrained text encoder: base's, and fine-tuning's start
 
 
 class ArtifactError(Exception):
@@ -160,6 +163,20 @@ def read_version(directory: Path, version: str) -> StoredVersion:
     if not np.isfinite(vectors).all() or (len(vectors) and not np.abs(vectors).sum(axis=1).all()):
         raise BadVectors(f"{path} holds NaN, infinity or a zero row")
     return StoredVersion(version, dim, item_ids, vectors, manifest)
+
+
+def text_max_length(manifest: Mapping[str, Any]) -> int:
+    """The tokens of an item text the version's item encoder sees: the manifest's
+    ``item_encoder.max_length``, or :data:`~contracts.itemtext.MAX_TOKENS` where it names
+    none (``base``, and versions written before manifests carried it, at that default)."""
+    item_encoder = manifest.get("item_encoder")
+    limit = item_encoder.get("max_length") if isinstance(item_encoder, dict) else None
+    if limit is None:
+        return MAX_TOKENS
+    if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
+        raise BadManifest(f"version {manifest.get('version')!r}: item_encoder.max_length "
+                          f"{limit!r} is not a positive integer")
+    return limit
 
 
 def list_versions(store: Path) -> list[str]:
@@ -293,7 +310,7 @@ def build_manifest(
         "created_at": created_at.astimezone(UTC).isoformat(),
         "dim": dim,
         "item_encoder": encoders.pop(
-            "item_encoder", {"kind": "pretrained", "name": "all-MiniLM-L6-v2"}
+            "item_encoder", {"kind": "pretrained", "name": PRETRAINED_MODEL}
         ),
         "user_encoder": encoders.pop("user_encoder", {"kind": "weighted_mean"}),
         **encoders,
@@ -303,6 +320,12 @@ def build_manifest(
         "metrics": dict(metrics),
         "config": dict(config),
     }
+
+
+def pretrained_item_encoder(max_length: int) -> dict[str, Any]:
+    """The ``item_encoder`` entry of a version embedded by the pretrained model with
+    `max_length` tokens per item text."""
+    return {"kind": "pretrained", "name": PRETRAINED_MODEL, "max_length": max_length}
 
 
 def data_window(topic: str, ranges: Mapping[int, tuple[int, int]]) -> dict[str, Any]:
@@ -343,7 +366,7 @@ def write_artifact(
 
     `write_encoders(directory)`, when given, writes the model's own files (encoders,
     checkpoint) into the not yet visible version directory and returns the manifest
-    entries that describe them.
+    entries that describe them (for the pretrained encoder: no files, its entry alone).
     """
     import faiss  # only a writer needs FAISS; readers build their own index or none
 

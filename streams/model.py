@@ -17,6 +17,7 @@ import numpy as np
 
 from contracts import artifact
 from contracts.artifact import BASE_VERSION
+from contracts.itemtext import MAX_TOKENS
 from streams.errors import ArtifactError
 
 __all__ = ["BASE_VERSION", "ModelChoice", "artifact_path", "choose_model", "item_vectors",
@@ -30,13 +31,14 @@ class ModelChoice:
     ``head`` is the projection of a fine-tuned item encoder (``item_head.npz``), and
     ``user_encoder`` the exported user tower; None for the pretrained encoder and for
     weighted-mean user vectors. ``directory`` is None for the bootstrap ``base``.
+    ``text_max_length`` is the token limit the version's item vectors were embedded with.
     """
 
     version: str
     encoder_dir: Path
     directory: Path | None = None
     head: Path | None = None
-    text_max_length: int | None = None
+    text_max_length: int = MAX_TOKENS
     user_encoder: Path | None = None
     max_len: int = 0
 
@@ -58,7 +60,9 @@ def _choice(manifest: dict[str, Any], directory: Path, version: str,
             pretrained_dir: Path) -> ModelChoice:
     item_encoder = manifest.get("item_encoder") or {}
     user_encoder = manifest.get("user_encoder") or {"kind": "weighted_mean"}
-    choice = ModelChoice(version, pretrained_dir, directory)
+    with artifact.errors_as(ArtifactError):
+        text_max_length = artifact.text_max_length(manifest)
+    choice = ModelChoice(version, pretrained_dir, directory, text_max_length=text_max_length)
     if item_encoder.get("kind") != "pretrained":
         encoder_dir = directory / str(item_encoder.get("dir", artifact.ITEM_ENCODER))
         if not (encoder_dir / "config.json").is_file():
@@ -67,11 +71,8 @@ def _choice(manifest: dict[str, Any], directory: Path, version: str,
                 f"but no model in {encoder_dir}"
             )
         head = directory / str(item_encoder.get("head", artifact.ITEM_HEAD))
-        max_length = item_encoder.get("max_length")
-        choice = ModelChoice(
-            version, encoder_dir, directory, head if head.is_file() else None,
-            int(max_length) if max_length else None,
-        )
+        choice = ModelChoice(version, encoder_dir, directory, head if head.is_file() else None,
+                             text_max_length)
     if user_encoder.get("kind") == "weighted_mean":
         return choice
     if user_encoder.get("kind") != "transformer":

@@ -167,7 +167,6 @@ class StreamsSettings(BaseSettings, TopicLayout):
     bf16: Literal["auto", "on", "off"] = Field(
         default="auto", description="bf16 autocast; auto: CUDA, or a CPU with native bf16"
     )
-    max_length: int = Field(default=128, ge=8, le=512, description="tokens per item text")
     item_batch_size: int = Field(default=64, ge=1, le=4096)
     item_batch_within_s: float = Field(
         default=0.05, gt=0, le=10, description="longest wait to fill an item batch"

@@ -12,9 +12,8 @@ from redis.asyncio import Redis
 from contracts.online import RedisKeys
 from streams.app import create_app
 from streams.catalog import Catalog
-from streams.encoder import pretrained_model_dir
 from streams.feed import CatalogFeed
-from streams.live import EncoderOptions, LiveModel, load_model
+from streams.live import EncoderOptions, LiveModel, load_model, pretrained_dir
 from streams.metrics import MetricsServer, StreamsMetrics
 from streams.model import choose_model
 from streams.online import Caps, OnlineState
@@ -43,9 +42,8 @@ def online_state(settings: StreamsSettings, client: Redis) -> OnlineState:
 
 def build_worker(settings: StreamsSettings) -> faust.Worker:
     """Load the model once and wire every service; nothing connects before the worker starts."""
-    pretrained = settings.model_dir or pretrained_model_dir()
+    pretrained = pretrained_dir(settings.model_dir)
     options = EncoderOptions(device=settings.device, bf16=settings.bf16,
-                             max_length=settings.max_length,
                              half_life_ms=settings.decay_half_life_s * 1000.0)
     model = load_model(choose_model(settings.artifact_dir, pretrained), options)
     log.info("model version %s", model.version)

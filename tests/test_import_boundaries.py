@@ -38,6 +38,7 @@ def test_the_repository_keeps_its_package_boundaries() -> None:
     ("training/job.py", "ingest.dataset", "training is not allowed to import ingest"),
     ("contracts/online.py", "serving", "contracts is not allowed to import serving"),
     ("protos/events_pb2.py", "streams.online", "protos is not allowed to import streams"),
+    ("serving/online.py", "torch", "serving is not allowed to import torch"),
 ])
 def test_a_forbidden_import_breaks_a_contract(
     tmp_path: Path, module: str, imports: str, broken: str

@@ -26,9 +26,9 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import KafkaError
 from pydantic import ValidationError
 
-from training.encoder import ItemEncoder, default_model_dir
-from training.errors import TrainingError
 from contracts.console import setup_logging
+from contracts.encoder import EncoderError, ItemEncoder, pretrained_model_dir
+from training.errors import TrainingError
 from contracts.topics import TopicContractError
 from training.announce import announce, prepare_topics, release_message
 from contracts.artifact import ArtifactError, promote, read_manifest, read_production
@@ -44,7 +44,7 @@ TABLE_COLUMNS = (*METRIC_COLUMNS, "epochs", "peak_rss_mb")
 
 def command(body: Callable[[TrainingSettings], list[str]]) -> int:
     """Run `body` under the artifact store's lock and print its lines: 0 on success, 2 on
-    bad settings or data, 3 when Kafka fails."""
+    bad settings, data or model files, 3 when Kafka fails."""
     try:
         settings = TrainingSettings()
         with stop_on_signals(), exclusive(settings.artifact_dir):
@@ -52,7 +52,8 @@ def command(body: Callable[[TrainingSettings], list[str]]) -> int:
     except Stopped as stopped:
         log.warning("stopped by %s: nothing was promoted or announced", stopped)
         return 128 + stopped.signum
-    except (TrainingError, ArtifactError, ValidationError, TopicContractError) as error:
+    except (TrainingError, ArtifactError, EncoderError, ValidationError,
+            TopicContractError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except KafkaError as error:
@@ -88,7 +89,7 @@ def run_with_clients(settings: TrainingSettings) -> RunSummary | TrainedRunSumma
             summary: RunSummary | TrainedRunSummary = run_trained(settings, consumer=consumer, producer=producer)
         else:
             encoder = ItemEncoder.load(
-                settings.model_dir or default_model_dir(),
+                settings.model_dir or pretrained_model_dir(),
                 device=settings.device,
                 max_length=settings.max_length,
                 bf16=settings.bf16,
@@ -242,10 +243,10 @@ def evaluate(argv: list[str]) -> int:
             dataset = _dataset_from_kafka(data)
         result = offline.compare(
             dataset, [m.strip() for m in args.models.split(",") if m.strip()],
-            text_model_dir=default_model_dir(), time_budget_s=args.time_budget,
+            text_model_dir=pretrained_model_dir(), time_budget_s=args.time_budget,
             device=offline.pick_device(args.device), patience=args.patience, on_result=save,
         )
-    except (TrainingError, ValueError) as error:
+    except (TrainingError, EncoderError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except KafkaError as error:

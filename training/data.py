@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from contracts.itemtext import item_text, text_of
 from protos import events_pb2
-from training.encoder import item_text
 from training.errors import TrainingError
 from training.eventlog import EventLog
 from training.sequences import Interactions
@@ -70,7 +70,8 @@ def _column(frame: pd.DataFrame, aliases: tuple[str, ...], path: Path, required:
 
 
 def _texts(frame: pd.DataFrame, path: Path, separator: str | None) -> tuple[list[str], list[str]]:
-    """Item ids and texts ``item_text(title, categories, description)``."""
+    """Item ids and texts ``text_of(title, categories, description)`` (an untitled row
+    is titled by its id)."""
     ids = frame[_column(frame, _ITEM, path)].astype(str).tolist()
     title_col = _column(frame, _TITLE, path, required=False)
     cat_col = _column(frame, _CATEGORIES, path, required=False)
@@ -85,7 +86,7 @@ def _texts(frame: pd.DataFrame, path: Path, separator: str | None) -> tuple[list
         if not description and year_col:
             year = str(frame[year_col].iat[i]).strip().removesuffix(".0")
             description = f"Released in {year}" if year else ""
-        texts.append(item_text(title or item, categories, description))
+        texts.append(text_of(title or item, categories, description))
     return ids, texts
 
 
@@ -185,6 +186,6 @@ def from_event_log(log: EventLog, catalog: dict[str, events_pb2.Item]) -> Datase
     texts = {}
     for item_id in set(catalog) | set(log.items):
         item = catalog.get(item_id) or log.items[item_id]
-        texts[item_id] = item_text(item.title or item_id, list(item.categories), item.description)
+        texts[item_id] = item_text(item)
     ids, item_texts = _catalog_for(log.item_ids, texts)
     return Dataset(name=log.topic, events=events, item_ids=ids, item_texts=item_texts)

@@ -13,7 +13,3 @@ class EmptyLogError(TrainingError):
 
 class LogReadError(TrainingError):
     """The event log or the catalog could not be read to its end offsets."""
-
-
-class ModelLoadError(TrainingError):
-    """The item encoder could not be loaded."""

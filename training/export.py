@@ -20,8 +20,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from contracts.artifact import CHECKPOINT, ITEM_ENCODER, ITEM_HEAD, USER_ENCODER
-from training.train import TrainConfig, TwoTower
+from contracts.artifact import CHECKPOINT, ITEM_ENCODER, ITEM_HEAD, PRETRAINED_MODEL, USER_ENCODER
+from contracts.itemtext import TEMPLATE
+from training.model import TwoTower
+from training.train import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -60,12 +62,12 @@ def export_item_encoder(model: TwoTower, directory: Path, max_length: int) -> di
     )
     return {
         "kind": "finetuned",
-        "base": "all-MiniLM-L6-v2",
+        "base": PRETRAINED_MODEL,
         "dir": ITEM_ENCODER,
         "head": ITEM_HEAD,
         "pooling": "mean",
         "max_length": max_length,
-        "text": "{title}. {categories joined by ', '}. {description}",
+        "text": TEMPLATE,
         "normalised": True,
         "trainable_layers": len(model.text.top),
     }

@@ -17,11 +17,18 @@ from typing import Any
 import numpy as np
 from kafka import KafkaConsumer, KafkaProducer
 
-from contracts.artifact import data_window, promote, read_production, write_artifact
+from contracts.artifact import (
+    data_window,
+    pretrained_item_encoder,
+    promote,
+    read_production,
+    write_artifact,
+)
+from contracts.encoder import ItemEncoder, pretrained_model_dir
+from contracts.itemtext import item_text
 from protos import events_pb2
 from training.announce import announce, publish_item_vectors, release_message
 from training.data import from_event_log
-from training.encoder import ItemEncoder, default_model_dir, item_text
 from training.errors import EmptyLogError
 from training.evaluate import evaluate, leave_last_out
 from training.eventlog import EventLog, read_catalog, read_event_log
@@ -70,7 +77,7 @@ def catalog_rows(
 ) -> tuple[list[str], list[str]]:
     """``(item_ids, texts)`` sorted by id: every catalog item and every item of the log.
 
-    An item the catalog lacks uses its copy from the log, or its id as title.
+    An item the catalog lacks uses its copy from the log, or its id as its text.
     """
     ids = sorted(set(catalog) | set(events.item_ids))
     texts = []
@@ -79,7 +86,7 @@ def catalog_rows(
         if item is None:
             texts.append(item_id)
         else:
-            texts.append(item_text(item.title or item_id, list(item.categories), item.description))
+            texts.append(item_text(item))
     return ids, texts
 
 
@@ -110,7 +117,8 @@ def run_once(
     encoder: ItemEncoder,
     progress: bool = True,
 ) -> RunSummary:
-    """Read, embed, evaluate, write, promote, announce."""
+    """Read, embed, evaluate, write, promote, announce. The manifest names the encoder's
+    token limit, so streams embeds new items as these were embedded."""
     started = time.monotonic()
     events, catalog = read_log_and_catalog(settings, consumer, progress=progress)
     log.info("read %s events and %s catalog items", len(events), len(catalog))
@@ -143,6 +151,7 @@ def run_once(
         n_events=len(events),
         metrics=metrics,
         config=settings.model_dump(mode="json"),
+        write_encoders=lambda _: {"item_encoder": pretrained_item_encoder(encoder.max_length)},
     )
     pointer = promote(settings.artifact_dir, path.name, now)
     release = release_message(
@@ -224,7 +233,7 @@ def run_trained(
     rec = replace(rec, model=replace(rec.model, max_len=settings.max_len),
                   train=replace(rec.train, epochs=settings.max_epochs))
     device = pick_device(settings.device)
-    fitted = fit(rec, dataset, split, text_model_dir=settings.model_dir or default_model_dir(),
+    fitted = fit(rec, dataset, split, text_model_dir=settings.model_dir or pretrained_model_dir(),
                  device=device, progress=progress)
     model, train_seconds = fitted.model, fitted.seconds
 

@@ -6,7 +6,7 @@ dot product, for the ID-only baselines).
 User tower: a causal transformer over the user's recent item vectors, event types and
 time gaps; the output at the newest position is the user vector. Item tower: a learned
 id embedding (warm items) plus a projection of the item text through the top layer(s)
-of a sentence transformer (``training.itemtext``); a never-seen item has only the
+of a sentence transformer (``training.texttower``); a never-seen item has only the
 text part.
 """
 
@@ -14,11 +14,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+if TYPE_CHECKING:
+    from training.texttower import TextTower
 
 N_EVENT_TYPES = 100  # protobuf EventType values 0..99 (0 = unspecified / padding)
 N_GAP_BUCKETS = 40  # floor(log2(1 + seconds)), 2**40 s is far beyond any history
@@ -205,3 +208,44 @@ class ItemTable(nn.Module):
         if self.cfg.score == "cosine":
             table = F.normalize(table, dim=-1)
         return torch.cat([torch.zeros_like(table[:1]), table[1:]])
+
+
+class TwoTower(nn.Module):
+    """User tower + item table (+ optional text tower) under one module."""
+
+    warm: torch.Tensor  # [n_items + 1]
+
+    def __init__(self, cfg: ModelConfig, text: TextTower | None) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.user = UserTower(cfg)
+        self.items = ItemTable(cfg)
+        self.text = text
+        # 1 for items seen in training: only those use their id embedding, the others
+        # (and items added later) are scored by their text alone
+        self.register_buffer("warm", torch.ones(cfg.n_items + 1))
+
+    def item_table(
+        self, live_rows: torch.Tensor | None = None, id_keep: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """float32 [n_items + 1, D], normalised, row 0 zeros."""
+        features = self.text.features(live_rows) if self.text is not None else None
+        return self.items(features, self.warm if id_keep is None else id_keep)
+
+    def configure_optimizers(
+        self, *, weight_decay: float, lr: float, betas: tuple[float, float], text_lr: float
+    ) -> torch.optim.AdamW:
+        """AdamW over the trainable parameters. Weights of two or more dimensions (linear
+        layers, embeddings) decay by `weight_decay`; biases and norm scales do not. The
+        text tower's fine-tuned layers learn at `text_lr`, the rest at `lr`; every group
+        keeps its rate as ``base_lr``, which the schedule scales."""
+        trainable = [(name, p) for name, p in self.named_parameters() if p.requires_grad]
+        groups = []
+        for text, rate in ((False, lr), (True, text_lr)):
+            params = [p for name, p in trainable if name.startswith("text.") == text]
+            for decay, chosen in ((weight_decay, [p for p in params if p.dim() >= 2]),
+                                  (0.0, [p for p in params if p.dim() < 2])):
+                if chosen:
+                    groups.append({"params": chosen, "lr": rate, "base_lr": rate,
+                                   "weight_decay": decay})
+        return torch.optim.AdamW(groups, lr=lr, betas=betas)

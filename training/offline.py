@@ -23,10 +23,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from contracts.encoder import load_pretrained, use_bf16
 from training.data import Dataset
-from training.itemtext import TextTower, load_text_model
+from training.texttower import TextTower
 from training.memory import PeakRss
-from training.model import ModelConfig
+from training.model import ModelConfig, TwoTower
 from training.quality import (
     evaluate_scorer,
     item_knn_scorer,
@@ -34,7 +35,7 @@ from training.quality import (
     popular_scorer,
 )
 from training.sequences import Split, build_sequences, leave_last_out
-from training.train import TrainConfig, TwoTower, train
+from training.train import TrainConfig, train
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +99,8 @@ def build_model(
     if rec.model.use_text:
         if text_model_dir is None:
             raise ValueError("a text model needs text_model_dir")
-        base, tokenizer = load_text_model(text_model_dir)
+        # eager attention: the text tower calls its top layers with a float additive mask
+        tokenizer, base = load_pretrained(text_model_dir, eager_attention=True)
         text = TextTower(base, tokenizer, dataset.item_texts, trainable_layers=rec.text_layers,
                          max_length=TEXT_MAX_LENGTH, progress=progress)
         rec = replace(rec, model=replace(rec.model, text_dim=text.dim))
@@ -172,8 +174,6 @@ def validation_score(
 
 
 def _bf16_ok(device: torch.device) -> bool:
-    from training.encoder import use_bf16
-
     return use_bf16(device, "auto")
 
 

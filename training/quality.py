@@ -22,7 +22,8 @@ from scipy import sparse
 
 from contracts.console import progress_bar
 from training.sequences import Sequences, windows
-from training.train import TwoTower, to_tensors
+from training.model import TwoTower
+from training.train import to_tensors
 
 KS = (10, 50)
 Scorer = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (users, ends) -> [B, n_items]

@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from contracts.itemtext import MAX_TOKENS
 from contracts.topics import ENRICHED, ITEM_VECTORS, ITEMS, MODELS, ROUTING, TopicLayout
 
 
@@ -43,7 +44,8 @@ class TrainingSettings(BaseSettings, TopicLayout):
         default="auto", description="bf16 autocast; auto: CUDA, or a CPU with native bf16"
     )
     encode_batch_size: int = Field(default=256, ge=1, le=4096)
-    max_length: int = Field(default=256, ge=8, le=512, description="tokens per item text")
+    max_length: int = Field(default=MAX_TOKENS, ge=8, le=512,
+                            description="tokens per item text of the pretrained run")
 
     eval_k: int = Field(default=10, ge=1, le=1000)
     eval_history: int = Field(

@@ -24,11 +24,9 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from contracts.console import progress_bar
-from training.itemtext import TextTower
-from training.model import ItemTable, ModelConfig, UserTower
+from training.model import ModelConfig, TwoTower
 from training.sequences import PAD, Sequences, Window, epoch_batches, training_batch
 
 log = logging.getLogger(__name__)
@@ -67,29 +65,6 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-class TwoTower(nn.Module):
-    """User tower + item table (+ optional text tower) under one module."""
-
-    warm: torch.Tensor  # [n_items + 1]
-
-    def __init__(self, cfg: ModelConfig, text: TextTower | None) -> None:
-        super().__init__()
-        self.cfg = cfg
-        self.user = UserTower(cfg)
-        self.items = ItemTable(cfg)
-        self.text = text
-        # 1 for items seen in training: only those use their id embedding, the others
-        # (and items added later) are scored by their text alone
-        self.register_buffer("warm", torch.ones(cfg.n_items + 1))
-
-    def item_table(
-        self, live_rows: torch.Tensor | None = None, id_keep: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """float32 [n_items + 1, D], normalised, row 0 zeros."""
-        features = self.text.features(live_rows) if self.text is not None else None
-        return self.items(features, self.warm if id_keep is None else id_keep)
 
 
 def lr_factor(
@@ -171,6 +146,72 @@ def to_tensors(window: Window, device: torch.device) -> dict[str, torch.Tensor]:
     }
 
 
+def batch_inputs(
+    seqs: Sequences, users: np.ndarray, max_len: int, rng: np.random.Generator,
+    crop_prob: float, device: torch.device,
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Inputs and next-item targets (item rows, PAD where none) of a batch of users."""
+    window, targets = training_batch(seqs, users, max_len, rng, crop_prob)
+    return to_tensors(window, device), torch.from_numpy(targets).to(device)
+
+
+def live_text_rows(
+    model: TwoTower, targets: torch.Tensor, per_step: int, generator: torch.Generator
+) -> torch.Tensor | None:
+    """Up to `per_step` of the batch's target items, drawn at random: the items whose text
+    runs through the fine-tuned layers with gradients this step (None: no text tower)."""
+    if model.text is None or per_step <= 0:
+        return None
+    live = torch.unique(targets[targets != PAD])
+    return live[torch.randperm(len(live), generator=generator, device=live.device)[:per_step]]
+
+
+def id_keep(
+    seen: torch.Tensor, cfg: TrainConfig, mcfg: ModelConfig, generator: torch.Generator
+) -> torch.Tensor:
+    """float [n_items + 1]: 1 where an item's id part is used this step -- seen in
+    training and not dropped (`id_dropout`, so its text part learns to stand alone)."""
+    keep = seen.float()
+    if cfg.id_dropout > 0 and mcfg.use_ids and mcfg.use_text:
+        keep = keep * (torch.rand(keep.shape, generator=generator, device=keep.device)
+                       >= cfg.id_dropout)
+    return keep
+
+
+def batch_loss(
+    model: TwoTower, inputs: dict[str, torch.Tensor], targets: torch.Tensor, *, kind: str,
+    live: torch.Tensor | None, keep: torch.Tensor, cfg: TrainConfig,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """The item table (text live on `live`), the user state at every position, and the
+    mean next-item loss over the positions with a target."""
+    with torch.autocast(targets.device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+        table = model.item_table(live, keep)
+        states = model.user.sequence(table[inputs["items"]], inputs["event_types"],
+                                     inputs["gaps_s"], inputs["mask"])
+        real = targets != PAD
+        return next_item_loss(
+            kind, states[real], table, targets[real], model.cfg.temperature,
+            label_smoothing=cfg.label_smoothing, n_negatives=cfg.n_negatives,
+            generator=generator, bf16_logits=cfg.bf16_logits,
+        )
+
+
+def update(
+    model: TwoTower, optimizer: torch.optim.Optimizer, loss: torch.Tensor, *, factor: float,
+    grad_clip: float,
+) -> None:
+    """One optimiser step on `loss`, every group at ``base_lr * factor``, gradients clipped
+    to norm `grad_clip` (0: not clipped)."""
+    for group in optimizer.param_groups:
+        group["lr"] = float(group["base_lr"]) * factor
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+
+
 @dataclass
 class TrainResult:
     model: TwoTower
@@ -188,6 +229,12 @@ def train(
     validate: Callable[[TwoTower], float] | None = None,
 ) -> TrainResult:
     """Train in place; returns the model and the loss per epoch.
+
+    Each step: the batch's inputs and targets (:func:`batch_inputs`), the items whose
+    text runs with gradients (:func:`live_text_rows`) and whose id part is kept
+    (:func:`id_keep`), the loss (:func:`batch_loss`), the update at the scheduled rate
+    (:func:`update`, :func:`lr_factor`) with the model's own parameter groups
+    (``TwoTower.configure_optimizers``).
 
     `on_epoch(epoch, model)` is called after each epoch. With `validate` (model -> a
     score, higher is better, e.g. validation NDCG@10), every ``cfg.validate_every``
@@ -207,14 +254,8 @@ def train(
     widths = np.minimum(train_seqs.lengths()[users] - 1, mcfg.max_len)  # input slots per user
     steps_per_epoch = math.ceil(len(users) / cfg.batch_size)
     total = steps_per_epoch * cfg.epochs
-    groups = [{"params": [p for n, p in model.named_parameters()
-                          if not n.startswith("text.") and p.requires_grad], "lr": cfg.lr}]
-    if model.text is not None:
-        groups.append({"params": [p for p in model.text.parameters() if p.requires_grad],
-                       "lr": cfg.text_lr})
-    for g in groups:
-        g["base_lr"] = float(g["lr"])  # type: ignore[arg-type]
-    optimizer = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay, betas=cfg.betas)
+    optimizer = model.configure_optimizers(weight_decay=cfg.weight_decay, lr=cfg.lr,
+                                           betas=cfg.betas, text_lr=cfg.text_lr)
     log.info("training %s users, %s steps/epoch, loss %s, device %s, bf16 %s",
              len(users), steps_per_epoch, kind, device, cfg.bf16)
     started = time.monotonic()
@@ -227,43 +268,18 @@ def train(
         epoch_loss, epoch_steps = 0.0, 0
         batches = epoch_batches(len(users), cfg.batch_size, rng, lengths=widths)
         for batch in batches:
-            # phase 1: inputs and targets, as item rows
-            window, targets_np = training_batch(train_seqs, users[batch], mcfg.max_len, rng,
-                                                cfg.crop_prob)
-            t = to_tensors(window, device)
-            targets = torch.from_numpy(targets_np).to(device)
-            # phase 2: the item table (text tower live on the batch's targets)
-            live = None
-            if model.text is not None and cfg.text_items_per_step > 0:
-                live = torch.unique(targets[targets != PAD])
-                live = live[torch.randperm(len(live), generator=generator, device=device)
-                            [: cfg.text_items_per_step]]
-            id_keep = seen_t.float()
-            if cfg.id_dropout > 0 and mcfg.use_ids and mcfg.use_text:
-                id_keep = id_keep * (torch.rand(id_keep.shape, generator=generator,
-                                                device=device) >= cfg.id_dropout)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
-                table = model.item_table(live, id_keep)
-                # phase 3: user states at every position, loss on the real ones
-                states = model.user.sequence(table[t["items"]], t["event_types"], t["gaps_s"],
-                                             t["mask"])
-                real = targets != PAD
-                loss = next_item_loss(
-                    kind, states[real], table, targets[real], mcfg.temperature,
-                    label_smoothing=cfg.label_smoothing, n_negatives=cfg.n_negatives,
-                    generator=generator, bf16_logits=cfg.bf16_logits,
-                )
-            # phase 4: update with the scheduled learning rate
+            # the random draws keep their order (batch, live rows, id dropout, negatives),
+            # so a seed gives the same run
+            inputs, targets = batch_inputs(train_seqs, users[batch], mcfg.max_len, rng,
+                                           cfg.crop_prob, device)
+            live = live_text_rows(model, targets, cfg.text_items_per_step, generator)
+            keep = id_keep(seen_t, cfg, mcfg, generator)
+            loss = batch_loss(model, inputs, targets, kind=kind, live=live, keep=keep, cfg=cfg,
+                              generator=generator)
             spent = (time.monotonic() - started) / cfg.time_budget_s
-            factor = lr_factor(step, total, cfg.warmup_steps, cfg.min_lr_ratio, spent,
-                               cfg.schedule)
-            for g in optimizer.param_groups:
-                g["lr"] = float(g["base_lr"]) * factor  # type: ignore[arg-type]
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            optimizer.step()
+            update(model, optimizer, loss, grad_clip=cfg.grad_clip,
+                   factor=lr_factor(step, total, cfg.warmup_steps, cfg.min_lr_ratio, spent,
+                                    cfg.schedule))
             step += 1
             epoch_loss += float(loss.detach())
             epoch_steps += 1

@@ -186,3 +186,31 @@ def test_errors_as_translates_to_a_deployables_type() -> None:
         with artifact.errors_as(Own):
             artifact.check_version("../x")
     assert isinstance(caught.value.__cause__, UnsafeVersion)
+
+
+def test_a_version_names_the_token_limit_its_items_were_embedded_with(tmp_path: Path) -> None:
+    path = artifact.write_artifact(
+        tmp_path, now=NOW, item_ids=["a"], vectors=_rows(1),
+        window=artifact.data_window("events.enriched", {0: (0, 1)}), n_events=1, metrics={},
+        config={}, write_encoders=lambda _: {"item_encoder": artifact.pretrained_item_encoder(96)},
+    )
+    manifest = artifact.read_manifest(path, path.name)
+    assert manifest["item_encoder"] == {"kind": "pretrained", "name": "all-MiniLM-L6-v2",
+                                        "max_length": 96}
+    assert artifact.text_max_length(manifest) == 96
+    assert sorted(p.name for p in path.iterdir()) == [
+        "index.faiss", "item_ids.json", "item_vectors.npy", "manifest.json"
+    ]
+
+
+def test_without_a_named_limit_the_default_one(tmp_path: Path) -> None:
+    manifest = artifact.read_manifest(_write(tmp_path), "20261122T230000Z")
+    assert "max_length" not in manifest["item_encoder"]
+    assert artifact.text_max_length(manifest) == 256  # what such versions were embedded at
+    assert artifact.text_max_length({"version": "base"}) == 256
+
+
+@pytest.mark.parametrize("limit", [0, -3, "64", 6.5, True])
+def test_a_limit_that_is_no_positive_integer_is_refused(limit: object) -> None:
+    with pytest.raises(BadManifest, match="max_length"):
+        artifact.text_max_length({"version": "v", "item_encoder": {"max_length": limit}})

@@ -12,7 +12,7 @@ from kafka import KafkaProducer
 from streams_harness import Running, StreamsWorker, TopicLog
 
 from bench.stack import delete_keys, delete_topics
-from streams.encoder import ItemEncoder, pretrained_model_dir
+from contracts.encoder import ItemEncoder, pretrained_model_dir
 
 
 @pytest.fixture(scope="session")

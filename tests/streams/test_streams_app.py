@@ -6,9 +6,9 @@ from pathlib import Path
 
 from redis.asyncio import Redis
 
+from contracts.encoder import ItemEncoder
 from streams.app import create_app, faust_config
 from streams.catalog import Catalog
-from streams.encoder import ItemEncoder
 from streams.live import LiveModel, LoadedModel
 from streams.metrics import StreamsMetrics
 from streams.processor import EventsProcessor

@@ -22,12 +22,12 @@ from test_streams_worker import catalog, enriched_for, event, new_id, now_ms, pu
 from transformers import AutoModel, AutoTokenizer
 
 from contracts.artifact import write_artifact
+from contracts.encoder import pretrained_model_dir
+from contracts.itemtext import item_text
 from contracts.online import decode_vector
 from protos import events_pb2
-from streams.text import item_text
 from training.announce import announce_release, release_message
 from training.data import Dataset
-from training.encoder import default_model_dir
 from training.export import export_model, item_vectors
 from training.model import ModelConfig
 from training.offline import TEXT_MAX_LENGTH, Recipe, build_model, split_dataset
@@ -37,6 +37,17 @@ from training.train import TrainConfig, train
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 MAX_LEN = 8
+
+
+def tiny_recipe(n_items: int) -> Recipe:
+    """A text-aware model small enough to train in seconds on a CPU."""
+    return Recipe(
+        model=ModelConfig(n_items=n_items, dim=16, max_len=MAX_LEN, n_blocks=1, n_heads=2,
+                          dropout=0.1, temperature=0.1),
+        train=TrainConfig(epochs=2, time_budget_s=120, batch_size=16, lr=5e-3, warmup_steps=2,
+                          bf16=False, text_items_per_step=4),
+        text_layers=1,
+    )
 
 
 def tiny_version(store: Path, items: list[events_pb2.Item]) -> Path:
@@ -57,14 +68,8 @@ def tiny_version(store: Path, items: list[events_pb2.Item]) -> Path:
         item_ids=[item.item_id for item in items],
         item_texts=[item_text(item) for item in items],
     )
-    recipe = Recipe(
-        model=ModelConfig(n_items=len(items), dim=16, max_len=MAX_LEN, n_blocks=1, n_heads=2,
-                          dropout=0.1, temperature=0.1),
-        train=TrainConfig(epochs=2, time_budget_s=120, batch_size=16, lr=5e-3, warmup_steps=2,
-                          bf16=False, text_items_per_step=4),
-        text_layers=1,
-    )
-    model = build_model(recipe, dataset, default_model_dir(), progress=False)
+    recipe = tiny_recipe(len(items))
+    model = build_model(recipe, dataset, pretrained_model_dir(), progress=False)
     train(model, split_dataset(dataset).train, recipe.train, device=torch.device("cpu"),
           progress=False)
     return write_artifact(

@@ -19,9 +19,9 @@ from kafka.consumer.fetcher import ConsumerRecord
 from kafka.structs import OffsetAndMetadata
 from streams_harness import Running
 
+from contracts.encoder import ItemEncoder
+from contracts.itemtext import item_text
 from protos import events_pb2
-from streams.encoder import ItemEncoder
-from streams.text import item_text
 
 pytestmark = pytest.mark.integration
 

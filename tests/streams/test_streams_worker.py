@@ -17,10 +17,10 @@ from kafka.consumer.fetcher import ConsumerRecord
 from prometheus_client.parser import text_string_to_metric_families
 from streams_harness import Running
 
+from contracts.encoder import ItemEncoder
+from contracts.itemtext import item_text
 from contracts.online import decode_vector
 from protos import events_pb2
-from streams.encoder import ItemEncoder
-from streams.text import item_text
 
 pytestmark = pytest.mark.integration
 

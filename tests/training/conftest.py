@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 from kafka import KafkaConsumer, KafkaProducer
 
-from training.encoder import ItemEncoder, default_model_dir
+from contracts.encoder import ItemEncoder, pretrained_model_dir
 
 
 @pytest.fixture
@@ -26,4 +26,4 @@ def producer(kafka_bootstrap: str) -> Iterator[KafkaProducer]:
 
 @pytest.fixture(scope="session")
 def cpu_encoder() -> ItemEncoder:
-    return ItemEncoder.load(default_model_dir(), device="cpu", max_length=64, bf16="off")
+    return ItemEncoder.load(pretrained_model_dir(), device="cpu", max_length=64, bf16="off")

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from training.model import ModelConfig
+from training.model import ModelConfig, TwoTower
 from training.sequences import Interactions, build_sequences
-from training.train import TrainConfig, TwoTower, train
+from training.train import TrainConfig, train
 
 
 def _sequences():

@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 
 from contracts.artifact import read_manifest, write_artifact
+from contracts.encoder import pretrained_model_dir
 from training.data import Dataset
-from training.encoder import default_model_dir
 from training.export import export_model, item_vectors
 from training.offline import TEXT_MAX_LENGTH, Recipe, build_model, split_dataset
 from training.quality import evaluate_scorer, model_scorer, popular_scorer
@@ -68,7 +68,7 @@ def trained() -> tuple:
     dataset = synthetic()
     split = split_dataset(dataset)
     rec = tiny_recipe(len(dataset.item_ids))
-    model = build_model(rec, dataset, default_model_dir(), progress=False)
+    model = build_model(rec, dataset, pretrained_model_dir(), progress=False)
     result = train(model, split.train, rec.train, device=torch.device("cpu"), progress=False)
     return dataset, split, model, result
 

@@ -18,8 +18,13 @@ from kafka.consumer.fetcher import ConsumerRecord
 from protos import events_pb2
 from training.announce import prepare_topics
 from training.__main__ import roll_back
-from contracts.artifact import read_manifest, read_production, read_version
-from training.encoder import ItemEncoder
+from contracts.artifact import (
+    pretrained_item_encoder,
+    read_manifest,
+    read_production,
+    read_version,
+)
+from contracts.encoder import ItemEncoder
 from training.errors import EmptyLogError
 from training.job import run_once, run_trained
 from training.settings import TrainingSettings
@@ -128,6 +133,9 @@ def test_run_writes_promotes_and_announces(
         p: [0, end] for p, end in produced.items()
     }
     assert manifest["n_events"] == len(EVENTS) and manifest["n_items"] == len(ITEMS)
+    # the limit the vectors were embedded with, for streams to embed new items alike
+    assert manifest["item_encoder"] == pretrained_item_encoder(cpu_encoder.max_length)
+    assert manifest["item_encoder"]["max_length"] == 64
     assert manifest["metrics"]["users"] == 3  # dee has one event only
     assert 0.0 <= manifest["metrics"]["model"]["hr@10"] <= 1.0
     assert manifest["config"]["topic_enriched"] == settings.topic_enriched

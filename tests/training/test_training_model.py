@@ -7,9 +7,17 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-from training.model import ItemTable, ModelConfig, UserTower, gap_buckets
-from training.train import lr_factor, next_item_loss, pick_loss
+from training.model import ItemTable, ModelConfig, TwoTower, UserTower, gap_buckets
+from training.train import (
+    TrainConfig,
+    id_keep,
+    live_text_rows,
+    lr_factor,
+    next_item_loss,
+    pick_loss,
+)
 
 
 def test_gap_buckets_use_the_previous_event_only() -> None:
@@ -154,3 +162,61 @@ def test_pick_loss_switches_to_sampled_for_large_catalogs() -> None:
     assert pick_loss("auto", 1000, 50_000) == "ce"
     assert pick_loss("auto", 100_000, 50_000) == "sampled"
     assert pick_loss("bce", 10, 50_000) == "bce"
+
+
+def _two_tower(text: nn.Module | None = None, **overrides: object) -> TwoTower:
+    torch.manual_seed(0)
+    cfg = ModelConfig(n_items=10, dim=8, max_len=6, n_heads=2, text_dim=4, **overrides)
+    return TwoTower(cfg, text)  # type: ignore[arg-type]
+
+
+def test_optimizer_decays_only_matrices_and_embeddings_and_runs_text_at_its_rate() -> None:
+    text = nn.Linear(4, 4)  # stands in for the text tower's fine-tuned layers
+    model = _two_tower(text)
+    optimizer = model.configure_optimizers(weight_decay=0.01, lr=2e-3, betas=(0.9, 0.98),
+                                           text_lr=5e-5)
+    groups = [(g["lr"], g["base_lr"], g["weight_decay"], g["params"])
+              for g in optimizer.param_groups]
+    assert [(lr, base, decay) for lr, base, decay, _ in groups] == [
+        (2e-3, 2e-3, 0.01), (2e-3, 2e-3, 0.0), (5e-5, 5e-5, 0.01), (5e-5, 5e-5, 0.0)]
+    assert optimizer.defaults["betas"] == (0.9, 0.98)
+    decayed = {id(p) for _, _, decay, params in groups if decay for p in params}
+    named = dict(model.named_parameters())
+    assert {n for n, p in named.items() if id(p) in decayed} == {
+        n for n, p in named.items() if p.dim() >= 2}
+    assert "items.ids.weight" in {n for n, p in named.items() if id(p) in decayed}
+    assert not {id(p) for p in text.parameters()} & {id(p) for p in groups[0][3] + groups[1][3]}
+    every = [id(p) for *_, params in groups for p in params]
+    assert sorted(every) == sorted(id(p) for p in model.parameters())  # each exactly once
+
+
+def test_optimizer_of_an_id_only_model_has_no_text_groups() -> None:
+    model = _two_tower(use_text=False)
+    model.items.ids.weight.requires_grad_(False)  # a frozen parameter is left out
+    optimizer = model.configure_optimizers(weight_decay=0.0, lr=1e-3, betas=(0.9, 0.999),
+                                           text_lr=5e-5)
+    assert [g["lr"] for g in optimizer.param_groups] == [1e-3, 1e-3]
+    assert all(p is not model.items.ids.weight for g in optimizer.param_groups
+               for p in g["params"])
+
+
+def test_live_text_rows_are_some_of_the_batch_targets() -> None:
+    targets = torch.tensor([[0, 3, 3, 5], [0, 0, 7, 9]])
+    generator = torch.Generator().manual_seed(0)
+    live = live_text_rows(_two_tower(nn.Linear(4, 4)), targets, 3, generator)
+    assert live is not None and len(live) == 3 and set(live.tolist()) <= {3, 5, 7, 9}
+    assert live_text_rows(_two_tower(nn.Linear(4, 4)), targets, 0, generator) is None
+    assert live_text_rows(_two_tower(use_text=False), targets, 3, generator) is None
+
+
+def test_id_keep_drops_seen_items_only_when_the_model_has_text_to_fall_back_on() -> None:
+    seen = torch.tensor([False] + [True] * 2000)
+    generator = torch.Generator().manual_seed(0)
+    cfg = ModelConfig(n_items=2000)
+    keep = id_keep(seen, TrainConfig(id_dropout=0.5), cfg, generator)
+    assert keep[0] == 0 and 0.4 < float(keep[1:].mean()) < 0.6
+    unchanged = seen.float().tolist()
+    assert id_keep(seen, TrainConfig(id_dropout=0.0), cfg, generator).tolist() == unchanged
+    id_only = ModelConfig(n_items=2000, use_text=False)
+    assert id_keep(seen, TrainConfig(id_dropout=0.5), id_only, generator).tolist() == unchanged
+

@@ -5,7 +5,9 @@ The frozen layers run once: their output for every item text is cached, so a tra
 step only runs the trainable top layers, on a subset of the items (the batch's
 targets first). Pooled outputs of the other items come from a cache that every step
 refreshes for the rows it recomputed and `refresh` recomputes entirely. The text of an
-item is ``training.encoder.item_text``; pooling is the mean over real tokens.
+item is ``contracts.itemtext``'s; tokens and pooling are ``contracts.encoder``'s
+(:func:`~contracts.encoder.tokenize`, :func:`~contracts.encoder.mean_pool`), so the
+exported encoder embeds a new item as training did.
 """
 
 from __future__ import annotations
@@ -13,13 +15,13 @@ from __future__ import annotations
 import copy
 import logging
 from collections.abc import Sequence
-from pathlib import Path
 
 import torch
 from torch import nn
-from transformers import AutoModel, AutoTokenizer, PreTrainedModel
+from transformers import PreTrainedModel
 
 from contracts.console import progress_bar
+from contracts.encoder import mean_pool, tokenize
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +66,7 @@ class TextTower(nn.Module):
         for layer in self.top:
             out = layer(hidden, attention_mask=additive)
             hidden = out[0] if isinstance(out, tuple) else out
-        weights = mask.unsqueeze(-1).to(hidden.dtype)
-        return (hidden * weights).sum(1).float() / weights.sum(1).clamp(min=1e-9).float()
+        return mean_pool(hidden, mask)
 
     def features(self, live_rows: torch.Tensor | None) -> torch.Tensor:
         """float32 [N+1, H]: pooled text of every item; `live_rows` are recomputed with
@@ -93,14 +94,6 @@ class TextTower(nn.Module):
         return model
 
 
-def load_text_model(model_dir: Path) -> tuple[PreTrainedModel, object]:
-    """``(model, tokenizer)`` of a local Hugging Face directory, eager attention (the
-    top layers are called with a float additive mask)."""
-    tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
-    model = AutoModel.from_pretrained(model_dir, local_files_only=True, attn_implementation="eager")
-    return model.eval(), tokenizer
-
-
 @torch.no_grad()
 def _frozen_states(
     model: PreTrainedModel, tokenizer: object, texts: list[str], frozen_layers: int,
@@ -108,9 +101,7 @@ def _frozen_states(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Hidden states after `frozen_layers` layers ``[N, T, H]`` and token masks ``[N, T]``,
     padded on the right to the longest text."""
-    enc = tokenizer(  # type: ignore[operator]
-        texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt"
-    )
+    enc = tokenize(tokenizer, texts, max_length)
     n, t = enc["input_ids"].shape
     token_types = enc.get("token_type_ids", torch.zeros_like(enc["input_ids"]))
     counts = enc["attention_mask"].sum(1)

@@ -1,9 +1,11 @@
-"""streams.text: the item text contract."""
+"""contracts.itemtext: the item text every deployable embeds."""
 
 from __future__ import annotations
 
+import pytest
+
+from contracts.itemtext import item_text, text_of
 from protos import events_pb2
-from streams.text import item_text
 
 
 def test_all_parts() -> None:
@@ -24,3 +26,19 @@ def test_empty_parts_and_their_separators_are_left_out() -> None:
 def test_parts_are_stripped() -> None:
     item = events_pb2.Item(title="  Heat ", categories=[" Crime "], description=" Cops. ")
     assert item_text(item) == "Heat. Crime. Cops."
+
+
+@pytest.mark.parametrize(
+    ("title", "categories", "description", "expected"),
+    [
+        ("Toy Story", ["Animation", "Comedy"], "Released in 1995",
+         "Toy Story. Animation, Comedy. Released in 1995"),
+        ("Toy Story", [], "Released in 1995", "Toy Story. Released in 1995"),
+        ("Hat", ["Clothing"], "", "Hat. Clothing"),
+        ("Hat", [], "", "Hat"),
+    ],
+)
+def test_text_of_fields(title: str, categories: list[str], description: str, expected: str) -> None:
+    assert text_of(title, categories, description) == expected
+    item = events_pb2.Item(title=title, categories=categories, description=description)
+    assert item_text(item) == expected  # a catalog item and a dataset row: one recipe
