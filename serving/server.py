@@ -24,10 +24,10 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from contracts import routing as contract
+from contracts.security import async_redis_client, kafka_kwargs
 from contracts.topics import EVENTS, RECOMMENDATIONS, ROUTING, TopicContractError, TopicSpec, ensure_topics, spec
 from protos import events_pb2, recommender_pb2, recommender_pb2_grpc
 from serving.artifact import production_version
@@ -156,11 +156,11 @@ async def running(settings: ServingSettings) -> AsyncIterator[Running]:
     routing_feed_id = f"{settings.client_id}-routing"
     try:  # routing is written by Admin here and read back at once: it must exist first
         await ensure_topics(settings.kafka_bootstrap, [spec(ROUTING, settings.topic_routing, settings)],
-                            client_id=routing_feed_id)
+                            client_id=routing_feed_id, security=settings)
     except (KafkaError, TopicContractError) as error:
         raise BrokerUnavailable(f"Kafka at {settings.kafka_bootstrap}: {error}") from error
     in_force = await read_in_force(settings.bootstrap_servers(), routing_feed_id,
-                                   settings.topic_routing)
+                                   settings.topic_routing, settings)
     load = VersionLoader(artifact_dir=settings.artifact_dir, dim=settings.dim,
                          ivf_threshold=settings.ivf_threshold, nprobe=settings.nprobe,
                          cache_dir=settings.index_cache_dir)
@@ -173,8 +173,8 @@ async def running(settings: ServingSettings) -> AsyncIterator[Running]:
         _feed(settings.topic_items, CatalogUpdates(catalog), settings),
         _feed(settings.topic_routing, follower, settings, fetch_max_wait_ms=100),
     ]
-    redis = Redis.from_url(
-        settings.redis_url,
+    redis = async_redis_client(
+        settings.redis_url, settings,
         socket_timeout=settings.redis_timeout_s,
         socket_connect_timeout=settings.redis_timeout_s,
     )
@@ -183,6 +183,7 @@ async def running(settings: ServingSettings) -> AsyncIterator[Running]:
         client_id=settings.client_id,
         acks="all",
         enable_idempotence=True,
+        **kafka_kwargs(settings),
     )
     # Its own producer: lingering batches many log entries per request to the broker
     # (cheap for both sides), which TrackEvents' acknowledged sends must not wait for.
@@ -191,6 +192,7 @@ async def running(settings: ServingSettings) -> AsyncIterator[Running]:
         client_id=f"{settings.client_id}-log",
         acks=1,
         linger_ms=settings.log_linger_ms,
+        **kafka_kwargs(settings),
     )
     recommendation_log = RecommendationLog(log_producer, topic=settings.topic_recommendations,
                                            queue_size=settings.log_queue)
@@ -239,7 +241,7 @@ async def running(settings: ServingSettings) -> AsyncIterator[Running]:
     try:
         try:
             await ensure_topics(settings.kafka_bootstrap, written_topics(settings),
-                                client_id=f"{settings.client_id}-setup")
+                                client_id=f"{settings.client_id}-setup", security=settings)
             await producer.start()
             await log_producer.start()
         except (KafkaError, TopicContractError) as error:
@@ -302,6 +304,7 @@ def _feed(topic: str, handle: Handler, settings: ServingSettings, *,
         else settings.kafka_fetch_max_wait_ms,
         retry_s=settings.kafka_retry_s,
         poll_s=settings.topic_poll_s,
+        security=settings,
     )
 
 

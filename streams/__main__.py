@@ -68,7 +68,7 @@ def fix_topics(settings: StreamsSettings) -> int:
 
     try:
         lines = asyncio.run(apply_contract(settings.kafka_bootstrap, topic_specs(settings),
-                                           client_id=CLIENT_ID))
+                                           client_id=CLIENT_ID, security=settings))
     except (TopicContractError, KafkaError) as error:
         log.error("cannot fix topics: %s", error)
         return 1
