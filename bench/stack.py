@@ -110,11 +110,12 @@ class LocalStack:
     suffix: str = field(default_factory=lambda: "s" + uuid.uuid4().hex[:10])
     extra_env: dict[str, str] = field(default_factory=dict)
     port: int = 0
+    redis_prefix: str = ""  # default: stack-{suffix}: (a Redis ACL may want its own)
 
     def __post_init__(self) -> None:
         self.topics = topic_names(self.suffix)
         self.routing_topic = f"model-routing-{self.suffix}"  # created by serving, written by training too
-        self.redis_prefix = f"stack-{self.suffix}:"
+        self.redis_prefix = self.redis_prefix or f"stack-{self.suffix}:"
         self.artifact_dir = self.workdir / "artifacts"
         common = {**os.environ, "HF_HUB_OFFLINE": "1", **self.extra_env}
         streams_env = {

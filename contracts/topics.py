@@ -148,10 +148,7 @@ async def ensure_topics(bootstrap: str, specs: Sequence[TopicSpec], *, client_id
     logs one warning line per mismatched policy (and returns the mismatches). It is each
     deployable's first connection: a broker refusing `security` raises `TopicContractError`
     with one line naming the setting."""
-    try:
-        await probe_kafka(bootstrap, security, client_id=client_id)
-    except SecurityError as error:
-        raise TopicContractError(str(error)) from None
+    await _probe(bootstrap, security, client_id)
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id=client_id,
                                 **kafka_kwargs(security))
     await admin.start()
@@ -218,6 +215,13 @@ async def fix_topics(bootstrap: str, specs: Sequence[TopicSpec], *, client_id: s
     finally:
         await admin.close()
     return mismatches
+
+
+async def _probe(bootstrap: str, security: KafkaSecurity | None, client_id: str) -> None:
+    try:
+        await probe_kafka(bootstrap, security, client_id=client_id)
+    except SecurityError as error:
+        raise TopicContractError(str(error)) from None
 
 
 async def _create_missing(admin: AIOKafkaAdminClient, specs: Sequence[TopicSpec]) -> None:
@@ -296,6 +300,7 @@ async def apply_contract(bootstrap: str, specs: Sequence[TopicSpec], *, client_i
                          security: KafkaSecurity | None = None) -> list[str]:
     """What ``topics fix`` does: set the contract's policy where it differs, create what
     is missing; returns one line per change."""
+    await _probe(bootstrap, security, client_id)
     fixed = await fix_topics(bootstrap, specs, client_id=client_id, security=security)
     await ensure_topics(bootstrap, specs, client_id=client_id, security=security)
     lines = [f"{m.spec.name}: cleanup.policy {m.actual} -> {m.spec.cleanup_policy}"

@@ -13,6 +13,7 @@ from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 
 from contracts.console import setup_logging
+from contracts.security import SecurityError, probe_kafka
 from streams.errors import StreamsError
 from streams.settings import StreamsSettings
 
@@ -42,6 +43,11 @@ def main(argv: list[str]) -> int:
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    try:  # before the model loads: a refused password is known in a second, in one line
+        asyncio.run(probe_kafka(settings.kafka_bootstrap, settings, client_id=settings.app_id))
+    except SecurityError as error:
+        log.error("cannot start: %s", error)
+        return 1
     # Hugging Face reads this when its modules are imported, which streams.worker does.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from streams.worker import build_worker
