@@ -153,9 +153,9 @@ class LocalStack:
         self.serving.start()
         self.port = int(self.serving.wait_for_log(_LISTENING, timeout_s).group(1))
 
-    def stop(self) -> dict[str, int | None]:
+    def stop(self, timeout_s: float = 30.0) -> dict[str, int | None]:
         """Stop both children (server first) and return their exit codes."""
-        return {"serving": self.serving.stop(), "streams": self.streams.stop()}
+        return {"serving": self.serving.stop(timeout_s), "streams": self.streams.stop(timeout_s)}
 
     def delete_state(self) -> None:
         """Delete the stack's topics (Faust's internal ones too) and Redis keys."""
