@@ -21,7 +21,7 @@ make_certs() {
   for name in server client; do
     openssl req -newkey rsa:2048 -nodes -subj "/CN=streamrec-$name" \
       -keyout "$dir/$name.key" -out "$dir/$name.csr" 2>/dev/null
-    printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n' \
+    printf 'subjectAltName=DNS:localhost,DNS:kafka,DNS:redis,DNS:serving,IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n' \
       >"$dir/$name.ext"
     openssl x509 -req -in "$dir/$name.csr" -CA "$dir/ca.pem" -CAkey "$dir/ca.key" \
       -CAcreateserial -days 3650 -extfile "$dir/$name.ext" -out "$dir/$name.pem" 2>/dev/null

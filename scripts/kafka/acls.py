@@ -1,9 +1,11 @@
 """The Kafka ACLs each deployable needs, and nothing more (docs/security.md lists them).
 
-Usage: python acls.py --bootstrap HOST:PORT --cafile CA [--timeout S] grant|show
-(the admin's SCRAM-SHA-512 password in STREAMREC_ADMIN_PASSWORD). ``grant`` waits for the
-broker, then creates every deployable's ACLs for the default topic names; ``show``
-prints them. Tests call :func:`plan` and :func:`grant` with their own names.
+Usage: python acls.py --bootstrap HOST:PORT --cafile CA [--mechanism M] [--timeout S]
+users|grant|show (the admin's password in STREAMREC_ADMIN_PASSWORD). ``users`` sets each
+deployable's SCRAM-SHA-512 password from STREAMS_PASSWORD, SERVING_PASSWORD, ...;
+``grant`` waits for the broker, then creates every deployable's ACLs for the default
+topic names; ``show`` prints them. Tests call :func:`plan` and :func:`grant` with their
+own names.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import sys
 import time
 from dataclasses import dataclass
 
-from kafka.admin import (
+from kafka.admin import (  # type: ignore[attr-defined]
     ACL,
     ACLOperation,
     ACLPermissionType,
@@ -23,6 +25,7 @@ from kafka.admin import (
     KafkaAdminClient,
     ResourcePattern,
     ResourceType,
+    UserScramCredentialUpsertion,
 )
 from kafka.errors import KafkaError
 
@@ -87,8 +90,8 @@ def plan(n: Names) -> dict[str, list[Grant]]:
     }
 
 
-def admin_client(bootstrap: str, cafile: str, password: str, timeout_s: float
-                 ) -> KafkaAdminClient:
+def admin_client(bootstrap: str, cafile: str, password: str, timeout_s: float,
+                 mechanism: str = "SCRAM-SHA-512") -> KafkaAdminClient:
     """The admin's client, once the broker answers over SASL_SSL (within `timeout_s`)."""
     deadline = time.monotonic() + timeout_s
     while True:
@@ -96,7 +99,7 @@ def admin_client(bootstrap: str, cafile: str, password: str, timeout_s: float
             return KafkaAdminClient(
                 bootstrap_servers=bootstrap, client_id="streamrec-acls",
                 security_protocol="SASL_SSL", ssl_context=ssl.create_default_context(cafile=cafile),
-                sasl_mechanism="SCRAM-SHA-512", sasl_plain_username="admin",
+                sasl_mechanism=mechanism, sasl_plain_username="admin",
                 sasl_plain_password=password, request_timeout_ms=10_000)
         except KafkaError:
             if time.monotonic() > deadline:
@@ -115,6 +118,15 @@ def grant(admin: KafkaAdminClient, grants: dict[str, list[Grant]]) -> int:
     return len(acls)
 
 
+def set_passwords(admin: KafkaAdminClient, passwords: dict[str, str]) -> None:
+    """Create or update each user's SCRAM-SHA-512 credential."""
+    failed = {user: error for user, error in admin.alter_user_scram_credentials(
+        [UserScramCredentialUpsertion(user, "SCRAM-SHA-512", password)
+         for user, password in passwords.items()]).items() if error}
+    if failed:
+        raise RuntimeError(f"SCRAM users refused: {failed}")
+
+
 def lines(grants: dict[str, list[Grant]]) -> list[str]:
     return [f"User:{user} {op.name} {kind.name} {pattern.name} {name}"
             for user, items in grants.items() for kind, name, pattern, op in items]
@@ -124,17 +136,22 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bootstrap", default="127.0.0.1:9192")
     parser.add_argument("--cafile", default="var/secure/certs/ca.pem")
+    parser.add_argument("--mechanism", default="SCRAM-SHA-512", help="the admin's SASL mechanism")
     parser.add_argument("--timeout", type=float, default=120.0)
-    parser.add_argument("command", choices=["grant", "show"])
+    parser.add_argument("command", choices=["users", "grant", "show"])
     args = parser.parse_args(argv)
     grants = plan(Names())
     if args.command == "show":
         print("\n".join(lines(grants)))
         return 0
     admin = admin_client(args.bootstrap, args.cafile, os.environ["STREAMREC_ADMIN_PASSWORD"],
-                         args.timeout)
+                         args.timeout, args.mechanism)
     try:
-        print(f"[infra] {grant(admin, grants)} ACLs granted to {', '.join(grants)}")
+        if args.command == "users":
+            set_passwords(admin, {user: os.environ[f"{user.upper()}_PASSWORD"] for user in grants})
+            print(f"[infra] SCRAM-SHA-512 users {', '.join(grants)} set")
+        else:
+            print(f"[infra] {grant(admin, grants)} ACLs granted to {', '.join(grants)}")
     finally:
         admin.close()
     return 0
