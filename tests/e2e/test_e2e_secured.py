@@ -1,8 +1,9 @@
 """The pipeline over a secured Kafka and Redis, as a managed cluster has them: SCRAM over
 TLS with ACLs on the broker (``infra.sh secure-up``), TLS and ACL users on Redis. Each
-deployable runs as its own user with exactly the ACLs docs/security.md lists; an event
-produced with SCRAM over TLS changes that user's next Recommend; a wrong password stops
-start-up in one line; no password is ever in a log."""
+deployable (streams, serving, training, and ingest's producer) runs as its own user with
+exactly the ACLs docs/security.md lists for this run's names; an event produced with
+SCRAM over TLS changes that user's next Recommend; a wrong password stops start-up in one
+line; no password is ever in a log."""
 
 from __future__ import annotations
 
@@ -192,6 +193,30 @@ def test_an_event_over_scram_and_tls_changes_the_next_recommend(
     assert "Ready" in stack.streams.log()
     for user, password in passwords.items():
         assert password not in logs, f"{user}'s password is in a log"
+
+
+def test_the_trainer_reads_the_log_and_announces_as_its_own_user(
+    stack: LocalStack, passwords: dict[str, str],
+) -> None:
+    # After the first test (file order): the log has an event, the catalog its items.
+    env = {
+        **os.environ, "HF_HUB_OFFLINE": "1",
+        **security_env("STREAMREC_TRAINING_", "training", passwords["training"], redis_user=False),
+        "STREAMREC_TRAINING_KAFKA_BOOTSTRAP": KAFKA,
+        "STREAMREC_TRAINING_TOPIC_ENRICHED": stack.topics["enriched"],
+        "STREAMREC_TRAINING_TOPIC_ITEMS": stack.topics["items"],
+        "STREAMREC_TRAINING_TOPIC_MODELS": stack.topics["models"],
+        "STREAMREC_TRAINING_TOPIC_ROUTING": stack.routing_topic,
+        "STREAMREC_TRAINING_TOPIC_ITEM_VECTORS": stack.topics["item_vectors"],
+        "STREAMREC_TRAINING_ARTIFACT_DIR": str(stack.artifact_dir),
+        "STREAMREC_TRAINING_TRAINER": "pretrained",
+    }
+    done = subprocess.run([sys.executable, "-m", "training", "run"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output
+    assert (stack.artifact_dir / "production.json").exists()
+    assert not any(password in output for password in passwords.values())
 
 
 @pytest.mark.parametrize(("module", "prefix", "args"), [
