@@ -10,6 +10,7 @@ only the builders below read them, to hand them to the client library.
 from __future__ import annotations
 
 import asyncio
+import logging
 import ssl
 from pathlib import Path
 from typing import Any, Literal
@@ -24,6 +25,8 @@ from redis.asyncio import Redis as AsyncRedis
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
 PROBE_TIMEOUT_MS = 10_000
+# The Kafka clients' DEBUG lines print each SASL request whole: with PLAIN, the password.
+_SASL_LOGGERS = ("aiokafka.conn", "kafka.conn", "kafka.protocol.parser")
 
 
 class SecurityError(Exception):
@@ -101,11 +104,27 @@ def kafka_ssl_context(sec: KafkaSecurity) -> ssl.SSLContext | None:
     return context
 
 
+class _NoSaslBytes(logging.Filter):
+    """Drops a log record that shows SASL exchange bytes (the credentials themselves)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "sasl_auth_bytes" not in record.getMessage()
+
+
+_NO_SASL_BYTES = _NoSaslBytes()
+
+
 def kafka_kwargs(sec: KafkaSecurity | None) -> dict[str, Any]:
     """Keyword arguments of an aiokafka (or kafka-python) client, admin, consumer or
-    producer: nothing for PLAINTEXT (the libraries' default)."""
+    producer: nothing for PLAINTEXT (the libraries' default). With SASL, the clients'
+    loggers stop showing the exchange's bytes from here on."""
     if sec is None or sec.kafka_security_protocol == "PLAINTEXT":
         return {}
+    if sec.kafka_security_protocol.startswith("SASL_"):
+        for name in _SASL_LOGGERS:
+            logger = logging.getLogger(name)
+            if _NO_SASL_BYTES not in logger.filters:
+                logger.addFilter(_NO_SASL_BYTES)
     kwargs: dict[str, Any] = {"security_protocol": sec.kafka_security_protocol}
     context = kafka_ssl_context(sec)
     if context is not None:

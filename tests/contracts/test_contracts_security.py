@@ -3,6 +3,7 @@ the client arguments built from them, and secrets that never show."""
 
 from __future__ import annotations
 
+import logging
 import ssl
 import subprocess
 from pathlib import Path
@@ -130,3 +131,15 @@ def test_redis_tls_files_go_to_rediss_urls_only(certs: Path) -> None:
     assert SECRET not in repr(sec)
     with pytest.raises(ValidationError, match="redis_username needs redis_password"):
         RedisSecurity(redis_username="streams")
+
+
+def test_the_clients_debug_lines_never_show_the_sasl_exchange(caplog: pytest.LogCaptureFixture
+                                                              ) -> None:
+    kafka_kwargs(KafkaSecurity(kafka_security_protocol="SASL_PLAINTEXT", kafka_sasl_username="u",
+                               kafka_sasl_password=SECRET))
+    caplog.set_level(logging.DEBUG)
+    # What aiokafka.conn logs at DEBUG for a PLAIN authentication: the password in clear.
+    logging.getLogger("aiokafka.conn").debug(
+        "Request 3: %s", f"SaslAuthenticateRequest_v1(sasl_auth_bytes=b'\\x00u\\x00{SECRET}')")
+    logging.getLogger("aiokafka.conn").debug("Response 3: %s", "MetadataResponse_v5()")
+    assert SECRET not in caplog.text and "MetadataResponse_v5" in caplog.text
