@@ -217,6 +217,10 @@ def test_the_trainer_reads_the_log_and_announces_as_its_own_user(
     assert done.returncode == 0, output
     assert (stack.artifact_dir / "production.json").exists()
     assert not any(password in output for password in passwords.values())
+    # The manifest keeps the run's settings: the password shows as SecretStr's mask.
+    for path in stack.artifact_dir.rglob("*.json"):
+        text = path.read_text()
+        assert not any(password in text for password in passwords.values()), path
 
 
 @pytest.mark.parametrize(("module", "prefix", "args"), [
