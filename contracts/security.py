@@ -21,6 +21,7 @@ from aiokafka.helpers import create_ssl_context
 from pydantic import BaseModel, ConfigDict, FilePath, SecretStr, model_validator
 from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
+from redis.exceptions import AuthenticationError, NoPermissionError, RedisError
 
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
@@ -223,6 +224,36 @@ def redis_kwargs(url: str, sec: RedisSecurity | None) -> dict[str, Any]:
         kwargs["ssl_certfile"] = str(sec.redis_ssl_certfile)
         kwargs["ssl_keyfile"] = str(sec.redis_ssl_keyfile)
     return kwargs
+
+
+def redis_refusal(error: BaseException, sec: RedisSecurity) -> str | None:
+    """One line naming the setting to fix when `error` is Redis refusing `sec`'s TLS or
+    credentials; None for any other error (an unreachable Redis is retried)."""
+    name = env_name(sec, "redis_")
+    if isinstance(error, ssl.SSLCertVerificationError) or (
+            isinstance(error, RedisError) and "CERTIFICATE_VERIFY_FAILED" in str(error)):
+        return f"Redis's TLS certificate is not trusted: check {name}SSL_CA_CERTS"
+    if isinstance(error, AuthenticationError) or "WRONGPASS" in str(error):
+        return (f"Redis refused user {sec.redis_username or 'default'!r}: check "
+                f"{name}USERNAME and {name}PASSWORD")
+    if isinstance(error, NoPermissionError):
+        return (f"Redis user {sec.redis_username or 'default'!r} may not run this deployable's "
+                f"commands ({error}): see the ACL rules in docs/security.md")
+    return None
+
+
+async def probe_redis(url: str, sec: RedisSecurity) -> None:
+    """Ping Redis with `sec` and raise `SecurityError` with one line naming the setting
+    when it refuses the TLS or the credentials (other errors are left to the caller)."""
+    client = async_redis_client(url, sec, socket_connect_timeout=10, socket_timeout=10)
+    try:
+        await client.ping()
+    except (RedisError, OSError) as error:
+        line = redis_refusal(error, sec)
+        if line is not None:
+            raise SecurityError(line) from None
+    finally:
+        await client.aclose()
 
 
 def redis_client(url: str, sec: RedisSecurity | None, **options: Any) -> Redis:

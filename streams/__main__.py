@@ -13,7 +13,7 @@ from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 
 from contracts.console import setup_logging
-from contracts.security import SecurityError, probe_kafka
+from contracts.security import SecurityError, probe_kafka, probe_redis
 from streams.errors import StreamsError
 from streams.settings import StreamsSettings
 
@@ -45,6 +45,7 @@ def main(argv: list[str]) -> int:
     )
     try:  # before the model loads: a refused password is known in a second, in one line
         asyncio.run(probe_kafka(settings.kafka_bootstrap, settings, client_id=settings.app_id))
+        asyncio.run(probe_redis(settings.redis_url, settings))
     except SecurityError as error:
         log.error("cannot start: %s", error)
         return 1

@@ -13,6 +13,8 @@ import pytest
 from aiokafka.errors import SaslAuthenticationFailed
 from pydantic import ValidationError
 from pydantic_settings import BaseSettings
+from redis.exceptions import AuthenticationError, NoPermissionError
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from contracts.security import (
     KafkaSecurity,
@@ -21,6 +23,7 @@ from contracts.security import (
     kafka_kwargs,
     kafka_refusal,
     redis_kwargs,
+    redis_refusal,
 )
 from ingest.settings import IngestSettings
 from serving.settings import ServingSettings
@@ -143,3 +146,11 @@ def test_the_clients_debug_lines_never_show_the_sasl_exchange(caplog: pytest.Log
         "Request 3: %s", f"SaslAuthenticateRequest_v1(sasl_auth_bytes=b'\\x00u\\x00{SECRET}')")
     logging.getLogger("aiokafka.conn").debug("Response 3: %s", "MetadataResponse_v5()")
     assert SECRET not in caplog.text and "MetadataResponse_v5" in caplog.text
+
+
+def test_redis_refusals_name_the_variable_to_fix() -> None:
+    sec = StreamsSettings(redis_username="streams", redis_password=SECRET)
+    line = redis_refusal(AuthenticationError("invalid username-password pair"), sec) or ""
+    assert "STREAMREC_STREAMS_REDIS_PASSWORD" in line and SECRET not in line
+    assert "docs/security.md" in (redis_refusal(NoPermissionError("NOPERM evalsha"), sec) or "")
+    assert redis_refusal(RedisConnectionError("refused"), sec) is None  # retried by the caller

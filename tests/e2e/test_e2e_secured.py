@@ -223,19 +223,39 @@ def test_the_trainer_reads_the_log_and_announces_as_its_own_user(
         assert not any(password in text for password in passwords.values()), path
 
 
+@pytest.mark.parametrize("module", ["serving", "streams"])
+def test_a_wrong_redis_password_stops_start_up_in_one_line(
+    module: str, passwords: dict[str, str], tmp_path: Path,
+) -> None:
+    prefix = f"STREAMREC_{module.upper()}_"
+    wrong = "not-" + passwords[module]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", f"{prefix}KAFKA_BOOTSTRAP": KAFKA,
+           f"{prefix}REDIS_URL": REDIS, f"{prefix}ARTIFACT_DIR": str(tmp_path),
+           **security_env(prefix, module, passwords[module], redis_user=True),
+           f"{prefix}REDIS_PASSWORD": wrong}
+    done = subprocess.run([sys.executable, "-m", module], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+    output = done.stdout + done.stderr
+    assert done.returncode != 0, output
+    named = [line for line in output.splitlines() if f"{prefix}REDIS_PASSWORD" in line]
+    assert len(named) == 1 and "Traceback" not in output and wrong not in output, output
+
+
 @pytest.mark.parametrize(("module", "prefix", "args"), [
     ("serving", "STREAMREC_SERVING_", []),
     ("streams", "STREAMREC_STREAMS_", []),
     ("ingest", "STREAMREC_INGEST_", ["topics", "fix"]),
+    ("training", "STREAMREC_TRAINING_", ["run"]),
 ])
 def test_a_wrong_password_stops_start_up_in_one_line(
     module: str, prefix: str, args: list[str], passwords: dict[str, str], tmp_path: Path,
 ) -> None:
-    wrong = "not-" + passwords["serving"]
+    wrong = "not-" + passwords[module]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", f"{prefix}KAFKA_BOOTSTRAP": KAFKA,
            f"{prefix}REDIS_URL": REDIS, f"{prefix}ARTIFACT_DIR": str(tmp_path),
-           **security_env(prefix, module, wrong, redis_user=False)}
-    if module == "ingest":
+           **security_env(prefix, module, passwords[module], redis_user=True),
+           f"{prefix}KAFKA_SASL_PASSWORD": wrong}
+    if module in ("ingest", "training"):
         env = {k: v for k, v in env.items() if "REDIS" not in k and "ARTIFACT" not in k}
     done = subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=120)
