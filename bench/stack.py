@@ -110,11 +110,12 @@ class LocalStack:
     suffix: str = field(default_factory=lambda: "s" + uuid.uuid4().hex[:10])
     extra_env: dict[str, str] = field(default_factory=dict)
     port: int = 0
+    redis_prefix: str = ""  # default: stack-{suffix}: (a Redis ACL may want its own)
 
     def __post_init__(self) -> None:
         self.topics = topic_names(self.suffix)
         self.routing_topic = f"model-routing-{self.suffix}"  # created by serving, written by training too
-        self.redis_prefix = f"stack-{self.suffix}:"
+        self.redis_prefix = self.redis_prefix or f"stack-{self.suffix}:"
         self.artifact_dir = self.workdir / "artifacts"
         common = {**os.environ, "HF_HUB_OFFLINE": "1", **self.extra_env}
         streams_env = {
@@ -152,9 +153,9 @@ class LocalStack:
         self.serving.start()
         self.port = int(self.serving.wait_for_log(_LISTENING, timeout_s).group(1))
 
-    def stop(self) -> dict[str, int | None]:
+    def stop(self, timeout_s: float = 30.0) -> dict[str, int | None]:
         """Stop both children (server first) and return their exit codes."""
-        return {"serving": self.serving.stop(), "streams": self.streams.stop()}
+        return {"serving": self.serving.stop(timeout_s), "streams": self.streams.stop(timeout_s)}
 
     def delete_state(self) -> None:
         """Delete the stack's topics (Faust's internal ones too) and Redis keys."""

@@ -21,6 +21,8 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
 from pydantic import BaseModel, Field
 
+from contracts.security import KafkaSecurity, SecurityError, kafka_kwargs, probe_kafka
+
 log = logging.getLogger(__name__)
 
 DEFAULT_PARTITIONS = 4
@@ -139,11 +141,16 @@ def mismatch_line(mismatch: Mismatch, *, bootstrap: str, fix_command: str | None
 
 
 async def ensure_topics(bootstrap: str, specs: Sequence[TopicSpec], *, client_id: str,
-                        fix_command: str | None = None) -> list[Mismatch]:
+                        fix_command: str | None = None, security: KafkaSecurity | None = None
+                        ) -> list[Mismatch]:
     """Create the missing topics with their contract settings, wait until every one has
     leaders, and check the existing ones: raises `TopicContractError` on a fatal shape,
-    logs one warning line per mismatched policy (and returns the mismatches)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id=client_id)
+    logs one warning line per mismatched policy (and returns the mismatches). It is each
+    deployable's first connection: a broker refusing `security` raises `TopicContractError`
+    with one line naming the setting."""
+    await _probe(bootstrap, security, client_id)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id=client_id,
+                                **kafka_kwargs(security))
     await admin.start()
     try:
         await _create_missing(admin, specs)
@@ -159,11 +166,13 @@ async def ensure_topics(bootstrap: str, specs: Sequence[TopicSpec], *, client_id
 
 
 async def wait_for_coordinator(bootstrap: str, group_id: str, *, client_id: str,
-                               timeout_s: float = VISIBLE_TIMEOUT_S) -> None:
+                               timeout_s: float = VISIBLE_TIMEOUT_S,
+                               security: KafkaSecurity | None = None) -> None:
     """Wait until `group_id` has a group coordinator. A new broker creates its offsets topic
     on the first lookup and answers "not available" until that topic has leaders; a
     consumer that meets this logs it as an ERROR, so a deployable waits here first."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id=client_id)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id=client_id,
+                                **kafka_kwargs(security))
     await admin.start()
     try:
         deadline = asyncio.get_running_loop().time() + timeout_s
@@ -180,11 +189,12 @@ async def wait_for_coordinator(bootstrap: str, group_id: str, *, client_id: str,
         await admin.close()
 
 
-async def fix_topics(bootstrap: str, specs: Sequence[TopicSpec], *, client_id: str
-                     ) -> list[Mismatch]:
+async def fix_topics(bootstrap: str, specs: Sequence[TopicSpec], *, client_id: str,
+                     security: KafkaSecurity | None = None) -> list[Mismatch]:
     """Set the contract's cleanup policy on every existing topic of `specs` that differs,
     keeping the topic's other settings; returns what was changed."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id=client_id)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id=client_id,
+                                **kafka_kwargs(security))
     await admin.start()
     try:
         existing = set(await admin.list_topics())
@@ -205,6 +215,13 @@ async def fix_topics(bootstrap: str, specs: Sequence[TopicSpec], *, client_id: s
     finally:
         await admin.close()
     return mismatches
+
+
+async def _probe(bootstrap: str, security: KafkaSecurity | None, client_id: str) -> None:
+    try:
+        await probe_kafka(bootstrap, security, client_id=client_id)
+    except SecurityError as error:
+        raise TopicContractError(str(error)) from None
 
 
 async def _create_missing(admin: AIOKafkaAdminClient, specs: Sequence[TopicSpec]) -> None:
@@ -279,12 +296,13 @@ async def _dynamic_configs(admin: AIOKafkaAdminClient, names: list[str]
     return await _configs(admin, names, None, dynamic_only=True)
 
 
-async def apply_contract(bootstrap: str, specs: Sequence[TopicSpec], *, client_id: str
-                         ) -> list[str]:
+async def apply_contract(bootstrap: str, specs: Sequence[TopicSpec], *, client_id: str,
+                         security: KafkaSecurity | None = None) -> list[str]:
     """What ``topics fix`` does: set the contract's policy where it differs, create what
     is missing; returns one line per change."""
-    fixed = await fix_topics(bootstrap, specs, client_id=client_id)
-    await ensure_topics(bootstrap, specs, client_id=client_id)
+    await _probe(bootstrap, security, client_id)
+    fixed = await fix_topics(bootstrap, specs, client_id=client_id, security=security)
+    await ensure_topics(bootstrap, specs, client_id=client_id, security=security)
     lines = [f"{m.spec.name}: cleanup.policy {m.actual} -> {m.spec.cleanup_policy}"
              for m in fixed]
     return lines or [f"{len(specs)} topics match the contract"]

@@ -202,7 +202,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = IngestSettings()
         if args.command == "topics":
             print("\n".join(asyncio.run(apply_contract(
-                settings.kafka_bootstrap, topic_specs(settings), client_id=CLIENT_ID))))
+                settings.kafka_bootstrap, topic_specs(settings), client_id=CLIENT_ID,
+                security=settings))))
             return 0
         if args.command == "replay":
             selection_from(args)  # reject bad selection options before loading data

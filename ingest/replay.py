@@ -16,6 +16,7 @@ from aiokafka.producer.message_accumulator import BatchBuilder
 from tqdm import tqdm
 
 from contracts.console import progress_bar
+from contracts.security import kafka_kwargs
 from contracts.topics import EVENTS, ITEMS, TopicSpec, ensure_topics, spec
 from ingest.dataset import Dataset, rebase_shift_ms
 from ingest.messages import event_records, item_records
@@ -83,7 +84,7 @@ async def prepare_topics(settings: IngestSettings, specs: list[TopicSpec]) -> No
     """Create the topics about to be written, with their contract settings, and report
     any of another cleanup policy: the broker never auto-creates them."""
     await ensure_topics(settings.kafka_bootstrap, specs, client_id=CLIENT_ID,
-                        fix_command=FIX_COMMAND)
+                        fix_command=FIX_COMMAND, security=settings)
 
 
 def make_producer(settings: IngestSettings) -> AIOKafkaProducer:
@@ -95,6 +96,7 @@ def make_producer(settings: IngestSettings) -> AIOKafkaProducer:
         acks=acks,
         max_batch_size=settings.max_batch_bytes,
         request_timeout_ms=settings.request_timeout_ms,
+        **kafka_kwargs(settings),
     )
 
 

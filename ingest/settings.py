@@ -7,10 +7,11 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from contracts.security import KafkaSecurity
 from contracts.topics import EVENTS, ITEMS, TopicLayout
 
 
-class IngestSettings(BaseSettings, TopicLayout):
+class IngestSettings(BaseSettings, TopicLayout, KafkaSecurity):
     """Where replayed data goes and how the producer batches it (``topic_partitions`` and
     ``topic_replication``: how ingest creates the topics it writes when they are missing)."""
 

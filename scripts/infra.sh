@@ -3,7 +3,12 @@
 # broker + controller) and Redis, both on loopback, with all state under var/.
 #
 # Usage: scripts/infra.sh up|down|status|config  (config: print the broker's rendered settings)
+#        scripts/infra.sh secure-up|secure-down|secure-status  (a second, separate pair:
+#        Kafka with SASL_SSL, SCRAM users and ACLs; Redis with TLS and ACL users; all under
+#        var/secure; credentials in var/secure/credentials.env, docs/security.md)
+#        scripts/infra.sh certs DIR  (a CA and a server and a client certificate in DIR)
 # Env:   KAFKA_PORT (9092), KAFKA_CONTROLLER_PORT (9093), REDIS_PORT (6379),
+#        KAFKA_SECURE_PORT (9192), KAFKA_SECURE_CONTROLLER_PORT (9193), REDIS_TLS_PORT (6390),
 #        KAFKA_HEAP_OPTS (-Xms256m -Xmx1g), INFRA_TIMEOUT_S (120)
 set -euo pipefail
 
@@ -23,6 +28,10 @@ REDIS_LOG="$REDIS_HOME/redis.log"
 KAFKA_PORT="${KAFKA_PORT:-9092}"
 KAFKA_CONTROLLER_PORT="${KAFKA_CONTROLLER_PORT:-9093}"
 REDIS_PORT="${REDIS_PORT:-6379}"
+KAFKA_SECURE_PORT="${KAFKA_SECURE_PORT:-9192}"
+KAFKA_SECURE_CONTROLLER_PORT="${KAFKA_SECURE_CONTROLLER_PORT:-9193}"
+REDIS_TLS_PORT="${REDIS_TLS_PORT:-6390}"
+SECURE_HOME="$VAR/secure"
 KAFKA_HEAP_OPTS="${KAFKA_HEAP_OPTS:--Xms256m -Xmx1g}"
 INFRA_TIMEOUT_S="${INFRA_TIMEOUT_S:-120}"
 if [[ -z "${PYTHON:-}" ]]; then
@@ -179,6 +188,20 @@ kafka_fail() {
   exit 1
 }
 
+# wait_for MESSAGE LOG TIMEOUT_S COMMAND...: poll COMMAND until it succeeds; past the
+# timeout, show the tail of LOG and fail with MESSAGE.
+wait_for() {
+  local message="$1" logfile="$2" deadline=$((SECONDS + $3))
+  shift 3
+  until "$@"; do
+    if ((SECONDS >= deadline)); then
+      tail -n 20 "$logfile" >&2 || true
+      die "$message"
+    fi
+    sleep 0.2
+  done
+}
+
 redis_ping() {
   [[ "$(redis-cli -h 127.0.0.1 -p "$REDIS_PORT" ping 2>/dev/null)" == "PONG" ]]
 }
@@ -198,14 +221,7 @@ redis_up() {
     --dir "$REDIS_HOME" --pidfile "$REDIS_PID" --logfile "$REDIS_LOG" \
     --save "" --appendonly no \
     || die "redis-server failed to start (see $REDIS_LOG)"
-  local deadline=$((SECONDS + 30))
-  until redis_ping; do
-    if ((SECONDS >= deadline)); then
-      tail -n 20 "$REDIS_LOG" >&2 || true
-      die "redis did not answer PING on 127.0.0.1:$REDIS_PORT"
-    fi
-    sleep 0.2
-  done
+  wait_for "redis did not answer PING on 127.0.0.1:$REDIS_PORT" "$REDIS_LOG" 30 redis_ping
   log "redis up: $(redis-server --version | grep -o 'v=[0-9.]*' | cut -c3-) on 127.0.0.1:$REDIS_PORT"
 }
 
@@ -230,7 +246,23 @@ status() {
   return "$rc"
 }
 
+# shellcheck source=scripts/secure.sh
+source "$ROOT/scripts/secure.sh"
+
 case "${1:-}" in
+  secure-up)
+    secure_up
+    ;;
+  secure-down)
+    secure_down
+    ;;
+  secure-status)
+    secure_status
+    ;;
+  certs)
+    [[ -n "${2:-}" ]] || die "usage: $0 certs DIR"
+    make_certs "$2"
+    ;;
   up)
     redis_up
     kafka_up
@@ -246,7 +278,7 @@ case "${1:-}" in
     kafka_render
     ;;
   *)
-    echo "usage: $0 up|down|status|config" >&2
+    echo "usage: $0 up|down|status|config|secure-up|secure-down|secure-status|certs DIR" >&2
     exit 2
     ;;
 esac

@@ -12,6 +12,7 @@ import sys
 
 from pydantic import ValidationError
 
+from contracts.security import SecurityError, probe_redis
 from serving.errors import ServingError
 from serving.server import serve
 from serving.settings import ServingSettings
@@ -48,6 +49,11 @@ def main(argv: list[str]) -> int:
     )
     if settings.stop_with_parent and sys.platform == "linux":  # prctl is Linux's
         _stop_with_parent()
+    try:  # a refused Redis password is no outage to wait out: stop here, in one line
+        asyncio.run(probe_redis(settings.redis_url, settings))
+    except SecurityError as error:
+        log.error("cannot serve: %s", error)
+        return 1
     main_task = supervise(settings) if settings.workers > 1 else serve(settings)
     try:
         if settings.event_loop == "uvloop":

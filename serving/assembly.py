@@ -23,6 +23,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from contracts import routing as contract
+from contracts.security import async_redis_client, kafka_kwargs
 from contracts.topics import EVENTS, RECOMMENDATIONS, ROUTING, TopicContractError, TopicSpec, ensure_topics, spec
 from protos import events_pb2
 from serving.artifact import production_version
@@ -59,7 +60,7 @@ class Clients:
         if Kafka refuses), Redis pinged (a warning only)."""
         try:
             await ensure_topics(settings.kafka_bootstrap, written_topics(settings),
-                                client_id=f"{settings.client_id}-setup")
+                                client_id=f"{settings.client_id}-setup", security=settings)
             await self.producer.start()
             await self.log_producer.start()
         except (KafkaError, TopicContractError) as error:
@@ -133,10 +134,11 @@ async def routing_at_start(settings: ServingSettings) -> tuple[Models, RoutingFo
     client_id = f"{settings.client_id}-routing"
     try:  # routing is written by Admin here and read back at once: it must exist first
         await ensure_topics(settings.kafka_bootstrap, [spec(ROUTING, settings.topic_routing, settings)],
-                            client_id=client_id)
+                            client_id=client_id, security=settings)
     except (KafkaError, TopicContractError) as error:
         raise BrokerUnavailable(f"Kafka at {settings.kafka_bootstrap}: {error}") from error
-    in_force = await read_in_force(settings.bootstrap_servers(), client_id, settings.topic_routing)
+    in_force = await read_in_force(settings.bootstrap_servers(), client_id, settings.topic_routing,
+                                   settings)
     load = VersionLoader(artifact_dir=settings.artifact_dir, dim=settings.dim,
                          ivf_threshold=settings.ivf_threshold, nprobe=settings.nprobe,
                          cache_dir=settings.index_cache_dir)
@@ -185,6 +187,7 @@ def _feed(topic: str, handle: Handler, settings: ServingSettings, *,
         else settings.kafka_fetch_max_wait_ms,
         retry_s=settings.kafka_retry_s,
         poll_s=settings.topic_poll_s,
+        security=settings,
     )
 
 
@@ -196,14 +199,14 @@ def written_topics(settings: ServingSettings) -> list[TopicSpec]:
 
 
 def redis_client(settings: ServingSettings) -> Redis:
-    return Redis.from_url(settings.redis_url, socket_timeout=settings.redis_timeout_s,
-                          socket_connect_timeout=settings.redis_timeout_s)
+    return async_redis_client(settings.redis_url, settings, socket_timeout=settings.redis_timeout_s,
+                              socket_connect_timeout=settings.redis_timeout_s)
 
 
 def event_producer(settings: ServingSettings) -> AIOKafkaProducer:
     """TrackEvents' and Admin's producer: every send acknowledged by all replicas, once."""
     return AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers(), client_id=settings.client_id,
-                            acks="all", enable_idempotence=True)
+                            acks="all", enable_idempotence=True, **kafka_kwargs(settings))
 
 
 def log_producer(settings: ServingSettings) -> AIOKafkaProducer:
@@ -212,7 +215,7 @@ def log_producer(settings: ServingSettings) -> AIOKafkaProducer:
     wait for."""
     return AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers(),
                             client_id=f"{settings.client_id}-log", acks=1,
-                            linger_ms=settings.log_linger_ms)
+                            linger_ms=settings.log_linger_ms, **kafka_kwargs(settings))
 
 
 def online_store(settings: ServingSettings, redis: Redis) -> OnlineStore:

@@ -22,6 +22,7 @@ from google.protobuf.message import DecodeError
 
 from contracts.catchup import read_to_end
 from contracts.records import decode_record
+from contracts.security import KafkaSecurity, kafka_kwargs
 from protos import events_pb2
 from serving.catalog import Catalog
 from serving.models import Models
@@ -114,10 +115,12 @@ class CatalogUpdates:
 
 
 async def topic_partitions(
-    bootstrap_servers: list[str], client_id: str, topic: str
+    bootstrap_servers: list[str], client_id: str, topic: str,
+    security: KafkaSecurity | None = None,
 ) -> list[TopicPartition]:
     """The partitions of `topic`, none if it does not exist; the topic is never auto-created."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, client_id=client_id)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, client_id=client_id,
+                                **kafka_kwargs(security))
     await admin.start()
     try:
         # No topic names: asks for all topics, so the broker auto-creates nothing.
@@ -145,10 +148,12 @@ class TopicFeed:
         fetch_max_wait_ms: int,
         retry_s: float,
         poll_s: float,
+        security: KafkaSecurity | None = None,
     ) -> None:
         self.topic = topic
         self._handle = handle
         self._bootstrap_servers = bootstrap_servers
+        self._security = security
         self._client_id = client_id
         self._fetch_max_wait_ms = fetch_max_wait_ms
         self._retry_s = retry_s
@@ -175,6 +180,7 @@ class TopicFeed:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             fetch_max_wait_ms=self._fetch_max_wait_ms,
+            **kafka_kwargs(self._security),
         )
         await consumer.start()
         try:
@@ -191,7 +197,8 @@ class TopicFeed:
     async def _await_partitions(self) -> list[TopicPartition]:
         """The topic's partitions, waiting for the topic to exist (never creating it)."""
         while True:
-            partitions = await topic_partitions(self._bootstrap_servers, self._client_id, self.topic)
+            partitions = await topic_partitions(self._bootstrap_servers, self._client_id, self.topic,
+                                                self._security)
             if partitions:
                 return partitions
             if not self.loaded.is_set():

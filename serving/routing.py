@@ -23,6 +23,7 @@ from aiokafka.errors import KafkaError
 
 from contracts import routing as contract
 from contracts.catchup import read_to_end
+from contracts.security import KafkaSecurity, kafka_kwargs
 from protos import events_pb2
 from serving.artifact import BOOTSTRAP_VERSION, artifact_path, load_version
 from serving.errors import ArtifactError, BrokerUnavailable, ServingError
@@ -45,16 +46,16 @@ def build_model(version_dir: Path, version: str, *, ivf_threshold: int, nprobe: 
     return Model(version, index)
 
 
-async def read_in_force(bootstrap_servers: list[str], client_id: str,
-                        topic: str) -> events_pb2.Routing | None:
+async def read_in_force(bootstrap_servers: list[str], client_id: str, topic: str,
+                        security: KafkaSecurity | None = None) -> events_pb2.Routing | None:
     """The record in force on `topic`: every record from the beginning to the end offset
     seen now, folded; None when there is none."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, client_id=client_id,
                                 group_id=None, enable_auto_commit=False,
-                                auto_offset_reset="earliest")
+                                auto_offset_reset="earliest", **kafka_kwargs(security))
     try:
         await consumer.start()
-        partitions = await topic_partitions(bootstrap_servers, client_id, topic)
+        partitions = await topic_partitions(bootstrap_servers, client_id, topic, security)
         consumer.assign(partitions)
         await consumer.seek_to_beginning(*partitions)
         in_force: events_pb2.Routing | None = None

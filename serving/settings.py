@@ -11,6 +11,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from contracts.events import MAX_EVENT_BYTES, MAX_FUTURE_SKEW_MS
 from contracts.online import EVENT_TYPES
+from contracts.security import KafkaSecurity, RedisSecurity
 from contracts.topics import (
     ENRICHED,
     EVENTS,
@@ -33,7 +34,7 @@ def window_seconds(name: str) -> float | None:
     return float(int(match[1]) * _UNIT_S[match[2]])
 
 
-class ServingSettings(BaseSettings, TopicLayout):
+class ServingSettings(BaseSettings, TopicLayout, KafkaSecurity, RedisSecurity):
     """Where the stores are, where to listen, request limits and tuning (``topic_partitions``,
     ``topic_replication``, ``log_retention_ms``: how the topics serving writes are created)."""
 

@@ -13,6 +13,7 @@ from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 
 from contracts.console import setup_logging
+from contracts.security import SecurityError, probe_kafka, probe_redis
 from streams.errors import StreamsError
 from streams.settings import StreamsSettings
 
@@ -42,6 +43,12 @@ def main(argv: list[str]) -> int:
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    try:  # before the model loads: a refused password is known in a second, in one line
+        asyncio.run(probe_kafka(settings.kafka_bootstrap, settings, client_id=settings.app_id))
+        asyncio.run(probe_redis(settings.redis_url, settings))
+    except SecurityError as error:
+        log.error("cannot start: %s", error)
+        return 1
     # Hugging Face reads this when its modules are imported, which streams.worker does.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from streams.worker import build_worker
@@ -68,7 +75,7 @@ def fix_topics(settings: StreamsSettings) -> int:
 
     try:
         lines = asyncio.run(apply_contract(settings.kafka_bootstrap, topic_specs(settings),
-                                           client_id=CLIENT_ID))
+                                           client_id=CLIENT_ID, security=settings))
     except (TopicContractError, KafkaError) as error:
         log.error("cannot fix topics: %s", error)
         return 1

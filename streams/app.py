@@ -15,6 +15,7 @@ import faust
 from faust import Stream
 from faust.types import StreamT
 
+from contracts.security import faust_credentials
 from streams.agents import EventsHandler, ItemsHandler, switch_model
 from streams.catalog import Catalog
 from streams.delivery import Transactions
@@ -52,6 +53,7 @@ def faust_config(settings: StreamsSettings) -> dict[str, Any]:
         "web_enabled": settings.web_enabled,
         "web_port": settings.web_port,
         "autodiscover": False,
+        **faust_credentials(settings),
     }
 
 
@@ -77,13 +79,15 @@ def create_app(
         bootstrap_servers=servers,
         group_id=group,
         transactional_prefix=settings.app_id,
+        security=settings,
         topic=settings.topic_events,
         commit_interval_s=settings.commit_interval_s,
         transaction_timeout_ms=int(settings.transaction_timeout_s * 1000),
         owns=owns,
     )
-    users = UserStore(topic=settings.users_changelog(), bootstrap_servers=servers)
-    seen = SeenStore(topic=settings.dedupe_changelog(), bootstrap_servers=servers,
+    users = UserStore(topic=settings.users_changelog(), bootstrap_servers=servers,
+                      security=settings)
+    seen = SeenStore(topic=settings.dedupe_changelog(), bootstrap_servers=servers, security=settings,
                      window_ms=int(settings.dedupe_window_s * 1000))
 
     items = app.topic(settings.topic_items, key_type=bytes, value_type=bytes)
@@ -116,6 +120,7 @@ def create_app(
     processor = EventsProcessor(
         handler=events_handler, transactions=transactions, users=users, seen=seen, live=live,
         metrics=metrics, bootstrap_servers=servers, topic=settings.topic_events, group=group,
+        security=settings,
         legacy_group=settings.app_id,
         batch_size=settings.event_batch_size,
         batch_wait_ms=int(settings.event_batch_within_s * 1000),

@@ -11,6 +11,7 @@ from typing import Generic, TypeVar
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
 from contracts.catchup import read_to_end
+from contracts.security import KafkaSecurity, kafka_kwargs
 
 log = logging.getLogger(__name__)
 
@@ -20,6 +21,7 @@ T = TypeVar("T")
 
 async def read_committed(
     *, bootstrap_servers: list[str], topic: str, partitions: Iterable[int], client_id: str,
+    security: KafkaSecurity | None = None,
 ) -> dict[int, dict[bytes, bytes]]:
     """Per partition, the newest committed value of every key (tombstones remove it)."""
     wanted = sorted(set(partitions))
@@ -34,6 +36,7 @@ async def read_committed(
         max_partition_fetch_bytes=RESTORE_FETCH_BYTES,
         fetch_max_wait_ms=50,
         client_id=client_id,
+        **kafka_kwargs(security),
     )
     await consumer.start()
     try:
@@ -69,9 +72,11 @@ class ChangelogStore(Generic[T]):
     what = "records"  # what a restore reports the count of
     client_id = "streamrec-streams-restore"
 
-    def __init__(self, *, topic: str, bootstrap_servers: list[str]) -> None:
+    def __init__(self, *, topic: str, bootstrap_servers: list[str],
+                 security: KafkaSecurity | None = None) -> None:
         self.topic = topic
         self._bootstrap_servers = bootstrap_servers
+        self._security = security
         self._held: dict[int, T] = {}
 
     def _load(self, records: dict[bytes, bytes]) -> T:
@@ -97,7 +102,7 @@ class ChangelogStore(Generic[T]):
         started = time.monotonic()
         values = await read_committed(bootstrap_servers=self._bootstrap_servers,
                                       topic=self.topic, partitions=wanted,
-                                      client_id=self.client_id)
+                                      client_id=self.client_id, security=self._security)
         for partition, records in values.items():
             self._held[partition] = self._load(records)
         log.info("restored %s %s of %s partitions %s in %.2f s",

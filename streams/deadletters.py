@@ -27,6 +27,7 @@ from kafka.structs import OffsetAndMetadata
 from kafka.consumer.fetcher import ConsumerRecord
 
 from contracts.console import add_verbose_flag, progress_bar, setup_logging
+from contracts.security import kafka_kwargs
 from protos import events_pb2
 from streams.settings import StreamsSettings
 
@@ -118,7 +119,8 @@ def read_to_end(consumer: KafkaConsumer, topic: str, *, from_committed: bool,
 def list_letters(settings: StreamsSettings, reasons: frozenset[str], show: int) -> Summary:
     # Dead letters of events are written in transactions: read only committed ones.
     consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap_servers(), group_id=None,
-                             enable_auto_commit=False, isolation_level="read_committed")
+                             enable_auto_commit=False, isolation_level="read_committed",
+                             **kafka_kwargs(settings))
     try:
         records = progress_bar(read_to_end(consumer, settings.topic_dlq, from_committed=False),
                                desc="dead letters", unit="rec")
@@ -144,9 +146,10 @@ def _redrive_reason(settings: StreamsSettings, reason: str, limit: int | None,
         bootstrap_servers=settings.bootstrap_servers(),
         group_id=f"{settings.app_id}-dlq-redrive.{reason}",
         enable_auto_commit=False, auto_offset_reset="earliest", isolation_level="read_committed",
+        **kafka_kwargs(settings),
     )
     producer = KafkaProducer(bootstrap_servers=settings.bootstrap_servers(), acks="all",
-                             enable_idempotence=True)
+                             enable_idempotence=True, **kafka_kwargs(settings))
     sent: Counter[str] = Counter()
     done: dict[TopicPartition, int] = {}  # next offset to read, per partition handled
     try:

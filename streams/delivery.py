@@ -39,6 +39,8 @@ from aiokafka.producer.message_accumulator import BatchBuilder
 from aiokafka.errors import KafkaError, ProducerFenced
 from mode import Service
 
+from contracts.security import KafkaSecurity, kafka_kwargs
+
 log = logging.getLogger(__name__)
 
 MAX_BATCH_BYTES = 1 << 20  # one record batch per output partition and batch of events
@@ -69,10 +71,12 @@ class Transactions(Service):
         commit_interval_s: float,
         transaction_timeout_ms: int,
         owns: Callable[[int], bool],
+        security: KafkaSecurity | None = None,
         **kwargs: object,
     ) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]
         self._bootstrap_servers = bootstrap_servers
+        self._security = security
         self.group_id = group_id
         self._transactional_prefix = transactional_prefix
         self.topic = topic
@@ -246,6 +250,7 @@ class Transactions(Service):
                 linger_ms=0,
                 max_batch_size=MAX_BATCH_BYTES,
                 acks="all",
+                **kafka_kwargs(self._security),
             )
             try:
                 await producer.start()  # fences the previous owner, aborting its transaction

@@ -18,6 +18,7 @@ from google.protobuf.message import DecodeError
 from mode import Service
 
 from contracts.catchup import read_to_end
+from contracts.security import KafkaSecurity, kafka_kwargs
 from protos import events_pb2
 from streams.catalog import Catalog
 from streams.errors import RejectedInput, TopicSetupError
@@ -56,11 +57,13 @@ class CatalogFeed(Service):
         topic_item_vectors: str,
         fetch_max_wait_ms: int,
         max_item_bytes: int,
+        security: KafkaSecurity | None = None,
         **kwargs: object,
     ) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]
         self.catalog = catalog
         self._bootstrap_servers = bootstrap_servers
+        self._security = security
         self._topic_items = topic_items
         self._topic_item_vectors = topic_item_vectors
         self._fetch_max_wait_ms = fetch_max_wait_ms
@@ -79,6 +82,7 @@ class CatalogFeed(Service):
             auto_offset_reset="earliest",
             fetch_max_wait_ms=self._fetch_max_wait_ms,
             client_id="streamrec-streams-catalog",
+            **kafka_kwargs(self._security),
         )
         await consumer.start()
         self._consumer = consumer

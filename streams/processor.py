@@ -28,6 +28,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 from mode import Service
 
+from contracts.security import KafkaSecurity, kafka_kwargs
 from streams.agents import EventsHandler
 from streams.delivery import Transactions
 from streams.live import LiveModel
@@ -71,6 +72,7 @@ class EventsProcessor(Service):
         batch_wait_ms: int,
         fetch_max_wait_ms: int,
         session_timeout_s: float,
+        security: KafkaSecurity | None = None,
         **kwargs: object,
     ) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]
@@ -84,6 +86,7 @@ class EventsProcessor(Service):
         self.group = group
         self._legacy_group = legacy_group
         self._bootstrap_servers = bootstrap_servers
+        self._security = security
         self._batch_size = batch_size
         self._batch_wait_ms = batch_wait_ms
         self.add_dependency(transactions)  # started before, stopped after this service
@@ -98,6 +101,7 @@ class EventsProcessor(Service):
             max_partition_fetch_bytes=MAX_PARTITION_FETCH_BYTES,
             session_timeout_ms=int(session_timeout_s * 1000),
             heartbeat_interval_ms=int(session_timeout_s * 1000 / 4),
+            **kafka_kwargs(security),
         )
         self._consumer: AIOKafkaConsumer | None = None  # made on start, in the event loop
 
@@ -162,7 +166,8 @@ class EventsProcessor(Service):
         if not partitions or not self._legacy_group:
             return {}
         admin = AIOKafkaAdminClient(bootstrap_servers=self._bootstrap_servers,
-                                    client_id=f"{self.group}-admin")
+                                    client_id=f"{self.group}-admin",
+                                    **kafka_kwargs(self._security))
         await admin.start()
         try:
             found = await admin.list_consumer_group_offsets(self._legacy_group,

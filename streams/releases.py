@@ -17,6 +17,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord
 from google.protobuf.message import DecodeError
 from mode import Service
 
+from contracts.security import KafkaSecurity, kafka_kwargs
 from protos import events_pb2
 from streams.errors import StreamsError
 from streams.feed import full_assignment
@@ -55,11 +56,13 @@ class ModelReleases(Service):
         topic: str,
         pretrained_dir: Path,
         load: Callable[[ModelChoice], LoadedModel],
+        security: KafkaSecurity | None = None,
         **kwargs: object,
     ) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]
         self._live = live
         self._bootstrap_servers = bootstrap_servers
+        self._security = security
         self._topic = topic
         self._pretrained_dir = pretrained_dir
         self._load = load
@@ -71,6 +74,7 @@ class ModelReleases(Service):
         consumer = AIOKafkaConsumer(
             self._topic, bootstrap_servers=self._bootstrap_servers, group_id=None,
             enable_auto_commit=False, fetch_max_wait_ms=500, client_id="streamrec-streams-models",
+            **kafka_kwargs(self._security),
         )
         await consumer.start()
         self._consumer = consumer

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import numpy.typing as npt
 
+from contracts.security import KafkaSecurity
 from streams.changelog import ChangelogStore
 from streams.seen import Change, Hashes, SeenIds
 
@@ -23,8 +24,9 @@ class SeenStore(ChangelogStore[SeenIds]):
     what = "remembered event ids"
     client_id = "streamrec-streams-restore-seen"
 
-    def __init__(self, *, topic: str, bootstrap_servers: list[str], window_ms: int) -> None:
-        super().__init__(topic=topic, bootstrap_servers=bootstrap_servers)
+    def __init__(self, *, topic: str, bootstrap_servers: list[str], window_ms: int,
+                 security: KafkaSecurity | None = None) -> None:
+        super().__init__(topic=topic, bootstrap_servers=bootstrap_servers, security=security)
         self.window_ms = window_ms
 
     def of(self, partition: int) -> SeenIds:

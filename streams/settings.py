@@ -10,6 +10,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from contracts.events import MAX_EVENT_BYTES, MAX_FUTURE_SKEW_MS
 from contracts.online import EVENT_TYPES
+from contracts.security import KafkaSecurity, RedisSecurity
 from contracts.topics import (
     DEDUPE_CHANGELOG,
     DLQ,
@@ -32,7 +33,7 @@ DEFAULT_WEIGHTS: dict[str, float] = {
 }
 
 
-class StreamsSettings(BaseSettings, TopicLayout):
+class StreamsSettings(BaseSettings, TopicLayout, KafkaSecurity, RedisSecurity):
     """Topics, stores, limits and tuning of one Faust worker (``topic_partitions``,
     ``topic_replication`` and ``log_retention_ms``: see :class:`TopicLayout`)."""
 

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 from mode import Service
 
+from contracts.security import KafkaSecurity
 from contracts.topics import (
     DEDUPE_CHANGELOG, DLQ, ENRICHED, EVENTS, ITEM_VECTORS, ITEMS, MODELS, USERS_CHANGELOG,
     TopicContractError, TopicSpec, ensure_topics, spec, wait_for_coordinator,
@@ -40,17 +41,19 @@ class TopicSetup(Service):
     """Creates missing topics and checks the shape of existing ones, once, at start."""
 
     def __init__(self, specs: list[TopicSpec], *, bootstrap: str, groups: Sequence[str] = (),
-                 **kwargs: object) -> None:
+                 security: KafkaSecurity | None = None, **kwargs: object) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]
         self.specs = specs
         self._bootstrap = bootstrap
+        self._security = security
         self._groups = tuple(groups)
 
     async def on_start(self) -> None:
         try:
             await ensure_topics(self._bootstrap, self.specs, client_id=CLIENT_ID,
-                                fix_command=FIX_COMMAND)
+                                fix_command=FIX_COMMAND, security=self._security)
             for group in self._groups:  # on a new broker, before any consumer joins
-                await wait_for_coordinator(self._bootstrap, group, client_id=CLIENT_ID)
+                await wait_for_coordinator(self._bootstrap, group, client_id=CLIENT_ID,
+                                           security=self._security)
         except TopicContractError as error:
             raise TopicSetupError(str(error)) from error

@@ -10,6 +10,7 @@ from mode import Service
 from redis.asyncio import Redis
 
 from contracts.online import RedisKeys
+from contracts.security import async_redis_client
 from streams.app import create_app
 from streams.catalog import Catalog
 from streams.feed import CatalogFeed
@@ -50,7 +51,7 @@ def build_worker(settings: StreamsSettings) -> faust.Worker:
     live = LiveModel(model)
     catalog = Catalog(model_version=model.version, dim=model.dim)
     catalog.switch(model.version, model.dim, model.item_vectors)
-    online = online_state(settings, Redis.from_url(settings.redis_url))
+    online = online_state(settings, async_redis_client(settings.redis_url, settings))
     metrics = StreamsMetrics()
     app = create_app(settings, catalog=catalog, live=live, online=online, metrics=metrics)
     servers = settings.bootstrap_servers()
@@ -62,7 +63,7 @@ def build_worker(settings: StreamsSettings) -> faust.Worker:
     return faust.Worker(
         app,
         TopicSetup(topic_specs(settings), bootstrap=settings.kafka_bootstrap,
-                   groups=(settings.events_group(), settings.app_id)),
+                   groups=(settings.events_group(), settings.app_id), security=settings),
         CatalogFeed(
             catalog,
             bootstrap_servers=servers,
@@ -70,11 +71,13 @@ def build_worker(settings: StreamsSettings) -> faust.Worker:
             topic_item_vectors=settings.topic_item_vectors,
             fetch_max_wait_ms=settings.catalog_fetch_max_wait_ms,
             max_item_bytes=settings.max_event_bytes,
+            security=settings,
         ),
         online,
         ModelReleases(
             live, bootstrap_servers=servers, topic=settings.topic_models,
             pretrained_dir=pretrained, load=partial(load_model, options=options),
+            security=settings,
         ),
         *extra,
         loglevel=settings.log_level,

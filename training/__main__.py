@@ -29,6 +29,7 @@ from pydantic import ValidationError
 from contracts.console import setup_logging
 from contracts.encoder import EncoderError, ItemEncoder, pretrained_model_dir
 from training.errors import TrainingError
+from contracts.security import kafka_kwargs
 from contracts.topics import TopicContractError
 from training.announce import announce, prepare_topics, release_message
 from contracts.artifact import ArtifactError, promote, read_manifest, read_production
@@ -81,9 +82,11 @@ def run_with_clients(settings: TrainingSettings) -> RunSummary | TrainedRunSumma
             enable_auto_commit=False,
             # streams writes the log in transactions: an aborted one is no event
             isolation_level="read_committed",
+            **kafka_kwargs(settings),
         )
         producer = KafkaProducer(
-            bootstrap_servers=settings.kafka_bootstrap, client_id="streamrec-training", acks="all"
+            bootstrap_servers=settings.kafka_bootstrap, client_id="streamrec-training", acks="all",
+            **kafka_kwargs(settings),
         )
         if settings.trainer == "finetune":
             summary: RunSummary | TrainedRunSummary = run_trained(settings, consumer=consumer, producer=producer)
@@ -107,7 +110,8 @@ def new_events(settings: TrainingSettings) -> int:
     """Records in the log past the window production was trained on (all, without one)."""
     consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap,
                              client_id="streamrec-training-schedule", group_id=None,
-                             enable_auto_commit=False, isolation_level="read_committed")
+                             enable_auto_commit=False, isolation_level="read_committed",
+                             **kafka_kwargs(settings))
     try:
         found = consumer.partitions_for_topic(settings.topic_enriched) or set()
         ends = consumer.end_offsets([TopicPartition(settings.topic_enriched, p) for p in found])
@@ -137,7 +141,8 @@ def roll_back(settings: TrainingSettings) -> list[str]:
     now = datetime.now(UTC)
     pointer = promote(settings.artifact_dir, current.previous, now)
     producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap,
-                             client_id="streamrec-training", acks="all")
+                             client_id="streamrec-training", acks="all",
+                             **kafka_kwargs(settings))
     try:
         announce(producer, settings, release_message(
             version=pointer.version, uri=str((settings.artifact_dir / pointer.version).resolve()),
@@ -264,7 +269,8 @@ def _dataset_from_kafka(data: object) -> Any:
     settings = TrainingSettings()
     consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap,
                              client_id="streamrec-training-eval", group_id=None,
-                             enable_auto_commit=False, isolation_level="read_committed")
+                             enable_auto_commit=False, isolation_level="read_committed",
+                             **kafka_kwargs(settings))
     try:
         events = read_event_log(consumer, settings.topic_enriched,
                                 start_offsets=settings.start_offsets,

@@ -15,6 +15,7 @@ import numpy as np
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from contracts import routing as contract
+from contracts.security import KafkaSecurity, kafka_kwargs
 from contracts.topics import ITEM_VECTORS, MODELS, ROUTING, TopicSpec, ensure_topics, spec
 from protos import events_pb2
 from training.settings import TrainingSettings
@@ -35,7 +36,7 @@ def prepare_topics(settings: TrainingSettings) -> None:
     """Create the topics a run writes, with their contract settings, before it starts:
     the broker never auto-creates them, and a run should not fail only at its end."""
     asyncio.run(ensure_topics(settings.kafka_bootstrap, written_topics(settings),
-                              client_id="streamrec-training-setup"))
+                              client_id="streamrec-training-setup", security=settings))
 
 
 def release_message(
@@ -67,7 +68,7 @@ def announce(producer: KafkaProducer, settings: TrainingSettings,
              release: events_pb2.ModelRelease) -> events_pb2.Routing:
     """The release on ``models``, then the routing that makes it production; both acked."""
     announce_release(producer, settings.topic_models, release)
-    current = read_routing(settings.kafka_bootstrap, settings.topic_routing)
+    current = read_routing(settings.kafka_bootstrap, settings.topic_routing, settings)
     if current is None:  # serving follows production.json: its production was the previous
         current = events_pb2.Routing(production=release.previous_version)
     routing = contract.promoted(current, release.version, release.uri, by="training",
@@ -78,13 +79,14 @@ def announce(producer: KafkaProducer, settings: TrainingSettings,
     return routing
 
 
-def read_routing(bootstrap: str, topic: str) -> events_pb2.Routing | None:
+def read_routing(bootstrap: str, topic: str, security: KafkaSecurity | None = None
+                 ) -> events_pb2.Routing | None:
     """The routing record in force: the topic from its beginning to its end, folded.
 
     The loop is `contracts.catchup.read_to_end`'s, written for the synchronous
     kafka-python client training uses (serving reads the same topic with aiokafka)."""
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, client_id="streamrec-training",
-                             group_id=None, enable_auto_commit=False)
+                             group_id=None, enable_auto_commit=False, **kafka_kwargs(security))
     try:
         partitions = [TopicPartition(topic, p) for p in range(contract.PARTITIONS)]
         consumer.assign(partitions)

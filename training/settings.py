@@ -9,10 +9,11 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from contracts.itemtext import MAX_TOKENS
+from contracts.security import KafkaSecurity
 from contracts.topics import ENRICHED, ITEM_VECTORS, ITEMS, MODELS, ROUTING, TopicLayout
 
 
-class TrainingSettings(BaseSettings, TopicLayout):
+class TrainingSettings(BaseSettings, TopicLayout, KafkaSecurity):
     """Inputs, outputs and limits of one training run (``topic_partitions``,
     ``topic_replication``, ``log_retention_ms``: how the topics it writes are created)."""
 

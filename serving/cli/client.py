@@ -23,11 +23,11 @@ import grpc
 from aiokafka import AIOKafkaConsumer, ConsumerRecord
 from google.protobuf.message import DecodeError
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from redis.asyncio import Redis
 
 from contracts.catchup import read_to_end
 from contracts.console import add_verbose_flag, setup_logging
 from contracts.online import NEWEST_FIELD, RedisKeys
+from contracts.security import async_redis_client, kafka_kwargs
 from protos import events_pb2, recommender_pb2, recommender_pb2_grpc
 from serving.feeds import topic_partitions
 from serving.settings import ServingSettings
@@ -84,12 +84,13 @@ async def wait_serving(channel: grpc.aio.Channel, timeout_s: float) -> bool:
 async def newest_events(settings: ServingSettings, count: int) -> list[events_pb2.Event]:
     """The newest event of each of the `count` most recently active users on ``events``."""
     client_id = f"{settings.client_id}-client"
-    partitions = await topic_partitions(settings.bootstrap_servers(), client_id, settings.topic_events)
+    partitions = await topic_partitions(settings.bootstrap_servers(), client_id, settings.topic_events,
+                                        settings)
     if not partitions:
         return []
     consumer = AIOKafkaConsumer(
         bootstrap_servers=settings.bootstrap_servers(), group_id=None,
-        enable_auto_commit=False, client_id=client_id,
+        enable_auto_commit=False, client_id=client_id, **kafka_kwargs(settings),
     )
     await consumer.start()
     try:
@@ -119,7 +120,7 @@ async def newest_events(settings: ServingSettings, count: int) -> list[events_pb
 
 async def wait_folded(settings: ServingSettings, event: events_pb2.Event, timeout_s: float) -> bool:
     """Wait until the user's vector in Redis includes `event` (its ``ts`` reached)."""
-    redis = Redis.from_url(settings.redis_url)
+    redis = async_redis_client(settings.redis_url, settings)
     key = RedisKeys(settings.redis_prefix).user_vector(event.user_id)
     deadline = time.monotonic() + timeout_s
     try:

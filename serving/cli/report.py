@@ -27,6 +27,7 @@ from google.protobuf.message import DecodeError, Message
 
 from contracts.catchup import read_to_end
 from contracts.console import add_verbose_flag, setup_logging
+from contracts.security import kafka_kwargs
 from protos import events_pb2
 from serving.feeds import topic_partitions
 from serving.settings import ServingSettings
@@ -92,13 +93,14 @@ def compute(
 async def read_topic(settings: ServingSettings, topic: str) -> list[bytes]:
     """Every value on `topic` up to the end offsets seen now (no consumer group)."""
     client_id = f"{settings.client_id}-report"
-    partitions = await topic_partitions(settings.bootstrap_servers(), client_id, topic)
+    partitions = await topic_partitions(settings.bootstrap_servers(), client_id, topic, settings)
     if not partitions:
         return []
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers(), group_id=None,
                                 enable_auto_commit=False, client_id=client_id,
                                 auto_offset_reset="earliest",
-                                isolation_level="read_committed")  # streams writes in transactions
+                                isolation_level="read_committed",  # streams writes in transactions
+                                **kafka_kwargs(settings))
     await consumer.start()
     records: list[ConsumerRecord] = []
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -89,3 +90,72 @@ def test_deployables_share_artifacts_and_use_their_settings_prefix(config: dict[
         prefix = DEPLOYABLES[name]
         assert config["services"][name]["environment"][f"{prefix}REDIS_URL"] == "redis://redis:6379/0"
     assert config["services"]["serving"]["environment"]["STREAMREC_SERVING_HOST"] == "0.0.0.0"
+
+
+SECURED_FILE = ROOT / "compose" / "docker-compose.secured.yml"
+SECRETS = {name: f"{name.lower()}-value-7f3a" for name in (
+    "KAFKA_ADMIN_PASSWORD", "STREAMS_PASSWORD", "SERVING_PASSWORD", "TRAINING_PASSWORD",
+    "INGEST_PASSWORD", "REDIS_ADMIN_PASSWORD", "SERVING_TOKEN")}
+
+
+@pytest.fixture(scope="module")
+def secured() -> dict[str, Any]:
+    """The secured profile laid over the file, as Compose resolves it."""
+    result = subprocess.run(
+        [*_compose_command(), "-f", str(COMPOSE_FILE), "-f", str(SECURED_FILE),
+         "--profile", "tools", "config"],
+        capture_output=True, text=True, timeout=120, check=False,
+        env={**os.environ, **SECRETS},
+    )
+    assert result.returncode == 0, result.stderr
+    loaded: dict[str, Any] = yaml.safe_load(result.stdout)
+    return loaded
+
+
+def test_secured_profile_needs_every_secret() -> None:
+    result = subprocess.run(
+        [*_compose_command(), "-f", str(COMPOSE_FILE), "-f", str(SECURED_FILE), "config"],
+        capture_output=True, text=True, timeout=120, check=False,
+        env={k: v for k, v in os.environ.items() if k not in SECRETS},
+    )
+    assert result.returncode != 0 and "PASSWORD" in result.stderr
+
+
+def test_secured_kafka_listens_only_with_sasl_ssl_and_acls(secured: dict[str, Any]) -> None:
+    env = secured["services"]["kafka"]["environment"]
+    protocols = dict(pair.split(":") for pair in env["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"].split(","))
+    assert {name: p for name, p in protocols.items() if name != "CONTROLLER"} == {
+        "SASL_SSL": "SASL_SSL", "HOST": "SASL_SSL"}
+    assert env["KAFKA_AUTHORIZER_CLASS_NAME"].endswith("StandardAuthorizer")
+    assert env["KAFKA_ALLOW_EVERYONE_IF_NO_ACL_FOUND"] == "false"
+    setup = secured["services"]["kafka-setup"]
+    assert "users" in setup["command"][-1] and "grant" in setup["command"][-1]
+
+
+def test_secured_deployables_connect_as_their_own_users(secured: dict[str, Any]) -> None:
+    for name, prefix in {**DEPLOYABLES, "ingest": "STREAMREC_INGEST_"}.items():
+        service = secured["services"][name]
+        env = service["environment"]
+        assert env[f"{prefix}KAFKA_SECURITY_PROTOCOL"] == "SASL_SSL", name
+        assert env[f"{prefix}KAFKA_SASL_USERNAME"] == name
+        assert env[f"{prefix}KAFKA_SASL_PASSWORD"] == SECRETS[f"{name.upper()}_PASSWORD"]
+        assert env[f"{prefix}KAFKA_SSL_CAFILE"] == "/etc/streamrec/certs/ca.pem"
+        assert service["depends_on"]["kafka-setup"]["condition"] == "service_completed_successfully"
+    for name in ("streams", "serving"):
+        env = secured["services"][name]["environment"]
+        prefix = DEPLOYABLES[name]
+        assert env[f"{prefix}REDIS_URL"].startswith("rediss://"), name
+        assert env[f"{prefix}REDIS_USERNAME"] == name
+
+
+def test_secured_redis_and_grpc_ask_for_credentials_over_tls(secured: dict[str, Any]) -> None:
+    redis_command = " ".join(secured["services"]["redis"]["command"])
+    assert "--port 0" in redis_command and "--aclfile" in redis_command
+    assert "user default off" in redis_command
+    # No secret on a command line (docker compose ps, docker inspect's Args).
+    for service in secured["services"].values():
+        command = " ".join(service.get("command") or [])
+        assert not any(value in command for value in SECRETS.values()), command
+    serving = secured["services"]["serving"]["environment"]
+    assert SECRETS["SERVING_TOKEN"] in serving["STREAMREC_SERVING_AUTH_TOKENS"]
+    assert serving["STREAMREC_SERVING_TLS_CERT_FILE"].endswith("server.pem")
