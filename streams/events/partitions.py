@@ -146,7 +146,7 @@ class EventsConsumer(Service):
                     self.consumer.seek(tp, committed)
                     # Records fetched from a position the consumer found on its own
                     # before this seek may still come out of getmany: drop those below.
-                    self._transactions.start_at(partition, committed)
+                    self._transactions.offsets.start_at(partition, committed)
                 else:
                     uncommitted.append(tp)
             legacy = await self._legacy_offsets(uncommitted)
@@ -158,7 +158,7 @@ class EventsConsumer(Service):
                 log.info("%s[%s] starts at offset %s, committed by group %s", tp.topic,
                          tp.partition, offset, self._legacy_group)
                 self.consumer.seek(tp, offset)
-                self._transactions.start_at(tp.partition, offset)
+                self._transactions.offsets.start_at(tp.partition, offset)
             # Any other: no commit yet, auto_offset_reset (earliest) decides.
         log.info("events partitions %s assigned; %s users held", sorted(partitions),
                  len(self._users))
@@ -217,7 +217,8 @@ class EventsConsumer(Service):
         self._metrics.batch_size.observe(len(records))
         # Records at or past the partition's handled offset only (fetched before a seek,
         # or again after a rebalance kept the partition here).
-        fresh = [r for r in records if not transactions.handled(r.partition, r.offset)]
+        handled = transactions.offsets.handled
+        fresh = [r for r in records if not handled(r.partition, r.offset)]
         if not fresh:
             return
         outputs = await self.handler.handle(fresh)

@@ -36,6 +36,7 @@ from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError, ProducerFenced
 from mode import Service
 
+from streams.events.offsets import PartitionOffsets
 from streams.events.recordbatches import MAX_BATCH_BYTES, send_batches
 from streams.records import Output
 
@@ -74,8 +75,7 @@ class Transactions(Service):
         self._producers: dict[int, AIOKafkaProducer] = {}
         self._fenced_off: set[int] = set()
         self._open: set[int] = set()
-        self._next_offsets: dict[int, int] = {}
-        self._handled: dict[int, int] = {}  # partition -> next offset after the last one sent
+        self.offsets = PartitionOffsets()  # handled and next offsets of the partitions
         self.lock = asyncio.Lock()
         self._starting = asyncio.Lock()  # two producers of one id would fence each other
         self.commits = 0
@@ -131,32 +131,20 @@ class Transactions(Service):
         return partition in self._producers
 
     def processed(self, partition: int, offset: int) -> None:
-        """The record at `offset` of `partition` has its outputs in the open transaction."""
+        """The record at `offset` of `partition` has its outputs in the open transaction
+        (ignored once the partition's producer is gone)."""
         if partition in self._producers:
-            self._next_offsets[partition] = max(self._next_offsets.get(partition, 0), offset + 1)
-            self._handled[partition] = max(self._handled.get(partition, 0), offset + 1)
-
-    def start_at(self, partition: int, offset: int) -> None:
-        """The partition was just assigned and is read from `offset` (its committed offset):
-        records below it were handled, whatever a fetch made before the seek returns."""
-        self._handled[partition] = offset
-
-    def handled(self, partition: int, offset: int) -> bool:
-        """Whether the outputs of that record were sent already (by this worker, committed
-        or in the open transaction, or below the offset the partition was assigned at). A
-        consumer can return such a record again: fetched before a seek, or once more after
-        a rebalance kept the partition here; it must not be handled twice."""
-        return offset < self._handled.get(partition, 0)
+            self.offsets.processed(partition, offset)
 
     def due(self) -> bool:
-        return bool(self._next_offsets) and (
+        return self.offsets.pending() and (
             time.monotonic() - self._last_commit >= self._commit_interval_s
         )
 
     async def commit(self) -> None:
         """Commit every open transaction with its partition's next offset; hold :attr:`lock`."""
         self._last_commit = time.monotonic()
-        pending, self._next_offsets = self._next_offsets, {}
+        pending = self.offsets.take()
         if not pending:
             return
         await asyncio.gather(*(self._commit_one(p, offset) for p, offset in pending.items()))
@@ -227,7 +215,7 @@ class Transactions(Service):
         """Stop the partition's producer; what it handled stays known (committed, or left to
         the next owner when it was fenced off: see :meth:`_fenced`)."""
         self._open.discard(partition)
-        self._next_offsets.pop(partition, None)
+        self.offsets.closed(partition)
         producer = self._producers.pop(partition, None)
         if producer is not None:
             await producer.stop()
@@ -238,7 +226,7 @@ class Transactions(Service):
             "uncommitted records again", self.transactional_id(partition), self.topic, partition,
         )
         self._fenced_off.add(partition)
-        self._handled.pop(partition, None)  # its open transaction is lost
+        self.offsets.lost(partition)
         await self._close(partition)
 
     async def _fail(self, error: BaseException) -> None:

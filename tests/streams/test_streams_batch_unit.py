@@ -29,7 +29,8 @@ from streams.waiting import WaitingUsers
 
 NOW_MS = 1_790_000_000_000
 DIM = 4
-ENRICHED, DLQ, USERS, DEDUPE = "events.enriched", "events.dlq", "users-changelog", "dedupe-changelog"
+ENRICHED, DLQ = "events.enriched", "events.dlq"
+USERS, DEDUPE = "users-changelog", "dedupe-changelog"
 POLICY = Policy(limits=EventLimits(max_bytes=4096, max_future_skew_ms=60_000),
                 weights=weights_by_type(DEFAULT_WEIGHTS), history_length=10, dedupe_window=10)
 
@@ -80,8 +81,10 @@ class FakeModels:
 
 def event(event_id: str, user: str, item: str, offset: int, partition: int = 0,
           kind: int = events_pb2.CLICK) -> Consumed:
-    value = events_pb2.Event(event_id=event_id, user_id=user, item_id=item, type=kind,  # type: ignore[arg-type]
-                             timestamp_ms=NOW_MS - 1000 + offset).SerializeToString()
+    value = events_pb2.Event(
+        event_id=event_id, user_id=user, item_id=item, type=kind,  # type: ignore[arg-type]
+        timestamp_ms=NOW_MS - 1000 + offset,
+    ).SerializeToString()
     return Consumed("events", partition, offset, NOW_MS - 50, user.encode(), value)
 
 
@@ -109,7 +112,8 @@ def of_topic(outputs: list[Output], topic: str) -> list[Output]:
 
 
 def reasons(outputs: list[Output]) -> list[tuple[int, str]]:
-    letters = [events_pb2.DeadLetter.FromString(value) for _, _, _, value in of_topic(outputs, DLQ)]  # type: ignore[arg-type]
+    letters = [events_pb2.DeadLetter.FromString(value)  # type: ignore[arg-type]
+               for _, _, _, value in of_topic(outputs, DLQ)]
     return [(letter.origin_offset, letter.reason) for letter in letters]
 
 
