@@ -1,2 +1,3 @@
-"""The streams worker: Faust agents that validate, dedupe and enrich events, embed catalog
-items and keep users' online state in Redis. Run it with ``python -m streams``."""
+"""The streams worker, a Faust app: the events path (``streams.events``) validates,
+dedupes and enriches events and keeps users' online state in Redis; the items agent
+embeds catalog items. Run it with ``python -m streams``."""

@@ -1,6 +1,6 @@
-"""The Faust app, wired from settings: the items agent, the events processor (a service
-of the app with its own consumer group, :mod:`streams.processor`), model releases, users
-waiting for item vectors, and stats.
+"""The Faust app, wired from settings: the items agent, the events consumer (a service
+of the app with its own consumer group, :mod:`streams.events.partitions`), model
+releases applied between batches, users waiting for item vectors, and stats.
 
 Values and keys travel as raw bytes; the handlers decode protobuf themselves so that
 undecodable input is dead-lettered instead of crashing an agent.
@@ -16,19 +16,20 @@ from faust import Stream
 from faust.types import StreamT
 
 from contracts.security import faust_credentials
-from streams.agents import EventsHandler, ItemsHandler, switch_model
 from streams.catalog import Catalog
-from streams.delivery import Transactions
+from streams.events.handler import EventsHandler
+from streams.events.partitions import EventsConsumer
+from streams.events.seenstore import SeenStore
+from streams.events.stages.admit import Policy
+from streams.events.transactions import Transactions
+from streams.events.userstore import UserStore
 from streams.history import weights_by_type
-from streams.live import LiveModel
+from streams.items import ItemsHandler
+from streams.live import LiveModel, LoadedModel
 from streams.metrics import StreamsMetrics
 from streams.online import OnlineState
-from streams.processing import Policy
-from streams.processor import EventsProcessor
-from streams.seenstore import SeenStore
 from streams.settings import StreamsSettings
 from streams.transport import ShortFetchTransport
-from streams.userstore import UserStore
 from streams.validation import EventLimits
 from streams.waiting import WaitingUsers
 
@@ -70,10 +71,10 @@ def create_app(
     )
     servers = settings.bootstrap_servers()
     group = settings.events_group()
-    processor: EventsProcessor | None = None
+    consumer: EventsConsumer | None = None
 
     def owns(partition: int) -> bool:
-        return processor is not None and partition in processor.assignment()
+        return consumer is not None and partition in consumer.assignment()
 
     transactions = Transactions(
         bootstrap_servers=servers,
@@ -104,7 +105,6 @@ def create_app(
         users=users,
         seen=seen,
         online=online,
-        transactions=transactions,
         enriched=settings.topic_enriched,
         dlq=settings.topic_dlq,
         policy=Policy(
@@ -117,7 +117,7 @@ def create_app(
         metrics=metrics,
         waiting=WaitingUsers(max_users=settings.waiting_users_max),
     )
-    processor = EventsProcessor(
+    consumer = EventsConsumer(
         handler=events_handler, transactions=transactions, users=users, seen=seen, live=live,
         metrics=metrics, bootstrap_servers=servers, topic=settings.topic_events, group=group,
         security=settings,
@@ -127,7 +127,7 @@ def create_app(
         fetch_max_wait_ms=settings.consumer_fetch_max_wait_ms,
         session_timeout_s=settings.session_timeout_s,
     )
-    app.add_dependency(processor)
+    app.add_dependency(consumer)
     metrics.use_model(live.version)
 
     @app.agent(items, name="items")
@@ -174,3 +174,21 @@ def create_app(
             last.update(now)
 
     return app
+
+
+async def switch_model(
+    model: LoadedModel, *, live: LiveModel, catalog: Catalog, items: ItemsHandler,
+    events: EventsHandler, metrics: StreamsMetrics,
+) -> None:
+    """Use `model` from the next batch on: its item vectors, vectors for the catalog items
+    it lacks (published), and a vector of it for every user of this worker's table."""
+    async with live.lock:
+        previous = live.version
+        catalog.switch(model.version, model.dim, model.item_vectors)
+        live.current = model
+        events.waiting.clear()  # re-embedding every user below notes them for this version
+    metrics.use_model(model.version)
+    embedded = await items.embed_missing()
+    users = await events.reembed()
+    log.info("switched from model %s to %s: %s items embedded, %s users re-embedded",
+             previous, model.version, embedded, users)

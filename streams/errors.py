@@ -1,6 +1,6 @@
 """Errors the streams worker raises on purpose.
 
-A :class:`RejectedInput` carries the dead-letter reason of docs/contracts.md; the agents
+A :class:`RejectedInput` carries the dead-letter reason of docs/contracts.md; the handlers
 turn it into a ``DeadLetter`` and go on with the next record.
 """
 

@@ -2,7 +2,7 @@
 
 The state is immutable; :func:`fold` returns a new one. It is held per partition and
 changelogged as compact JSON (:func:`encode_state` / :func:`decode_state`,
-:mod:`streams.userstore`).
+:mod:`streams.events.userstore`).
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ from google.protobuf import json_format
 from hypothesis import strategies as st
 
 from protos import events_pb2
-from streams.processing import Record
+from streams.records import Record
 from streams.validation import KNOWN_EVENT_TYPES, MIN_TIMESTAMP_MS
 
 NOW_MS = 1_790_000_000_000

@@ -1,4 +1,4 @@
-"""Random input against the admission of events (streams.processing.admit_batch).
+"""Random input against the admission of events (streams.events.stages.admit.admit_batch).
 
 Hypothesis throws batches of random records at it: random bytes, random ``Event``
 messages with random fields (unknown types and items, far past and future times, NaN and
@@ -17,8 +17,9 @@ from hypothesis import HealthCheck, given, settings
 from random_records import ITEM_IDS, NOW_MS, REASONS, records
 
 from protos import events_pb2
+from streams.events.stages.admit import Accepted, Policy, Rejected, admit_batch
 from streams.history import UserState, weights_by_type
-from streams.processing import INTERNAL_ERROR, Accepted, Policy, Record, Rejected, admit_batch
+from streams.records import INTERNAL_ERROR, Record
 from streams.seen import SeenIds
 from streams.settings import DEFAULT_WEIGHTS
 from streams.validation import KNOWN_EVENT_TYPES, MIN_TIMESTAMP_MS, EventLimits

@@ -9,9 +9,9 @@ from redis.asyncio import Redis
 from contracts.encoder import ItemEncoder
 from streams.app import create_app, faust_config
 from streams.catalog import Catalog
+from streams.events.partitions import EventsConsumer
 from streams.live import LiveModel, LoadedModel
 from streams.metrics import StreamsMetrics
-from streams.processor import EventsProcessor
 from streams.settings import StreamsSettings
 from streams.transport import ShortFetchTransport
 from streams.userencoder import WeightedMean
@@ -47,7 +47,7 @@ async def test_app_has_the_items_agent_the_events_processor_and_short_fetch_cons
     topics = {agent.channel.get_topic_name() for agent in app.agents.values()}
     assert topics == {"it-x"}
     assert not app.tables
-    (processor,) = [s for s in app._children if isinstance(s, EventsProcessor)]
+    (processor,) = [s for s in app._children if isinstance(s, EventsConsumer)]
     assert (processor.topic, processor.group) == ("ev-x", "test-streams-app-events")
     assert processor.assignment() == set()  # nothing connects before the worker starts
     # The worker's aiokafka consumer of items is built (not started) with the configured wait.

@@ -1,4 +1,4 @@
-"""streams.processing: admit (catalog join, dedupe, replay) and the outgoing messages."""
+"""streams.events.stages.admit and .outputs: admit (catalog join, dedupe, replay) and the outgoing messages."""
 
 from __future__ import annotations
 
@@ -7,17 +7,9 @@ import pytest
 from protos import events_pb2
 from streams.errors import Duplicate, Undecodable, UnknownItem
 from streams.history import UserState, weights_by_type
-from streams.processing import (
-    INTERNAL_ERROR,
-    Accepted,
-    Policy,
-    Record,
-    Rejected,
-    admit,
-    admit_batch,
-    dead_letter,
-    enriched_event,
-)
+from streams.events.stages.admit import Accepted, Policy, Rejected, admit, admit_batch
+from streams.events.stages.outputs import enriched_event
+from streams.records import INTERNAL_ERROR, Record, dead_letter
 from streams.seen import SeenIds, event_key, id_hashes
 from streams.settings import DEFAULT_WEIGHTS
 from streams.validation import EventLimits

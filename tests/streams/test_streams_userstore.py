@@ -1,4 +1,4 @@
-"""streams.userstore and Transactions.send_many against the real Kafka: user states
+"""streams.events.userstore and Transactions.send_many against the real Kafka: user states
 restored from what the transactions committed, never from what they aborted."""
 
 from __future__ import annotations
@@ -8,9 +8,9 @@ from collections.abc import Callable
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from streams.delivery import Transactions
+from streams.events.transactions import Transactions
+from streams.events.userstore import UserStore
 from streams.history import Interaction, UserState
-from streams.userstore import UserStore
 
 pytestmark = [pytest.mark.integration]
 

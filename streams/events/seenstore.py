@@ -3,7 +3,7 @@ owns, kept in memory and in a compacted changelog topic (``{app_id}-dedupe-chang
 partitioned like ``events``).
 
 A batch's new ids go to the changelog in the same Kafka transaction as the outputs and
-the offsets of the records that brought them (:mod:`streams.delivery`), as the user
+the offsets of the records that brought them (:mod:`streams.events.transactions`), as the user
 states do: when a partition is assigned, its window is rebuilt from the changelog, read
 committed, before any of its records is handled, so the ids remembered are exactly those
 of the records below the committed offset.
@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy.typing as npt
 
 from contracts.security import KafkaSecurity
-from streams.changelog import ChangelogStore
+from streams.events.changelog import ChangelogStore
 from streams.seen import Change, Hashes, SeenIds
 
 

@@ -1,9 +1,9 @@
-"""Exactly-once output of the events processor: one Kafka transaction per partition of
+"""Exactly-once output of the events path: one Kafka transaction per partition of
 ``events``.
 
 Each partition of the events topic has its own transactional producer, id
 ``{app_id}-{events topic}-{partition}``. The enriched events, dead letters and changed
-user states (the users changelog, :mod:`streams.userstore`) made from a partition's
+user states (the users changelog, :mod:`streams.events.userstore`) made from a partition's
 records go into that producer's open transaction; a commit adds the partition's next
 offset to the transaction (``send_offsets_to_transaction``, the events consumer group's
 committed offset) and commits all of it, so a reader with ``isolation.level=read_committed``
@@ -17,13 +17,12 @@ Faust's own ``processing_guarantee="exactly_once"`` is not used: it picks a reco
 transaction by the partition of the *output*, so a dead letter keyed by another user (or
 by no key) lands in another partition's transaction or in none; it logs and ignores
 commit errors; its table changelogs are written outside the transactions; and its
-changelog recovery steps over transaction markers only after several 5 s timeouts
-(faust-streaming issues #177, #323, #517).
+changelog recovery steps over transaction markers only after several 5 s timeouts.
 
 One transaction spans ``commit_interval_s`` of batches, not one batch: a commit costs a
 few broker round trips, which per batch would cap throughput. Records go to the producer
-as whole record batches per output partition (:meth:`Transactions.send_many`), not one
-``send`` per record.
+as whole record batches per output partition (:mod:`streams.events.recordbatches`), not
+one ``send`` per record.
 """
 
 from __future__ import annotations
@@ -34,22 +33,15 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 
 from aiokafka import AIOKafkaProducer, TopicPartition
-from aiokafka.partitioner import DefaultPartitioner
-from aiokafka.producer.message_accumulator import BatchBuilder
 from aiokafka.errors import KafkaError, ProducerFenced
 from mode import Service
 
 from contracts.security import KafkaSecurity, kafka_kwargs
+from streams.events.offsets import PartitionOffsets
+from streams.events.recordbatches import MAX_BATCH_BYTES, send_batches
+from streams.records import Output
 
 log = logging.getLogger(__name__)
-
-MAX_BATCH_BYTES = 1 << 20  # one record batch per output partition and batch of events
-
-# An output record: topic, partition, key, value (None: a tombstone). Without a partition,
-# a keyed record goes where the default partitioner (murmur2 of the key, as Kafka's Java
-# client) puts it.
-Output = tuple[str, int | None, bytes | None, bytes | None]
-PARTITIONER = DefaultPartitioner()
 
 
 class Transactions(Service):
@@ -86,8 +78,7 @@ class Transactions(Service):
         self._producers: dict[int, AIOKafkaProducer] = {}
         self._fenced_off: set[int] = set()
         self._open: set[int] = set()
-        self._next_offsets: dict[int, int] = {}
-        self._handled: dict[int, int] = {}  # partition -> next offset after the last one sent
+        self.offsets = PartitionOffsets()  # handled and next offsets of the partitions
         self.lock = asyncio.Lock()
         self._starting = asyncio.Lock()  # two producers of one id would fence each other
         self.commits = 0
@@ -132,31 +123,7 @@ class Transactions(Service):
             return
         try:
             await self._begin(partition, producer)
-            builders: dict[tuple[str, int], BatchBuilder] = {}
-            partitions: dict[str, list[int]] = {}
-            chosen: dict[tuple[str, bytes], int] = {}
-            for topic, out_partition, key, value in outputs:
-                if out_partition is None and key is None:
-                    await producer.send(topic, value)  # the producer spreads keyless records
-                    continue
-                if out_partition is None:
-                    out_partition = chosen.get((topic, key))  # type: ignore[arg-type]
-                if out_partition is None:
-                    numbers = partitions.get(topic)
-                    if numbers is None:
-                        numbers = partitions[topic] = sorted(await producer.partitions_for(topic))
-                    out_partition = chosen[topic, key] = PARTITIONER(key, numbers, numbers)  # type: ignore[index]
-                builder = builders.get((topic, out_partition))
-                if builder is None:
-                    builder = builders[topic, out_partition] = producer.create_batch()
-                if builder.append(key=key, value=value, timestamp=None) is None:  # full
-                    await producer.send_batch(builder, topic, partition=out_partition)
-                    builder = builders[topic, out_partition] = producer.create_batch()
-                    if builder.append(key=key, value=value, timestamp=None) is None:
-                        # Larger than a batch on its own: the producer's checks apply.
-                        await producer.send(topic, value, key=key, partition=out_partition)
-            for (topic, out_partition), builder in builders.items():
-                await producer.send_batch(builder, topic, partition=out_partition)
+            await send_batches(producer, outputs)
         except ProducerFenced:
             await self._fenced(partition)
         except KafkaError as error:
@@ -167,32 +134,20 @@ class Transactions(Service):
         return partition in self._producers
 
     def processed(self, partition: int, offset: int) -> None:
-        """The record at `offset` of `partition` has its outputs in the open transaction."""
+        """The record at `offset` of `partition` has its outputs in the open transaction
+        (ignored once the partition's producer is gone)."""
         if partition in self._producers:
-            self._next_offsets[partition] = max(self._next_offsets.get(partition, 0), offset + 1)
-            self._handled[partition] = max(self._handled.get(partition, 0), offset + 1)
-
-    def start_at(self, partition: int, offset: int) -> None:
-        """The partition was just assigned and is read from `offset` (its committed offset):
-        records below it were handled, whatever a fetch made before the seek returns."""
-        self._handled[partition] = offset
-
-    def handled(self, partition: int, offset: int) -> bool:
-        """Whether the outputs of that record were sent already (by this worker, committed
-        or in the open transaction, or below the offset the partition was assigned at). A
-        consumer can return such a record again: fetched before a seek, or once more after
-        a rebalance kept the partition here; it must not be handled twice."""
-        return offset < self._handled.get(partition, 0)
+            self.offsets.processed(partition, offset)
 
     def due(self) -> bool:
-        return bool(self._next_offsets) and (
+        return self.offsets.pending() and (
             time.monotonic() - self._last_commit >= self._commit_interval_s
         )
 
     async def commit(self) -> None:
         """Commit every open transaction with its partition's next offset; hold :attr:`lock`."""
         self._last_commit = time.monotonic()
-        pending, self._next_offsets = self._next_offsets, {}
+        pending = self.offsets.take()
         if not pending:
             return
         await asyncio.gather(*(self._commit_one(p, offset) for p, offset in pending.items()))
@@ -264,7 +219,7 @@ class Transactions(Service):
         """Stop the partition's producer; what it handled stays known (committed, or left to
         the next owner when it was fenced off: see :meth:`_fenced`)."""
         self._open.discard(partition)
-        self._next_offsets.pop(partition, None)
+        self.offsets.closed(partition)
         producer = self._producers.pop(partition, None)
         if producer is not None:
             await producer.stop()
@@ -275,7 +230,7 @@ class Transactions(Service):
             "uncommitted records again", self.transactional_id(partition), self.topic, partition,
         )
         self._fenced_off.add(partition)
-        self._handled.pop(partition, None)  # its open transaction is lost
+        self.offsets.lost(partition)
         await self._close(partition)
 
     async def _fail(self, error: BaseException) -> None:

@@ -4,7 +4,7 @@ compacted changelog topic (``{app_id}-users-changelog``, partitioned like ``even
 A user's events all arrive in one partition of ``events`` (the key is the user id), so
 each partition's users are a separate map. A changed state goes to the changelog in the
 same Kafka transaction as the outputs and the offset of the records that changed it
-(:mod:`streams.delivery`): a reader with ``read_committed`` sees exactly the states that
+(:mod:`streams.events.transactions`): a reader with ``read_committed`` sees exactly the states that
 the committed offsets produced. When a partition is assigned, its map is rebuilt from
 the changelog, read committed, before any of its records is handled; so after a crash
 the records read again fold into the state they were not yet in, never twice.
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from streams.changelog import ChangelogStore
+from streams.events.changelog import ChangelogStore
 from streams.history import UserState, decode_state, encode_state
 
 

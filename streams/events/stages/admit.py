@@ -1,9 +1,11 @@
-"""What happens to records of the events topic, without Kafka or Redis.
+"""Stage 2 of a batch: admission of its records, without Kafka or Redis.
 
-:func:`admit` decides for one record (accept or raise a :class:`RejectedInput`);
-:func:`admit_batch` does it for a batch, each record seeing the state its predecessors
-left, with the event ids of the dedupe window (:mod:`streams.seen`) looked up for the
-whole batch at once; the builders make the messages the agent sends for either outcome.
+:func:`admit` decides for one record (accept or raise a :class:`RejectedInput`): the
+catalog join, the dedupe window's verdict (too old, remembered), the user's recent ids
+(a duplicate, or a record read again at its own offset) and the fold into the user's
+history. :func:`admit_batch` does it for a batch, each record seeing the state its
+predecessors left, with the event ids of the dedupe window (:mod:`streams.seen`) looked
+up for the whole batch at once.
 """
 
 from __future__ import annotations
@@ -17,25 +19,14 @@ import numpy as np
 
 from protos import events_pb2
 from streams.errors import Duplicate, RejectedInput, TooOld, UnknownItem
+from streams.events.ports import DedupeWindows
+from streams.events.stages.validate import Parsed, validate
 from streams.history import Interaction, UserState, accepted_offset, fold, interaction_weight
+from streams.records import INTERNAL_ERROR, Output, Record
 from streams.seen import Hashes, SeenIds, event_key, id_hashes
 from streams.validation import EventLimits, parse_event
 
 log = logging.getLogger(__name__)
-
-# A record whose handling failed for a reason of the worker's own (a bug, not bad input).
-# It is dead-lettered rather than lost: Faust acknowledges a record whose agent raised.
-INTERNAL_ERROR = "internal_error"
-
-
-class Record(NamedTuple):
-    """A consumed Kafka record, as far as processing needs it."""
-
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
 
 
 @dataclass(frozen=True)
@@ -140,7 +131,7 @@ class Batch:
 class _Parsed(NamedTuple):
     """Records of a batch parsed once, and the dedupe window's lookup of their ids."""
 
-    events: list[events_pb2.Event | Exception]  # an error: raised again in the record's turn
+    events: list[Parsed]
     positions: dict[int, int]  # record position -> position in `hashes` and `found`
     hashes: Hashes
     found: np.ndarray  # bool per hash
@@ -149,16 +140,11 @@ class _Parsed(NamedTuple):
 def _parse(records: Sequence[Record], *, now_ms: int, policy: Policy,
            seen: Callable[[int], SeenIds] | None) -> _Parsed:
     """Parse every record; look the parsed ids up in their partition's window at once."""
-    events: list[events_pb2.Event | Exception] = []
+    events = validate(records, now_ms=now_ms, limits=policy.limits)
     positions: dict[int, int] = {}
-    for position, record in enumerate(records):
-        try:
-            event = parse_event(record.value, record.key, now_ms=now_ms, limits=policy.limits)
-        except Exception as error:  # one record's failure never affects another's
-            events.append(error)
-            continue
-        events.append(event)
-        positions[position] = len(positions)
+    for position, event in enumerate(events):
+        if not isinstance(event, Exception):
+            positions[position] = len(positions)
     hashes: Hashes = np.empty(0, np.uint64)
     found = np.zeros(len(positions), dtype=bool)
     if seen is not None:
@@ -257,32 +243,12 @@ def _remember(partition: int, event: events_pb2.Event, index: int,
     times.append(event.timestamp_ms)
 
 
-def dead_letter(
-    record: Record, *, reason: str, detail: str, now_ms: int
-) -> events_pb2.DeadLetter:
-    """The DLQ message for a record that was not accepted: original bytes, reason, origin."""
-    return events_pb2.DeadLetter(
-        payload=record.value or b"",
-        key=record.key or b"",
-        reason=reason,
-        detail=detail[:1000],
-        origin_topic=record.topic,
-        origin_partition=record.partition,
-        origin_offset=record.offset,
-        failed_at_ms=now_ms,
-    )
-
-
-def enriched_event(
-    record: Record, accepted: Accepted, *, now_ms: int
-) -> events_pb2.EnrichedEvent:
-    """The event-log message for an accepted event."""
-    return events_pb2.EnrichedEvent(
-        event=accepted.event,
-        item=accepted.item,
-        weight=accepted.weight,
-        processed_at_ms=now_ms,
-        source_topic=record.topic,
-        source_partition=record.partition,
-        source_offset=record.offset,
-    )
+def remember_ids(accepted: Mapping[int, tuple[Hashes, np.ndarray]],
+                 windows: DedupeWindows) -> dict[int, list[Output]]:
+    """Add the ids a batch accepted (:attr:`Batch.seen`) to their partitions' dedupe
+    windows; the windows' changelog records, per partition of events."""
+    return {
+        partition: [(windows.topic, partition, key, value)
+                    for key, value in windows.add(partition, hashes, times)]
+        for partition, (hashes, times) in accepted.items()
+    }

@@ -1,5 +1,5 @@
 """Reading a worker's compacted changelog topics back, read committed, when partitions
-of ``events`` are assigned (:mod:`streams.userstore`, :mod:`streams.seenstore`)."""
+of ``events`` are assigned (:mod:`streams.events.userstore`, :mod:`streams.events.seenstore`)."""
 
 from __future__ import annotations
 

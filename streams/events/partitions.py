@@ -1,5 +1,10 @@
-"""The events path of the worker: ``events`` read in large batches by one member of the
-events consumer group, handled by :class:`streams.agents.EventsHandler`.
+"""One partition's life on the events path: assignment, fencing, restoring its changelogs,
+seeking, its batches and their transaction, commits, revocation.
+
+``events`` is read in large batches by one member of the events consumer group; each
+batch's records not handled before go to :class:`streams.events.handler.EventsHandler`,
+whose outputs go into their partitions' transactions (:mod:`streams.events.transactions`),
+committed with the partitions' next offsets every ``commit_interval_s``.
 
 Faust hands an agent one record at a time (fetch hand-over, stream, buffer, ack per
 record), which caps a worker at a few thousand events a second on two cores; here a
@@ -9,10 +14,11 @@ Faust's own group (the items agent) uses another assignor, and one group cannot 
 
 Per assigned partition, in this order: its transactional producer starts (fencing a
 previous owner and aborting what it left open), its user states and its dedupe window
-are restored from their committed changelogs, and the consumer is sought to the
-committed offset, read only after the fence so that no commit of the previous owner can
-still be on its way.
-A revoked partition's work is committed before the group moves on.
+are restored from their committed changelogs (:mod:`streams.events.userstore`,
+:mod:`streams.events.seenstore`), its users waiting for item vectors are noted, and the
+consumer is sought to the committed offset, read only after the fence so that no commit
+of the previous owner can still be on its way. A revoked partition's work is committed
+before the group moves on, then its states are dropped.
 
 Earlier versions read ``events`` in Faust's group (``app_id``) and committed there; a
 partition with no offset in the events group starts from that group's offset, so an
@@ -23,18 +29,18 @@ from __future__ import annotations
 
 import logging
 
-from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 from mode import Service
 
 from contracts.security import KafkaSecurity, kafka_kwargs
-from streams.agents import EventsHandler
-from streams.delivery import Transactions
+from streams.events.handler import EventsHandler
+from streams.events.seenstore import SeenStore
+from streams.events.transactions import Transactions
+from streams.events.userstore import UserStore
 from streams.live import LiveModel
 from streams.metrics import StreamsMetrics
-from streams.seenstore import SeenStore
-from streams.userstore import UserStore
 
 log = logging.getLogger(__name__)
 
@@ -42,17 +48,17 @@ MAX_PARTITION_FETCH_BYTES = 4 << 20
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
-    def __init__(self, processor: EventsProcessor) -> None:
-        self._processor = processor
+    def __init__(self, consumer: EventsConsumer) -> None:
+        self._consumer = consumer
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        await self._processor.revoked({tp.partition for tp in revoked})
+        await self._consumer.revoked({tp.partition for tp in revoked})
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        await self._processor.assigned({tp.partition for tp in assigned})
+        await self._consumer.assigned({tp.partition for tp in assigned})
 
 
-class EventsProcessor(Service):
+class EventsConsumer(Service):
     """Consumes ``topic`` in the ``group`` and feeds the handler batch by batch."""
 
     def __init__(
@@ -108,7 +114,7 @@ class EventsProcessor(Service):
     @property
     def consumer(self) -> AIOKafkaConsumer:
         if self._consumer is None:
-            raise RuntimeError("the events processor has not started")
+            raise RuntimeError("the events consumer has not started")
         return self._consumer
 
     def assignment(self) -> set[int]:
@@ -144,7 +150,7 @@ class EventsProcessor(Service):
                     self.consumer.seek(tp, committed)
                     # Records fetched from a position the consumer found on its own
                     # before this seek may still come out of getmany: drop those below.
-                    self._transactions.start_at(partition, committed)
+                    self._transactions.offsets.start_at(partition, committed)
                 else:
                     uncommitted.append(tp)
             legacy = await self._legacy_offsets(uncommitted)
@@ -156,7 +162,7 @@ class EventsProcessor(Service):
                 log.info("%s[%s] starts at offset %s, committed by group %s", tp.topic,
                          tp.partition, offset, self._legacy_group)
                 self.consumer.seek(tp, offset)
-                self._transactions.start_at(tp.partition, offset)
+                self._transactions.offsets.start_at(tp.partition, offset)
             # Any other: no commit yet, auto_offset_reset (earliest) decides.
         log.info("events partitions %s assigned; %s users held", sorted(partitions),
                  len(self._users))
@@ -205,8 +211,33 @@ class EventsProcessor(Service):
                 records = [record for tp, part in batches.items()
                            if transactions.owns(tp.partition) for record in part]
                 if records:
-                    await self.handler.handle(records)
+                    await self._handle(records)
             self._observe_lag(batches)
+
+    async def _handle(self, records: list[ConsumerRecord]) -> None:
+        """One batch of owned partitions' records into their transactions (the caller
+        holds ``live.lock``)."""
+        transactions = self._transactions
+        self._metrics.events_in.inc(len(records))
+        self._metrics.batch_size.observe(len(records))
+        # Records at or past the partition's handled offset only (fetched before a seek,
+        # or again after a rebalance kept the partition here).
+        handled = transactions.offsets.handled
+        fresh = [r for r in records if not handled(r.partition, r.offset)]
+        if not fresh:
+            return
+        outputs = await self.handler.handle(fresh)
+        newest: dict[int, int] = {}
+        for record in fresh:
+            newest[record.partition] = max(newest.get(record.partition, -1), record.offset)
+        # Commits are the transactions' own task (every commit_interval_s): the next batch
+        # reads, judges and writes Redis while one is on its way, and waits for it only
+        # to send its outputs.
+        async with transactions.lock:
+            for partition, batch in outputs.items():
+                await transactions.send_many(partition, batch)
+            for partition, offset in newest.items():
+                transactions.processed(partition, offset)
 
     def _observe_lag(self, batches: dict[TopicPartition, list]) -> None:  # type: ignore[type-arg]
         for tp, records in batches.items():

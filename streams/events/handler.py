@@ -1,0 +1,172 @@
+"""One batch of events through its stages (:mod:`streams.events.stages`), and the users
+embedded again between batches (a model switch, vectors that arrived, restored users).
+
+Every record of a batch ends in exactly one of ``events.enriched`` or ``events.dlq``;
+:meth:`EventsHandler.handle` returns those records, the changed user states and the new
+dedupe-window ids, per partition of ``events``, for the partition's transaction
+(:mod:`streams.events.partitions`). The handler's dependencies are the Protocols of
+:mod:`streams.events.ports`: nothing here talks to Kafka.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Collection, Iterable, Mapping, Sequence
+
+from redis.exceptions import RedisError
+
+from streams.events.ports import Clock, Consumed, DedupeWindows, Items, Models, OnlineStore, \
+    UserStates
+from streams.events.stages.admit import Accepted, Policy, admit_batch, remember_ids
+from streams.events.stages.history import keep_states
+from streams.events.stages.online import write_online
+from streams.events.stages.outputs import outcome_records
+from streams.events.stages.vectors import user_vectors
+from streams.history import UserState
+from streams.metrics import StreamsMetrics
+from streams.online import UserVector
+from streams.records import Output, Record, now_ms
+from streams.waiting import UserKey, WaitingUsers, missing_items
+
+log = logging.getLogger(__name__)
+
+
+def merge(into: dict[int, list[Output]], more: Mapping[int, list[Output]]) -> None:
+    """Append `more`'s records to `into`'s, partition by partition."""
+    for partition, records in more.items():
+        into.setdefault(partition, []).extend(records)
+
+
+class EventsHandler:
+    """Validates, dedupes and enriches batches of events; keeps user state in the user
+    store and in Redis, accepted event ids in the dedupe windows. The caller holds
+    ``live.lock``. ``waiting`` holds the users whose vector lacks items that have no
+    vector yet."""
+
+    def __init__(
+        self, *, catalog: Items, users: UserStates, seen: DedupeWindows, online: OnlineStore,
+        enriched: str, dlq: str, policy: Policy, live: Models, metrics: StreamsMetrics,
+        waiting: WaitingUsers, clock: Clock = now_ms,
+    ) -> None:
+        self._catalog = catalog
+        self._users = users
+        self._seen = seen
+        self._online = online
+        self._enriched = enriched
+        self._dlq = dlq
+        self._policy = policy
+        self._live = live
+        self._metrics = metrics
+        self._clock = clock
+        self.waiting = waiting
+        self._restored: list[UserKey] = []  # waiting for nothing, but is their vector there?
+        self.accepted = 0
+        self.rejected: Counter[str] = Counter()
+
+    async def handle(self, consumed: Sequence[Consumed]) -> dict[int, list[Output]]:
+        """Handle records not handled before, each partition's in offset order; returns
+        the records to send in each partition's transaction."""
+        records = [Record(r.topic, r.partition, r.offset, r.key, r.value) for r in consumed]
+        # An accepted record's key is its user id (admission checks it), and a key's
+        # records share a partition: the partition whose store holds the user's state.
+        partition_of = {r.key.decode(errors="replace"): r.partition for r in records if r.key}
+        users = self._users
+
+        def state_of(user_id: str) -> UserState:
+            partition = partition_of.get(user_id)
+            return users.get(partition, user_id) if partition is not None else UserState()
+
+        # validate + admit (the dedupe window's ids looked up for the whole batch)
+        batch = admit_batch(records, items=self._catalog.item, state_of=state_of,
+                            now_ms=self._clock(), policy=self._policy, seen=self._seen.of)
+        # history: the changed user states, kept and changelogged
+        states = keep_states(batch.changed, users)
+
+        # user vectors + online writes: Redis first, then the event log
+        async def vectors(changed: dict[str, UserState]) -> list[UserVector]:
+            return await self._user_vectors(changed, partition_of)
+
+        outcomes = await write_online(batch.outcomes, [r.timestamp for r in consumed],
+                                      online=self._online, user_vectors=vectors,
+                                      metrics=self._metrics, clock=self._clock)
+        # outputs: enriched events and dead letters, then the states and the new ids
+        outputs = outcome_records(outcomes, enriched=self._enriched, dlq=self._dlq,
+                                  now_ms=self._clock())
+        merge(outputs, states)
+        accepted = sum(isinstance(outcome, Accepted) for _, outcome in outcomes)
+        if accepted:  # the ids of events whose online state was written
+            merge(outputs, remember_ids(batch.seen, self._seen))
+        rejected = Counter(o.reason for _, o in outcomes if not isinstance(o, Accepted))
+        self.accepted += accepted
+        self.rejected.update(rejected)
+        self._metrics.enriched.inc(accepted)
+        for reason, count in rejected.items():
+            self._metrics.dead_lettered.labels(reason).inc(count)
+        return outputs
+
+    async def _user_vectors(self, states: dict[str, UserState],
+                            partition_of: Mapping[str, int]) -> list[UserVector]:
+        return await user_vectors(states, partition_of, model=self._live.current,
+                                  vectors=self._catalog.vectors(), waiting=self.waiting,
+                                  metrics=self._metrics, clock=self._clock)
+
+    async def reembed(self, users: Collection[UserKey] | None = None, chunk: int = 256) -> int:
+        """Write a vector of the version in use for `users` (default: every user in the
+        store); chunks wait for the batch in progress, so a user's state is read as it is
+        now. Events wait for a chunk in turn: one tower call over `chunk` users, tens of
+        milliseconds."""
+        keys = list(self._users.users() if users is None else users)
+        written = 0
+        for start in range(0, len(keys), chunk):
+            async with self._live.lock:
+                part = keys[start:start + chunk]
+                states = {user_id: self._users.get(partition, user_id)
+                          for partition, user_id in part}
+                vectors = await self._user_vectors(
+                    {user_id: state for user_id, state in states.items() if state.history},
+                    {user_id: partition for partition, user_id in part},
+                )
+                await self._online.write([], vectors)
+                written += len(vectors)
+        return written
+
+    def note_waiting(self, partitions: Iterable[int]) -> None:
+        """Rebuild the waiting users of newly assigned partitions from their restored
+        states (the caller holds ``live.lock``). The others have every item's vector,
+        which may have come while no worker held the partition: :meth:`embed_waiting`
+        looks at their vectors."""
+        wanted, vectors = set(partitions), self._catalog.vectors()
+        for partition, user_id in self._users.users():
+            if partition in wanted:
+                history = self._users.get(partition, user_id).history
+                missing = missing_items(history, vectors)
+                self.waiting.note((partition, user_id), missing)
+                if history and not missing:
+                    self._restored.append((partition, user_id))
+
+    async def embed_waiting(self) -> int:
+        """Embed again, between batches, the users waiting for the items that got vectors
+        since the last call (every user of the store if the waiting set overflowed), and
+        the restored users without a vector of the version in use."""
+        users: set[UserKey] = set()
+        if self._restored:
+            restored, self._restored = self._restored, []
+            try:
+                versions = await self._online.vector_versions([u for _, u in restored])
+            except RedisError as error:
+                log.warning("reading the vectors of %s restored users failed (%s); "
+                            "trying again", len(restored), error)
+                self._restored += restored
+            else:
+                version = self._live.version
+                users.update(u for u, found in zip(restored, versions, strict=True)
+                             if found != version)
+        arrived = self._catalog.take_arrived()
+        if arrived and self.waiting.overflowed:
+            log.warning("more than %s users wait for item vectors: re-embedding all %s",
+                        self.waiting.max_users, len(self._users))
+            self.waiting.clear()
+            return await self.reembed()
+        users |= self.waiting.take(arrived)
+        return await self.reembed(users) if users else 0
