@@ -21,22 +21,21 @@ from protos import events_pb2
 
 NOW_MS = 1_790_000_000_000
 LIMITS = RelationLimits(max_bytes=200, max_future_skew_ms=60_000, max_id_chars=20)
-VALID = events_pb2.Relation(follower_id="alice", followee_id="bob", kind=events_pb2.FOLLOW,
-                            timestamp_ms=NOW_MS)
+FIELDS: dict[str, object] = {"follower_id": "alice", "followee_id": "bob",
+                             "kind": events_pb2.FOLLOW, "timestamp_ms": NOW_MS}
+VALID = events_pb2.Relation(**FIELDS)
 ids = st.text(min_size=1, max_size=30)
 kinds = st.sampled_from([events_pb2.FOLLOW, events_pb2.FRIEND])
 
 
-def _relation(**scalars: object) -> events_pb2.Relation:
-    relation = events_pb2.Relation()
-    relation.CopyFrom(VALID)
-    for name, value in scalars.items():
-        setattr(relation, name, value)
-    return relation
+def _relation(**changed: object) -> events_pb2.Relation:
+    return events_pb2.Relation(**{**FIELDS, **changed})
 
 
 def _found(relation: events_pb2.Relation) -> list[tuple[str, str]]:
-    return [(v.field, v.reason) for v in relation_violations(relation, now_ms=NOW_MS, limits=LIMITS)]
+    """``(field, reason)`` of every rule broken under LIMITS."""
+    found = relation_violations(relation, now_ms=NOW_MS, limits=LIMITS)
+    return [(violation.field, violation.reason) for violation in found]
 
 
 def test_keys_are_readable_for_plain_ids_and_escape_the_separator() -> None:
