@@ -11,6 +11,7 @@ lower-case ``RelationKind`` name; ``%`` and ``|`` inside an id are written ``%25
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 from contracts.events import (
     BAD_TIMESTAMP,
@@ -30,7 +31,9 @@ KIND_NAMES: dict[int, str] = {
     for name, value in events_pb2.RelationKind.items()
     if value != events_pb2.RELATION_KIND_UNSPECIFIED
 }
-KINDS: dict[str, int] = {name: value for value, name in KIND_NAMES.items()}
+KINDS: dict[str, events_pb2.RelationKind] = {
+    name: cast("events_pb2.RelationKind", value) for value, name in KIND_NAMES.items()
+}
 
 SELF_RELATION = "self_relation"
 UNKNOWN_RELATION_KIND = "unknown_relation_kind"

@@ -77,7 +77,7 @@ def read_relations(path: Path, columns: Mapping[str, str], *, now_ms: int,
             cells("removed"), cells("share_name"), strict=True)):
         row = index + 1
         here: list[RowProblem] = []
-        kind_value = KINDS.get(kind.lower(), events_pb2.RELATION_KIND_UNSPECIFIED)
+        kind_value = KINDS.get(kind.lower(), events_pb2.RelationKind.RELATION_KIND_UNSPECIFIED)
         if not kind_value:
             here.append(RowProblem(row, column["kind"], "unknown_relation_kind",
                                    f"unknown kind {kind!r}; known: {', '.join(KINDS)}"))
