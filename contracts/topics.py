@@ -58,6 +58,9 @@ USERS_CHANGELOG = Role("{app_id}-users-changelog", compacted=True)
 DEDUPE_CHANGELOG = Role("{app_id}-dedupe-changelog", compacted=True)
 # One partition: every writer of routing (Admin, the trainer) shares one order.
 ROUTING = Role("model-routing", compacted=True, partitions=1)
+# Compacted: the newest record of an edge (key contracts.relations.edge_key) is its state,
+# a tombstone removes it.
+RELATIONS = Role("relations", compacted=True)
 
 
 class TopicLayout(BaseModel):

@@ -1,4 +1,4 @@
-"""Command line: ``python -m ingest {stats,catalog,replay} ...``."""
+"""Command line: ``python -m ingest {stats,catalog,replay,relations,topics} ...``."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import logging
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -18,8 +19,17 @@ from ingest.dataset import Dataset, Selection, describe, parse_users, select
 from ingest.errors import IngestError, ReplayOptionError
 from contracts.console import add_verbose_flag, setup_logging
 from contracts.topics import TopicContractError, apply_contract
+from contracts.relations import RelationLimits
+from ingest.relations import read_relations
 from ingest.replay import (
-    CLIENT_ID, ReplayOptions, make_producer, prepare_topics, publish_catalog, replay, topic_specs,
+    CLIENT_ID,
+    ReplayOptions,
+    make_producer,
+    prepare_topics,
+    publish_catalog,
+    publish_relations,
+    replay,
+    topic_specs,
 )
 from ingest.settings import IngestSettings
 from ingest.tabular import load_tabular
@@ -33,7 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every sub-command."""
     parser = argparse.ArgumentParser(
         prog="python -m ingest",
-        description="Bring a data set into Kafka: catalog to `items`, interactions to `events`. "
+        description="Bring a data set into Kafka: catalog to `items`, interactions to `events`, "
+        "an edge list of follows and friendships to `relations`. "
         "Kafka address and topics come from STREAMREC_INGEST_* variables.",
     )
     commands = parser.add_subparsers(dest="command", required=True)
@@ -49,10 +60,23 @@ def build_parser() -> argparse.ArgumentParser:
         if name != "stats":
             sub.add_argument("--no-progress", action="store_true", help="hide progress bars")
         add_verbose_flag(sub)
+    relations = commands.add_parser(
+        "relations", help="produce an edge list to the relations topic",
+        description="Check every row of a CSV or Parquet edge list (follower_id, followee_id, "
+        "kind; optional timestamp, removed, share_name), then produce it to the relations "
+        "topic, a removed edge as a tombstone. A file with bad rows is refused whole.",
+    )
+    relations.add_argument("file", type=Path, help="CSV (.csv, .csv.gz, .tsv) or Parquet file")
+    relations.add_argument(
+        "--column", action="append", default=[], metavar="FIELD=NAME",
+        help="column for a field (follower_id, followee_id, kind, timestamp, removed, share_name)",
+    )
+    relations.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    add_verbose_flag(relations)
     topics = commands.add_parser(
         "topics", help="set the contract's settings on the topics ingest writes",
-        description="fix: create the events and items topics if missing and set their "
-        "cleanup policy to the contract's (other settings stay)",
+        description="fix: create the events, items and relations topics if missing and set "
+        "their cleanup policy to the contract's (other settings stay)",
     )
     topics.add_argument("action", choices=["fix"])
     add_verbose_flag(topics)
@@ -162,6 +186,23 @@ def selection_from(args: argparse.Namespace) -> Selection:
     )
 
 
+async def _relations(settings: IngestSettings, args: argparse.Namespace) -> list[str]:
+    """Check the whole file first (nothing is sent when a row is bad), then produce it."""
+    relations = read_relations(
+        args.file, parse_column_map(args.column), now_ms=int(time.time() * 1000),
+        limits=RelationLimits(settings.max_relation_bytes, max_id_chars=settings.max_id_chars),
+    )
+    await prepare_topics(settings, topic_specs(settings, items=False, events=False, relations=True))
+    producer = make_producer(settings)
+    await producer.start()
+    try:
+        sent = await publish_relations(producer, settings, relations, progress=not args.no_progress)
+    finally:
+        await producer.stop()
+    removed = sum(relation.removed for relation in relations)
+    return [f"relations sent: {sent} -> {settings.topic_relations} ({removed} removals)"]
+
+
 async def _produce(
     settings: IngestSettings, dataset: Dataset, args: argparse.Namespace
 ) -> list[str]:
@@ -202,8 +243,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = IngestSettings()
         if args.command == "topics":
             print("\n".join(asyncio.run(apply_contract(
-                settings.kafka_bootstrap, topic_specs(settings), client_id=CLIENT_ID,
-                security=settings))))
+                settings.kafka_bootstrap, topic_specs(settings, relations=True),
+                client_id=CLIENT_ID, security=settings))))
+            return 0
+        if args.command == "relations":
+            print("\n".join(asyncio.run(_relations(settings, args))))
             return 0
         if args.command == "replay":
             selection_from(args)  # reject bad selection options before loading data

@@ -39,5 +39,9 @@ class InvalidValueError(IngestError):
     """A cell holds a value its column does not allow."""
 
 
+class InvalidRowsError(IngestError):
+    """Rows of an input file break the contract's rules; the message names each one."""
+
+
 class ReplayOptionError(IngestError):
     """Selection or pacing options are inconsistent or out of range."""

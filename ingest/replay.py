@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,12 +16,14 @@ from aiokafka.producer.message_accumulator import BatchBuilder
 from tqdm import tqdm
 
 from contracts.console import progress_bar
+from contracts.relations import record_of
 from contracts.security import kafka_kwargs
-from contracts.topics import EVENTS, ITEMS, TopicSpec, ensure_topics, spec
+from contracts.topics import EVENTS, ITEMS, RELATIONS, TopicSpec, ensure_topics, spec
 from ingest.dataset import Dataset, rebase_shift_ms
 from ingest.messages import event_records, item_records
 from ingest.pacing import delays, is_paced, schedule
 from ingest.settings import IngestSettings
+from protos import events_pb2
 
 log = logging.getLogger(__name__)
 
@@ -73,11 +75,12 @@ class ReplaySummary:
         return lines
 
 
-def topic_specs(settings: IngestSettings, *, items: bool = True, events: bool = True
-                ) -> list[TopicSpec]:
+def topic_specs(settings: IngestSettings, *, items: bool = True, events: bool = True,
+                relations: bool = False) -> list[TopicSpec]:
     """The contract topics ingest writes (docs/contracts.md §2)."""
     return [*([spec(ITEMS, settings.topic_items, settings)] if items else []),
-            *([spec(EVENTS, settings.topic_events, settings)] if events else [])]
+            *([spec(EVENTS, settings.topic_events, settings)] if events else []),
+            *([spec(RELATIONS, settings.topic_relations, settings)] if relations else [])]
 
 
 async def prepare_topics(settings: IngestSettings, specs: list[TopicSpec]) -> None:
@@ -111,6 +114,20 @@ async def publish_catalog(
     records = item_records(items, updated_at_ms=int(time.time() * 1000))
     with progress_bar(total=len(items), desc="items", unit="item", enabled=progress) as bar:
         return await _send_all(producer, settings.topic_items, records, bar)
+
+
+async def publish_relations(
+    producer: AIOKafkaProducer,
+    settings: IngestSettings,
+    relations: Sequence[events_pb2.Relation],
+    *,
+    progress: bool = True,
+) -> int:
+    """Send every relation to the relations topic under its edge key, a removal as a
+    tombstone, in file order (the last row of an edge is its state), and wait for acks."""
+    records = (record_of(relation) for relation in relations)
+    with progress_bar(total=len(relations), desc="relations", unit="edge", enabled=progress) as bar:
+        return await _send_all(producer, settings.topic_relations, records, bar)
 
 
 async def publish_events(
@@ -194,8 +211,8 @@ class _Batcher:
         self._in_flight: list[tuple[asyncio.Future[object], int]] = []
         self.acknowledged = 0
 
-    async def add(self, key: bytes, value: bytes) -> None:
-        """Append one record; a full batch goes to the producer first."""
+    async def add(self, key: bytes, value: bytes | None) -> None:
+        """Append one record (a None value: a tombstone); a full batch goes to the producer first."""
         partition = self._partition_of.get(key)
         if partition is None:
             partition = self._partitioner(key, self._partitions, self._partitions)
@@ -207,7 +224,7 @@ class _Batcher:
             await self._ship(partition)
             batch = self._open[partition] = self._producer.create_batch()
             if batch.append(key=key, value=value, timestamp=None) is None:
-                raise ValueError(f"a record of {len(value)} bytes exceeds max_batch_bytes")
+                raise ValueError(f"a record of {len(value or b'')} bytes exceeds max_batch_bytes")
 
     async def flush(self) -> None:
         """Hand every open batch to the producer."""
@@ -247,7 +264,7 @@ class _Batcher:
 async def _send_all(
     producer: AIOKafkaProducer,
     topic: str,
-    records: Iterable[tuple[str, bytes]],
+    records: Iterable[tuple[str | bytes, bytes | None]],
     bar: tqdm,
     *,
     marks: np.ndarray | None = None,
@@ -263,6 +280,6 @@ async def _send_all(
             if ahead > _SLEEP_AHEAD_S:
                 await batcher.flush()
                 await asyncio.sleep(ahead)
-        await batcher.add(key.encode("utf-8"), value)
+        await batcher.add(key.encode("utf-8") if isinstance(key, str) else key, value)
         bar.update(1)
     return await batcher.wait()

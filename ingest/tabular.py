@@ -123,7 +123,7 @@ def read_interactions(
                 text, where=f"{path}: column {found['event_type']!r}, data row {index + 1}",
                 default=default_event_type,
             )
-            for index, text in enumerate(_texts(frame[found["event_type"]]))
+            for index, text in enumerate(texts(frame[found["event_type"]]))
         ]
     else:
         types = [default_event_type] * len(frame)
@@ -151,12 +151,12 @@ def read_items(path: Path, columns: Mapping[str, str]) -> pd.DataFrame:
     count = len(frame)
 
     def optional_texts(field: str) -> list[str]:
-        return _texts(frame[found[field]]) if field in found else [""] * count
+        return texts(frame[found[field]]) if field in found else [""] * count
 
     return pd.DataFrame(
         {
             "item_id": _ids(frame[found["item_id"]], found["item_id"], path),
-            "title": _texts(frame[found["title"]]),
+            "title": texts(frame[found["title"]]),
             "description": optional_texts("description"),
             "categories": (
                 [_categories(cell) for cell in frame[found["categories"]]]
@@ -216,11 +216,11 @@ def parse_timestamps(values: pd.Series, *, column: str, path: Path) -> np.ndarra
         return _datetimes_to_ms(values, column, path)
     if pd.api.types.is_numeric_dtype(values.dtype) and not pd.api.types.is_bool_dtype(values):
         return _epoch_to_ms(values.astype("float64"), values, column, path)
-    texts = values.astype(object).map(lambda cell: "" if cell is None else str(cell).strip())
-    first = texts.iloc[0]
+    cells = values.astype(object).map(lambda cell: "" if cell is None else str(cell).strip())
+    first = cells.iloc[0]
     if pd.notna(pd.to_numeric(first, errors="coerce")) and first != "":
-        return _epoch_to_ms(pd.to_numeric(texts, errors="coerce"), values, column, path)
-    parsed = pd.to_datetime(texts, format="ISO8601", utc=True, errors="coerce")
+        return _epoch_to_ms(pd.to_numeric(cells, errors="coerce"), values, column, path)
+    parsed = pd.to_datetime(cells, format="ISO8601", utc=True, errors="coerce")
     return _datetimes_to_ms(parsed, column, path, original=values)
 
 
@@ -287,7 +287,8 @@ def _stem(path: Path) -> str:
     return name
 
 
-def _texts(values: pd.Series) -> list[str]:
+def texts(values: pd.Series) -> list[str]:
+    """Every cell as stripped text; missing cells (None, NA, NaN) as empty."""
     return [
         "" if cell is None or cell is pd.NA or _is_nan(cell) else str(cell).strip()
         for cell in values
@@ -295,7 +296,7 @@ def _texts(values: pd.Series) -> list[str]:
 
 
 def _ids(values: pd.Series, column: str, path: Path) -> list[str]:
-    ids = _texts(values)
+    ids = texts(values)
     empty = next((index for index, text in enumerate(ids) if not text), None)
     if empty is not None:
         raise InvalidValueError(f"{path}: column {column!r}, data row {empty + 1}: empty id")
@@ -303,9 +304,9 @@ def _ids(values: pd.Series, column: str, path: Path) -> list[str]:
 
 
 def _numbers(values: pd.Series, column: str, path: Path) -> np.ndarray:
-    texts = _texts(values)
-    numbers = np.zeros(len(texts))
-    for index, text in enumerate(texts):
+    cells = texts(values)
+    numbers = np.zeros(len(cells))
+    for index, text in enumerate(cells):
         if not text:
             continue
         try:

@@ -22,6 +22,12 @@ class Availability(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     IN_STOCK: _ClassVar[Availability]
     OUT_OF_STOCK: _ClassVar[Availability]
     DISCONTINUED: _ClassVar[Availability]
+
+class RelationKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    RELATION_KIND_UNSPECIFIED: _ClassVar[RelationKind]
+    FOLLOW: _ClassVar[RelationKind]
+    FRIEND: _ClassVar[RelationKind]
 EVENT_TYPE_UNSPECIFIED: EventType
 VIEW: EventType
 CLICK: EventType
@@ -32,6 +38,9 @@ AVAILABILITY_UNSPECIFIED: Availability
 IN_STOCK: Availability
 OUT_OF_STOCK: Availability
 DISCONTINUED: Availability
+RELATION_KIND_UNSPECIFIED: RelationKind
+FOLLOW: RelationKind
+FRIEND: RelationKind
 
 class Event(_message.Message):
     __slots__ = ("event_id", "user_id", "item_id", "type", "timestamp_ms", "session_id", "context", "properties", "value", "recommendation_id")
@@ -196,3 +205,19 @@ class RecommendationLog(_message.Message):
     served_at_ms: int
     method: str
     def __init__(self, recommendation_id: _Optional[str] = ..., model_version: _Optional[str] = ..., user_id: _Optional[str] = ..., item_ids: _Optional[_Iterable[str]] = ..., strategy: _Optional[str] = ..., served_at_ms: _Optional[int] = ..., method: _Optional[str] = ...) -> None: ...
+
+class Relation(_message.Message):
+    __slots__ = ("follower_id", "followee_id", "kind", "timestamp_ms", "removed", "share_name")
+    FOLLOWER_ID_FIELD_NUMBER: _ClassVar[int]
+    FOLLOWEE_ID_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    TIMESTAMP_MS_FIELD_NUMBER: _ClassVar[int]
+    REMOVED_FIELD_NUMBER: _ClassVar[int]
+    SHARE_NAME_FIELD_NUMBER: _ClassVar[int]
+    follower_id: str
+    followee_id: str
+    kind: RelationKind
+    timestamp_ms: int
+    removed: bool
+    share_name: bool
+    def __init__(self, follower_id: _Optional[str] = ..., followee_id: _Optional[str] = ..., kind: _Optional[_Union[RelationKind, str]] = ..., timestamp_ms: _Optional[int] = ..., removed: _Optional[bool] = ..., share_name: _Optional[bool] = ...) -> None: ...

@@ -170,3 +170,15 @@ class TrackEventsResponse(_message.Message):
     ACCEPTED_FIELD_NUMBER: _ClassVar[int]
     accepted: int
     def __init__(self, accepted: _Optional[int] = ...) -> None: ...
+
+class TrackRelationsRequest(_message.Message):
+    __slots__ = ("relations",)
+    RELATIONS_FIELD_NUMBER: _ClassVar[int]
+    relations: _containers.RepeatedCompositeFieldContainer[_events_pb2.Relation]
+    def __init__(self, relations: _Optional[_Iterable[_Union[_events_pb2.Relation, _Mapping]]] = ...) -> None: ...
+
+class TrackRelationsResponse(_message.Message):
+    __slots__ = ("accepted",)
+    ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    accepted: int
+    def __init__(self, accepted: _Optional[int] = ...) -> None: ...

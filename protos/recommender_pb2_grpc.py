@@ -54,6 +54,11 @@ class RecommenderStub:
                 request_serializer=protos_dot_recommender__pb2.RecommendBatchRequest.SerializeToString,
                 response_deserializer=protos_dot_recommender__pb2.RecommendBatchResponse.FromString,
                 _registered_method=True)
+        self.TrackRelations = channel.unary_unary(
+                '/streamrec.v1.Recommender/TrackRelations',
+                request_serializer=protos_dot_recommender__pb2.TrackRelationsRequest.SerializeToString,
+                response_deserializer=protos_dot_recommender__pb2.TrackRelationsResponse.FromString,
+                _registered_method=True)
 
 
 class RecommenderServicer:
@@ -89,6 +94,16 @@ class RecommenderServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def TrackRelations(self, request, context):
+        """Follows and friendships made or removed, acknowledged once every one is written to
+        Kafka `relations` (a removal as a tombstone). A call with any structurally invalid
+        relation (docs/contracts.md §2) is refused whole, nothing written: INVALID_ARGUMENT
+        with google.rpc.BadRequest details naming relations[i].field.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RecommenderServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -111,6 +126,11 @@ def add_RecommenderServicer_to_server(servicer, server):
                     servicer.RecommendBatch,
                     request_deserializer=protos_dot_recommender__pb2.RecommendBatchRequest.FromString,
                     response_serializer=protos_dot_recommender__pb2.RecommendBatchResponse.SerializeToString,
+            ),
+            'TrackRelations': grpc.unary_unary_rpc_method_handler(
+                    servicer.TrackRelations,
+                    request_deserializer=protos_dot_recommender__pb2.TrackRelationsRequest.FromString,
+                    response_serializer=protos_dot_recommender__pb2.TrackRelationsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -221,6 +241,33 @@ class Recommender:
             '/streamrec.v1.Recommender/RecommendBatch',
             protos_dot_recommender__pb2.RecommendBatchRequest.SerializeToString,
             protos_dot_recommender__pb2.RecommendBatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TrackRelations(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/streamrec.v1.Recommender/TrackRelations',
+            protos_dot_recommender__pb2.TrackRelationsRequest.SerializeToString,
+            protos_dot_recommender__pb2.TrackRelationsResponse.FromString,
             options,
             channel_credentials,
             insecure,

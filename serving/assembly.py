@@ -24,7 +24,16 @@ from redis.exceptions import RedisError
 
 from contracts import routing as contract
 from contracts.security import async_redis_client, kafka_kwargs
-from contracts.topics import EVENTS, RECOMMENDATIONS, ROUTING, TopicContractError, TopicSpec, ensure_topics, spec
+from contracts.topics import (
+    EVENTS,
+    RECOMMENDATIONS,
+    RELATIONS,
+    ROUTING,
+    TopicContractError,
+    TopicSpec,
+    ensure_topics,
+    spec,
+)
 from protos import events_pb2
 from serving.artifact import production_version
 from serving.catalog import Catalog
@@ -39,7 +48,7 @@ from serving.requests import Limits
 from serving.routing import RoutingFollower, VersionLoader, production_routing, read_in_force
 from serving.servicer import AdminServicer, DiagnosticsServicer, RecommenderServicer
 from serving.settings import ServingSettings
-from serving.tracking import EventSink, RecommendationLog
+from serving.tracking import EventSink, RecommendationLog, RelationSink
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +119,8 @@ async def build(settings: ServingSettings) -> Service:
     servicer = RecommenderServicer(
         recommender=recommender,
         sink=EventSink(clients.producer, topic=settings.topic_events, timeout_s=settings.track_timeout_s),
+        relations=RelationSink(clients.producer, topic=settings.topic_relations,
+                               timeout_s=settings.track_timeout_s, what="relations"),
         limits=Limits.from_settings(settings),
         metrics=metrics,
     )
@@ -192,9 +203,11 @@ def _feed(topic: str, handle: Handler, settings: ServingSettings, *,
 
 
 def written_topics(settings: ServingSettings) -> list[TopicSpec]:
-    """The topics serving writes (TrackEvents, the recommendation log), created at start
-    with their contract settings; the ones it reads are waited for, never created."""
+    """The topics serving writes (TrackEvents, TrackRelations, the recommendation log),
+    created at start with their contract settings; the ones it reads are waited for, never
+    created."""
     return [spec(EVENTS, settings.topic_events, settings),
+            spec(RELATIONS, settings.topic_relations, settings),
             spec(RECOMMENDATIONS, settings.topic_recommendations, settings)]
 
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 from contracts.events import (
     MAX_EVENT_BYTES,
@@ -14,6 +15,7 @@ from contracts.events import (
     event_violations,
     size_violation,
 )
+from contracts.relations import RelationLimits, relation_violations
 from protos import events_pb2, recommender_pb2
 from serving.catalog import category_keys
 from serving.errors import FieldViolation, InvalidRequest
@@ -35,6 +37,8 @@ class Limits:
     max_track_events: int
     max_batch: int = 100
     events: EventLimits = EventLimits(MAX_EVENT_BYTES, MAX_FUTURE_SKEW_MS)
+    max_track_relations: int = 1000
+    relations: RelationLimits = RelationLimits()
 
     @classmethod
     def from_settings(cls, settings: ServingSettings) -> Limits:
@@ -46,6 +50,9 @@ class Limits:
             max_track_events=settings.max_track_events,
             max_batch=settings.max_batch,
             events=EventLimits(settings.max_event_bytes, settings.max_future_skew_ms),
+            max_track_relations=settings.max_track_relations,
+            relations=RelationLimits(settings.max_relation_bytes, settings.max_future_skew_ms,
+                                     settings.max_id_chars),
         )
 
 
@@ -201,18 +208,38 @@ def check_events(request: recommender_pb2.TrackEventsRequest, limits: Limits, *,
     problem (``events[3].event_id``, the dead-letter reason upper-cased), the first
     :data:`MAX_VIOLATIONS` of them. A call is accepted or refused whole."""
     events = list(request.events)
-    if not events:
-        raise InvalidRequest("events is empty")
-    _check_count("events", len(events), limits.max_track_events)
+    return _all_or_none("events", events, limits.max_track_events,
+                        lambda event: event_problems(event, limits, now_ms=now_ms))
+
+
+def check_relations(request: recommender_pb2.TrackRelationsRequest, limits: Limits, *,
+                    now_ms: int) -> list[events_pb2.Relation]:
+    """The call's relations, if it is non-empty, within the count limit and every relation
+    breaks no rule of contracts.relations; else InvalidRequest with field violations
+    (``relations[2].followee_id``), as :func:`check_events`."""
+    relations = list(request.relations)
+    return _all_or_none("relations", relations, limits.max_track_relations,
+                        lambda relation: relation_violations(relation, now_ms=now_ms,
+                                                             limits=limits.relations))
+
+
+Checked = TypeVar("Checked")
+
+
+def _all_or_none(name: str, entries: list[Checked], most: int,
+                 problems: Callable[[Checked], list[Violation]]) -> list[Checked]:
+    if not entries:
+        raise InvalidRequest(f"{name} is empty")
+    _check_count(name, len(entries), most)
     violations: list[FieldViolation] = []
     bad = 0
-    for position, event in enumerate(events):
-        found = event_problems(event, limits, now_ms=now_ms)
+    for position, entry in enumerate(entries):
+        found = problems(entry)
         if found:
             bad += 1
-            violations += [_field_violation(position, problem) for problem in found]
+            violations += [_field_violation(name, position, problem) for problem in found]
     if not violations:
-        return events
+        return entries
     first, more = violations[0], len(violations) - 1
     if more == 0:
         rest = ""
@@ -221,12 +248,12 @@ def check_events(request: recommender_pb2.TrackEventsRequest, limits: Limits, *,
     else:
         rest = f" (and {more} more; the error details hold the first {MAX_VIOLATIONS})"
     raise InvalidRequest(
-        f"{bad} of {len(events)} events {'is' if bad == 1 else 'are'} invalid, none was "
+        f"{bad} of {len(entries)} {name} {'is' if bad == 1 else 'are'} invalid, none was "
         f"written: {first.field}: {first.description}{rest}",
         violations[:MAX_VIOLATIONS],
     )
 
 
-def _field_violation(position: int, problem: Violation) -> FieldViolation:
-    path = f"events[{position}].{problem.field}" if problem.field else f"events[{position}]"
+def _field_violation(name: str, position: int, problem: Violation) -> FieldViolation:
+    path = f"{name}[{position}].{problem.field}" if problem.field else f"{name}[{position}]"
     return FieldViolation(path, problem.reason.upper(), problem.description)

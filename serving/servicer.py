@@ -29,8 +29,15 @@ from serving.metrics import Metrics
 from serving.models import Routing
 from serving.recommender import Recommendation, Recommender, Shown
 from serving.releases import ModelAdmin
-from serving.requests import Limits, check_events, parse_batch, parse_recommend, parse_similar
-from serving.tracking import EventSink
+from serving.requests import (
+    Limits,
+    check_events,
+    check_relations,
+    parse_batch,
+    parse_recommend,
+    parse_similar,
+)
+from serving.tracking import EventSink, RelationSink
 
 log = logging.getLogger(__name__)
 
@@ -102,12 +109,13 @@ def _response(result: Recommendation) -> recommender_pb2.RecommendResponse:
 
 
 class RecommenderServicer(recommender_pb2_grpc.RecommenderServicer):
-    """Thin edge over :class:`Recommender` and :class:`EventSink`."""
+    """Thin edge over :class:`Recommender`, :class:`EventSink` and :class:`RelationSink`."""
 
-    def __init__(self, *, recommender: Recommender, sink: EventSink, limits: Limits,
-                 metrics: Metrics | None = None) -> None:
+    def __init__(self, *, recommender: Recommender, sink: EventSink, relations: RelationSink,
+                 limits: Limits, metrics: Metrics | None = None) -> None:
         self._recommender = recommender
         self._sink = sink
+        self._relations = relations
         self._limits = limits
         self.metrics = metrics
 
@@ -142,6 +150,14 @@ class RecommenderServicer(recommender_pb2_grpc.RecommenderServicer):
         events = check_events(request, self._limits, now_ms=int(time.time() * 1000))
         accepted = await self._sink.send(events)
         return recommender_pb2.TrackEventsResponse(accepted=accepted)
+
+    @translated
+    async def TrackRelations(
+        self, request: recommender_pb2.TrackRelationsRequest, context: grpc.aio.ServicerContext
+    ) -> recommender_pb2.TrackRelationsResponse:
+        relations = check_relations(request, self._limits, now_ms=int(time.time() * 1000))
+        accepted = await self._relations.send(relations)
+        return recommender_pb2.TrackRelationsResponse(accepted=accepted)
 
 
 class DiagnosticsServicer(recommender_pb2_grpc.DiagnosticsServicer):

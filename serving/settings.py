@@ -11,6 +11,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from contracts.events import MAX_EVENT_BYTES, MAX_FUTURE_SKEW_MS
 from contracts.online import EVENT_TYPES
+from contracts.relations import MAX_RELATION_BYTES
 from contracts.security import KafkaSecurity, RedisSecurity
 from contracts.topics import (
     ENRICHED,
@@ -18,6 +19,7 @@ from contracts.topics import (
     ITEM_VECTORS,
     ITEMS,
     RECOMMENDATIONS,
+    RELATIONS,
     ROUTING,
     TopicLayout,
 )
@@ -51,6 +53,8 @@ class ServingSettings(BaseSettings, TopicLayout, KafkaSecurity, RedisSecurity):
                                description="routing records (compacted, one partition; created if missing)")
     topic_recommendations: str = RECOMMENDATIONS.default_name
     topic_enriched: str = Field(default=ENRICHED.default_name, description="read by `serving.cli.report`")
+    topic_relations: str = Field(default=RELATIONS.default_name, min_length=1,
+                                 description="TrackRelations' edges (compacted; created if missing)")
     artifact_dir: Path = Path("var/artifacts")
 
     # The server.
@@ -101,6 +105,12 @@ class ServingSettings(BaseSettings, TopicLayout, KafkaSecurity, RedisSecurity):
     )
     max_future_skew_ms: int = Field(
         default=MAX_FUTURE_SKEW_MS, ge=0, description="how far ahead of the server's clock a tracked event may be"
+    )
+    max_track_relations: int = Field(
+        default=1000, ge=1, le=100_000, description="relations per TrackRelations"
+    )
+    max_relation_bytes: int = Field(
+        default=MAX_RELATION_BYTES, ge=64, le=1024 * 1024, description="serialized size of one tracked Relation"
     )
 
     # Vectors: the dimension when no artifact names one.
@@ -175,7 +185,8 @@ class ServingSettings(BaseSettings, TopicLayout, KafkaSecurity, RedisSecurity):
         default=False, description="concurrent requests' index searches share one FAISS call"
     )
     track_timeout_s: float = Field(
-        default=10.0, gt=0, le=300, description="all events of a TrackEvents call acked within this"
+        default=10.0, gt=0, le=300,
+        description="all events of a TrackEvents call (relations of a TrackRelations call) acked within this",
     )
     kafka_fetch_max_wait_ms: int = Field(default=10, ge=0, le=5000, description="feed freshness")
     kafka_retry_s: float = Field(default=2.0, gt=0, le=300, description="wait before a feed reconnects")

@@ -1,28 +1,50 @@
 """``TrackEvents``: events to Kafka ``events`` (key user_id), acknowledged by all replicas;
-and the log of served recommendations to Kafka ``recommendations``."""
+``TrackRelations``: edges to ``relations`` (key the edge), the same way; and the log of served recommendations to Kafka ``recommendations``."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
+from contracts.relations import record_of
 from protos import events_pb2
 from serving.errors import BrokerUnavailable
 
 log = logging.getLogger(__name__)
 
 
-class EventSink:
-    """Produces event batches and returns only when every event is acknowledged."""
+class AcknowledgedSink:
+    """Produces records to one topic and returns only when every one is acknowledged."""
 
-    def __init__(self, producer: AIOKafkaProducer, *, topic: str, timeout_s: float) -> None:
+    def __init__(self, producer: AIOKafkaProducer, *, topic: str, timeout_s: float,
+                 what: str = "events") -> None:
         self._producer = producer
         self._topic = topic
         self._timeout_s = timeout_s
+        self._what = what
+
+    async def send_records(self, records: Iterable[tuple[bytes, bytes | None]]) -> int:
+        """Produce ``(key, value)`` records in order (a None value is a tombstone); how many
+        were acknowledged (all of them, or it raises BrokerUnavailable)."""
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                acks = [await self._producer.send(self._topic, key=key, value=value)
+                        for key, value in records]
+                await asyncio.gather(*acks)
+        except (KafkaError, TimeoutError) as error:
+            reason = str(error) or type(error).__name__
+            raise BrokerUnavailable(
+                f"Kafka did not acknowledge the {self._what} within {self._timeout_s} s: {reason}"
+            ) from error
+        return len(acks)
+
+
+class EventSink(AcknowledgedSink):
+    """``TrackEvents``: events to ``events``, key user_id."""
 
     async def send(self, events: Sequence[events_pb2.Event]) -> int:
         """Produce `events` in order; how many were acknowledged (all of them, or it raises).
@@ -30,23 +52,18 @@ class EventSink:
         On BrokerUnavailable some events may have been written: a caller retries the
         batch, and the streams worker drops the repeats by event id.
         """
-        try:
-            async with asyncio.timeout(self._timeout_s):
-                acks = [
-                    await self._producer.send(
-                        self._topic,
-                        key=event.user_id.encode("utf-8"),
-                        value=event.SerializeToString(),
-                    )
-                    for event in events
-                ]
-                await asyncio.gather(*acks)
-        except (KafkaError, TimeoutError) as error:
-            reason = str(error) or type(error).__name__
-            raise BrokerUnavailable(
-                f"Kafka did not acknowledge the events within {self._timeout_s} s: {reason}"
-            ) from error
-        return len(acks)
+        return await self.send_records(
+            (event.user_id.encode("utf-8"), event.SerializeToString()) for event in events)
+
+
+class RelationSink(AcknowledgedSink):
+    """``TrackRelations``: edges to ``relations`` under their edge key, a removal as a
+    tombstone (contracts.relations.record_of)."""
+
+    async def send(self, relations: Sequence[events_pb2.Relation]) -> int:
+        """Produce `relations` in order; how many were acknowledged. On BrokerUnavailable a
+        caller retries the call: writing an edge's state again changes nothing."""
+        return await self.send_records(record_of(relation) for relation in relations)
 
 
 class RecommendationLog:

@@ -9,7 +9,7 @@ from collections.abc import Callable
 import pytest
 
 from contracts.topics import (
-    ENRICHED, EVENTS, ITEMS, MODELS, TopicContractError, TopicLayout, TopicSpec,
+    ENRICHED, EVENTS, ITEMS, MODELS, RELATIONS, TopicContractError, TopicLayout, TopicSpec,
     apply_contract, check_shape, ensure_topics, mismatch_line, spec, wait_for_coordinator,
 )
 
@@ -24,6 +24,7 @@ def test_specs_follow_the_contract() -> None:
     assert enriched.configs == {"cleanup.policy": "delete", "retention.ms": "1234"}
     assert models.partitions == 1  # releases stay in order
     assert spec(EVENTS, "ev", layout).configs == {"cleanup.policy": "delete"}
+    assert spec(RELATIONS, "re", layout).configs == {"cleanup.policy": "compact"}  # edge state
 
 
 def test_copartitioned_topic_with_other_partition_count_is_fatal() -> None:
@@ -116,14 +117,15 @@ def test_every_deployables_topic_defaults_are_the_contracts_names() -> None:
 
     names = {role.default_name for role in (topics.EVENTS, topics.ENRICHED, topics.DLQ,
                                              topics.ITEMS, topics.ITEM_VECTORS, topics.MODELS,
-                                             topics.RECOMMENDATIONS, topics.ROUTING)}
+                                             topics.RECOMMENDATIONS, topics.ROUTING,
+                                             topics.RELATIONS)}
     checked = 0
     for settings in (IngestSettings, ServingSettings, StreamsSettings, TrainingSettings):
         for field, info in settings.model_fields.items():
             if field.startswith("topic_") and isinstance(info.default, str):
                 assert info.default in names, f"{settings.__name__}.{field}"
                 checked += 1
-    assert checked == 2 + 6 + 6 + 5
+    assert checked == 3 + 7 + 6 + 5
     streams = StreamsSettings(app_id="app")
     assert streams.users_changelog() == "app-users-changelog"
     assert streams.dedupe_changelog() == "app-dedupe-changelog"

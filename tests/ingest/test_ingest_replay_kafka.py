@@ -59,6 +59,7 @@ def env(kafka_bootstrap: str, owned_topics: str) -> dict[str, str]:
         "STREAMREC_INGEST_KAFKA_BOOTSTRAP": kafka_bootstrap,
         "STREAMREC_INGEST_TOPIC_EVENTS": f"events-{unique}",
         "STREAMREC_INGEST_TOPIC_ITEMS": f"items-{unique}",
+        "STREAMREC_INGEST_TOPIC_RELATIONS": f"relations-{unique}",
     }
 
 

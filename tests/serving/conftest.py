@@ -72,6 +72,7 @@ class Stack:
             topic_routing=self.topics["routing"],
             topic_recommendations=self.topics["recommendations"],
             topic_enriched=self.topics["enriched"],
+            topic_relations=self.topics["relations"],
             admin_port=0,
             artifact_dir=self.artifact_dir,
             host="127.0.0.1",
@@ -136,7 +137,8 @@ class Stack:
 
 @pytest.fixture
 async def stack(
-    kafka_bootstrap: str, redis_url: str, unique: str, create_topics: Any, tmp_path: Path
+    kafka_bootstrap: str, redis_url: str, unique: str, create_topics: Any, tmp_path: Path,
+    owned_topics: str,
 ) -> AsyncIterator[Stack]:
     """Fresh topics (deleted by ``create_topics``) and Redis prefix (keys deleted here)."""
     topics = {
@@ -146,6 +148,7 @@ async def stack(
         "routing": f"model-routing.serving-{unique}",
         "recommendations": f"recommendations.serving-{unique}",
         "enriched": f"events.enriched.serving-{unique}",
+        "relations": f"relations.serving-{unique}",  # created by the server (owned_topics)
     }
     create_topics([topics["events"], topics["recommendations"], topics["enriched"]],
                   partitions=PARTITIONS)

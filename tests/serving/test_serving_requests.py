@@ -18,7 +18,14 @@ from serving.errors import (
     StoreUnavailable,
     status_code,
 )
-from serving.requests import MAX_VIOLATIONS, Limits, check_events, parse_recommend, parse_similar
+from serving.requests import (
+    MAX_VIOLATIONS,
+    Limits,
+    check_events,
+    check_relations,
+    parse_recommend,
+    parse_similar,
+)
 from serving.settings import ServingSettings
 
 LIMITS = Limits(max_k=20, max_exclude=3, max_categories=2, max_id_chars=10, max_track_events=2)
@@ -177,3 +184,27 @@ def test_settings_read_the_environment_and_reject_bad_values(monkeypatch: pytest
         ServingSettings(port=70000)
     with pytest.raises(ValidationError):
         ServingSettings(unknown_field=1)  # type: ignore[call-arg]
+
+
+def test_relation_limits_come_from_the_settings_and_bound_each_call() -> None:
+    limits = Limits.from_settings(ServingSettings(max_id_chars=5, max_track_relations=2,
+                                                  max_relation_bytes=64))
+    assert (limits.max_track_relations, limits.relations.max_id_chars,
+            limits.relations.max_bytes) == (2, 5, 64)
+    ok = events_pb2.Relation(follower_id="u1", followee_id="u2", kind=events_pb2.FOLLOW,
+                             timestamp_ms=NOW_MS)
+    long_id = events_pb2.Relation(follower_id="u123456", followee_id="u2",
+                                  kind=events_pb2.FRIEND, timestamp_ms=NOW_MS)
+
+    def check(*relations: events_pb2.Relation) -> list[events_pb2.Relation]:
+        return check_relations(recommender_pb2.TrackRelationsRequest(relations=relations), limits,
+                               now_ms=NOW_MS)
+
+    assert check(ok) == [ok]
+    with pytest.raises(InvalidRequest, match="relations has 3 entries; at most 2"):
+        check(ok, ok, ok)
+    with pytest.raises(InvalidRequest) as refused:
+        check(ok, long_id)
+    assert [(v.field, v.reason) for v in refused.value.violations] == [
+        ("relations[1].follower_id", "TOO_LONG")]
+    assert str(refused.value).startswith("1 of 2 relations is invalid, none was written")
