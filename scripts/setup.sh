@@ -21,6 +21,7 @@ system_packages() {
   command -v redis-server >/dev/null || missing+=(redis-server)
   command -v java >/dev/null || missing+=(openjdk-17-jre-headless)
   command -v mvn >/dev/null || missing+=(maven)
+  command -v openssl >/dev/null || missing+=(openssl)  # certificates of the secured broker and Redis
   if ! command -v docker-compose >/dev/null && ! docker compose version >/dev/null 2>&1; then
     missing+=(docker-compose)
   fi
