@@ -49,6 +49,7 @@ class Names:
     item_vectors: str = "item-vectors"
     models: str = "models"
     recommendations: str = "recommendations"
+    relations: str = "relations"
     routing: str = "model-routing"
     streams_app_id: str = "streamrec-streams"
 
@@ -75,8 +76,8 @@ def plan(n: Names) -> dict[str, list[Grant]]:
         ],
         "serving": [
             *_topics([n.items, n.item_vectors, n.routing, n.events, n.recommendations], READ),
-            *_topics([n.events, n.recommendations, n.routing], WRITE),
-            *_topics([n.events, n.recommendations, n.routing], *CREATED),
+            *_topics([n.events, n.recommendations, n.routing, n.relations], WRITE),
+            *_topics([n.events, n.recommendations, n.routing, n.relations], *CREATED),
         ],
         "training": [
             *_topics([n.enriched, n.items, n.routing], READ),
@@ -84,8 +85,8 @@ def plan(n: Names) -> dict[str, list[Grant]]:
             *_topics([n.models, n.routing, n.item_vectors], *CREATED),
         ],
         "ingest": [
-            *_topics([n.events, n.items], WRITE),
-            *_topics([n.events, n.items], *CREATED),
+            *_topics([n.events, n.items, n.relations], WRITE),
+            *_topics([n.events, n.items, n.relations], *CREATED),
         ],
     }
 
