@@ -58,6 +58,18 @@ def size_violation(n_bytes: int, limits: EventLimits) -> Violation | None:
     return None
 
 
+def timestamp_violation(timestamp_ms: int, now_ms: int, max_future_skew_ms: int) -> Violation | None:
+    """A time before 1995 or further ahead of now than the skew allows: the rule of every
+    record's ``timestamp_ms`` (events and relations)."""
+    if timestamp_ms < MIN_TIMESTAMP_MS:
+        return Violation("timestamp_ms", BAD_TIMESTAMP, f"timestamp_ms {timestamp_ms} is before 1995-01-01")
+    if timestamp_ms > now_ms + max_future_skew_ms:
+        return Violation("timestamp_ms", BAD_TIMESTAMP,
+                         f"timestamp_ms {timestamp_ms} is more than {max_future_skew_ms} ms "
+                         f"ahead of now ({now_ms})")
+    return None
+
+
 def event_violations(event: events_pb2.Event, *, now_ms: int, limits: EventLimits) -> list[Violation]:
     """Every rule `event` breaks, at most one per field, in the contract's order: empty
     required fields, the type, the timestamp, the value. Empty when it is acceptable."""
@@ -74,16 +86,9 @@ def event_violations(event: events_pb2.Event, *, now_ms: int, limits: EventLimit
     if event.type not in KNOWN_EVENT_TYPES:
         found.append(Violation("type", UNKNOWN_EVENT_TYPE,
                                f"type {event.type} is not a known EventType"))
-    timestamp_ms = event.timestamp_ms
-    if timestamp_ms and timestamp_ms < MIN_TIMESTAMP_MS:  # 0 is reported as missing
-        found.append(Violation("timestamp_ms", BAD_TIMESTAMP,
-                               f"timestamp_ms {timestamp_ms} is before 1995-01-01"))
-    elif timestamp_ms > now_ms + limits.max_future_skew_ms:
-        found.append(Violation(
-            "timestamp_ms", BAD_TIMESTAMP,
-            f"timestamp_ms {timestamp_ms} is more than {limits.max_future_skew_ms} ms "
-            f"ahead of now ({now_ms})",
-        ))
+    late_or_early = timestamp_violation(event.timestamp_ms, now_ms, limits.max_future_skew_ms)
+    if event.timestamp_ms and late_or_early is not None:  # 0 is reported as missing
+        found.append(late_or_early)
     if not math.isfinite(event.value) or abs(event.value) > limits.max_abs_value:
         found.append(Violation("value", BAD_VALUE,
                                f"value {event.value!r} is not a finite number within "

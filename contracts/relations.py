@@ -14,12 +14,11 @@ from dataclasses import dataclass
 from typing import cast
 
 from contracts.events import (
-    BAD_TIMESTAMP,
     MAX_FUTURE_SKEW_MS,
-    MIN_TIMESTAMP_MS,
     MISSING_FIELD,
     OVERSIZED,
     Violation,
+    timestamp_violation,
 )
 from protos import events_pb2
 
@@ -130,18 +129,11 @@ def relation_violations(relation: events_pb2.Relation, *, now_ms: int,
     if relation.kind not in KIND_NAMES:
         found.append(Violation("kind", UNKNOWN_RELATION_KIND,
                                f"kind {relation.kind} is not a known RelationKind"))
-    timestamp_ms = relation.timestamp_ms
-    if timestamp_ms == 0:
+    if relation.timestamp_ms == 0:
         found.append(Violation("timestamp_ms", MISSING_FIELD, "timestamp_ms is empty"))
-    elif timestamp_ms < MIN_TIMESTAMP_MS:
-        found.append(Violation("timestamp_ms", BAD_TIMESTAMP,
-                               f"timestamp_ms {timestamp_ms} is before 1995-01-01"))
-    elif timestamp_ms > now_ms + limits.max_future_skew_ms:
-        found.append(Violation(
-            "timestamp_ms", BAD_TIMESTAMP,
-            f"timestamp_ms {timestamp_ms} is more than {limits.max_future_skew_ms} ms "
-            f"ahead of now ({now_ms})",
-        ))
+    elif (late_or_early := timestamp_violation(relation.timestamp_ms, now_ms,
+                                               limits.max_future_skew_ms)) is not None:
+        found.append(late_or_early)
     if (relation.follower_id == relation.followee_id
             and not any(v.field == "followee_id" for v in found)):
         found.append(Violation("followee_id", SELF_RELATION,
