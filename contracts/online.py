@@ -64,7 +64,8 @@ class RedisKeys:
     are built once; building a key is one concatenation."""
 
     __slots__ = ("prefix", "user_vectors", "seen_sets", "acts_sets", "trending_sets",
-                 "trending_bases", "applied_hashes", "_popular")
+                 "trending_bases", "applied_hashes", "following_hashes", "follower_hashes",
+                 "social_feeds", "_popular", "_hot")
 
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix
@@ -75,7 +76,13 @@ class RedisKeys:
         self.trending_sets = _keyed(prefix, "trending")
         self.trending_bases = _keyed(prefix, "trending", ":base")
         self.applied_hashes = _keyed(prefix, "applied")
+        # The social graph and feed (contracts.social): whom a user follows, who follows
+        # them, what the people they follow did; accounts read on demand (fan-in).
+        self.following_hashes = _keyed(prefix, "following")
+        self.follower_hashes = _keyed(prefix, "followers")
+        self.social_feeds = _keyed(prefix, "social")
         self._popular = f"{prefix}popular"
+        self._hot = f"{prefix}hot"
 
     def __repr__(self) -> str:
         return f"RedisKeys({self.prefix!r})"
@@ -102,6 +109,23 @@ class RedisKeys:
 
     def applied(self, group: str) -> str:
         return self.applied_hashes.of(group)
+
+    def following(self, user_id: str) -> str:
+        """Hash: followee id -> edge flags (contracts.social.EdgeFlags) of the user's edges."""
+        return self.following_hashes.of(user_id)
+
+    def followers(self, user_id: str) -> str:
+        """Hash: follower id -> edge flags, the same edges seen from the followee."""
+        return self.follower_hashes.of(user_id)
+
+    def social(self, user_id: str) -> str:
+        """Sorted set: the user's social feed (contracts.social.feed_member / feed_score)."""
+        return self.social_feeds.of(user_id)
+
+    def hot(self) -> str:
+        """Set: accounts with more followers than the fan-out threshold; their acts are
+        read on demand by their followers' requests instead of written to every feed."""
+        return self._hot
 
 
 class VectorFormatError(ValueError):

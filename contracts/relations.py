@@ -64,13 +64,13 @@ class Edge:
     kind: int
 
 
-def _escape(text: str) -> str:
+def escape_id(text: str) -> str:
     for raw, escaped in _ESCAPES:
         text = text.replace(raw, escaped)
     return text
 
 
-def _unescape(text: str) -> str:
+def unescape_id(text: str) -> str:
     for raw, escaped in reversed(_ESCAPES):
         text = text.replace(escaped, raw)
     return text
@@ -80,7 +80,7 @@ def edge_key(follower_id: str, followee_id: str, kind: int) -> str:
     """The topic key of an edge; ValueError for a kind without a name."""
     if kind not in KIND_NAMES:
         raise ValueError(f"kind {kind} is not a known RelationKind")
-    return SEPARATOR.join((_escape(follower_id), _escape(followee_id), KIND_NAMES[kind]))
+    return SEPARATOR.join((escape_id(follower_id), escape_id(followee_id), KIND_NAMES[kind]))
 
 
 def key_of(relation: events_pb2.Relation) -> bytes:
@@ -102,9 +102,9 @@ def parse_key(key: bytes | str) -> Edge:
         raise BadKey(f"the key's kind {kind!r} is not one of {', '.join(KINDS)}")
     if not follower or not followee:
         raise BadKey("the key has an empty id")
-    if _escape(_unescape(follower)) != follower or _escape(_unescape(followee)) != followee:
+    if escape_id(unescape_id(follower)) != follower or escape_id(unescape_id(followee)) != followee:
         raise BadKey("the key has a bare '%' not written as %25")
-    return Edge(_unescape(follower), _unescape(followee), KINDS[kind])
+    return Edge(unescape_id(follower), unescape_id(followee), KINDS[kind])
 
 
 def size_violation(n_bytes: int, limits: RelationLimits) -> Violation | None:

@@ -61,6 +61,8 @@ ROUTING = Role("model-routing", compacted=True, partitions=1)
 # Compacted: the newest record of an edge (key contracts.relations.edge_key) is its state,
 # a tombstone removes it.
 RELATIONS = Role("relations", compacted=True)
+# Compacted, key user id: the newest deletion request of a user (events.proto UserDeletion).
+DELETIONS = Role("deletions", compacted=True)
 
 
 class TopicLayout(BaseModel):

@@ -221,3 +221,13 @@ class Relation(_message.Message):
     removed: bool
     share_name: bool
     def __init__(self, follower_id: _Optional[str] = ..., followee_id: _Optional[str] = ..., kind: _Optional[_Union[RelationKind, str]] = ..., timestamp_ms: _Optional[int] = ..., removed: _Optional[bool] = ..., share_name: _Optional[bool] = ...) -> None: ...
+
+class UserDeletion(_message.Message):
+    __slots__ = ("user_id", "requested_at_ms", "requested_by")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    REQUESTED_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    REQUESTED_BY_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    requested_at_ms: int
+    requested_by: str
+    def __init__(self, user_id: _Optional[str] = ..., requested_at_ms: _Optional[int] = ..., requested_by: _Optional[str] = ...) -> None: ...

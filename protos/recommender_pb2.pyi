@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class RecommendRequest(_message.Message):
-    __slots__ = ("user_id", "k", "exclude_item_ids", "include_categories", "exclude_categories", "min_price", "max_price", "max_per_category", "include_seen")
+    __slots__ = ("user_id", "k", "exclude_item_ids", "include_categories", "exclude_categories", "min_price", "max_price", "max_per_category", "include_seen", "exclude_social")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
     EXCLUDE_ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
@@ -18,6 +18,7 @@ class RecommendRequest(_message.Message):
     MAX_PRICE_FIELD_NUMBER: _ClassVar[int]
     MAX_PER_CATEGORY_FIELD_NUMBER: _ClassVar[int]
     INCLUDE_SEEN_FIELD_NUMBER: _ClassVar[int]
+    EXCLUDE_SOCIAL_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     k: int
     exclude_item_ids: _containers.RepeatedScalarFieldContainer[str]
@@ -27,21 +28,28 @@ class RecommendRequest(_message.Message):
     max_price: float
     max_per_category: int
     include_seen: bool
-    def __init__(self, user_id: _Optional[str] = ..., k: _Optional[int] = ..., exclude_item_ids: _Optional[_Iterable[str]] = ..., include_categories: _Optional[_Iterable[str]] = ..., exclude_categories: _Optional[_Iterable[str]] = ..., min_price: _Optional[float] = ..., max_price: _Optional[float] = ..., max_per_category: _Optional[int] = ..., include_seen: _Optional[bool] = ...) -> None: ...
+    exclude_social: bool
+    def __init__(self, user_id: _Optional[str] = ..., k: _Optional[int] = ..., exclude_item_ids: _Optional[_Iterable[str]] = ..., include_categories: _Optional[_Iterable[str]] = ..., exclude_categories: _Optional[_Iterable[str]] = ..., min_price: _Optional[float] = ..., max_price: _Optional[float] = ..., max_per_category: _Optional[int] = ..., include_seen: _Optional[bool] = ..., exclude_social: _Optional[bool] = ...) -> None: ...
 
 class ScoredItem(_message.Message):
-    __slots__ = ("item_id", "score", "title", "reason", "categories")
+    __slots__ = ("item_id", "score", "title", "reason", "categories", "social_proof", "social_count", "social_user_ids")
     ITEM_ID_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
     TITLE_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     CATEGORIES_FIELD_NUMBER: _ClassVar[int]
+    SOCIAL_PROOF_FIELD_NUMBER: _ClassVar[int]
+    SOCIAL_COUNT_FIELD_NUMBER: _ClassVar[int]
+    SOCIAL_USER_IDS_FIELD_NUMBER: _ClassVar[int]
     item_id: str
     score: float
     title: str
     reason: str
     categories: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, item_id: _Optional[str] = ..., score: _Optional[float] = ..., title: _Optional[str] = ..., reason: _Optional[str] = ..., categories: _Optional[_Iterable[str]] = ...) -> None: ...
+    social_proof: str
+    social_count: int
+    social_user_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, item_id: _Optional[str] = ..., score: _Optional[float] = ..., title: _Optional[str] = ..., reason: _Optional[str] = ..., categories: _Optional[_Iterable[str]] = ..., social_proof: _Optional[str] = ..., social_count: _Optional[int] = ..., social_user_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class RecommendResponse(_message.Message):
     __slots__ = ("items", "model_version", "recommendation_id", "strategy")
@@ -128,6 +136,20 @@ class SetSplitRequest(_message.Message):
 class StatusRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class DeleteUserRequest(_message.Message):
+    __slots__ = ("user_id",)
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    def __init__(self, user_id: _Optional[str] = ...) -> None: ...
+
+class DeleteUserResponse(_message.Message):
+    __slots__ = ("user_id", "requested_at_ms")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    REQUESTED_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    requested_at_ms: int
+    def __init__(self, user_id: _Optional[str] = ..., requested_at_ms: _Optional[int] = ...) -> None: ...
 
 class LoadedModel(_message.Message):
     __slots__ = ("version", "n_items", "index_kind")

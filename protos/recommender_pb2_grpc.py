@@ -379,6 +379,11 @@ class AdminStub:
                 request_serializer=protos_dot_recommender__pb2.SetSplitRequest.SerializeToString,
                 response_deserializer=protos_dot_recommender__pb2.ModelStatus.FromString,
                 _registered_method=True)
+        self.DeleteUser = channel.unary_unary(
+                '/streamrec.v1.Admin/DeleteUser',
+                request_serializer=protos_dot_recommender__pb2.DeleteUserRequest.SerializeToString,
+                response_deserializer=protos_dot_recommender__pb2.DeleteUserResponse.FromString,
+                _registered_method=True)
         self.Status = channel.unary_unary(
                 '/streamrec.v1.Admin/Status',
                 request_serializer=protos_dot_recommender__pb2.StatusRequest.SerializeToString,
@@ -413,6 +418,15 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DeleteUser(self, request, context):
+        """Ask for a user's deletion everywhere (events.proto UserDeletion): acknowledged once the
+        request is in Kafka `deletions`; the streams worker, the trainer and the reports carry
+        it out. Idempotent: asking again for a deleted user changes nothing they hold.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Status(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -436,6 +450,11 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.SetSplit,
                     request_deserializer=protos_dot_recommender__pb2.SetSplitRequest.FromString,
                     response_serializer=protos_dot_recommender__pb2.ModelStatus.SerializeToString,
+            ),
+            'DeleteUser': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteUser,
+                    request_deserializer=protos_dot_recommender__pb2.DeleteUserRequest.FromString,
+                    response_serializer=protos_dot_recommender__pb2.DeleteUserResponse.SerializeToString,
             ),
             'Status': grpc.unary_unary_rpc_method_handler(
                     servicer.Status,
@@ -525,6 +544,33 @@ class Admin:
             '/streamrec.v1.Admin/SetSplit',
             protos_dot_recommender__pb2.SetSplitRequest.SerializeToString,
             protos_dot_recommender__pb2.ModelStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteUser(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/streamrec.v1.Admin/DeleteUser',
+            protos_dot_recommender__pb2.DeleteUserRequest.SerializeToString,
+            protos_dot_recommender__pb2.DeleteUserResponse.FromString,
             options,
             channel_credentials,
             insecure,
