@@ -4,7 +4,6 @@ the user-read script against the real Redis with keys of another shape."""
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator
 
 import numpy as np
 import pytest
@@ -107,15 +106,6 @@ def test_read_arguments_carry_the_keys_around_the_user_id() -> None:
     ]
     with pytest.raises(ValueError, match="unknown event types"):
         read_users_args(keys, seen_limit=5, types=("like",))
-
-
-@pytest.fixture
-async def redis(redis_url: str) -> AsyncIterator[Redis]:
-    client = Redis.from_url(redis_url)
-    try:
-        yield client
-    finally:
-        await client.aclose()
 
 
 @pytest.mark.integration

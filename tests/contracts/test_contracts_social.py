@@ -4,7 +4,6 @@ the social read script against the real Redis."""
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator
 
 import pytest
 from redis.asyncio import Redis
@@ -95,15 +94,6 @@ def test_fusion_adds_the_social_ranking_by_rank() -> None:
     assert fused["c"] == pytest.approx(1 / 63 + 1 / 61)
     assert fused["z"] == pytest.approx(1 / 62)
     assert max(fused, key=fused.__getitem__) == "c"
-
-
-@pytest.fixture
-async def redis(redis_url: str) -> AsyncIterator[Redis]:
-    client = Redis.from_url(redis_url)
-    try:
-        yield client
-    finally:
-        await client.aclose()
 
 
 @pytest.mark.integration
