@@ -5,6 +5,7 @@ the streams worker writes it (contracts/social.py)."""
 from __future__ import annotations
 
 import logging
+import re
 import time
 from typing import Any
 
@@ -29,6 +30,7 @@ from contracts.social import (
 )
 from protos import events_pb2, recommender_pb2
 from serving import social as social_module
+from serving.cli import client as cli
 from serving.ranking import Candidate
 from serving.settings import ServingSettings
 from serving.social import SocialGraph, SocialTuning, fused, social_proof, social_reason
@@ -347,3 +349,27 @@ async def test_a_script_redis_no_longer_holds_is_loaded_again(
     first, nobody = await reader.read(["u", "nobody"])
     assert calls == 2 and [item.item_id for item in first.items] == ["i01"]
     assert nobody.items == []
+
+
+async def test_the_client_prints_social_reasons_and_proof(
+    stack: Stack, capsys: pytest.CaptureFixture[str],
+) -> None:
+    _, near, far, _ = await _shop(stack)
+    async with stack.server() as client:
+        target = f"127.0.0.1:{client.running.port}"
+        assert await cli.run(cli._parser().parse_args(
+            ["--target", target, "recommend", "--user", "u", "-k", "4"])) == 0
+        social = capsys.readouterr().out
+        assert await cli.run(cli._parser().parse_args(
+            ["--target", target, "recommend", "--user", "u", "-k", "4", "--no-social"])) == 0
+        off = capsys.readouterr().out
+        assert await cli.run(cli._parser().parse_args(
+            ["--target", target, "similar", "--item", near[1], "-k", "40", "--user", "u"])) == 0
+        similar = capsys.readouterr().out
+    assert "user u: personal+social" in social
+    assert re.search(rf"{far[0]}  Title {far[0]}  \[(Even|Odd)\]  "
+                     r"\(bought by ann and 1 more person you follow\)", social)
+    assert "     ann and 1 more person you follow bought this  (2 acted; named: ann)" in social
+    assert "     1 person you follow viewed this  (1 acted)" in social
+    assert "user u: personal," in off and "follow" not in off
+    assert "     ann and 1 more person you follow bought this  (2 acted; named: ann)" in similar
