@@ -212,15 +212,15 @@ class Recommender:
                                                  query.max_per_category, REASON_PERSONAL)
             personal = self._explained(model.index, personal, hits, state.seen)
         leading = picked = personal
-        if theirs:
-            leading = fused(personal, theirs, self._social.weight)  # type: ignore[union-attr]
+        if theirs and self._social is not None:
+            leading = fused(personal, theirs, self._social.weight)
             picked = merge([leading], query.k, self._allows(filters),
                            max_per_group=query.max_per_category, group=self._group)
         if len(picked) < query.k:
             picked = await self._backfill(leading, query.k, filters, query.max_per_category)
         if not personal:
             strategy = STRATEGY_POPULAR
-        if any(candidate.item_id in social.by_id for candidate in picked):
+        if social.items and any(candidate.item_id in social.by_id for candidate in picked):
             strategy = f"{strategy}+{STRATEGY_SOCIAL}"
         placed = len(set(theirs).intersection(picked)) if theirs else 0
         return self._finish(model.version, picked, strategy, query.user_id, method, social, placed)

@@ -230,23 +230,33 @@ async def test_weight_zero_turns_the_source_off_and_a_failed_read_answers_withou
     await _shop(stack)
     await stack.set_user("broken", _query())
     await stack.redis.set(RedisKeys(stack.prefix).following("broken"), "not a hash")
+    def reads(client: Client) -> float | None:
+        registry = client.running.service.metrics.registry
+        return registry.get_sample_value("streamrec_serving_social_read_seconds_count")
+
     async with stack.server(social_weight=0) as client:
         off = await _recommend(client, "u", 10)
         twin = await _recommend(client, "twin", 10)
+        with caplog.at_level(logging.WARNING, logger="serving.social"):
+            await _recommend(client, "broken", 10)
+        assert reads(client) == 0  # off: nothing read at all
     assert (off.strategy, _items(off)) == ("personal", _items(twin))
+    assert "social read" not in caplog.text
     async with stack.server() as client:
+        await _recommend(client, "broken", 10, exclude_social=True)
+        assert reads(client) == 0
         with caplog.at_level(logging.WARNING, logger="serving.social"):
             broken = await _recommend(client, "broken", 10)
         registry = client.running.service.metrics.registry
         errors = registry.get_sample_value("streamrec_serving_social_read_errors_total")
-        reads = registry.get_sample_value("streamrec_serving_social_read_seconds_count")
+        assert reads(client) == 1
         await _recommend(client, "u", 10)
         shown = {kind: registry.get_sample_value("streamrec_serving_social_items_total",
                                                  {"method": "Recommend", "kind": kind})
                  for kind in ("result", "proof")}
     assert (broken.strategy, _items(broken)) == ("personal", _items(twin))
     assert "social read of 1 users failed (ResponseError: WRONGTYPE" in caplog.text
-    assert (errors, reads) == (1.0, 1.0)
+    assert errors == 1
     assert shown == {"result": 3.0, "proof": 4.0}
 
 
@@ -283,10 +293,15 @@ async def test_users_without_a_vector_get_social_items_before_popular_ones(stack
     graph = Graph(stack.redis, stack.prefix)
     await graph.follow("newbie", "ann", named=True)
     await graph.fan_out("newbie", "ann", RATING, "i07")
+    await graph.follow("returning", "ann")
+    await graph.fan_out("returning", "ann", RATING, "i07")
+    await stack.set_user("returning", vectors["i01"], version="an-older-model", seen=["i01"])
     async with stack.server() as client:
         newbie = await _recommend(client, "newbie", 3)
         stranger = await _recommend(client, "stranger", 3)
+        returning = await _recommend(client, "returning", 3)
     assert newbie.strategy == "popular+social" and stranger.strategy == "popular"
+    assert returning.strategy == "recent_items+social" and "i07" in _ids(returning)
     assert _ids(newbie) == ["i07", "p1", "p2"] and _ids(stranger) == ["p1", "p2", "p3"]
     assert newbie.items[0].reason == "rated by ann"
     assert newbie.items[1].reason == "popular with other shoppers"
