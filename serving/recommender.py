@@ -54,7 +54,16 @@ from serving.ranking import (
     next_window,
 )
 from serving.requests import RecommendQuery, SimilarQuery
-from serving.social import NO_SOCIAL, Social, SocialGraph, fused, social_candidates, social_proof
+from serving.social import (
+    NO_SOCIAL,
+    REASON_SOCIAL,
+    Social,
+    SocialGraph,
+    fused,
+    social_candidates,
+    social_proof,
+    social_reason,
+)
 from serving.tracking import RecommendationLog
 
 log = logging.getLogger(__name__)
@@ -373,10 +382,13 @@ class Recommender:
 
     def _shown(self, candidate: Candidate, social: SocialItem | None = None) -> Shown:
         entry = self.catalog.get(candidate.item_id)
+        reason = candidate.reason
+        if reason == REASON_SOCIAL and social is not None:
+            reason = social_reason(social)
         return Shown(
             item_id=candidate.item_id,
             score=candidate.score,
-            reason=candidate.reason,
+            reason=reason,
             title=entry.title if entry is not None else "",
             categories=entry.categories if entry is not None else (),
             social_proof=social_proof(social) if social is not None else "",

@@ -50,6 +50,8 @@ _DID: dict[int, tuple[str, str]] = {
     events_pb2.CLICK: ("clicked by", "clicked this"),
 }
 MAX_NAMES = 2  # names in one sentence; the rest are counted
+# The reason of a social candidate until it is shown: only shown items are put in words.
+REASON_SOCIAL = "by people you follow"
 
 
 @dataclass(frozen=True)
@@ -111,8 +113,9 @@ def social_proof(item: SocialItem) -> str:
 
 
 def social_candidates(items: Sequence[SocialItem]) -> list[Candidate]:
-    """The social ranking as candidates: its summed decayed weight as the score."""
-    return [Candidate(item.item_id, item.score, social_reason(item)) for item in items]
+    """The social ranking as candidates: its summed decayed weight as the score, the
+    reason :data:`REASON_SOCIAL` (:func:`social_reason` once shown)."""
+    return [Candidate(item.item_id, item.score, REASON_SOCIAL) for item in items]
 
 
 def fused(personal: Sequence[Candidate], social: Sequence[Candidate],
