@@ -24,6 +24,7 @@ from redis.exceptions import RedisError
 
 from contracts import routing as contract
 from contracts.security import async_redis_client, kafka_kwargs
+from contracts.social import SocialReadLimits
 from contracts.topics import (
     EVENTS,
     RECOMMENDATIONS,
@@ -48,6 +49,7 @@ from serving.requests import Limits
 from serving.routing import RoutingFollower, VersionLoader, production_routing, read_in_force
 from serving.servicer import AdminServicer, DiagnosticsServicer, RecommenderServicer
 from serving.settings import ServingSettings
+from serving.social import SocialGraph, SocialTuning
 from serving.tracking import EventSink, RecommendationLog, RelationSink
 
 log = logging.getLogger(__name__)
@@ -113,9 +115,10 @@ async def build(settings: ServingSettings) -> Service:
                       log_producer=log_producer(settings))
     recommendation_log = RecommendationLog(clients.log_producer, topic=settings.topic_recommendations,
                                            queue_size=settings.log_queue)
-    recommender = Recommender(models=models, catalog=catalog, store=online_store(settings, clients.redis),
-                              tuning=tuning(settings), log=recommendation_log)
     metrics = Metrics(models)
+    recommender = Recommender(models=models, catalog=catalog, store=online_store(settings, clients.redis),
+                              tuning=tuning(settings), log=recommendation_log,
+                              social=social_graph(settings, clients.redis, metrics))
     servicer = RecommenderServicer(
         recommender=recommender,
         sink=EventSink(clients.producer, topic=settings.topic_events, timeout_s=settings.track_timeout_s),
@@ -235,6 +238,16 @@ def online_store(settings: ServingSettings, redis: Redis) -> OnlineStore:
     return OnlineStore(redis, prefix=settings.redis_prefix, seen_limit=settings.seen_limit,
                        coalesce=settings.redis_coalesce, exclude_types=tuple(settings.exclude_event_types),
                        trending_window=settings.trending_window, trending_tau_s=settings.trending_tau_s)
+
+
+def social_graph(settings: ServingSettings, redis: Redis, metrics: Metrics) -> SocialGraph:
+    return SocialGraph(redis, prefix=settings.redis_prefix, metrics=metrics, tuning=SocialTuning(
+        weight=settings.social_weight, tau_s=settings.social_tau_s,
+        type_weights=settings.social_type_weights,
+        limits=SocialReadLimits(feed=settings.social_feed_limit,
+                                hot_followees=settings.social_hot_followees,
+                                per_type=settings.social_per_type),
+    ))
 
 
 def tuning(settings: ServingSettings) -> Tuning:

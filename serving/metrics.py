@@ -43,7 +43,8 @@ class _ModelGauges(Collector):
 
 
 class Metrics:
-    """Latency per method, errors per method and code, index size and model versions."""
+    """Latency per method, errors per method and code, the social source's reads and items,
+    index size and model versions."""
 
     def __init__(self, models: Models) -> None:
         self.registry = CollectorRegistry()
@@ -51,6 +52,16 @@ class Metrics:
                                  ["method"], buckets=_BUCKETS, registry=self.registry)
         self.errors = Counter("streamrec_serving_errors", "RPCs ended with an error status",
                               ["method", "code"], registry=self.registry)
+        self.social_read = Histogram("streamrec_serving_social_read_seconds",
+                                     "Time of one social read (a request's or a batch's users)",
+                                     buckets=_BUCKETS, registry=self.registry)
+        self.social_errors = Counter("streamrec_serving_social_read_errors",
+                                     "Social reads that failed; those answers had no social items",
+                                     registry=self.registry)
+        self.social_items = Counter("streamrec_serving_social_items",
+                                    "Items shown that the social source placed (kind=result) or "
+                                    "that carry social proof (kind=proof)",
+                                    ["method", "kind"], registry=self.registry)
         self.registry.register(_ModelGauges(models))
         self._latency_of: dict[str, Histogram] = {}
         self._http: tuple[WSGIServer, threading.Thread] | None = None

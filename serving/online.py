@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 from redis.asyncio import Redis
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from contracts.online import (
     EVENT_TYPES,
@@ -41,16 +41,43 @@ class UserState:
     excluded: frozenset[str] = frozenset()
 
 
-def _bulk(value: bytes) -> bytes:
+def bulk(value: bytes) -> bytes:
     """One RESP bulk string."""
     return b"$%d\r\n%s\r\n" % (len(value), value)
 
 
-def _packed_head(script: str, fixed: Sequence[bytes]) -> tuple[bytes, int]:
+async def send_packed(client: Redis, packed: bytes, count: int) -> list[Any]:
+    """The replies to `count` commands packed in `packed`, sent together on one pooled
+    connection (one round trip), retried as the client retries its commands. An error
+    reply is returned as its ResponseError, every reply is read, so the connection stays
+    in step; a connection left mid-reply (a lost socket, a cancelled call) is
+    disconnected by the connection itself before it goes back to the pool."""
+    pool = client.connection_pool
+    connection = await pool.get_connection()
+    try:
+        async def round_trip() -> list[Any]:
+            await connection.send_packed_command(packed)
+            replies: list[Any] = []
+            for _ in range(count):
+                try:
+                    replies.append(await connection.read_response())
+                except ResponseError as error:
+                    replies.append(error)
+            return replies
+
+        async def disconnect(_: BaseException) -> None:
+            await connection.disconnect()
+
+        return await connection.retry.call_with_retry(round_trip, disconnect)
+    finally:
+        await pool.release(connection)
+
+
+def packed_head(script: str, fixed: Sequence[bytes]) -> tuple[bytes, int]:
     """The RESP of ``EVALSHA <sha of script> 0 <fixed...>`` without its array header,
     and how many arguments it holds."""
     words = [b"EVALSHA", hashlib.sha1(script.encode()).hexdigest().encode(), b"0", *fixed]
-    return b"".join(_bulk(word) for word in words), len(words)
+    return b"".join(bulk(word) for word in words), len(words)
 
 
 class OnlineStore:
@@ -87,7 +114,7 @@ class OnlineStore:
         # pipeline: one write and one read on the socket for all of them.
         self._coalesced: Coalescer[str, UserState] | None = Coalescer(self.users) if coalesce else None
         fixed = read_users_args(keys, seen_limit=seen_limit, types=self._exclude_types)
-        self._head, self._head_words = _packed_head(READ_USERS_SCRIPT,
+        self._head, self._head_words = packed_head(READ_USERS_SCRIPT,
                                                     [word.encode() for word in fixed])
 
     async def user(self, user_id: str) -> UserState:
@@ -108,7 +135,7 @@ class OnlineStore:
         """The script's raw reply for `user_ids`: one ``[vector, version, seen, acts]`` per
         user (raises RedisError)."""
         packed = b"".join([b"*%d\r\n" % (self._head_words + len(user_ids)), self._head,
-                           *(_bulk(user_id.encode()) for user_id in user_ids)])
+                           *(bulk(user_id.encode()) for user_id in user_ids)])
         try:
             replies: list[Any] = await self._call(packed)
         except NoScriptError:  # a restarted or flushed Redis: load the script once more
@@ -117,22 +144,11 @@ class OnlineStore:
         return replies
 
     async def _call(self, packed: bytes) -> Any:
-        """The reply to one packed command, on a pooled connection, retried as the client
-        retries its commands. A connection left mid-reply (an error, a cancelled call) is
-        disconnected by the connection itself before it goes back to the pool."""
-        pool = self._client.connection_pool
-        connection = await pool.get_connection()
-        try:
-            async def round_trip() -> Any:
-                await connection.send_packed_command(packed)
-                return await connection.read_response()
-
-            async def disconnect(_: BaseException) -> None:
-                await connection.disconnect()
-
-            return await connection.retry.call_with_retry(round_trip, disconnect)
-        finally:
-            await pool.release(connection)
+        """The reply to one packed command (raises the error Redis answered with)."""
+        (reply,) = await send_packed(self._client, packed, 1)
+        if isinstance(reply, ResponseError):
+            raise reply
+        return reply
 
     def _state(self, user_id: str, raw_vector: bytes | None, raw_version: bytes | None,
                seen_reply: list[bytes], acts_reply: list[bytes]) -> UserState:

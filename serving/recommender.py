@@ -9,6 +9,11 @@ a user vector is only ever searched in an index of its own version. The query ve
   version's index (the user's vector is of a version serving does not answer with);
 - ``popular``: else none; trending (then all-time popular) items answer.
 
+With the social source on (:mod:`serving.social`; a server-wide weight above 0, the
+request not ``exclude_social``), what the people the user follows did is read alongside
+the user's state and fused with the model's ranking (``+social`` in the strategy when one
+of those items is answered); every returned item they acted on carries social proof.
+
 Seen and excluded items never take a place in the FAISS results; catalog filters
 (availability, categories, price) and the per-category cap run on the window, which
 widens ×4 while fewer than k pass; trending items backfill. Every answer is logged to
@@ -27,6 +32,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from contracts.social import SocialItem
 from protos import events_pb2
 from serving.catalog import Catalog
 from serving.coalesce import Coalescer
@@ -48,6 +54,16 @@ from serving.ranking import (
     next_window,
 )
 from serving.requests import RecommendQuery, SimilarQuery
+from serving.social import (
+    NO_SOCIAL,
+    REASON_SOCIAL,
+    Social,
+    SocialGraph,
+    fused,
+    social_candidates,
+    social_proof,
+    social_reason,
+)
 from serving.tracking import RecommendationLog
 
 log = logging.getLogger(__name__)
@@ -56,6 +72,7 @@ STRATEGY_PERSONAL = "personal"
 STRATEGY_RECENT = "recent_items"
 STRATEGY_POPULAR = "popular"
 STRATEGY_SIMILAR = "similar"
+STRATEGY_SOCIAL = "social"  # joined to the others: "personal+social"
 
 
 class Shown(NamedTuple):
@@ -67,6 +84,9 @@ class Shown(NamedTuple):
     reason: str
     title: str
     categories: tuple[str, ...]
+    social_proof: str = ""
+    social_count: int = 0
+    social_user_ids: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -122,10 +142,11 @@ class Recommender:
     """Candidate generation, filtering, diversity, explanations and backfill."""
 
     def __init__(self, *, models: Models, catalog: Catalog, store: OnlineStore, tuning: Tuning,
-                 log: RecommendationLog | None = None) -> None:
+                 log: RecommendationLog | None = None, social: SocialGraph | None = None) -> None:
         self.models = models
         self.catalog = catalog
         self._store = store
+        self._social = social if social is not None and social.on else None
         self._tuning = tuning
         self._log = log
         # Searches of concurrent requests made in one event-loop turn share a FAISS call.
@@ -135,14 +156,27 @@ class Recommender:
 
     async def recommend(self, query: RecommendQuery, method: str = "Recommend") -> Recommendation:
         """Up to k items for the user (fewer only when fewer pass the filters)."""
-        state = await self._store.user(query.user_id)
-        return await self._answer(query, state, method)
+        if self._social is None or query.exclude_social:
+            return await self._answer(query, await self._store.user(query.user_id), NO_SOCIAL, method)
+        state, (social,) = await asyncio.gather(self._store.user(query.user_id),
+                                                self._social.read([query.user_id]))
+        return await self._answer(query, state, social, method)
 
     async def recommend_batch(self, queries: list[RecommendQuery]) -> list[Recommendation]:
-        """One answer per query, in order; every user's state read in one round trip."""
-        states = await self._store.users([query.user_id for query in queries])
-        return [await self._answer(query, state, "RecommendBatch")
-                for query, state in zip(queries, states, strict=True)]
+        """One answer per query, in order; every user's state read in one round trip, and
+        the social candidates of those who get them in one more (concurrently)."""
+        users = [query.user_id for query in queries]
+        wanted = [n for n, query in enumerate(queries) if not query.exclude_social]
+        socials = [NO_SOCIAL] * len(queries)
+        if self._social is None or not wanted:
+            states = await self._store.users(users)
+        else:
+            states, read = await asyncio.gather(self._store.users(users),
+                                                self._social.read([users[n] for n in wanted]))
+            for n, social in zip(wanted, read, strict=True):
+                socials[n] = social
+        return [await self._answer(query, state, social, "RecommendBatch")
+                for query, state, social in zip(queries, states, socials, strict=True)]
 
     async def similar(self, query: SimilarQuery) -> Recommendation:
         """Up to k items nearest to the query item, never the item itself."""
@@ -158,10 +192,16 @@ class Recommender:
             exclude_categories=query.exclude_categories,
             min_price=query.min_price, max_price=query.max_price,
         )
-        picked, _ = await self._nearest(model.index, vector, query.k, filters, 0, REASON_SIMILAR)
-        return self._finish(model.version, picked, STRATEGY_SIMILAR, query.user_id, "SimilarItems")
+        nearest = self._nearest(model.index, vector, query.k, filters, 0, REASON_SIMILAR)
+        if self._social is None or not query.user_id:
+            picked, _ = await nearest
+            return self._finish(model.version, picked, STRATEGY_SIMILAR, query.user_id, "SimilarItems")
+        (picked, _), (social,) = await asyncio.gather(nearest, self._social.read([query.user_id]))
+        return self._finish(model.version, picked, STRATEGY_SIMILAR, query.user_id, "SimilarItems",
+                            social)
 
-    async def _answer(self, query: RecommendQuery, state: UserState, method: str) -> Recommendation:
+    async def _answer(self, query: RecommendQuery, state: UserState, social: Social,
+                      method: str) -> Recommendation:
         model = self.models.for_user(query.user_id)
         exclude = self._tuning.exclude_seen and not query.include_seen
         filters = Filters(
@@ -171,17 +211,37 @@ class Recommender:
             min_price=query.min_price, max_price=query.max_price,
         )
         vector, strategy = self._query_vector(model, state)
+        theirs = self._social_candidates(model, social, filters)
         personal: list[Candidate] = []
         if vector is not None:
-            personal, hits = await self._nearest(model.index, vector, query.k, filters,
+            # Social items in the answer take places and diversity slots from personal ones:
+            # one more personal candidate for each social one that may be shown.
+            wanted = query.k + min(len(theirs), query.k)
+            personal, hits = await self._nearest(model.index, vector, wanted, filters,
                                                  query.max_per_category, REASON_PERSONAL)
             personal = self._explained(model.index, personal, hits, state.seen)
-        picked = personal
+        leading = picked = personal
+        if theirs and self._social is not None:
+            leading = fused(personal, theirs, self._social.weight)
+            picked = merge([leading], query.k, self._allows(filters),
+                           max_per_group=query.max_per_category, group=self._group)
         if len(picked) < query.k:
-            picked = await self._backfill(personal, query.k, filters, query.max_per_category)
+            picked = await self._backfill(leading, query.k, filters, query.max_per_category)
         if not personal:
             strategy = STRATEGY_POPULAR
-        return self._finish(model.version, picked, strategy, query.user_id, method)
+        if social.items and any(candidate.item_id in social.by_id for candidate in picked):
+            strategy = f"{strategy}+{STRATEGY_SOCIAL}"
+        placed = len(set(theirs).intersection(picked)) if theirs else 0
+        return self._finish(model.version, picked, strategy, query.user_id, method, social, placed)
+
+    def _social_candidates(self, model: Model, social: Social, filters: Filters) -> list[Candidate]:
+        """The social ranking among the items the answer may show: known (in the served
+        index or the catalog), allowed by every exclusion and filter."""
+        if not social.items:
+            return []
+        allows, index, get = self._allows(filters), model.index, self.catalog.get
+        return [c for c in social_candidates(social.items)
+                if (c.item_id in index or get(c.item_id) is not None) and allows(c.item_id)]
 
     def _query_vector(self, model: Model, state: UserState) -> tuple[np.ndarray | None, str]:
         """The user's vector if it is of `model`'s version, else the mean of their recent
@@ -301,9 +361,13 @@ class Recommender:
         return picked
 
     def _finish(self, version: str, picked: list[Candidate], strategy: str, user_id: str,
-                method: str) -> Recommendation:
+                method: str, social: Social = NO_SOCIAL, placed: int = 0) -> Recommendation:
+        """The answer, logged; `placed`: how many of `picked` the social source placed."""
+        items = [self._shown(candidate, social.by_id.get(candidate.item_id)) for candidate in picked]
+        if social.items and self._social is not None:
+            self._social.shown(method, placed, sum(1 for item in items if item.social_proof))
         answer = Recommendation(
-            items=[self._shown(candidate) for candidate in picked],
+            items=items,
             model_version=version,
             recommendation_id=uuid.uuid4().hex,
             strategy=strategy,
@@ -316,12 +380,18 @@ class Recommender:
             ))
         return answer
 
-    def _shown(self, candidate: Candidate) -> Shown:
+    def _shown(self, candidate: Candidate, social: SocialItem | None = None) -> Shown:
         entry = self.catalog.get(candidate.item_id)
+        reason = candidate.reason
+        if reason == REASON_SOCIAL and social is not None:
+            reason = social_reason(social)
         return Shown(
             item_id=candidate.item_id,
             score=candidate.score,
-            reason=candidate.reason,
+            reason=reason,
             title=entry.title if entry is not None else "",
             categories=entry.categories if entry is not None else (),
+            social_proof=social_proof(social) if social is not None else "",
+            social_count=social.count if social is not None else 0,
+            social_user_ids=tuple(social.named) if social is not None else (),
         )

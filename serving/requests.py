@@ -69,6 +69,7 @@ class RecommendQuery:
     max_price: float | None = None
     max_per_category: int = 0
     include_seen: bool = False
+    exclude_social: bool = False
 
 
 @dataclass(frozen=True)
@@ -148,6 +149,7 @@ def parse_recommend(request: recommender_pb2.RecommendRequest, limits: Limits) -
         max_price=high,
         max_per_category=request.max_per_category,
         include_seen=request.include_seen,
+        exclude_social=request.exclude_social,
     )
 
 

@@ -91,6 +91,9 @@ def _scored(item: Shown) -> recommender_pb2.ScoredItem:
         title=item.title,
         reason=item.reason,
         categories=item.categories,
+        social_proof=item.social_proof,
+        social_count=item.social_count,
+        social_user_ids=item.social_user_ids,
     )
 
 
@@ -104,7 +107,8 @@ def _response(result: Recommendation) -> recommender_pb2.RecommendResponse:
     add = response.items.add
     for item in result.items:
         add(item_id=item.item_id, score=item.score, title=item.title, reason=item.reason,
-            categories=item.categories)
+            categories=item.categories, social_proof=item.social_proof,
+            social_count=item.social_count, social_user_ids=item.social_user_ids)
     return response
 
 

@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_serializer, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from contracts.events import MAX_EVENT_BYTES, MAX_FUTURE_SKEW_MS
 from contracts.online import EVENT_TYPES
 from contracts.relations import MAX_RELATION_BYTES
 from contracts.security import KafkaSecurity, RedisSecurity
+from contracts.social import (
+    DEFAULT_SOCIAL_WEIGHT,
+    DEFAULT_TAU_S,
+    DEFAULT_TYPE_WEIGHTS,
+    SocialReadLimits,
+    type_weights,
+)
 from contracts.topics import (
     ENRICHED,
     EVENTS,
@@ -162,6 +170,33 @@ class ServingSettings(BaseSettings, TopicLayout, KafkaSecurity, RedisSecurity):
         default=32, ge=1, le=65_536,
         description="IVF lists searched per query (of 4·√N; 32 keeps recall@10 >= 0.95 at 1M items, 64-d)",
     )
+    # The social candidate source (contracts/social.py). tau and the type weights must be
+    # those the streams worker writes the social feeds with (the same defaults).
+    social_weight: float = Field(
+        default=DEFAULT_SOCIAL_WEIGHT, ge=0, le=1000,
+        description="weight of the social ranking against the model's (rank fusion); 0: the "
+                    "source is off server-wide (no read, no social proof)",
+    )
+    social_tau_s: float = Field(
+        default=DEFAULT_TAU_S, gt=0, description="decay time constant of a social act's weight"
+    )
+    social_type_weights: Annotated[dict[str, float], NoDecode] = Field(
+        default_factory=lambda: dict(DEFAULT_TYPE_WEIGHTS),
+        description="event type -> weight of a followee's act of that type (JSON); a type "
+                    "left out is not a social signal",
+    )
+    social_feed_limit: int = Field(
+        default=SocialReadLimits().feed, ge=0, le=100_000,
+        description="social feed entries read per request, strongest first",
+    )
+    social_hot_followees: int = Field(
+        default=SocialReadLimits().hot_followees, ge=0, le=10_000,
+        description="accounts above the fan-out threshold read on demand per request",
+    )
+    social_per_type: int = Field(
+        default=SocialReadLimits().per_type, ge=0, le=10_000,
+        description="newest acts of each type read per hot followee",
+    )
     event_loop: Literal["uvloop", "asyncio"] = Field(
         default="uvloop", description="the server's event loop: uvloop (libuv) or the standard one"
     )
@@ -193,6 +228,16 @@ class ServingSettings(BaseSettings, TopicLayout, KafkaSecurity, RedisSecurity):
     topic_poll_s: float = Field(default=1.0, gt=0, le=300, description="how often a missing topic is looked for")
     client_id: str = Field(default="streamrec-serving", min_length=1)
 
+    @field_validator("social_type_weights", mode="before")
+    @classmethod
+    def _weights_from_json(cls, value: Any) -> Any:
+        return json.loads(value) if isinstance(value, str | bytes) else value
+
+    @field_serializer("social_type_weights")
+    def _weights_as_json(self, value: dict[str, float]) -> str:
+        """Dumped as the JSON its environment variable holds (and read back from it)."""
+        return json.dumps(value)
+
     @model_validator(mode="after")
     def _windows(self) -> ServingSettings:
         unknown = set(self.exclude_event_types) - set(EVENT_TYPES)
@@ -203,6 +248,12 @@ class ServingSettings(BaseSettings, TopicLayout, KafkaSecurity, RedisSecurity):
             if self.trending_tau_s is None:
                 raise ValueError(f"trending_tau_s is required: the window name "
                                  f"{self.trending_window!r} does not say its length")
+        try:
+            type_weights(self.social_type_weights)
+        except ValueError as error:
+            raise ValueError(f"social_type_weights: {error}") from error
+        if self.social_weight > 0 and not self.social_type_weights:
+            raise ValueError("social_type_weights is empty: name a type, or set social_weight 0")
         if self.max_candidates < self.max_k:
             raise ValueError("max_candidates must be at least max_k")
         if (self.tls_cert_file is None) != (self.tls_key_file is None):

@@ -1,14 +1,15 @@
 """Command-line client of the Recommender service, over the real gRPC stub.
 
-    python -m serving.cli.client recommend --user 1m_10 -k 10 [--exclude ID] [--category C] [--not-category C]
-    python -m serving.cli.client similar --item 'Toy Story (1995)' -k 10
+    python -m serving.cli.client recommend --user 1m_10 -k 10 [--exclude ID] [--category C] [--not-category C] [--no-social]
+    python -m serving.cli.client similar --item 'Toy Story (1995)' -k 10 [--user 1m_10]
     python -m serving.cli.client wait --timeout 180       # until the server's health is SERVING
     python -m serving.cli.client demo --users 3 -k 10 [--wait-for-last-event]
 
 ``demo`` picks the users of the newest records on Kafka ``events``; with
 ``--wait-for-last-event`` it first waits until the newest event is folded into that
 user's vector in Redis (``ts`` of ``sr:uv:{user}``), then asks for recommendations.
-Kafka, Redis and topic names come from the ``STREAMREC_SERVING_*`` settings.
+Kafka, Redis and topic names come from the ``STREAMREC_SERVING_*`` settings. An item the
+people the user follows acted on is followed by its social proof (and who may be named).
 """
 
 from __future__ import annotations
@@ -42,6 +43,9 @@ def _print_items(items: Sequence[recommender_pb2.ScoredItem]) -> None:
         name = item.item_id if item.title in ("", item.item_id) else f"{item.item_id}  {item.title}"
         categories = f"  [{', '.join(item.categories)}]" if item.categories else ""
         print(f"{rank:>3}. {item.score:8.4f}  {name}{categories}  ({item.reason})")
+        if item.social_proof:
+            named = f"; named: {', '.join(item.social_user_ids)}" if item.social_user_ids else ""
+            print(f"     {item.social_proof}  ({item.social_count} acted{named})")
 
 
 async def recommend(stub: recommender_pb2_grpc.RecommenderStub, args: argparse.Namespace,
@@ -49,6 +53,7 @@ async def recommend(stub: recommender_pb2_grpc.RecommenderStub, args: argparse.N
     request = recommender_pb2.RecommendRequest(
         user_id=user_id, k=args.k, exclude_item_ids=args.exclude,
         include_categories=args.category, exclude_categories=args.not_category,
+        exclude_social=args.no_social,
     )
     started = time.perf_counter()
     response = await stub.Recommend(request, timeout=args.deadline)
@@ -60,7 +65,7 @@ async def recommend(stub: recommender_pb2_grpc.RecommenderStub, args: argparse.N
 
 async def similar(stub: recommender_pb2_grpc.RecommenderStub, args: argparse.Namespace,
                   item_id: str) -> None:
-    request = recommender_pb2.SimilarItemsRequest(item_id=item_id, k=args.k)
+    request = recommender_pb2.SimilarItemsRequest(item_id=item_id, k=args.k, user_id=args.user)
     response = await stub.SimilarItems(request, timeout=args.deadline)
     print(f"items similar to {item_id} (model {response.model_version}):")
     _print_items(response.items)
@@ -177,9 +182,12 @@ def _parser() -> argparse.ArgumentParser:
     rec.add_argument("--exclude", action="append", default=[], help="item id never returned")
     rec.add_argument("--category", action="append", default=[], help="only items in this category")
     rec.add_argument("--not-category", action="append", default=[], help="no items in this category")
+    rec.add_argument("--no-social", action="store_true",
+                     help="no candidates from what the people the user follows did")
     sim = commands.add_parser("similar", help="items similar to one item")
     sim.add_argument("--item", required=True)
     sim.add_argument("-k", type=int, default=10)
+    sim.add_argument("--user", default="", help="show this user's social proof on the items")
     wait = commands.add_parser("wait", help="wait until the server is SERVING")
     wait.add_argument("--timeout", type=float, default=60.0)
     dem = commands.add_parser("demo", help="recommendations for the most recently active users")
@@ -187,7 +195,7 @@ def _parser() -> argparse.ArgumentParser:
     dem.add_argument("-k", type=int, default=10)
     dem.add_argument("--wait-for-last-event", action="store_true")
     dem.add_argument("--timeout", type=float, default=60.0, help="longest wait for the last event")
-    dem.set_defaults(exclude=[], category=[], not_category=[])
+    dem.set_defaults(exclude=[], category=[], not_category=[], no_social=False, user="")
     return parser
 
 
