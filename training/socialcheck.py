@@ -60,7 +60,7 @@ class CheckConfig:
 
 
 @dataclass(frozen=True)
-class TestCase:
+class UserCase:
     """One evaluated user: index in the split's sequences, events seen, target row."""
 
     user: int
@@ -68,19 +68,19 @@ class TestCase:
     target: int
 
 
-def test_cases(split: Split) -> list[TestCase]:
+def cases_of(split: Split) -> list[UserCase]:
     ends = split.full.lengths()[split.eval_users] - 1
-    return [TestCase(int(u), int(e), int(t))
+    return [UserCase(int(u), int(e), int(t))
             for u, e, t in zip(split.eval_users, ends, split.test_targets, strict=True)]
 
 
-def seen_rows(split: Split, case: TestCase) -> set[int]:
+def seen_rows(split: Split, case: UserCase) -> set[int]:
     """Item rows of the user's events before the target, the target itself not among them."""
     a = int(split.full.starts[case.user])
     return set(split.full.items[a:a + case.end].tolist()) - {case.target}
 
 
-def model_rankings(score: Scorer, split: Split, cases: Sequence[TestCase],
+def model_rankings(score: Scorer, split: Split, cases: Sequence[UserCase],
                    candidates: np.ndarray, depth: int, batch_size: int = 256,
                    ) -> list[np.ndarray]:
     """Per case, the model's `depth` best item rows among `candidates` (bool [n_items])
@@ -102,7 +102,7 @@ def model_rankings(score: Scorer, split: Split, cases: Sequence[TestCase],
     return out
 
 
-def social_ranking(split: Split, case: TestCase, followees: np.ndarray, cfg: CheckConfig,
+def social_ranking(split: Split, case: UserCase, followees: np.ndarray, cfg: CheckConfig,
                    weights: dict[int, float]) -> list[int]:
     """Item rows of the case's social ranking (module docstring), best first."""
     seqs = split.full
@@ -158,7 +158,7 @@ def _social_chunk(bounds: tuple[int, int]) -> list[list[int]]:
             for case in cases[bounds[0]:bounds[1]]]
 
 
-def social_rankings(split: Split, cases: Sequence[TestCase], following: list[np.ndarray],
+def social_rankings(split: Split, cases: Sequence[UserCase], following: list[np.ndarray],
                     cfg: CheckConfig, workers: int = 2) -> list[list[int]]:
     """`social_ranking` of every case, over `workers` forked processes."""
     _STATE.update(split=split, cases=cases, following=following, cfg=cfg)
@@ -175,7 +175,7 @@ def social_rankings(split: Split, cases: Sequence[TestCase], following: list[np.
     return [ranking for part in parts for ranking in part]
 
 
-def evaluate_graph(split: Split, cases: Sequence[TestCase], model: list[np.ndarray],
+def evaluate_graph(split: Split, cases: Sequence[UserCase], model: list[np.ndarray],
                    social: list[list[int]], cfg: CheckConfig) -> dict[str, Any]:
     """Fused HR/NDCG at each weight, the social ranking alone, and how often the social
     ranking has anything (coverage) or holds the target at all (recall)."""
@@ -202,7 +202,7 @@ def run_check(split: Split, score: Scorer, candidates: np.ndarray,
               ) -> dict[str, dict[str, Any]]:
     """`evaluate_graph` for each named graph (per user, the users they follow), one
     model ranking shared by all."""
-    cases = test_cases(split)
+    cases = cases_of(split)
     model = model_rankings(score, split, cases, candidates, cfg.model_depth)
     results: dict[str, dict[str, Any]] = {}
     for name, following in graphs.items():
