@@ -43,7 +43,7 @@ from contracts.social import (
 from training.quality import Scorer
 from training.sequences import Split
 
-DEFAULT_WEIGHTS = (0.0, 0.5, 1.0, 2.0)
+DEFAULT_WEIGHTS = (0.0, 0.1, 0.2, 0.5, 1.0, 2.0)
 DEFAULT_MODEL_DEPTH = 30  # serving fetches k + candidate_margin (20) neighbours
 
 
@@ -177,15 +177,25 @@ def social_rankings(split: Split, cases: Sequence[UserCase], following: list[np.
 
 def evaluate_graph(split: Split, cases: Sequence[UserCase], model: list[np.ndarray],
                    social: list[list[int]], cfg: CheckConfig) -> dict[str, Any]:
-    """Fused HR/NDCG at each weight, the social ranking alone, and how often the social
-    ranking has anything (coverage) or holds the target at all (recall)."""
+    """Fused HR/NDCG at each weight with the HR gain over the model alone and its paired
+    standard error, the social ranking alone, and how often the social ranking has
+    anything (coverage) or holds the target at all (recall)."""
     k = cfg.k
+
+    def ranks(weight: float) -> list[int | None]:
+        return [fused_rank([str(r) for r in m.tolist()], [str(r) for r in s], weight,
+                           str(c.target), k)
+                for c, m, s in zip(cases, model, social, strict=True)]
+
+    alone_model = np.array([r is not None for r in ranks(0.0)], dtype=np.float64)
     out: dict[str, Any] = {"weights": {}}
     for weight in cfg.weights:
-        ranks = [fused_rank([str(r) for r in m.tolist()], [str(r) for r in s], weight,
-                            str(c.target), k)
-                 for c, m, s in zip(cases, model, social, strict=True)]
-        out["weights"][str(weight)] = hit_metrics(ranks, k)
+        fused = ranks(weight)
+        gain = np.array([r is not None for r in fused], dtype=np.float64) - alone_model
+        out["weights"][str(weight)] = {
+            **hit_metrics(fused, k), f"hr@{k}_gain": round(float(gain.mean()), 4) if len(gain) else 0.0,
+            f"hr@{k}_gain_se": round(float(gain.std(ddof=1) / math.sqrt(len(gain))), 4)
+            if len(gain) > 1 else 0.0}
     alone = [s[:k].index(c.target) + 1 if c.target in s[:k] else None
              for c, s in zip(cases, social, strict=True)]
     out["social_alone"] = hit_metrics(alone, k)
@@ -214,15 +224,15 @@ def run_check(split: Split, score: Scorer, candidates: np.ndarray,
 
 
 def format_table(results: dict[str, dict[str, Any]], k: int = 10) -> str:
-    """One row per graph: fused HR/NDCG at each weight, the social ranking alone."""
-    weights = next(iter(results.values()))["weights"] if results else {}
-    head = f"{'graph':<22}" + "".join(f"{'w=' + w:>18}" for w in weights) + f"{'social alone':>18}{'coverage':>10}{'recall':>8}"
-    sub = f"{'':<22}" + "".join(f"{'HR@%d  NDCG@%d' % (k, k):>18}" for _ in range(len(weights) + 1))
-    lines = [head, sub]
+    """Per graph, one row per weight: HR, NDCG, the HR gain over the model alone (± its
+    paired standard error); then the social ranking alone, coverage and recall."""
+    lines = [f"{'graph':<32}{'weight':>7}{f'HR@{k}':>9}{f'NDCG@{k}':>9}{'HR gain':>10}{'± se':>8}"]
     for name, r in results.items():
-        cells = [r["weights"][w] for w in weights] + [r["social_alone"]]
-        lines.append(f"{name:<22}" + "".join(
-            f"{c[f'hr@{k}']:>10.4f}{c[f'ndcg@{k}']:>8.4f}" for c in cells)
-            + f"{r['coverage']:>10.3f}{r['recall']:>8.3f}")
+        for weight, c in r["weights"].items():
+            lines.append(f"{name:<32}{weight:>7}{c[f'hr@{k}']:>9.4f}{c[f'ndcg@{k}']:>9.4f}"
+                         f"{c[f'hr@{k}_gain']:>+10.4f}{c[f'hr@{k}_gain_se']:>8.4f}")
+        a = r["social_alone"]
+        lines.append(f"{name:<32}{'alone':>7}{a[f'hr@{k}']:>9.4f}{a[f'ndcg@{k}']:>9.4f}"
+                     f"   (social ranking alone; coverage {r['coverage']:.3f}, "
+                     f"target in it {r['recall']:.3f})")
     return "\n".join(lines)
-

@@ -151,6 +151,8 @@ def social_check(argv: list[str]) -> int:
                         help="decay constant of a social act (serving's default)")
     parser.add_argument("--store", type=Path, help="an artifact store: score with a version")
     parser.add_argument("--version", help="the version in --store (default: production)")
+    parser.add_argument("--history", type=int, default=20,
+                        help="item-kNN: the user's newest events it sums over (evaluate's: 20)")
     parser.add_argument("--workers", type=int, default=2, help="processes for the social rankings")
     parser.add_argument("--out", type=Path, help="write the results as JSON")
     args = parser.parse_args(argv)
@@ -220,4 +222,5 @@ def _scorer(args: argparse.Namespace, dataset: Dataset, split: Split) -> tuple[A
             raise TrainingError(f"{args.store}: no production version; give --version")
         return artifact_scorer(args.store, version, dataset.item_ids, split.full), f"artifact {version}"
     from training.quality import item_knn_scorer
-    return item_knn_scorer(split.train, split.full, len(dataset.item_ids)), "item-knn"
+    return (item_knn_scorer(split.train, split.full, len(dataset.item_ids), recent=args.history),
+            f"item-knn (newest {args.history} events)")
