@@ -134,7 +134,7 @@ def generate(taste: np.ndarray, cfg: GraphConfig) -> Graph:
         d = int(degrees[u])
         n_taste = int(rng.binomial(d, cfg.signal)) if near is not None else 0
         chosen: list[int] = []
-        if n_taste:
+        if n_taste and near is not None:
             pool = near[u]
             weights = fame[pool] / fame[pool].sum()
             chosen = rng.choice(pool, size=min(n_taste, len(pool)), replace=False,

@@ -3,13 +3,17 @@ serving's (contracts.social), fusion is ``fuse``, and the figures follow from th
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from contracts.social import Act, decayed_weight, feed_score, fuse, social_items
+from ingest.relations import read_relations
 from protos import events_pb2
+from training.__main__ import main
 from training.sequences import Interactions, Split, build_sequences, leave_last_out
 from training.socialcheck import (
     CheckConfig,
@@ -156,3 +160,41 @@ def test_the_forked_workers_give_what_one_process_gives() -> None:
     two = social_rankings(split, cases, following, cfg, workers=2)
     assert one == two
     assert evaluate_graph(split, cases, model, one, cfg) == evaluate_graph(split, cases, model, two, cfg)
+
+
+def _interactions_csv(path: Path) -> Path:
+    """300 users in 3 taste clusters, 12 ratings each from their cluster's 30 items."""
+    rng = np.random.default_rng(11)
+    lines = ["user_id,item_id,timestamp,event_type"]
+    for u in range(300):
+        cluster = u % 3
+        for n, i in enumerate(rng.choice(30, 12, replace=False)):
+            lines.append(f"1m_{u},m{cluster * 30 + int(i)},{1_000_000_000 + u * 100 + n},rating")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_the_commands_write_a_graph_ingest_reads_and_the_checks_figures(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = _interactions_csv(tmp_path / "ratings.csv")
+    graph, user = tmp_path / "follows.csv", tmp_path / "social_user"
+    assert main(["social-graph", "--interactions", str(data), "--follows", "5",
+                 "--first-events", "3000", "--out", str(graph), "--pick-user", str(user)]) == 0
+    relations = read_relations(graph, {}, now_ms=1_790_000_000_000)
+    assert relations and all(r.timestamp_ms == 1_000_000_000_000 for r in relations)
+    followers = {r.follower_id for r in relations}
+    assert {r.followee_id for r in relations} | followers <= {f"1m_{u}" for u in range(250)}
+    picked = user.read_text().strip()
+    assert picked in followers
+    out = tmp_path / "check.json"
+    capsys.readouterr()
+    assert main(["social-check", "--interactions", str(data), "--graph", str(graph),
+                 "--weights", "0,1", "--workers", "2", "--out", str(out)]) == 0
+    assert "HR@10" in capsys.readouterr().out
+    result = json.loads(out.read_text())
+    assert result["model"].startswith("item-knn")
+    assert set(result["results"]) == {"follows", "shuffled follows"}
+    assert set(result["results"]["follows"]["weights"]) == {"0.0", "1.0"}
+    assert main(["social-check", "--interactions", str(data), "--graph",
+                 str(tmp_path / "missing.csv")]) == 2
+    assert "missing.csv" in capsys.readouterr().err
