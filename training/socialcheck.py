@@ -175,7 +175,7 @@ def social_rankings(split: Split, cases: Sequence[UserCase], following: list[np.
     return [ranking for part in parts for ranking in part]
 
 
-def evaluate_graph(split: Split, cases: Sequence[UserCase], model: list[np.ndarray],
+def evaluate_graph(cases: Sequence[UserCase], model: list[np.ndarray],
                    social: list[list[int]], cfg: CheckConfig) -> dict[str, Any]:
     """Fused HR/NDCG at each weight with the HR gain over the model alone and its paired
     standard error, the social ranking alone, and how often the social ranking has
@@ -217,7 +217,7 @@ def run_check(split: Split, score: Scorer, candidates: np.ndarray,
     results: dict[str, dict[str, Any]] = {}
     for name, following in graphs.items():
         social = social_rankings(split, cases, following, cfg, workers=workers)
-        results[name] = evaluate_graph(split, cases, model, social, cfg)
+        results[name] = evaluate_graph(cases, model, social, cfg)
         if on_graph is not None:
             on_graph(name, results[name])
     return results

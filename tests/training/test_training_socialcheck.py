@@ -159,7 +159,7 @@ def test_the_forked_workers_give_what_one_process_gives() -> None:
     one = social_rankings(split, cases, following, cfg, workers=1)
     two = social_rankings(split, cases, following, cfg, workers=2)
     assert one == two
-    assert evaluate_graph(split, cases, model, one, cfg) == evaluate_graph(split, cases, model, two, cfg)
+    assert evaluate_graph(cases, model, one, cfg) == evaluate_graph(cases, model, two, cfg)
 
 
 def _interactions_csv(path: Path) -> Path:
