@@ -1,16 +1,19 @@
 #!/usr/bin/env bash
 # The main job: the whole stack on local defaults with MovieLens-1M replayed.
 # Kafka and Redis are already up (`make demo` runs scripts/infra.sh up first).
-# Starts the streams worker and the gRPC server, loads the catalog, replays a slice of
-# events, prints recommendations through the gRPC client, starts the scheduled trainer
-# and keeps serving until interrupted.
+# Starts the streams worker and the gRPC server, loads the catalog and a synthetic follow
+# graph over the users of the replayed slice, replays the slice, prints recommendations
+# (one of them for a user who follows people who rated in the slice, with its social
+# reasons) through the gRPC client, starts the scheduled trainer and keeps serving until
+# interrupted.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PY=${DEMO_PYTHON:-.venv/bin/python}
 LOG_DIR=${DEMO_LOG_DIR:-var/log}
 REPLAY_LIMIT=${DEMO_REPLAY_LIMIT:-50000}
-mkdir -p "$LOG_DIR"
+DATA_DIR=${DEMO_DATA_DIR:-var/demo}
+mkdir -p "$LOG_DIR" "$DATA_DIR"
 export HF_HUB_OFFLINE=1
 
 STOP_WAIT_S=${DEMO_STOP_WAIT_S:-8}  # then whatever is left is killed: all gone within 10 s
@@ -58,11 +61,19 @@ run $PY -m serving.cli.client wait --timeout 180
 
 echo "==> MovieLens-1M catalog -> Kafka 'items'"
 run $PY -m ingest catalog --source movielens
+echo "==> a synthetic follow graph over the users of the first $REPLAY_LIMIT ratings -> Kafka 'relations'"
+# before the replay, so the worker writes each rating into the raters' followers' feeds
+run $PY -m training social-graph --ml-1m --first-events "$REPLAY_LIMIT" --follows 10 --seed 0 \
+  --out "$DATA_DIR/follows.csv" --pick-user "$DATA_DIR/social_user"
+run $PY -m ingest relations "$DATA_DIR/follows.csv" --no-progress
 echo "==> replaying the first $REPLAY_LIMIT ratings -> Kafka 'events'"
 run $PY -m ingest replay --source movielens --limit "$REPLAY_LIMIT" --speedup 0 --skip-catalog
 
 echo "==> recommendations through the gRPC client"
 run $PY -m serving.cli.client demo --wait-for-last-event --users 3 -k 10
+SOCIAL_USER=$(<"$DATA_DIR/social_user")
+echo "==> what the people $SOCIAL_USER follows rated: social results say so in their reason"
+run $PY -m serving.cli.client recommend --user "$SOCIAL_USER" -k 10
 
 echo "==> trainer on a schedule (log: $LOG_DIR/training.log): fine-tunes on the event log,"
 echo "    promotes past the quality gate; serving swaps the new version in without restart"

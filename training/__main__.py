@@ -7,6 +7,8 @@
   event log, and print the full-catalog leave-last-out table.
 - ``rollback``: make the previous version production again and announce it on
   ``models``, so serving and streams both switch back without restart.
+- ``social-graph``: write a synthetic follow graph with a planted taste effect;
+  ``social-check``: the offline check of the social source on such graphs.
 """
 
 from __future__ import annotations
@@ -297,7 +299,11 @@ def main(argv: list[str] | None = None) -> int:
         return schedule()
     if command == "rollback":
         return rollback()
-    print(f"usage: python -m training [run | schedule | evaluate ... | rollback]; "
+    if command in ("social-graph", "social-check"):
+        from training import socialcmd
+        return (socialcmd.social_graph if command == "social-graph" else socialcmd.social_check)(rest)
+    print(f"usage: python -m training [run | schedule | evaluate ... | rollback | "
+          f"social-graph ... | social-check ...]; "
           f"unknown command {command!r}",
           file=sys.stderr)
     return 2

@@ -17,6 +17,9 @@ STOP_WITHIN_S = 10.0
 # long-running ones a process that ignores both signals and sleeps (the worst case).
 STAND_IN = """#!/usr/bin/env bash
 echo $$ >> "$PIDS"
+case "$2 $3" in
+  "training social-graph") echo 1m_1 > "$DEMO_DATA_DIR/social_user"; exit 0 ;;
+esac
 case "$2" in
   serving.cli.client|ingest) exit 0 ;;
 esac
@@ -39,7 +42,7 @@ def test_ctrl_c_stops_everything_the_demo_started(tmp_path: Path) -> None:
     python.chmod(0o755)
     pids = tmp_path / "pids"
     env = {**os.environ, "DEMO_PYTHON": str(python), "DEMO_LOG_DIR": str(tmp_path / "log"),
-           "DEMO_STOP_WAIT_S": "3", "PIDS": str(pids)}
+           "DEMO_STOP_WAIT_S": "3", "PIDS": str(pids), "DEMO_DATA_DIR": str(tmp_path / "data")}
     demo = subprocess.Popen(["bash", str(ROOT / "scripts" / "demo.sh")], env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             start_new_session=True)
@@ -57,10 +60,12 @@ def test_ctrl_c_stops_everything_the_demo_started(tmp_path: Path) -> None:
     try:
         assert ready.wait(60), "".join(output)
         deadline = time.monotonic() + 10.0
-        while len(pids.read_text().split()) < 7 and time.monotonic() < deadline:
+        while len(pids.read_text().split()) < 10 and time.monotonic() < deadline:
             time.sleep(0.05)  # the trainer starts as the last line is printed
         started = [int(line) for line in pids.read_text().split()]
-        assert len(started) == 7  # worker, server, wait, catalog, replay, demo, trainer
+        # worker, server, wait, catalog, follow graph, relations, replay, demo, the social
+        # user's recommendations, trainer
+        assert len(started) == 10
         os.killpg(demo.pid, signal.SIGINT)  # what Ctrl-C sends: the whole group
         demo.wait(timeout=STOP_WITHIN_S)
         deadline = time.monotonic() + 1.0
