@@ -32,7 +32,7 @@ from protos import events_pb2
 DEFAULT_TAU_S = 7 * 24 * 3600.0  # decay constant of a social act's weight
 DEFAULT_FEED_CAP = 500  # members kept in one user's social feed
 DEFAULT_FANOUT_THRESHOLD = 10_000  # followers above which an account is read on demand
-DEFAULT_SOCIAL_WEIGHT = 1.0  # weight of the social ranking against the model's in fuse
+DEFAULT_SOCIAL_WEIGHT = 0.1  # of the social ranking in fuse (bench/README.md, "Social quality")
 RRF_K = 60  # the rank offset of reciprocal-rank fusion (Cormack et al., 2009)
 
 # How much an act says about the item, by event type. Clicks are left out: on their own
@@ -117,10 +117,16 @@ def feed_score(weight: float, timestamp_ms: float, tau_ms: float) -> float:
     return math.log(weight) + timestamp_ms / tau_ms
 
 
+def decayed_log_weight(score: float, now_ms: float, tau_ms: float) -> float:
+    """The log of a feed score's act weight decayed to `now_ms`: finite however old the
+    act (its weight itself may be too small for a float). An act ahead of the clock,
+    within the allowed skew, gains at most a bounded amount."""
+    return min(score - now_ms / tau_ms, 50.0)
+
+
 def decayed_weight(score: float, now_ms: float, tau_ms: float) -> float:
-    """A feed score as the act's weight decayed to `now_ms` (an act ahead of the clock,
-    within the allowed skew, counts as now)."""
-    return math.exp(min(score - now_ms / tau_ms, 50.0))
+    """A feed score as the act's weight decayed to `now_ms` (0.0 once too small)."""
+    return math.exp(decayed_log_weight(score, now_ms, tau_ms))
 
 
 def type_weights(names: Mapping[str, float]) -> dict[int, float]:
@@ -137,23 +143,33 @@ def type_weights(names: Mapping[str, float]) -> dict[int, float]:
 
 @dataclass(frozen=True)
 class Act:
-    """One act of someone the user follows, its weight decayed to the request's time."""
+    """One act of someone the user follows, the log of its weight decayed to the request's
+    time (:func:`decayed_log_weight`): acts months old still order right."""
 
     actor_id: str
     event_type: int
     item_id: str
-    weight: float
+    log_weight: float
+
+    @property
+    def weight(self) -> float:
+        return math.exp(self.log_weight)
 
 
 @dataclass
 class SocialItem:
-    """An item some of the people the user follows acted on: the sum of their decayed
-    weights, and who did what (each actor once per type, strongest act first)."""
+    """An item some of the people the user follows acted on: the log of the sum of their
+    decayed weights, and who did what (each actor once per type, strongest act first)."""
 
     item_id: str
-    score: float = 0.0
+    log_score: float = -math.inf
     actors: dict[int, list[str]] = field(default_factory=dict)
     named: list[str] = field(default_factory=list)
+
+    @property
+    def score(self) -> float:
+        """The summed decayed weight (0.0 when too small for a float)."""
+        return math.exp(self.log_score)
 
     @property
     def count(self) -> int:
@@ -167,19 +183,27 @@ class SocialItem:
 
 
 def social_items(acts: Iterable[Act], may_name: Mapping[str, bool]) -> list[SocialItem]:
-    """Acts as items, best first (highest summed weight, then item id)."""
+    """Acts as items, best first (highest summed weight, then item id), summed in log
+    space so that old acts keep their order."""
     items: dict[str, SocialItem] = {}
-    for act in sorted(acts, key=lambda a: -a.weight):
+    for act in sorted(acts, key=lambda a: -a.log_weight):
         item = items.get(act.item_id)
         if item is None:
             item = items[act.item_id] = SocialItem(act.item_id)
-        item.score += act.weight
+        item.log_score = _log_add(item.log_score, act.log_weight)
         actors = item.actors.setdefault(act.event_type, [])
         if act.actor_id not in actors:
             actors.append(act.actor_id)
         if may_name.get(act.actor_id) and act.actor_id not in item.named:
             item.named.append(act.actor_id)
-    return sorted(items.values(), key=lambda i: (-i.score, i.item_id))
+    return sorted(items.values(), key=lambda i: (-i.log_score, i.item_id))
+
+
+def _log_add(a: float, b: float) -> float:
+    """``log(exp(a) + exp(b))`` without leaving the float range."""
+    if a < b:
+        a, b = b, a
+    return a if b == -math.inf else a + math.log1p(math.exp(b - a))
 
 
 def fuse(ranked: Sequence[str], social: Sequence[str], weight: float,
@@ -304,7 +328,7 @@ def parse_social_reply(reply: Sequence[Sequence[bytes | str | int]], *, now_ms: 
             continue
         if event_type in weights:
             acts.append(Act(actor, event_type, item_id,
-                            decayed_weight(float(feed[n + 1]), now_ms, tau_ms)))
+                            decayed_log_weight(float(feed[n + 1]), now_ms, tau_ms)))
     for n in range(0, len(hot), 4):
         event_type = int(hot[n + 1])
         weight = weights.get(event_type)
@@ -312,7 +336,7 @@ def parse_social_reply(reply: Sequence[Sequence[bytes | str | int]], *, now_ms: 
             continue
         score = feed_score(weight, float(hot[n + 3]), tau_ms)
         acts.append(Act(_text(hot[n]), event_type, _text(hot[n + 2]),
-                        decayed_weight(score, now_ms, tau_ms)))
+                        decayed_log_weight(score, now_ms, tau_ms)))
     may_name = {_text(flags[n]): EdgeFlags.decode(flags[n + 1]).may_name
                 for n in range(0, len(flags), 2)}
     return acts, may_name

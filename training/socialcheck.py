@@ -9,7 +9,7 @@ Per test user (leave-last-out, as ``training.quality``; seen items excluded):
   of a followee strictly before the user's test event, one feed member per actor, type
   and item at its newest time, scored by ``feed_score`` with the event type's weight and
   the decay constant, the feed cut to its `feed_limit` best members (the read limit,
-  within the feed cap), decayed to the test time by ``decayed_weight``, summed per item
+  within the feed cap), decayed to the test time by ``decayed_log_weight``, summed per item
   by ``social_items``, the user's earlier items left out;
 - the two merged by ``contracts.social.fuse`` at each social weight (0: the model alone).
 
@@ -35,7 +35,7 @@ from contracts.social import (
     DEFAULT_TYPE_WEIGHTS,
     Act,
     SocialReadLimits,
-    decayed_weight,
+    decayed_log_weight,
     fuse,
     social_items,
     type_weights,
@@ -127,7 +127,7 @@ def social_ranking(split: Split, case: UserCase, followees: np.ndarray, cfg: Che
     kept = order[np.sort(first)][:cfg.feed_limit]  # the read's best members, best first
     now_ms = now_s * 1000.0
     acts = [Act(str(int(actors[i])), int(types[i]), str(int(items[i])),
-                decayed_weight(float(scores[i]), now_ms, tau_ms)) for i in kept]
+                decayed_log_weight(float(scores[i]), now_ms, tau_ms)) for i in kept]
     seen = seen_rows(split, case)
     return [int(item.item_id) for item in social_items(acts, {})
             if int(item.item_id) not in seen]

@@ -15,6 +15,7 @@ from contracts.social import (
     EdgeFlags,
     FeedFormatError,
     SocialReadLimits,
+    decayed_log_weight,
     decayed_weight,
     feed_member,
     feed_score,
@@ -68,6 +69,21 @@ def test_feed_scores_order_by_decayed_weight_at_any_time() -> None:
         feed_score(0.0, 1.0, TAU_MS)
 
 
+def test_acts_years_old_keep_their_order() -> None:
+    """A replay of old events: every weight is below a float's range, the order is not."""
+    now = 10_000 * TAU_MS
+    acts = [Act("a", events_pb2.VIEW, "old", decayed_log_weight(feed_score(1.0, 0.0, TAU_MS),
+                                                                  now, TAU_MS)),
+            Act("a", events_pb2.PURCHASE, "older", decayed_log_weight(
+                feed_score(3.0, -2 * TAU_MS, TAU_MS), now, TAU_MS)),
+            Act("b", events_pb2.VIEW, "old", decayed_log_weight(feed_score(1.0, 0.0, TAU_MS),
+                                                                now, TAU_MS))]
+    assert decayed_weight(feed_score(1.0, 0.0, TAU_MS), now, TAU_MS) == 0.0
+    items = social_items(acts, {})
+    assert [i.item_id for i in items] == ["old", "older"]
+    assert items[0].log_score == pytest.approx(math.log(2.0) - 10_000)
+
+
 def test_type_weights_name_known_types_with_positive_weights() -> None:
     assert type_weights({"purchase": 3.0}) == {events_pb2.PURCHASE: 3.0}
     with pytest.raises(ValueError, match="unknown"):
@@ -77,8 +93,10 @@ def test_type_weights_name_known_types_with_positive_weights() -> None:
 
 
 def test_social_items_count_people_and_name_only_those_allowed() -> None:
-    acts = [Act("ann", events_pb2.PURCHASE, "x", 3.0), Act("bob", events_pb2.VIEW, "x", 0.2),
-            Act("bob", events_pb2.PURCHASE, "x", 2.0), Act("cy", events_pb2.VIEW, "y", 0.5)]
+    log = math.log
+    acts = [Act("ann", events_pb2.PURCHASE, "x", log(3.0)),
+            Act("bob", events_pb2.VIEW, "x", log(0.2)),
+            Act("bob", events_pb2.PURCHASE, "x", log(2.0)), Act("cy", events_pb2.VIEW, "y", log(0.5))]
     items = social_items(acts, {"bob": True})
     assert [i.item_id for i in items] == ["x", "y"]
     x = items[0]
@@ -121,6 +139,7 @@ async def test_the_social_read_keeps_followed_actors_and_reads_hot_accounts(
         acts, may_name = parse_social_reply(reply, now_ms=now, tau_ms=TAU_MS, weights=weights)
         assert may_name == {"ann": True, "bob|x": False, "star": False}
         found = {(a.actor_id, a.event_type, a.item_id): a.weight for a in acts}
+        assert all(math.isfinite(a.log_weight) for a in acts)
         assert found == pytest.approx({
             ("ann", events_pb2.PURCHASE, "i1"): 3.0, ("bob|x", events_pb2.VIEW, "i2"): 0.25,
             ("star", events_pb2.PURCHASE, "i1"): 3.0,

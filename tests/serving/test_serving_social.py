@@ -41,8 +41,12 @@ N_ITEMS = 40
 TAU_MS = DEFAULT_TAU_S * 1000
 
 
+# The mechanics are checked at weight 1, where a social ranking interleaves with the
+# model's (the default is lower: bench/README.md, "Social quality").
+WEIGHT = 1.0
+
 def _item(acts: list[tuple[str, int]], named: set[str]) -> Any:
-    (item,) = social_items([Act(actor, kind, "x", 1.0) for actor, kind in acts],
+    (item,) = social_items([Act(actor, kind, "x", 0.0) for actor, kind in acts],
                            {actor: actor in named for actor, _ in acts})
     return item
 
@@ -194,7 +198,7 @@ async def _shop(stack: Stack, unavailable: frozenset[str] = frozenset()
 
 async def test_social_items_join_the_answer_with_reasons_and_names_when_shared(stack: Stack) -> None:
     _, near, far, _ = await _shop(stack)
-    async with stack.server() as client:
+    async with stack.server(social_weight=WEIGHT) as client:
         answer = await _recommend(client, "u", 10)
         off = await _recommend(client, "u", 10, exclude_social=True)
         twin = await _recommend(client, "twin", 10)
@@ -242,7 +246,7 @@ async def test_weight_zero_turns_the_source_off_and_a_failed_read_answers_withou
         assert reads(client) == 0  # off: nothing read at all
     assert (off.strategy, _items(off)) == ("personal", _items(twin))
     assert "social read" not in caplog.text
-    async with stack.server() as client:
+    async with stack.server(social_weight=WEIGHT) as client:
         await _recommend(client, "broken", 10, exclude_social=True)
         assert reads(client) == 0
         with caplog.at_level(logging.WARNING, logger="serving.social"):
@@ -267,7 +271,7 @@ async def test_every_filter_exclusion_and_the_diversity_cap_apply_to_social_item
     _, near, far, graph = await _shop(stack, unavailable=frozenset({far[1]}))
     await graph.fan_out("u", "ann", PURCHASE, "ghost")  # in no index and no catalog
     await stack.set_user("u", _query(), seen=[far[3]])
-    async with stack.server() as client:
+    async with stack.server(social_weight=WEIGHT) as client:
         plain = await _recommend(client, "u", 10)
         seen_too = await _recommend(client, "u", 10, include_seen=True)
         excluded = await _recommend(client, "u", 10, exclude_item_ids=[far[0]])
@@ -296,7 +300,7 @@ async def test_users_without_a_vector_get_social_items_before_popular_ones(stack
     await graph.follow("returning", "ann")
     await graph.fan_out("returning", "ann", RATING, "i07")
     await stack.set_user("returning", vectors["i01"], version="an-older-model", seen=["i01"])
-    async with stack.server() as client:
+    async with stack.server(social_weight=WEIGHT) as client:
         newbie = await _recommend(client, "newbie", 3)
         stranger = await _recommend(client, "stranger", 3)
         returning = await _recommend(client, "returning", 3)
@@ -312,7 +316,7 @@ async def test_similar_items_carry_the_calling_users_social_proof(stack: Stack) 
     similar = exact_nearest(vectors, vectors[near[5]], 6, {near[5]})
     for actor in ("bob", "dan"):
         await graph.fan_out("u", actor, PURCHASE, similar[2])
-    async with stack.server() as client:
+    async with stack.server(social_weight=WEIGHT) as client:
         mine = await client.stub.SimilarItems(recommender_pb2.SimilarItemsRequest(
             item_id=near[5], k=5, user_id="u"), timeout=5)
         anyone = await client.stub.SimilarItems(recommender_pb2.SimilarItemsRequest(
@@ -329,7 +333,7 @@ async def test_recommend_batch_reads_the_social_graph_of_every_user_that_wants_i
     stack: Stack,
 ) -> None:
     _, _, far, _ = await _shop(stack)
-    async with stack.server() as client:
+    async with stack.server(social_weight=WEIGHT) as client:
         single = await _recommend(client, "u", 6)
         batch = await client.stub.RecommendBatch(recommender_pb2.RecommendBatchRequest(requests=[
             recommender_pb2.RecommendRequest(user_id="u", k=6),
@@ -370,7 +374,7 @@ async def test_the_client_prints_social_reasons_and_proof(
     stack: Stack, capsys: pytest.CaptureFixture[str],
 ) -> None:
     _, near, far, _ = await _shop(stack)
-    async with stack.server() as client:
+    async with stack.server(social_weight=WEIGHT) as client:
         target = f"127.0.0.1:{client.running.port}"
         assert await cli.run(cli._parser().parse_args(
             ["--target", target, "recommend", "--user", "u", "-k", "4"])) == 0

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from contracts.social import Act, decayed_weight, feed_score, fuse, social_items
+from contracts.social import Act, decayed_log_weight, feed_score, fuse, social_items
 from ingest.relations import read_relations
 from protos import events_pb2
 from training.__main__ import main
@@ -66,7 +66,8 @@ def test_the_social_ranking_is_the_contracts_ranking_of_acts_before_the_test_tim
     # by the contract: friend's acts before day 10, decayed to day 10; a is mine already
     now_ms, tau_ms = 10 * DAY * 1000.0, 7 * DAY * 1000.0
     acts = [Act(str(friend), t, str(ROWS[i]),
-                decayed_weight(feed_score(WEIGHTS[t], d * DAY * 1000.0, tau_ms), now_ms, tau_ms))
+                decayed_log_weight(feed_score(WEIGHTS[t], d * DAY * 1000.0, tau_ms), now_ms,
+                                   tau_ms))
             for i, d, t in (("a", 1, P), ("d", 2, P), ("c", 8, V), ("e", 9, P))]
     expected = [int(x.item_id) for x in social_items(acts, {}) if x.item_id != str(ROWS["a"])]
     assert ranking == expected == [ROWS["e"], ROWS["d"], ROWS["c"]]
