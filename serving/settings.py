@@ -14,6 +14,7 @@ from contracts.online import EVENT_TYPES
 from contracts.relations import MAX_RELATION_BYTES
 from contracts.security import KafkaSecurity, RedisSecurity
 from contracts.topics import (
+    DLQ,
     ENRICHED,
     EVENTS,
     ITEM_VECTORS,
@@ -52,7 +53,9 @@ class ServingSettings(BaseSettings, TopicLayout, KafkaSecurity, RedisSecurity):
     topic_routing: str = Field(default=ROUTING.default_name, min_length=1,
                                description="routing records (compacted, one partition; created if missing)")
     topic_recommendations: str = RECOMMENDATIONS.default_name
-    topic_enriched: str = Field(default=ENRICHED.default_name, description="read by `serving.cli.report`")
+    topic_enriched: str = Field(default=ENRICHED.default_name,
+                                description="read by `serving.cli.report` and `admin export-user`")
+    topic_dlq: str = Field(default=DLQ.default_name, description="read by `admin export-user`")
     topic_relations: str = Field(default=RELATIONS.default_name, min_length=1,
                                  description="TrackRelations' edges (compacted; created if missing)")
     artifact_dir: Path = Path("var/artifacts")
