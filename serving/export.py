@@ -79,13 +79,15 @@ def match_event(record: ConsumerRecord, user_id: str) -> dict[str, Any] | None:
     """A record of ``events``: an event of the user (binary or JSON), or a record under
     their key that is no event at all (kept as its bytes and why)."""
     keyed = record.key is not None and _text(record.key) == user_id
+    if record.value is None:
+        return _where(record) | {"tombstone": True} if keyed else None
     try:
-        event = decode_record(record.value or b"", events_pb2.Event)
+        event = decode_record(record.value, events_pb2.Event)
     except DecodeError as error:
         if not keyed:
             return None
         return _where(record) | {"undecodable": str(error)[:200],
-                                 "value_base64": base64.b64encode(record.value or b"").decode()}
+                                 "value_base64": base64.b64encode(record.value).decode()}
     if event.user_id != user_id and not keyed:
         return None
     return _where(record) | {"event": as_dict(event)}

@@ -110,6 +110,7 @@ def write_topics(env: dict[str, str], kafka_bootstrap: str) -> None:
             enriched = events_pb2.EnrichedEvent(event=event(user, f"i{n}", n), weight=5.0)
             producer.send(topic["ENRICHED"], key=key, value=enriched.SerializeToString())
         producer.send(topic["EVENTS"], key=key, value=b"{not json")  # dead-lettered by streams
+        producer.send(topic["EVENTS"], key=key, value=None)
         letter = events_pb2.DeadLetter(payload=b"{not json", key=key, reason="undecodable",
                                        origin_topic=topic["EVENTS"])
         producer.send(topic["DLQ"], key=key, value=letter.SerializeToString())
@@ -181,6 +182,8 @@ def test_export_returns_what_was_written_and_nothing_else(
     events = [e["event"] for e in doc["events"] if "event" in e]
     assert [e["event_id"] for e in events] == [f"{USER}-{n}" for n in range(3)]
     assert [e for e in doc["events"] if "undecodable" in e][0]["value_base64"]
+    assert len([e for e in doc["events"] if e.get("tombstone")]) == 1
+    assert len(doc["events"]) == 5
     assert [e["event"]["item_id"] for e in doc["events_enriched"]] == ["i0", "i1", "i2"]
     assert [d["reason"] for d in doc["dead_letters"]] == ["undecodable"]
     assert [r["recommendation_id"] for r in doc["recommendations"]] == [f"r-{USER}"]
