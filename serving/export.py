@@ -15,6 +15,7 @@ readers around them only fetch.
 from __future__ import annotations
 
 import base64
+import json
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -129,6 +130,20 @@ def match_recommendation(record: ConsumerRecord, user_id: str) -> dict[str, Any]
     except DecodeError:
         return None
     return _where(record) | as_dict(served) if served.user_id == user_id else None
+
+
+def match_worker_state(record: ConsumerRecord, user_id: str) -> dict[str, Any] | None:
+    """A record of the streams worker's users changelog under the user's key: their state
+    as the worker keeps it (its own JSON, ``streams/history.py``: ``h`` the newest events
+    as item, type, time, weight; ``a`` recent event ids and their offsets), or a tombstone."""
+    if record.key is None or _text(record.key) != user_id:
+        return None
+    if record.value is None:
+        return _where(record) | {"tombstone": True}
+    try:
+        return _where(record) | {"state": json.loads(record.value)}
+    except ValueError:
+        return _where(record) | {"value_base64": base64.b64encode(record.value).decode()}
 
 
 def match_relation(record: ConsumerRecord, user_id: str) -> dict[str, Any] | None:

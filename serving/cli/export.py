@@ -34,6 +34,7 @@ from serving.export import (
     match_event,
     match_recommendation,
     match_relation,
+    match_worker_state,
 )
 from serving.settings import ServingSettings
 
@@ -59,7 +60,8 @@ def topic_choices(settings: ServingSettings, *, relations: bool) -> list[TopicCh
     chosen = [TopicChoice("events", settings.topic_events, match_event),
               TopicChoice("events_enriched", settings.topic_enriched, match_enriched),
               TopicChoice("dead_letters", settings.topic_dlq, match_dead_letter),
-              TopicChoice("recommendations", settings.topic_recommendations, match_recommendation)]
+              TopicChoice("recommendations", settings.topic_recommendations, match_recommendation),
+              TopicChoice("worker_state", settings.users_changelog(), match_worker_state)]
     if relations:
         chosen.append(TopicChoice("relations", settings.topic_relations, match_relation, whole=True))
     return chosen

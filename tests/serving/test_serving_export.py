@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[2]
 USER = "ann|%1"  # a separator and a '%' in the id: escaped in edge keys and feed members
 OTHER = "bob"
 T0 = 1_790_000_000_000
+STATE = {"h": ["i0", 4, T0, 5.0], "a": [f"{USER}-0", 0]}  # the worker's own format
 
 
 def event(user: str, item: str, n: int, kind: int = events_pb2.PURCHASE) -> events_pb2.Event:
@@ -74,7 +75,8 @@ def stores(create_topics: Any, kafka_bootstrap: str, redis_url: str, unique: str
              ("events", "enriched", "dlq", "recommendations", "relations")}
     create_topics([names[r] for r in ("events", "enriched", "dlq", "recommendations")],
                   partitions=3)
-    create_topics([names["relations"]], partitions=3, config={"cleanup.policy": "compact"})
+    create_topics([names["relations"], f"app-{unique}-users-changelog"], partitions=3,
+                  config={"cleanup.policy": "compact"})
     prefix = f"srtest:{unique}:"
     env = dict(os.environ, PYTHONPATH=str(ROOT),
                STREAMREC_SERVING_KAFKA_BOOTSTRAP=kafka_bootstrap,
@@ -83,7 +85,8 @@ def stores(create_topics: Any, kafka_bootstrap: str, redis_url: str, unique: str
                STREAMREC_SERVING_TOPIC_ENRICHED=names["enriched"],
                STREAMREC_SERVING_TOPIC_DLQ=names["dlq"],
                STREAMREC_SERVING_TOPIC_RECOMMENDATIONS=names["recommendations"],
-               STREAMREC_SERVING_TOPIC_RELATIONS=names["relations"])
+               STREAMREC_SERVING_TOPIC_RELATIONS=names["relations"],
+               STREAMREC_SERVING_STREAMS_APP_ID=f"app-{unique}")
     yield env
     client = redis.Redis.from_url(redis_url)
     found = client.keys(f"{prefix}*")
@@ -123,6 +126,10 @@ def write_topics(env: dict[str, str], kafka_bootstrap: str) -> None:
                                        kind=events_pb2.FOLLOW, timestamp_ms=T0, removed=removed)
         key, value = record_of(relation)
         producer.send(topic["RELATIONS"], key=key, value=value)
+    changelog = f"{env['STREAMREC_SERVING_STREAMS_APP_ID']}-users-changelog"
+    for user in (USER, OTHER):  # in the partition of the user's events, as streams writes it
+        producer.send(changelog, key=user.encode(), partition=partition_of(user, 3),
+                      value=json.dumps(STATE).encode())
     producer.flush(30)
     producer.close()
     aborted = KafkaProducer(bootstrap_servers=kafka_bootstrap, transactional_id=f"t-{time.time_ns()}")
@@ -187,6 +194,8 @@ def test_export_returns_what_was_written_and_nothing_else(
     assert [e["event"]["item_id"] for e in doc["events_enriched"]] == ["i0", "i1", "i2"]
     assert [d["reason"] for d in doc["dead_letters"]] == ["undecodable"]
     assert [r["recommendation_id"] for r in doc["recommendations"]] == [f"r-{USER}"]
+    (state,) = doc["worker_state"]
+    assert state["state"] == STATE and state["partition"] == partition_of(USER, 3)
     relations = {(r["follower_id"], r["followee_id"], r.get("removed", False))
                  for r in doc["relations"]}
     assert relations == {(USER, OTHER, False), (OTHER, USER, False), ("carl", USER, True)}
@@ -214,6 +223,7 @@ def test_a_user_of_whom_nothing_is_held_gets_an_empty_document(stores: dict[str,
     doc = json.loads(done.stdout)
     assert doc["held"] is False and doc["online"] == {}
     assert doc["events"] == doc["events_enriched"] == doc["recommendations"] == []
+    assert doc["worker_state"] == []
     assert all(s["exists"] for s in doc["sources"]["topics"].values())
     assert "nothing is held about user 'nobody'" in done.stderr
 
