@@ -22,6 +22,7 @@ from contracts.social import (
     type_weights,
 )
 from contracts.topics import (
+    DLQ,
     ENRICHED,
     EVENTS,
     ITEM_VECTORS,
@@ -29,6 +30,7 @@ from contracts.topics import (
     RECOMMENDATIONS,
     RELATIONS,
     ROUTING,
+    USERS_CHANGELOG,
     TopicLayout,
 )
 
@@ -60,7 +62,13 @@ class ServingSettings(BaseSettings, TopicLayout, KafkaSecurity, RedisSecurity):
     topic_routing: str = Field(default=ROUTING.default_name, min_length=1,
                                description="routing records (compacted, one partition; created if missing)")
     topic_recommendations: str = RECOMMENDATIONS.default_name
-    topic_enriched: str = Field(default=ENRICHED.default_name, description="read by `serving.cli.report`")
+    topic_enriched: str = Field(default=ENRICHED.default_name,
+                                description="read by `serving.cli.report` and `admin export-user`")
+    topic_dlq: str = Field(default=DLQ.default_name, description="read by `admin export-user`")
+    streams_app_id: str = Field(
+        default="streamrec-streams", min_length=1,
+        description="the streams worker's app id, whose users changelog `admin export-user` reads",
+    )
     topic_relations: str = Field(default=RELATIONS.default_name, min_length=1,
                                  description="TrackRelations' edges (compacted; created if missing)")
     artifact_dir: Path = Path("var/artifacts")
@@ -259,6 +267,10 @@ class ServingSettings(BaseSettings, TopicLayout, KafkaSecurity, RedisSecurity):
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             raise ValueError("tls_cert_file and tls_key_file go together")
         return self
+
+    def users_changelog(self) -> str:
+        """The streams worker's compacted topic of user states (partitioned like events)."""
+        return USERS_CHANGELOG.default_name.format(app_id=self.streams_app_id)
 
     def bootstrap_servers(self) -> list[str]:
         """The bootstrap list as ``host:port`` strings."""

@@ -11,6 +11,9 @@ records again: the transaction also records, per partition of the events topic, 
 newest offset whose effects it holds (``applied``), and a record at or below that offset
 adds nothing. The check and the write are one optimistic transaction (``WATCH``), so a
 worker that lost a partition and still writes cannot apply what the new owner applied.
+
+A user's keys carry a time to live (``user_ttl_s``) that each batch in which they act
+starts again, so the state of users who stopped coming leaves Redis on its own.
 """
 
 from __future__ import annotations
@@ -70,6 +73,22 @@ for k = 1, #KEYS do
     redis.call('ZADD', KEYS[k], 'GT', unpack(args))
   end
   redis.call('ZREMRANGEBYRANK', KEYS[k], 0, -(entry[1] + 1))
+end
+return #KEYS
+"""
+
+# KEYS: the per-user keys of a batch. ARGV[1]: seconds; ARGV[2]: how many of KEYS, from
+# the first, belong to users who acted (their time to live starts again); the rest are
+# vectors written without an act (a release's re-embedding), which get one only if they
+# have none, so re-embedding does not keep an inactive user. A missing key is left alone.
+EXPIRE_SCRIPT = """
+local seconds, acted = ARGV[1], tonumber(ARGV[2])
+for k = 1, #KEYS do
+  if k <= acted then
+    redis.call('EXPIRE', KEYS[k], seconds)
+  else
+    redis.call('EXPIRE', KEYS[k], seconds, 'NX')
+  end
 end
 return #KEYS
 """
@@ -168,6 +187,28 @@ def unapplied(
     return fresh, [v for v in vectors if v.user_id in users], newest
 
 
+def user_keys(keys: RedisKeys, user_id: str) -> list[str]:
+    """Every key of a user's online state that expires with their inactivity: the vector,
+    ``seen``, each type's ``acts`` (also those the batch did not touch: an item bought
+    long ago stays excluded while the user is active) and the social feed. Their graph
+    (``following``, ``followers``) is not among them: edges stay until removed."""
+    return [keys.user_vector(user_id), keys.seen(user_id),
+            *(pattern.of(user_id) for pattern in keys.acts_sets.values()),
+            keys.social(user_id)]
+
+
+def expiring_keys(keys: RedisKeys, touches: Sequence[Touch], vectors: Sequence[UserVector]
+                  ) -> tuple[list[str], int]:
+    """The keys of :data:`EXPIRE_SCRIPT` and how many of them, from the first, are of
+    users who acted in the batch."""
+    acted = list(dict.fromkeys(t.user_id for t in touches))
+    names = [name for user_id in acted for name in user_keys(keys, user_id)]
+    refreshed = len(names)
+    known = set(acted)
+    names += [keys.user_vector(v.user_id) for v in vectors if v.user_id not in known]
+    return names, refreshed
+
+
 class WriteBackoff(ExponentialBackoff):
     """Waits of `initial_s`, doubling after each failure up to `max_s`, for as many failures
     as come. (:class:`ExponentialBackoff` computes ``base * 2**failures`` and overflows a
@@ -184,7 +225,8 @@ class WriteBackoff(ExponentialBackoff):
 class OnlineState(Service):
     """Writes batches of :class:`Touch` and :class:`UserVector`; owns the Redis client.
     ``group`` (the consumer group) and ``source_topic`` (the events topic) name the
-    applied offsets."""
+    applied offsets. With ``user_ttl_s``, a user's keys (:func:`user_keys`) expire that
+    long after the last batch in which they acted (0: never)."""
 
     def __init__(
         self,
@@ -197,6 +239,7 @@ class OnlineState(Service):
         source_topic: str,
         retry_initial_s: float,
         retry_max_s: float,
+        user_ttl_s: int = 0,
         **kwargs: object,
     ) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]
@@ -207,6 +250,8 @@ class OnlineState(Service):
         self._trending = client.register_script(SCRIPT)
         self._popular = client.register_script(POPULAR_SCRIPT)
         self._touch = client.register_script(TOUCH_SCRIPT)
+        self._expire = client.register_script(EXPIRE_SCRIPT)
+        self._user_ttl_s = user_ttl_s  # 0: a user's keys never expire
         self._applied_key = keys.applied(group)
         self._source_topic = source_topic
         # The retry wraps a whole write, not the client: a write is an optimistic
@@ -328,3 +373,7 @@ class OnlineState(Service):
                     WRITTEN_AT_FIELD: vector.written_at_ms,
                 },
             )
+        if self._user_ttl_s:
+            names, acted = expiring_keys(keys, touches, vectors)
+            if names:
+                await self._expire(keys=names, args=[self._user_ttl_s, acted], client=pipe)

@@ -141,6 +141,11 @@ class StreamsSettings(BaseSettings, TopicLayout, KafkaSecurity, RedisSecurity, E
         default=1000, ge=1, le=1_000_000,
         description="items kept per user in acts:purchase:{user} (exclusion of bought items)",
     )
+    user_ttl_s: int = Field(
+        default=90 * 24 * 3600, ge=0, le=100 * 365 * 24 * 3600,
+        description="a user's online state in Redis (uv, seen, acts:{type}, social) expires "
+        "this long after the last batch in which they acted; 0: never",
+    )
     trending_windows: dict[str, float] = Field(
         default_factory=lambda: {"1h": 3600.0, "24h": 86400.0},
         description="trending window name -> decay time constant in seconds; "

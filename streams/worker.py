@@ -38,6 +38,7 @@ def online_state(settings: StreamsSettings, client: Redis) -> OnlineState:
         source_topic=settings.topic_events,
         retry_initial_s=settings.redis_retry_initial_s,
         retry_max_s=settings.redis_retry_max_s,
+        user_ttl_s=settings.user_ttl_s,
     )
 
 

@@ -75,7 +75,9 @@ def plan(n: Names) -> dict[str, list[Grant]]:
             (TXN, own, PREFIXED, WRITE),
         ],
         "serving": [
-            *_topics([n.items, n.item_vectors, n.routing, n.events, n.recommendations], READ),
+            *_topics([n.items, n.item_vectors, n.routing, n.events, n.recommendations,
+                      n.enriched, n.dlq, n.relations, f"{n.streams_app_id}-users-changelog"],
+                     READ),
             *_topics([n.events, n.recommendations, n.routing, n.relations], WRITE),
             *_topics([n.events, n.recommendations, n.routing, n.relations], *CREATED),
         ],

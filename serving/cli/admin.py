@@ -4,6 +4,7 @@
     python -m serving.cli.admin promote --version 20261123T010000Z --uri var/artifacts/20261123T010000Z
     python -m serving.cli.admin rollback
     python -m serving.cli.admin split --version 20261123T010000Z --percent 10   # 0 ends the experiment
+    python -m serving.cli.admin export-user USER [--out FILE] [--relations]   # reads the stores
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import grpc
 
 from contracts.console import add_verbose_flag, setup_logging
 from protos import recommender_pb2, recommender_pb2_grpc
+from serving.cli import export
 
 
 def describe(status: recommender_pb2.ModelStatus) -> str:
@@ -81,12 +83,15 @@ def _parser() -> argparse.ArgumentParser:
     splitting.add_argument("--percent", type=float, required=True)
     splitting.add_argument("--uri", default="", help="artifact directory, if not loaded yet")
     splitting.set_defaults(call=split)
+    export.add_parser(commands)
     return parser
 
 
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     setup_logging(verbose=args.verbose)
+    if hasattr(args, "direct"):  # a command on the stores themselves, not the admin port
+        return int(args.direct(args))
     return asyncio.run(run(args))
 
 

@@ -4,15 +4,17 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 import redis
 from kafka import KafkaProducer
+from redis.asyncio import Redis
 from streams_harness import Running, StreamsWorker, TopicLog
 
 from bench.stack import delete_keys, delete_topics
 from contracts.encoder import ItemEncoder, pretrained_model_dir
+from contracts.online import RedisKeys
 
 
 @pytest.fixture(scope="session")
@@ -50,3 +52,15 @@ def running(
         client.close()
         delete_topics(kafka_bootstrap, suffix)
     assert exit_code == 0, f"worker exit code {exit_code}:\n{worker.log_tail()}"
+
+
+@pytest.fixture(name="redis")
+async def scratch_redis(redis_url: str, unique: str) -> AsyncIterator[tuple[Redis, RedisKeys]]:
+    """An asyncio client and the keys under a fresh prefix, whose keys are deleted after."""
+    client = Redis.from_url(redis_url)
+    keys = RedisKeys(f"test-{unique}:")
+    yield client, keys
+    names = await client.keys(f"{keys.prefix}*")
+    if names:
+        await client.delete(*names)
+    await client.aclose()

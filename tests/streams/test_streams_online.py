@@ -7,7 +7,6 @@ import asyncio
 import itertools
 import logging
 import socket
-from collections.abc import AsyncIterator
 from urllib.parse import urlparse
 
 import numpy as np
@@ -45,17 +44,6 @@ def online_state(client: Redis, keys: RedisKeys, caps: Caps = CAPS,
 def user_vector(vector: np.ndarray, newest_ms: int, user: str = "u1") -> UserVector:
     return UserVector(user_id=user, vector=encode_vector(vector), version="base",
                       newest_ms=newest_ms, written_at_ms=1_790_000_000_000)
-
-
-@pytest.fixture
-async def redis(redis_url: str, unique: str) -> AsyncIterator[tuple[Redis, RedisKeys]]:
-    client = Redis.from_url(redis_url)
-    keys = RedisKeys(f"test-{unique}:")
-    yield client, keys
-    names = await client.keys(f"{keys.prefix}*")
-    if names:
-        await client.delete(*names)
-    await client.aclose()
 
 
 async def test_writes_the_contract_keys(redis: tuple[Redis, RedisKeys]) -> None:
