@@ -12,7 +12,8 @@ from mode import Service
 
 from contracts.security import KafkaSecurity
 from contracts.topics import (
-    DEDUPE_CHANGELOG, DLQ, ENRICHED, EVENTS, ITEM_VECTORS, ITEMS, MODELS, RELATIONS, USERS_CHANGELOG,
+    DEDUPE_CHANGELOG, DLQ, ENRICHED, EVENTS, ITEM_VECTORS, ITEMS, MODELS, RELATIONS,
+    USERS_CHANGELOG,
     TopicContractError, TopicSpec, ensure_topics, spec, wait_for_coordinator,
 )
 from streams.errors import TopicSetupError

@@ -26,8 +26,9 @@ def now_ms() -> int:
 
 def relation(follower: str = "ada", followee: str = "bob", kind: int = events_pb2.FOLLOW,
              **fields: object) -> events_pb2.Relation:
-    return events_pb2.Relation(follower_id=follower, followee_id=followee, kind=kind,  # type: ignore[arg-type]
-                               timestamp_ms=now_ms(), **fields)  # type: ignore[arg-type]
+    return events_pb2.Relation(
+        follower_id=follower, followee_id=followee, kind=kind,  # type: ignore[arg-type]
+        timestamp_ms=now_ms(), **fields)  # type: ignore[arg-type]
 
 
 def record(key: bytes | None, value: bytes | None, offset: int = 7) -> Record:

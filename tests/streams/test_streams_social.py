@@ -7,12 +7,9 @@ from __future__ import annotations
 import time
 import urllib.request
 import uuid
-from collections.abc import Callable
-from typing import TypeVar
-
 import pytest
 from kafka.consumer.fetcher import ConsumerRecord
-from streams_harness import Running, publish_items
+from streams_harness import Running, eventually, publish_items
 
 from contracts.relations import key_of
 from contracts.social import DEFAULT_TYPE_WEIGHTS, EdgeFlags, feed_member, feed_score
@@ -28,7 +25,6 @@ WORKER_ENV = {
     "STREAMREC_STREAMS_SOCIAL_FEED_CAP": str(CAP),
     "STREAMREC_STREAMS_SOCIAL_TAU_S": str(TAU_S),
 }
-T = TypeVar("T")
 
 
 def now_ms() -> int:
@@ -41,8 +37,9 @@ def tag() -> str:
 
 def relation(follower: str, followee: str, kind: int = events_pb2.FOLLOW,
              share_name: bool = False) -> events_pb2.Relation:
-    return events_pb2.Relation(follower_id=follower, followee_id=followee, kind=kind,  # type: ignore[arg-type]
-                               timestamp_ms=now_ms(), share_name=share_name)
+    return events_pb2.Relation(
+        follower_id=follower, followee_id=followee, kind=kind,  # type: ignore[arg-type]
+        timestamp_ms=now_ms(), share_name=share_name)
 
 
 def follow(running: Running, *relations: events_pb2.Relation) -> None:
@@ -54,30 +51,18 @@ def unfollow(running: Running, *relations: events_pb2.Relation) -> None:
         running.send("relations", key_of(r), None)  # type: ignore[arg-type]
 
 
-def eventually(probe: Callable[[], T | None], running: Running, what: str,
-               timeout_s: float = 60.0) -> T:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        found = probe()
-        if found is not None:
-            return found
-        running.worker.check_alive()
-        if time.monotonic() > deadline:
-            raise AssertionError(f"no {what} after {timeout_s} s:\n{running.worker.log_tail()}")
-        time.sleep(0.05)
-
-
 def flags(running: Running, follower: str, followee: str) -> tuple[int, int]:
-    prefix = running.worker.redis_prefix
-    return (int(running.redis.hget(f"{prefix}following:{follower}", followee) or 0),  # type: ignore[arg-type]
-            int(running.redis.hget(f"{prefix}followers:{followee}", follower) or 0))  # type: ignore[arg-type]
+    prefix, client = running.worker.redis_prefix, running.redis
+    following = client.hget(f"{prefix}following:{follower}", followee)
+    followers = client.hget(f"{prefix}followers:{followee}", follower)
+    return int(following or 0), int(followers or 0)  # type: ignore[arg-type]
 
 
 def wait_flags(running: Running, follower: str, followee: str, want: EdgeFlags) -> None:
     def probe() -> bool | None:
         return True if flags(running, follower, followee) == (want.encode(),) * 2 else None
 
-    eventually(probe, running, f"flags {want} on {follower} -> {followee}")
+    eventually(probe, running.worker, f"flags {want} on {follower} -> {followee}")
 
 
 def is_hot(running: Running, user: str) -> bool:
@@ -85,14 +70,16 @@ def is_hot(running: Running, user: str) -> bool:
 
 
 def feed(running: Running, user: str) -> dict[str, float]:
-    pairs = running.redis.zrange(f"{running.worker.redis_prefix}social:{user}", 0, -1,
+    pairs: list[tuple[bytes, float]]
+    pairs = running.redis.zrange(f"{running.worker.redis_prefix}social:{user}", 0, -1,  # type: ignore[assignment]
                                  withscores=True)
-    return {member.decode(): score for member, score in pairs}  # type: ignore[union-attr]
+    return {member.decode(): score for member, score in pairs}
 
 
 def event(user: str, item: str, kind: int, ts: int) -> bytes:
-    return events_pb2.Event(event_id=f"ev-{tag()}", user_id=user, item_id=item, type=kind,  # type: ignore[arg-type]
-                            timestamp_ms=ts).SerializeToString()
+    return events_pb2.Event(
+        event_id=f"ev-{tag()}", user_id=user, item_id=item, type=kind,  # type: ignore[arg-type]
+        timestamp_ms=ts).SerializeToString()
 
 
 def test_edges_appear_keep_each_other_and_go_with_their_tombstones(running: Running) -> None:
@@ -153,7 +140,7 @@ def test_every_bad_relation_record_is_dead_lettered_with_its_reason(running: Run
         return True if all(w in text for w in wanted) and \
             "streams_relations_applied_total" in text else None
 
-    eventually(dead_lettered, running, "relation metrics")
+    eventually(dead_lettered, running.worker, "relation metrics")
 
 
 def test_acts_fan_out_to_followers_capped_and_hot_accounts_fan_in(running: Running) -> None:
@@ -163,7 +150,7 @@ def test_acts_fan_out_to_followers_capped_and_hot_accounts_fan_in(running: Runni
     fans = [f"fan{k}-{t}" for k in range(THRESHOLD + 1)]
     follow(running, relation(fans[0], bob), relation(fans[1], bob),
            *(relation(fan, star) for fan in fans))
-    eventually(lambda: True if is_hot(running, star) else None, running, f"{star} hot")
+    eventually(lambda: True if is_hot(running, star) else None, running.worker, f"{star} hot")
     wait_flags(running, fans[1], bob, EdgeFlags(kinds=0b01))
 
     base = now_ms()
@@ -179,7 +166,7 @@ def test_acts_fan_out_to_followers_capped_and_hot_accounts_fan_in(running: Runni
         newest = {feed_member(bob, events_pb2.PURCHASE, i) for i in items[-CAP:]}
         return found if set(found) == newest else None
 
-    found = eventually(capped, running, "the newest purchases in the fan's feed")
+    found = eventually(capped, running.worker, "the newest purchases in the fan's feed")
     assert found[feed_member(bob, events_pb2.PURCHASE, items[-1])] == pytest.approx(
         feed_score(DEFAULT_TYPE_WEIGHTS["purchase"], base + 4, tau_ms))
     assert feed(running, fans[1]) == found
@@ -193,9 +180,10 @@ def test_acts_fan_out_to_followers_capped_and_hot_accounts_fan_in(running: Runni
     time.sleep(0.5)
     assert is_hot(running, star)  # 3 followers: not above the threshold, still hot
     unfollow(running, relation(fans[1], star))
-    eventually(lambda: True if not is_hot(running, star) else None, running, f"{star} not hot")
+    eventually(lambda: True if not is_hot(running, star) else None, running.worker,
+               f"{star} not hot")
     running.send("events", star, event(star, items[2], events_pb2.PURCHASE, base + 20))
     member = feed_member(star, events_pb2.PURCHASE, items[2])
-    eventually(lambda: True if member in feed(running, fans[3]) else None, running,
+    eventually(lambda: True if member in feed(running, fans[3]) else None, running.worker,
                "the no longer hot account's act in a follower's feed")
     assert member not in feed(running, fans[0])

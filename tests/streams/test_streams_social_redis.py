@@ -62,11 +62,13 @@ class Social:
         return EdgeFlags.decode(following), EdgeFlags.decode(followers)
 
     async def feed(self, user: str) -> dict[str, float]:
-        pairs = await self.client.zrange(self.keys.social(user), 0, -1, withscores=True)
+        pairs: list[tuple[bytes, float]]
+        pairs = await self.client.zrange(self.keys.social(user), 0, -1, withscores=True)  # type: ignore[assignment]
         return {member.decode(): score for member, score in pairs}
 
     async def hot(self) -> set[str]:
-        return {m.decode() for m in await self.client.smembers(self.keys.hot())}
+        members: set[bytes] = await self.client.smembers(self.keys.hot())  # type: ignore[assignment,misc]
+        return {m.decode() for m in members}
 
 
 @pytest.fixture
