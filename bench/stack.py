@@ -25,7 +25,7 @@ from kafka.errors import KafkaError
 REPO_ROOT = Path(__file__).resolve().parents[1]
 _LISTENING = re.compile(r"listening on [^ ]+:(\d+)")
 
-TOPICS = ("events", "enriched", "dlq", "items", "item_vectors", "models")
+TOPICS = ("events", "enriched", "dlq", "items", "item_vectors", "models", "relations")
 
 
 def topic_names(suffix: str) -> dict[str, str]:
@@ -37,6 +37,7 @@ def topic_names(suffix: str) -> dict[str, str]:
         "items": "items",
         "item_vectors": "item-vectors",
         "models": "models",
+        "relations": "relations",
     }
     return {name: f"{topic}-{suffix}" for name, topic in base.items()}
 
@@ -140,6 +141,7 @@ class LocalStack:
             "STREAMREC_SERVING_TOPIC_EVENTS": self.topics["events"],
             "STREAMREC_SERVING_TOPIC_ITEMS": self.topics["items"],
             "STREAMREC_SERVING_TOPIC_ITEM_VECTORS": self.topics["item_vectors"],
+            "STREAMREC_SERVING_TOPIC_RELATIONS": self.topics["relations"],
             "STREAMREC_SERVING_TOPIC_ROUTING": self.routing_topic,
         }
         self.workdir.mkdir(parents=True, exist_ok=True)

@@ -23,9 +23,10 @@ CLIENT_ID = "streamrec-streams-setup"
 FIX_COMMAND = "python -m streams topics fix"
 
 
-def topic_specs(settings: StreamsSettings) -> list[TopicSpec]:
-    """The contract topics the worker reads or writes (docs/contracts.md §2)."""
-    relations = [spec(RELATIONS, settings.topic_relations, settings)]
+def topic_specs(settings: StreamsSettings, *, relations: bool = False) -> list[TopicSpec]:
+    """The contract topics the worker reads or writes (docs/contracts.md §2), with
+    ``relations`` when the worker reads it (``relations_enabled``)."""
+    graph = [spec(RELATIONS, settings.topic_relations, settings)] if relations else []
     return [
         # User states and dedupe windows are restored per partition of events: the two must match.
         spec(EVENTS, settings.topic_events, settings, copartitioned=True),
@@ -36,7 +37,7 @@ def topic_specs(settings: StreamsSettings) -> list[TopicSpec]:
         spec(ITEMS, settings.topic_items, settings),
         spec(ITEM_VECTORS, settings.topic_item_vectors, settings),
         spec(MODELS, settings.topic_models, settings),
-        *(relations if settings.relations_enabled else []),
+        *graph,
     ]
 
 

@@ -56,6 +56,12 @@ def online_state(settings: StreamsSettings, client: Redis,
     )
 
 
+def graph_services(settings: StreamsSettings, online: OnlineState,
+                   metrics: StreamsMetrics) -> list[Service]:
+    """The relations reader when the worker runs one (``relations_enabled``)."""
+    return [relations_consumer(settings, online, metrics)] if settings.relations_enabled else []
+
+
 def relations_consumer(settings: StreamsSettings, online: OnlineState,
                        metrics: StreamsMetrics) -> RelationsConsumer:
     """The relations reader, with a transactional producer per partition of relations."""
@@ -103,16 +109,15 @@ def build_worker(settings: StreamsSettings) -> faust.Worker:
     servers = settings.bootstrap_servers()
     # Services start in this order, all before the app: topics exist before anything
     # subscribes, and the catalog is loaded before the first event is judged against it.
-    extra: list[Service] = []
+    extra: list[Service] = graph_services(settings, online, metrics)
     groups = [settings.events_group(), settings.app_id]
     if settings.relations_enabled:
-        extra.append(relations_consumer(settings, online, metrics))
         groups.append(settings.relations_group())
     if settings.metrics_port is not None:
         extra.append(MetricsServer(metrics, host=settings.metrics_host, port=settings.metrics_port))
     return faust.Worker(
         app,
-        TopicSetup(topic_specs(settings), bootstrap=settings.kafka_bootstrap,
+        TopicSetup(topic_specs(settings, relations=settings.relations_enabled), bootstrap=settings.kafka_bootstrap,
                    groups=groups, security=settings),
         CatalogFeed(
             catalog,
