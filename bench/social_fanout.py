@@ -33,7 +33,6 @@ import random
 import tempfile
 import threading
 import time
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -42,6 +41,7 @@ from kafka import KafkaConsumer, KafkaProducer
 
 from bench.freshness import summary
 from bench.stack import Child, LocalStack
+from bench.streams import cpu_reference_s, scrape
 from contracts.online import RedisKeys
 from contracts.relations import key_of
 from contracts.social import DEFAULT_FANOUT_THRESHOLD
@@ -112,17 +112,6 @@ def count_keys(kafka: str, topic: str, n: int, worker: Child) -> None:
         wait_for(done, f"{n} records on {topic}", worker)
     finally:
         consumer.close()
-
-
-def scrape(url: str) -> dict[str, float]:
-    with urllib.request.urlopen(url, timeout=10) as response:
-        text = response.read().decode()
-    found = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            found[name] = float(value)
-    return found
 
 
 def bucket_quantiles(before: dict[str, float], after: dict[str, float], metric: str,
@@ -237,7 +226,7 @@ def run_phase(name: str, seconds: float, args: argparse.Namespace, stack: LocalS
     load = Load(args.kafka, stack.topics["events"], args.background_rate,
                 args.star_rate if star_rate is None else star_rate, items)
     before = scrape(metrics_url)
-    load_before = os.getloadavg()
+    load_before, cpu_before = os.getloadavg(), cpu_reference_s()
     load.start()
     started = time.monotonic()
     samples, lost = probe_freshness(args.kafka, stack.topics["events"], client, keys,
@@ -260,6 +249,8 @@ def run_phase(name: str, seconds: float, args: argparse.Namespace, stack: LocalS
         "events_sent": dict(load.sent),
         "seconds": round(elapsed, 1),
         "load_average_1m": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
+        # bench.streams' fixed loop (about 0.2 s on an idle core), before and after.
+        "cpu_reference_s": [round(cpu_before, 3), round(cpu_reference_s(), 3)],
     }
     print(f"{name}: {json.dumps(result)}")
     return result
