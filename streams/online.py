@@ -169,6 +169,7 @@ class Located(Protocol):
 
 
 L = TypeVar("L", bound=Located)
+R = TypeVar("R")
 
 
 def above_applied(records: Sequence[L], applied: Mapping[int, int]
@@ -300,29 +301,26 @@ class OnlineState(Service):
         ``hot`` (None when nothing was new)."""
         if not changes:
             return 0, None
-        result: list[HotChanges] = []
 
-        async def attempt() -> int:
+        async def attempt() -> tuple[int, HotChanges | None]:
             async with self._client.pipeline(transaction=True) as pipe:
                 fresh, newest = above_applied(changes, await applied.watch(pipe))
                 if not fresh:
-                    return 0
+                    return 0, None
                 pipe.multi()
                 await self._graph(args=graph_args(self.keys, fresh, fanout_threshold),
                                   client=pipe)
                 applied.move(pipe, newest)
                 replies = await pipe.execute()
-                result[:] = [hot_changes(replies[0])]
-                return len(fresh)
+                return len(fresh), hot_changes(replies[0])
 
-        applied_now = await self._retrying(attempt, f"{len(changes)} relations")
-        return applied_now, (result[0] if result else None)
+        return await self._retrying(attempt, f"{len(changes)} relations")
 
-    async def _retrying(self, attempt: Callable[[], Awaitable[int]], what: str) -> int:
+    async def _retrying(self, attempt: Callable[[], Awaitable[R]], what: str) -> R:
         """Run `attempt` (one optimistic transaction) until it goes through: again at once
         when the watched offsets moved, after a backoff on any Redis error."""
 
-        async def until_unwatched() -> int:
+        async def until_unwatched() -> R:
             while True:
                 try:
                     return await attempt()
