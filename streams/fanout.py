@@ -64,11 +64,13 @@ return {writes, skipped}
 @dataclass(frozen=True)
 class Fanout:
     """What the fan-out writes: weights by ``EventType`` number (a type without one is
-    not written), the decay constant and the feed cap."""
+    not written), the decay constant and the feed cap; and how many of a followee's
+    newest acts of each type a new follow copies into the follower's feed."""
 
     weights: Mapping[int, float]
     tau_ms: float
     cap: int
+    backfill: int = 0
 
 
 class SocialAct(NamedTuple):

@@ -12,15 +12,21 @@ reason: a key that is no edge key, or a value naming another edge than its key
 
 ``following:{follower}`` field followee and ``followers:{followee}`` field follower hold
 the same :class:`contracts.social.EdgeFlags`; the field goes when no kind is left, and so
-do the followee's acts in the follower's feed. An account enters ``hot`` when it has more
-followers than the fan-out threshold and leaves it when it is down to nine tenths of the
-threshold (:func:`hot_bounds`): an account hovering around the threshold does not flip
-between fan-out and fan-in with each follow and unfollow.
+do the followee's acts in the follower's feed. A new edge (no kind before) to an account
+that is not hot copies the account's newest acts of each weighted type (``backfill`` of
+each, from its ``acts`` sets) into the follower's feed, scored as the fan-out scores
+them: a follow made after the acts finds them as one made before would.
+
+An account enters ``hot`` when it has more followers than the fan-out threshold and
+leaves it when it is down to nine tenths of the threshold (:func:`hot_bounds`): an account
+hovering around the threshold does not flip between fan-out and fan-in with each follow
+and unfollow.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -42,18 +48,46 @@ from contracts.relations import (
 from contracts.social import EdgeFlags
 from protos import events_pb2
 from streams.errors import Undecodable
+from streams.fanout import Fanout
 from streams.records import Record, Rejected
 
 ALL_KINDS = EdgeFlags(kinds=0xFF).encode()
 
 # ARGV (graph_args): the head and tail of the following keys, of the followers keys, of the
 # social keys, the hot set key, the enter and leave bounds of hot (hot above enter, not
-# hot at or below leave), the mask of the kind bits, then a JSON list of changes
+# hot at or below leave), the mask of the kind bits, a JSON list of changes
 # ``[follower, followee, kind bit, name bit, present 0|1, share_name 0|1, feed prefix]``
-# in record order. Answers {accounts that entered hot, that left it, accounts hot now}.
+# in record order, the feed cap, the acts copied per type into a new follower's feed, the
+# decay constant (ms), the number of types n, then per type the head and tail of its acts
+# keys, its EventType number and the log of its weight. Answers {accounts that entered
+# hot, that left it, accounts hot now}.
 GRAPH_SCRIPT = r"""
 local changes = cjson.decode(ARGV[11])
 local enter, leave, kinds_mask = tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10])
+local cap, backfill, tau = tonumber(ARGV[12]), tonumber(ARGV[13]), tonumber(ARGV[14])
+local n_types = tonumber(ARGV[15])
+local function escape(text)
+  return (string.gsub(string.gsub(text, '%%', '%%25'), '|', '%%7C'))
+end
+-- The followee's newest acts into a new follower's feed, scored as the fan-out scores them.
+local function copy_acts(follower, followee, prefix)
+  local args = {'GT'}
+  for t = 1, n_types do
+    local base = 16 + 4 * (t - 1)
+    local acts = redis.call('ZREVRANGE', ARGV[base] .. followee .. ARGV[base + 1], 0,
+                            backfill - 1, 'WITHSCORES')
+    for a = 1, #acts, 2 do
+      local score = tonumber(ARGV[base + 3]) + tonumber(acts[a + 1]) / tau
+      args[#args + 1] = string.format('%.17g', score)
+      args[#args + 1] = prefix .. ARGV[base + 2] .. '|' .. escape(acts[a])
+    end
+  end
+  if #args > 1 then
+    local feed = ARGV[5] .. follower .. ARGV[6]
+    redis.call('ZADD', feed, unpack(args))
+    redis.call('ZREMRANGEBYRANK', feed, 0, -(cap + 1))
+  end
+end
 local followees = {}
 for c = 1, #changes do
   local change = changes[c]
@@ -76,6 +110,10 @@ for c = 1, #changes do
   if bit.band(flags, kinds_mask) ~= 0 then
     redis.call('HSET', following, followee, flags)
     redis.call('HSET', followers, follower, flags)
+    if bit.band(before, kinds_mask) == 0 and backfill > 0 and n_types > 0
+        and redis.call('SISMEMBER', ARGV[7], followee) == 0 then
+      copy_acts(follower, followee, change[7])
+    end
   elseif bit.band(before, kinds_mask) ~= 0 then
     redis.call('HDEL', following, followee)
     redis.call('HDEL', followers, follower)
@@ -174,13 +212,22 @@ def change_entry(change: EdgeChange) -> list[object]:
             escape_id(change.followee_id) + SEPARATOR]
 
 
-def graph_args(keys: RedisKeys, changes: Sequence[EdgeChange], threshold: int) -> list[str]:
-    """The arguments of :data:`GRAPH_SCRIPT` for `changes`, in order."""
+def graph_args(keys: RedisKeys, changes: Sequence[EdgeChange], threshold: int,
+               fanout: Fanout | None) -> list[str]:
+    """The arguments of :data:`GRAPH_SCRIPT` for `changes`, in order; without `fanout`
+    (or with its ``backfill`` 0) a new follow copies no acts."""
     enter, leave = hot_bounds(threshold)
-    return [*keys.following_hashes, *keys.follower_hashes, *keys.social_feeds, keys.hot(),
+    args = [*keys.following_hashes, *keys.follower_hashes, *keys.social_feeds, keys.hot(),
             str(enter), str(leave), str(ALL_KINDS),
             json.dumps([change_entry(c) for c in changes], separators=(",", ":"),
                        ensure_ascii=False)]
+    if fanout is None or not fanout.backfill:
+        return [*args, "1", "0", "1", "0"]
+    args += [str(fanout.cap), str(fanout.backfill), repr(fanout.tau_ms), str(len(fanout.weights))]
+    for event_type in sorted(fanout.weights):
+        args += [*keys.acts_sets[event_type], str(event_type),
+                 repr(math.log(fanout.weights[event_type]))]
+    return args
 
 
 def hot_changes(reply: Sequence[int]) -> HotChanges:

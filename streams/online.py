@@ -308,8 +308,8 @@ class OnlineState(Service):
                 if not fresh:
                     return 0, None
                 pipe.multi()
-                await self._graph(args=graph_args(self.keys, fresh, fanout_threshold),
-                                  client=pipe)
+                await self._graph(args=graph_args(self.keys, fresh, fanout_threshold,
+                                                  self._fanout), client=pipe)
                 applied.move(pipe, newest)
                 replies = await pipe.execute()
                 return len(fresh), hot_changes(replies[0])

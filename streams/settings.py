@@ -198,6 +198,11 @@ class StreamsSettings(BaseSettings, TopicLayout, KafkaSecurity, RedisSecurity, E
         description="event type name -> weight of the act in followers' feeds; a type left "
         "out is not fanned out",
     )
+    social_backfill: int = Field(
+        default=20, ge=0, le=1000,
+        description="a new follow of an account that is not hot copies this many of its "
+        "newest acts of each weighted type into the follower's feed (0: none)",
+    )
     max_relation_bytes: int = Field(default=MAX_RELATION_BYTES, ge=64, le=16 * 1024 * 1024,
                                     description="size limit of one relations record value")
     max_relation_id_chars: int = Field(default=MAX_ID_CHARS, ge=1, le=1_000_000,

@@ -34,7 +34,8 @@ log = logging.getLogger(__name__)
 def fanout(settings: StreamsSettings) -> Fanout:
     """What acts are written into followers' feeds, and how."""
     return Fanout(weights=type_weights(settings.social_weights),
-                  tau_ms=settings.social_tau_s * 1000.0, cap=settings.social_feed_cap)
+                  tau_ms=settings.social_tau_s * 1000.0, cap=settings.social_feed_cap,
+                  backfill=settings.social_backfill)
 
 
 def online_state(settings: StreamsSettings, client: Redis,

@@ -72,6 +72,7 @@ def test_social_defaults_are_the_contract_s_and_weights_come_as_json(
     assert (settings.fanout_threshold, settings.social_feed_cap, settings.social_tau_s) == (
         DEFAULT_FANOUT_THRESHOLD, DEFAULT_FEED_CAP, DEFAULT_TAU_S)
     assert settings.social_weights == DEFAULT_TYPE_WEIGHTS
+    assert settings.social_backfill == 20
     assert StreamsSettings(app_id="shop").relations_group() == "shop-relations"
     monkeypatch.setenv("STREAMREC_STREAMS_SOCIAL_WEIGHTS", '{"purchase": 5}')
     assert StreamsSettings().social_weights == {"purchase": 5.0}

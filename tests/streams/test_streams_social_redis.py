@@ -39,14 +39,15 @@ def act(user: str, item: str, ts: int, kind: int = events_pb2.PURCHASE) -> Touch
 class Social:
     """An OnlineState with fan-out, the counts it reported, and the graph's applied offsets."""
 
-    def __init__(self, client: Redis, keys: RedisKeys, cap: int = 3) -> None:
+    def __init__(self, client: Redis, keys: RedisKeys, cap: int = 3, backfill: int = 2) -> None:
         self.client, self.keys = client, keys
         self.counts: list[FanoutCounts] = []
         self.online = OnlineState(
             client, keys=keys, caps=Caps(seen=10, acts=10, purchases=10, trending=10),
             trending=(Window("1h", TAU_MS),), group="g", source_topic="ev",
             retry_initial_s=0.01, retry_max_s=0.1,
-            fanout=Fanout(weights=type_weights(DEFAULT_TYPE_WEIGHTS), tau_ms=TAU_MS, cap=cap),
+            fanout=Fanout(weights=type_weights(DEFAULT_TYPE_WEIGHTS), tau_ms=TAU_MS, cap=cap,
+                          backfill=backfill),
             on_fanout=self.counts.append,
         )
         self.applied = AppliedOffsets(keys.applied("g-relations"), "rel")
@@ -63,11 +64,13 @@ class Social:
 
     async def feed(self, user: str) -> dict[str, float]:
         pairs: list[tuple[bytes, float]]
-        pairs = await self.client.zrange(self.keys.social(user), 0, -1, withscores=True)  # type: ignore[assignment]
+        pairs = await self.client.zrange(  # type: ignore[assignment]
+            self.keys.social(user), 0, -1, withscores=True)
         return {member.decode(): score for member, score in pairs}
 
     async def hot(self) -> set[str]:
-        members: set[bytes] = await self.client.smembers(self.keys.hot())  # type: ignore[assignment,misc]
+        members: set[bytes]
+        members = await self.client.smembers(self.keys.hot())  # type: ignore[assignment,misc]
         return {m.decode() for m in members}
 
 
@@ -158,3 +161,25 @@ async def test_an_unfollow_drops_the_followees_acts_from_the_feed(social: Social
     await social.online.write([act("bob", "i1", 1_000), act("cy", "i2", 1_000)], [])
     await social.relate(edge("ada", "bob", present=False))
     assert list(await social.feed("ada")) == [feed_member("cy", events_pb2.PURCHASE, "i2")]
+
+
+async def test_a_new_follow_copies_the_followees_newest_acts_unless_it_is_hot(
+    social: Social,
+) -> None:
+    # bob's acts before anyone follows him: three purchases, a view, a click; star is hot.
+    await social.relate(*(edge(f"f{k}", "star") for k in range(4)), threshold=3)
+    await social.online.write([act("bob", "i1", 1_000), act("bob", "i|2", 3_000),
+                               act("bob", "i3", 2_000), act("bob", "i4", 500, events_pb2.VIEW),
+                               act("bob", "i5", 4_000, events_pb2.CLICK),
+                               act("star", "i9", 1_000)], [])
+    await social.relate(edge("ada", "bob"), edge("ada", "star"), threshold=3)
+    # The two newest purchases and the view (backfill 2 per type), capped to 3; no click.
+    assert await social.feed("ada") == pytest.approx({
+        feed_member("bob", events_pb2.PURCHASE, "i|2"): feed_score(3.0, 3_000, TAU_MS),
+        feed_member("bob", events_pb2.PURCHASE, "i3"): feed_score(3.0, 2_000, TAU_MS),
+        feed_member("bob", events_pb2.VIEW, "i4"): feed_score(0.25, 500, TAU_MS),
+    })
+    # A second kind of edge to someone already followed copies nothing again.
+    await social.client.delete(social.keys.social("ada"))
+    await social.relate(edge("ada", "bob", FRIEND), threshold=3)
+    assert await social.feed("ada") == {}
