@@ -8,8 +8,8 @@ Needs Kafka and Redis up (``make infra-up``). One private worker (``bench/stack.
 namespace), a catalog of 200 items, a graph loaded through ``relations``: ``star`` with
 ``--followers`` followers, and 2,000 ordinary users following 10 others each. Then two
 phases of the same load (ordinary users' events at ``--background-rate``, star's
-purchases at ``--star-rate``), after a shorter one with star silent (how fresh the
-machine lets the worker be at all):
+purchases at ``--star-rate``), the first one between two shorter ones with star silent
+(how fresh the machine lets the worker be at all, before and after):
 
 1. *threshold*: the default fan-out threshold (10,000): star is hot, its acts are read on
    demand (fan-in), ordinary users' acts fan out to their followers.
@@ -317,6 +317,9 @@ def main() -> None:
                                                client, items, url, star_rate=0.0)
             phase = run_phase("threshold", args.seconds, args, stack, client, items, url)
             results["threshold"] = {"fanout_threshold": DEFAULT_FANOUT_THRESHOLD, **phase}
+            results["star_silent_after"] = run_phase("star_silent_after", args.seconds / 2,
+                                                     args, stack, client, items, url,
+                                                     star_rate=0.0)
             worker.stop(timeout_s=60)
 
             above = args.followers * 10
