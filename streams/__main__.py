@@ -74,8 +74,9 @@ def fix_topics(settings: StreamsSettings) -> int:
     from streams.topics import CLIENT_ID, topic_specs
 
     try:
-        lines = asyncio.run(apply_contract(settings.kafka_bootstrap, topic_specs(settings),
-                                           client_id=CLIENT_ID, security=settings))
+        specs = topic_specs(settings, relations=settings.relations_enabled)
+        lines = asyncio.run(apply_contract(settings.kafka_bootstrap, specs, client_id=CLIENT_ID,
+                                           security=settings))
     except (TopicContractError, KafkaError) as error:
         log.error("cannot fix topics: %s", error)
         return 1

@@ -10,6 +10,8 @@ from wsgiref.simple_server import WSGIServer
 from mode import Service
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from streams.fanout import FanoutCounts
+
 log = logging.getLogger(__name__)
 
 # Seconds: encoder calls and freshness span a millisecond to seconds.
@@ -46,6 +48,26 @@ class StreamsMetrics:
         )
         self.model = Gauge("streams_model_info", "model version in use (value 1)", ["version"],
                            registry=r)
+        # The social graph (relations) and the fan-out of acts into followers' feeds.
+        self.relations_in = Counter("streams_relations_in", "records read from relations",
+                                    registry=r)
+        self.relations_applied = Counter("streams_relations_applied",
+                                         "edge changes applied to the graph in Redis", registry=r)
+        self.relations_dead_lettered = Counter("streams_relations_dead_lettered",
+                                               "records of relations written to events.dlq",
+                                               ["reason"], registry=r)
+        self.hot_accounts = Gauge("streams_social_hot_accounts",
+                                  "accounts read on demand (fan-in), after the last graph write",
+                                  registry=r)
+        self.feed_writes = Counter("streams_social_feed_writes",
+                                   "acts written into followers' feeds (fan-out on write)",
+                                   registry=r)
+        self.fanin_acts = Counter("streams_social_fanin_acts",
+                                  "acts of hot accounts, not written into feeds", registry=r)
+
+    def fanned_out(self, counts: FanoutCounts) -> None:
+        self.feed_writes.inc(counts.writes)
+        self.fanin_acts.inc(counts.skipped)
 
     def use_model(self, version: str) -> None:
         self.model.clear()

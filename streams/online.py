@@ -21,9 +21,9 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import NamedTuple, Protocol, TypeVar
 
 from mode import Service
 from redis.asyncio import Redis
@@ -40,6 +40,9 @@ from contracts.online import (
     RedisKeys,
 )
 from protos import events_pb2
+from streams.fanout import FANOUT_SCRIPT, Fanout, FanoutCounts, SocialAct, fanout_args, \
+    fanout_counts, feed_entries
+from streams.graph import GRAPH_SCRIPT, EdgeChange, HotChanges, graph_args, hot_changes
 from streams.trending import SCRIPT, Window, flat_pairs, increments, script_args
 
 # KEYS: the popular zset. ARGV: a JSON list of item id and amount pairs, flat. One command
@@ -174,16 +177,38 @@ class UserVector(NamedTuple):
     written_at_ms: int
 
 
+class Located(Protocol):
+    """Something made from one record: where the record is in its topic."""
+
+    @property
+    def partition(self) -> int: ...
+
+    @property
+    def offset(self) -> int: ...
+
+
+L = TypeVar("L", bound=Located)
+R = TypeVar("R")
+
+
+def above_applied(records: Sequence[L], applied: Mapping[int, int]
+                  ) -> tuple[list[L], dict[int, int]]:
+    """The records above their partition's applied offset, and the new applied offset of
+    each partition they come from."""
+    fresh = [r for r in records if r.offset > applied.get(r.partition, -1)]
+    newest: dict[int, int] = {}
+    for record in fresh:
+        newest[record.partition] = max(newest.get(record.partition, -1), record.offset)
+    return fresh, newest
+
+
 def unapplied(
     touches: Sequence[Touch], vectors: Sequence[UserVector], applied: dict[int, int]
 ) -> tuple[list[Touch], list[UserVector], dict[int, int]]:
     """The touches above their partition's applied offset, the vectors of their users, and
     the new applied offset of each partition they come from."""
-    fresh = [t for t in touches if t.offset > applied.get(t.partition, -1)]
+    fresh, newest = above_applied(touches, applied)
     users = {t.user_id for t in fresh}
-    newest: dict[int, int] = {}
-    for touch in fresh:
-        newest[touch.partition] = max(newest.get(touch.partition, -1), touch.offset)
     return fresh, [v for v in vectors if v.user_id in users], newest
 
 
@@ -222,11 +247,40 @@ class WriteBackoff(ExponentialBackoff):
         return super().compute(min(failures, self._doublings))
 
 
+class AppliedOffsets:
+    """The applied offsets of one source topic's partitions in the hash ``key``: field
+    ``{topic}:{partition}``, value the newest offset whose effects Redis holds."""
+
+    def __init__(self, key: str, topic: str) -> None:
+        self.key = key
+        self.topic = topic
+
+    def parse(self, fields: Mapping[bytes | str, bytes | str]) -> dict[int, int]:
+        applied = {}
+        for field, offset in fields.items():
+            name = field.decode() if isinstance(field, bytes) else field
+            topic, _, partition = name.rpartition(":")
+            if topic == self.topic:
+                applied[int(partition)] = int(offset)
+        return applied
+
+    async def watch(self, pipe: Pipeline) -> dict[int, int]:
+        """Watch the hash (a transaction fails if another writer moves it) and read it."""
+        await pipe.watch(self.key)
+        return self.parse(await pipe.hgetall(self.key))
+
+    def move(self, pipe: Pipeline, newest: Mapping[int, int]) -> None:
+        """Queue the new applied offsets in the open transaction."""
+        pipe.hset(self.key, mapping={f"{self.topic}:{p}": offset for p, offset in newest.items()})
+
+
 class OnlineState(Service):
-    """Writes batches of :class:`Touch` and :class:`UserVector`; owns the Redis client.
-    ``group`` (the consumer group) and ``source_topic`` (the events topic) name the
-    applied offsets. With ``user_ttl_s``, a user's keys (:func:`user_keys`) expire that
-    long after the last batch in which they acted (0: never)."""
+    """Writes batches of :class:`Touch` and :class:`UserVector`, and of the social graph's
+    :class:`EdgeChange`; owns the Redis client. ``group`` (the consumer group) and
+    ``source_topic`` (the events topic) name the events' applied offsets. With `fanout`,
+    a batch's acts are also written into their actors' followers' feeds. With
+    ``user_ttl_s``, a user's keys (:func:`user_keys`) expire that long after the last batch
+    in which they acted (0: never)."""
 
     def __init__(
         self,
@@ -240,6 +294,8 @@ class OnlineState(Service):
         retry_initial_s: float,
         retry_max_s: float,
         user_ttl_s: int = 0,
+        fanout: Fanout | None = None,
+        on_fanout: Callable[[FanoutCounts], None] | None = None,
         **kwargs: object,
     ) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]
@@ -252,8 +308,11 @@ class OnlineState(Service):
         self._touch = client.register_script(TOUCH_SCRIPT)
         self._expire = client.register_script(EXPIRE_SCRIPT)
         self._user_ttl_s = user_ttl_s  # 0: a user's keys never expire
-        self._applied_key = keys.applied(group)
-        self._source_topic = source_topic
+        self._fanout_script = client.register_script(FANOUT_SCRIPT)
+        self._graph = client.register_script(GRAPH_SCRIPT)
+        self._fanout = fanout
+        self._on_fanout = on_fanout
+        self._applied = AppliedOffsets(keys.applied(group), source_topic)
         # The retry wraps a whole write, not the client: a write is an optimistic
         # transaction (WATCH, read the applied offsets, MULTI/EXEC) that must start over
         # on a new connection, which redis-py's client retry does not do for a watching
@@ -278,19 +337,48 @@ class OnlineState(Service):
         (users re-embedded after a release) are written as they are."""
         if not touches and not vectors:
             return 0
+        return await self._retrying(lambda: self._write_once(touches, vectors),
+                                    f"{len(touches)} events")
 
-        async def attempt() -> int:
+    async def write_relations(self, changes: Sequence[EdgeChange], *, applied: AppliedOffsets,
+                              fanout_threshold: int) -> tuple[int, HotChanges | None]:
+        """Apply a batch of edge changes once each (their applied offsets in `applied`),
+        retrying like :meth:`write`; returns how many were new and what the batch did to
+        ``hot`` (None when nothing was new)."""
+        if not changes:
+            return 0, None
+
+        async def attempt() -> tuple[int, HotChanges | None]:
+            async with self._client.pipeline(transaction=True) as pipe:
+                fresh, newest = above_applied(changes, await applied.watch(pipe))
+                if not fresh:
+                    return 0, None
+                pipe.multi()
+                await self._graph(args=graph_args(self.keys, fresh, fanout_threshold,
+                                                  self._fanout), client=pipe)
+                applied.move(pipe, newest)
+                replies = await pipe.execute()
+                return len(fresh), hot_changes(replies[0])
+
+        return await self._retrying(attempt, f"{len(changes)} relations")
+
+    async def _retrying(self, attempt: Callable[[], Awaitable[R]], what: str) -> R:
+        """Run `attempt` (one optimistic transaction) until it goes through: again at once
+        when the watched offsets moved, after a backoff on any Redis error."""
+
+        async def until_unwatched() -> R:
             while True:
                 try:
-                    return await self._write_once(touches, vectors)
+                    return await attempt()
                 except WatchError:
                     continue  # another worker moved the applied offsets: check them again
 
         async def failed(error: Exception, failures: int) -> None:
-            log.warning("redis write of %s events failed (attempt %s): %s; retrying in %.2f s",
-                        len(touches), failures, error, self._backoff.compute(failures))
+            log.warning("redis write of %s failed (attempt %s): %s; retrying in %.2f s",
+                        what, failures, error, self._backoff.compute(failures))
 
-        return await self._retry.call_with_retry(attempt, failed, with_failure_count=True)
+        return await self._retry.call_with_retry(until_unwatched, failed,
+                                                 with_failure_count=True)
 
     async def vector_versions(self, user_ids: Sequence[str]) -> list[str | None]:
         """The model version of each user's vector, None where there is none (one round
@@ -303,16 +391,7 @@ class OnlineState(Service):
 
     async def applied(self) -> dict[int, int]:
         """Partition of the events topic -> newest offset whose effects are applied."""
-        return self._parse_applied(await self._client.hgetall(self._applied_key))
-
-    def _parse_applied(self, fields: Mapping[bytes | str, bytes | str]) -> dict[int, int]:
-        applied = {}
-        for field, offset in fields.items():
-            name = field.decode() if isinstance(field, bytes) else field
-            topic, _, partition = name.rpartition(":")
-            if topic == self._source_topic:
-                applied[int(partition)] = int(offset)
-        return applied
+        return self._applied.parse(await self._client.hgetall(self._applied.key))
 
     async def _write_once(self, touches: Sequence[Touch], vectors: Sequence[UserVector]) -> int:
         async with self._client.pipeline(transaction=True) as pipe:
@@ -320,24 +399,24 @@ class OnlineState(Service):
                 await self._queue_effects(pipe, [], vectors)
                 await pipe.execute()
                 return 0
-            await pipe.watch(self._applied_key)
-            applied = self._parse_applied(await pipe.hgetall(self._applied_key))
-            fresh, fresh_vectors, newest = unapplied(touches, vectors, applied)
+            fresh, fresh_vectors, newest = unapplied(touches, vectors,
+                                                     await self._applied.watch(pipe))
             if not fresh:
                 return 0
             pipe.multi()
-            await self._queue_effects(pipe, fresh, fresh_vectors)
-            pipe.hset(
-                self._applied_key,
-                mapping={f"{self._source_topic}:{p}": offset for p, offset in newest.items()},
-            )
-            await pipe.execute()
+            fanout_at = await self._queue_effects(pipe, fresh, fresh_vectors)
+            self._applied.move(pipe, newest)
+            replies = await pipe.execute()
+            if fanout_at is not None and self._on_fanout is not None:
+                self._on_fanout(fanout_counts(replies[fanout_at]))
             return len(fresh)
 
     async def _queue_effects(
         self, pipe: Pipeline, touches: Sequence[Touch], vectors: Sequence[UserVector]
-    ) -> None:
-        """The commands of one batch's effects, queued in the open transaction."""
+    ) -> int | None:
+        """The commands of one batch's effects, queued in the open transaction; returns the
+        index of the fan-out's reply among the transaction's, if it has one."""
+        fanout_at = await self._queue_fanout(pipe, touches)
         keys, caps = self.keys, self._caps
         sets: list[str] = []
         entries: list[list[object]] = []
@@ -377,3 +456,18 @@ class OnlineState(Service):
             names, acted = expiring_keys(keys, touches, vectors)
             if names:
                 await self._expire(keys=names, args=[self._user_ttl_s, acted], client=pipe)
+        return fanout_at
+
+    async def _queue_fanout(self, pipe: Pipeline, touches: Sequence[Touch]) -> int | None:
+        """The batch's acts into their actors' followers' feeds (hot actors skipped)."""
+        if self._fanout is None or not touches:
+            return None
+        entries = feed_entries(
+            (SocialAct(t.user_id, t.event_type, t.item_id, t.timestamp_ms) for t in touches),
+            self._fanout,
+        )
+        if not entries:
+            return None
+        at = len(pipe.command_stack)
+        await self._fanout_script(args=fanout_args(self.keys, self._fanout, entries), client=pipe)
+        return at

@@ -23,6 +23,13 @@ class Record(NamedTuple):
     value: bytes | None
 
 
+class Rejected(NamedTuple):
+    """A record that goes to the dead-letter topic."""
+
+    reason: str
+    detail: str
+
+
 # An output record: topic, partition, key, value (None: a tombstone). Without a partition,
 # a keyed record goes where the default partitioner (murmur2 of the key, as Kafka's Java
 # client) puts it.

@@ -20,8 +20,17 @@ from contracts.topics import (
     ITEM_VECTORS,
     ITEMS,
     MODELS,
+    RELATIONS,
     USERS_CHANGELOG,
     TopicLayout,
+)
+from contracts.relations import MAX_ID_CHARS, MAX_RELATION_BYTES
+from contracts.social import (
+    DEFAULT_FANOUT_THRESHOLD,
+    DEFAULT_FEED_CAP,
+    DEFAULT_TAU_S,
+    DEFAULT_TYPE_WEIGHTS,
+    type_weights,
 )
 from streams.trending import windows_from_settings
 
@@ -50,6 +59,7 @@ class StreamsSettings(BaseSettings, TopicLayout, KafkaSecurity, RedisSecurity, E
     topic_items: str = ITEMS.default_name
     topic_item_vectors: str = ITEM_VECTORS.default_name
     topic_models: str = MODELS.default_name
+    topic_relations: str = RELATIONS.default_name
     artifact_dir: Path = Path("var/artifacts")
 
     # The Faust application.
@@ -172,6 +182,37 @@ class StreamsSettings(BaseSettings, TopicLayout, KafkaSecurity, RedisSecurity, E
         default=0.05, gt=0, le=10, description="longest wait to fill an item batch"
     )
 
+    # The social graph: edges from relations, acts fanned out into followers' feeds.
+    relations_enabled: bool = Field(
+        default=True,
+        description="read relations into the graph in Redis (false: another deployment "
+        "does; acts are still fanned out over the graph Redis holds)",
+    )
+    fanout_threshold: int = Field(
+        default=DEFAULT_FANOUT_THRESHOLD, ge=0, le=100_000_000,
+        description="an account with more followers is hot: its acts are read on demand "
+        "by its followers' requests (fan-in) instead of written into their feeds; it stops "
+        "being hot at nine tenths of this",
+    )
+    social_feed_cap: int = Field(default=DEFAULT_FEED_CAP, ge=1, le=100_000,
+                                 description="members kept in a user's social feed")
+    social_tau_s: float = Field(default=DEFAULT_TAU_S, gt=0,
+                                description="decay time constant of a social act's weight")
+    social_weights: dict[str, float] = Field(
+        default_factory=lambda: dict(DEFAULT_TYPE_WEIGHTS),
+        description="event type name -> weight of the act in followers' feeds; a type left "
+        "out is not fanned out",
+    )
+    social_backfill: int = Field(
+        default=20, ge=0, le=1000,
+        description="a new follow of an account that is not hot copies this many of its "
+        "newest acts of each weighted type into the follower's feed (0: none)",
+    )
+    max_relation_bytes: int = Field(default=MAX_RELATION_BYTES, ge=64, le=16 * 1024 * 1024,
+                                    description="size limit of one relations record value")
+    max_relation_id_chars: int = Field(default=MAX_ID_CHARS, ge=1, le=1_000_000,
+                                       description="length limit of a follower or followee id")
+
     # Redis retries: exponential backoff, never giving up on an event.
     redis_retry_initial_s: float = Field(default=0.1, gt=0)
     redis_retry_max_s: float = Field(default=5.0, gt=0)
@@ -199,6 +240,12 @@ class StreamsSettings(BaseSettings, TopicLayout, KafkaSecurity, RedisSecurity, E
             raise ValueError("weights must be positive")
         return weights
 
+    @field_validator("social_weights")
+    @classmethod
+    def _social_types(cls, weights: dict[str, float]) -> dict[str, float]:
+        type_weights(weights)  # raises ValueError with the reason
+        return weights
+
     @field_validator("trending_windows")
     @classmethod
     def _window_names(cls, windows: dict[str, float]) -> dict[str, float]:
@@ -209,6 +256,11 @@ class StreamsSettings(BaseSettings, TopicLayout, KafkaSecurity, RedisSecurity, E
         """The consumer group of the events processor (offsets committed in its
         transactions); Faust's own group, ``app_id``, has the items agent."""
         return f"{self.app_id}-events"
+
+    def relations_group(self) -> str:
+        """The consumer group of the relations reader (offsets committed in its
+        transactions; its applied offsets in Redis are ``applied:{group}``)."""
+        return f"{self.app_id}-relations"
 
     def users_changelog(self) -> str:
         """The compacted topic of user states, partitioned like the events topic."""

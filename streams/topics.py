@@ -12,7 +12,8 @@ from mode import Service
 
 from contracts.security import KafkaSecurity
 from contracts.topics import (
-    DEDUPE_CHANGELOG, DLQ, ENRICHED, EVENTS, ITEM_VECTORS, ITEMS, MODELS, USERS_CHANGELOG,
+    DEDUPE_CHANGELOG, DLQ, ENRICHED, EVENTS, ITEM_VECTORS, ITEMS, MODELS, RELATIONS,
+    USERS_CHANGELOG,
     TopicContractError, TopicSpec, ensure_topics, spec, wait_for_coordinator,
 )
 from streams.errors import TopicSetupError
@@ -22,8 +23,10 @@ CLIENT_ID = "streamrec-streams-setup"
 FIX_COMMAND = "python -m streams topics fix"
 
 
-def topic_specs(settings: StreamsSettings) -> list[TopicSpec]:
-    """The contract topics the worker reads or writes (docs/contracts.md §2)."""
+def topic_specs(settings: StreamsSettings, *, relations: bool = False) -> list[TopicSpec]:
+    """The contract topics the worker reads or writes (docs/contracts.md §2), with
+    ``relations`` when the worker reads it (``relations_enabled``)."""
+    graph = [spec(RELATIONS, settings.topic_relations, settings)] if relations else []
     return [
         # User states and dedupe windows are restored per partition of events: the two must match.
         spec(EVENTS, settings.topic_events, settings, copartitioned=True),
@@ -34,6 +37,7 @@ def topic_specs(settings: StreamsSettings) -> list[TopicSpec]:
         spec(ITEMS, settings.topic_items, settings),
         spec(ITEM_VECTORS, settings.topic_item_vectors, settings),
         spec(MODELS, settings.topic_models, settings),
+        *graph,
     ]
 
 

@@ -10,14 +10,19 @@ from mode import Service
 from redis.asyncio import Redis
 
 from contracts.online import RedisKeys
+from contracts.relations import RelationLimits
+from contracts.social import type_weights
 from contracts.security import async_redis_client
 from streams.app import create_app
 from streams.catalog import Catalog
+from streams.events.transactions import Transactions
+from streams.fanout import Fanout
 from streams.feed import CatalogFeed
 from streams.live import EncoderOptions, LiveModel, load_model, pretrained_dir
 from streams.metrics import MetricsServer, StreamsMetrics
 from streams.model import choose_model
 from streams.online import Caps, OnlineState
+from streams.relations import RelationsConsumer
 from streams.releases import ModelReleases
 from streams.settings import StreamsSettings
 from streams.topics import TopicSetup, topic_specs
@@ -26,8 +31,17 @@ from streams.trending import windows_from_settings
 log = logging.getLogger(__name__)
 
 
-def online_state(settings: StreamsSettings, client: Redis) -> OnlineState:
-    """The Redis writer with the settings' key prefix, caps, trending windows and retries."""
+def fanout(settings: StreamsSettings) -> Fanout:
+    """What acts are written into followers' feeds, and how."""
+    return Fanout(weights=type_weights(settings.social_weights),
+                  tau_ms=settings.social_tau_s * 1000.0, cap=settings.social_feed_cap,
+                  backfill=settings.social_backfill, ttl_s=settings.user_ttl_s)
+
+
+def online_state(settings: StreamsSettings, client: Redis,
+                 metrics: StreamsMetrics | None = None) -> OnlineState:
+    """The Redis writer with the settings' key prefix, caps, trending windows, fan-out and
+    retries."""
     return OnlineState(
         client,
         keys=RedisKeys(settings.redis_prefix),
@@ -39,7 +53,46 @@ def online_state(settings: StreamsSettings, client: Redis) -> OnlineState:
         retry_initial_s=settings.redis_retry_initial_s,
         retry_max_s=settings.redis_retry_max_s,
         user_ttl_s=settings.user_ttl_s,
+        fanout=fanout(settings),
+        on_fanout=metrics.fanned_out if metrics is not None else None,
     )
+
+
+def graph_services(settings: StreamsSettings, online: OnlineState,
+                   metrics: StreamsMetrics) -> list[Service]:
+    """The relations reader when the worker runs one (``relations_enabled``)."""
+    return [relations_consumer(settings, online, metrics)] if settings.relations_enabled else []
+
+
+def relations_consumer(settings: StreamsSettings, online: OnlineState,
+                       metrics: StreamsMetrics) -> RelationsConsumer:
+    """The relations reader, with a transactional producer per partition of relations."""
+    servers = settings.bootstrap_servers()
+    consumer: RelationsConsumer | None = None
+
+    def owns(partition: int) -> bool:
+        return consumer is not None and partition in consumer.assignment()
+
+    transactions = Transactions(
+        bootstrap_servers=servers, group_id=settings.relations_group(),
+        transactional_prefix=settings.app_id, security=settings,
+        topic=settings.topic_relations, commit_interval_s=settings.commit_interval_s,
+        transaction_timeout_ms=int(settings.transaction_timeout_s * 1000), owns=owns,
+    )
+    consumer = RelationsConsumer(
+        online=online, transactions=transactions, metrics=metrics, bootstrap_servers=servers,
+        topic=settings.topic_relations, group=settings.relations_group(),
+        dlq=settings.topic_dlq, security=settings,
+        limits=RelationLimits(max_bytes=settings.max_relation_bytes,
+                              max_future_skew_ms=settings.max_future_skew_ms,
+                              max_id_chars=settings.max_relation_id_chars),
+        fanout_threshold=settings.fanout_threshold,
+        batch_size=settings.event_batch_size,
+        batch_wait_ms=int(settings.event_batch_within_s * 1000),
+        fetch_max_wait_ms=settings.consumer_fetch_max_wait_ms,
+        session_timeout_s=settings.session_timeout_s,
+    )
+    return consumer
 
 
 def build_worker(settings: StreamsSettings) -> faust.Worker:
@@ -52,19 +105,22 @@ def build_worker(settings: StreamsSettings) -> faust.Worker:
     live = LiveModel(model)
     catalog = Catalog(model_version=model.version, dim=model.dim)
     catalog.switch(model.version, model.dim, model.item_vectors)
-    online = online_state(settings, async_redis_client(settings.redis_url, settings))
     metrics = StreamsMetrics()
+    online = online_state(settings, async_redis_client(settings.redis_url, settings), metrics)
     app = create_app(settings, catalog=catalog, live=live, online=online, metrics=metrics)
     servers = settings.bootstrap_servers()
     # Services start in this order, all before the app: topics exist before anything
     # subscribes, and the catalog is loaded before the first event is judged against it.
-    extra: list[Service] = []
+    extra: list[Service] = graph_services(settings, online, metrics)
+    groups = [settings.events_group(), settings.app_id]
+    if settings.relations_enabled:
+        groups.append(settings.relations_group())
     if settings.metrics_port is not None:
         extra.append(MetricsServer(metrics, host=settings.metrics_host, port=settings.metrics_port))
     return faust.Worker(
         app,
-        TopicSetup(topic_specs(settings), bootstrap=settings.kafka_bootstrap,
-                   groups=(settings.events_group(), settings.app_id), security=settings),
+        TopicSetup(topic_specs(settings, relations=settings.relations_enabled), bootstrap=settings.kafka_bootstrap,
+                   groups=groups, security=settings),
         CatalogFeed(
             catalog,
             bootstrap_servers=servers,

@@ -66,9 +66,10 @@ def plan(n: Names) -> dict[str, list[Grant]]:
     own = f"{n.streams_app_id}-"  # changelogs, Faust's assignor topic, groups, transactions
     return {
         "streams": [
-            *_topics([n.events, n.items, n.item_vectors, n.models], READ),
+            *_topics([n.events, n.items, n.item_vectors, n.models, n.relations], READ),
             *_topics([n.enriched, n.dlq, n.item_vectors], WRITE),
-            *_topics([n.events, n.enriched, n.dlq, n.items, n.item_vectors, n.models], *CREATED),
+            *_topics([n.events, n.enriched, n.dlq, n.items, n.item_vectors, n.models,
+                      n.relations], *CREATED),
             *[(TOPIC, own, PREFIXED, op) for op in (READ, WRITE, *CREATED)],
             (GROUP, n.streams_app_id, LITERAL, READ),
             (GROUP, own, PREFIXED, READ),

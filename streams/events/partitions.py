@@ -28,6 +28,7 @@ upgrade neither reads the event log again nor skips any of it.
 from __future__ import annotations
 
 import logging
+from typing import Protocol
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
@@ -36,6 +37,7 @@ from mode import Service
 
 from contracts.security import KafkaSecurity, kafka_kwargs
 from streams.events.handler import EventsHandler
+from streams.events.offsets import PartitionOffsets
 from streams.events.seenstore import SeenStore
 from streams.events.transactions import Transactions
 from streams.events.userstore import UserStore
@@ -47,8 +49,55 @@ log = logging.getLogger(__name__)
 MAX_PARTITION_FETCH_BYTES = 4 << 20
 
 
-class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
-    def __init__(self, consumer: EventsConsumer) -> None:
+def consumer_options(*, bootstrap_servers: list[str], group: str, fetch_max_wait_ms: int,
+                     session_timeout_s: float, security: KafkaSecurity | None,
+                     ) -> dict[str, object]:
+    """``AIOKafkaConsumer`` arguments of a reader whose offsets its transactions commit."""
+    return dict(
+        bootstrap_servers=bootstrap_servers,
+        group_id=group,
+        client_id=f"{group}-consumer",
+        enable_auto_commit=False,  # offsets are committed in the transactions
+        auto_offset_reset="earliest",
+        isolation_level="read_committed",
+        fetch_max_wait_ms=fetch_max_wait_ms,
+        max_partition_fetch_bytes=MAX_PARTITION_FETCH_BYTES,
+        session_timeout_ms=int(session_timeout_s * 1000),
+        heartbeat_interval_ms=int(session_timeout_s * 1000 / 4),
+        **kafka_kwargs(security),
+    )
+
+
+async def seek_committed(consumer: AIOKafkaConsumer, offsets: PartitionOffsets, topic: str,
+                         partitions: set[int]) -> list[TopicPartition]:
+    """Seek each of the newly assigned `partitions` to its committed offset (after their
+    producers fenced the previous owner); returns those without a committed offset."""
+    uncommitted: list[TopicPartition] = []
+    for partition in sorted(partitions):
+        tp = TopicPartition(topic, partition)
+        committed = await consumer.committed(tp)
+        if committed is not None:
+            consumer.seek(tp, committed)
+            # Records fetched from a position the consumer found on its own before this
+            # seek may still come out of getmany: drop those below.
+            offsets.start_at(partition, committed)
+        else:
+            uncommitted.append(tp)
+    return uncommitted
+
+
+class Assignable(Protocol):
+    """A reader told of the partitions of its topic it gains and loses."""
+
+    async def assigned(self, partitions: set[int]) -> None: ...
+
+    async def revoked(self, partitions: set[int]) -> None: ...
+
+
+class Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Hands a rebalance's partition numbers to the reader."""
+
+    def __init__(self, consumer: Assignable) -> None:
         self._consumer = consumer
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
@@ -96,18 +145,10 @@ class EventsConsumer(Service):
         self._batch_size = batch_size
         self._batch_wait_ms = batch_wait_ms
         self.add_dependency(transactions)  # started before, stopped after this service
-        self._consumer_options = dict(
-            bootstrap_servers=bootstrap_servers,
-            group_id=group,
-            client_id=f"{group}-consumer",
-            enable_auto_commit=False,  # offsets are committed in the transactions
-            auto_offset_reset="earliest",
-            isolation_level="read_committed",
-            fetch_max_wait_ms=fetch_max_wait_ms,
-            max_partition_fetch_bytes=MAX_PARTITION_FETCH_BYTES,
-            session_timeout_ms=int(session_timeout_s * 1000),
-            heartbeat_interval_ms=int(session_timeout_s * 1000 / 4),
-            **kafka_kwargs(security),
+        self._consumer_options = consumer_options(
+            bootstrap_servers=bootstrap_servers, group=group,
+            fetch_max_wait_ms=fetch_max_wait_ms, session_timeout_s=session_timeout_s,
+            security=security,
         )
         self._consumer: AIOKafkaConsumer | None = None  # made on start, in the event loop
 
@@ -125,7 +166,7 @@ class EventsConsumer(Service):
 
     async def on_start(self) -> None:
         self._consumer = AIOKafkaConsumer(**self._consumer_options)
-        self._consumer.subscribe([self.topic], listener=_Rebalance(self))
+        self._consumer.subscribe([self.topic], listener=Rebalance(self))
         await self._consumer.start()
 
     async def on_stop(self) -> None:
@@ -142,17 +183,8 @@ class EventsConsumer(Service):
             await self._users.restore(partitions)
             await self._seen.restore(partitions)
             self.handler.note_waiting(partitions)
-            uncommitted: list[TopicPartition] = []
-            for partition in sorted(partitions):
-                tp = TopicPartition(self.topic, partition)
-                committed = await self.consumer.committed(tp)
-                if committed is not None:
-                    self.consumer.seek(tp, committed)
-                    # Records fetched from a position the consumer found on its own
-                    # before this seek may still come out of getmany: drop those below.
-                    self._transactions.offsets.start_at(partition, committed)
-                else:
-                    uncommitted.append(tp)
+            uncommitted = await seek_committed(self.consumer, self._transactions.offsets,
+                                               self.topic, partitions)
             legacy = await self._legacy_offsets(uncommitted)
             if legacy:
                 # Committed in this group too: the consumer's own look-up of committed
@@ -227,17 +259,7 @@ class EventsConsumer(Service):
         if not fresh:
             return
         outputs = await self.handler.handle(fresh)
-        newest: dict[int, int] = {}
-        for record in fresh:
-            newest[record.partition] = max(newest.get(record.partition, -1), record.offset)
-        # Commits are the transactions' own task (every commit_interval_s): the next batch
-        # reads, judges and writes Redis while one is on its way, and waits for it only
-        # to send its outputs.
-        async with transactions.lock:
-            for partition, batch in outputs.items():
-                await transactions.send_many(partition, batch)
-            for partition, offset in newest.items():
-                transactions.processed(partition, offset)
+        await transactions.hand_over(outputs, ((r.partition, r.offset) for r in fresh))
 
     def _observe_lag(self, batches: dict[TopicPartition, list]) -> None:  # type: ignore[type-arg]
         for tp, records in batches.items():

@@ -30,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError, ProducerFenced
@@ -128,6 +128,21 @@ class Transactions(Service):
             await self._fenced(partition)
         except KafkaError as error:
             await self._fail(error)
+
+    async def hand_over(self, outputs: Mapping[int, Sequence[Output]],
+                        records: Iterable[tuple[int, int]]) -> None:
+        """A batch's outputs into their partitions' open transactions, then its records
+        (``(partition, offset)``) processed, all under :attr:`lock`: a commit takes a batch
+        whole or not at all. Commits are the periodic task's: the next batch reads, judges
+        and writes Redis while one is on its way, and waits for it only here."""
+        newest: dict[int, int] = {}
+        for partition, offset in records:
+            newest[partition] = max(newest.get(partition, -1), offset)
+        async with self.lock:
+            for partition, batch in outputs.items():
+                await self.send_many(partition, batch)
+            for partition, offset in newest.items():
+                self.processed(partition, offset)
 
     def owns(self, partition: int) -> bool:
         """Whether this worker has the partition's producer (it was assigned, not fenced)."""

@@ -101,7 +101,8 @@ def stack(passwords: dict[str, str], tmp_path_factory: pytest.TempPathFactory
         })
     acls = _acls()
     names = acls.Names(**{key: local.topics[key] for key in
-                          ("events", "enriched", "dlq", "items", "item_vectors", "models")},
+                          ("events", "enriched", "dlq", "items", "item_vectors", "models",
+                           "relations")},
                        routing=local.routing_topic, recommendations="recommendations",
                        streams_app_id=f"streams-{suffix}")
     admin = acls.admin_client(KAFKA, str(CA), passwords["admin"], 60)

@@ -35,6 +35,7 @@ class StreamsWorker:
             "items": f"items-{suffix}",
             "item_vectors": f"item-vectors-{suffix}",
             "models": f"models-{suffix}",
+            "relations": f"relations-{suffix}",
         }
         self.redis_prefix = f"test-{suffix}:"
         self.log_path = workdir / "worker.log"
@@ -111,6 +112,20 @@ class StreamsWorker:
                 process.kill()
                 process.wait()
         return process.returncode
+
+
+def eventually(probe: Callable[[], T | None], worker: StreamsWorker, what: str,
+               timeout_s: float = 60.0, every_s: float = 0.05) -> T:
+    """Call `probe` until it returns something other than None, while the worker lives."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        found = probe()
+        if found is not None:
+            return found
+        worker.check_alive()
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no {what} after {timeout_s} s:\n{worker.log_tail()}")
+        time.sleep(every_s)
 
 
 class TopicLog:

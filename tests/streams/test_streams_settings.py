@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import pytest
 from pydantic import ValidationError
+from redis.asyncio import Redis
 
+from contracts.social import DEFAULT_FANOUT_THRESHOLD, DEFAULT_FEED_CAP, DEFAULT_TAU_S, \
+    DEFAULT_TYPE_WEIGHTS
+from streams.metrics import StreamsMetrics
+from streams.relations import RelationsConsumer
 from streams.settings import DEFAULT_WEIGHTS, StreamsSettings
+from streams.worker import graph_services, online_state
 
 
 def test_defaults_are_the_local_contract_names() -> None:
@@ -56,3 +62,33 @@ def test_dedupe_window_is_a_week_of_event_time_by_default(monkeypatch: pytest.Mo
     with pytest.raises(ValidationError):
         StreamsSettings(dedupe_window_s=0)
     assert StreamsSettings(app_id="a").dedupe_changelog() == "a-dedupe-changelog"
+
+
+def test_social_defaults_are_the_contract_s_and_weights_come_as_json(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    settings = StreamsSettings()
+    assert settings.relations_enabled and settings.topic_relations == "relations"
+    assert (settings.fanout_threshold, settings.social_feed_cap, settings.social_tau_s) == (
+        DEFAULT_FANOUT_THRESHOLD, DEFAULT_FEED_CAP, DEFAULT_TAU_S)
+    assert settings.social_weights == DEFAULT_TYPE_WEIGHTS
+    assert settings.social_backfill == 20
+    assert StreamsSettings(app_id="shop").relations_group() == "shop-relations"
+    monkeypatch.setenv("STREAMREC_STREAMS_SOCIAL_WEIGHTS", '{"purchase": 5}')
+    assert StreamsSettings().social_weights == {"purchase": 5.0}
+
+
+@pytest.mark.parametrize("weights", [{"like": 1.0}, {"view": 0.0}, {"purchase": -1.0}])
+def test_bad_social_weights(weights: dict[str, float]) -> None:
+    with pytest.raises(ValidationError, match="social_weights"):
+        StreamsSettings(social_weights=weights)
+
+
+def test_the_relations_reader_can_be_switched_off() -> None:
+    on = StreamsSettings(app_id="shop", topic_relations="rel")
+    off = StreamsSettings(relations_enabled=False)
+    metrics = StreamsMetrics()
+    (reader,) = graph_services(on, online_state(on, Redis(), metrics), metrics)
+    assert isinstance(reader, RelationsConsumer)
+    assert (reader.topic, reader.group) == ("rel", "shop-relations")
+    assert graph_services(off, online_state(off, Redis(), metrics), metrics) == []

@@ -37,6 +37,13 @@ def test_specs_follow_the_contract() -> None:
     assert specs["app-dedupe-changelog"].copartitioned and specs["app-dedupe-changelog"].compacted
 
 
+def test_relations_is_one_of_them_when_the_worker_reads_it() -> None:
+    settings = StreamsSettings(topic_relations="rel")
+    assert "rel" not in {spec.name for spec in topic_specs(settings)}
+    (relations,) = [s for s in topic_specs(settings, relations=True) if s.name == "rel"]
+    assert relations.compacted and relations.partitions == settings.topic_partitions
+
+
 def _settings(kafka: str, suffix: str) -> dict[str, str]:
     names = {"events": "events", "enriched": "enriched", "dlq": "dlq", "items": "items",
              "item_vectors": "item-vectors", "models": "models"}

@@ -22,7 +22,7 @@ from streams.errors import Duplicate, RejectedInput, TooOld, UnknownItem
 from streams.events.ports import DedupeWindows
 from streams.events.stages.validate import Parsed, validate
 from streams.history import Interaction, UserState, accepted_offset, fold, interaction_weight
-from streams.records import INTERNAL_ERROR, Output, Record
+from streams.records import INTERNAL_ERROR, Output, Record, Rejected
 from streams.seen import Hashes, SeenIds, event_key, id_hashes
 from streams.validation import EventLimits, parse_event
 
@@ -108,13 +108,6 @@ def admit(
         dedupe_window=policy.dedupe_window,
     )
     return Accepted(event, item, weight, state, replay=False)
-
-
-class Rejected(NamedTuple):
-    """A record that goes to the dead-letter topic."""
-
-    reason: str
-    detail: str
 
 
 @dataclass
