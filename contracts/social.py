@@ -339,7 +339,18 @@ def parse_social_reply(reply: Sequence[Sequence[bytes | str | int]], *, now_ms: 
                         decayed_log_weight(score, now_ms, tau_ms)))
     may_name = {_text(flags[n]): EdgeFlags.decode(flags[n + 1]).may_name
                 for n in range(0, len(flags), 2)}
-    return acts, may_name
+    return _newest_once(acts), may_name
+
+
+def _newest_once(acts: list[Act]) -> list[Act]:
+    """Each ``(actor, type, item)`` once, at its strongest: an account that became hot has
+    its older acts in feeds and in its own acts sets both."""
+    best: dict[tuple[str, int, str], Act] = {}
+    for act in acts:
+        key = (act.actor_id, act.event_type, act.item_id)
+        if key not in best or act.log_weight > best[key].log_weight:
+            best[key] = act
+    return list(best.values()) if len(best) < len(acts) else acts
 
 
 def _text(value: bytes | str | int) -> str:

@@ -147,6 +147,13 @@ async def test_the_social_read_keeps_followed_actors_and_reads_hot_accounts(
         })
         items = social_items(acts, may_name)
         assert items[0].item_id == "i1" and items[0].count == 2 and items[0].named == ["ann"]
+        # An account that became hot: its older act in the feed is not counted twice.
+        await redis.zadd(keys.social(user), {
+            feed_member("star", events_pb2.PURCHASE, "i4"): feed_score(3.0, now - TAU_MS, TAU_MS)})
+        reply = await redis.eval(READ_SOCIAL_SCRIPT, 0, *args)  # type: ignore[misc]
+        again, _ = parse_social_reply(reply, now_ms=now, tau_ms=TAU_MS, weights=weights)
+        assert sorted((a.actor_id, a.item_id, a.weight) for a in again) == sorted(
+            (a.actor_id, a.item_id, a.weight) for a in acts)
         # nobody followed: nothing, whatever the feed holds
         await redis.delete(keys.following(user))
         reply = await redis.eval(READ_SOCIAL_SCRIPT, 0, *args)  # type: ignore[misc]

@@ -39,7 +39,8 @@ def act(user: str, item: str, ts: int, kind: int = events_pb2.PURCHASE) -> Touch
 class Social:
     """An OnlineState with fan-out, the counts it reported, and the graph's applied offsets."""
 
-    def __init__(self, client: Redis, keys: RedisKeys, cap: int = 3, backfill: int = 2) -> None:
+    def __init__(self, client: Redis, keys: RedisKeys, cap: int = 3, backfill: int = 2,
+                 ttl_s: int = 0) -> None:
         self.client, self.keys = client, keys
         self.counts: list[FanoutCounts] = []
         self.online = OnlineState(
@@ -47,7 +48,7 @@ class Social:
             trending=(Window("1h", TAU_MS),), group="g", source_topic="ev",
             retry_initial_s=0.01, retry_max_s=0.1,
             fanout=Fanout(weights=type_weights(DEFAULT_TYPE_WEIGHTS), tau_ms=TAU_MS, cap=cap,
-                          backfill=backfill),
+                          backfill=backfill, ttl_s=ttl_s),
             on_fanout=self.counts.append,
         )
         self.applied = AppliedOffsets(keys.applied("g-relations"), "rel")
@@ -183,3 +184,25 @@ async def test_a_new_follow_copies_the_followees_newest_acts_unless_it_is_hot(
     await social.client.delete(social.keys.social("ada"))
     await social.relate(edge("ada", "bob", FRIEND), threshold=3)
     assert await social.feed("ada") == {}
+
+
+async def test_feeds_the_fan_out_creates_expire_and_keep_their_owners_clock(
+    redis_url: str, unique: str,
+) -> None:
+    client = Redis.from_url(redis_url)
+    keys = RedisKeys(f"test-{unique}:")
+    social = Social(client, keys, ttl_s=1000)
+    try:
+        await social.relate(edge("ada", "bob"))
+        await social.online.write([act("bob", "i1", 1_000)], [])
+        assert 990 < await client.ttl(keys.social("ada")) <= 1000
+        await client.expire(keys.social("ada"), 50)  # as if ada's own last act set it
+        await social.online.write([act("bob", "i2", 2_000)], [])
+        assert await client.ttl(keys.social("ada")) <= 50  # bob's acts keep no feed alive
+        await social.relate(edge("cy", "bob"))  # a new follow's backfill
+        assert 990 < await client.ttl(keys.social("cy")) <= 1000
+    finally:
+        names = await client.keys(f"{keys.prefix}*")
+        if names:
+            await client.delete(*names)
+        await client.aclose()
