@@ -84,7 +84,7 @@ pids+=($!)
 
 echo
 echo "streamrec is serving on 127.0.0.1:50051; try:"
-echo "  $PY -m serving.cli.client recommend --user 1m_10 -k 10"
+echo "  $PY -m serving.cli.client recommend --user $SOCIAL_USER -k 10"
 echo "  $PY -m serving.cli.client similar --item 'Toy Story (1995)' -k 10"
 echo "Ctrl-C stops the worker, the server and the trainer."
 wait
