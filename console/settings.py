@@ -28,9 +28,12 @@ class ConsoleSettings(BaseSettings, KafkaSecurity, RedisSecurity):
         default=None, description="bearer token for the public port, when serving asks for one")
     admin_target: str = Field(default="127.0.0.1:50052", min_length=1, description="serving's Admin port")
     serving_metrics_url: str | None = Field(
-        default=None, description="serving's /metrics (STREAMREC_SERVING_METRICS_PORT); None: not shown")
+        default="http://127.0.0.1:9101/metrics",
+        description="serving's /metrics (its STREAMREC_SERVING_METRICS_PORT; worker 0's with "
+                    "several workers); None: not shown")
     streams_metrics_url: str | None = Field(
-        default=None, description="the streams worker's /metrics; None: not shown")
+        default="http://127.0.0.1:9100/metrics",
+        description="the streams worker's /metrics (its STREAMREC_STREAMS_METRICS_PORT); None: not shown")
     grpc_deadline_s: float = Field(default=10.0, gt=0, le=600)
 
     # Samples of the metrics kept for the charts.
