@@ -113,15 +113,16 @@ def _replay(stack: LocalStack) -> None:
            "STREAMREC_INGEST_TOPIC_ITEMS": stack.topics["items"]}
     _run("ingest", "catalog", "--items", str(items), "--no-progress", env=env)
     _run("ingest", "replay", "--interactions", str(interactions), "--items", str(items),
-         "--name", "ml-1m", "--speedup", "0", "--skip-catalog", "--no-progress", env=env)
+         "--name", "ml-1m", "--speedup", "0", "--rate", "500", "--skip-catalog", "--no-progress",
+         env=env)
 
 
 def _train(stack: LocalStack, trainer: str) -> str:
     env = {**os.environ, "HF_HUB_OFFLINE": "1",
            **stack.training_env(),
            "STREAMREC_TRAINING_TRAINER": trainer,
-           "STREAMREC_TRAINING_TRAIN_TIME_BUDGET_S": "10",
-           "STREAMREC_TRAINING_MAX_EPOCHS": "3",
+           "STREAMREC_TRAINING_TRAIN_TIME_BUDGET_S": "20",
+           "STREAMREC_TRAINING_MAX_EPOCHS": "6",  # a few epochs: a loss curve to draw
            # a small slice decides nothing: the version is promoted, the gate has its own tests
            "STREAMREC_TRAINING_GATE_MIN_GAIN": "-1"}
     _run("training", "run", env=env)
@@ -167,10 +168,7 @@ def console_stack(kafka_bootstrap: str, redis_url: str, chromium: str,
         stack.start()
         admin_port, serving_metrics_port = stack.serving.wait_for_log(_SERVING_PORTS, 60).groups()
         streams_metrics = stack.streams.wait_for_log(_STREAMS_METRICS, 60).group(1)
-        _replay(stack)
-        _wait_handled(stack, streams_metrics, REPLAYED)
-        _train(stack, "pretrained")
-        trained = _train(stack, "finetune")  # production, the first previous to roll back to
+        # the console first: its charts show the replay and the model switches
         console = Child("console", {
             **os.environ,
             "STREAMREC_CONSOLE_PORT": "0",
@@ -180,6 +178,7 @@ def console_stack(kafka_bootstrap: str, redis_url: str, chromium: str,
             "STREAMREC_CONSOLE_SERVING_METRICS_URL": f"http://127.0.0.1:{serving_metrics_port}/metrics",
             "STREAMREC_CONSOLE_STREAMS_METRICS_URL": streams_metrics,
             "STREAMREC_CONSOLE_SAMPLE_INTERVAL_S": "1",
+            "STREAMREC_CONSOLE_HISTORY_POINTS": "900",
             "STREAMREC_CONSOLE_KAFKA_BOOTSTRAP": kafka_bootstrap,
             "STREAMREC_CONSOLE_TOPIC_DLQ": stack.topics["dlq"],
             "STREAMREC_CONSOLE_STREAMS_APP_ID": f"streams-{stack.suffix}",
@@ -189,6 +188,10 @@ def console_stack(kafka_bootstrap: str, redis_url: str, chromium: str,
         }, workdir / "console.log")
         console.start()
         url = console.wait_for_log(_CONSOLE, 60).group(1)
+        _replay(stack)
+        _wait_handled(stack, streams_metrics, REPLAYED)
+        _train(stack, "pretrained")
+        trained = _train(stack, "finetune")  # production, the first previous to roll back to
         yield ConsoleStack(stack=stack, console=console, url=url,
                            admin_target=f"127.0.0.1:{admin_port}", streams_metrics=streams_metrics,
                            serving_metrics=f"http://127.0.0.1:{serving_metrics_port}/metrics",
