@@ -16,6 +16,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 
 from console import charts
 from console.deadletters import Redrives, summary
+from console.experiments import report
 from console.figures import overview, series
 from console.settings import ConsoleSettings
 from console.sources import MetricsHistory, OnlineState, Serving, manifests
@@ -59,7 +60,7 @@ def templates() -> Environment:
     env = Environment(loader=PackageLoader("console"), autoescape=select_autoescape())
     env.filters.update(when=_when, number=_number, ms=_ms)
     env.globals.update(line_chart=charts.line_chart, bar_chart=charts.bar_chart,
-                       loss_points=_loss_points)
+                       loss_points=_loss_points, ctr_bars=_ctr_bars)
     return env
 
 
@@ -172,12 +173,23 @@ def _loss_points(manifest: dict[str, Any]) -> list[tuple[float, float | None]]:
     return [(float(epoch), float(loss)) for epoch, loss in enumerate(losses, start=1)]
 
 
-async def experiments_page(request: web.Request) -> web.Response:
+async def _experiments(request: web.Request, *, http_status: int = 200,
+                       error: str = "") -> web.Response:
     parts = request.app[PARTS]
     status, status_error = await _status(parts)
     found = await asyncio.to_thread(manifests, parts.settings.artifact_dir)
-    return render(request, "experiments.html", status=status, status_error=status_error,
-                  versions=found, confirm=None, error="")
+    reports, unattributed = await asyncio.to_thread(report, parts.settings)
+    return render(request, "experiments.html", http_status=http_status, status=status,
+                  status_error=status_error, versions=found, error=error,
+                  reports=[reports[v] for v in sorted(reports)], unattributed=unattributed)
+
+
+def _ctr_bars(reports: list[Any]) -> list[tuple[str, float]]:
+    return [(r.version, 100 * r.click_through) for r in reports]
+
+
+async def experiments_page(request: web.Request) -> web.Response:
+    return await _experiments(request)
 
 
 # A routing change: form fields -> (what the confirmation says, the call on Admin).
@@ -219,11 +231,8 @@ async def change_routing(request: web.Request) -> web.Response:
     try:
         await call()
     except grpc.aio.AioRpcError as failure:
-        status, _ = await _status(parts)
-        found = await asyncio.to_thread(manifests, parts.settings.artifact_dir)
-        return render(request, "experiments.html", http_status=422, status=status,
-                      versions=found, status_error="",
-                      error=f"{action}: {failure.code().name}: {failure.details()}")
+        return await _experiments(request, http_status=422,
+                                  error=f"{action}: {failure.code().name}: {failure.details()}")
     raise web.HTTPSeeOther("/experiments")
 
 

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -157,7 +158,10 @@ def chromium() -> str:
 def console_stack(kafka_bootstrap: str, redis_url: str, chromium: str,
                   tmp_path_factory: pytest.TempPathFactory) -> Iterator[ConsoleStack]:
     workdir = Path(tmp_path_factory.mktemp("console-stack"))
-    stack = LocalStack(kafka=kafka_bootstrap, redis_url=redis_url, workdir=workdir, extra_env={
+    suffix = "s" + uuid.uuid4().hex[:10]
+    stack = LocalStack(kafka=kafka_bootstrap, redis_url=redis_url, workdir=workdir, suffix=suffix,
+                       extra_env={
+        "STREAMREC_SERVING_TOPIC_RECOMMENDATIONS": f"recommendations-{suffix}",
         "STREAMREC_SERVING_ADMIN_PORT": "0", "STREAMREC_SERVING_METRICS_PORT": "0",
         "STREAMREC_STREAMS_METRICS_PORT": "0", "STREAMREC_STREAMS_METRICS_HOST": "127.0.0.1",
         # MovieLens' ratings are years old: a dedupe window that covers them
@@ -181,6 +185,8 @@ def console_stack(kafka_bootstrap: str, redis_url: str, chromium: str,
             "STREAMREC_CONSOLE_HISTORY_POINTS": "900",
             "STREAMREC_CONSOLE_KAFKA_BOOTSTRAP": kafka_bootstrap,
             "STREAMREC_CONSOLE_TOPIC_DLQ": stack.topics["dlq"],
+            "STREAMREC_CONSOLE_TOPIC_RECOMMENDATIONS": f"recommendations-{suffix}",
+            "STREAMREC_CONSOLE_TOPIC_ENRICHED": stack.topics["enriched"],
             "STREAMREC_CONSOLE_STREAMS_APP_ID": f"streams-{stack.suffix}",
             "STREAMREC_CONSOLE_REDIS_URL": redis_url,
             "STREAMREC_CONSOLE_REDIS_PREFIX": stack.redis_prefix,
