@@ -153,7 +153,36 @@ def test_the_models_page_shows_the_manifest_quality_and_loss_curve(
     shot(page, tmp_path, "models")
 
 
-def test_rollback_and_promote_ask_first_then_change_servings_routing(
+def test_the_experiments_page_counts_clicks_on_a_versions_recommendations(
+    page: Page, console_stack: ConsoleStack, known_user: str, tmp_path: Path
+) -> None:
+    answer = console_stack.recommender().Recommend(
+        recommender_pb2.RecommendRequest(user_id=known_user, k=5), timeout=10)
+    assert answer.model_version == console_stack.trained and answer.recommendation_id
+    stack = console_stack.stack
+    click = events_pb2.Event(event_id="console-click-1", user_id=known_user,
+                             item_id=answer.items[0].item_id, type=events_pb2.CLICK,
+                             timestamp_ms=int(time.time() * 1000),
+                             recommendation_id=answer.recommendation_id)
+    producer = KafkaProducer(bootstrap_servers=stack.kafka, acks="all")
+    producer.send(stack.topics["events"], key=known_user.encode(), value=click.SerializeToString())
+    producer.flush()
+    producer.close()
+    row = page.locator(f'tr.report[data-version="{console_stack.trained}"]')
+
+    def clicked() -> bool | None:
+        page.goto(f"{console_stack.url}experiments")
+        return (row.count() == 1 and row.locator(".clicked").inner_text() == "1") or None
+
+    console_stack.eventually(clicked, "the click on the trained version's recommendation")
+    served = int(row.locator(".served").inner_text())
+    assert served >= 1
+    assert row.locator(".ctr").inner_text() == f"{100 / served:.2f} %"
+    expect(page.locator('svg[aria-label="click-through by version"]')).to_be_visible()
+    shot(page, tmp_path, "experiments-report")
+
+
+def test_rollback_promote_and_split_ask_first_then_change_servings_routing(
     page: Page, console_stack: ConsoleStack, tmp_path: Path
 ) -> None:
     trained = console_stack.trained
@@ -174,7 +203,23 @@ def test_rollback_and_promote_ask_first_then_change_servings_routing(
     expect(page.locator("#routing-production")).to_have_text(trained)
     status = console_stack.admin_status()
     assert (status.production, status.previous) == (trained, before.previous)
+
+    page.fill('#split-form input[name="percent"]', "10")
+    page.select_option('#split-form select[name="version"]', before.previous)
+    page.click("#split")
+    expect(page.locator("#question")).to_have_text(f"Send 10 % of users to {before.previous}?")
+    page.click("#confirm")
+    expect(page.locator("#routing-candidate")).to_have_text(f"{before.previous} (10 % of users)")
+    status = console_stack.admin_status()
+    assert (status.candidate, status.percent) == (before.previous, 10.0)
     shot(page, tmp_path, "experiments")
+
+    page.fill('#split-form input[name="percent"]', "0")
+    page.click("#split")
+    expect(page.locator("#question")).to_have_text("End the experiment (everyone on production)?")
+    page.click("#confirm")
+    expect(page.locator("#routing-candidate")).to_contain_text("(0 % of users)")
+    assert console_stack.admin_status().percent == 0
 
 
 def test_a_dead_letter_is_re_driven_once_its_cause_is_fixed(
