@@ -65,9 +65,11 @@ def line_chart(points: Sequence[Point], *, title: str, unit: str = "", width: in
 
 
 def bar_chart(values: Sequence[tuple[str, float]], *, title: str, unit: str = "",
-              width: int = 320, bar_height: int = 18) -> Markup:
-    """Horizontal bars, one per labelled value, scaled to the largest."""
-    label_w, pad_top = 140, 18
+              bar_width: int = 220, bar_height: int = 18) -> Markup:
+    """Horizontal bars, one per labelled value, scaled to the largest; the labels' column
+    as wide as the longest label (about 6 px per 10 px character)."""
+    label_w, pad_top = 12 + 6 * max((len(label) for label, _ in values), default=0), 18
+    width = label_w + bar_width
     height = pad_top + bar_height * max(len(values), 1) + 4
     top = max((v for _, v in values), default=0.0) or 1.0
     bars = []

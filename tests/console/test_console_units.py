@@ -67,6 +67,10 @@ def test_line_chart_draws_known_points_and_says_when_there_are_none() -> None:
 def test_bar_chart_scales_to_the_largest_value() -> None:
     chart = str(bar_chart([("a", 10.0), ("b", 5.0)], title="reasons"))
     assert chart.count('class="bar"') == 2 and ">a</text>" in chart
+    label = "20261202T023807Z (production)"
+    wide = str(bar_chart([(label, 90.0)], title="share"))
+    bar_x = float(wide.split('<rect x="')[1].split('"')[0])
+    assert bar_x >= 6 * len(label)  # the label's column holds the whole label
 
 
 def test_settings_bind_loopback_and_fail_fast(monkeypatch: pytest.MonkeyPatch) -> None:
