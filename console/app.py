@@ -15,6 +15,7 @@ from aiohttp import web
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from console import charts
+from console.catalog import catalog_entry
 from console.deadletters import Redrives, summary
 from console.experiments import report
 from console.figures import overview, series
@@ -152,13 +153,14 @@ async def user_page(request: web.Request) -> web.Response:
 async def item_page(request: web.Request) -> web.Response:
     parts = request.app[PARTS]
     item_id = request.query.get("item", "").strip()
-    answer, error = None, ""
+    answer, error, entry = None, "", None
     if item_id:
+        entry = await asyncio.to_thread(catalog_entry, parts.settings, item_id)
         try:
             answer = await parts.serving.similar(item_id, int(request.query.get("k", "10")))
         except grpc.aio.AioRpcError as failure:
             error = f"{failure.code().name}: {failure.details()}"
-    return render(request, "item.html", item_id=item_id, answer=answer, error=error)
+    return render(request, "item.html", item_id=item_id, answer=answer, error=error, entry=entry)
 
 
 async def models_page(request: web.Request) -> web.Response:

@@ -8,7 +8,7 @@ from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from contracts.security import KafkaSecurity, RedisSecurity
-from contracts.topics import DLQ, ENRICHED, RECOMMENDATIONS
+from contracts.topics import DLQ, ENRICHED, ITEMS, RECOMMENDATIONS
 
 
 class ConsoleSettings(BaseSettings, KafkaSecurity, RedisSecurity):
@@ -43,6 +43,7 @@ class ConsoleSettings(BaseSettings, KafkaSecurity, RedisSecurity):
     # Kafka (dead letters), Redis (a user's recent items) and the artifact store.
     kafka_bootstrap: str = "127.0.0.1:9092"
     topic_dlq: str = DLQ.default_name
+    topic_items: str = Field(default=ITEMS.default_name, description="the catalog (compacted)")
     topic_recommendations: str = Field(default=RECOMMENDATIONS.default_name,
                                        description="serving's log of what each version served")
     topic_enriched: str = Field(default=ENRICHED.default_name,

@@ -126,7 +126,7 @@ def test_a_user_page_shows_their_state_and_live_recommendations(
     shot(page, tmp_path, "user")
 
 
-def test_an_item_page_shows_similar_items(page: Page, console_stack: ConsoleStack,
+def test_an_item_page_shows_its_catalog_entry_and_similar_items(page: Page, console_stack: ConsoleStack,
                                           known_item: str, tmp_path: Path) -> None:
     page.goto(f"{console_stack.url}item")
     page.fill("#item-id", known_item)
@@ -136,6 +136,8 @@ def test_an_item_page_shows_similar_items(page: Page, console_stack: ConsoleStac
         recommender_pb2.SimilarItemsRequest(item_id=known_item, k=10), timeout=10)
     rows = page.locator("#similar tr").all_inner_texts()[1:]
     assert [row.split("\t")[2] for row in rows] == [item.title for item in direct.items]
+    title = page.locator("#catalog-title").inner_text()  # MovieLens: the id is "Title (year)"
+    assert title and known_item.startswith(title)
     shot(page, tmp_path, "item")
 
 
