@@ -148,6 +148,19 @@ class LocalStack:
         self.streams = Child("streams", streams_env, self.workdir / "streams.log")
         self.serving = Child("serving", serving_env, self.workdir / "serving.log")
 
+    def training_env(self) -> dict[str, str]:
+        """What ``python -m training`` needs to read this stack's log and catalog and to
+        write and announce into its artifact store and topics."""
+        return {
+            "STREAMREC_TRAINING_KAFKA_BOOTSTRAP": self.kafka,
+            "STREAMREC_TRAINING_TOPIC_ENRICHED": self.topics["enriched"],
+            "STREAMREC_TRAINING_TOPIC_ITEMS": self.topics["items"],
+            "STREAMREC_TRAINING_TOPIC_MODELS": self.topics["models"],
+            "STREAMREC_TRAINING_TOPIC_ROUTING": self.routing_topic,
+            "STREAMREC_TRAINING_TOPIC_ITEM_VECTORS": self.topics["item_vectors"],
+            "STREAMREC_TRAINING_ARTIFACT_DIR": str(self.artifact_dir),
+        }
+
     def start(self, timeout_s: float = 180.0) -> None:
         """Start the worker, wait until it is ready, then the server; sets `port`."""
         self.streams.start()

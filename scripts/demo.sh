@@ -47,6 +47,9 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
+# the console shows the worker's and the server's /metrics from these ports
+export STREAMREC_STREAMS_METRICS_HOST=127.0.0.1 STREAMREC_STREAMS_METRICS_PORT=${STREAMREC_STREAMS_METRICS_PORT:-9100} \
+  STREAMREC_SERVING_METRICS_PORT=${STREAMREC_SERVING_METRICS_PORT:-9101}
 echo "==> streams worker   (log: $LOG_DIR/streams.log)"
 # MovieLens-1M's ratings span about three years of event time: a dedupe window that covers
 # them (about 12 MB of ids for the whole set) makes a re-import end in events.dlq as
@@ -56,6 +59,9 @@ STREAMREC_STREAMS_DEDUPE_WINDOW_S=${STREAMREC_STREAMS_DEDUPE_WINDOW_S:-94608000}
 pids+=($!)
 echo "==> gRPC server      (log: $LOG_DIR/serving.log)"
 $PY -m serving >"$LOG_DIR/serving.log" 2>&1 &
+pids+=($!)
+echo "==> operator console (log: $LOG_DIR/console.log)"
+$PY -m console >"$LOG_DIR/console.log" 2>&1 &
 pids+=($!)
 run $PY -m serving.cli.client wait --timeout 180
 
@@ -86,5 +92,6 @@ echo
 echo "streamrec is serving on 127.0.0.1:50051; try:"
 echo "  $PY -m serving.cli.client recommend --user $SOCIAL_USER -k 10"
 echo "  $PY -m serving.cli.client similar --item 'Toy Story (1995)' -k 10"
-echo "Ctrl-C stops the worker, the server and the trainer."
+echo "operator console: http://127.0.0.1:${STREAMREC_CONSOLE_PORT:-8070}/"
+echo "Ctrl-C stops the worker, the server, the console and the trainer."
 wait

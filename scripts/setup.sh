@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Prepare a machine for development and tests: system packages (Redis, Java + Maven for
-# Kafka, docker-compose for the compose file check) and the Python venv in .venv.
+# Kafka, docker-compose for the compose file check, Chromium for the console's browser
+# tests) and the Python venv in .venv.
 # Idempotent and fast when nothing changed: pip runs only when pyproject.toml or this
 # script is newer than .venv/.setup-stamp.
 set -euo pipefail
@@ -22,6 +23,7 @@ system_packages() {
   command -v java >/dev/null || missing+=(openjdk-17-jre-headless)
   command -v mvn >/dev/null || missing+=(maven)
   command -v openssl >/dev/null || missing+=(openssl)  # certificates of the secured broker and Redis
+  command -v chromium >/dev/null || missing+=(chromium)  # the operator console's browser tests
   if ! command -v docker-compose >/dev/null && ! docker compose version >/dev/null 2>&1; then
     missing+=(docker-compose)
   fi

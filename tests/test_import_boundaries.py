@@ -1,5 +1,6 @@
 """The package boundaries of pyproject.toml's [tool.importlinter], checked by lint-imports:
-the deployables never import one another, contracts and protos import none of them."""
+the deployables never import one another, contracts and protos import none of them, and
+the operator console imports none of them (nor they it)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-PACKAGES = ("contracts", "protos", "streams", "serving", "training", "ingest")
+PACKAGES = ("contracts", "protos", "streams", "serving", "training", "ingest", "console")
 
 
 def lint_imports(cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -39,6 +40,9 @@ def test_the_repository_keeps_its_package_boundaries() -> None:
     ("contracts/online.py", "serving", "contracts is not allowed to import serving"),
     ("protos/events_pb2.py", "streams.online", "protos is not allowed to import streams"),
     ("serving/online.py", "torch", "serving is not allowed to import torch"),
+    ("console/app.py", "serving.errors", "console is not allowed to import serving"),
+    ("console/app.py", "streams", "console is not allowed to import streams"),
+    ("training/job.py", "console", "training is not allowed to import console"),
 ])
 def test_a_forbidden_import_breaks_a_contract(
     tmp_path: Path, module: str, imports: str, broken: str

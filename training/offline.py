@@ -114,6 +114,15 @@ class Fitted:
     seconds: float  # wall time of building and training, text cache included
     epochs: int
     best_epoch: int  # the epoch whose weights the model kept (0: the last)
+    losses: tuple[float, ...] = ()  # mean training loss per epoch
+    validation: tuple[tuple[int, float], ...] = ()  # (epoch, validation score)
+
+    def curve(self) -> dict[str, Any]:
+        """The manifest's ``metrics.training`` entry (docs/contracts.md §4): the loss per
+        epoch and the validation scores, for the operator console's training-loss chart."""
+        return {"epochs": self.epochs, "best_epoch": self.best_epoch, "seconds": self.seconds,
+                "losses": list(self.losses),
+                "validation": [[epoch, score] for epoch, score in self.validation]}
 
 
 def fit(
@@ -140,7 +149,8 @@ def fit(
     result = train(model, split.train, train_cfg, device=device, progress=progress,
                    validate=validate)
     return Fitted(model=model, seconds=time.monotonic() - started, epochs=result.epochs,
-                  best_epoch=result.best_epoch)
+                  best_epoch=result.best_epoch, losses=tuple(result.losses),
+                  validation=tuple(result.validation))
 
 
 def training_budget(total_s: float, built_s: float, *, has_text: bool) -> float:

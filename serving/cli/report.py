@@ -7,7 +7,8 @@ purchases on ``events.enriched`` carry that id (``Event.recommendation_id``). Th
 - click-through: share of served recommendations with at least one CLICK;
 - conversion: share of served recommendations with at least one PURCHASE.
 
-Events whose id no served recommendation has are counted as unattributed.
+Events whose id no served recommendation has are counted as unattributed. The join is
+``contracts.experiments.compute`` (the operator console draws the same figures).
 
     python -m serving.cli.report [--json]      # topics and Kafka from STREAMREC_SERVING_*
 """
@@ -18,8 +19,8 @@ import argparse
 import asyncio
 import json
 import sys
-from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict
 from typing import TypeVar
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
@@ -27,67 +28,11 @@ from google.protobuf.message import DecodeError, Message
 
 from contracts.catchup import read_to_end
 from contracts.console import add_verbose_flag, setup_logging
+from contracts.experiments import VersionReport, compute
 from contracts.security import kafka_kwargs
 from protos import events_pb2
 from serving.feeds import topic_partitions
 from serving.settings import ServingSettings
-
-
-@dataclass
-class VersionReport:
-    """What one model version served and what users did with it."""
-
-    version: str
-    served: int = 0
-    items_shown: int = 0
-    clicked: int = 0  # recommendations with at least one click
-    converted: int = 0  # recommendations with at least one purchase
-    clicks: int = 0
-    purchases: int = 0
-
-    @property
-    def click_through(self) -> float:
-        return self.clicked / self.served if self.served else 0.0
-
-    @property
-    def conversion(self) -> float:
-        return self.converted / self.served if self.served else 0.0
-
-
-def compute(
-    served: Iterable[events_pb2.RecommendationLog], events: Iterable[events_pb2.Event]
-) -> tuple[dict[str, VersionReport], int]:
-    """Reports by version and the number of unattributed click/purchase events."""
-    reports: dict[str, VersionReport] = {}
-    version_of: dict[str, str] = {}
-    for entry in served:
-        report = reports.setdefault(entry.model_version, VersionReport(entry.model_version))
-        if entry.recommendation_id not in version_of:
-            report.served += 1
-            report.items_shown += len(entry.item_ids)
-            version_of[entry.recommendation_id] = entry.model_version
-    clicked: set[str] = set()
-    converted: set[str] = set()
-    unattributed = 0
-    for event in events:
-        if event.type not in (events_pb2.CLICK, events_pb2.PURCHASE) or not event.recommendation_id:
-            continue
-        version = version_of.get(event.recommendation_id)
-        if version is None:
-            unattributed += 1
-            continue
-        report = reports[version]
-        if event.type == events_pb2.CLICK:
-            report.clicks += 1
-            clicked.add(event.recommendation_id)
-        else:
-            report.purchases += 1
-            converted.add(event.recommendation_id)
-    for recommendation_id in clicked:
-        reports[version_of[recommendation_id]].clicked += 1
-    for recommendation_id in converted:
-        reports[version_of[recommendation_id]].converted += 1
-    return reports, unattributed
 
 
 async def read_topic(settings: ServingSettings, topic: str) -> list[bytes]:

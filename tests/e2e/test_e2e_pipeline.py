@@ -173,13 +173,7 @@ def run_training(stack: LocalStack, *command: str) -> str:
     the production version it leaves."""
     env = {
         **os.environ, "HF_HUB_OFFLINE": "1",
-        "STREAMREC_TRAINING_KAFKA_BOOTSTRAP": stack.kafka,
-        "STREAMREC_TRAINING_TOPIC_ENRICHED": stack.topics["enriched"],
-        "STREAMREC_TRAINING_TOPIC_ITEMS": stack.topics["items"],
-        "STREAMREC_TRAINING_TOPIC_MODELS": stack.topics["models"],
-        "STREAMREC_TRAINING_TOPIC_ROUTING": stack.routing_topic,
-        "STREAMREC_TRAINING_TOPIC_ITEM_VECTORS": stack.topics["item_vectors"],
-        "STREAMREC_TRAINING_ARTIFACT_DIR": str(stack.artifact_dir),
+        **stack.training_env(),
         "STREAMREC_TRAINING_TRAIN_TIME_BUDGET_S": "10",
         "STREAMREC_TRAINING_MAX_EPOCHS": "3",
         # a tiny log decides nothing: every candidate is promoted, the gate has its own tests

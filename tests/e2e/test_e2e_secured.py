@@ -203,13 +203,7 @@ def test_the_trainer_reads_the_log_and_announces_as_its_own_user(
     env = {
         **os.environ, "HF_HUB_OFFLINE": "1",
         **security_env("STREAMREC_TRAINING_", "training", passwords["training"], redis_user=False),
-        "STREAMREC_TRAINING_KAFKA_BOOTSTRAP": KAFKA,
-        "STREAMREC_TRAINING_TOPIC_ENRICHED": stack.topics["enriched"],
-        "STREAMREC_TRAINING_TOPIC_ITEMS": stack.topics["items"],
-        "STREAMREC_TRAINING_TOPIC_MODELS": stack.topics["models"],
-        "STREAMREC_TRAINING_TOPIC_ROUTING": stack.routing_topic,
-        "STREAMREC_TRAINING_TOPIC_ITEM_VECTORS": stack.topics["item_vectors"],
-        "STREAMREC_TRAINING_ARTIFACT_DIR": str(stack.artifact_dir),
+        **stack.training_env(),
         "STREAMREC_TRAINING_TRAINER": "pretrained",
     }
     done = subprocess.run([sys.executable, "-m", "training", "run"], cwd=ROOT, env=env,

@@ -60,12 +60,12 @@ def test_ctrl_c_stops_everything_the_demo_started(tmp_path: Path) -> None:
     try:
         assert ready.wait(60), "".join(output)
         deadline = time.monotonic() + 10.0
-        while len(pids.read_text().split()) < 10 and time.monotonic() < deadline:
+        while len(pids.read_text().split()) < 11 and time.monotonic() < deadline:
             time.sleep(0.05)  # the trainer starts as the last line is printed
         started = [int(line) for line in pids.read_text().split()]
-        # worker, server, wait, catalog, follow graph, relations, replay, demo, the social
-        # user's recommendations, trainer
-        assert len(started) == 10
+        # worker, server, console, wait, catalog, follow graph, relations, replay, demo, the
+        # social user's recommendations, trainer
+        assert len(started) == 11
         os.killpg(demo.pid, signal.SIGINT)  # what Ctrl-C sends: the whole group
         demo.wait(timeout=STOP_WITHIN_S)
         deadline = time.monotonic() + 1.0

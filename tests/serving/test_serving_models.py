@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from contracts.experiments import compute
 from protos import events_pb2, recommender_pb2
 from serving.auth import accepted, token_of
 from serving.catalog import Catalog
@@ -14,7 +15,6 @@ from serving.filters import Filters
 from serving.index import ItemIndex
 from serving.models import BUCKETS, Model, Models, Routing, bucket, in_candidate
 from serving.ranking import Candidate, merge
-from serving.cli.report import compute
 from serving.requests import Limits, parse_batch, parse_recommend
 
 LIMITS = Limits(max_k=20, max_exclude=3, max_categories=2, max_id_chars=10, max_track_events=2,

@@ -15,7 +15,8 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
 
 from protos import events_pb2
-from streams.deadletters import UNREADABLE, decode, list_letters, redrive, selected, summarise
+from contracts.deadletters import UNREADABLE, decode, selected, summarise
+from streams.deadletters import list_letters, redrive
 from streams.settings import StreamsSettings
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -258,6 +258,9 @@ def test_trained_run_gates_promotion(
     manifest = read_manifest(settings.artifact_dir / first.version, first.version)
     assert manifest["user_encoder"]["kind"] == "transformer"
     assert manifest["metrics"]["gate"]["passed"] is True
+    curve = manifest["metrics"]["training"]  # the loss curve the operator console draws
+    assert len(curve["losses"]) == curve["epochs"] >= 1
+    assert all(loss > 0 for loss in curve["losses"])
 
     # an unreachable gate: the candidate is written, production stays, nothing announced
     blocked = run_trained(settings.model_copy(update={"gate_min_gain": 1.0}),
