@@ -14,6 +14,7 @@ from contracts.online import EVENT_TYPES
 from contracts.relations import MAX_RELATION_BYTES
 from contracts.security import KafkaSecurity, RedisSecurity
 from contracts.topics import (
+    DELETIONS,
     ENRICHED,
     EVENTS,
     ITEM_VECTORS,
@@ -55,6 +56,8 @@ class ServingSettings(BaseSettings, TopicLayout, KafkaSecurity, RedisSecurity):
     topic_enriched: str = Field(default=ENRICHED.default_name, description="read by `serving.cli.report`")
     topic_relations: str = Field(default=RELATIONS.default_name, min_length=1,
                                  description="TrackRelations' edges (compacted; created if missing)")
+    topic_deletions: str = Field(default=DELETIONS.default_name, min_length=1,
+                                 description="DeleteUser's requests (compacted; created if missing)")
     artifact_dir: Path = Path("var/artifacts")
 
     # The server.
@@ -183,6 +186,13 @@ class ServingSettings(BaseSettings, TopicLayout, KafkaSecurity, RedisSecurity):
     )
     search_coalesce: bool = Field(
         default=False, description="concurrent requests' index searches share one FAISS call"
+    )
+    deletion_timeout_s: float = Field(
+        default=10.0, gt=0, le=300, description="DeleteUser waits this long for its Kafka commit"
+    )
+    deletion_transactional_id: str | None = Field(
+        default=None, min_length=1,
+        description="DeleteUser's transactional producer id; default {client_id}-deletions-{host}",
     )
     track_timeout_s: float = Field(
         default=10.0, gt=0, le=300,

@@ -4,6 +4,7 @@
     python -m serving.cli.admin promote --version 20261123T010000Z --uri var/artifacts/20261123T010000Z
     python -m serving.cli.admin rollback
     python -m serving.cli.admin split --version 20261123T010000Z --percent 10   # 0 ends the experiment
+    python -m serving.cli.admin delete-user USER   # everywhere: online state, graph, training
 """
 
 from __future__ import annotations
@@ -49,6 +50,12 @@ async def split(stub: recommender_pb2_grpc.AdminStub, args: argparse.Namespace) 
     return describe(await stub.SetSplit(request, timeout=args.deadline))
 
 
+async def delete_user(stub: recommender_pb2_grpc.AdminStub, args: argparse.Namespace) -> str:
+    reply = await stub.DeleteUser(recommender_pb2.DeleteUserRequest(user_id=args.user),
+                                  timeout=args.deadline)
+    return f"deletion of user {reply.user_id} requested at {reply.requested_at_ms} ms"
+
+
 async def run(args: argparse.Namespace) -> int:
     """The subcommand's call on the admin port; its text, or the gRPC error and exit 1."""
     command: Command = args.call
@@ -81,6 +88,9 @@ def _parser() -> argparse.ArgumentParser:
     splitting.add_argument("--percent", type=float, required=True)
     splitting.add_argument("--uri", default="", help="artifact directory, if not loaded yet")
     splitting.set_defaults(call=split)
+    deleting = commands.add_parser("delete-user", help="delete a user's data everywhere")
+    deleting.add_argument("user", help="the user id")
+    deleting.set_defaults(call=delete_user)
     return parser
 
 
