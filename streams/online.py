@@ -37,6 +37,7 @@ from contracts.online import (
     RedisKeys,
 )
 from protos import events_pb2
+from streams.deletion import DELETE_USER_SCRIPT, Removed, deletion_args, obsolete_fields, parse_reply
 from streams.trending import SCRIPT, Window, flat_pairs, increments, script_args
 
 # KEYS: the popular zset. ARGV: a JSON list of item id and amount pairs, flat. One command
@@ -207,6 +208,8 @@ class OnlineState(Service):
         self._trending = client.register_script(SCRIPT)
         self._popular = client.register_script(POPULAR_SCRIPT)
         self._touch = client.register_script(TOUCH_SCRIPT)
+        self._delete = client.register_script(DELETE_USER_SCRIPT)
+        self._group = group
         self._applied_key = keys.applied(group)
         self._source_topic = source_topic
         # The retry wraps a whole write, not the client: a write is an optimistic
@@ -246,6 +249,31 @@ class OnlineState(Service):
                         len(touches), failures, error, self._backoff.compute(failures))
 
         return await self._retry.call_with_retry(attempt, failed, with_failure_count=True)
+
+    async def delete_user(self, user_id: str, *, partition: int, offset: int) -> Removed:
+        """Remove the user from Redis once for the control record at `offset` of
+        `partition` (streams.deletion), retrying like :meth:`write`; what was removed
+        (also when applied before: from the receipt)."""
+        args = deletion_args(self.keys, group=self._group, topic=self._source_topic,
+                           partition=partition, offset=offset, user_id=user_id)
+
+        async def attempt() -> Removed:
+            return parse_reply(await self._delete(args=args))
+
+        async def failed(error: Exception, failures: int) -> None:
+            log.warning("redis deletion of a user failed (attempt %s): %s; retrying in %.2f s",
+                        failures, error, self._backoff.compute(failures))
+
+        return await self._retry.call_with_retry(attempt, failed, with_failure_count=True)
+
+    async def forget_receipts(self, committed: Mapping[int, int]) -> int:
+        """Drop the deletion receipts of partitions committed past them (`committed`:
+        partition -> next offset); how many (raises RedisError)."""
+        key = self.keys.deleting(self._group)
+        obsolete = obsolete_fields(await self._client.hkeys(key), self._source_topic, committed)
+        if obsolete:
+            await self._client.hdel(key, *obsolete)
+        return len(obsolete)
 
     async def vector_versions(self, user_ids: Sequence[str]) -> list[str | None]:
         """The model version of each user's vector, None where there is none (one round

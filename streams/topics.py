@@ -12,7 +12,7 @@ from mode import Service
 
 from contracts.security import KafkaSecurity
 from contracts.topics import (
-    DEDUPE_CHANGELOG, DLQ, ENRICHED, EVENTS, ITEM_VECTORS, ITEMS, MODELS, USERS_CHANGELOG,
+    DEDUPE_CHANGELOG, DLQ, ENRICHED, EVENTS, ITEM_VECTORS, ITEMS, MODELS, RELATIONS, USERS_CHANGELOG,
     TopicContractError, TopicSpec, ensure_topics, spec, wait_for_coordinator,
 )
 from streams.errors import TopicSetupError
@@ -34,6 +34,7 @@ def topic_specs(settings: StreamsSettings) -> list[TopicSpec]:
         spec(ITEMS, settings.topic_items, settings),
         spec(ITEM_VECTORS, settings.topic_item_vectors, settings),
         spec(MODELS, settings.topic_models, settings),
+        spec(RELATIONS, settings.topic_relations, settings),  # a deleted user's tombstones
     ]
 
 

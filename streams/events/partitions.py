@@ -143,10 +143,12 @@ class EventsConsumer(Service):
             await self._seen.restore(partitions)
             self.handler.note_waiting(partitions)
             uncommitted: list[TopicPartition] = []
+            starts: dict[int, int] = {}
             for partition in sorted(partitions):
                 tp = TopicPartition(self.topic, partition)
                 committed = await self.consumer.committed(tp)
                 if committed is not None:
+                    starts[partition] = committed
                     self.consumer.seek(tp, committed)
                     # Records fetched from a position the consumer found on its own
                     # before this seek may still come out of getmany: drop those below.
@@ -164,6 +166,9 @@ class EventsConsumer(Service):
                 self.consumer.seek(tp, offset)
                 self._transactions.offsets.start_at(tp.partition, offset)
             # Any other: no commit yet, auto_offset_reset (earliest) decides.
+            # Deletions a previous owner applied to Redis below the committed offsets are
+            # committed: their receipts go.
+            await self.handler.committed(starts, always=True)
         log.info("events partitions %s assigned; %s users held", sorted(partitions),
                  len(self._users))
 

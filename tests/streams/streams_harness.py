@@ -35,6 +35,7 @@ class StreamsWorker:
             "items": f"items-{suffix}",
             "item_vectors": f"item-vectors-{suffix}",
             "models": f"models-{suffix}",
+            "relations": f"relations-{suffix}",
         }
         self.redis_prefix = f"test-{suffix}:"
         self.log_path = workdir / "worker.log"
