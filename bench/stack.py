@@ -25,7 +25,7 @@ from kafka.errors import KafkaError
 REPO_ROOT = Path(__file__).resolve().parents[1]
 _LISTENING = re.compile(r"listening on [^ ]+:(\d+)")
 
-TOPICS = ("events", "enriched", "dlq", "items", "item_vectors", "models")
+TOPICS = ("events", "enriched", "dlq", "items", "item_vectors", "models", "relations")
 
 
 def topic_names(suffix: str) -> dict[str, str]:
@@ -37,6 +37,7 @@ def topic_names(suffix: str) -> dict[str, str]:
         "items": "items",
         "item_vectors": "item-vectors",
         "models": "models",
+        "relations": "relations",
     }
     return {name: f"{topic}-{suffix}" for name, topic in base.items()}
 
@@ -115,6 +116,7 @@ class LocalStack:
     def __post_init__(self) -> None:
         self.topics = topic_names(self.suffix)
         self.routing_topic = f"model-routing-{self.suffix}"  # created by serving, written by training too
+        self.deletions_topic = f"deletions-{self.suffix}"  # written by serving, read by training
         self.redis_prefix = self.redis_prefix or f"stack-{self.suffix}:"
         self.artifact_dir = self.workdir / "artifacts"
         common = {**os.environ, "HF_HUB_OFFLINE": "1", **self.extra_env}
@@ -141,6 +143,8 @@ class LocalStack:
             "STREAMREC_SERVING_TOPIC_ITEMS": self.topics["items"],
             "STREAMREC_SERVING_TOPIC_ITEM_VECTORS": self.topics["item_vectors"],
             "STREAMREC_SERVING_TOPIC_ROUTING": self.routing_topic,
+            "STREAMREC_SERVING_TOPIC_RELATIONS": self.topics["relations"],
+            "STREAMREC_SERVING_TOPIC_DELETIONS": self.deletions_topic,
         }
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.streams = Child("streams", streams_env, self.workdir / "streams.log")

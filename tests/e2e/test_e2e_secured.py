@@ -101,9 +101,11 @@ def stack(passwords: dict[str, str], tmp_path_factory: pytest.TempPathFactory
         })
     acls = _acls()
     names = acls.Names(**{key: local.topics[key] for key in
-                          ("events", "enriched", "dlq", "items", "item_vectors", "models")},
+                          ("events", "enriched", "dlq", "items", "item_vectors", "models",
+                           "relations")},
                        routing=local.routing_topic, recommendations="recommendations",
-                       streams_app_id=f"streams-{suffix}")
+                       deletions=local.deletions_topic, streams_app_id=f"streams-{suffix}",
+                       serving_client_id=f"serving-{suffix}")
     admin = acls.admin_client(KAFKA, str(CA), passwords["admin"], 60)
     try:
         acls.grant(admin, acls.plan(names))
@@ -208,6 +210,7 @@ def test_the_trainer_reads_the_log_and_announces_as_its_own_user(
         "STREAMREC_TRAINING_TOPIC_MODELS": stack.topics["models"],
         "STREAMREC_TRAINING_TOPIC_ROUTING": stack.routing_topic,
         "STREAMREC_TRAINING_TOPIC_ITEM_VECTORS": stack.topics["item_vectors"],
+        "STREAMREC_TRAINING_TOPIC_DELETIONS": stack.deletions_topic,
         "STREAMREC_TRAINING_ARTIFACT_DIR": str(stack.artifact_dir),
         "STREAMREC_TRAINING_TRAINER": "pretrained",
     }
