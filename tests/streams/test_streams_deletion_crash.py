@@ -1,0 +1,86 @@
+"""A deletion interrupted by SIGKILL: the worker dies after the deletion's Redis half is
+applied and before its Kafka transaction commits (a long commit interval holds it open).
+After the restart the deletion completes, from its receipt: every edge tombstoned once,
+the state tombstoned, and nothing applied twice (the event after the deletion keeps its
+online state, the events before it are not brought back)."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections import Counter
+
+import pytest
+from deletion_setup import (
+    Graph,
+    assert_gone_from_redis,
+    changelog_of,
+    event,
+    relation_records,
+    send_control,
+)
+from streams_harness import Running, committed_records, outputs, publish_items
+
+from contracts.online import RedisKeys
+from protos import events_pb2
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+COMMIT_INTERVAL_S = 20
+WORKER_ENV = {
+    "STREAMREC_STREAMS_COMMIT_INTERVAL_S": str(COMMIT_INTERVAL_S),
+    "STREAMREC_STREAMS_TRANSACTION_TIMEOUT_S": str(COMMIT_INTERVAL_S * 3),
+}
+
+
+def test_a_deletion_killed_before_its_commit_completes_after_the_restart(running: Running) -> None:
+    tag = f"crash-{uuid.uuid4().hex[:6]}"
+    items = publish_items(running, tag, 2)
+    keys = RedisKeys(running.worker.redis_prefix)
+    client = running.redis
+    graph = Graph(user=f"{tag}-u", followee=f"{tag}-g", follower=f"{tag}-f", lookalike=f"{tag}-ux")
+    graph.write(client, keys)
+    bootstrap = running.producer.config["bootstrap_servers"]
+    enriched_topic = running.worker.topics["enriched"]
+
+    running.send("events", graph.user, event(graph.user, items[0], "before"))
+    send_control(running, graph.user)
+    running.send("events", graph.user, event(graph.user, items[1], "after"))
+    # Redis is written before the transaction commits: the deletion and the event after
+    # it are applied there while nothing of them is committed yet.
+    deadline = time.monotonic() + 60
+    while [m.decode() for m in client.zrange(keys.seen(graph.user), 0, -1)] != [items[1]] \
+            or client.exists(keys.following(graph.user)):
+        running.worker.check_alive()
+        assert time.monotonic() < deadline, running.worker.log_tail()
+        time.sleep(0.05)
+    assert not [v for k, v in committed_records(bootstrap, enriched_topic)
+                if k == graph.user.encode()], "committed before the kill: no crash mid-way"
+    running.worker.kill()
+    assert client.hlen(keys.deleting(running.worker.env["STREAMREC_STREAMS_APP_ID"])) == 1
+
+    running.worker.start()
+    enriched, _ = outputs(running, tag, enriched=2, dead=0)
+    assert [e.event.event_id for e in enriched] == ["before", "after"]
+    wait_s = time.monotonic() + 60
+    while not graph.tombstone_keys() <= {k for k, v in relation_records(running) if v is None}:
+        assert time.monotonic() < wait_s, running.worker.log_tail()
+        time.sleep(0.2)
+    tombstones = Counter(k for k, v in relation_records(running) if v is None)
+    assert all(tombstones[key] == 1 for key in graph.tombstone_keys()), tombstones
+    # The user's changelog: the deletion's tombstone, then the new user's state.
+    states = changelog_of(running, graph.user)
+    assert states[-2] is None and states[-1] is not None, states
+    # Applied once: the event after the deletion keeps its online state, those before
+    # stay gone, and so does the graph.
+    assert [m.decode() for m in client.zrange(keys.seen(graph.user), 0, -1)] == [items[1]]
+    assert client.exists(keys.user_vector(graph.user)) == 1
+    assert client.exists(keys.acts(events_pb2.CLICK, graph.user)) == 1
+    client.delete(keys.seen(graph.user), keys.user_vector(graph.user),
+                  keys.acts(events_pb2.CLICK, graph.user))
+    assert_gone_from_redis(client, keys, graph)
+    assert "online state removed before a restart" in running.worker.log_since_start()
+    wait_s = time.monotonic() + 60
+    while client.hlen(keys.deleting(running.worker.env["STREAMREC_STREAMS_APP_ID"])):
+        assert time.monotonic() < wait_s, "the receipt outlived its commit"
+        time.sleep(0.2)
