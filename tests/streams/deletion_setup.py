@@ -5,10 +5,12 @@ serving's DeleteUser writes, and what the worker must have left of them."""
 from __future__ import annotations
 
 import time
+import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import redis
-from streams_harness import Running, committed_records
+from streams_harness import Running, committed_records, publish_items
 
 from contracts.deletions import control_headers
 from contracts.online import EVENT_TYPES, RedisKeys
@@ -108,3 +110,28 @@ def changelog_of(running: Running, user: str) -> list[bytes | None]:
     topic = f"{running.worker.env['STREAMREC_STREAMS_APP_ID']}-users-changelog"
     return [value for key, value in committed_records(
         running.producer.config["bootstrap_servers"], topic) if key == user.encode()]
+
+
+def prepare(running: Running, name: str) -> tuple[list[str], RedisKeys, Graph]:
+    """Two items with vectors, and a fresh user's graph written to Redis; ids tagged
+    ``{name}-{random}`` (the tag of streams_harness.outputs)."""
+    tag = f"{name}-{uuid.uuid4().hex[:6]}"
+    items = publish_items(running, tag, 2)
+    keys = RedisKeys(running.worker.redis_prefix)
+    graph = Graph(user=f"{tag}-u", followee=f"{tag}-g", follower=f"{tag}-f", lookalike=f"{tag}-ux")
+    graph.write(running.redis, keys)
+    return items, keys, graph
+
+
+def wait_until(check: Callable[[], bool], running: Running, what: str,
+               timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        running.worker.check_alive()
+        assert time.monotonic() < deadline, f"{what}: not within {timeout_s} s\n{running.worker.log_tail()}"
+        time.sleep(0.05)
+
+
+def receipts(running: Running, keys: RedisKeys) -> int:
+    """Deletion receipts held in Redis for the worker's group."""
+    return int(running.redis.hlen(keys.deleting(running.worker.env["STREAMREC_STREAMS_APP_ID"])))

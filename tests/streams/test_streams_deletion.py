@@ -6,44 +6,32 @@ control record is dead-lettered with its reason."""
 
 from __future__ import annotations
 
-import time
 import uuid
 
 import pytest
 from deletion_setup import (
-    Graph,
     assert_gone_from_redis,
     changelog_of,
     event,
+    prepare,
+    receipts,
     relation_records,
     send_control,
     user_keys,
+    wait_until,
 )
-from streams_harness import Running, outputs, publish_items
+from streams_harness import Running, outputs
 
 from contracts.deletions import BAD_CONTROL_RECORD
-from contracts.online import RedisKeys
 from protos import events_pb2
 from streams.history import decode_state
 
 pytestmark = pytest.mark.integration
 
 
-def wait_until(check, running: Running, what: str, timeout_s: float = 60.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        running.worker.check_alive()
-        assert time.monotonic() < deadline, f"{what}: not within {timeout_s} s\n{running.worker.log_tail()}"
-        time.sleep(0.1)
-
-
 def test_a_deleted_user_is_gone_everywhere_and_comes_back_as_a_new_user(running: Running) -> None:
-    tag = f"del-{uuid.uuid4().hex[:6]}"
-    items = publish_items(running, tag, 2)
-    keys = RedisKeys(running.worker.redis_prefix)
-    client = running.redis
-    graph = Graph(user=f"{tag}-u", followee=f"{tag}-g", follower=f"{tag}-f", lookalike=f"{tag}-ux")
-    graph.write(client, keys)
+    items, keys, graph = prepare(running, "del")
+    tag, client = graph.user.removesuffix("-u"), running.redis
     running.send("events", graph.user, event(graph.user, items[0], "before-1"))
     running.send("events", graph.user, event(graph.user, items[1], "before-2",
                                              kind=events_pb2.PURCHASE))
@@ -80,8 +68,8 @@ def test_a_deleted_user_is_gone_everywhere_and_comes_back_as_a_new_user(running:
     assert client.exists(*user_keys(keys, graph.user)) == 0
     assert_gone_from_redis(client, keys, graph)
     assert len(relation_records(running)) == tombstones
-    wait_until(lambda: client.hlen(keys.deleting(running.worker.env["STREAMREC_STREAMS_APP_ID"]))
-               == 0, running, "the receipts dropped after their commit")
+    wait_until(lambda: receipts(running, keys) == 0, running,
+               "the receipts dropped after their commit")
 
 
 def test_a_malformed_control_record_is_dead_lettered_with_its_reason(running: Running) -> None:

@@ -6,22 +6,21 @@ online state, the events before it are not brought back)."""
 
 from __future__ import annotations
 
-import time
-import uuid
 from collections import Counter
 
 import pytest
 from deletion_setup import (
-    Graph,
     assert_gone_from_redis,
     changelog_of,
     event,
+    prepare,
+    receipts,
     relation_records,
     send_control,
+    wait_until,
 )
-from streams_harness import Running, committed_records, outputs, publish_items
+from streams_harness import Running, committed_records, outputs
 
-from contracts.online import RedisKeys
 from protos import events_pb2
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -34,12 +33,8 @@ WORKER_ENV = {
 
 
 def test_a_deletion_killed_before_its_commit_completes_after_the_restart(running: Running) -> None:
-    tag = f"crash-{uuid.uuid4().hex[:6]}"
-    items = publish_items(running, tag, 2)
-    keys = RedisKeys(running.worker.redis_prefix)
-    client = running.redis
-    graph = Graph(user=f"{tag}-u", followee=f"{tag}-g", follower=f"{tag}-f", lookalike=f"{tag}-ux")
-    graph.write(client, keys)
+    items, keys, graph = prepare(running, "crash")
+    tag, client = graph.user.removesuffix("-u"), running.redis
     bootstrap = running.producer.config["bootstrap_servers"]
     enriched_topic = running.worker.topics["enriched"]
 
@@ -48,24 +43,19 @@ def test_a_deletion_killed_before_its_commit_completes_after_the_restart(running
     running.send("events", graph.user, event(graph.user, items[1], "after"))
     # Redis is written before the transaction commits: the deletion and the event after
     # it are applied there while nothing of them is committed yet.
-    deadline = time.monotonic() + 60
-    while [m.decode() for m in client.zrange(keys.seen(graph.user), 0, -1)] != [items[1]] \
-            or client.exists(keys.following(graph.user)):
-        running.worker.check_alive()
-        assert time.monotonic() < deadline, running.worker.log_tail()
-        time.sleep(0.05)
+    wait_until(lambda: [m.decode() for m in client.zrange(keys.seen(graph.user), 0, -1)]
+               == [items[1]] and not client.exists(keys.following(graph.user)), running,
+               "the deletion and the event after it applied in Redis")
     assert not [v for k, v in committed_records(bootstrap, enriched_topic)
                 if k == graph.user.encode()], "committed before the kill: no crash mid-way"
     running.worker.kill()
-    assert client.hlen(keys.deleting(running.worker.env["STREAMREC_STREAMS_APP_ID"])) == 1
+    assert receipts(running, keys) == 1
 
     running.worker.start()
     enriched, _ = outputs(running, tag, enriched=2, dead=0)
     assert [e.event.event_id for e in enriched] == ["before", "after"]
-    wait_s = time.monotonic() + 60
-    while not graph.tombstone_keys() <= {k for k, v in relation_records(running) if v is None}:
-        assert time.monotonic() < wait_s, running.worker.log_tail()
-        time.sleep(0.2)
+    wait_until(lambda: graph.tombstone_keys() <= {k for k, v in relation_records(running)
+                                                  if v is None}, running, "the tombstones")
     tombstones = Counter(k for k, v in relation_records(running) if v is None)
     assert all(tombstones[key] == 1 for key in graph.tombstone_keys()), tombstones
     # The user's changelog: the deletion's tombstone, then the new user's state.
@@ -80,7 +70,4 @@ def test_a_deletion_killed_before_its_commit_completes_after_the_restart(running
                   keys.acts(events_pb2.CLICK, graph.user))
     assert_gone_from_redis(client, keys, graph)
     assert "online state removed before a restart" in running.worker.log_since_start()
-    wait_s = time.monotonic() + 60
-    while client.hlen(keys.deleting(running.worker.env["STREAMREC_STREAMS_APP_ID"])):
-        assert time.monotonic() < wait_s, "the receipt outlived its commit"
-        time.sleep(0.2)
+    wait_until(lambda: receipts(running, keys) == 0, running, "the receipt dropped")
