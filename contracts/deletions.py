@@ -20,10 +20,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 from google.protobuf.message import DecodeError
 
-from contracts.catchup import read_to_end
+from contracts.catchup import read_to_end, topic_partitions
 from contracts.events import MISSING_FIELD, Violation
 from contracts.relations import TOO_LONG
 from contracts.security import KafkaSecurity, kafka_kwargs
@@ -124,15 +123,14 @@ async def read_deletions(bootstrap_servers: str | list[str], topic: str, *, clie
     """Every deletion on `topic` up to its end offsets now, read committed (serving writes
     them in transactions); an absent topic holds none."""
     deletions = Deletions()
-    numbers = await _partitions(bootstrap_servers, topic, client_id, security)
-    if not numbers:
+    partitions = await topic_partitions(bootstrap_servers, client_id, topic, security)
+    if not partitions:
         return deletions
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, group_id=None,
                                 enable_auto_commit=False, client_id=client_id,
                                 isolation_level="read_committed", **kafka_kwargs(security))
     await consumer.start()
     try:
-        partitions = [TopicPartition(topic, p) for p in numbers]
         consumer.assign(partitions)
         await consumer.seek_to_beginning(*partitions)
         held: list[ConsumerRecord] = []
@@ -142,18 +140,3 @@ async def read_deletions(bootstrap_servers: str | list[str], topic: str, *, clie
     finally:
         await consumer.stop()
     return deletions
-
-
-async def _partitions(bootstrap_servers: str | list[str], topic: str, client_id: str,
-                      security: KafkaSecurity | None) -> list[int]:
-    """The partition numbers of `topic`; none when it does not exist (all topics are
-    described, so that no broker creates it on a look-up by name)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, client_id=client_id,
-                                **kafka_kwargs(security))
-    await admin.start()
-    try:
-        described = await admin.describe_topics()
-    finally:
-        await admin.close()
-    return sorted(p["partition"] for entry in described if entry["topic"] == topic
-                  for p in entry["partitions"])

@@ -26,12 +26,11 @@ from typing import TypeVar
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from google.protobuf.message import DecodeError, Message
 
-from contracts.catchup import read_to_end
+from contracts.catchup import read_to_end, topic_partitions
 from contracts.console import add_verbose_flag, setup_logging
 from contracts.deletions import Deletions, read_deletions
 from contracts.security import kafka_kwargs
 from protos import events_pb2
-from serving.feeds import topic_partitions
 from serving.settings import ServingSettings
 
 

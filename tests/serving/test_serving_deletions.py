@@ -13,14 +13,14 @@ from typing import Any
 
 import grpc
 import pytest
-from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRecord
 from conftest import Stack
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
+from contracts.catchup import topic_partitions
 from contracts.deletions import CONTROL_HEADER, USER_DELETION, is_control
 from protos import events_pb2, recommender_pb2, recommender_pb2_grpc
-from serving.feeds import topic_partitions
 
 pytestmark = pytest.mark.integration
 

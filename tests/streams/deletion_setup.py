@@ -135,3 +135,8 @@ def wait_until(check: Callable[[], bool], running: Running, what: str,
 def receipts(running: Running, keys: RedisKeys) -> int:
     """Deletion receipts held in Redis for the worker's group."""
     return int(running.redis.hlen(keys.deleting(running.worker.env["STREAMREC_STREAMS_APP_ID"])))
+
+
+def seen_items(client: redis.Redis, keys: RedisKeys, user: str) -> list[str]:
+    """The user's ``seen`` set, oldest first."""
+    return [member.decode() for member in client.zrange(keys.seen(user), 0, -1)]  # type: ignore[union-attr]

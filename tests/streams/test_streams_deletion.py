@@ -16,6 +16,7 @@ from deletion_setup import (
     prepare,
     receipts,
     relation_records,
+    seen_items,
     send_control,
     user_keys,
     wait_until,
@@ -57,7 +58,7 @@ def test_a_deleted_user_is_gone_everywhere_and_comes_back_as_a_new_user(running:
                "the new user's state")
     state = decode_state(changelog_of(running, graph.user)[-1])
     assert [i.item_id for i in state.history] == [items[1]]
-    assert [m.decode() for m in client.zrange(keys.seen(graph.user), 0, -1)] == [items[1]]
+    assert seen_items(client, keys, graph.user) == [items[1]]
     assert client.exists(keys.acts(events_pb2.PURCHASE, graph.user)) == 0
 
     # Asked twice: the new user's state goes too, nobody else's changes, no new edges.

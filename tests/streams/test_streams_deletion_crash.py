@@ -16,6 +16,7 @@ from deletion_setup import (
     prepare,
     receipts,
     relation_records,
+    seen_items,
     send_control,
     wait_until,
 )
@@ -43,7 +44,7 @@ def test_a_deletion_killed_before_its_commit_completes_after_the_restart(running
     running.send("events", graph.user, event(graph.user, items[1], "after"))
     # Redis is written before the transaction commits: the deletion and the event after
     # it are applied there while nothing of them is committed yet.
-    wait_until(lambda: [m.decode() for m in client.zrange(keys.seen(graph.user), 0, -1)]
+    wait_until(lambda: seen_items(client, keys, graph.user)
                == [items[1]] and not client.exists(keys.following(graph.user)), running,
                "the deletion and the event after it applied in Redis")
     assert not [v for k, v in committed_records(bootstrap, enriched_topic)
@@ -63,7 +64,7 @@ def test_a_deletion_killed_before_its_commit_completes_after_the_restart(running
     assert states[-2] is None and states[-1] is not None, states
     # Applied once: the event after the deletion keeps its online state, those before
     # stay gone, and so does the graph.
-    assert [m.decode() for m in client.zrange(keys.seen(graph.user), 0, -1)] == [items[1]]
+    assert seen_items(client, keys, graph.user) == [items[1]]
     assert client.exists(keys.user_vector(graph.user)) == 1
     assert client.exists(keys.acts(events_pb2.CLICK, graph.user)) == 1
     client.delete(keys.seen(graph.user), keys.user_vector(graph.user),
