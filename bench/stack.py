@@ -15,6 +15,8 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -169,6 +171,17 @@ class LocalStack:
         finally:
             client.close()
         delete_topics(self.kafka, self.suffix)
+
+    @contextmanager
+    def running(self) -> Iterator[LocalStack]:
+        """Started, then stopped (each child must exit 0) and its state deleted."""
+        try:
+            self.start()
+            yield self
+        finally:
+            codes = self.stop()
+            self.delete_state()
+        assert codes == {"serving": 0, "streams": 0}, codes
 
 
 def delete_keys(client: redis.Redis, prefix: str) -> None:

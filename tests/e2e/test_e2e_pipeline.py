@@ -64,13 +64,8 @@ def stack(
 ) -> Iterator[LocalStack]:
     local = LocalStack(kafka=kafka_bootstrap, redis_url=redis_url,
                        workdir=Path(tmp_path_factory.mktemp("stack")))
-    try:
-        local.start()
+    with local.running():
         yield local
-    finally:
-        codes = local.stop()
-        local.delete_state()
-    assert codes == {"serving": 0, "streams": 0}, codes
 
 
 @pytest.fixture(scope="module")
@@ -179,6 +174,7 @@ def run_training(stack: LocalStack, *command: str) -> str:
         "STREAMREC_TRAINING_TOPIC_MODELS": stack.topics["models"],
         "STREAMREC_TRAINING_TOPIC_ROUTING": stack.routing_topic,
         "STREAMREC_TRAINING_TOPIC_ITEM_VECTORS": stack.topics["item_vectors"],
+        "STREAMREC_TRAINING_TOPIC_DELETIONS": stack.deletions_topic,
         "STREAMREC_TRAINING_ARTIFACT_DIR": str(stack.artifact_dir),
         "STREAMREC_TRAINING_TRAIN_TIME_BUDGET_S": "10",
         "STREAMREC_TRAINING_MAX_EPOCHS": "3",
