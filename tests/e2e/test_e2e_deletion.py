@@ -97,7 +97,7 @@ def test_a_user_deleted_with_the_admin_cli_is_gone_and_left_out_of_the_next_trai
 
         time.sleep(0.01)  # the returning user's event comes after the deletion's time
         _event(producer, stack, "gone", "m3", 2)
-        _eventually(lambda: [m.decode() for m in client.zrange(keys.seen("gone"), 0, -1)] == ["m3"],
+        _eventually(lambda: [m.decode() for m in client.zrange(keys.seen("gone"), 0, -1)] == ["m3"],  # type: ignore[union-attr]
                     stack, "the returning user starts anew")
         _eventually(lambda: len(_log(stack)) == 2, stack, "the returning user's event in the log")
         assert sorted(_log(stack)) == [("gone", "m3"), ("stays", "m1")]
