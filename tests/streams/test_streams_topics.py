@@ -24,7 +24,8 @@ def test_specs_follow_the_contract() -> None:
                                app_id="app")
     specs = {spec.name: spec for spec in topic_specs(settings)}
     assert set(specs) == {"ev", "events.enriched", "events.dlq", "items", "iv", "models",
-                          "app-users-changelog", "app-dedupe-changelog"}
+                          "relations", "app-users-changelog", "app-dedupe-changelog"}
+    assert specs["relations"].compacted  # a deleted user's edges: tombstones
     assert specs.pop("models").partitions == 1  # releases stay in order
     assert all(spec.partitions == 6 for spec in specs.values())
     assert specs["items"].compacted and specs["iv"].compacted
@@ -39,7 +40,7 @@ def test_specs_follow_the_contract() -> None:
 
 def _settings(kafka: str, suffix: str) -> dict[str, str]:
     names = {"events": "events", "enriched": "enriched", "dlq": "dlq", "items": "items",
-             "item_vectors": "item-vectors", "models": "models"}
+             "item_vectors": "item-vectors", "models": "models", "relations": "relations"}
     env = {f"STREAMREC_STREAMS_TOPIC_{key.upper()}": f"{name}-{suffix}"
            for key, name in names.items()}
     return {**env, "STREAMREC_STREAMS_KAFKA_BOOTSTRAP": kafka,
