@@ -193,7 +193,7 @@ class ForwardedAdmin(recommender_pb2_grpc.AdminServicer):
             except grpc.aio.AioRpcError as failed:
                 if failed.code() != grpc.StatusCode.UNAVAILABLE:  # the worker's answer
                     await context.abort(failed.code(), failed.details() or "",
-                                        trailing_metadata=failed.trailing_metadata() or ())
+                                        trailing_metadata=tuple(failed.trailing_metadata() or ()))
                 error = failed  # the worker is going away: the next one
         context.set_code(grpc.StatusCode.UNAVAILABLE)
         context.set_details(f"no worker answered: {error.details() if error else 'none is running'}")
