@@ -15,6 +15,8 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -116,6 +118,7 @@ class LocalStack:
     def __post_init__(self) -> None:
         self.topics = topic_names(self.suffix)
         self.routing_topic = f"model-routing-{self.suffix}"  # created by serving, written by training too
+        self.deletions_topic = f"deletions-{self.suffix}"  # written by serving, read by training
         self.redis_prefix = self.redis_prefix or f"stack-{self.suffix}:"
         self.artifact_dir = self.workdir / "artifacts"
         common = {**os.environ, "HF_HUB_OFFLINE": "1", **self.extra_env}
@@ -143,6 +146,8 @@ class LocalStack:
             "STREAMREC_SERVING_TOPIC_ITEM_VECTORS": self.topics["item_vectors"],
             "STREAMREC_SERVING_TOPIC_RELATIONS": self.topics["relations"],
             "STREAMREC_SERVING_TOPIC_ROUTING": self.routing_topic,
+            "STREAMREC_SERVING_TOPIC_RELATIONS": self.topics["relations"],
+            "STREAMREC_SERVING_TOPIC_DELETIONS": self.deletions_topic,
         }
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.streams = Child("streams", streams_env, self.workdir / "streams.log")
@@ -158,6 +163,7 @@ class LocalStack:
             "STREAMREC_TRAINING_TOPIC_MODELS": self.topics["models"],
             "STREAMREC_TRAINING_TOPIC_ROUTING": self.routing_topic,
             "STREAMREC_TRAINING_TOPIC_ITEM_VECTORS": self.topics["item_vectors"],
+            "STREAMREC_TRAINING_TOPIC_DELETIONS": self.deletions_topic,
             "STREAMREC_TRAINING_ARTIFACT_DIR": str(self.artifact_dir),
         }
 
@@ -180,6 +186,17 @@ class LocalStack:
         finally:
             client.close()
         delete_topics(self.kafka, self.suffix)
+
+    @contextmanager
+    def running(self) -> Iterator[LocalStack]:
+        """Started, then stopped (each child must exit 0) and its state deleted."""
+        try:
+            self.start()
+            yield self
+        finally:
+            codes = self.stop()
+            self.delete_state()
+        assert codes == {"serving": 0, "streams": 0}, codes
 
 
 def delete_keys(client: redis.Redis, prefix: str) -> None:

@@ -22,6 +22,9 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+
+from contracts.security import KafkaSecurity, kafka_kwargs
 
 POLL_MS = 500
 
@@ -41,3 +44,24 @@ async def read_to_end(consumer: AIOKafkaConsumer, partitions: Sequence[TopicPart
             handle(records)
         pending = [tp for tp in pending if await consumer.position(tp) < ends[tp]]
     return ends
+
+
+async def topic_partitions(
+    bootstrap_servers: str | list[str], client_id: str, topic: str,
+    security: KafkaSecurity | None = None,
+) -> list[TopicPartition]:
+    """The partitions of `topic`, none if it does not exist; the topic is never auto-created."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, client_id=client_id,
+                                **kafka_kwargs(security))
+    await admin.start()
+    try:
+        # No topic names: asks for all topics, so the broker auto-creates nothing.
+        described = await admin.describe_topics()
+    finally:
+        await admin.close()
+    numbers = sorted(
+        partition["partition"]
+        for entry in described if entry["topic"] == topic
+        for partition in entry["partitions"]
+    )
+    return [TopicPartition(topic, number) for number in numbers]

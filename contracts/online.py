@@ -65,7 +65,7 @@ class RedisKeys:
 
     __slots__ = ("prefix", "user_vectors", "seen_sets", "acts_sets", "trending_sets",
                  "trending_bases", "applied_hashes", "following_hashes", "follower_hashes",
-                 "social_feeds", "_popular", "_hot")
+                 "social_feeds", "deletion_receipts", "_popular", "_hot")
 
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix
@@ -76,6 +76,10 @@ class RedisKeys:
         self.trending_sets = _keyed(prefix, "trending")
         self.trending_bases = _keyed(prefix, "trending", ":base")
         self.applied_hashes = _keyed(prefix, "applied")
+        # Per consumer group: deletions applied to Redis whose Kafka outputs are not yet
+        # committed (streams.deletion), so a deletion read again after a crash still
+        # knows the edges it must tombstone.
+        self.deletion_receipts = _keyed(prefix, "deleting")
         # The social graph and feed (contracts.social): whom a user follows, who follows
         # them, what the people they follow did; accounts read on demand (fan-in).
         self.following_hashes = _keyed(prefix, "following")
@@ -109,6 +113,11 @@ class RedisKeys:
 
     def applied(self, group: str) -> str:
         return self.applied_hashes.of(group)
+
+    def deleting(self, group: str) -> str:
+        """Hash: ``{topic}:{partition}:{offset}`` of a deletion's control record -> what it
+        removed (the user's edges), until its partition commits past it."""
+        return self.deletion_receipts.of(group)
 
     def following(self, user_id: str) -> str:
         """Hash: followee id -> edge flags (contracts.social.EdgeFlags) of the user's edges."""

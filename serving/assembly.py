@@ -12,6 +12,7 @@ import asyncio
 import logging
 import os
 import socket
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from contracts import routing as contract
 from contracts.security import async_redis_client, kafka_kwargs
 from contracts.social import SocialReadLimits
 from contracts.topics import (
+    DELETIONS,
     EVENTS,
     RECOMMENDATIONS,
     RELATIONS,
@@ -38,6 +40,7 @@ from contracts.topics import (
 from protos import events_pb2
 from serving.artifact import production_version
 from serving.catalog import Catalog
+from serving.deletions import DeletionWriter
 from serving.errors import ArtifactError, BrokerUnavailable
 from serving.feeds import CatalogUpdates, Handler, TopicFeed, VectorUpdates
 from serving.metrics import Metrics
@@ -65,6 +68,7 @@ class Clients:
     redis: Redis
     producer: AIOKafkaProducer  # TrackEvents and routing records: acks=all, idempotent
     log_producer: AIOKafkaProducer  # the recommendation log: lingering, acks=1
+    deletions: DeletionWriter | None = None  # DeleteUser's transactional producer (admin only)
 
     async def start(self, settings: ServingSettings) -> None:
         """The written topics created if missing, the producers connected (BrokerUnavailable
@@ -74,6 +78,8 @@ class Clients:
                                 client_id=f"{settings.client_id}-setup", security=settings)
             await self.producer.start()
             await self.log_producer.start()
+            if self.deletions is not None:
+                await self.deletions.start()
         except (KafkaError, TopicContractError) as error:
             raise BrokerUnavailable(f"Kafka at {settings.kafka_bootstrap}: {error}") from error
         try:
@@ -86,6 +92,8 @@ class Clients:
         """Flush and close the producers (also when never started), close Redis."""
         await self.producer.stop()
         await self.log_producer.stop()
+        if self.deletions is not None:
+            await self.deletions.stop()
         await self.redis.aclose()
 
 
@@ -112,7 +120,7 @@ async def build(settings: ServingSettings) -> Service:
     faiss.omp_set_num_threads(settings.faiss_threads)  # the start-up build used every core
     catalog = Catalog()
     clients = Clients(redis=redis_client(settings), producer=event_producer(settings),
-                      log_producer=log_producer(settings))
+                      log_producer=log_producer(settings), deletions=deletion_writer(settings))
     recommendation_log = RecommendationLog(clients.log_producer, topic=settings.topic_recommendations,
                                            queue_size=settings.log_queue)
     metrics = Metrics(models)
@@ -137,7 +145,8 @@ async def build(settings: ServingSettings) -> Service:
         health=health.aio.HealthServicer(),
         servicer=servicer,
         diagnostics=DiagnosticsServicer(metrics),
-        admin=admin_servicer(settings, follower=follower, producer=clients.producer, metrics=metrics),
+        admin=admin_servicer(settings, follower=follower, producer=clients.producer,
+                             deletions=clients.deletions, metrics=metrics),
         clients=clients,
     )
 
@@ -206,12 +215,13 @@ def _feed(topic: str, handle: Handler, settings: ServingSettings, *,
 
 
 def written_topics(settings: ServingSettings) -> list[TopicSpec]:
-    """The topics serving writes (TrackEvents, TrackRelations, the recommendation log),
-    created at start with their contract settings; the ones it reads are waited for, never
-    created."""
+    """The topics serving writes (TrackEvents, TrackRelations, the recommendation log,
+    DeleteUser), created at start with their contract settings; the ones it reads are
+    waited for, never created."""
     return [spec(EVENTS, settings.topic_events, settings),
             spec(RELATIONS, settings.topic_relations, settings),
-            spec(RECOMMENDATIONS, settings.topic_recommendations, settings)]
+            spec(RECOMMENDATIONS, settings.topic_recommendations, settings),
+            spec(DELETIONS, settings.topic_deletions, settings)]
 
 
 def redis_client(settings: ServingSettings) -> Redis:
@@ -223,6 +233,27 @@ def event_producer(settings: ServingSettings) -> AIOKafkaProducer:
     """TrackEvents' and Admin's producer: every send acknowledged by all replicas, once."""
     return AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers(), client_id=settings.client_id,
                             acks="all", enable_idempotence=True, **kafka_kwargs(settings))
+
+
+def deletion_writer(settings: ServingSettings) -> DeletionWriter | None:
+    """DeleteUser's writer when there is an Admin service: a transactional producer whose id
+    names this host and process slot (each worker of a supervisor has its own client id),
+    so a restarted process fences what its predecessor left open."""
+    if settings.admin_port is None and settings.admin_socket is None:
+        return None
+    transactional_id = (settings.deletion_transactional_id
+                        or f"{settings.client_id}-deletions-{socket.gethostname()}")
+
+    def make_producer() -> AIOKafkaProducer:
+        return AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers(),
+                                client_id=f"{settings.client_id}-deletions",
+                                transactional_id=transactional_id, acks="all",
+                                enable_idempotence=True, **kafka_kwargs(settings))
+
+    return DeletionWriter(make_producer, deletions_topic=settings.topic_deletions,
+                          events_topic=settings.topic_events, timeout_s=settings.deletion_timeout_s,
+                          requested_by=f"serving admin {socket.gethostname()}:{os.getpid()}",
+                          clock=lambda: time.time_ns() // 1_000_000)
 
 
 def log_producer(settings: ServingSettings) -> AIOKafkaProducer:
@@ -262,10 +293,10 @@ def tuning(settings: ServingSettings) -> Tuning:
 
 
 def admin_servicer(settings: ServingSettings, *, follower: RoutingFollower, producer: AIOKafkaProducer,
-                   metrics: Metrics) -> AdminServicer | None:
+                   deletions: DeletionWriter | None, metrics: Metrics) -> AdminServicer | None:
     """The Admin service when an admin port or socket is set; its records name this process."""
     if settings.admin_port is None and settings.admin_socket is None:
         return None
     admin = ModelAdmin(follower, producer, topic=settings.topic_routing,
                        writer=f"serving {socket.gethostname()}:{os.getpid()}")
-    return AdminServicer(admin, metrics)
+    return AdminServicer(admin, metrics, deletions=deletions, max_id_chars=settings.max_id_chars)

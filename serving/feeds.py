@@ -17,10 +17,9 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 from google.protobuf.message import DecodeError
 
-from contracts.catchup import read_to_end
+from contracts.catchup import read_to_end, topic_partitions
 from contracts.records import decode_record
 from contracts.security import KafkaSecurity, kafka_kwargs
 from protos import events_pb2
@@ -112,27 +111,6 @@ class CatalogUpdates:
                 continue
             if item.item_id:
                 self._catalog.put(item)
-
-
-async def topic_partitions(
-    bootstrap_servers: list[str], client_id: str, topic: str,
-    security: KafkaSecurity | None = None,
-) -> list[TopicPartition]:
-    """The partitions of `topic`, none if it does not exist; the topic is never auto-created."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, client_id=client_id,
-                                **kafka_kwargs(security))
-    await admin.start()
-    try:
-        # No topic names: asks for all topics, so the broker auto-creates nothing.
-        described = await admin.describe_topics()
-    finally:
-        await admin.close()
-    numbers = sorted(
-        partition["partition"]
-        for entry in described if entry["topic"] == topic
-        for partition in entry["partitions"]
-    )
-    return [TopicPartition(topic, number) for number in numbers]
 
 
 class TopicFeed:

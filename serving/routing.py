@@ -22,12 +22,11 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord
 from aiokafka.errors import KafkaError
 
 from contracts import routing as contract
-from contracts.catchup import read_to_end
+from contracts.catchup import read_to_end, topic_partitions
 from contracts.security import KafkaSecurity, kafka_kwargs
 from protos import events_pb2
 from serving.artifact import BOOTSTRAP_VERSION, artifact_path, load_version
 from serving.errors import ArtifactError, BrokerUnavailable, ServingError
-from serving.feeds import topic_partitions
 from serving.index import ItemIndex
 from serving.models import Model, Models, Routing
 

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import grpc
 
 from protos import recommender_pb2, recommender_pb2_grpc
+from serving.deletions import DeletionWriter, check_user_id
 from serving.errors import (
     DeadlineExceeded,
     InvalidRequest,
@@ -192,11 +193,14 @@ def model_status(admin: ModelAdmin, routing: Routing) -> recommender_pb2.ModelSt
 
 
 class AdminServicer(recommender_pb2_grpc.AdminServicer):
-    """Model versions and the traffic split, changed without restart."""
+    """Model versions and the traffic split, changed without restart; users' deletions."""
 
-    def __init__(self, admin: ModelAdmin, metrics: Metrics | None = None) -> None:
+    def __init__(self, admin: ModelAdmin, metrics: Metrics | None = None, *,
+                 deletions: DeletionWriter | None = None, max_id_chars: int = 1024) -> None:
         self._admin = admin
         self.metrics = metrics
+        self._deletions = deletions
+        self._max_id_chars = max_id_chars
 
     def _status(self, routing: Routing) -> recommender_pb2.ModelStatus:
         return model_status(self._admin, routing)
@@ -231,3 +235,12 @@ class AdminServicer(recommender_pb2_grpc.AdminServicer):
                      context: grpc.aio.ServicerContext) -> recommender_pb2.ModelStatus:
         return self._status(self._admin.models.routing)
 
+    @translated
+    async def DeleteUser(self, request: recommender_pb2.DeleteUserRequest,
+                         context: grpc.aio.ServicerContext) -> recommender_pb2.DeleteUserResponse:
+        user_id = check_user_id(request.user_id, self._max_id_chars)
+        if self._deletions is None:
+            raise ServingError("this server has no deletion writer")
+        deletion = await self._deletions.delete(user_id)
+        return recommender_pb2.DeleteUserResponse(user_id=deletion.user_id,
+                                                  requested_at_ms=deletion.requested_at_ms)

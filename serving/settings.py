@@ -22,6 +22,7 @@ from contracts.social import (
     type_weights,
 )
 from contracts.topics import (
+    DELETIONS,
     DLQ,
     ENRICHED,
     EVENTS,
@@ -71,6 +72,8 @@ class ServingSettings(BaseSettings, TopicLayout, KafkaSecurity, RedisSecurity):
     )
     topic_relations: str = Field(default=RELATIONS.default_name, min_length=1,
                                  description="TrackRelations' edges (compacted; created if missing)")
+    topic_deletions: str = Field(default=DELETIONS.default_name, min_length=1,
+                                 description="DeleteUser's requests (compacted; created if missing)")
     artifact_dir: Path = Path("var/artifacts")
 
     # The server.
@@ -226,6 +229,13 @@ class ServingSettings(BaseSettings, TopicLayout, KafkaSecurity, RedisSecurity):
     )
     search_coalesce: bool = Field(
         default=False, description="concurrent requests' index searches share one FAISS call"
+    )
+    deletion_timeout_s: float = Field(
+        default=10.0, gt=0, le=300, description="DeleteUser waits this long for its Kafka commit"
+    )
+    deletion_transactional_id: str | None = Field(
+        default=None, min_length=1,
+        description="DeleteUser's transactional producer id; default {client_id}-deletions-{host}",
     )
     track_timeout_s: float = Field(
         default=10.0, gt=0, le=300,

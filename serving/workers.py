@@ -39,9 +39,10 @@ import socket
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, TypeVar
 
 import grpc
 
@@ -49,6 +50,8 @@ from protos import recommender_pb2, recommender_pb2_grpc
 from serving.errors import AddressUnavailable, ServingError
 from serving.server import create_admin_server, stop_on_signals
 from serving.settings import ServingSettings
+
+Reply = TypeVar("Reply")
 
 log = logging.getLogger(__name__)
 
@@ -178,26 +181,27 @@ class ForwardedAdmin(recommender_pb2_grpc.AdminServicer):
     def __init__(self, supervisor: Supervisor) -> None:
         self._supervisor = supervisor
 
-    async def _forward(self, method: str, request: object,
-                       context: grpc.aio.ServicerContext) -> recommender_pb2.ModelStatus:
+    async def _forward(self, method: str, request: object, context: grpc.aio.ServicerContext,
+                       empty: Callable[[], Reply]) -> Reply:
         remaining = context.time_remaining()
         error: grpc.aio.AioRpcError | None = None
         for worker in self._supervisor.running():
             try:
-                reply: recommender_pb2.ModelStatus = await getattr(worker.stub, method)(
+                reply: Reply = await getattr(worker.stub, method)(
                     request, timeout=remaining if remaining is not None else 600.0)
                 return reply
             except grpc.aio.AioRpcError as failed:
                 if failed.code() != grpc.StatusCode.UNAVAILABLE:  # the worker's answer
-                    await context.abort(failed.code(), failed.details() or "")
+                    await context.abort(failed.code(), failed.details() or "",
+                                        trailing_metadata=tuple(failed.trailing_metadata() or ()))
                 error = failed  # the worker is going away: the next one
         context.set_code(grpc.StatusCode.UNAVAILABLE)
         context.set_details(f"no worker answered: {error.details() if error else 'none is running'}")
-        return recommender_pb2.ModelStatus()
+        return empty()
 
     async def _change(self, method: str, request: object,
                       context: grpc.aio.ServicerContext) -> recommender_pb2.ModelStatus:
-        reply = await self._forward(method, request, context)
+        reply = await self._forward(method, request, context, recommender_pb2.ModelStatus)
         if reply.revision:
             await self._converged(reply.revision)
         return reply
@@ -239,7 +243,13 @@ class ForwardedAdmin(recommender_pb2_grpc.AdminServicer):
 
     async def Status(self, request: recommender_pb2.StatusRequest,
                      context: grpc.aio.ServicerContext) -> recommender_pb2.ModelStatus:
-        return await self._forward("Status", request, context)
+        return await self._forward("Status", request, context, recommender_pb2.ModelStatus)
+
+    async def DeleteUser(self, request: recommender_pb2.DeleteUserRequest,
+                         context: grpc.aio.ServicerContext) -> recommender_pb2.DeleteUserResponse:
+        # Any worker writes it: the deletion is on Kafka once answered, for all of them.
+        return await self._forward("DeleteUser", request, context,
+                                   recommender_pb2.DeleteUserResponse)
 
 
 class Supervisor:

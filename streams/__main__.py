@@ -74,7 +74,7 @@ def fix_topics(settings: StreamsSettings) -> int:
     from streams.topics import CLIENT_ID, topic_specs
 
     try:
-        specs = topic_specs(settings, relations=settings.relations_enabled)
+        specs = topic_specs(settings)
         lines = asyncio.run(apply_contract(settings.kafka_bootstrap, specs, client_id=CLIENT_ID,
                                            security=settings))
     except (TopicContractError, KafkaError) as error:

@@ -107,6 +107,7 @@ def create_app(
         online=online,
         enriched=settings.topic_enriched,
         dlq=settings.topic_dlq,
+        relations=settings.topic_relations,
         policy=Policy(
             limits=EventLimits(settings.max_event_bytes, settings.max_future_skew_ms),
             weights=weights_by_type(settings.weights),
@@ -127,6 +128,7 @@ def create_app(
         fetch_max_wait_ms=settings.consumer_fetch_max_wait_ms,
         session_timeout_s=settings.session_timeout_s,
     )
+    transactions.after_commit = events_handler.committed
     app.add_dependency(consumer)
     metrics.use_model(live.version)
 

@@ -46,6 +46,10 @@ class StreamsMetrics:
             "record timestamp (produce time) to the Redis write of its online state done",
             buckets=LATENCY_BUCKETS, registry=r,
         )
+        self.deletions = Counter("streams_user_deletions", "users deleted (control records "
+                                 "applied)", registry=r)
+        self.deleted_edges = Counter("streams_deleted_edges", "relation tombstones written "
+                                     "for deleted users", registry=r)
         self.model = Gauge("streams_model_info", "model version in use (value 1)", ["version"],
                            registry=r)
         # The social graph (relations) and the fan-out of acts into followers' feeds.

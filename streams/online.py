@@ -43,6 +43,7 @@ from protos import events_pb2
 from streams.fanout import FANOUT_SCRIPT, Fanout, FanoutCounts, SocialAct, fanout_args, \
     fanout_counts, feed_entries
 from streams.graph import GRAPH_SCRIPT, EdgeChange, HotChanges, graph_args, hot_changes
+from streams.deletion import DELETE_USER_SCRIPT, Removed, deletion_args, obsolete_fields, parse_reply
 from streams.trending import SCRIPT, Window, flat_pairs, increments, script_args
 
 # KEYS: the popular zset. ARGV: a JSON list of item id and amount pairs, flat. One command
@@ -313,6 +314,9 @@ class OnlineState(Service):
         self._fanout = fanout
         self._on_fanout = on_fanout
         self._applied = AppliedOffsets(keys.applied(group), source_topic)
+        self._delete = client.register_script(DELETE_USER_SCRIPT)
+        self._group = group
+        self._source_topic = source_topic
         # The retry wraps a whole write, not the client: a write is an optimistic
         # transaction (WATCH, read the applied offsets, MULTI/EXEC) that must start over
         # on a new connection, which redis-py's client retry does not do for a watching
@@ -379,6 +383,31 @@ class OnlineState(Service):
 
         return await self._retry.call_with_retry(until_unwatched, failed,
                                                  with_failure_count=True)
+
+    async def delete_user(self, user_id: str, *, partition: int, offset: int) -> Removed:
+        """Remove the user from Redis once for the control record at `offset` of
+        `partition` (streams.deletion), retrying like :meth:`write`; what was removed
+        (also when applied before: from the receipt)."""
+        args = deletion_args(self.keys, group=self._group, topic=self._source_topic,
+                           partition=partition, offset=offset, user_id=user_id)
+
+        async def attempt() -> Removed:
+            return parse_reply(await self._delete(args=args))
+
+        async def failed(error: Exception, failures: int) -> None:
+            log.warning("redis deletion of a user failed (attempt %s): %s; retrying in %.2f s",
+                        failures, error, self._backoff.compute(failures))
+
+        return await self._retry.call_with_retry(attempt, failed, with_failure_count=True)
+
+    async def forget_receipts(self, committed: Mapping[int, int]) -> int:
+        """Drop the deletion receipts of partitions committed past them (`committed`:
+        partition -> next offset); how many (raises RedisError)."""
+        key = self.keys.deleting(self._group)
+        obsolete = obsolete_fields(await self._client.hkeys(key), self._source_topic, committed)
+        if obsolete:
+            await self._client.hdel(key, *obsolete)
+        return len(obsolete)
 
     async def vector_versions(self, user_ids: Sequence[str]) -> list[str | None]:
         """The model version of each user's vector, None where there is none (one round

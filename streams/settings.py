@@ -59,7 +59,8 @@ class StreamsSettings(BaseSettings, TopicLayout, KafkaSecurity, RedisSecurity, E
     topic_items: str = ITEMS.default_name
     topic_item_vectors: str = ITEM_VECTORS.default_name
     topic_models: str = MODELS.default_name
-    topic_relations: str = RELATIONS.default_name
+    topic_relations: str = Field(default=RELATIONS.default_name, min_length=1,
+                                 description="edges; a deleted user's get tombstones")
     artifact_dir: Path = Path("var/artifacts")
 
     # The Faust application.

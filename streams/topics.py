@@ -23,10 +23,9 @@ CLIENT_ID = "streamrec-streams-setup"
 FIX_COMMAND = "python -m streams topics fix"
 
 
-def topic_specs(settings: StreamsSettings, *, relations: bool = False) -> list[TopicSpec]:
-    """The contract topics the worker reads or writes (docs/contracts.md §2), with
-    ``relations`` when the worker reads it (``relations_enabled``)."""
-    graph = [spec(RELATIONS, settings.topic_relations, settings)] if relations else []
+def topic_specs(settings: StreamsSettings) -> list[TopicSpec]:
+    """The contract topics the worker reads or writes (docs/contracts.md §2); ``relations``
+    always: a deleted user's edges get tombstones there, read or not."""
     return [
         # User states and dedupe windows are restored per partition of events: the two must match.
         spec(EVENTS, settings.topic_events, settings, copartitioned=True),
@@ -37,7 +36,7 @@ def topic_specs(settings: StreamsSettings, *, relations: bool = False) -> list[T
         spec(ITEMS, settings.topic_items, settings),
         spec(ITEM_VECTORS, settings.topic_item_vectors, settings),
         spec(MODELS, settings.topic_models, settings),
-        *graph,
+        spec(RELATIONS, settings.topic_relations, settings),
     ]
 
 

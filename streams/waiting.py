@@ -84,6 +84,14 @@ class WaitingUsers:
                 self._unlink((partition, user_id), missing)
                 self._count -= 1
 
+    def forget(self, user: UserKey) -> None:
+        """Forget one user (deleted)."""
+        partition, user_id = user
+        missing = self._users.get(partition, {}).pop(user_id, None)
+        if missing is not None:
+            self._unlink(user, missing)
+            self._count -= 1
+
     def clear(self) -> None:
         self._users, self._by_item, self._count, self.overflowed = {}, {}, 0, False
 

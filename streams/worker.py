@@ -119,7 +119,7 @@ def build_worker(settings: StreamsSettings) -> faust.Worker:
         extra.append(MetricsServer(metrics, host=settings.metrics_host, port=settings.metrics_port))
     return faust.Worker(
         app,
-        TopicSetup(topic_specs(settings, relations=settings.relations_enabled), bootstrap=settings.kafka_bootstrap,
+        TopicSetup(topic_specs(settings), bootstrap=settings.kafka_bootstrap,
                    groups=groups, security=settings),
         CatalogFeed(
             catalog,

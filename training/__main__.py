@@ -267,6 +267,7 @@ def evaluate(argv: list[str]) -> int:
 def _dataset_from_kafka(data: object) -> Any:
     from training.data import from_event_log
     from training.eventlog import read_catalog, read_event_log
+    from training.job import deleted_users
 
     settings = TrainingSettings()
     consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap,
@@ -277,7 +278,8 @@ def _dataset_from_kafka(data: object) -> Any:
         events = read_event_log(consumer, settings.topic_enriched,
                                 start_offsets=settings.start_offsets,
                                 max_events=settings.max_events,
-                                timeout_s=settings.read_timeout_s)
+                                timeout_s=settings.read_timeout_s,
+                                deletions=deleted_users(settings))
         catalog = read_catalog(consumer, settings.topic_items, timeout_s=settings.read_timeout_s)
     finally:
         consumer.close()

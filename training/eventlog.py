@@ -2,7 +2,8 @@
 
 Both reads snapshot the end offset of every partition first and read up to it, with
 manual assignment and no consumer group, so a run reads a fixed, reproducible window
-``{partition: [start, end)}`` however much is produced meanwhile.
+``{partition: [start, end)}`` however much is produced meanwhile. The events of deleted
+users from before their deletion (``contracts.deletions``) are left out as they are read.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from kafka import KafkaConsumer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
 
 from contracts.console import progress_bar
+from contracts.deletions import Deletions
 from contracts.records import decode_record
 from protos import events_pb2
 from training.errors import LogReadError
@@ -41,6 +43,7 @@ class EventLog:
     event_types: list[int] = field(default_factory=list)
     items: dict[str, events_pb2.Item] = field(default_factory=dict)
     undecodable: int = 0
+    deleted: int = 0  # events of deleted users left out
 
     def __len__(self) -> int:
         return len(self.user_ids)
@@ -105,21 +108,31 @@ def read_event_log(
     max_events: int,
     timeout_s: float,
     progress: bool = True,
+    deletions: Deletions | None = None,
 ) -> EventLog:
-    """Read `topic` (``EnrichedEvent`` values) over the planned ranges."""
+    """Read `topic` (``EnrichedEvent`` values) over the planned ranges, without the
+    events `deletions` removes."""
     beginning, end = _offsets(consumer, topic)
     ranges = plan_ranges(beginning, end, start_offsets, max_events)
     events = EventLog(topic=topic, ranges=ranges)
 
     def handle(record: ConsumerRecord) -> None:
         try:
-            events.add(events_pb2.EnrichedEvent.FromString(record.value or b""))
+            enriched = events_pb2.EnrichedEvent.FromString(record.value or b"")
         except DecodeError:
             events.undecodable += 1
+            return
+        if deletions is not None and deletions.removes(enriched.event.user_id,
+                                                       enriched.event.timestamp_ms):
+            events.deleted += 1
+            return
+        events.add(enriched)
 
     read_ranges(consumer, topic, ranges, handle, timeout_s=timeout_s, desc="log", progress=progress)
     if events.undecodable:
         log.warning("%s: skipped %s undecodable records", topic, events.undecodable)
+    if events.deleted:
+        log.info("%s: left out %s events of deleted users", topic, events.deleted)
     return events
 
 

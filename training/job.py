@@ -7,6 +7,7 @@ promoted).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import dataclass, replace
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from aiokafka.errors import KafkaError as AIOKafkaError
 from kafka import KafkaConsumer, KafkaProducer
 
 from contracts.artifact import (
@@ -24,12 +26,13 @@ from contracts.artifact import (
     read_production,
     write_artifact,
 )
+from contracts.deletions import Deletions, read_deletions
 from contracts.encoder import ItemEncoder, pretrained_model_dir
 from contracts.itemtext import item_text
 from protos import events_pb2
 from training.announce import announce, publish_item_vectors, release_message
 from training.data import from_event_log
-from training.errors import EmptyLogError
+from training.errors import EmptyLogError, LogReadError
 from training.evaluate import evaluate, leave_last_out
 from training.eventlog import EventLog, read_catalog, read_event_log
 from training.export import export_model, item_vectors
@@ -90,13 +93,26 @@ def catalog_rows(
     return ids, texts
 
 
+def deleted_users(settings: TrainingSettings) -> Deletions:
+    """Every deletion on ``deletions``, read whole (``contracts.deletions``); LogReadError
+    when Kafka refuses."""
+    try:
+        return asyncio.run(read_deletions(settings.kafka_bootstrap, settings.topic_deletions,
+                                          client_id="streamrec-training-deletions",
+                                          security=settings))
+    except AIOKafkaError as error:
+        raise LogReadError(f"reading {settings.topic_deletions}: {error!r}") from error
+
+
 def read_log_and_catalog(
     settings: TrainingSettings, consumer: KafkaConsumer, *, progress: bool
 ) -> tuple[EventLog, dict[str, events_pb2.Item]]:
-    """The event log by the configured offsets, and the catalog; an empty log is an error."""
+    """The event log by the configured offsets without deleted users' earlier events, and
+    the catalog; an empty log is an error."""
     events = read_event_log(
         consumer, settings.topic_enriched, start_offsets=settings.start_offsets,
         max_events=settings.max_events, timeout_s=settings.read_timeout_s, progress=progress,
+        deletions=deleted_users(settings),
     )
     if len(events) == 0:
         raise EmptyLogError(

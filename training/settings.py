@@ -11,7 +11,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from contracts.itemtext import MAX_TOKENS
 from contracts.encoder import EncoderChoice
 from contracts.security import KafkaSecurity
-from contracts.topics import ENRICHED, ITEM_VECTORS, ITEMS, MODELS, ROUTING, TopicLayout
+from contracts.topics import DELETIONS, ENRICHED, ITEM_VECTORS, ITEMS, MODELS, ROUTING, TopicLayout
 
 
 class TrainingSettings(BaseSettings, TopicLayout, KafkaSecurity, EncoderChoice):
@@ -26,6 +26,8 @@ class TrainingSettings(BaseSettings, TopicLayout, KafkaSecurity, EncoderChoice):
     topic_models: str = MODELS.default_name
     topic_routing: str = Field(default=ROUTING.default_name, description="serving's routing: a release makes its version production")
     topic_item_vectors: str = ITEM_VECTORS.default_name
+    topic_deletions: str = Field(default=DELETIONS.default_name, min_length=1,
+                                 description="deleted users: their earlier events are left out")
     artifact_dir: Path = Path("var/artifacts")
 
     max_events: int = Field(

@@ -50,8 +50,10 @@ class Names:
     models: str = "models"
     recommendations: str = "recommendations"
     relations: str = "relations"
+    deletions: str = "deletions"
     routing: str = "model-routing"
     streams_app_id: str = "streamrec-streams"
+    serving_client_id: str = "streamrec-serving"  # prefixes DeleteUser's transactional ids
 
 
 Grant = tuple[ResourceType, str, ACLResourcePatternType, ACLOperation]
@@ -67,7 +69,7 @@ def plan(n: Names) -> dict[str, list[Grant]]:
     return {
         "streams": [
             *_topics([n.events, n.items, n.item_vectors, n.models, n.relations], READ),
-            *_topics([n.enriched, n.dlq, n.item_vectors], WRITE),
+            *_topics([n.enriched, n.dlq, n.item_vectors, n.relations], WRITE),
             *_topics([n.events, n.enriched, n.dlq, n.items, n.item_vectors, n.models,
                       n.relations], *CREATED),
             *[(TOPIC, own, PREFIXED, op) for op in (READ, WRITE, *CREATED)],
@@ -77,13 +79,16 @@ def plan(n: Names) -> dict[str, list[Grant]]:
         ],
         "serving": [
             *_topics([n.items, n.item_vectors, n.routing, n.events, n.recommendations,
-                      n.enriched, n.dlq, n.relations, f"{n.streams_app_id}-users-changelog"],
-                     READ),
-            *_topics([n.events, n.recommendations, n.routing, n.relations], WRITE),
-            *_topics([n.events, n.recommendations, n.routing, n.relations], *CREATED),
+                      n.enriched, n.dlq, n.relations, f"{n.streams_app_id}-users-changelog",
+                      n.deletions], READ),
+            *_topics([n.events, n.recommendations, n.routing, n.relations, n.deletions], WRITE),
+            *_topics([n.events, n.recommendations, n.routing, n.relations, n.deletions],
+                     *CREATED),
+            # DeleteUser: one transaction over `deletions` and the control record on `events`.
+            (TXN, f"{n.serving_client_id}-", PREFIXED, WRITE),
         ],
         "training": [
-            *_topics([n.enriched, n.items, n.routing], READ),
+            *_topics([n.enriched, n.items, n.routing, n.deletions], READ),
             *_topics([n.models, n.routing, n.item_vectors], WRITE),
             *_topics([n.models, n.routing, n.item_vectors], *CREATED),
         ],

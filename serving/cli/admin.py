@@ -5,6 +5,7 @@
     python -m serving.cli.admin rollback
     python -m serving.cli.admin split --version 20261123T010000Z --percent 10   # 0 ends the experiment
     python -m serving.cli.admin export-user USER [--out FILE] [--relations]   # reads the stores
+    python -m serving.cli.admin delete-user USER   # everywhere: online state, graph, training
 """
 
 from __future__ import annotations
@@ -51,6 +52,12 @@ async def split(stub: recommender_pb2_grpc.AdminStub, args: argparse.Namespace) 
     return describe(await stub.SetSplit(request, timeout=args.deadline))
 
 
+async def delete_user(stub: recommender_pb2_grpc.AdminStub, args: argparse.Namespace) -> str:
+    reply = await stub.DeleteUser(recommender_pb2.DeleteUserRequest(user_id=args.user),
+                                  timeout=args.deadline)
+    return f"deletion of user {reply.user_id} requested at {reply.requested_at_ms} ms"
+
+
 async def run(args: argparse.Namespace) -> int:
     """The subcommand's call on the admin port; its text, or the gRPC error and exit 1."""
     command: Command = args.call
@@ -84,6 +91,9 @@ def _parser() -> argparse.ArgumentParser:
     splitting.add_argument("--uri", default="", help="artifact directory, if not loaded yet")
     splitting.set_defaults(call=split)
     export.add_parser(commands)
+    deleting = commands.add_parser("delete-user", help="delete a user's data everywhere")
+    deleting.add_argument("user", help="the user id")
+    deleting.set_defaults(call=delete_user)
     return parser
 
 

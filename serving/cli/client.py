@@ -25,12 +25,11 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord
 from google.protobuf.message import DecodeError
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from contracts.catchup import read_to_end
+from contracts.catchup import read_to_end, topic_partitions
 from contracts.console import add_verbose_flag, setup_logging
 from contracts.online import NEWEST_FIELD, RedisKeys
 from contracts.security import async_redis_client, kafka_kwargs
 from protos import events_pb2, recommender_pb2, recommender_pb2_grpc
-from serving.feeds import topic_partitions
 from serving.settings import ServingSettings
 
 _TAIL_PER_PARTITION = 200  # records read from the end of each partition of `events`

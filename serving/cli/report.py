@@ -8,7 +8,9 @@ purchases on ``events.enriched`` carry that id (``Event.recommendation_id``). Th
 - conversion: share of served recommendations with at least one PURCHASE.
 
 Events whose id no served recommendation has are counted as unattributed. The join is
-``contracts.experiments.compute`` (the operator console draws the same figures).
+``contracts.experiments.compute`` (the operator console draws the same figures). Deleted
+users' recommendations and events from before their deletion are left out
+(``contracts.deletions``).
 
     python -m serving.cli.report [--json]      # topics and Kafka from STREAMREC_SERVING_*
 """
@@ -19,19 +21,19 @@ import argparse
 import asyncio
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict
 from typing import TypeVar
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from google.protobuf.message import DecodeError, Message
 
-from contracts.catchup import read_to_end
+from contracts.catchup import read_to_end, topic_partitions
 from contracts.console import add_verbose_flag, setup_logging
+from contracts.deletions import Deletions, read_deletions
 from contracts.experiments import VersionReport, compute
 from contracts.security import kafka_kwargs
 from protos import events_pb2
-from serving.feeds import topic_partitions
 from serving.settings import ServingSettings
 
 
@@ -72,12 +74,22 @@ def _decoded(values: list[bytes], parse: Callable[[bytes], M]) -> list[M]:
     return messages
 
 
+def kept(served: Iterable[events_pb2.RecommendationLog], events: Iterable[events_pb2.Event],
+         deletions: Deletions) -> tuple[list[events_pb2.RecommendationLog], list[events_pb2.Event]]:
+    """What the report counts: neither recommendations served to, nor events of, a deleted
+    user before their deletion."""
+    return ([entry for entry in served if not deletions.removes(entry.user_id, entry.served_at_ms)],
+            [event for event in events if not deletions.removes(event.user_id, event.timestamp_ms)])
+
+
 async def build(settings: ServingSettings) -> tuple[dict[str, VersionReport], int]:
     served = _decoded(await read_topic(settings, settings.topic_recommendations),
                       events_pb2.RecommendationLog.FromString)
     enriched = _decoded(await read_topic(settings, settings.topic_enriched),
                         events_pb2.EnrichedEvent.FromString)
-    return compute(served, (entry.event for entry in enriched))
+    deletions = await read_deletions(settings.bootstrap_servers(), settings.topic_deletions,
+                                     client_id=f"{settings.client_id}-report", security=settings)
+    return compute(*kept(served, (entry.event for entry in enriched), deletions))
 
 
 def as_json(reports: dict[str, VersionReport], unattributed: int) -> dict[str, object]:

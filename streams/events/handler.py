@@ -10,12 +10,15 @@ dedupe-window ids, per partition of ``events``, for the partition's transaction
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections import Counter
 from collections.abc import Collection, Iterable, Mapping, Sequence
 
 from redis.exceptions import RedisError
 
+from contracts.deletions import BAD_CONTROL_RECORD, ControlRecordError, is_control, parse_control
+from streams.deletion import relation_tombstones
 from streams.events.ports import Clock, Consumed, DedupeWindows, Items, Models, OnlineStore, \
     UserStates
 from streams.events.stages.admit import Accepted, Policy, admit_batch, remember_ids
@@ -26,7 +29,7 @@ from streams.events.stages.vectors import user_vectors
 from streams.history import UserState
 from streams.metrics import StreamsMetrics
 from streams.online import UserVector
-from streams.records import Output, Record, now_ms
+from streams.records import Output, Record, dead_letter, now_ms
 from streams.waiting import UserKey, WaitingUsers, missing_items
 
 log = logging.getLogger(__name__)
@@ -46,8 +49,8 @@ class EventsHandler:
 
     def __init__(
         self, *, catalog: Items, users: UserStates, seen: DedupeWindows, online: OnlineStore,
-        enriched: str, dlq: str, policy: Policy, live: Models, metrics: StreamsMetrics,
-        waiting: WaitingUsers, clock: Clock = now_ms,
+        enriched: str, dlq: str, relations: str, policy: Policy, live: Models,
+        metrics: StreamsMetrics, waiting: WaitingUsers, clock: Clock = now_ms,
     ) -> None:
         self._catalog = catalog
         self._users = users
@@ -55,18 +58,33 @@ class EventsHandler:
         self._online = online
         self._enriched = enriched
         self._dlq = dlq
+        self._relations = relations
         self._policy = policy
         self._live = live
         self._metrics = metrics
         self._clock = clock
         self.waiting = waiting
         self._restored: list[UserKey] = []  # waiting for nothing, but is their vector there?
+        # Partition -> newest offset of a deletion receipt in Redis, until it commits past it.
+        self._receipts: dict[int, int] = {}
         self.accepted = 0
         self.rejected: Counter[str] = Counter()
 
     async def handle(self, consumed: Sequence[Consumed]) -> dict[int, list[Output]]:
         """Handle records not handled before, each partition's in offset order; returns
-        the records to send in each partition's transaction."""
+        the records to send in each partition's transaction. A deletion's control record
+        splits the batch: the events before it are applied first (and so deleted with
+        the user), those after it start a new user."""
+        outputs: dict[int, list[Output]] = {}
+        for control, part in itertools.groupby(consumed, key=lambda r: is_control(r.headers)):
+            if control:
+                for record in part:
+                    merge(outputs, await self._delete(record))
+            else:
+                merge(outputs, await self._handle_events(list(part)))
+        return outputs
+
+    async def _handle_events(self, consumed: Sequence[Consumed]) -> dict[int, list[Output]]:
         records = [Record(r.topic, r.partition, r.offset, r.key, r.value) for r in consumed]
         # An accepted record's key is its user id (admission checks it), and a key's
         # records share a partition: the partition whose store holds the user's state.
@@ -104,6 +122,54 @@ class EventsHandler:
         for reason, count in rejected.items():
             self._metrics.dead_lettered.labels(reason).inc(count)
         return outputs
+
+    async def _delete(self, consumed: Consumed) -> dict[int, list[Output]]:
+        """Carry out a deletion's control record: Redis once (streams.deletion), the user's
+        state dropped, its changelog tombstone and the user's relation tombstones for the
+        partition's transaction. A malformed one is dead-lettered with its reason."""
+        partition = consumed.partition
+        try:
+            deletion = parse_control(consumed.key, consumed.value, consumed.headers)
+        except ControlRecordError as error:
+            record = Record(consumed.topic, partition, consumed.offset, consumed.key, consumed.value)
+            letter = dead_letter(record, reason=BAD_CONTROL_RECORD, detail=str(error),
+                                 now_ms=self._clock())
+            self.rejected[BAD_CONTROL_RECORD] += 1
+            self._metrics.dead_lettered.labels(BAD_CONTROL_RECORD).inc()
+            log.warning("control record %s[%s]@%s dead-lettered: %s", consumed.topic, partition,
+                        consumed.offset, error)
+            return {partition: [(self._dlq, None, consumed.key, letter.SerializeToString())]}
+        user_id = deletion.user_id
+        removed = await self._online.delete_user(user_id, partition=partition,
+                                                 offset=consumed.offset)
+        self._receipts[partition] = consumed.offset
+        held = self._users.delete(partition, user_id)
+        self.waiting.forget((partition, user_id))
+        self._restored = [user for user in self._restored if user != (partition, user_id)]
+        outputs: list[Output] = [(self._users.topic, partition, user_id.encode("utf-8"), None)]
+        outputs += relation_tombstones(user_id, removed, self._relations)
+        self._metrics.deletions.inc()
+        self._metrics.deleted_edges.inc(removed.edges)
+        log.info("user %s deleted: %s, %s edges tombstoned%s", user_id,
+                 "state dropped" if held else "no state held", removed.edges,
+                 "" if removed.now else " (online state removed before a restart)")
+        return {partition: outputs}
+
+    async def committed(self, offsets: Mapping[int, int], *, always: bool = False) -> None:
+        """Partitions committed up to `offsets` (partition -> next offset): the deletion
+        receipts below them are dropped (`always`: whether or not this worker wrote any,
+        at an assignment). A Redis failure leaves them for the next commit."""
+        done = [p for p, offset in self._receipts.items() if offsets.get(p, -1) > offset]
+        if not (done or always) or not offsets:
+            return
+        try:
+            await self._online.forget_receipts(offsets)
+        except RedisError as error:
+            log.warning("dropping deletion receipts failed (%s); trying at the next commit",
+                        error)
+            return
+        for partition in done:
+            self._receipts.pop(partition, None)
 
     async def _user_vectors(self, states: dict[str, UserState],
                             partition_of: Mapping[str, int]) -> list[UserVector]:

@@ -69,21 +69,25 @@ def consumer_options(*, bootstrap_servers: list[str], group: str, fetch_max_wait
 
 
 async def seek_committed(consumer: AIOKafkaConsumer, offsets: PartitionOffsets, topic: str,
-                         partitions: set[int]) -> list[TopicPartition]:
+                         partitions: set[int],
+                         ) -> tuple[list[TopicPartition], dict[int, int]]:
     """Seek each of the newly assigned `partitions` to its committed offset (after their
-    producers fenced the previous owner); returns those without a committed offset."""
+    producers fenced the previous owner); returns those without a committed offset, and
+    the others' offsets."""
     uncommitted: list[TopicPartition] = []
+    starts: dict[int, int] = {}
     for partition in sorted(partitions):
         tp = TopicPartition(topic, partition)
         committed = await consumer.committed(tp)
         if committed is not None:
+            starts[partition] = committed
             consumer.seek(tp, committed)
             # Records fetched from a position the consumer found on its own before this
             # seek may still come out of getmany: drop those below.
             offsets.start_at(partition, committed)
         else:
             uncommitted.append(tp)
-    return uncommitted
+    return uncommitted, starts
 
 
 class Assignable(Protocol):
@@ -183,8 +187,8 @@ class EventsConsumer(Service):
             await self._users.restore(partitions)
             await self._seen.restore(partitions)
             self.handler.note_waiting(partitions)
-            uncommitted = await seek_committed(self.consumer, self._transactions.offsets,
-                                               self.topic, partitions)
+            uncommitted, starts = await seek_committed(
+                self.consumer, self._transactions.offsets, self.topic, partitions)
             legacy = await self._legacy_offsets(uncommitted)
             if legacy:
                 # Committed in this group too: the consumer's own look-up of committed
@@ -196,6 +200,9 @@ class EventsConsumer(Service):
                 self.consumer.seek(tp, offset)
                 self._transactions.offsets.start_at(tp.partition, offset)
             # Any other: no commit yet, auto_offset_reset (earliest) decides.
+            # Deletions a previous owner applied to Redis below the committed offsets are
+            # committed: their receipts go.
+            await self.handler.committed(starts, always=True)
         log.info("events partitions %s assigned; %s users held", sorted(partitions),
                  len(self._users))
 

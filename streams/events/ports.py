@@ -13,6 +13,7 @@ import numpy as np
 import numpy.typing as npt
 
 from protos import events_pb2
+from streams.deletion import Removed
 from streams.history import UserState
 from streams.online import Touch, UserVector
 from streams.seen import Change, Hashes, SeenIds
@@ -44,6 +45,10 @@ class UserStates(Protocol):
         """Keep the new state; returns its changelog record's value."""
         ...
 
+    def delete(self, partition: int, user_id: str) -> bool:
+        """Forget a deleted user; whether a state was held."""
+        ...
+
     def users(self) -> Iterator[tuple[int, str]]: ...
 
 
@@ -65,6 +70,12 @@ class OnlineStore(Protocol):
     async def write(self, touches: Sequence[Touch], vectors: Sequence[UserVector]) -> int: ...
 
     async def vector_versions(self, user_ids: Sequence[str]) -> list[str | None]: ...
+
+    async def delete_user(self, user_id: str, *, partition: int, offset: int) -> Removed:
+        """Remove the user once for the control record at `offset` (streams.deletion)."""
+        ...
+
+    async def forget_receipts(self, committed: Mapping[int, int]) -> int: ...
 
 
 class Model(Protocol):
@@ -116,3 +127,6 @@ class Consumed(Protocol):
 
     @property
     def value(self) -> bytes | None: ...
+
+    @property
+    def headers(self) -> Sequence[tuple[str, bytes]]: ...

@@ -30,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError, ProducerFenced
@@ -82,6 +82,8 @@ class Transactions(Service):
         self.lock = asyncio.Lock()
         self._starting = asyncio.Lock()  # two producers of one id would fence each other
         self.commits = 0
+        # Called after each commit with the partitions committed and their next offsets.
+        self.after_commit: Callable[[Mapping[int, int]], Awaitable[None]] | None = None
 
     def transactional_id(self, partition: int) -> str:
         return f"{self._transactional_prefix}-{self.topic}-{partition}"
@@ -165,8 +167,11 @@ class Transactions(Service):
         pending = self.offsets.take()
         if not pending:
             return
-        await asyncio.gather(*(self._commit_one(p, offset) for p, offset in pending.items()))
+        done = await asyncio.gather(*(self._commit_one(p, offset) for p, offset in pending.items()))
         self.commits += 1
+        if self.after_commit is not None:
+            await self.after_commit({p: offset for (p, offset), ok in zip(pending.items(), done,
+                                                                          strict=True) if ok})
 
     async def _begin(self, partition: int, producer: AIOKafkaProducer) -> None:
         """Open the partition's transaction unless it is open."""
@@ -174,20 +179,23 @@ class Transactions(Service):
             await producer.begin_transaction()
             self._open.add(partition)
 
-    async def _commit_one(self, partition: int, next_offset: int) -> None:
+    async def _commit_one(self, partition: int, next_offset: int) -> bool:
+        """Whether the partition's transaction committed with `next_offset`."""
         producer = self._producers.get(partition)
         if producer is None:
-            return  # fenced meanwhile: the new owner reads these records again
+            return False  # fenced meanwhile: the new owner reads these records again
         offsets = {TopicPartition(self.topic, partition): next_offset}
         try:
             await self._begin(partition, producer)
             await producer.send_offsets_to_transaction(offsets, self.group_id)
             await producer.commit_transaction()
             self._open.discard(partition)
+            return True
         except ProducerFenced:
             await self._fenced(partition)
         except KafkaError as error:
             await self._fail(error)
+        return False
 
     @Service.task
     async def _commit_periodically(self) -> None:

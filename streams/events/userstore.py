@@ -35,6 +35,11 @@ class UserStore(ChangelogStore[dict[str, bytes]]):
         self._held.setdefault(partition, {})[user_id] = value
         return value
 
+    def delete(self, partition: int, user_id: str) -> bool:
+        """Forget a deleted user; whether a state was held (the changelog's tombstone is
+        the caller's, in the partition's transaction)."""
+        return self._held.get(partition, {}).pop(user_id, None) is not None
+
     def users(self) -> Iterator[tuple[int, str]]:
         """(partition, user id) of every user held, over a snapshot of the keys."""
         for partition, states in list(self._held.items()):

@@ -118,14 +118,14 @@ def test_every_deployables_topic_defaults_are_the_contracts_names() -> None:
     names = {role.default_name for role in (topics.EVENTS, topics.ENRICHED, topics.DLQ,
                                              topics.ITEMS, topics.ITEM_VECTORS, topics.MODELS,
                                              topics.RECOMMENDATIONS, topics.ROUTING,
-                                             topics.RELATIONS)}
+                                             topics.RELATIONS, topics.DELETIONS)}
     checked = 0
     for settings in (IngestSettings, ServingSettings, StreamsSettings, TrainingSettings):
         for field, info in settings.model_fields.items():
             if field.startswith("topic_") and isinstance(info.default, str):
                 assert info.default in names, f"{settings.__name__}.{field}"
                 checked += 1
-    assert checked == 3 + 7 + 6 + 5
+    assert checked == 3 + 8 + 7 + 6
     streams = StreamsSettings(app_id="app")
     assert streams.users_changelog() == "app-users-changelog"
     assert streams.dedupe_changelog() == "app-dedupe-changelog"

@@ -64,13 +64,8 @@ def stack(
 ) -> Iterator[LocalStack]:
     local = LocalStack(kafka=kafka_bootstrap, redis_url=redis_url,
                        workdir=Path(tmp_path_factory.mktemp("stack")))
-    try:
-        local.start()
+    with local.running():
         yield local
-    finally:
-        codes = local.stop()
-        local.delete_state()
-    assert codes == {"serving": 0, "streams": 0}, codes
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import subprocess
 import sys
 import time
@@ -104,7 +105,8 @@ def stack(passwords: dict[str, str], tmp_path_factory: pytest.TempPathFactory
                           ("events", "enriched", "dlq", "items", "item_vectors", "models",
                            "relations")},
                        routing=local.routing_topic, recommendations="recommendations",
-                       streams_app_id=f"streams-{suffix}")
+                       deletions=local.deletions_topic, streams_app_id=f"streams-{suffix}",
+                       serving_client_id=f"serving-{suffix}")
     admin = acls.admin_client(KAFKA, str(CA), passwords["admin"], 60)
     try:
         acls.grant(admin, acls.plan(names))
@@ -216,6 +218,30 @@ def test_the_trainer_reads_the_log_and_announces_as_its_own_user(
     for path in stack.artifact_dir.rglob("*.json"):
         text = path.read_text()
         assert not any(password in text for password in passwords.values()), path
+
+
+def test_a_deletion_commits_and_is_carried_out_as_the_deployables_own_users(
+    stack: LocalStack, passwords: dict[str, str],
+) -> None:
+    # An edge of bob's, as the social worker keeps it: its tombstone is streams' to write.
+    admin = ServingSettings(redis_username="admin", redis_password=passwords["admin"],
+                            redis_ssl_ca_certs=CA)
+    client = redis.Redis.from_url(REDIS, **redis_kwargs(REDIS, admin))
+    following = f"{stack.redis_prefix}following:bob"
+    try:
+        client.hset(following, "carol", 1)
+        port = re.search(r"\(admin (\d+),", stack.serving.log())
+        assert port is not None, stack.serving.log_tail()
+        with grpc.insecure_channel(f"127.0.0.1:{port.group(1)}") as channel:
+            reply = recommender_pb2_grpc.AdminStub(channel).DeleteUser(
+                recommender_pb2.DeleteUserRequest(user_id="bob"), timeout=60)
+        assert reply.user_id == "bob" and reply.requested_at_ms > 0
+        eventually(lambda: True if not client.exists(following) else None, stack,
+                   "bob's edge removed by streams")
+        eventually(lambda: True if "user bob deleted: no state held, 1 edges" in
+                   stack.streams.log() else None, stack, "the deletion's log line")
+    finally:
+        client.close()
 
 
 @pytest.mark.parametrize("module", ["serving", "streams"])

@@ -73,6 +73,7 @@ class Stack:
             topic_recommendations=self.topics["recommendations"],
             topic_enriched=self.topics["enriched"],
             topic_relations=self.topics["relations"],
+            topic_deletions=self.topics["deletions"],
             admin_port=0,
             artifact_dir=self.artifact_dir,
             host="127.0.0.1",
@@ -149,6 +150,7 @@ async def stack(
         "recommendations": f"recommendations.serving-{unique}",
         "enriched": f"events.enriched.serving-{unique}",
         "relations": f"relations.serving-{unique}",  # created by the server (owned_topics)
+        "deletions": f"deletions.serving-{unique}",  # created by the server (owned_topics)
     }
     create_topics([topics["events"], topics["recommendations"], topics["enriched"]],
                   partitions=PARTITIONS)

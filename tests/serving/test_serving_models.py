@@ -5,16 +5,19 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from contracts.deletions import Deletions
 from contracts.experiments import compute
 from protos import events_pb2, recommender_pb2
 from serving.auth import accepted, token_of
 from serving.catalog import Catalog
+from serving.cli.report import kept
 from serving.errors import InvalidRequest, ModelNotLoaded
 from serving.explain import anchors, mean_vector, similar_to
 from serving.filters import Filters
 from serving.index import ItemIndex
 from serving.models import BUCKETS, Model, Models, Routing, bucket, in_candidate
 from serving.ranking import Candidate, merge
+
 from serving.requests import Limits, parse_batch, parse_recommend
 
 LIMITS = Limits(max_k=20, max_exclude=3, max_categories=2, max_id_chars=10, max_track_events=2,
@@ -152,3 +155,17 @@ def test_report_joins_events_to_the_version_that_served_them() -> None:
     assert (a.click_through, a.conversion) == (0.5, 0.25)
     assert (b.served, b.clicked, b.converted, b.click_through, b.conversion) == (2, 1, 1, 0.5, 0.5)
     assert unattributed == 1
+
+
+def test_report_leaves_out_a_deleted_users_recommendations_and_events_before_the_deletion() -> None:
+    deletions = Deletions({"ada": 2_000})
+    served = [events_pb2.RecommendationLog(recommendation_id=r, model_version="a", user_id=u,
+                                           item_ids=["i1"], served_at_ms=t)
+              for r, u, t in (("r1", "ada", 1_000), ("r2", "ada", 3_000), ("r3", "bob", 1_000))]
+    events = [events_pb2.Event(user_id=u, recommendation_id=r, type=events_pb2.CLICK, timestamp_ms=t)
+              for r, u, t in (("r1", "ada", 1_500), ("r2", "ada", 3_500), ("r3", "bob", 1_500))]
+    kept_served, kept_events = kept(served, events, deletions)
+    assert [s.recommendation_id for s in kept_served] == ["r2", "r3"]
+    assert [e.recommendation_id for e in kept_events] == ["r2", "r3"]
+    reports, unattributed = compute(kept_served, kept_events)
+    assert (reports["a"].served, reports["a"].clicked, unattributed) == (2, 2, 0)

@@ -145,6 +145,15 @@ async def test_workers_share_the_port_and_the_index_and_a_killed_one_comes_back_
                 status = await admin.Status(recommender_pb2.StatusRequest(), timeout=10)
                 assert (status.production, status.previous, status.candidate, status.revision) == \
                     ("v2", "v1", "v1", 2)
+            # DeleteUser is handed to a worker like the routing calls; a refusal keeps its details.
+            deleted = await admin.DeleteUser(recommender_pb2.DeleteUserRequest(user_id="u9"),
+                                             timeout=30)
+            assert deleted.user_id == "u9" and deleted.requested_at_ms > 0
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await admin.DeleteUser(recommender_pb2.DeleteUserRequest(user_id=""), timeout=30)
+            assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert any(key == "grpc-status-details-bin"
+                       for key, _ in refused.value.trailing_metadata() or ())
 
             async def all_answer_v1() -> bool:
                 try:

@@ -30,7 +30,7 @@ from streams.waiting import WaitingUsers
 NOW_MS = 1_790_000_000_000
 DIM = 4
 ENRICHED, DLQ = "events.enriched", "events.dlq"
-USERS, DEDUPE = "users-changelog", "dedupe-changelog"
+USERS, DEDUPE, RELATIONS = "users-changelog", "dedupe-changelog", "relations"
 POLICY = Policy(limits=EventLimits(max_bytes=4096, max_future_skew_ms=60_000),
                 weights=weights_by_type(DEFAULT_WEIGHTS), history_length=10, dedupe_window=10)
 
@@ -42,6 +42,7 @@ class Consumed(NamedTuple):
     timestamp: int
     key: bytes | None
     value: bytes | None
+    headers: tuple[tuple[str, bytes], ...] = ()
 
 
 class FakeOnline:
@@ -101,7 +102,7 @@ def make_handler(online: FakeOnline) -> tuple[EventsHandler, UserStore, SeenStor
     seen = SeenStore(topic=DEDUPE, bootstrap_servers=[], window_ms=7 * 24 * 3600 * 1000)
     handler = EventsHandler(
         catalog=catalog, users=users, seen=seen, online=online, enriched=ENRICHED, dlq=DLQ,
-        policy=POLICY, live=FakeModels(), metrics=StreamsMetrics(),
+        relations=RELATIONS, policy=POLICY, live=FakeModels(), metrics=StreamsMetrics(),
         waiting=WaitingUsers(max_users=100), clock=lambda: NOW_MS,
     )
     return handler, users, seen

@@ -24,7 +24,8 @@ def test_specs_follow_the_contract() -> None:
                                app_id="app")
     specs = {spec.name: spec for spec in topic_specs(settings)}
     assert set(specs) == {"ev", "events.enriched", "events.dlq", "items", "iv", "models",
-                          "app-users-changelog", "app-dedupe-changelog"}
+                          "relations", "app-users-changelog", "app-dedupe-changelog"}
+    assert specs["relations"].compacted  # a deleted user's edges: tombstones
     assert specs.pop("models").partitions == 1  # releases stay in order
     assert all(spec.partitions == 6 for spec in specs.values())
     assert specs["items"].compacted and specs["iv"].compacted
@@ -37,16 +38,15 @@ def test_specs_follow_the_contract() -> None:
     assert specs["app-dedupe-changelog"].copartitioned and specs["app-dedupe-changelog"].compacted
 
 
-def test_relations_is_one_of_them_when_the_worker_reads_it() -> None:
-    settings = StreamsSettings(topic_relations="rel")
-    assert "rel" not in {spec.name for spec in topic_specs(settings)}
-    (relations,) = [s for s in topic_specs(settings, relations=True) if s.name == "rel"]
+def test_relations_is_one_of_them_even_when_the_worker_does_not_read_it() -> None:
+    settings = StreamsSettings(topic_relations="rel", relations_enabled=False)
+    (relations,) = [s for s in topic_specs(settings) if s.name == "rel"]
     assert relations.compacted and relations.partitions == settings.topic_partitions
 
 
 def _settings(kafka: str, suffix: str) -> dict[str, str]:
     names = {"events": "events", "enriched": "enriched", "dlq": "dlq", "items": "items",
-             "item_vectors": "item-vectors", "models": "models"}
+             "item_vectors": "item-vectors", "models": "models", "relations": "relations"}
     env = {f"STREAMREC_STREAMS_TOPIC_{key.upper()}": f"{name}-{suffix}"
            for key, name in names.items()}
     return {**env, "STREAMREC_STREAMS_KAFKA_BOOTSTRAP": kafka,
