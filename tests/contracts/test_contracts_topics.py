@@ -125,7 +125,7 @@ def test_every_deployables_topic_defaults_are_the_contracts_names() -> None:
             if field.startswith("topic_") and isinstance(info.default, str):
                 assert info.default in names, f"{settings.__name__}.{field}"
                 checked += 1
-    assert checked == 3 + 8 + 7 + 6
+    assert checked == 3 + 9 + 7 + 6
     streams = StreamsSettings(app_id="app")
     assert streams.users_changelog() == "app-users-changelog"
     assert streams.dedupe_changelog() == "app-dedupe-changelog"

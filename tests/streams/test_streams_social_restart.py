@@ -48,8 +48,10 @@ def worker(kafka_bootstrap: str, redis_url: str, tmp_path: Path) -> Iterator[Str
                            workdir=tmp_path)
     worker.env.update({
         "STREAMREC_STREAMS_FANOUT_THRESHOLD": str(THRESHOLD),
-        # Small batches: the kill lands between many of them.
+        # Small batches: the kill lands between many of them; commits a second apart, so
+        # it lands with applied records not yet committed.
         "STREAMREC_STREAMS_EVENT_BATCH_SIZE": "100",
+        "STREAMREC_STREAMS_COMMIT_INTERVAL_S": "1",
     })
     yield worker
     worker.kill()
@@ -160,9 +162,9 @@ def test_sigkill_mid_stream_applies_every_edge_once_and_dead_letters_once(
         worker.start()  # creates the topics
         assert worker.stop() == 0
         backlog = Backlog(rng)
-        bad = produce(worker, backlog)
+        worker.start()  # then the records: a worker that starts slower than it reads them
+        bad = produce(worker, backlog)  # would have applied them all before the kill
         assert len({partition for partition, _ in bad}) == 4
-        worker.start()
         target = rng.randrange(RECORDS // 10, RECORDS * 7 // 10)
         eventually(lambda: True if applied(client, worker) >= target else None, worker,
                    f"{target} relations applied", timeout_s=120, every_s=0.005)
