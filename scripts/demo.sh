@@ -78,7 +78,7 @@ run $PY -m ingest replay --source movielens --limit "$REPLAY_LIMIT" --speedup 0 
 echo "==> recommendations through the gRPC client"
 run $PY -m serving.cli.client demo --wait-for-last-event --users 3 -k 10
 SOCIAL_USER=$(<"$DATA_DIR/social_user")
-echo "==> what the people $SOCIAL_USER follows rated: social results say so in their reason"
+echo "==> $SOCIAL_USER follows people who rated in the slice: their items carry it as social proof"
 run $PY -m serving.cli.client recommend --user "$SOCIAL_USER" -k 10
 
 echo "==> trainer on a schedule (log: $LOG_DIR/training.log): fine-tunes on the event log,"
