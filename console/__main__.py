@@ -24,6 +24,9 @@ from contracts.console import setup_logging
 from contracts.security import async_redis_client
 
 log = logging.getLogger("console")
+# How long a stop waits for open connections (a browser's keep-alive ones, a page still
+# reading a topic) before closing them: a stopped console goes within seconds.
+SHUTDOWN_TIMEOUT_S = 3.0
 
 
 async def serve(settings: ConsoleSettings) -> None:
@@ -43,7 +46,8 @@ async def serve(settings: ConsoleSettings) -> None:
             online=OnlineState(async_redis_client(settings.redis_url, settings), settings.redis_prefix),
             redrives=Redrives(settings),
         )
-        runner = web.AppRunner(create_app(parts), access_log=None)
+        runner = web.AppRunner(create_app(parts), access_log=None,
+                               shutdown_timeout=SHUTDOWN_TIMEOUT_S)
         await runner.setup()
         site = web.TCPSite(runner, settings.host, settings.port)
         await site.start()

@@ -42,7 +42,7 @@ def main(argv: list[str]) -> int:
             tab.fill("#token", args.token)
             tab.click("#sign-in")
         for name, path in pages.items():
-            response = tab.goto(base + path)
+            response = tab.goto(base + path, timeout=120_000)  # experiments reads topics
             if response is None or not response.ok:
                 print(f"{name}: {base + path} answered "
                       f"{response.status if response else 'nothing'}", file=sys.stderr)
