@@ -26,7 +26,7 @@ from mode import Service
 
 from contracts.relations import RelationLimits
 from contracts.security import KafkaSecurity
-from streams.events.partitions import Rebalance, consumer_options, seek_committed
+from streams.events.partitions import Subscribed, consumer_options, seek_committed
 from streams.events.transactions import Transactions
 from streams.graph import EdgeChange, relation_outcomes
 from streams.metrics import StreamsMetrics
@@ -49,7 +49,7 @@ def dead_letters(outcomes: Sequence[tuple[Record, EdgeChange | Rejected]], *, dl
     return records
 
 
-class RelationsConsumer(Service):
+class RelationsConsumer(Subscribed, Service):
     """Consumes ``topic`` in ``group`` and applies its edges to the graph in Redis."""
 
     def __init__(
@@ -93,22 +93,6 @@ class RelationsConsumer(Service):
         self._consumer: AIOKafkaConsumer | None = None
         self.applied = 0
         self.rejected: Counter[str] = Counter()
-
-    @property
-    def consumer(self) -> AIOKafkaConsumer:
-        if self._consumer is None:
-            raise RuntimeError("the relations consumer has not started")
-        return self._consumer
-
-    def assignment(self) -> set[int]:
-        if self._consumer is None:
-            return set()
-        return {tp.partition for tp in self._consumer.assignment() if tp.topic == self.topic}
-
-    async def on_start(self) -> None:
-        self._consumer = AIOKafkaConsumer(**self._consumer_options)
-        self._consumer.subscribe([self.topic], listener=Rebalance(self))
-        await self._consumer.start()
 
     async def on_stop(self) -> None:
         async with self._lock:

@@ -111,7 +111,34 @@ class Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         await self._consumer.assigned({tp.partition for tp in assigned})
 
 
-class EventsConsumer(Service):
+class Subscribed:
+    """The consumer of one topic's partitions in a group, made on start (in the event loop)
+    with ``_consumer_options`` and subscribed with :class:`Rebalance`; the reader (a mode
+    Service) names its ``topic``."""
+
+    topic: str
+    _consumer_options: dict[str, object]
+    _consumer: AIOKafkaConsumer | None = None
+
+    @property
+    def consumer(self) -> AIOKafkaConsumer:
+        if self._consumer is None:
+            raise RuntimeError(f"the {self.topic} consumer has not started")
+        return self._consumer
+
+    def assignment(self) -> set[int]:
+        """Partitions of the topic assigned to this worker now."""
+        if self._consumer is None:
+            return set()
+        return {tp.partition for tp in self._consumer.assignment() if tp.topic == self.topic}
+
+    async def on_start(self) -> None:
+        self._consumer = AIOKafkaConsumer(**self._consumer_options)
+        self._consumer.subscribe([self.topic], listener=Rebalance(self))  # type: ignore[arg-type]
+        await self._consumer.start()
+
+
+class EventsConsumer(Subscribed, Service):
     """Consumes ``topic`` in the ``group`` and feeds the handler batch by batch."""
 
     def __init__(
@@ -155,23 +182,6 @@ class EventsConsumer(Service):
             security=security,
         )
         self._consumer: AIOKafkaConsumer | None = None  # made on start, in the event loop
-
-    @property
-    def consumer(self) -> AIOKafkaConsumer:
-        if self._consumer is None:
-            raise RuntimeError("the events consumer has not started")
-        return self._consumer
-
-    def assignment(self) -> set[int]:
-        """Partitions of the events topic assigned to this worker now."""
-        if self._consumer is None:
-            return set()
-        return {tp.partition for tp in self._consumer.assignment() if tp.topic == self.topic}
-
-    async def on_start(self) -> None:
-        self._consumer = AIOKafkaConsumer(**self._consumer_options)
-        self._consumer.subscribe([self.topic], listener=Rebalance(self))
-        await self._consumer.start()
 
     async def on_stop(self) -> None:
         # Between two batches (the loop sees should_stop under the lock): commit what was
