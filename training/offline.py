@@ -25,6 +25,7 @@ import torch
 
 from contracts.encoder import load_pretrained, use_bf16
 from training.data import Dataset
+from training.distributed import SINGLE, World
 from training.texttower import TextTower
 from training.memory import PeakRss
 from training.model import ModelConfig, TwoTower
@@ -86,10 +87,9 @@ def recipe(name: str, n_items: int, *, time_budget_s: float, seed: int = 0,
     raise ValueError(f"unknown model {name!r}; known: {', '.join(LEARNED)}")
 
 
-def pick_device(requested: str = "auto") -> torch.device:
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(requested)
+def pick_device(requested: str = "auto", world: World = SINGLE) -> torch.device:
+    """``auto``: CUDA when there is one; on several ranks, this rank's device."""
+    return world.device(requested)
 
 
 def build_model(
@@ -127,13 +127,18 @@ class Fitted:
 
 def fit(
     rec: Recipe, dataset: Dataset, split: Split, *, text_model_dir: Path | None,
-    device: torch.device, progress: bool = True,
+    device: torch.device, progress: bool = True, world: World = SINGLE,
 ) -> Fitted:
     """Build and train within ``rec.train.time_budget_s`` of wall time, everything the
     model's training does included: the text cache is built inside the budget, and its
     measured cost is set aside for the refresh of every item's text after training.
-    With ``rec.train.patience`` the validation targets drive early stopping."""
+    With ``rec.train.patience`` the validation targets drive early stopping.
+
+    With a distributed `world` every rank calls this on the same data; training is
+    data-parallel (``training.train``), the main rank's clock and validation rule, and
+    only the main rank's model is the result (the others' are not refreshed)."""
     started = time.monotonic()
+    progress = progress and world.main
     model = build_model(rec, dataset, text_model_dir, progress)
     built = time.monotonic() - started
     # whole-step autocast only on CUDA: on a CPU, even with native bf16, casting every
@@ -144,10 +149,10 @@ def fit(
                         time_budget_s=training_budget(rec.train.time_budget_s, built,
                                                       has_text=model.text is not None))
     validate = None
-    if train_cfg.patience > 0:
+    if train_cfg.patience > 0 and world.main:
         validate = validation_score(split, candidates_of(split, len(dataset.item_ids)), device)
     result = train(model, split.train, train_cfg, device=device, progress=progress,
-                   validate=validate)
+                   validate=validate, world=world)
     return Fitted(model=model, seconds=time.monotonic() - started, epochs=result.epochs,
                   best_epoch=result.best_epoch, losses=tuple(result.losses),
                   validation=tuple(result.validation))
@@ -195,7 +200,8 @@ def compare(
     dataset: Dataset, names: Sequence[str], *, text_model_dir: Path | None,
     time_budget_s: float, device: torch.device, progress: bool = True, seed: int = 0,
     budgets: dict[str, float] | None = None, patience: int = 0,
-    on_result: Callable[[dict[str, Any]], None] | None = None,
+    on_result: Callable[[dict[str, Any]], None] | None = None, max_epochs: int | None = None,
+    world: World = SINGLE,
 ) -> dict[str, Any]:
     """Train and test every named model on the leave-last-out split of `dataset`.
 
@@ -204,7 +210,11 @@ def compare(
     {metrics..., "train_seconds", "peak_rss_mb", ...}} (seen items excluded),
     "unfiltered": {name: {...}} (nothing excluded), "trained": {name: TwoTower}}``;
     `on_result(result so far)` is called after each model, so no finished model's
-    figures are lost when a later one fails.
+    figures are lost when a later one fails. `max_epochs` caps the recipes' epochs.
+
+    With a distributed `world` every rank trains the learned models together; the main
+    rank alone fits the baselines, tests, and calls `on_result` (the others return no
+    figures).
     """
     split = split_dataset(dataset)
     n_items = len(dataset.item_ids)
@@ -228,10 +238,13 @@ def compare(
             "events": len(dataset.events),
             "threads": torch.get_num_threads(),
             "device": str(device),
+            "ranks": world.size,
         },
         "models": {}, "unfiltered": {}, "trained": {},
     }
     for name in names:
+        if not world.main and name not in LEARNED:
+            continue
         started = time.monotonic()
         extra: dict[str, float] = {}
         with PeakRss() as peak:
@@ -241,10 +254,13 @@ def compare(
                 score = item_knn_scorer(split.train, split.full, n_items)
             else:
                 budget = (budgets or {}).get(name, time_budget_s)
-                fitted = fit(recipe(name, n_items, time_budget_s=budget, seed=seed,
-                                    patience=patience),
-                             dataset, split, text_model_dir=text_model_dir, device=device,
-                             progress=progress)
+                rec = recipe(name, n_items, time_budget_s=budget, seed=seed, patience=patience)
+                if max_epochs is not None:
+                    rec = replace(rec, train=replace(rec.train, epochs=max_epochs))
+                fitted = fit(rec, dataset, split, text_model_dir=text_model_dir, device=device,
+                             progress=progress, world=world)
+                if not world.main:
+                    continue
                 result["trained"][name] = fitted.model
                 extra = {"epochs": fitted.epochs, "best_epoch": fitted.best_epoch}
                 score = model_scorer(fitted.model, split.full, device, bf16=_bf16_ok(device))

@@ -9,10 +9,17 @@ Objectives (``TrainConfig.loss``):
 - ``sampled``: softmax over the batch's targets (in-batch negatives) plus uniformly
   sampled items, for large catalogs; picked automatically above the limit.
 - ``bce``: one random negative per position, the original SASRec objective (baseline).
+
+On several processes (``torchrun``, ``training.distributed``) the loop is data-parallel:
+every rank draws the same shuffled batches and trains on its share of each
+(:func:`shard`), so the global batch, the steps per epoch and the learning rate are
+those of one process; DistributedDataParallel averages the gradients, weighted so the
+step's loss is the mean over all ranks' positions (:func:`share_weight`).
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 import random
@@ -24,8 +31,11 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from contracts.console import progress_bar
+from training.distributed import SINGLE, World
 from training.model import ModelConfig, TwoTower
 from training.sequences import PAD, Sequences, Window, epoch_batches, training_batch
 
@@ -212,6 +222,76 @@ def update(
     optimizer.step()
 
 
+def shard(batch: np.ndarray, world: World, rank: int | None = None) -> np.ndarray:
+    """Rank `rank`'s (default: this rank's) share of a batch: every ``world.size``-th
+    user from its rank on. Batches are sorted by history length, so the shares are alike
+    in width; a batch smaller than the world gives the ranks past its end one of its
+    users again (every rank takes a step, so no all-reduce waits for a missing one)."""
+    rank = world.rank if rank is None else rank
+    share = batch[rank :: world.size]
+    return share if len(share) else batch[rank % len(batch) :][:1]
+
+
+def share_weight(batch: np.ndarray, widths: np.ndarray, world: World) -> float:
+    """The factor of this rank's mean loss that makes the ranks' averaged gradient the
+    gradient of the mean over every rank's positions: ``size * n_rank / n_all``, where a
+    user's positions with a target are its window width (`widths`)."""
+    if not world.distributed:
+        return 1.0
+    counts = [int(widths[shard(batch, world, r)].sum()) for r in range(world.size)]
+    return world.size * counts[world.rank] / max(1, sum(counts))
+
+
+class StepLoss(nn.Module):
+    """:func:`batch_loss` as a module's forward, what DistributedDataParallel wraps: its
+    gradient hooks are armed by a call through the wrapper."""
+
+    def __init__(self, model: TwoTower, *, kind: str, cfg: TrainConfig,
+                 generator: torch.Generator) -> None:
+        super().__init__()
+        self.model = model
+        self.kind, self.cfg, self.generator = kind, cfg, generator
+
+    def forward(self, inputs: dict[str, torch.Tensor], targets: torch.Tensor,
+                live: torch.Tensor | None, keep: torch.Tensor) -> torch.Tensor:
+        return batch_loss(self.model, inputs, targets, kind=self.kind, live=live, keep=keep,
+                          cfg=self.cfg, generator=self.generator)
+
+
+def data_parallel(step: StepLoss, world: World) -> nn.Module:
+    """`step` itself on one process; wrapped in DistributedDataParallel on several.
+    Buffers are not broadcast per step (the text tower's cache is kept in step by
+    :func:`sync_text_cache`, the rest never changes); unused parameters are looked for
+    because a recipe may leave some out of the loss (an ID-only model's event-type and
+    gap embeddings) and the text tower's layers sit out a step without live rows."""
+    if not world.distributed:
+        return step
+    # torch >= 2.13 names the per-step buffer sync `forward_sync_buffers` (and still
+    # syncs buffers once at the start; they are equal on every rank, so it changes nothing)
+    sync = ("forward_sync_buffers"
+            if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+            else "broadcast_buffers")
+    return DistributedDataParallel(step, find_unused_parameters=True, **{sync: False})
+
+
+def sync_text_cache(model: TwoTower, live: torch.Tensor | None, per_step: int,
+                    world: World) -> None:
+    """Write every rank's freshly computed text rows into this rank's cache, so each
+    rank's cache holds what one process's would (the top layers are equal on all)."""
+    if model.text is None or live is None or not world.distributed:
+        return
+    rows, values = world.gather_rows(live, model.text.pooled[live], per_step)
+    model.text.pooled[rows] = values
+
+
+def rank_seed(seed: int, world: World) -> int:
+    """Seed of this rank's own draws (crops, live text rows, id and model dropout,
+    negatives): `seed` on one process, distinct per rank on several."""
+    if not world.distributed:
+        return seed
+    return int(np.random.SeedSequence([seed, world.rank]).generate_state(1)[0])
+
+
 @dataclass
 class TrainResult:
     model: TwoTower
@@ -226,7 +306,7 @@ class TrainResult:
 def train(
     model: TwoTower, train_seqs: Sequences, cfg: TrainConfig, *, device: torch.device,
     progress: bool = True, on_epoch: Any = None,
-    validate: Callable[[TwoTower], float] | None = None,
+    validate: Callable[[TwoTower], float] | None = None, world: World = SINGLE,
 ) -> TrainResult:
     """Train in place; returns the model and the loss per epoch.
 
@@ -240,9 +320,18 @@ def train(
     score, higher is better, e.g. validation NDCG@10), every ``cfg.validate_every``
     epochs are scored, training stops after ``cfg.patience`` checks without a new best
     (early stopping; 0 = train on), and the model ends with the best check's weights.
+
+    With a distributed `world` every rank calls this with the same model, data and
+    config: `rng` (the batches) is the same on all, each rank's own draws are its own
+    (:func:`rank_seed`); the main rank alone decides when the time budget is spent, runs
+    `on_epoch` and `validate`, and the ranks stop together; only its model has the best
+    check's weights and the refreshed text cache.
     """
     rng = seed_everything(cfg.seed)
-    generator = torch.Generator(device=device).manual_seed(cfg.seed)
+    own_seed = rank_seed(cfg.seed, world)
+    torch.manual_seed(own_seed)
+    batch_rng = rng if not world.distributed else np.random.default_rng(own_seed)
+    generator = torch.Generator(device=device).manual_seed(own_seed)
     mcfg = model.cfg
     kind = pick_loss(cfg.loss, mcfg.n_items, cfg.full_ce_max_items)
     model.to(device)
@@ -256,30 +345,35 @@ def train(
     total = steps_per_epoch * cfg.epochs
     optimizer = model.configure_optimizers(weight_decay=cfg.weight_decay, lr=cfg.lr,
                                            betas=cfg.betas, text_lr=cfg.text_lr)
-    log.info("training %s users, %s steps/epoch, loss %s, device %s, bf16 %s",
-             len(users), steps_per_epoch, kind, device, cfg.bf16)
+    step_loss = data_parallel(StepLoss(model, kind=kind, cfg=cfg, generator=generator), world)
+    log.info("training %s users, %s steps/epoch, loss %s, device %s, bf16 %s, %s rank(s)",
+             len(users), steps_per_epoch, kind, device, cfg.bf16, world.size)
     started = time.monotonic()
-    step, epoch, losses, stop = 0, 0, [], False
+    step, epoch, losses, stop, spent = 0, 0, [], False, 0.0
     checks: list[tuple[int, float]] = []
     best: tuple[float, int, dict[str, torch.Tensor]] | None = None  # score, epoch, weights
-    bar = progress_bar(total=total, desc="train", unit="step", enabled=progress)
+    bar = progress_bar(total=total, desc="train", unit="step", enabled=progress and world.main)
     for epoch in range(1, cfg.epochs + 1):
-        model.train()
+        step_loss.train()
         epoch_loss, epoch_steps = 0.0, 0
         batches = epoch_batches(len(users), cfg.batch_size, rng, lengths=widths)
         for batch in batches:
             # the random draws keep their order (batch, live rows, id dropout, negatives),
             # so a seed gives the same run
-            inputs, targets = batch_inputs(train_seqs, users[batch], mcfg.max_len, rng,
+            share = shard(batch, world)
+            inputs, targets = batch_inputs(train_seqs, users[share], mcfg.max_len, batch_rng,
                                            cfg.crop_prob, device)
             live = live_text_rows(model, targets, cfg.text_items_per_step, generator)
             keep = id_keep(seen_t, cfg, mcfg, generator)
-            loss = batch_loss(model, inputs, targets, kind=kind, live=live, keep=keep, cfg=cfg,
-                              generator=generator)
-            spent = (time.monotonic() - started) / cfg.time_budget_s
-            update(model, optimizer, loss, grad_clip=cfg.grad_clip,
+            loss = step_loss(inputs, targets, live, keep)
+            # the main rank's clock: the LR and the stop are the same on every rank
+            spent = world.broadcast_float((time.monotonic() - started) / cfg.time_budget_s)
+            weight = share_weight(batch, widths, world)
+            update(model, optimizer, loss * weight if weight != 1.0 else loss,
+                   grad_clip=cfg.grad_clip,
                    factor=lr_factor(step, total, cfg.warmup_steps, cfg.min_lr_ratio, spent,
                                     cfg.schedule))
+            sync_text_cache(model, live, cfg.text_items_per_step, world)
             step += 1
             epoch_loss += float(loss.detach())
             epoch_steps += 1
@@ -291,9 +385,10 @@ def train(
         if 0 < spent < 1:  # the steps the time budget will allow, at the pace so far
             bar.total = min(total, int(step / spent))
         bar.set_postfix(epoch=epoch, loss=f"{losses[-1]:.3f}")
-        if on_epoch is not None:
+        early = False
+        if on_epoch is not None and world.main:
             on_epoch(epoch, model)
-        if validate is not None and (epoch % cfg.validate_every == 0 or stop):
+        if validate is not None and world.main and (epoch % cfg.validate_every == 0 or stop):
             score = float(validate(model))
             checks.append((epoch, score))
             log.info("epoch %s: loss %.4f, validation %.4f", epoch, losses[-1], score)
@@ -302,15 +397,18 @@ def train(
                 best = (score, epoch, weights)
             elif cfg.patience and len(checks) - 1 - _index_of(checks, best[1]) >= cfg.patience:
                 log.info("early stop after epoch %s: best %.4f at epoch %s", epoch, *best[:2])
-                break
+                early = True
+        if world.broadcast_flag(early):  # the main rank's decision (the others wait here)
+            break
         if stop:
             log.info("time budget of %.0f s reached after %s epochs", cfg.time_budget_s, epoch)
             break
     bar.close()
+    world.barrier()  # every rank leaves training together
     if best is not None:
         model.load_state_dict(best[2])
     model.eval()
-    if model.text is not None:
+    if model.text is not None and world.main:
         model.text.refresh()
     return TrainResult(model=model, steps=step, epochs=epoch,
                        seconds=time.monotonic() - started, losses=losses, validation=checks,
