@@ -9,6 +9,9 @@
   ``models``, so serving and streams both switch back without restart.
 - ``social-graph``: write a synthetic follow graph with a planted taste effect;
   ``social-check``: the offline check of the social source on such graphs.
+
+``run`` and ``evaluate`` also run under ``torchrun`` (``training.distributed``): one
+process per rank, data-parallel training, rank 0 reads, evaluates, writes and logs.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -35,7 +39,9 @@ from contracts.security import kafka_kwargs
 from contracts.topics import TopicContractError
 from training.announce import announce, prepare_topics, release_message
 from contracts.artifact import ArtifactError, promote, read_manifest, read_production
+from training.distributed import SINGLE, World, WorldError, joined, world_from_env
 from training.job import RunSummary, TrainedRunSummary, run_once, run_trained
+from training.offline import pick_device
 from training.schedule import Policy, Stopped, exclusive, loop, stop_on_signals
 from training.settings import TrainingSettings
 
@@ -45,12 +51,15 @@ METRIC_COLUMNS = ("hr@10", "ndcg@10", "hr@50", "ndcg@50", "mrr", "train_seconds"
 TABLE_COLUMNS = (*METRIC_COLUMNS, "epochs", "peak_rss_mb")
 
 
-def command(body: Callable[[TrainingSettings], list[str]]) -> int:
-    """Run `body` under the artifact store's lock and print its lines: 0 on success, 2 on
-    bad settings, data or model files, 3 when Kafka fails."""
+def command(body: Callable[[TrainingSettings], list[str]], world: World = SINGLE) -> int:
+    """Run `body` under the artifact store's lock (the main rank's: the others never touch
+    the store) and print its lines: 0 on success, 2 on bad settings, data or model files,
+    3 when Kafka fails."""
     try:
         settings = TrainingSettings()
-        with stop_on_signals(), exclusive(settings.artifact_dir):
+        lock: AbstractContextManager[object] = (exclusive(settings.artifact_dir) if world.main
+                                                else nullcontext())
+        with stop_on_signals(), lock:
             lines = body(settings)
     except Stopped as stopped:
         log.warning("stopped by %s: nothing was promoted or announced", stopped)
@@ -62,17 +71,35 @@ def command(body: Callable[[TrainingSettings], list[str]]) -> int:
     except KafkaError as error:
         print(f"error: Kafka: {error!r}", file=sys.stderr)
         return 3
-    print("\n".join(lines))
+    if lines:
+        print("\n".join(lines))
     return 0
 
 
-def run() -> int:
-    """One training run."""
-    return command(lambda settings: run_with_clients(settings).lines())
+def run(world: World = SINGLE) -> int:
+    """One training run; under torchrun, this rank's part of it."""
+
+    def body(settings: TrainingSettings) -> list[str]:
+        with joined(world, pick_device(settings.device, world)):
+            return summary_lines(run_with_clients(settings, world))
+
+    return command(body, world)
 
 
-def run_with_clients(settings: TrainingSettings) -> RunSummary | TrainedRunSummary:
-    """One run (fine-tuned or bootstrap, per settings) with its own Kafka clients."""
+def summary_lines(summary: RunSummary | TrainedRunSummary | None) -> list[str]:
+    return [] if summary is None else summary.lines()
+
+
+def run_with_clients(
+    settings: TrainingSettings, world: World = SINGLE
+) -> RunSummary | TrainedRunSummary | None:
+    """One run (fine-tuned or bootstrap, per settings) with its own Kafka clients. Of a
+    distributed run, only the main rank has clients and a summary; the others train
+    (the bootstrap run trains nothing: they have nothing to do)."""
+    if not world.main:
+        if settings.trainer != "finetune":
+            return None
+        return run_trained(settings, consumer=None, producer=None, world=world)
     prepare_topics(settings)
     consumer: KafkaConsumer | None = None
     producer: KafkaProducer | None = None
@@ -91,7 +118,8 @@ def run_with_clients(settings: TrainingSettings) -> RunSummary | TrainedRunSumma
             **kafka_kwargs(settings),
         )
         if settings.trainer == "finetune":
-            summary: RunSummary | TrainedRunSummary = run_trained(settings, consumer=consumer, producer=producer)
+            summary: RunSummary | TrainedRunSummary | None = run_trained(
+                settings, consumer=consumer, producer=producer, world=world)
         else:
             encoder = ItemEncoder.load(
                 settings.model_dir or pretrained_model_dir(),
@@ -173,7 +201,7 @@ def schedule() -> int:
             loop(policy, store=settings.artifact_dir, poll_s=settings.schedule_poll_s,
                  count_new_events=lambda: new_events(settings),
                  run=lambda: log.info("\n%s", "\n".join(
-                     run_with_clients(settings).lines())))
+                     summary_lines(run_with_clients(settings)))))
     except Stopped as stopped:
         log.info("stopped by %s; a run in progress was abandoned, nothing of it promoted "
                  "or announced", stopped)
@@ -207,7 +235,7 @@ def format_result(result: dict[str, Any]) -> str:
     ])
 
 
-def evaluate(argv: list[str]) -> int:
+def evaluate(argv: list[str], world: World = SINGLE) -> int:
     import torch  # torch-heavy; only this command needs it
 
     from training import data, offline
@@ -227,7 +255,11 @@ def evaluate(argv: list[str]) -> int:
     parser.add_argument("--patience", type=int, default=0,
                         help="stop a learned model after this many epochs without a better "
                         "validation NDCG@10 (0: train for the whole budget)")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's)")
+    parser.add_argument("--max-epochs", type=int, default=None,
+                        help="train a learned model at most this many epochs")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch threads (0: torch's; per process under torchrun)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", type=Path,
                         help="also write the results as JSON (after every model)")
@@ -241,18 +273,23 @@ def evaluate(argv: list[str]) -> int:
         if args.out:
             args.out.write_text(json.dumps(shown, indent=2) + "\n")
 
-    try:
+    def load() -> data.Dataset:
         if args.ml_1m or args.recbole:
-            dataset = data.read_recbole(args.recbole or movielens_dir())
-        elif args.interactions:
-            dataset = data.read_tabular(args.interactions, args.items)
-        else:
-            dataset = _dataset_from_kafka(data)
-        result = offline.compare(
-            dataset, [m.strip() for m in args.models.split(",") if m.strip()],
-            text_model_dir=pretrained_model_dir(), time_budget_s=args.time_budget,
-            device=offline.pick_device(args.device), patience=args.patience, on_result=save,
-        )
+            return data.read_recbole(args.recbole or movielens_dir())
+        if args.interactions:
+            return data.read_tabular(args.interactions, args.items)
+        return _dataset_from_kafka(data)
+
+    try:
+        device = offline.pick_device(args.device, world)
+        with joined(world, device):
+            result = offline.compare(
+                world.share(load), [m.strip() for m in args.models.split(",") if m.strip()],
+                text_model_dir=pretrained_model_dir(), time_budget_s=args.time_budget,
+                device=device, patience=args.patience, seed=args.seed,
+                max_epochs=args.max_epochs, on_result=save if world.main else None,
+                world=world,
+            )
     except (TrainingError, EncoderError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -260,7 +297,8 @@ def evaluate(argv: list[str]) -> int:
         print(f"error: Kafka: {error!r}", file=sys.stderr)
         return 3
     result.pop("trained")
-    print(json.dumps(result["protocol"], indent=2))
+    if world.main:
+        print(json.dumps(result["protocol"], indent=2))
     return 0
 
 
@@ -290,13 +328,21 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     verbose = "--verbose" in argv  # also the Kafka clients' INFO lines, for any command
     argv = [arg for arg in argv if arg != "--verbose"]
-    setup_logging(verbose=verbose)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     command, rest = (argv[0], argv[1:]) if argv else ("run", [])
+    try:
+        world = world_from_env()
+        if world.distributed and command not in ("run", "evaluate"):
+            raise WorldError(f"{command!r} runs as one process; only run and evaluate run "
+                             "under torchrun")
+    except WorldError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    setup_logging("info" if world.main else "warning", verbose=verbose)  # the others: quiet
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if command == "run":
-        return run()
+        return run(world)
     if command == "evaluate":
-        return evaluate(rest)
+        return evaluate(rest, world)
     if command == "schedule":
         return schedule()
     if command == "rollback":

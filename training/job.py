@@ -31,7 +31,8 @@ from contracts.encoder import ItemEncoder, pretrained_model_dir
 from contracts.itemtext import item_text
 from protos import events_pb2
 from training.announce import announce, publish_item_vectors, release_message
-from training.data import from_event_log
+from training.data import Dataset, from_event_log
+from training.distributed import SINGLE, World
 from training.errors import EmptyLogError, LogReadError
 from training.evaluate import evaluate, leave_last_out
 from training.eventlog import EventLog, read_catalog, read_event_log
@@ -228,19 +229,43 @@ class TrainedRunSummary:
         ]
 
 
+@dataclass(frozen=True)
+class TrainingData:
+    """What a run trains on and what its artifact says about it: the main rank reads it
+    and every rank trains on it."""
+
+    dataset: Dataset
+    ranges: dict[int, tuple[int, int]]  # the log's offsets read, per partition
+    n_events: int
+
+
 def run_trained(
     settings: TrainingSettings,
     *,
-    consumer: KafkaConsumer,
-    producer: KafkaProducer,
+    consumer: KafkaConsumer | None,
+    producer: KafkaProducer | None,
     progress: bool = True,
-) -> TrainedRunSummary:
+    world: World = SINGLE,
+) -> TrainedRunSummary | None:
     """Read the log by offsets, fine-tune the two towers, evaluate the candidate and the
     current production on each user's newest event, write the candidate, and promote
-    and announce it only when it passes the gate."""
+    and announce it only when it passes the gate.
+
+    With a distributed `world` (torchrun) every rank calls this: the main rank, the
+    only one with Kafka clients (the others pass None), reads the log and the catalog
+    and shares them; all ranks train; the main rank evaluates, writes, promotes and
+    announces, the others return None once training is over."""
     started = time.monotonic()
-    events, catalog = read_log_and_catalog(settings, consumer, progress=progress)
-    dataset = from_event_log(events, catalog)
+
+    def read() -> TrainingData:
+        if consumer is None:
+            raise ValueError("the main rank of a run needs a Kafka consumer")
+        events, catalog = read_log_and_catalog(settings, consumer, progress=progress)
+        return TrainingData(dataset=from_event_log(events, catalog), ranges=dict(events.ranges),
+                            n_events=len(events))
+
+    data = world.share(read)
+    dataset = data.dataset
     split = split_dataset(dataset)
     if len(split.eval_users) == 0:
         raise EmptyLogError("no user has 3 events yet: nothing to hold out and evaluate")
@@ -248,9 +273,13 @@ def run_trained(
                  seed=settings.seed)
     rec = replace(rec, model=replace(rec.model, max_len=settings.max_len),
                   train=replace(rec.train, epochs=settings.max_epochs))
-    device = pick_device(settings.device)
+    device = pick_device(settings.device, world)
     fitted = fit(rec, dataset, split, text_model_dir=settings.model_dir or pretrained_model_dir(),
-                 device=device, progress=progress)
+                 device=device, progress=progress, world=world)
+    if not world.main:
+        return None
+    if producer is None:
+        raise ValueError("the main rank of a run needs a Kafka producer")
     model, train_seconds = fitted.model, fitted.seconds
 
     # held out: every evaluated user's newest event, from everything before it
@@ -275,7 +304,7 @@ def run_trained(
     vectors = item_vectors(model)
     path = write_artifact(
         settings.artifact_dir, now=now, item_ids=dataset.item_ids, vectors=vectors,
-        window=data_window(settings.topic_enriched, events.ranges), n_events=len(events),
+        window=data_window(settings.topic_enriched, data.ranges), n_events=data.n_events,
         metrics={"protocol": "leave_last_out_full_catalog_seen_excluded", "users": int(len(users)),
                  "candidate": candidate, "production": current,
                  "production_version": pointer.version if pointer else None,
@@ -305,6 +334,6 @@ def run_trained(
                  (current or {}).get(settings.gate_metric, 0.0), settings.gate_min_gain)
     return TrainedRunSummary(
         version=path.name, path=path, promoted=promote_it, production=production,
-        n_events=len(events), n_items=len(dataset.item_ids), candidate=candidate,
+        n_events=data.n_events, n_items=len(dataset.item_ids), candidate=candidate,
         current=current, train_seconds=train_seconds, seconds=time.monotonic() - started,
     )
