@@ -288,3 +288,37 @@ def test_a_run_first_creates_the_topics_it_writes(
     assert models[0] == 1 and models[1]["cleanup.policy"] == "delete"  # releases in order
     assert models[1]["retention.ms"] == "86400000"
     assert vectors[0] == 3 and vectors[1]["cleanup.policy"] == "compact"
+
+
+@pytest.mark.slow
+def test_a_trained_run_under_torchrun_writes_and_announces_once(
+    kafka_bootstrap: str, unique: str, create_topics: Callable[..., list[str]], tmp_path: Path,
+    consumer: KafkaConsumer, producer: KafkaProducer,
+) -> None:
+    """``torchrun --nproc-per-node 2 -m training run``: two ranks train the shipped model
+    (text tower included) together; rank 0 alone reads, writes, promotes and announces."""
+    settings = _settings(unique, kafka_bootstrap, tmp_path / "store", create_topics)
+    n_events = _produce_cycles(producer, settings)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **{
+        f"STREAMREC_TRAINING_{name.upper()}": str(value) for name, value in {
+            "kafka_bootstrap": kafka_bootstrap, "topic_enriched": settings.topic_enriched,
+            "topic_items": settings.topic_items, "topic_models": settings.topic_models,
+            "topic_routing": settings.topic_routing,
+            "topic_item_vectors": settings.topic_item_vectors,
+            "artifact_dir": settings.artifact_dir, "read_timeout_s": 20, "max_epochs": 5,
+            "max_len": 8, "device": "cpu"}.items()}}
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+         "-m", "training", "run"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=400,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("version:") == 1  # rank 0's summary only
+    pointer = read_production(settings.artifact_dir)
+    assert pointer is not None
+    manifest = read_manifest(settings.artifact_dir / pointer.version, pointer.version)
+    assert manifest["n_events"] == n_events
+    assert manifest["metrics"]["training"]["epochs"] == 5
+    releases = [events_pb2.ModelRelease.FromString(r.value)
+                for r in _records(consumer, settings.topic_models)]
+    assert [m.version for m in releases] == [pointer.version]
