@@ -80,6 +80,14 @@ class World:
         dist.broadcast(tensor, src=0)
         return float(tensor.item())
 
+    def mean_float(self, value: float) -> float:
+        """The mean of every rank's `value`, on every rank."""
+        if not self.distributed:
+            return value
+        tensor = torch.tensor([value], dtype=torch.float64, device=_collective_device())
+        dist.all_reduce(tensor)
+        return float(tensor.item()) / self.size
+
     def broadcast_flag(self, flag: bool) -> bool:
         """The main rank's `flag` on every rank."""
         return self.broadcast_float(1.0 if flag else 0.0) > 0.5

@@ -271,7 +271,8 @@ def data_parallel(step: StepLoss, world: World) -> nn.Module:
     sync = ("forward_sync_buffers"
             if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
             else "broadcast_buffers")
-    return DistributedDataParallel(step, find_unused_parameters=True, **{sync: False})
+    options: dict[str, Any] = {sync: False, "find_unused_parameters": True}
+    return DistributedDataParallel(step, **options)
 
 
 def sync_text_cache(model: TwoTower, live: torch.Tensor | None, per_step: int,
@@ -381,7 +382,7 @@ def train(
             if spent >= 1.0:
                 stop = True
                 break
-        losses.append(epoch_loss / max(1, epoch_steps))
+        losses.append(world.mean_float(epoch_loss / max(1, epoch_steps)))  # over the ranks
         if 0 < spent < 1:  # the steps the time budget will allow, at the pace so far
             bar.total = min(total, int(step / spent))
         bar.set_postfix(epoch=epoch, loss=f"{losses[-1]:.3f}")
