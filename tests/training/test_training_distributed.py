@@ -142,6 +142,32 @@ def test_a_step_on_two_ranks_is_the_step_of_one_process(tmp_path: Path) -> None:
     assert float(one["user.blocks.0.qkv.weight"].abs().sum()) > 0  # type: ignore[union-attr]
 
 
+def _collectives(rank: int, port: int, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    world = World(rank=rank, size=2)
+    with joined(world, torch.device("cpu")):
+        shared = world.share(lambda: {"made by": world.rank})  # run on rank 0 only
+        clock = world.broadcast_float(0.25 + world.rank)
+        mean = world.mean_float(float(world.rank))
+        stop = world.broadcast_flag(world.rank == 0)
+        rows = torch.tensor([3, 5]) if rank == 0 else torch.tensor([7])
+        got_rows, got_values = world.gather_rows(rows, rows[:, None].float().repeat(1, 4), 2)
+    torch.save({"shared": shared, "clock": clock, "mean": mean, "stop": stop,
+                "rows": got_rows, "values": got_values}, f"{out}.{rank}")
+
+
+@pytest.mark.slow
+def test_the_collectives_give_every_rank_the_main_ranks_answer(tmp_path: Path) -> None:
+    out = str(tmp_path / "got")
+    mp.spawn(_collectives, args=(_free_port(), out), nprocs=2, join=True)
+    for rank in (0, 1):
+        got = torch.load(f"{out}.{rank}")
+        assert got["shared"] == {"made by": 0}
+        assert (got["clock"], got["mean"], got["stop"]) == (0.25, 0.5, True)
+        assert got["rows"].tolist() == [3, 5, 7]  # rank 1's padding row dropped
+        assert got["values"][:, 0].tolist() == [3.0, 5.0, 7.0]
+
+
 # a whole run under torchrun
 
 def _movielens_slice(path: Path, users: int = 600, per_user: int = 30) -> Path:
