@@ -7,8 +7,8 @@ script that reads a batch of users' state.
 
 Every key, those a Lua script builds included, comes from :class:`RedisKeys`: a script
 gets a key's text around its id (a :class:`KeyPattern`) as an argument and spells none
-itself. Keys one script or transaction touches together share their id, so a Redis
-Cluster hash tag around the id (making them one slot) is a change to :func:`_keyed` alone.
+itself. Keys one script or transaction touches together share their id, and the id is
+the key's Redis Cluster hash tag (:func:`_keyed`), so they lie in one slot.
 """
 
 from __future__ import annotations
@@ -53,10 +53,12 @@ class KeyPattern(NamedTuple):
 
 
 def _keyed(prefix: str, name: str, suffix: str = "") -> KeyPattern:
-    """``{prefix}{name}:{id}{suffix}``. The one place a Redis Cluster hash tag would go:
-    ``KeyPattern(f"{prefix}{name}:{{", "}" + suffix)`` puts every key of one id (a user's
-    ``uv``, ``seen`` and ``acts``; a window's set and base) in one slot."""
-    return KeyPattern(f"{prefix}{name}:", suffix)
+    """``{prefix}{name}:{{id}}{suffix}``: the id is the key's Redis Cluster hash tag, so
+    every key of one id (a user's ``uv``, ``seen``, ``acts``, ``social``, ``following`` and
+    ``followers``; a window's set and base) lies in one slot, on a single Redis as in a
+    cluster. (Redis hashes the text between the first ``{`` and the first ``}`` after it:
+    an id with braces of its own still gives all its keys one tag.)"""
+    return KeyPattern(f"{prefix}{name}:{{", "}" + suffix)
 
 
 class RedisKeys:

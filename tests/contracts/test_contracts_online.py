@@ -29,15 +29,29 @@ from protos import events_pb2
 
 def test_keys_are_spelled_as_the_contract_says() -> None:
     keys = RedisKeys("sr:")
-    assert keys.user_vector("u1") == "sr:uv:u1"
-    assert keys.seen("u1") == "sr:seen:u1"
-    assert keys.acts(events_pb2.PURCHASE, "u1") == "sr:acts:purchase:u1"
-    assert keys.acts(events_pb2.ADD_TO_CART, "u1") == "sr:acts:add_to_cart:u1"
+    assert keys.user_vector("u1") == "sr:uv:{u1}"
+    assert keys.seen("u1") == "sr:seen:{u1}"
+    assert keys.acts(events_pb2.PURCHASE, "u1") == "sr:acts:purchase:{u1}"
+    assert keys.acts(events_pb2.ADD_TO_CART, "u1") == "sr:acts:add_to_cart:{u1}"
+    assert keys.social("u1") == "sr:social:{u1}"
+    assert keys.following("u1") == "sr:following:{u1}"
+    assert keys.followers("u1") == "sr:followers:{u1}"
     assert keys.popular() == "sr:popular"
-    assert keys.trending("1h") == "sr:trending:1h"
-    assert keys.trending_base("1h") == "sr:trending:1h:base"
-    assert keys.applied("app") == "sr:applied:app"
-    assert RedisKeys("").user_vector("ü:x") == "uv:ü:x"
+    assert keys.trending("1h") == "sr:trending:{1h}"
+    assert keys.trending_base("1h") == "sr:trending:{1h}:base"
+    assert keys.applied("app") == "sr:applied:{app}"
+    assert RedisKeys("").user_vector("ü:x") == "uv:{ü:x}"
+
+
+def test_a_users_keys_share_one_cluster_slot() -> None:
+    from redis.crc import key_slot
+
+    keys = RedisKeys("sr:")
+    for user in ("u1", "ü:x", "a}b", "{x"):  # (an empty id, which validation refuses, would not)
+        user_keys = [keys.user_vector(user), keys.seen(user), keys.social(user),
+                     keys.following(user), keys.followers(user),
+                     *(keys.acts(n, user) for n in EVENT_TYPE_NAMES)]
+        assert len({key_slot(k.encode()) for k in user_keys}) == 1, user
     with pytest.raises(KeyError):
         keys.acts(events_pb2.EVENT_TYPE_UNSPECIFIED, "u1")
 
@@ -102,7 +116,7 @@ def test_a_base_ahead_of_the_clock_counts_as_now() -> None:
 def test_read_arguments_carry_the_keys_around_the_user_id() -> None:
     keys = RedisKeys("p:")
     assert read_users_args(keys, seen_limit=5, types=("purchase", "view")) == [
-        "p:uv:", "", "p:seen:", "", "5", "2", "p:acts:purchase:", "", "p:acts:view:", "",
+        "p:uv:{", "}", "p:seen:{", "}", "5", "2", "p:acts:purchase:{", "}", "p:acts:view:{", "}",
     ]
     with pytest.raises(ValueError, match="unknown event types"):
         read_users_args(keys, seen_limit=5, types=("like",))
