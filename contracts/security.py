@@ -24,7 +24,11 @@ from redis.asyncio import Redis as AsyncRedis
 from redis.asyncio.cluster import ClusterNode as AsyncClusterNode
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.cluster import ClusterNode, RedisCluster
-from redis.exceptions import AuthenticationError, NoPermissionError, RedisError
+from redis.exceptions import AuthenticationError, NoPermissionError, RedisClusterException, RedisError
+
+# What a Redis client raises when Redis fails: redis-py's cluster client raises
+# RedisClusterException (no RedisError) when it cannot reach the cluster or a slot has no node.
+REDIS_ERRORS: tuple[type[Exception], ...] = (RedisError, RedisClusterException)
 
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
@@ -251,7 +255,7 @@ async def probe_redis(url: str, sec: RedisSecurity) -> None:
     client = async_redis_client(url, sec, socket_connect_timeout=10, socket_timeout=10)
     try:
         await client.ping()
-    except (RedisError, OSError) as error:
+    except (RedisError, RedisClusterException, OSError) as error:
         line = redis_refusal(error, sec)
         if line is not None:
             raise SecurityError(line) from None
