@@ -262,3 +262,20 @@ async def test_vector_versions_name_each_users_version_or_none(
     await online.write([], [user_vector(np.ones(4, np.float32) / 2, 1, user="u1")])
     assert await online.vector_versions(["u1", "u2"]) == ["base", None]
     assert await online.vector_versions([]) == []
+
+
+async def test_a_deletion_removes_the_users_keys_once(redis: tuple[Redis, RedisKeys]) -> None:
+    client, keys = redis
+    online = online_state(client, keys)
+    vector = user_vector(np.array([1.0, 0.0], dtype=np.float32), 10, user="gone")
+    await online.write([touch("a", 10, user="gone", offset=0, kind=events_pb2.PURCHASE),
+                        touch("b", 10, user="kept", offset=1)], [vector])
+    removed = await online.delete_user("gone", partition=0, offset=2)
+    assert removed.now and removed.edges == 0
+    for key in (keys.user_vector("gone"), keys.seen("gone"), keys.acts(events_pb2.PURCHASE, "gone")):
+        assert not await client.exists(key), key
+    assert await client.exists(keys.seen("kept"))
+    assert not (await online.delete_user("gone", partition=0, offset=2)).now  # read again
+    # The user's record before the deletion, read again after a crash, adds nothing.
+    assert await online.write([touch("a", 10, user="gone", offset=0)], []) == 0
+    assert not await client.exists(keys.seen("gone"))
