@@ -7,18 +7,21 @@ script that reads a batch of users' state.
 
 Every key, those a Lua script builds included, comes from :class:`RedisKeys`: a script
 gets a key's text around its id (a :class:`KeyPattern`) as an argument and spells none
-itself. Keys one script or transaction touches together share their id, so a Redis
-Cluster hash tag around the id (making them one slot) is a change to :func:`_keyed` alone.
+itself. Keys one script or transaction touches together share their id, and the id is
+the key's Redis Cluster hash tag (:func:`_keyed`), so they lie in one slot.
 """
 
 from __future__ import annotations
 
 import math
+from binascii import crc_hqx
 from collections.abc import Sequence
+from functools import cache
 from string import Template
 from typing import NamedTuple, cast
 
 import numpy as np
+from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 
 from protos import events_pb2
 
@@ -53,10 +56,33 @@ class KeyPattern(NamedTuple):
 
 
 def _keyed(prefix: str, name: str, suffix: str = "") -> KeyPattern:
-    """``{prefix}{name}:{id}{suffix}``. The one place a Redis Cluster hash tag would go:
-    ``KeyPattern(f"{prefix}{name}:{{", "}" + suffix)`` puts every key of one id (a user's
-    ``uv``, ``seen`` and ``acts``; a window's set and base) in one slot."""
-    return KeyPattern(f"{prefix}{name}:", suffix)
+    """``{prefix}{name}:{{id}}{suffix}``: the id is the key's Redis Cluster hash tag, so
+    every key of one id (a user's ``uv``, ``seen``, ``acts``, ``social``, ``following`` and
+    ``followers``; a window's set and base) lies in one slot, on a single Redis as in a
+    cluster. (Redis hashes the text between the first ``{`` and the first ``}`` after it:
+    an id with braces of its own still gives all its keys one tag.)"""
+    return KeyPattern(f"{prefix}{name}:{{", "}" + suffix)
+
+
+@cache
+def slot_tags() -> tuple[str, ...]:
+    """One short hash tag per Redis Cluster slot: ``slot_tags()[s]`` hashes to slot ``s``
+    (the smallest decimal number that does; found once, in a fraction of a second)."""
+    tags: list[str | None] = [None] * REDIS_CLUSTER_HASH_SLOTS
+    missing, n = REDIS_CLUSTER_HASH_SLOTS, 0
+    while missing:
+        tag = str(n)
+        slot = crc_hqx(tag.encode(), 0) % REDIS_CLUSTER_HASH_SLOTS  # key_slot of a braceless key
+        if tags[slot] is None:
+            tags[slot] = tag
+            missing -= 1
+        n += 1
+    return tuple(cast("list[str]", tags))
+
+
+def slot_of(key: str) -> int:
+    """The Redis Cluster slot of a key (its hash tag's, when it has one)."""
+    return int(key_slot(key.encode("utf-8")))
 
 
 class RedisKeys:
@@ -65,7 +91,7 @@ class RedisKeys:
 
     __slots__ = ("prefix", "user_vectors", "seen_sets", "acts_sets", "trending_sets",
                  "trending_bases", "applied_hashes", "following_hashes", "follower_hashes",
-                 "social_feeds", "deletion_receipts", "_popular", "_hot")
+                 "social_feeds", "deletion_receipts", "slot_fences", "_popular", "_hot")
 
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix
@@ -80,6 +106,9 @@ class RedisKeys:
         # committed (streams.deletion), so a deletion read again after a crash still
         # knows the edges it must tombstone.
         self.deletion_receipts = _keyed(prefix, "deleting")
+        # On a Redis Cluster, per consumer group and slot: the applied offsets of the
+        # effects that lie in that slot (streams.slots), tagged to lie in it too.
+        self.slot_fences = _keyed(prefix, "fence")
         # The social graph and feed (contracts.social): whom a user follows, who follows
         # them, what the people they follow did; accounts read on demand (fan-in).
         self.following_hashes = _keyed(prefix, "following")
@@ -113,6 +142,12 @@ class RedisKeys:
 
     def applied(self, group: str) -> str:
         return self.applied_hashes.of(group)
+
+    def fence(self, group: str, slot: int) -> str:
+        """Hash ``fence:{tag}:{group}`` in Redis Cluster slot `slot` (its tag from
+        :func:`slot_tags`): field ``{topic}:{partition}`` -> the newest offset of that
+        partition whose effects in the slot are applied."""
+        return self.slot_fences.of(slot_tags()[slot]) + ":" + group
 
     def deleting(self, group: str) -> str:
         """Hash: ``{topic}:{partition}:{offset}`` of a deletion's control record -> what it

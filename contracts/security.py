@@ -13,7 +13,7 @@ import asyncio
 import logging
 import ssl
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple, cast
 
 from aiokafka.conn import create_conn
 from aiokafka.errors import KafkaError
@@ -21,7 +21,14 @@ from aiokafka.helpers import create_ssl_context
 from pydantic import BaseModel, ConfigDict, FilePath, SecretStr, model_validator
 from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
-from redis.exceptions import AuthenticationError, NoPermissionError, RedisError
+from redis.asyncio.cluster import ClusterNode as AsyncClusterNode
+from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
+from redis.cluster import ClusterNode, RedisCluster
+from redis.exceptions import AuthenticationError, NoPermissionError, RedisClusterException, RedisError
+
+# What a Redis client raises when Redis fails: redis-py's cluster client raises
+# RedisClusterException (no RedisError) when it cannot reach the cluster or a slot has no node.
+REDIS_ERRORS: tuple[type[Exception], ...] = (RedisError, RedisClusterException)
 
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
@@ -248,7 +255,7 @@ async def probe_redis(url: str, sec: RedisSecurity) -> None:
     client = async_redis_client(url, sec, socket_connect_timeout=10, socket_timeout=10)
     try:
         await client.ping()
-    except (RedisError, OSError) as error:
+    except (RedisError, RedisClusterException, OSError) as error:
         line = redis_refusal(error, sec)
         if line is not None:
             raise SecurityError(line) from None
@@ -256,11 +263,69 @@ async def probe_redis(url: str, sec: RedisSecurity) -> None:
         await client.aclose()
 
 
+CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
+
+
+class ClusterUrl(NamedTuple):
+    """A ``redis+cluster://[user:password@]host:port[,host:port...]`` URL (``rediss+cluster``
+    for TLS): the seed nodes redis-py's cluster client discovers the cluster from, and the
+    plain URL of the first seed (its scheme, credentials and options)."""
+
+    seeds: tuple[tuple[str, int], ...]
+    first: str
+
+
+def is_cluster_url(url: str) -> bool:
+    """True for a Redis Cluster URL (:class:`ClusterUrl`)."""
+    return url.split("://", 1)[0] in CLUSTER_SCHEMES
+
+
+def parse_cluster_url(url: str) -> ClusterUrl:
+    """The seeds of a cluster URL; ValueError naming what is wrong (no seed, a seed
+    without a port, a database other than 0: a cluster has only database 0)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme not in CLUSTER_SCHEMES:
+        raise ValueError(f"not a Redis Cluster URL (redis+cluster://host:port,...): {url!r}")
+    auth, _, hosts = rest.rpartition("@")
+    hosts, _, tail = hosts.partition("/")
+    path, _, query = tail.partition("?")
+    if path not in ("", "0"):
+        raise ValueError(f"a Redis Cluster has only database 0, not {path!r}: {url!r}")
+    seeds = []
+    for seed in filter(None, hosts.split(",")):
+        host, colon, port = seed.rpartition(":")
+        if not colon or not host or not port.isdigit():
+            raise ValueError(f"seed {seed!r} of {url!r} is not host:port")
+        seeds.append((host.strip("[]"), int(port)))
+    if not seeds:
+        raise ValueError(f"no seed node in Redis Cluster URL {url!r}")
+    first_seed = next(filter(None, hosts.split(",")))
+    first = f"{CLUSTER_SCHEMES[scheme]}://{auth + '@' if auth else ''}{first_seed}/0"
+    return ClusterUrl(tuple(seeds), first + (f"?{query}" if query else ""))
+
+
+def _plain_and_seeds(url: str) -> tuple[str, list[tuple[str, int]]]:
+    parsed = parse_cluster_url(url)
+    return parsed.first, list(parsed.seeds)
+
+
 def redis_client(url: str, sec: RedisSecurity | None, **options: Any) -> Redis:
-    """A synchronous redis-py client of `url` with `sec`'s ACL user and TLS files."""
+    """A synchronous redis-py client of `url` with `sec`'s ACL user and TLS files; a
+    :class:`ClusterUrl` gives redis-py's cluster client (``RedisCluster``), which has the
+    commands of ``Redis`` for keys of one slot."""
+    if is_cluster_url(url):
+        first, seeds = _plain_and_seeds(url)
+        return cast(Redis, RedisCluster.from_url(
+            first, startup_nodes=[ClusterNode(h, p) for h, p in seeds],
+            **redis_kwargs(first, sec), **options))
     return Redis.from_url(url, **redis_kwargs(url, sec), **options)
 
 
 def async_redis_client(url: str, sec: RedisSecurity | None, **options: Any) -> AsyncRedis:
     """The asyncio twin of :func:`redis_client`."""
+    if is_cluster_url(url):
+        first, seeds = _plain_and_seeds(url)
+        return cast(AsyncRedis, AsyncRedisCluster.from_url(
+            first, startup_nodes=[AsyncClusterNode(h, p) for h, p in seeds],
+            **redis_kwargs(first, sec), **options))
     return AsyncRedis.from_url(url, **redis_kwargs(url, sec), **options)

@@ -7,6 +7,9 @@
 #        Kafka with SASL_SSL, SCRAM users and ACLs; Redis with TLS and ACL users; all under
 #        var/secure; credentials in var/secure/credentials.env, docs/security.md)
 #        scripts/infra.sh certs DIR  (a CA and a server and a client certificate in DIR)
+#        scripts/infra.sh redis-cluster-up|redis-cluster-down|redis-cluster-status  (a Redis
+#        Cluster of 3 masters + 3 replicas on 127.0.0.1:7000-7005 under var/redis-cluster;
+#        redis-cluster-kill PORT / redis-cluster-start PORT crash and restart one node)
 # Env:   KAFKA_PORT (9092), KAFKA_CONTROLLER_PORT (9093), REDIS_PORT (6379),
 #        KAFKA_SECURE_PORT (9192), KAFKA_SECURE_CONTROLLER_PORT (9193), REDIS_TLS_PORT (6390),
 #        KAFKA_HEAP_OPTS (-Xms256m -Xmx1g), INFRA_TIMEOUT_S (120)
@@ -248,6 +251,8 @@ status() {
 
 # shellcheck source=scripts/secure.sh
 source "$ROOT/scripts/secure.sh"
+# shellcheck source=scripts/rediscluster.sh
+source "$ROOT/scripts/rediscluster.sh"
 
 case "${1:-}" in
   secure-up)
@@ -258,6 +263,23 @@ case "${1:-}" in
     ;;
   secure-status)
     secure_status
+    ;;
+  redis-cluster-up)
+    redis_cluster_up
+    ;;
+  redis-cluster-down)
+    redis_cluster_down
+    ;;
+  redis-cluster-status)
+    redis_cluster_status
+    ;;
+  redis-cluster-kill)
+    [[ -n "${2:-}" ]] || die "usage: $0 redis-cluster-kill PORT"
+    redis_cluster_kill "$2"
+    ;;
+  redis-cluster-start)
+    [[ -n "${2:-}" ]] || die "usage: $0 redis-cluster-start PORT"
+    redis_cluster_start_node "$2"
     ;;
   certs)
     [[ -n "${2:-}" ]] || die "usage: $0 certs DIR"
@@ -278,7 +300,7 @@ case "${1:-}" in
     kafka_render
     ;;
   *)
-    echo "usage: $0 up|down|status|config|secure-up|secure-down|secure-status|certs DIR" >&2
+    echo "usage: $0 up|down|status|config|secure-up|secure-down|secure-status|certs DIR|redis-cluster-up|redis-cluster-down|redis-cluster-status|redis-cluster-kill PORT|redis-cluster-start PORT" >&2
     exit 2
     ;;
 esac

@@ -12,6 +12,13 @@ newest offset whose effects it holds (``applied``), and a record at or below tha
 adds nothing. The check and the write are one optimistic transaction (``WATCH``), so a
 worker that lost a partition and still writes cannot apply what the new owner applied.
 
+On a Redis Cluster (a ``RedisCluster`` client) no transaction spans the slots of a
+batch's users: each slot's share is applied by one script fenced by that slot's own
+applied offsets instead (:mod:`streams.slots`), with the same once-per-record outcome.
+The social graph's writes (fan-out into followers' feeds, edges, a deletion's edges) span
+slots in one script and are not supported there: the worker refuses a cluster with the
+relations reader on, and writes no fan-out.
+
 A user's keys carry a time to live (``user_ttl_s``) that each batch in which they act
 starts again, so the state of users who stopped coming leaves Redis on its own.
 """
@@ -28,6 +35,7 @@ from typing import NamedTuple, Protocol, TypeVar
 from mode import Service
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import RedisError, WatchError
@@ -38,12 +46,15 @@ from contracts.online import (
     VERSION_FIELD,
     WRITTEN_AT_FIELD,
     RedisKeys,
+    slot_of,
 )
+from contracts.security import REDIS_ERRORS
 from protos import events_pb2
 from streams.fanout import FANOUT_SCRIPT, Fanout, FanoutCounts, SocialAct, fanout_args, \
     fanout_counts, feed_entries
 from streams.graph import GRAPH_SCRIPT, EdgeChange, HotChanges, graph_args, hot_changes
 from streams.deletion import DELETE_USER_SCRIPT, Removed, deletion_args, obsolete_fields, parse_reply
+from streams.slots import Call, Share, SlotWriter, parse_offsets
 from streams.trending import SCRIPT, Window, flat_pairs, increments, script_args
 
 # KEYS: the popular zset. ARGV: a JSON list of item id and amount pairs, flat. One command
@@ -257,13 +268,7 @@ class AppliedOffsets:
         self.topic = topic
 
     def parse(self, fields: Mapping[bytes | str, bytes | str]) -> dict[int, int]:
-        applied = {}
-        for field, offset in fields.items():
-            name = field.decode() if isinstance(field, bytes) else field
-            topic, _, partition = name.rpartition(":")
-            if topic == self.topic:
-                applied[int(partition)] = int(offset)
-        return applied
+        return parse_offsets(fields, self.topic)
 
     async def watch(self, pipe: Pipeline) -> dict[int, int]:
         """Watch the hash (a transaction fails if another writer moves it) and read it."""
@@ -315,6 +320,18 @@ class OnlineState(Service):
         self._on_fanout = on_fanout
         self._applied = AppliedOffsets(keys.applied(group), source_topic)
         self._delete = client.register_script(DELETE_USER_SCRIPT)
+        self._scripts = {"touch": self._touch, "popular": self._popular,
+                         "trending": self._trending, "expire": self._expire}
+        # On a cluster: each slot's share of a batch, fenced in that slot.
+        self._slots: SlotWriter | None = None
+        if isinstance(client, RedisCluster):
+            if fanout is not None:
+                raise ValueError("the fan-out into followers' feeds writes many slots in one "
+                                 "script: not supported on a Redis Cluster (no fanout)")
+            self._slots = SlotWriter(
+                client, topic=source_topic, fence_key=lambda slot: keys.fence(group, slot),
+                functions={"touch": TOUCH_SCRIPT, "popular": POPULAR_SCRIPT,
+                           "trending": SCRIPT, "expire": EXPIRE_SCRIPT})
         self._group = group
         self._source_topic = source_topic
         # The retry wraps a whole write, not the client: a write is an optimistic
@@ -324,12 +341,14 @@ class OnlineState(Service):
         # start-up ping and vector_versions, whose callers handle the error themselves.
         # Every Redis error, without end: a partition waits for Redis, it never skips.
         self._backoff = WriteBackoff(retry_initial_s, retry_max_s)
-        self._retry = Retry(self._backoff, retries=-1, supported_errors=(RedisError,))
+        # (RedisClusterException is no RedisError, which is all Retry's hint names.)
+        self._retry = Retry(self._backoff, retries=-1,
+                            supported_errors=REDIS_ERRORS)  # type: ignore[arg-type]
 
     async def on_start(self) -> None:
         try:
             await self._client.ping()
-        except RedisError as error:
+        except REDIS_ERRORS as error:
             log.warning("redis is not reachable yet (%s); writes will retry", error)
 
     async def on_shutdown(self) -> None:
@@ -341,8 +360,8 @@ class OnlineState(Service):
         (users re-embedded after a release) are written as they are."""
         if not touches and not vectors:
             return 0
-        return await self._retrying(lambda: self._write_once(touches, vectors),
-                                    f"{len(touches)} events")
+        once = self._write_once if self._slots is None else self._write_slots
+        return await self._retrying(lambda: once(touches, vectors), f"{len(touches)} events")
 
     async def write_relations(self, changes: Sequence[EdgeChange], *, applied: AppliedOffsets,
                               fanout_threshold: int) -> tuple[int, HotChanges | None]:
@@ -351,6 +370,9 @@ class OnlineState(Service):
         ``hot`` (None when nothing was new)."""
         if not changes:
             return 0, None
+        if self._slots is not None:
+            raise NotImplementedError("the social graph's writes span slots: not supported "
+                                      "on a Redis Cluster")
 
         async def attempt() -> tuple[int, HotChanges | None]:
             async with self._client.pipeline(transaction=True) as pipe:
@@ -392,6 +414,8 @@ class OnlineState(Service):
                            partition=partition, offset=offset, user_id=user_id)
 
         async def attempt() -> Removed:
+            if self._slots is not None:
+                return await self._delete_in_slot(user_id, partition, offset)
             return parse_reply(await self._delete(args=args))
 
         async def failed(error: Exception, failures: int) -> None:
@@ -417,6 +441,13 @@ class OnlineState(Service):
                 pipe.hget(self.keys.user_vector(user_id), "version")
             found = await pipe.execute()
         return [None if v is None else v.decode() if isinstance(v, bytes) else v for v in found]
+
+    def regressed(self) -> dict[int, int]:
+        """On a cluster: partition -> the lowest offset whose effects a failed-over master
+        may have lost (a slot's fence found below what this writer applied); empty when
+        none or on a single Redis. Reading those partitions again from there rebuilds
+        what was lost: the fences make everything else a no-op."""
+        return dict(self._slots.regressed) if self._slots is not None else {}
 
     async def applied(self) -> dict[int, int]:
         """Partition of the events topic -> newest offset whose effects are applied."""
@@ -446,46 +477,126 @@ class OnlineState(Service):
         """The commands of one batch's effects, queued in the open transaction; returns the
         index of the fan-out's reply among the transaction's, if it has one."""
         fanout_at = await self._queue_fanout(pipe, touches)
+        for call in self._effects(touches, vectors, users=True, popular=True,
+                                  windows=self._windows):
+            if call.name == "hset":
+                pipe.hset(call.keys[0], items=call.args)
+            else:
+                await self._scripts[call.name](keys=call.keys, args=call.args, client=pipe)
+        return fanout_at
+
+    def _effects(self, touches: Sequence[Touch], vectors: Sequence[UserVector], *,
+                 users: bool, popular: bool, windows: Sequence[Window]) -> list[Call]:
+        """The calls of a batch's effects: with `users`, on the users' keys (seen, acts,
+        vectors, time to live); with `popular`, on the popular set; on the sets of
+        `windows`."""
         keys, caps = self.keys, self._caps
-        sets: list[str] = []
-        entries: list[list[object]] = []
-        for user_id, user in group_touches(touches).items():
-            sets.append(keys.seen(user_id))
-            entries.append(flat_entry(caps.seen, user.seen))
-            for event_type, items in user.acts.items():
-                sets.append(keys.acts(event_type, user_id))
-                entries.append(flat_entry(caps.acts_of(event_type), items))
-        if sets:
-            await self._touch(keys=sets, args=[json.dumps(entries, separators=(",", ":"))],
-                              client=pipe)
-        popular = popularity_sums(touches)
-        if popular:
-            await self._popular(keys=[keys.popular()], args=[flat_pairs(popular)], client=pipe)
-        for window in self._windows:
+        calls: list[Call] = []
+        if users:
+            sets: list[str] = []
+            entries: list[list[object]] = []
+            for user_id, user in group_touches(touches).items():
+                sets.append(keys.seen(user_id))
+                entries.append(flat_entry(caps.seen, user.seen))
+                for event_type, items in user.acts.items():
+                    sets.append(keys.acts(event_type, user_id))
+                    entries.append(flat_entry(caps.acts_of(event_type), items))
+            if sets:
+                calls.append(Call("touch", sets, [json.dumps(entries, separators=(",", ":"))]))
+        sums = popularity_sums(touches) if popular else {}
+        if sums:
+            calls.append(Call("popular", [keys.popular()], [flat_pairs(sums)]))
+        for window in windows:
             ref_ms, amounts = increments(
                 ((t.item_id, t.timestamp_ms, t.popularity) for t in touches), window.tau_ms
             )
             if amounts:
-                await self._trending(
-                    keys=[keys.trending(window.name), keys.trending_base(window.name)],
-                    args=script_args(window.tau_ms, ref_ms, amounts, cap=caps.trending),
-                    client=pipe,
-                )
+                calls.append(Call(
+                    "trending", [keys.trending(window.name), keys.trending_base(window.name)],
+                    script_args(window.tau_ms, ref_ms, amounts, cap=caps.trending)))
+        if not users:
+            return calls
         for vector in vectors:
-            pipe.hset(
-                keys.user_vector(vector.user_id),
-                mapping={
-                    VECTOR_FIELD: vector.vector,
-                    VERSION_FIELD: vector.version,
-                    NEWEST_FIELD: vector.newest_ms,
-                    WRITTEN_AT_FIELD: vector.written_at_ms,
-                },
-            )
+            calls.append(Call("hset", [keys.user_vector(vector.user_id)], [
+                VECTOR_FIELD, vector.vector, VERSION_FIELD, vector.version,
+                NEWEST_FIELD, vector.newest_ms, WRITTEN_AT_FIELD, vector.written_at_ms]))
         if self._user_ttl_s:
             names, acted = expiring_keys(keys, touches, vectors)
             if names:
-                await self._expire(keys=names, args=[self._user_ttl_s, acted], client=pipe)
-        return fanout_at
+                calls.append(Call("expire", names, [self._user_ttl_s, acted]))
+        return calls
+
+    async def _write_slots(self, touches: Sequence[Touch], vectors: Sequence[UserVector]) -> int:
+        """:meth:`write` on a cluster: every slot's share at once, again for the slots whose
+        fence was not as this writer believed, until each is applied."""
+        assert self._slots is not None
+        applied, todo = 0, None
+        while True:
+            shares = self._shares(touches, vectors, only=todo)
+            done, stale = await self._slots.apply(shares)
+            applied += done
+            if not stale:
+                return applied
+            todo = stale
+
+    def _shares(self, touches: Sequence[Touch], vectors: Sequence[UserVector], *,
+                only: set[int] | None) -> list[Share]:
+        """Each slot's share of a batch (of the slots in `only`, when given), checked
+        against what the writer believes of its fence. A slot holds users' keys, and maybe
+        the popular set or a trending window's: the records relevant to it are its users'
+        and, with a global set, all of them."""
+        assert self._slots is not None
+        keys = self.keys
+        by_slot: dict[int, list[Touch]] = {}
+        for touch in touches:
+            by_slot.setdefault(slot_of(keys.user_vector(touch.user_id)), []).append(touch)
+        vectors_by_slot: dict[int, list[UserVector]] = {}
+        for vector in vectors:
+            vectors_by_slot.setdefault(slot_of(keys.user_vector(vector.user_id)), []).append(vector)
+        popular_slot = slot_of(keys.popular()) if touches else None
+        window_slots = {w.name: slot_of(keys.trending(w.name)) for w in self._windows} \
+            if touches else {}
+        slots = {*by_slot, *vectors_by_slot, *window_slots.values()}
+        if popular_slot is not None:
+            slots.add(popular_slot)
+        shares = []
+        for slot in sorted(slots if only is None else slots & only):
+            mine = by_slot.get(slot, [])
+            windows = [w for w in self._windows if window_slots.get(w.name) == slot]
+            relevant = touches if slot == popular_slot or windows else mine
+            if not relevant:  # vectors alone (re-embedding after a release): overwrites
+                shares.append(Share(slot, calls=self._effects(
+                    [], vectors_by_slot.get(slot, []), users=True, popular=False, windows=[])))
+                continue
+            believed = self._slots.fence(slot)
+            fresh, newest = above_applied(relevant, believed)
+            slot_users = {t.user_id for t in mine}
+            users_fresh = [t for t in fresh if t.user_id in slot_users]
+            acted = {t.user_id for t in users_fresh}
+            calls = self._effects(users_fresh, [v for v in vectors_by_slot.get(slot, [])
+                                                if v.user_id in acted],
+                                  users=True, popular=False, windows=[])
+            calls += self._effects(fresh, [], users=False, popular=slot == popular_slot,
+                                   windows=windows)
+            checks = [(p, believed.get(p, -1), max(believed.get(p, -1), newest.get(p, -1)))
+                      for p in sorted({t.partition for t in relevant})]
+            shares.append(Share(slot, checks, calls, fresh=len(users_fresh)))
+        return shares
+
+    async def _delete_in_slot(self, user_id: str, partition: int, offset: int) -> Removed:
+        """:meth:`delete_user` on a cluster, without a social graph: the user's keys go,
+        fenced by their slot's fence."""
+        assert self._slots is not None
+        keys, slot = self.keys, slot_of(self.keys.user_vector(user_id))
+        names = [*user_keys(keys, user_id), keys.following(user_id), keys.followers(user_id)]
+        while True:
+            held = self._slots.fence(slot).get(partition, -1)
+            now = offset > held
+            share = Share(slot, [(partition, held, max(held, offset))],
+                          [Call("del", names, [])] if now else [])
+            _, stale = await self._slots.apply([share])
+            if not stale:
+                return Removed({}, {}, now)
 
     async def _queue_fanout(self, pipe: Pipeline, touches: Sequence[Touch]) -> int | None:
         """The batch's acts into their actors' followers' feeds (hot actors skipped)."""

@@ -11,7 +11,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from contracts.events import MAX_EVENT_BYTES, MAX_FUTURE_SKEW_MS
 from contracts.online import EVENT_TYPES
 from contracts.encoder import EncoderChoice
-from contracts.security import KafkaSecurity, RedisSecurity
+from contracts.security import KafkaSecurity, RedisSecurity, is_cluster_url
 from contracts.topics import (
     DEDUPE_CHANGELOG,
     DLQ,
@@ -224,6 +224,16 @@ class StreamsSettings(BaseSettings, TopicLayout, KafkaSecurity, RedisSecurity, E
             raise ValueError(
                 f"commit_interval_s ({self.commit_interval_s}) must be at most half of "
                 f"transaction_timeout_s ({self.transaction_timeout_s})"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _no_graph_on_a_cluster(self) -> StreamsSettings:
+        if self.relations_enabled and is_cluster_url(self.redis_url):
+            raise ValueError(
+                "the social graph is not supported on a Redis Cluster yet (its edge, fan-out "
+                "and deletion writes span many users' slots in one script): set "
+                "STREAMREC_STREAMS_RELATIONS_ENABLED=false with a redis+cluster:// URL"
             )
         return self
 

@@ -8,6 +8,7 @@ from functools import partial
 import faust
 from mode import Service
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 
 from contracts.online import RedisKeys
 from contracts.relations import RelationLimits
@@ -41,7 +42,7 @@ def fanout(settings: StreamsSettings) -> Fanout:
 def online_state(settings: StreamsSettings, client: Redis,
                  metrics: StreamsMetrics | None = None) -> OnlineState:
     """The Redis writer with the settings' key prefix, caps, trending windows, fan-out and
-    retries."""
+    retries; on a Redis Cluster without the fan-out (:mod:`streams.online`)."""
     return OnlineState(
         client,
         keys=RedisKeys(settings.redis_prefix),
@@ -53,7 +54,7 @@ def online_state(settings: StreamsSettings, client: Redis,
         retry_initial_s=settings.redis_retry_initial_s,
         retry_max_s=settings.redis_retry_max_s,
         user_ttl_s=settings.user_ttl_s,
-        fanout=fanout(settings),
+        fanout=None if isinstance(client, RedisCluster) else fanout(settings),
         on_fanout=metrics.fanned_out if metrics is not None else None,
     )
 

@@ -9,6 +9,7 @@ import os
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, cast
 
 import pytest
 import redis
@@ -16,7 +17,12 @@ from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError
 
+if TYPE_CHECKING:
+    from redis.cluster import RedisCluster
+
 START_HINT = "run `bash scripts/infra.sh up` (or `make infra-up`)"
+CLUSTER_HINT = "run `bash scripts/infra.sh redis-cluster-up`"
+REDIS_CLUSTER = ",".join(f"127.0.0.1:{port}" for port in range(7000, 7006))
 TOPIC_READY_TIMEOUT_S = 30.0
 
 CreateTopics = Callable[..., list[str]]
@@ -50,6 +56,36 @@ def redis_url() -> str:
     finally:
         client.close()
     return url
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_url() -> str:
+    """URL of the test Redis Cluster (env STREAMREC_TEST_REDIS_CLUSTER); the tests that
+    need it (marked ``cluster``) skip, saying how to start it, when it is not up."""
+    from contracts.security import redis_client
+
+    url = os.environ.get("STREAMREC_TEST_REDIS_CLUSTER", f"redis+cluster://{REDIS_CLUSTER}")
+    try:
+        client = redis_client(url, None, socket_connect_timeout=2)
+    except redis.RedisError as exc:
+        pytest.skip(f"no Redis Cluster at {url} ({exc!r}); {CLUSTER_HINT}")
+    try:
+        state = cast("RedisCluster", client).cluster_info().get("cluster_state")
+    except redis.RedisError as exc:
+        pytest.skip(f"no Redis Cluster at {url} ({exc!r}); {CLUSTER_HINT}")
+    finally:
+        client.close()
+    if state != "ok":
+        pytest.skip(f"the Redis Cluster at {url} is in cluster_state:{state}; {CLUSTER_HINT}")
+    return url
+
+
+@pytest.fixture(params=["single", pytest.param("cluster", marks=pytest.mark.cluster)])
+def online_redis_url(request: pytest.FixtureRequest) -> str:
+    """The URL of the single test Redis, then of the test Redis Cluster (marked
+    ``cluster``): online-state tests run against both."""
+    name = "redis_url" if request.param == "single" else "redis_cluster_url"
+    return str(request.getfixturevalue(name))
 
 
 @pytest.fixture

@@ -15,9 +15,8 @@ import logging
 from collections import Counter
 from collections.abc import Collection, Iterable, Mapping, Sequence
 
-from redis.exceptions import RedisError
-
 from contracts.deletions import BAD_CONTROL_RECORD, ControlRecordError, is_control, parse_control
+from contracts.security import REDIS_ERRORS
 from streams.deletion import relation_tombstones
 from streams.events.ports import Clock, Consumed, DedupeWindows, Items, Models, OnlineStore, \
     UserStates
@@ -164,7 +163,7 @@ class EventsHandler:
             return
         try:
             await self._online.forget_receipts(offsets)
-        except RedisError as error:
+        except REDIS_ERRORS as error:
             log.warning("dropping deletion receipts failed (%s); trying at the next commit",
                         error)
             return
@@ -220,7 +219,7 @@ class EventsHandler:
             restored, self._restored = self._restored, []
             try:
                 versions = await self._online.vector_versions([u for _, u in restored])
-            except RedisError as error:
+            except REDIS_ERRORS as error:
                 log.warning("reading the vectors of %s restored users failed (%s); "
                             "trying again", len(restored), error)
                 self._restored += restored

@@ -154,3 +154,18 @@ def test_redis_refusals_name_the_variable_to_fix() -> None:
     assert "STREAMREC_STREAMS_REDIS_PASSWORD" in line and SECRET not in line
     assert "docs/security.md" in (redis_refusal(NoPermissionError("NOPERM evalsha"), sec) or "")
     assert redis_refusal(RedisConnectionError("refused"), sec) is None  # retried by the caller
+
+
+def test_a_cluster_url_names_its_seeds_and_refuses_what_a_cluster_lacks() -> None:
+    from contracts.security import is_cluster_url, parse_cluster_url
+
+    parsed = parse_cluster_url("redis+cluster://u:p@127.0.0.1:7000,127.0.0.1:7001")
+    assert parsed.seeds == (("127.0.0.1", 7000), ("127.0.0.1", 7001))
+    assert parsed.first == "redis://u:p@127.0.0.1:7000/0"
+    assert parse_cluster_url("rediss+cluster://[::1]:7000/0?x=1").first == \
+        "rediss://[::1]:7000/0?x=1"
+    assert is_cluster_url("redis+cluster://h:1") and not is_cluster_url("redis://h:1/0")
+    for bad, why in [("redis+cluster://", "no seed"), ("redis+cluster://h", "not host:port"),
+                     ("redis+cluster://h:1/2", "only database 0"), ("redis://h:1", "not a")]:
+        with pytest.raises(ValueError, match=why):
+            parse_cluster_url(bad)

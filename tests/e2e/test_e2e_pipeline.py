@@ -19,6 +19,7 @@ import redis
 from kafka import KafkaProducer
 
 from bench.stack import LocalStack
+from contracts.online import RedisKeys
 from protos import events_pb2, recommender_pb2, recommender_pb2_grpc
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -193,7 +194,7 @@ def test_a_retrain_is_promoted_picked_up_without_restart_and_rolled_back(
     client = redis.Redis.from_url(redis_url)
 
     def version_of(user: str) -> str | None:
-        raw = client.hget(f"{stack.redis_prefix}uv:{user}", "version")
+        raw = client.hget(RedisKeys(stack.redis_prefix).user_vector(user), "version")
         return raw.decode() if raw is not None else None
 
     eventually(lambda: all(version_of(u) == "base" for u in users) or None, stack,

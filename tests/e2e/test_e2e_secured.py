@@ -24,6 +24,7 @@ import redis
 from kafka import KafkaProducer
 
 from bench.stack import LocalStack
+from contracts.online import RedisKeys
 from contracts.security import kafka_kwargs, redis_kwargs
 from ingest.settings import IngestSettings
 from protos import events_pb2, recommender_pb2, recommender_pb2_grpc
@@ -186,7 +187,7 @@ def test_an_event_over_scram_and_tls_changes_the_next_recommend(
                               redis_ssl_ca_certs=CA)
     client = redis.Redis.from_url(REDIS, **redis_kwargs(REDIS, serving))
     try:
-        assert client.exists(f"{stack.redis_prefix}uv:alice")
+        assert client.exists(RedisKeys(stack.redis_prefix).user_vector("alice"))
         client.delete(*client.scan_iter(match=f"{stack.redis_prefix}*"))
     finally:
         client.close()
@@ -227,7 +228,7 @@ def test_a_deletion_commits_and_is_carried_out_as_the_deployables_own_users(
     admin = ServingSettings(redis_username="admin", redis_password=passwords["admin"],
                             redis_ssl_ca_certs=CA)
     client = redis.Redis.from_url(REDIS, **redis_kwargs(REDIS, admin))
-    following = f"{stack.redis_prefix}following:bob"
+    following = RedisKeys(stack.redis_prefix).following("bob")
     try:
         client.hset(following, "carol", 1)
         port = re.search(r"\(admin (\d+),", stack.serving.log())

@@ -107,3 +107,27 @@ def test_infra_status_fails_when_a_service_is_down() -> None:
     assert result.returncode == 1
     assert "kafka: DOWN" in result.stdout
     assert "redis: DOWN" in result.stdout
+
+
+@pytest.mark.cluster
+def test_redis_cluster_status_names_three_masters_and_three_replicas(
+    redis_cluster_url: str,
+) -> None:
+    result = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "infra.sh"), "redis-cluster-status"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    nodes = re.findall(r"node (\d+): up, (master|slave), cluster_state:ok", result.stdout)
+    assert sorted(port for port, _ in nodes) == [str(p) for p in range(7000, 7006)]
+    assert sorted(role for _, role in nodes) == ["master"] * 3 + ["slave"] * 3
+
+
+def test_redis_cluster_status_fails_when_no_node_is_up() -> None:
+    env = dict(os.environ, REDIS_CLUSTER_PORT="1", REDIS_CLUSTER_NODES="2")
+    result = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "infra.sh"), "redis-cluster-status"],
+        capture_output=True, text=True, timeout=60, env=env, check=False,
+    )
+    assert result.returncode == 1
+    assert "redis cluster node 1: DOWN" in result.stdout

@@ -15,6 +15,7 @@ from streams_harness import Running, StreamsWorker, TopicLog
 from bench.stack import delete_keys, delete_topics
 from contracts.encoder import ItemEncoder, pretrained_model_dir
 from contracts.online import RedisKeys
+from contracts.security import async_redis_client
 
 
 @pytest.fixture(scope="session")
@@ -55,12 +56,14 @@ def running(
 
 
 @pytest.fixture(name="redis")
-async def scratch_redis(redis_url: str, unique: str) -> AsyncIterator[tuple[Redis, RedisKeys]]:
-    """An asyncio client and the keys under a fresh prefix, whose keys are deleted after."""
-    client = Redis.from_url(redis_url)
+async def scratch_redis(online_redis_url: str, unique: str
+                        ) -> AsyncIterator[tuple[Redis, RedisKeys]]:
+    """An asyncio client (of the single Redis, then of the cluster) and the keys under a
+    fresh prefix, whose keys are deleted after."""
+    client = async_redis_client(online_redis_url, None)
     keys = RedisKeys(f"test-{unique}:")
     yield client, keys
-    names = await client.keys(f"{keys.prefix}*")
-    if names:
-        await client.delete(*names)
+    names = [name async for name in client.scan_iter(match=f"{keys.prefix}*", count=1000)]
+    for name in names:  # one by one: a cluster's keys lie in many slots
+        await client.delete(name)
     await client.aclose()

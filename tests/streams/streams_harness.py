@@ -17,6 +17,7 @@ import redis
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
 
+from contracts.online import RedisKeys
 from protos import events_pb2
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -38,6 +39,7 @@ class StreamsWorker:
             "relations": f"relations-{suffix}",
         }
         self.redis_prefix = f"test-{suffix}:"
+        self.keys = RedisKeys(self.redis_prefix)
         self.log_path = workdir / "worker.log"
         self.env = {
             **os.environ,

@@ -48,7 +48,8 @@ def redis_state(running: Running, tag: str, items: list[str]) -> dict[str, objec
             state[key.decode()] = client.zrange(key, 0, -1, withscores=True)
         elif kind == b"hash":
             state[key.decode()] = client.hgetall(key)
-    for key in (f"{prefix}popular", f"{prefix}trending:1h", f"{prefix}trending:24h"):
+    keys = running.worker.keys
+    for key in (keys.popular(), keys.trending("1h"), keys.trending("24h")):
         state[key] = [client.zscore(key, item) for item in items]
     return state
 

@@ -6,6 +6,8 @@ and the first leaves; a second worker joins and the first is SIGKILLed during th
 rebalance. Afterwards every record of ``events`` has exactly one outcome in
 ``events.enriched`` or ``events.dlq`` (read committed), and Redis and the user states
 hold what one clean pass over the records gives. ``STREAMREC_TEST_SEED`` replays a run.
+The crash mid-replay runs on a Redis Cluster too (marked ``cluster``): Redis effects fenced
+per slot instead of by one transaction.
 """
 
 from __future__ import annotations
@@ -23,9 +25,12 @@ from pathlib import Path
 import pytest
 import redis
 from kafka import KafkaProducer
+from redis.cluster import RedisCluster
 from streams_harness import StreamsWorker, TopicLog, committed_records
 
 from bench.stack import delete_keys, delete_topics
+from contracts.online import slot_of
+from contracts.security import is_cluster_url, redis_client
 
 from protos import events_pb2
 from streams.history import decode_state
@@ -67,15 +72,26 @@ class Deployment:
     def worker(self, name: str) -> StreamsWorker:
         workdir = self.workdir / name
         workdir.mkdir(exist_ok=True)
-        return StreamsWorker(kafka=self.kafka, redis_url=self.redis_url, suffix=self.suffix,
-                             workdir=workdir)
+        worker = StreamsWorker(kafka=self.kafka, redis_url=self.redis_url, suffix=self.suffix,
+                               workdir=workdir)
+        if is_cluster_url(self.redis_url):  # the social graph needs a single Redis
+            worker.env["STREAMREC_STREAMS_RELATIONS_ENABLED"] = "false"
+        return worker
+
+    def redis(self) -> redis.Redis:
+        return redis_client(self.redis_url, None)
 
 
 @pytest.fixture
-def deployment(kafka_bootstrap: str, redis_url: str, tmp_path: Path) -> Iterator[Deployment]:
+def deployment(kafka_bootstrap: str, request: pytest.FixtureRequest,
+               tmp_path: Path) -> Iterator[Deployment]:
+    """On the single Redis, or on the Redis Cluster when parametrized with "cluster"."""
+    kind = getattr(request, "param", "single")
+    url = str(request.getfixturevalue("redis_url" if kind == "single" else "redis_cluster_url"))
     suffix = "d" + uuid.uuid4().hex[:10]
-    yield Deployment(kafka_bootstrap, redis_url, suffix, tmp_path)
-    client = redis.Redis.from_url(redis_url)
+    found = Deployment(kafka_bootstrap, url, suffix, tmp_path)
+    yield found
+    client = found.redis()
     delete_keys(client, f"test-{suffix}:")
     client.close()
     delete_topics(kafka_bootstrap, suffix)
@@ -156,7 +172,10 @@ def produce(producer: KafkaProducer, topic: str, events: Events, n: int, expecte
 def applied_records(client: redis.Redis, worker: StreamsWorker) -> int:
     """Records below the applied offsets in Redis: how far the workers have got."""
     group = worker.env["STREAMREC_STREAMS_APP_ID"]
-    offsets = client.hgetall(f"{worker.redis_prefix}applied:{group}")
+    if isinstance(client, RedisCluster):  # the popular set's slot sees every record
+        offsets = client.hgetall(worker.keys.fence(group, slot_of(worker.keys.popular())))
+    else:
+        offsets = client.hgetall(worker.keys.applied(group))
     return sum(int(offset) + 1 for offset in offsets.values())
 
 
@@ -232,16 +251,16 @@ def check_exactly_once(worker: StreamsWorker, logs: dict[str, TopicLog], client:
     for events in expected.accepted.values():
         for event in events:
             popular[event.item_id] += WEIGHT[event.type]
-    prefix = worker.redis_prefix
-    assert scores(client, f"{prefix}popular") == pytest.approx(dict(popular))
+    keys = worker.keys
+    assert scores(client, keys.popular()) == pytest.approx(dict(popular))
     states = table_states(worker)
     for user, events in expected.accepted.items():
         seen: dict[str, int] = {}
         for event in events:
             seen[event.item_id] = max(seen.get(event.item_id, 0), event.timestamp_ms)
-        assert scores(client, f"{prefix}seen:{user}") == seen
+        assert scores(client, keys.seen(user)) == seen
         newest = max(event.timestamp_ms for event in events)
-        assert int(client.hget(f"{prefix}uv:{user}", "ts")) == newest  # type: ignore[arg-type]
+        assert int(client.hget(keys.user_vector(user), "ts")) == newest  # type: ignore[arg-type]
         # User states: each accepted event folded in once, the newest kept by event time.
         state = decode_state(states[user])
         by_time = sorted(events, key=lambda e: e.timestamp_ms)[-HISTORY_LENGTH:]
@@ -258,12 +277,14 @@ def open_logs(worker: StreamsWorker) -> dict[str, TopicLog]:
     return {name: TopicLog(kafka, worker.topics[name]) for name in ("enriched", "dlq")}
 
 
+@pytest.mark.parametrize(
+    "deployment", ["single", pytest.param("cluster", marks=pytest.mark.cluster)], indirect=True)
 def test_sigkill_mid_replay_loses_nothing_and_applies_nothing_twice(
     deployment: Deployment, rng: random.Random,
 ) -> None:
     records = 20_000
     worker = deployment.worker("w1")
-    client = redis.Redis.from_url(deployment.redis_url)
+    client = deployment.redis()
     producer = KafkaProducer(bootstrap_servers=deployment.kafka, acks="all", linger_ms=5)
     logs: dict[str, TopicLog] = {}
     try:
@@ -328,7 +349,7 @@ def pair(deployment: Deployment) -> Iterator[Pair]:
     workers = Pair(
         deployment.worker("w1"), deployment.worker("w2"),
         KafkaProducer(bootstrap_servers=deployment.kafka, acks="all", linger_ms=5),
-        redis.Redis.from_url(deployment.redis_url),
+        deployment.redis(),
     )
     try:
         yield workers

@@ -81,7 +81,7 @@ def tiny_version(store: Path, items: list[events_pb2.Item]) -> Path:
 
 
 def stored_vector(running: Running, user: str) -> tuple[str, np.ndarray] | None:
-    stored = running.redis.hgetall(f"{running.worker.redis_prefix}uv:{user}")
+    stored = running.redis.hgetall(running.worker.keys.user_vector(user))
     if not stored:
         return None
     return stored[b"version"].decode(), decode_vector(stored[b"vec"])  # type: ignore[index]

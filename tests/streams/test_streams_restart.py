@@ -81,5 +81,5 @@ def test_state_catalog_and_offsets_survive_a_restart(running: Running) -> None:
     assert [(d.reason, events_pb2.Event.FromString(d.payload).event_id) for d in dead] == [
         ("duplicate", "first"),
     ]
-    seen = running.redis.zrange(f"{running.worker.redis_prefix}seen:{user}", 0, -1)
+    seen = running.redis.zrange(running.worker.keys.seen(user), 0, -1)
     assert seen == [item.encode()]

@@ -6,6 +6,7 @@ import pytest
 from pydantic import ValidationError
 from redis.asyncio import Redis
 
+from contracts.security import async_redis_client
 from contracts.social import DEFAULT_FANOUT_THRESHOLD, DEFAULT_FEED_CAP, DEFAULT_TAU_S, \
     DEFAULT_TYPE_WEIGHTS
 from streams.metrics import StreamsMetrics
@@ -92,3 +93,13 @@ def test_the_relations_reader_can_be_switched_off() -> None:
     assert isinstance(reader, RelationsConsumer)
     assert (reader.topic, reader.group) == ("rel", "shop-relations")
     assert graph_services(off, online_state(off, Redis(), metrics), metrics) == []
+
+
+def test_a_cluster_url_needs_the_relations_reader_off() -> None:
+    url = "redis+cluster://127.0.0.1:7000,127.0.0.1:7001"
+    with pytest.raises(ValidationError, match="RELATIONS_ENABLED=false"):
+        StreamsSettings(redis_url=url)
+    settings = StreamsSettings(redis_url=url, relations_enabled=False)
+    online = online_state(settings, async_redis_client(settings.redis_url, settings))
+    assert graph_services(settings, online, StreamsMetrics()) == []
+    assert online.regressed() == {}  # a cluster writer; nothing lost yet

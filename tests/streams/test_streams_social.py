@@ -52,9 +52,9 @@ def unfollow(running: Running, *relations: events_pb2.Relation) -> None:
 
 
 def flags(running: Running, follower: str, followee: str) -> tuple[int, int]:
-    prefix, client = running.worker.redis_prefix, running.redis
-    following = client.hget(f"{prefix}following:{follower}", followee)
-    followers = client.hget(f"{prefix}followers:{followee}", follower)
+    keys, client = running.worker.keys, running.redis
+    following = client.hget(keys.following(follower), followee)
+    followers = client.hget(keys.followers(followee), follower)
     return int(following or 0), int(followers or 0)  # type: ignore[arg-type]
 
 
@@ -66,12 +66,12 @@ def wait_flags(running: Running, follower: str, followee: str, want: EdgeFlags) 
 
 
 def is_hot(running: Running, user: str) -> bool:
-    return bool(running.redis.sismember(f"{running.worker.redis_prefix}hot", user))
+    return bool(running.redis.sismember(running.worker.keys.hot(), user))
 
 
 def feed(running: Running, user: str) -> dict[str, float]:
     pairs: list[tuple[bytes, float]]
-    pairs = running.redis.zrange(f"{running.worker.redis_prefix}social:{user}", 0, -1,  # type: ignore[assignment]
+    pairs = running.redis.zrange(running.worker.keys.social(user), 0, -1,  # type: ignore[assignment]
                                  withscores=True)
     return {member.decode(): score for member, score in pairs}
 
@@ -93,8 +93,8 @@ def test_edges_appear_keep_each_other_and_go_with_their_tombstones(running: Runn
     wait_flags(running, ada, bob, EdgeFlags(kinds=0b10, named=0b10))
     unfollow(running, relation(ada, bob, events_pb2.FRIEND))
     wait_flags(running, ada, bob, EdgeFlags())
-    prefix = running.worker.redis_prefix
-    assert not running.redis.exists(f"{prefix}following:{ada}", f"{prefix}followers:{bob}")
+    keys = running.worker.keys
+    assert not running.redis.exists(keys.following(ada), keys.followers(bob))
 
 
 def test_every_bad_relation_record_is_dead_lettered_with_its_reason(running: Running) -> None:
@@ -131,7 +131,7 @@ def test_every_bad_relation_record_is_dead_lettered_with_its_reason(running: Run
         assert (letter.origin_partition, letter.origin_offset) == where[reason]
         assert letter.detail
     wait_flags(running, good.follower_id, good.followee_id, EdgeFlags(kinds=0b01))
-    assert not running.redis.exists(f"{running.worker.redis_prefix}following:me-{t}")
+    assert not running.redis.exists(running.worker.keys.following(f"me-{t}"))
 
     def dead_lettered() -> bool | None:
         with urllib.request.urlopen(running.worker.metrics_url(), timeout=5) as response:
@@ -172,11 +172,11 @@ def test_acts_fan_out_to_followers_capped_and_hot_accounts_fan_in(running: Runni
     assert feed(running, fans[1]) == found
     # The hot account's purchases went to no feed: its followers' requests read them. Its
     # events may sit on another partition than bob's, so wait for its acts before looking.
-    prefix = running.worker.redis_prefix
-    eventually(lambda: running.redis.zscore(f"{prefix}acts:purchase:{star}", items[1]),
+    keys = running.worker.keys
+    eventually(lambda: running.redis.zscore(keys.acts(events_pb2.PURCHASE, star), items[1]),
                running.worker, f"{star}'s purchase in its acts")
-    assert running.redis.zscore(f"{prefix}acts:purchase:{star}", items[1]) == base
-    assert not running.redis.exists(f"{prefix}social:{fans[2]}", f"{prefix}social:{fans[3]}")
+    assert running.redis.zscore(keys.acts(events_pb2.PURCHASE, star), items[1]) == base
+    assert not running.redis.exists(keys.social(fans[2]), keys.social(fans[3]))
 
     # Down to 2 followers (nine tenths of 3, rounded down): no longer hot; its acts fan out.
     unfollow(running, relation(fans[0], star))

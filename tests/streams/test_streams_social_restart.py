@@ -23,6 +23,7 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from streams_harness import StreamsWorker, TopicLog, eventually
 
 from bench.stack import delete_keys, delete_topics
+from contracts.online import RedisKeys
 from contracts.relations import KIND_NAMES, key_of
 from contracts.social import EdgeFlags
 from protos import events_pb2
@@ -140,14 +141,14 @@ def committed(worker: StreamsWorker) -> tuple[int, int]:
 
 def applied(client: redis.Redis, worker: StreamsWorker) -> int:
     group = f"{worker.env['STREAMREC_STREAMS_APP_ID']}-relations"
-    offsets = client.hgetall(f"{worker.redis_prefix}applied:{group}")
+    offsets = client.hgetall(worker.keys.applied(group))
     return sum(int(offset) + 1 for offset in offsets.values())  # type: ignore[union-attr]
 
 
-def redis_graph(client: redis.Redis, prefix: str, users: list[str]) -> dict[tuple[str, str], int]:
+def redis_graph(client: redis.Redis, keys: RedisKeys, users: list[str]) -> dict[tuple[str, str], int]:
     found = {}
     for user in [*users, "star"]:
-        edges: dict[bytes, bytes] = client.hgetall(f"{prefix}following:{user}")  # type: ignore[assignment]
+        edges: dict[bytes, bytes] = client.hgetall(keys.following(user))  # type: ignore[assignment]
         for followee, raw in edges.items():
             found[(user, followee.decode())] = int(raw)
     return found
@@ -178,14 +179,13 @@ def test_sigkill_mid_stream_applies_every_edge_once_and_dead_letters_once(
                    "every relation committed", timeout_s=180, every_s=0.2)
         time.sleep(1.0)  # many commit intervals: a repeated dead letter would be committed
 
-        prefix = worker.redis_prefix
         expected = backlog.graph()
-        assert redis_graph(client, prefix, backlog.users) == expected
+        assert redis_graph(client, worker.keys, backlog.users) == expected
         followers = Counter(followee for _, followee in expected)
         for user in [*backlog.users, "star"]:
-            assert client.hlen(f"{prefix}followers:{user}") == followers.get(user, 0)
+            assert client.hlen(worker.keys.followers(user)) == followers.get(user, 0)
         enter, leave = hot_bounds(THRESHOLD)
-        members: set[bytes] = client.smembers(f"{prefix}hot")  # type: ignore[assignment]
+        members: set[bytes] = client.smembers(worker.keys.hot())  # type: ignore[assignment]
         hot = {m.decode() for m in members}
         assert "star" in hot and followers["star"] > enter
         assert all(followers[user] > leave for user in hot)

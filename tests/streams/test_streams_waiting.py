@@ -67,7 +67,7 @@ def late_items(running: Running, kafka_bootstrap: str) -> Iterator[list[events_p
 
 
 def user_vector(running: Running, user_id: str) -> dict[bytes, bytes]:
-    key = f"{running.worker.redis_prefix}uv:{user_id}"
+    key = running.worker.keys.user_vector(user_id)
     return running.redis.hgetall(key)  # type: ignore[return-value]
 
 
@@ -87,7 +87,7 @@ def track(running: Running, user_id: str, item_id: str, count: int = 2) -> None:
 
     running.logs["enriched"].wait_for(enriched, running.worker, what="the user's events")
     assert all(kinds == ["accepted"] for kinds in running.outcomes(set(sent)).values())
-    assert running.redis.exists(f"{running.worker.redis_prefix}seen:{user_id}")
+    assert running.redis.exists(running.worker.keys.seen(user_id))
     assert not user_vector(running, user_id), "the item had a vector already"
 
 

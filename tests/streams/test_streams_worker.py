@@ -130,20 +130,20 @@ def test_events_are_enriched_and_update_redis(running: Running) -> None:
     assert enriched.weight == 5.0
     assert enriched.source_topic == running.worker.topics["events"]
 
-    prefix = running.worker.redis_prefix
+    keys = running.worker.keys
     stored: dict[bytes, bytes]
-    stored = running.redis.hgetall(f"{prefix}uv:{user}")  # type: ignore[assignment]
+    stored = running.redis.hgetall(keys.user_vector(user))  # type: ignore[assignment]
     one = decode_vector(stored[b"vec"])
     np.testing.assert_allclose(one, vectors[first.item_id], atol=1e-5)
     assert stored[b"version"] == b"base"
     assert int(stored[b"ts"]) == start
-    assert running.redis.zscore(f"{prefix}seen:{user}", first.item_id) == start
-    assert running.redis.zscore(f"{prefix}popular", first.item_id) == 5.0
+    assert running.redis.zscore(keys.seen(user), first.item_id) == start
+    assert running.redis.zscore(keys.popular(), first.item_id) == 5.0
 
     click = event(user, second.item_id, events_pb2.CLICK, ts=start + 3_600_000)
     running.send("events", user, click.SerializeToString())
     enriched_for(running, user, 2)
-    raw = running.redis.hget(f"{prefix}uv:{user}", "vec")
+    raw = running.redis.hget(keys.user_vector(user), "vec")
     assert isinstance(raw, bytes)
     two = decode_vector(raw)
     # Weighted, decayed mean: the purchase is one hour older than the newest event.
@@ -151,16 +151,16 @@ def test_events_are_enriched_and_update_redis(running: Running) -> None:
     want = 5.0 * decay * vectors[first.item_id] + 2.0 * vectors[second.item_id]
     np.testing.assert_allclose(two, want / np.linalg.norm(want), atol=1e-5)
     assert not np.allclose(one, two)
-    assert set(running.redis.zrange(f"{prefix}seen:{user}", 0, -1)) == {
+    assert set(running.redis.zrange(keys.seen(user), 0, -1)) == {
         first.item_id.encode(), second.item_id.encode(),
     }
     # Acts by event type, for exclusion; trending by decayed count (1 h time constant).
-    assert running.redis.zrange(f"{prefix}acts:purchase:{user}", 0, -1, withscores=True) == [
+    assert running.redis.zrange(keys.acts(events_pb2.PURCHASE, user), 0, -1, withscores=True) == [
         (first.item_id.encode(), float(start))
     ]
-    assert running.redis.zrange(f"{prefix}acts:click:{user}", 0, -1) == [second.item_id.encode()]
-    trending = dict(running.redis.zrange(f"{prefix}trending:1h", 0, -1, withscores=True))
-    base = float(running.redis.get(f"{prefix}trending:1h:base"))  # type: ignore[arg-type]
+    assert running.redis.zrange(keys.acts(events_pb2.CLICK, user), 0, -1) == [second.item_id.encode()]
+    trending = dict(running.redis.zrange(keys.trending("1h"), 0, -1, withscores=True))
+    base = float(running.redis.get(keys.trending_base("1h")))  # type: ignore[arg-type]
     now = start + 3_600_000
 
     def count(item: events_pb2.Item) -> float:
