@@ -41,14 +41,15 @@ CLUSTER_URL = os.environ.get("STREAMREC_TEST_REDIS_CLUSTER_URL",
 def redis_cluster_url() -> str:
     """URL of the test Redis Cluster (env STREAMREC_TEST_REDIS_CLUSTER_URL); the test is
     skipped when no cluster answers there."""
-    client = redis_client(CLUSTER_URL, None, socket_connect_timeout=2, socket_timeout=2)
-    try:
-        client.ping()
+    try:  # redis-py's cluster client connects as it is made
+        client = redis_client(CLUSTER_URL, None, socket_connect_timeout=2, socket_timeout=2)
+        try:
+            client.ping()
+        finally:
+            client.close()
     except (RedisError, RedisClusterException, OSError) as error:
         pytest.skip(f"no Redis Cluster answers at {CLUSTER_URL} ({error}); start one with "
                     "`bash scripts/infra.sh redis-cluster-up`")
-    finally:
-        client.close()
     return CLUSTER_URL
 
 
