@@ -11,6 +11,7 @@ import signal
 import sys
 
 from pydantic import ValidationError
+from redis.exceptions import RedisClusterException
 
 from contracts.security import SecurityError, probe_redis
 from serving.errors import ServingError
@@ -54,6 +55,8 @@ def main(argv: list[str]) -> int:
     except SecurityError as error:
         log.error("cannot serve: %s", error)
         return 1
+    except RedisClusterException as error:  # no outage to stop for: Recommend is UNAVAILABLE
+        log.warning("the Redis Cluster is not usable yet (%s)", error)
     main_task = supervise(settings) if settings.workers > 1 else serve(settings)
     try:
         if settings.event_loop == "uvloop":

@@ -21,7 +21,6 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from grpc_health.v1 import health
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
 from contracts import routing as contract
 from contracts.security import async_redis_client, kafka_kwargs
@@ -40,6 +39,7 @@ from contracts.topics import (
 from protos import events_pb2
 from serving.artifact import production_version
 from serving.catalog import Catalog
+from serving.cluster import STORE_ERRORS
 from serving.deletions import DeletionWriter
 from serving.errors import ArtifactError, BrokerUnavailable
 from serving.feeds import CatalogUpdates, Handler, TopicFeed, VectorUpdates
@@ -85,7 +85,7 @@ class Clients:
         try:
             async with asyncio.timeout(min(settings.redis_timeout_s, _PING_TIMEOUT_S)):
                 await self.redis.ping()
-        except (RedisError, OSError, TimeoutError) as error:
+        except (*STORE_ERRORS, TimeoutError) as error:
             log.warning("Redis is not reachable yet (%s); Recommend is UNAVAILABLE until it is", error)
 
     async def close(self) -> None:

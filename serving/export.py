@@ -304,7 +304,9 @@ def edges_entry(key: str, fields: dict[bytes, bytes]) -> dict[str, Any]:
 
 async def read_online(client: Redis, keys: RedisKeys, user_id: str) -> dict[str, Any]:
     """The user's keys in Redis, each as its entry; a key that does not exist is left out
-    (``acts`` by type name; ``hot_account``: whether their acts are read on demand)."""
+    (``acts`` by type name; ``hot_account``: whether their acts are read on demand). The
+    user's keys share their hash tag (one slot, on a Redis Cluster too) and are read in
+    one transaction; the global ``hot`` set, in another slot, after it."""
     types = sorted(EVENT_TYPE_NAMES)
     async with client.pipeline(transaction=True) as pipe:  # one moment's state
         for name in (keys.user_vector(user_id), keys.seen(user_id),
@@ -316,12 +318,12 @@ async def read_online(client: Redis, keys: RedisKeys, user_id: str) -> dict[str,
             pipe.ttl(name)
         pipe.hgetall(keys.following(user_id))
         pipe.hgetall(keys.followers(user_id))
-        pipe.sismember(keys.hot(), user_id)
         replies = await pipe.execute()
+    hot = await client.sismember(keys.hot(), user_id)
     vector, vector_ttl, seen, seen_ttl, *rest = replies
     acts = {EVENT_TYPE_NAMES[t]: (keys.acts(t, user_id), rest[2 * n], rest[2 * n + 1])
             for n, t in enumerate(types)}
-    feed, feed_ttl, following, followers, hot = rest[2 * len(types):]
+    feed, feed_ttl, following, followers = rest[2 * len(types):]
     online: dict[str, Any] = {}
     if vector:
         online["vector"] = vector_entry(keys.user_vector(user_id), vector, vector_ttl)

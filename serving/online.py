@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import time
@@ -11,7 +12,7 @@ from typing import Any
 
 import numpy as np
 from redis.asyncio import Redis
-from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.exceptions import NoScriptError, ResponseError
 
 from contracts.online import (
     EVENT_TYPES,
@@ -23,6 +24,7 @@ from contracts.online import (
     decayed_counts,
     read_users_args,
 )
+from serving import cluster
 from serving.coalesce import Coalescer
 from serving.errors import StoreUnavailable
 
@@ -87,7 +89,8 @@ class OnlineStore:
     command layer: the script call is packed once up to the user ids and sent on a
     pooled connection, with the client's retries and timeouts. Against ``evalsha``
     through the command layer that saves ~20 µs of client CPU a call: 1.3× less for one
-    user (most calls), 1.15× for eight (``bench/redis_read.py``).
+    user (most calls), 1.15× for eight (``bench/redis_read.py``). On a Redis Cluster the
+    script is called once per slot of the batch (serving.cluster.read_users).
     """
 
     def __init__(self, client: Redis, *, prefix: str, seen_limit: int,
@@ -100,6 +103,7 @@ class OnlineStore:
         constant, as the streams worker writes it, which turns its scores into counts."""
         keys = RedisKeys(prefix)
         self._client = client
+        self._user_vectors = keys.user_vectors
         self._seen_limit = seen_limit
         self._exclude_types = tuple(dict.fromkeys(exclude_types))
         self._seen_excluded = set(self._exclude_types) == set(EVENT_TYPES)
@@ -114,6 +118,7 @@ class OnlineStore:
         # pipeline: one write and one read on the socket for all of them.
         self._coalesced: Coalescer[str, UserState] | None = Coalescer(self.users) if coalesce else None
         fixed = read_users_args(keys, seen_limit=seen_limit, types=self._exclude_types)
+        self._fixed = fixed
         self._head, self._head_words = packed_head(READ_USERS_SCRIPT,
                                                     [word.encode() for word in fixed])
 
@@ -127,13 +132,16 @@ class OnlineStore:
         """The state of every user in `user_ids`, in one round trip (one script call)."""
         try:
             replies = await self.replies(user_ids)
-        except (RedisError, OSError) as error:
+        except cluster.STORE_ERRORS as error:
             raise StoreUnavailable(f"Redis is unavailable: {error}") from error
         return [self._state(user_id, *reply) for user_id, reply in zip(user_ids, replies, strict=True)]
 
     async def replies(self, user_ids: list[str]) -> list[Any]:
         """The script's raw reply for `user_ids`: one ``[vector, version, seen, acts]`` per
-        user (raises RedisError)."""
+        user (raises RedisError; on a cluster also RedisClusterException)."""
+        if cluster.is_cluster(self._client):
+            return await cluster.read_users(self._client, READ_USERS_SCRIPT,  # type: ignore[arg-type]
+                                            self._user_vectors, self._fixed, user_ids)
         packed = b"".join([b"*%d\r\n" % (self._head_words + len(user_ids)), self._head,
                            *(bulk(user_id.encode()) for user_id in user_ids)])
         try:
@@ -170,16 +178,24 @@ class OnlineStore:
         """The `count` best items of the configured trending window, with their counts
         decayed to now (:func:`decayed_counts`), and the `count` most popular of all time
         with their weighted counts, best first, in one round trip. The window and its
-        base time are read in one transaction: a rebase between them would misscale."""
+        base time are read in one transaction: a rebase between them would misscale (on a
+        cluster the two share the window's slot; the all-time key, in another, is read
+        alongside)."""
         window = self._trending_window
         try:
-            async with self._client.pipeline(transaction=bool(window)) as pipe:
-                if window:
-                    pipe.zrevrange(self._trending_key, 0, count - 1, withscores=True)
-                    pipe.get(self._trending_base_key)
-                pipe.zrevrange(self._popular_key, 0, count - 1, withscores=True)
-                replies: list[Any] = await pipe.execute()
-        except (RedisError, OSError) as error:
+            if window and cluster.is_cluster(self._client):
+                (trending, base), popular = await asyncio.gather(
+                    self._window(count), self._client.zrevrange(self._popular_key, 0, count - 1,
+                                                                withscores=True))
+                replies: list[Any] = [trending, base, popular]
+            else:
+                async with self._client.pipeline(transaction=bool(window)) as pipe:
+                    if window:
+                        pipe.zrevrange(self._trending_key, 0, count - 1, withscores=True)
+                        pipe.get(self._trending_base_key)
+                    pipe.zrevrange(self._popular_key, 0, count - 1, withscores=True)
+                    replies = await pipe.execute()
+        except cluster.STORE_ERRORS as error:
             raise StoreUnavailable(f"Redis is unavailable: {error}") from error
         popular = _pairs(replies[-1])
         if not window:
@@ -187,6 +203,13 @@ class OnlineStore:
         trending = decayed_counts(_pairs(replies[0]), base_ms=_base_ms(replies[1]),
                                   now_ms=time.time() * 1000, tau_ms=self._trending_tau_ms)
         return trending, popular
+
+    async def _window(self, count: int) -> list[Any]:
+        """The trending window's best `count` and its base time, in one transaction."""
+        async with self._client.pipeline(transaction=True) as pipe:
+            pipe.zrevrange(self._trending_key, 0, count - 1, withscores=True)
+            pipe.get(self._trending_base_key)
+            return await pipe.execute()  # type: ignore[no-any-return]
 
 
 def _base_ms(raw: bytes | None) -> float | None:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.exceptions import NoScriptError, ResponseError
 
 from contracts.online import RedisKeys
 from contracts.social import (
@@ -35,6 +35,7 @@ from contracts.social import (
     type_weights,
 )
 from protos import events_pb2
+from serving import cluster
 from serving.metrics import Metrics
 from serving.online import bulk, send_packed
 from serving.ranking import Candidate
@@ -140,7 +141,9 @@ def fused(personal: Sequence[Candidate], social: Sequence[Candidate],
 
 class SocialGraph:
     """Reads users' social candidates: one script call per user, all of a batch's calls
-    sent together (one round trip), each packed once up to its two user keys."""
+    sent together (one round trip), each packed once up to its two user keys. On a Redis
+    Cluster the read is split by slot and merged into the same reply
+    (serving.cluster.read_social)."""
 
     def __init__(self, client: Redis, *, prefix: str, tuning: SocialTuning,
                  metrics: Metrics | None = None) -> None:
@@ -174,7 +177,7 @@ class SocialGraph:
             replies = await self._replies(user_ids)
             now_ms = time.time() * 1000
             answers = [self._social(reply, now_ms) for reply in replies]
-        except (RedisError, OSError, ValueError, TypeError, IndexError) as error:
+        except (*cluster.STORE_ERRORS, ValueError, TypeError, IndexError) as error:
             log.warning("social read of %s users failed (%s: %s); answering without social "
                         "candidates", len(user_ids), type(error).__name__, error)
             if self._metrics is not None:
@@ -201,6 +204,9 @@ class SocialGraph:
 
     async def _replies(self, user_ids: Sequence[str]) -> list[Any]:
         keys = self._keys
+        if cluster.is_cluster(self._client):
+            return await cluster.read_social(self._client, keys, user_ids,  # type: ignore[arg-type]
+                                             self._weights, self._tuning.limits)
         packed = b"".join(
             b"*%d\r\n%s%s%s%s" % (self._words, self._head,
                                   bulk(keys.following(user_id).encode()),

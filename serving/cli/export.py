@@ -22,10 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from aiokafka.errors import KafkaError
-from redis.exceptions import RedisError
 
 from contracts.online import RedisKeys
 from contracts.security import SecurityError, async_redis_client, probe_kafka, probe_redis
+from serving.cluster import STORE_ERRORS
 from serving.export import (
     TopicChoice,
     export_user,
@@ -107,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         exported = asyncio.run(gather(settings, args.user, relations=args.relations,
                                       progress=not args.no_progress))
-    except (SecurityError, RedisError, KafkaError, OSError, asyncio.TimeoutError) as error:
+    except (SecurityError, *STORE_ERRORS, KafkaError, asyncio.TimeoutError) as error:
         print(f"export of {args.user!r} failed, nothing written: {error or type(error).__name__}",
               file=sys.stderr)
         return 1

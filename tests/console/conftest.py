@@ -29,6 +29,7 @@ import redis
 
 from bench.stack import REPO_ROOT, Child, LocalStack
 from console.figures import Samples, parse
+from contracts.online import RedisKeys
 from protos import recommender_pb2, recommender_pb2_grpc
 
 T = TypeVar("T")
@@ -213,14 +214,16 @@ def console_stack(kafka_bootstrap: str, redis_url: str, chromium: str,
 @pytest.fixture(scope="module")
 def known_user(console_stack: ConsoleStack, redis_url: str) -> str:
     """A replayed user with a personal vector in Redis."""
+    head, tail = RedisKeys(console_stack.stack.redis_prefix).user_vectors
     client = redis.Redis.from_url(redis_url)
     try:
         keys = console_stack.eventually(
-            lambda: list(client.scan_iter(match=f"{console_stack.stack.redis_prefix}uv:*",
-                                          count=1000)) or None, "user vectors in Redis")
+            lambda: list(client.scan_iter(match=f"{head}*", count=1000)) or None,
+            "user vectors in Redis")
     finally:
         client.close()
-    return sorted(k.decode() for k in keys)[0].rsplit("uv:", 1)[1]
+    first = sorted(k.decode() for k in keys)[0]
+    return first[len(head):len(first) - len(tail)]
 
 
 @pytest.fixture(scope="module")
@@ -228,7 +231,7 @@ def known_item(console_stack: ConsoleStack, known_user: str, redis_url: str) -> 
     """An item the known user acted on: one every trained version has a vector of."""
     client = redis.Redis.from_url(redis_url)
     try:
-        newest = client.zrevrange(f"{console_stack.stack.redis_prefix}seen:{known_user}", 0, 0)
+        newest = client.zrevrange(RedisKeys(console_stack.stack.redis_prefix).seen(known_user), 0, 0)
     finally:
         client.close()
     assert newest, f"no recent items of {known_user}"

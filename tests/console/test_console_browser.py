@@ -18,6 +18,7 @@ import redis
 from kafka import KafkaProducer
 
 from console.figures import total
+from contracts.online import RedisKeys
 from protos import events_pb2, recommender_pb2
 from conftest import REPLAYED, TOKEN, ConsoleStack
 
@@ -117,7 +118,8 @@ def test_a_user_page_shows_their_state_and_live_recommendations(
     assert page.locator("#strategy").inner_text() == direct.strategy
     client = redis.Redis.from_url(redis_url)
     try:
-        version = client.hget(f"{console_stack.stack.redis_prefix}uv:{known_user}", "version")
+        version = client.hget(RedisKeys(console_stack.stack.redis_prefix).user_vector(known_user),
+                               "version")
     finally:
         client.close()
     assert version is not None

@@ -1,9 +1,15 @@
 """Fixtures of the serving tests: fresh topics and Redis prefix on the local Kafka and
-Redis (shared fixtures of tests/conftest.py), and an in-process server on port 0."""
+Redis (shared fixtures of tests/conftest.py), and an in-process server on port 0.
+
+``online_stack`` is the same stack with the online state on the single test Redis or on
+a Redis Cluster (``bash scripts/infra.sh redis-cluster-up``; its URL from
+STREAMREC_TEST_REDIS_CLUSTER_URL): its cluster variant is marked ``cluster`` and skipped,
+saying why, when no cluster answers."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -17,13 +23,48 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from redis.asyncio import Redis
+from redis.exceptions import RedisClusterException, RedisError
 
+from contracts.online import RedisKeys
+from contracts.security import async_redis_client, redis_client
 from protos import events_pb2, recommender_pb2_grpc
 from serving.server import Running, running
 from serving.settings import ServingSettings
 
 DIM = 8
 PARTITIONS = 2
+CLUSTER_URL = os.environ.get("STREAMREC_TEST_REDIS_CLUSTER_URL",
+                             "redis+cluster://127.0.0.1:7000,127.0.0.1:7001,127.0.0.1:7002")
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_url() -> str:
+    """URL of the test Redis Cluster (env STREAMREC_TEST_REDIS_CLUSTER_URL); the test is
+    skipped when no cluster answers there."""
+    try:  # redis-py's cluster client connects as it is made
+        client = redis_client(CLUSTER_URL, None, socket_connect_timeout=2, socket_timeout=2)
+        try:
+            client.ping()
+        finally:
+            client.close()
+    except (RedisError, RedisClusterException, OSError) as error:
+        pytest.skip(f"no Redis Cluster answers at {CLUSTER_URL} ({error}); start one with "
+                    "`bash scripts/infra.sh redis-cluster-up`")
+    return CLUSTER_URL
+
+
+@pytest.fixture(params=["single", pytest.param("cluster", marks=pytest.mark.cluster)])
+def online_url(request: pytest.FixtureRequest) -> str:
+    """The URL of the online state: the single test Redis, then the Redis Cluster."""
+    return str(request.getfixturevalue("redis_url" if request.param == "single"
+                                       else "redis_cluster_url"))
+
+
+async def delete_prefixed(redis: Redis, prefix: str) -> None:
+    """Every key under `prefix` deleted (on a cluster: scanned on every master)."""
+    keys = [key async for key in redis.scan_iter(match=f"{prefix}*", count=1000)]
+    if keys:
+        await redis.delete(*keys)
 
 
 async def eventually(check: Callable[[], Awaitable[bool]], timeout_s: float = 20.0) -> None:
@@ -60,6 +101,10 @@ class Stack:
     @property
     def prefix(self) -> str:
         return f"srtest:{self.suffix}:"
+
+    @property
+    def keys(self) -> RedisKeys:
+        return RedisKeys(self.prefix)
 
     def settings(self, **overrides: Any) -> ServingSettings:
         values: dict[str, Any] = dict(
@@ -111,15 +156,15 @@ class Stack:
         """Write a user's state the way the streams worker does (contracts §3)."""
         now = int(time.time() * 1000)
         if vector is not None:
-            await self.redis.hset(f"{self.prefix}uv:{user_id}", mapping={
+            await self.redis.hset(self.keys.user_vector(user_id), mapping={
                 "vec": vector.astype("<f4").tobytes(), "version": version, "ts": now, "at": now,
             })
         if seen:
-            await self.redis.zadd(f"{self.prefix}seen:{user_id}",
+            await self.redis.zadd(self.keys.seen(user_id),
                                   {item_id: now - i for i, item_id in enumerate(seen)})
 
     async def set_popular(self, scores: Mapping[str, float]) -> None:
-        await self.redis.zadd(f"{self.prefix}popular", dict(scores))
+        await self.redis.zadd(self.keys.popular(), dict(scores))
 
     @asynccontextmanager
     async def server(self, **overrides: Any) -> AsyncIterator[Client]:
@@ -142,6 +187,23 @@ async def stack(
     owned_topics: str,
 ) -> AsyncIterator[Stack]:
     """Fresh topics (deleted by ``create_topics``) and Redis prefix (keys deleted here)."""
+    async with _stack(kafka_bootstrap, redis_url, unique, create_topics, tmp_path) as made:
+        yield made
+
+
+@pytest.fixture
+async def online_stack(
+    kafka_bootstrap: str, online_url: str, unique: str, create_topics: Any, tmp_path: Path,
+    owned_topics: str,
+) -> AsyncIterator[Stack]:
+    """:func:`stack` with its online state on the single Redis, then on the cluster."""
+    async with _stack(kafka_bootstrap, online_url, unique, create_topics, tmp_path) as made:
+        yield made
+
+
+@asynccontextmanager
+async def _stack(kafka_bootstrap: str, redis_url: str, unique: str, create_topics: Any,
+                 tmp_path: Path) -> AsyncIterator[Stack]:
     topics = {
         "events": f"events.serving-{unique}",
         "items": f"items.serving-{unique}",
@@ -159,13 +221,11 @@ async def stack(
                   config={"cleanup.policy": "compact"})
     producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
     await producer.start()
-    redis = Redis.from_url(redis_url)
+    redis = async_redis_client(redis_url, None)
     stack = Stack(kafka_bootstrap, redis_url, unique, producer, redis, tmp_path / "artifacts", topics)
     try:
         yield stack
     finally:
         await producer.stop()
-        keys = [key async for key in redis.scan_iter(match=f"{stack.prefix}*")]
-        if keys:
-            await redis.delete(*keys)
+        await delete_prefixed(redis, stack.prefix)
         await redis.aclose()

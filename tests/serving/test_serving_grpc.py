@@ -54,7 +54,11 @@ def _ids(response: recommender_pb2.RecommendResponse | recommender_pb2.SimilarIt
     return [item.item_id for item in response.items]
 
 
-async def test_recommend_returns_the_nearest_items_minus_seen_and_excluded(stack: Stack) -> None:
+async def test_recommend_returns_the_nearest_items_minus_seen_and_excluded(
+    online_stack: Stack,
+) -> None:
+    """On the single Redis and on a Redis Cluster alike."""
+    stack = online_stack
     vectors = _catalog_vectors()
     await stack.publish_vectors(vectors)
     await stack.publish_items(_items(list(vectors)))
@@ -85,7 +89,11 @@ async def test_recommend_returns_the_nearest_items_minus_seen_and_excluded(stack
     assert _ids(filtered) == exact_nearest(evens, query, 5, set(seen))
 
 
-async def test_unknown_user_gets_popular_items_and_seen_ones_are_left_out(stack: Stack) -> None:
+async def test_unknown_user_gets_popular_items_and_seen_ones_are_left_out(
+    online_stack: Stack,
+) -> None:
+    """On the single Redis and on a Redis Cluster alike."""
+    stack = online_stack
     await stack.set_popular({"p1": 50, "p2": 40, "p3": 30, "p4": 20, "p5": 10})
     await stack.set_user("has-history", None, seen=["p1", "p3"])
     await stack.set_user("other-model", _query(1), version="another-model")
@@ -102,13 +110,15 @@ async def test_unknown_user_gets_popular_items_and_seen_ones_are_left_out(stack:
 
 
 async def test_exclusion_follows_the_configured_event_types_and_trending_ranks_cold_start(
-    stack: Stack,
+    online_stack: Stack,
 ) -> None:
+    """On the single Redis and on a Redis Cluster alike."""
+    stack = online_stack
     await stack.set_popular({"p1": 50, "p2": 40, "p3": 30, "p4": 20, "p5": 10})
     now = int(time.time() * 1000)
     # Bought long ago (no longer in the capped sr:seen), viewed just now.
-    await stack.redis.zadd(f"{stack.prefix}acts:purchase:buyer", {"p1": now - 10**9})
-    await stack.redis.zadd(f"{stack.prefix}acts:view:buyer", {"p2": now})
+    await stack.redis.zadd(stack.keys.acts(events_pb2.PURCHASE, "buyer"), {"p1": now - 10**9})
+    await stack.redis.zadd(stack.keys.acts(events_pb2.VIEW, "buyer"), {"p2": now})
     await stack.set_user("buyer", None, seen=["p2"])
     async with stack.server() as client:  # default: every event type excluded
         every_type = await _recommend(client, "buyer", 3)
@@ -118,7 +128,7 @@ async def test_exclusion_follows_the_configured_event_types_and_trending_ranks_c
         cold = await _recommend(client, "newcomer", 2)
     assert _ids(bought_only) == ["p2", "p3", "p4"]  # viewed items may come back, bought ones not
     assert _ids(cold) == ["p1", "p2"]  # no trending window written yet: all-time popular
-    await stack.redis.zadd(f"{stack.prefix}trending:24h", {"p5": 3.0, "p4": 2.0})
+    await stack.redis.zadd(stack.keys.trending("24h"), {"p5": 3.0, "p4": 2.0})
     async with stack.server(exclude_event_types=[]) as client:
         trending = await _recommend(client, "buyer", 3)
     assert _ids(trending) == ["p5", "p4", "p1"]  # the window ranks first; nothing is excluded
@@ -126,15 +136,19 @@ async def test_exclusion_follows_the_configured_event_types_and_trending_ranks_c
         "popular with other shoppers"]
 
 
-async def test_trending_scores_are_counts_decayed_to_now_whatever_the_base_time(stack: Stack) -> None:
+async def test_trending_scores_are_counts_decayed_to_now_whatever_the_base_time(
+    online_stack: Stack,
+) -> None:
+    """On the single Redis and on a Redis Cluster alike."""
+    stack = online_stack
     # As streams writes them (docs/contracts.md §3): events of weights 5, 3 and 1 half an
     # hour ago, against a base a day old in a 1-hour window: raw scores near 1.6e10.
     tau_ms, now = 3_600_000.0, time.time() * 1000
     base, event_time = now - 24 * tau_ms, now - tau_ms / 2
     weights = {"t1": 5.0, "t2": 3.0, "t3": 1.0}
     raw = {item_id: w * math.exp((event_time - base) / tau_ms) for item_id, w in weights.items()}
-    await stack.redis.zadd(f"{stack.prefix}trending:1h", raw)
-    await stack.redis.set(f"{stack.prefix}trending:1h:base", repr(base))
+    await stack.redis.zadd(stack.keys.trending("1h"), raw)
+    await stack.redis.set(stack.keys.trending_base("1h"), repr(base))
     async with stack.server(trending_window="1h") as client:
         response = await _recommend(client, "newcomer", 3)
     assert response.strategy == "popular"

@@ -196,7 +196,9 @@ async def _shop(stack: Stack, unavailable: frozenset[str] = frozenset()
     return vectors, near, far, graph
 
 
-async def test_social_items_join_the_answer_with_reasons_and_names_when_shared(stack: Stack) -> None:
+async def test_social_items_join_the_answer_with_reasons_and_names_when_shared(
+    online_stack: Stack) -> None:
+    stack = online_stack
     _, near, far, _ = await _shop(stack)
     async with stack.server(social_weight=WEIGHT) as client:
         answer = await _recommend(client, "u", 10)
@@ -229,8 +231,9 @@ async def test_social_items_join_the_answer_with_reasons_and_names_when_shared(s
 
 
 async def test_weight_zero_turns_the_source_off_and_a_failed_read_answers_without_it(
-    stack: Stack, caplog: pytest.LogCaptureFixture,
+    online_stack: Stack, caplog: pytest.LogCaptureFixture,
 ) -> None:
+    stack = online_stack
     await _shop(stack)
     await stack.set_user("broken", _query())
     await stack.redis.set(RedisKeys(stack.prefix).following("broken"), "not a hash")
@@ -265,8 +268,9 @@ async def test_weight_zero_turns_the_source_off_and_a_failed_read_answers_withou
 
 
 async def test_every_filter_exclusion_and_the_diversity_cap_apply_to_social_items(
-    stack: Stack,
+    online_stack: Stack,
 ) -> None:
+    stack = online_stack
     far = exact_nearest(_vectors(), _query(), N_ITEMS)[::-1]
     _, near, far, graph = await _shop(stack, unavailable=frozenset({far[1]}))
     await graph.fan_out("u", "ann", PURCHASE, "ghost")  # in no index and no catalog
@@ -290,7 +294,9 @@ async def test_every_filter_exclusion_and_the_diversity_cap_apply_to_social_item
     assert (far[0] in _ids(capped)) == (int(far[0][1:]) % 2 != int(near[0][1:]) % 2)
 
 
-async def test_users_without_a_vector_get_social_items_before_popular_ones(stack: Stack) -> None:
+async def test_users_without_a_vector_get_social_items_before_popular_ones(
+    online_stack: Stack) -> None:
+    stack = online_stack
     vectors = _vectors()
     await stack.publish_vectors(vectors)
     await stack.set_popular({"p1": 50, "p2": 40, "p3": 30})
@@ -311,7 +317,9 @@ async def test_users_without_a_vector_get_social_items_before_popular_ones(stack
     assert newbie.items[1].reason == "popular with other shoppers"
 
 
-async def test_similar_items_carry_the_calling_users_social_proof(stack: Stack) -> None:
+async def test_similar_items_carry_the_calling_users_social_proof(
+    online_stack: Stack) -> None:
+    stack = online_stack
     vectors, near, _, graph = await _shop(stack)
     similar = exact_nearest(vectors, vectors[near[5]], 6, {near[5]})
     for actor in ("bob", "dan"):
@@ -330,8 +338,9 @@ async def test_similar_items_carry_the_calling_users_social_proof(stack: Stack) 
 
 
 async def test_recommend_batch_reads_the_social_graph_of_every_user_that_wants_it(
-    stack: Stack,
+    online_stack: Stack,
 ) -> None:
+    stack = online_stack
     _, _, far, _ = await _shop(stack)
     async with stack.server(social_weight=WEIGHT) as client:
         single = await _recommend(client, "u", 6)
