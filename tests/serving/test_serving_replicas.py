@@ -177,6 +177,15 @@ async def test_two_replicas_give_the_same_answers_and_the_same_experiment_routin
             assert _answer(reply) == first[user]
         after = [await replica.recommend_calls() for replica in replicas]
     assert all(b - a >= len(USERS) // 4 for a, b in zip(before, after, strict=True)), (before, after)
+    # The command-line client takes the replicas as one comma-separated target.
+    targets = ",".join(replica.address for replica in replicas)
+    for command in (["wait", "--timeout", "30"], ["recommend", "--user", "u0", "-k", "5"]):
+        client = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "serving.cli.client", "--target", targets, *command, cwd=ROOT,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        out, err = await asyncio.wait_for(client.communicate(), 60)
+        assert client.returncode == 0, err.decode()
+    assert f"user u0: {first['u0'][1]}, model {first['u0'][0]}" in out.decode()
 
 
 @dataclass
