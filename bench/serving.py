@@ -51,6 +51,7 @@ from contracts.online import (  # noqa: E402
     RedisKeys,
     encode_vector,
 )
+from contracts.channel import recommender_channel  # noqa: E402
 from protos import recommender_pb2, recommender_pb2_grpc  # noqa: E402
 
 DIM = 64  # the trained model's dimension (training.model.ModelConfig.dim); --dim 384 for the bootstrap model
@@ -217,7 +218,7 @@ def cpu_seconds(pid: int) -> float:
 
 
 async def load(call, concurrency: int, duration_s: float, warmup_s: float,  # type: ignore[no-untyped-def]
-               server_pid: int) -> dict[str, float]:
+               server_pids: list[int]) -> dict[str, float]:
     """Latency percentiles, throughput and CPU per call (server and this client process)
     of `call` with `concurrency` calls in flight."""
     latencies: list[float] = []
@@ -240,11 +241,12 @@ async def load(call, concurrency: int, duration_s: float, warmup_s: float,  # ty
         nonlocal measuring, started, server_cpu, client_cpu
         await asyncio.sleep(warmup_s)
         measuring, started = True, time.perf_counter()
-        server_cpu, client_cpu = cpu_seconds(server_pid), time.process_time()
+        server_cpu, client_cpu = sum(map(cpu_seconds, server_pids)), time.process_time()
 
     await asyncio.gather(switch(), *(worker(i) for i in range(concurrency)))
     elapsed = time.perf_counter() - started
-    server_cpu, client_cpu = cpu_seconds(server_pid) - server_cpu, time.process_time() - client_cpu
+    server_cpu = sum(map(cpu_seconds, server_pids)) - server_cpu
+    client_cpu = time.process_time() - client_cpu
     ms = np.asarray(latencies) * 1000
     return {"p50_ms": round(float(np.percentile(ms, 50)), 3), "p99_ms": round(float(np.percentile(ms, 99)), 3),
             "max_ms": round(float(ms.max()), 3), "qps": round(len(ms) / elapsed, 1), "calls": len(ms),
@@ -252,15 +254,18 @@ async def load(call, concurrency: int, duration_s: float, warmup_s: float,  # ty
             "client_cpu_ms_per_call": round(1000 * client_cpu / len(ms), 3)}
 
 
-async def measure(port: int, server_pid: int, names: list[str], recall_names: list[str], exact: np.ndarray,
-                  args: argparse.Namespace) -> dict[str, object]:
-    # Each channel its own connection (a local subchannel pool): the kernel spreads
-    # connections, not calls, over the workers of a multi-process server.
-    channels = [grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=[("grpc.use_local_subchannel_pool", 1)])
+async def measure(ports: list[int], server_pids: list[int], names: list[str], recall_names: list[str],
+                  exact: np.ndarray, args: argparse.Namespace) -> dict[str, object]:
+    # Each channel its own connections (a local subchannel pool): the kernel spreads
+    # connections, not calls, over the workers of a multi-process server. Several replicas:
+    # each channel balances round robin over all of them (contracts/channel.py).
+    for port in ports:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            await wait_serving(channel, args.start_timeout)
+    channels = [recommender_channel([f"127.0.0.1:{port}" for port in ports],
+                                    options=[("grpc.use_local_subchannel_pool", 1)])
                 for _ in range(args.channels)]
     try:
-        for channel in channels:
-            await wait_serving(channel, args.start_timeout)
         stubs = [recommender_pb2_grpc.RecommenderStub(channel) for channel in channels]
         echoes = [recommender_pb2_grpc.DiagnosticsStub(channel) for channel in channels]
         results: dict[str, object] = {"recall@10": round(await recall_at_10(stubs[0], recall_names, exact), 4)}
@@ -275,8 +280,8 @@ async def measure(port: int, server_pid: int, names: list[str], recall_names: li
             await echoes[n % len(echoes)].Echo(ping, timeout=10)
 
         for concurrency in args.concurrency:
-            row = {"echo": await load(echo_call, concurrency, args.duration, args.warmup, server_pid),
-                   "recommend": await load(recommend, concurrency, args.duration, args.warmup, server_pid)}
+            row = {"echo": await load(echo_call, concurrency, args.duration, args.warmup, server_pids),
+                   "recommend": await load(recommend, concurrency, args.duration, args.warmup, server_pids)}
             results[f"c{concurrency}"] = row
             print(f"c{concurrency}: {json.dumps(row)}", flush=True)
         return results
@@ -297,6 +302,8 @@ def main() -> int:
                         help="client connections, calls spread over them (>= workers to reach every worker)")
     parser.add_argument("--concurrency", type=lambda text: [int(n) for n in text.split(",")],
                         default=[1, 8, 64], help="calls in flight, comma-separated (default 1,8,64)")
+    parser.add_argument("--replicas", type=int, default=1,
+                        help="independent server processes, each on its own port, the client balancing")
     parser.add_argument("--start-timeout", type=float, default=900.0)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/streamrec-bench-serving"))
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench/results/serving.json")
@@ -337,20 +344,26 @@ def main() -> int:
                STREAMREC_SERVING_LOG_LEVEL="info")
     env.update(item.split("=", 1) for item in args.server_env)
     started = time.monotonic()
-    server, port = start_server(env, args.workdir / f"server-{run}.log", args.start_timeout)
+    # Replicas one after the other: the later ones read the first one's index cache, if set.
+    started_servers = [start_server(env, args.workdir / f"server-{run}-{n}.log", args.start_timeout)
+                       for n in range(args.replicas)]
+    servers = [server for server, _ in started_servers]
     listening_s = time.monotonic() - started
     try:
-        results = asyncio.run(measure(port, server.pid, names, recall_names, exact, args))
+        results = asyncio.run(measure([port for _, port in started_servers], [s.pid for s in servers],
+                                      names, recall_names, exact, args))
     finally:
-        server.send_signal(signal.SIGTERM)
-        server.wait(timeout=60)
+        for server in servers:
+            server.send_signal(signal.SIGTERM)
+        for server in servers:
+            server.wait(timeout=60)
         asyncio.run(delete_topics(args.kafka, list(topic_names.values())))
         keys = list(redis.scan_iter(match=f"{prefix}*", count=10_000))
         for start in range(0, len(keys), 10_000):
             redis.delete(*keys[start:start + 10_000])
     summary = {"items": args.items, "dim": args.dim, **results,
                "setup": {"users": args.users, "recall_queries": args.recall_queries,
-                         "duration_s": args.duration, "channels": args.channels,
+                         "duration_s": args.duration, "channels": args.channels, "replicas": args.replicas,
                          "server_listening_s": round(listening_s, 1),
                          "run_s": round(time.monotonic() - started, 1),
                          "server_env": args.server_env}}

@@ -237,12 +237,13 @@ def event_producer(settings: ServingSettings) -> AIOKafkaProducer:
 
 def deletion_writer(settings: ServingSettings) -> DeletionWriter | None:
     """DeleteUser's writer when there is an Admin service: a transactional producer whose id
-    names this host and process slot (each worker of a supervisor has its own client id),
-    so a restarted process fences what its predecessor left open."""
+    names this host, public port and process slot (replicas on one host differ by port,
+    each worker of a supervisor has its own client id), so a process restarted in the same
+    place fences what its predecessor left open, and no replica fences another."""
     if settings.admin_port is None and settings.admin_socket is None:
         return None
     transactional_id = (settings.deletion_transactional_id
-                        or f"{settings.client_id}-deletions-{socket.gethostname()}")
+                        or f"{settings.client_id}-deletions-{socket.gethostname()}-{settings.port}")
 
     def make_producer() -> AIOKafkaProducer:
         return AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers(),

@@ -3,7 +3,8 @@
 ``create_server`` and ``create_admin_server`` only assemble gRPC servers; :func:`running`
 builds a :class:`~serving.assembly.Service` from settings, starts it and its servers,
 and stops them all on exit; :func:`serve` runs until SIGTERM/SIGINT, then marks the
-health NOT_SERVING and stops with a grace period for calls in flight.
+health NOT_SERVING, keeps answering for ``shutdown_delay_s`` while clients move away, and
+stops with a grace period for calls in flight.
 """
 
 from __future__ import annotations
@@ -156,8 +157,8 @@ async def running(settings: ServingSettings) -> AsyncIterator[Running]:
         log.info("model %s: listening on %s:%s (admin %s, metrics %s)", service.models.routing.production,
                  settings.host, port, settings.admin_socket or admin_port, metrics_port)
         yield Running(server, port, admin_port, metrics_port, service)
-    finally:  # stop: NOT_SERVING, calls in flight get grace_s, then the resources close
-        await set_health(service.health, health_pb2.HealthCheckResponse.NOT_SERVING)
+    finally:  # stop: NOT_SERVING for good, calls in flight get grace_s, then the resources close
+        await service.health.enter_graceful_shutdown()  # a late "ready" cannot say SERVING again
         if admin_server is not None:
             await admin_server.stop(0)
         await server.stop(settings.grace_s)
@@ -208,8 +209,13 @@ def stop_on_signals() -> asyncio.Event:
 
 
 async def serve(settings: ServingSettings) -> None:
-    """Run the server until SIGTERM or SIGINT."""
+    """Run the server until SIGTERM or SIGINT, then stop without failing a call: NOT_SERVING
+    while still answering for `shutdown_delay_s` (clients that watch health stop sending),
+    then no new calls and `grace_s` for those in flight (see :func:`running`)."""
     stop = stop_on_signals()
-    async with running(settings):
+    async with running(settings) as run:
         await stop.wait()
-        log.info("signal received: NOT_SERVING, stopping within %.1f s", settings.grace_s)
+        await run.service.health.enter_graceful_shutdown()
+        log.info("signal received: NOT_SERVING, closing the port in %.1f s, calls in flight get %.1f s more",
+                 settings.shutdown_delay_s, settings.grace_s)
+        await asyncio.sleep(settings.shutdown_delay_s)

@@ -80,6 +80,11 @@ class ServingSettings(BaseSettings, TopicLayout, KafkaSecurity, RedisSecurity):
     host: str = Field(default="127.0.0.1", min_length=1, description="address to bind")
     port: int = Field(default=50051, ge=0, le=65535, description="0: any free port")
     grace_s: float = Field(default=5.0, ge=0, le=300, description="in-flight calls finish within this")
+    shutdown_delay_s: float = Field(
+        default=1.0, ge=0, le=300,
+        description="after SIGTERM, NOT_SERVING yet still answering this long before the port closes: "
+                    "clients watching health (the service config's healthCheckConfig) move their calls away",
+    )
     max_receive_message_bytes: int = Field(default=4 * 1024 * 1024, ge=1024, le=256 * 1024 * 1024)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     admin_host: str = Field(default="127.0.0.1", min_length=1, description="admin port address")
@@ -235,7 +240,7 @@ class ServingSettings(BaseSettings, TopicLayout, KafkaSecurity, RedisSecurity):
     )
     deletion_transactional_id: str | None = Field(
         default=None, min_length=1,
-        description="DeleteUser's transactional producer id; default {client_id}-deletions-{host}",
+        description="DeleteUser's transactional producer id; default {client_id}-deletions-{host}-{port}",
     )
     track_timeout_s: float = Field(
         default=10.0, gt=0, le=300,

@@ -23,8 +23,8 @@ One Python process answers on one core (the GIL). With ``workers`` N the supervi
   the server with its exit status: a bad artifact or setting would fail again. Workers
   stop when the supervisor dies (``stop_with_parent``), so none is left serving on the port.
 - **Stop.** SIGTERM/SIGINT: the admin port closes and every worker gets SIGTERM (each
-  goes NOT_SERVING and drains within ``grace_s``); what still runs ``grace_s`` + 30 s
-  later is killed.
+  goes NOT_SERVING, answers for ``shutdown_delay_s`` more and drains within ``grace_s``);
+  what still runs ``shutdown_delay_s`` + ``grace_s`` + 30 s later is killed.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ log = logging.getLogger(__name__)
 RESTART_DELAY_S = 1.0
 MAX_RESTART_DELAY_S = 30.0
 STARTED_AFTER_S = 60.0  # a worker that ran this long before exiting starts again at the first delay
-KILL_AFTER_S = 30.0  # beyond grace_s
+KILL_AFTER_S = 30.0  # beyond shutdown_delay_s + grace_s
 CONVERGE_S = 10.0  # an Admin change waits this long at most for every worker to apply it
 
 
@@ -320,7 +320,8 @@ class Supervisor:
         log.info("worker %s answering again: pid %s", worker.number, worker.process.pid if worker.process else None)
 
     async def stop(self) -> None:
-        """SIGTERM to every worker; SIGKILL to those still running after grace_s + 30 s."""
+        """SIGTERM to every worker; SIGKILL to those still running after shutdown_delay_s +
+        grace_s + 30 s."""
         self._stopping = True
         for worker in self.workers:
             if worker.watch is not None:
@@ -328,7 +329,8 @@ class Supervisor:
             worker.signal(signal.SIGTERM)
         waits = [w.process.wait() for w in self.workers if w.process is not None]
         try:
-            await asyncio.wait_for(asyncio.gather(*waits), self.settings.grace_s + KILL_AFTER_S)
+            await asyncio.wait_for(asyncio.gather(*waits),
+                                   self.settings.shutdown_delay_s + self.settings.grace_s + KILL_AFTER_S)
         except TimeoutError:
             for worker in self.workers:
                 if worker.process is not None and worker.process.returncode is None:

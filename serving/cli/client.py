@@ -4,6 +4,12 @@
     python -m serving.cli.client similar --item 'Toy Story (1995)' -k 10 [--user 1m_10]
     python -m serving.cli.client wait --timeout 180       # until the server's health is SERVING
     python -m serving.cli.client demo --users 3 -k 10 [--wait-for-last-event]
+    python -m serving.cli.client --target 127.0.0.1:50061,127.0.0.1:50062 recommend --user 1m_10
+
+``--target`` names one server or several replicas (comma-separated ``IP:port``, or one
+``dns:///name:port``): calls go round robin over those that are SERVING, and a read that
+meets UNAVAILABLE is tried again on another (``contracts/channel.py``, the service config a
+frontend copies); ``wait`` waits until each address given is SERVING.
 
 ``demo`` picks the users of the newest records on Kafka ``events``; with
 ``--wait-for-last-event`` it first waits until the newest event is folded into that
@@ -26,6 +32,7 @@ from google.protobuf.message import DecodeError
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from contracts.catchup import read_to_end, topic_partitions
+from contracts.channel import recommender_channel, recommender_target
 from contracts.console import add_verbose_flag, setup_logging
 from contracts.online import NEWEST_FIELD, RedisKeys
 from contracts.security import async_redis_client, kafka_kwargs
@@ -168,10 +175,34 @@ async def demo(stub: recommender_pb2_grpc.RecommenderStub, args: argparse.Namesp
         await asyncio.sleep(0.2)
 
 
+def _target(text: str) -> str:
+    """`--target` checked as a gRPC target of one or several replicas (kept as written)."""
+    try:
+        recommender_target(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return text
+
+
+def _addresses(target: str) -> list[str]:
+    return [address.strip() for address in target.split(",") if address.strip()]
+
+
+async def wait_all_serving(target: str, timeout_s: float) -> bool:
+    """Wait until every address of `target` is SERVING, each asked on its own channel."""
+    deadline = time.monotonic() + timeout_s
+    for address in _addresses(target):
+        async with grpc.aio.insecure_channel(address) as channel:
+            if not await wait_serving(channel, max(0.0, deadline - time.monotonic())):
+                return False
+    return True
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m serving.cli.client", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--target", default="127.0.0.1:50051", help="server host:port")
+    parser.add_argument("--target", default="127.0.0.1:50051", type=_target,
+                        help="server host:port; several replicas as IP:port,IP:port or dns:///name:port")
     parser.add_argument("--deadline", type=float, default=5.0, help="seconds per call")
     add_verbose_flag(parser)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -199,13 +230,13 @@ def _parser() -> argparse.ArgumentParser:
 
 
 async def run(args: argparse.Namespace) -> int:
-    async with grpc.aio.insecure_channel(args.target) as channel:
-        if args.command == "wait":
-            if await wait_serving(channel, args.timeout):
-                print(f"{args.target} is SERVING")
-                return 0
-            print(f"{args.target} is not SERVING after {args.timeout} s", file=sys.stderr)
-            return 1
+    if args.command == "wait":
+        if await wait_all_serving(args.target, args.timeout):
+            print(f"{args.target} is SERVING")
+            return 0
+        print(f"{args.target} is not SERVING after {args.timeout} s", file=sys.stderr)
+        return 1
+    async with recommender_channel(args.target) as channel:
         stub = recommender_pb2_grpc.RecommenderStub(channel)
         try:
             if args.command == "recommend":

@@ -1,4 +1,5 @@
-"""compose/docker-compose.yml is valid and wires health-gated startup of the whole stack."""
+"""compose/docker-compose.yml is valid and wires health-gated startup of the whole stack; the
+secured profile laid over it, and the scale profile (a file of its own), are valid too."""
 
 from __future__ import annotations
 
@@ -39,16 +40,22 @@ def _volumes(service: dict[str, Any]) -> set[tuple[str, str]]:
     return mounts
 
 
-@pytest.fixture(scope="module")
-def config() -> dict[str, Any]:
-    """The file as Compose resolves it (anchors merged, profiles included), no engine needed."""
+def _resolved(*files: Path, env: dict[str, str] | None = None) -> dict[str, Any]:
+    """`files` laid over one another as Compose resolves them (anchors merged, the tools
+    profile included), no engine needed."""
     result = subprocess.run(
-        [*_compose_command(), "-f", str(COMPOSE_FILE), "--profile", "tools", "config"],
-        capture_output=True, text=True, timeout=120, check=False,
+        [*_compose_command(), *(arg for file in files for arg in ("-f", str(file))), "--profile", "tools", "config"],
+        capture_output=True, text=True, timeout=120, check=False, env=env,
     )
     assert result.returncode == 0, result.stderr
     loaded: dict[str, Any] = yaml.safe_load(result.stdout)
     return loaded
+
+
+@pytest.fixture(scope="module")
+def config() -> dict[str, Any]:
+    """The file as Compose resolves it."""
+    return _resolved(COMPOSE_FILE)
 
 
 def test_stack_has_infrastructure_and_deployables(config: dict[str, Any]) -> None:
@@ -101,15 +108,7 @@ SECRETS = {name: f"{name.lower()}-value-7f3a" for name in (
 @pytest.fixture(scope="module")
 def secured() -> dict[str, Any]:
     """The secured profile laid over the file, as Compose resolves it."""
-    result = subprocess.run(
-        [*_compose_command(), "-f", str(COMPOSE_FILE), "-f", str(SECURED_FILE),
-         "--profile", "tools", "config"],
-        capture_output=True, text=True, timeout=120, check=False,
-        env={**os.environ, **SECRETS},
-    )
-    assert result.returncode == 0, result.stderr
-    loaded: dict[str, Any] = yaml.safe_load(result.stdout)
-    return loaded
+    return _resolved(COMPOSE_FILE, SECURED_FILE, env={**os.environ, **SECRETS})
 
 
 def test_secured_profile_needs_every_secret() -> None:
@@ -159,3 +158,92 @@ def test_secured_redis_and_grpc_ask_for_credentials_over_tls(secured: dict[str, 
     serving = secured["services"]["serving"]["environment"]
     assert SECRETS["SERVING_TOKEN"] in serving["STREAMREC_SERVING_AUTH_TOKENS"]
     assert serving["STREAMREC_SERVING_TLS_CERT_FILE"].endswith("server.pem")
+
+
+SCALE_FILE = ROOT / "compose" / "docker-compose.scale.yml"
+KAFKA_NODES = ("kafka-1", "kafka-2", "kafka-3")
+REDIS_NODES = tuple(f"redis-{n}" for n in range(1, 7))
+SCALED = {"streams-1": "STREAMREC_STREAMS_", "streams-2": "STREAMREC_STREAMS_",
+          "serving-1": "STREAMREC_SERVING_", "serving-2": "STREAMREC_SERVING_"}
+
+
+@pytest.fixture(scope="module")
+def scale() -> dict[str, Any]:
+    """The scale profile (a file of its own), as Compose resolves it."""
+    return _resolved(SCALE_FILE)
+
+
+def test_scale_kafka_is_three_kraft_nodes_with_replication_3_and_two_in_sync(scale: dict[str, Any]) -> None:
+    envs = [scale["services"][name]["environment"] for name in KAFKA_NODES]
+    assert sorted(int(env["KAFKA_NODE_ID"]) for env in envs) == [1, 2, 3]
+    for name, env in zip(KAFKA_NODES, envs, strict=True):
+        assert env["KAFKA_PROCESS_ROLES"] == "broker,controller"
+        assert env["KAFKA_CONTROLLER_QUORUM_VOTERS"] == "1@kafka-1:9093,2@kafka-2:9093,3@kafka-3:9093"
+        assert f"PLAINTEXT://{name}:9092" in env["KAFKA_ADVERTISED_LISTENERS"]
+        assert str(env["KAFKA_DEFAULT_REPLICATION_FACTOR"]) == "3"
+        assert str(env["KAFKA_MIN_INSYNC_REPLICAS"]) == "2"
+        assert str(env["KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR"]) == "3"
+        assert str(env["KAFKA_TRANSACTION_STATE_LOG_MIN_ISR"]) == "2"
+        assert str(env["KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR"]) == "3"
+        assert env["KAFKA_AUTO_CREATE_TOPICS_ENABLE"] == "false"
+    assert len({env["CLUSTER_ID"] for env in envs}) == 1
+
+
+def test_scale_redis_is_a_cluster_of_six_formed_by_a_one_shot_job(scale: dict[str, Any]) -> None:
+    for name in REDIS_NODES:
+        service = scale["services"][name]
+        command = " ".join(service["command"])
+        assert "--cluster-enabled yes" in command and "--cluster-config-file /data/nodes.conf" in command, name
+        assert service["healthcheck"]["test"][0] in ("CMD", "CMD-SHELL"), name
+    job = scale["services"]["redis-cluster"]
+    script = job["command"][-1]
+    assert "redis-cli --cluster create" in script and "--cluster-replicas 1" in script
+    assert "--cluster-yes" in script and "for n in 1 2 3 4 5 6" in script
+    assert job["restart"] == "no"
+    assert {name: dep["condition"] for name, dep in job["depends_on"].items()} == {
+        name: "service_healthy" for name in REDIS_NODES}
+
+
+def test_scale_deployables_use_every_broker_the_redis_cluster_and_replication_3(scale: dict[str, Any]) -> None:
+    for name, prefix in SCALED.items():
+        service = scale["services"][name]
+        env = service["environment"]
+        assert env[f"{prefix}KAFKA_BOOTSTRAP"] == "kafka-1:9092,kafka-2:9092,kafka-3:9092", name
+        assert env[f"{prefix}TOPIC_REPLICATION"] == "3", name
+        assert env[f"{prefix}REDIS_URL"] == "redis+cluster://redis-1:6379,redis-2:6379,redis-3:6379", name
+        depends = service["depends_on"]
+        assert all(depends[node]["condition"] == "service_healthy" for node in KAFKA_NODES), name
+        assert depends["redis-cluster"]["condition"] == "service_completed_successfully", name
+        assert ("artifacts", "/data/artifacts") in _volumes(service), name
+        assert service["healthcheck"]["test"][0] in ("CMD", "CMD-SHELL"), name
+    for name in ("training", "ingest"):
+        prefix = f"STREAMREC_{name.upper()}_"
+        env = scale["services"][name]["environment"]
+        assert env[f"{prefix}KAFKA_BOOTSTRAP"] == "kafka-1:9092,kafka-2:9092,kafka-3:9092", name
+        assert env[f"{prefix}TOPIC_REPLICATION"] == "3", name
+
+
+def test_scale_streams_workers_are_one_app_with_state_of_their_own(scale: dict[str, Any]) -> None:
+    workers = [scale["services"][name] for name in ("streams-1", "streams-2")]
+    assert workers[0]["command"] == workers[1]["command"] == ["python", "-m", "streams", "worker"]
+    assert workers[0]["environment"] == workers[1]["environment"]  # one app id: one consumer group
+    state = [{source for source, target in _volumes(w) if target == "/data/streams"} for w in workers]
+    assert len(state[0] | state[1]) == 2  # each its own state directory
+
+
+def test_scale_serving_replicas_share_one_name_and_drain_before_they_are_killed(scale: dict[str, Any]) -> None:
+    replicas = [scale["services"][name] for name in ("serving-1", "serving-2")]
+    for replica in replicas:
+        env = replica["environment"]
+        assert env["STREAMREC_SERVING_WORKERS"] == "1" and env["STREAMREC_SERVING_HOST"] == "0.0.0.0"
+        assert "serving" in replica["networks"]["default"]["aliases"]  # dns:///serving:50051: both
+        probe = " ".join(replica["healthcheck"]["test"])
+        assert "grpc_health" in probe and "SERVING" in probe
+        drain_s = float(env["STREAMREC_SERVING_SHUTDOWN_DELAY_S"]) + float(env["STREAMREC_SERVING_GRACE_S"])
+        assert replica["stop_grace_period"].endswith("s")
+        assert float(replica["stop_grace_period"].removesuffix("s")) > drain_s
+        assert ("index-cache", "/data/index-cache") in _volumes(replica)
+    published = [{port["published"] if isinstance(port, dict) else port.split(":")[-2]
+                  for port in replica["ports"]} for replica in replicas]
+    assert published[0] != published[1]
+    assert "envoy" not in " ".join(scale["services"])  # the clients balance

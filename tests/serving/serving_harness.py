@@ -1,12 +1,19 @@
-"""Helpers of the serving tests: vectors, the numpy reference search, artifact dirs."""
+"""Helpers of the serving tests: vectors, the numpy reference search, artifact dirs, and
+``python -m serving`` as a child process (its environment, its output as it comes)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
+from conftest import eventually
+
+from serving.settings import ServingSettings
 
 
 def unit_rows(rng: np.random.Generator, n: int, dim: int, clusters: int = 5) -> np.ndarray:
@@ -53,3 +60,50 @@ def write_artifact(root: Path, version: str, item_ids: list[str], vectors: np.nd
         json.dumps({"version": version, "previous": None, "updated_at": "2026-11-22T23:00:00+00:00"})
     )
     return version_dir
+
+
+def server_env(settings: ServingSettings) -> dict[str, str]:
+    """This process's environment with `settings` as ``STREAMREC_SERVING_*`` variables
+    (lists as JSON, as users write them)."""
+    env = dict(os.environ)
+    for name, value in settings.model_dump().items():
+        if value is not None and value != []:
+            env[f"STREAMREC_SERVING_{name.upper()}"] = json.dumps(value) if isinstance(value, list) else str(value)
+    return env
+
+
+def alive(pid: int) -> bool:
+    """Whether process `pid` runs (a zombie does not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+
+
+class Lines:
+    """Everything the server writes, read as it comes (a full pipe would block it)."""
+
+    def __init__(self, stream: asyncio.StreamReader) -> None:
+        self.text = ""
+        self._task = asyncio.create_task(self._read(stream))
+
+    async def _read(self, stream: asyncio.StreamReader) -> None:
+        while line := await stream.readline():
+            self.text += line.decode(errors="replace")
+
+    async def wait_for(self, pattern: str, timeout_s: float = 120.0) -> re.Match[str]:
+        found: list[re.Match[str]] = []
+
+        async def seen() -> bool:
+            match = re.search(pattern, self.text)
+            if match:
+                found.append(match)
+            return match is not None or self._task.done()
+
+        await eventually(seen, timeout_s)
+        assert found, f"{pattern!r} not in:\n{self.text}"
+        return found[0]
+
+    async def close(self) -> None:
+        await asyncio.wait_for(self._task, 60)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import re
 import signal
@@ -15,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import Stack
-from serving_harness import exact_nearest, unit_rows
+from serving_harness import exact_nearest, server_env, unit_rows
 
 from protos import events_pb2
 
@@ -67,11 +66,7 @@ async def _client(*args: str) -> tuple[int, str, str]:
 @pytest.mark.integration
 async def test_server_process_answers_the_client_and_stops_on_sigterm(stack: Stack) -> None:
     settings = stack.settings()
-    env = dict(os.environ)
-    for name, value in settings.model_dump().items():
-        if value is not None and value != []:  # lists travel as JSON, as users write them
-            text = json.dumps(value) if isinstance(value, list) else str(value)
-            env[f"STREAMREC_SERVING_{name.upper()}"] = text
+    env = server_env(settings)
     vectors = unit_rows(np.random.default_rng(0), 5, settings.dim)
     catalog = {f"m{n}": vectors[n] for n in range(5)}
     await stack.publish_vectors(catalog)

@@ -5,7 +5,6 @@ routing as the others."""
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import re
 import signal
@@ -17,59 +16,14 @@ import numpy as np
 import pytest
 from conftest import Stack, eventually
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from serving_harness import unit_rows, write_artifact
+from serving_harness import Lines, alive, server_env, unit_rows, write_artifact
 
 from protos import recommender_pb2, recommender_pb2_grpc
 from serving.errors import AddressUnavailable
-from serving.settings import ServingSettings
 from serving.workers import _own_port, reserve_port
 
 ROOT = Path(__file__).resolve().parents[2]
 CONNECTIONS = 8  # the kernel spreads connections over the workers, not calls
-
-
-def _env(settings: ServingSettings) -> dict[str, str]:
-    env = dict(os.environ)
-    for name, value in settings.model_dump().items():
-        if value is not None and value != []:
-            env[f"STREAMREC_SERVING_{name.upper()}"] = json.dumps(value) if isinstance(value, list) else str(value)
-    return env
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-
-
-class Lines:
-    """Everything the server writes, read as it comes (a full pipe would block it)."""
-
-    def __init__(self, stream: asyncio.StreamReader) -> None:
-        self.text = ""
-        self._task = asyncio.create_task(self._read(stream))
-
-    async def _read(self, stream: asyncio.StreamReader) -> None:
-        while line := await stream.readline():
-            self.text += line.decode(errors="replace")
-
-    async def wait_for(self, pattern: str, timeout_s: float = 120.0) -> re.Match[str]:
-        found: list[re.Match[str]] = []
-
-        async def seen() -> bool:
-            match = re.search(pattern, self.text)
-            if match:
-                found.append(match)
-            return match is not None or self._task.done()
-
-        await eventually(seen, timeout_s)
-        assert found, f"{pattern!r} not in:\n{self.text}"
-        return found[0]
-
-    async def close(self) -> None:
-        await asyncio.wait_for(self._task, 60)
 
 
 @pytest.mark.integration
@@ -84,7 +38,7 @@ async def test_workers_share_the_port_and_the_index_and_a_killed_one_comes_back_
     settings = stack.settings(workers=2, ivf_threshold=500, nprobe=8, dim=16,
                               index_cache_dir=tmp_path / "index-cache")
     server = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "serving", cwd=ROOT, env=_env(settings),
+        sys.executable, "-m", "serving", cwd=ROOT, env=server_env(settings),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
     )
     assert server.stdout is not None
@@ -94,7 +48,7 @@ async def test_workers_share_the_port_and_the_index_and_a_killed_one_comes_back_
         found = await lines.wait_for(r"2 workers: listening on 127\.0\.0\.1:(\d+) \(admin (\d+)\)")
         port, admin_port = int(found.group(1)), int(found.group(2))
         pids = [int(p) for p in re.findall(r"worker \d started: pid (\d+)", lines.text)]
-        assert len(pids) == 2 and all(_alive(pid) for pid in pids)
+        assert len(pids) == 2 and all(alive(pid) for pid in pids)
         # one IVF build, by the worker that took the cache's lock first; the other reads it
         assert len(re.findall(r"ivf index of 600 items \(dimension 16\)\n", lines.text)) == 1
         assert len(re.findall(r"ivf index of 600 items \(dimension 16\) read from", lines.text)) == 1
@@ -139,7 +93,7 @@ async def test_workers_share_the_port_and_the_index_and_a_killed_one_comes_back_
             os.kill(pids[0], signal.SIGKILL)  # the next worker 0 reads the routing from the topic
             await lines.wait_for(r"worker 0 started: pid (\d+)\n(?:.|\n)*worker 0 answering again")
             restarted = int(re.findall(r"worker 0 started: pid (\d+)", lines.text)[-1])
-            assert restarted not in pids and _alive(restarted) and not _alive(pids[0])
+            assert restarted not in pids and alive(restarted) and not alive(pids[0])
             await lines.wait_for(rf"\[{restarted}\] serving.routing: routing revision 2 \(split by ", 10)
             for _ in range(4):  # whichever worker answers
                 status = await admin.Status(recommender_pb2.StatusRequest(), timeout=10)
@@ -172,7 +126,7 @@ async def test_workers_share_the_port_and_the_index_and_a_killed_one_comes_back_
         await lines.close()
     assert server.returncode == 0, lines.text
     assert "signal received: stopping 2 workers" in lines.text
-    assert not any(_alive(pid) for pid in pids)
+    assert not any(alive(pid) for pid in pids)
 
 
 def test_a_worker_failing_at_start_stops_the_supervisor_with_its_exit_code(tmp_path: Path) -> None:
