@@ -1,7 +1,7 @@
 # Entry points for development, tests and the demo. `make test` is what CI runs.
 PY := .venv/bin/python
 
-.PHONY: setup infra-up infra-down infra-status protos test demo
+.PHONY: setup infra-up infra-down infra-status protos test test-cluster demo
 
 setup:
 	bash scripts/setup.sh
@@ -19,7 +19,13 @@ protos: setup
 	$(PY) -m protos.generate
 
 test: setup infra-up
-	$(PY) -m pytest
+	$(PY) -m pytest -m "not cluster"
+
+# The Redis Cluster tests (3 masters + 3 replicas on 127.0.0.1:7000-7005); not part of
+# `make test`.
+test-cluster: setup infra-up
+	bash scripts/infra.sh redis-cluster-up
+	$(PY) -m pytest -m cluster
 
 demo: setup infra-up
 	bash scripts/demo.sh
