@@ -16,7 +16,8 @@ from kafka import KafkaAdminClient
 from kafka.admin import ConfigResource, ConfigResourceType
 from conftest import Stack, eventually
 from serving_harness import unit_rows, write_artifact
-from test_serving_workers import ROOT, Lines, _env
+from serving_harness import Lines, server_env as _env
+from test_serving_workers import ROOT
 
 from protos import recommender_pb2, recommender_pb2_grpc
 from serving.models import in_candidate
