@@ -14,12 +14,12 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Self
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from contracts.security import KafkaSecurity, SecurityError, kafka_kwargs, probe_kafka
 
@@ -73,10 +73,26 @@ class TopicLayout(BaseModel):
         description="partitions of a topic this deployable creates (models: always 1)",
     )
     topic_replication: int = Field(default=DEFAULT_REPLICATION, ge=1, le=10)
+    topic_min_insync_replicas: int | None = Field(
+        default=None, ge=1, le=10,
+        description="min.insync.replicas of a topic this deployable creates (None: the "
+                    "broker's default); with acks=all a write fails unless this many "
+                    "replicas have it",
+    )
     log_retention_ms: int = Field(
         default=LONG_RETENTION_MS, ge=-1,
         description="retention of the long-retention log topics when created; -1: forever",
     )
+
+    @model_validator(mode="after")
+    def _insync_within_replication(self) -> Self:
+        if (self.topic_min_insync_replicas is not None
+                and self.topic_min_insync_replicas > self.topic_replication):
+            raise ValueError(
+                f"topic_min_insync_replicas={self.topic_min_insync_replicas} exceeds "
+                f"topic_replication={self.topic_replication}: no write with acks=all "
+                f"could ever succeed")
+        return self
 
 
 @dataclass(frozen=True)
@@ -103,6 +119,8 @@ def spec(role: Role, name: str, layout: TopicLayout, *, copartitioned: bool = Fa
     configs = {"cleanup.policy": "compact" if role.compacted else "delete"}
     if role.long_retention:
         configs["retention.ms"] = str(layout.log_retention_ms)
+    if layout.topic_min_insync_replicas is not None:
+        configs["min.insync.replicas"] = str(layout.topic_min_insync_replicas)
     return TopicSpec(name, role.partitions or layout.topic_partitions, layout.topic_replication,
                      configs, copartitioned)
 

@@ -91,12 +91,15 @@ async def prepare_topics(settings: IngestSettings, specs: list[TopicSpec]) -> No
 
 
 def make_producer(settings: IngestSettings) -> AIOKafkaProducer:
-    """An unstarted producer; batches are built by the replay, up to max_batch_bytes."""
+    """An unstarted producer; batches are built by the replay, up to max_batch_bytes.
+    With acks=all (the default) it is idempotent: a retry after a leader change neither
+    doubles nor reorders a record of a partition."""
     acks: int | str = settings.acks if settings.acks == "all" else int(settings.acks)
     return AIOKafkaProducer(
         bootstrap_servers=settings.kafka_bootstrap,
         client_id=settings.client_id,
         acks=acks,
+        enable_idempotence=settings.acks == "all",
         max_batch_size=settings.max_batch_bytes,
         request_timeout_ms=settings.request_timeout_ms,
         **kafka_kwargs(settings),

@@ -10,9 +10,16 @@
 #        scripts/infra.sh redis-cluster-up|redis-cluster-down|redis-cluster-status  (a Redis
 #        Cluster of 3 masters + 3 replicas on 127.0.0.1:7000-7005 under var/redis-cluster;
 #        redis-cluster-kill PORT / redis-cluster-start PORT crash and restart one node)
+#        scripts/infra.sh kafka-cluster-up|kafka-cluster-down|kafka-cluster-status  (a third,
+#        separate Kafka: 3 KRaft nodes, replication 3, min.insync.replicas 2, under
+#        var/kafka-cluster; docs/scaling.md)
+#        scripts/infra.sh kafka-cluster-kill N|kafka-cluster-start N  (SIGKILL / restart node N)
+#        scripts/infra.sh kafka-cluster-bootstrap  (print the cluster's bootstrap list)
 # Env:   KAFKA_PORT (9092), KAFKA_CONTROLLER_PORT (9093), REDIS_PORT (6379),
 #        KAFKA_SECURE_PORT (9192), KAFKA_SECURE_CONTROLLER_PORT (9193), REDIS_TLS_PORT (6390),
-#        KAFKA_HEAP_OPTS (-Xms256m -Xmx1g), INFRA_TIMEOUT_S (120)
+#        KAFKA_CLUSTER_BASE_PORT (19092: node N's broker on +2(N-1), its controller one above),
+#        KAFKA_HEAP_OPTS (-Xms256m -Xmx1g), KAFKA_CLUSTER_HEAP_OPTS (-Xms128m -Xmx512m),
+#        INFRA_TIMEOUT_S (120)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -91,7 +98,7 @@ stop_pid() {
 
 kafka_version() {
   local jar
-  jar="$(find "$KAFKA_LIB" -maxdepth 1 -name 'kafka_2.13-*.jar' 2>/dev/null | head -n1)"
+  jar="$(find "$KAFKA_LIB/" -maxdepth 1 -name 'kafka_2.13-*.jar' 2>/dev/null | head -n1)"
   jar="${jar##*/kafka_2.13-}"
   printf '%s' "${jar%.jar}"
 }
@@ -142,6 +149,19 @@ kafka_configure() {
   fi
 }
 
+# kafka_spawn HEAP_OPTS PROPERTIES LOGS_DIR PIDFILE: start a broker JVM in its own
+# session, detached; returns at once.
+kafka_spawn() {
+  # shellcheck disable=SC2086
+  nohup setsid java -server $1 -XX:+UseG1GC -XX:MaxGCPauseMillis=20 \
+    -Djava.awt.headless=true \
+    -Dlog4j2.configurationFile="$KAFKA_SRC/log4j2.properties" \
+    -Dkafka.logs.dir="$3" \
+    -cp "$KAFKA_LIB/*" kafka.Kafka "$2" \
+    >"$3/kafka.out" 2>&1 </dev/null &
+  echo $! >"$4"
+}
+
 kafka_up() {
   if pid_alive "$KAFKA_PID" kafka.Kafka; then
     kafka_wait
@@ -155,14 +175,7 @@ kafka_up() {
   kafka_resolve
   kafka_configure
   log "starting kafka $(kafka_version) on 127.0.0.1:$KAFKA_PORT (controller $KAFKA_CONTROLLER_PORT)"
-  # shellcheck disable=SC2086
-  nohup setsid java -server $KAFKA_HEAP_OPTS -XX:+UseG1GC -XX:MaxGCPauseMillis=20 \
-    -Djava.awt.headless=true \
-    -Dlog4j2.configurationFile="$KAFKA_SRC/log4j2.properties" \
-    -Dkafka.logs.dir="$KAFKA_LOGS" \
-    -cp "$KAFKA_LIB/*" kafka.Kafka "$KAFKA_HOME/server.properties" \
-    >"$KAFKA_OUT" 2>&1 </dev/null &
-  echo $! >"$KAFKA_PID"
+  kafka_spawn "$KAFKA_HEAP_OPTS" "$KAFKA_HOME/server.properties" "$KAFKA_LOGS" "$KAFKA_PID"
   kafka_wait
   log "kafka up: $(kafka_probe)"
 }
@@ -180,13 +193,16 @@ kafka_wait() {
   done
 }
 
+# kafka_fail MESSAGE [LOGS_DIR]: show the tails of a broker's logs (default: the single
+# broker's) and exit.
 kafka_fail() {
+  local logs="${2:-$KAFKA_LOGS}"
   {
     printf '[infra] ERROR: %s\n' "$1"
-    printf -- '--- tail of %s\n' "$KAFKA_OUT"
-    tail -n 30 "$KAFKA_OUT" 2>/dev/null || true
-    printf -- '--- tail of %s\n' "$KAFKA_LOGS/server.log"
-    tail -n 40 "$KAFKA_LOGS/server.log" 2>/dev/null || true
+    printf -- '--- tail of %s\n' "$logs/kafka.out"
+    tail -n 30 "$logs/kafka.out" 2>/dev/null || true
+    printf -- '--- tail of %s\n' "$logs/server.log"
+    tail -n 40 "$logs/server.log" 2>/dev/null || true
   } >&2
   exit 1
 }
@@ -253,6 +269,8 @@ status() {
 source "$ROOT/scripts/secure.sh"
 # shellcheck source=scripts/rediscluster.sh
 source "$ROOT/scripts/rediscluster.sh"
+# shellcheck source=scripts/kafkacluster.sh
+source "$ROOT/scripts/kafkacluster.sh"
 
 case "${1:-}" in
   secure-up)
@@ -281,6 +299,24 @@ case "${1:-}" in
     [[ -n "${2:-}" ]] || die "usage: $0 redis-cluster-start PORT"
     redis_cluster_start_node "$2"
     ;;
+  kafka-cluster-up)
+    kafka_cluster_up
+    ;;
+  kafka-cluster-down)
+    kafka_cluster_down
+    ;;
+  kafka-cluster-status)
+    kafka_cluster_status
+    ;;
+  kafka-cluster-kill)
+    kafka_cluster_kill "${2:-}"
+    ;;
+  kafka-cluster-start)
+    kafka_cluster_start "${2:-}"
+    ;;
+  kafka-cluster-bootstrap)
+    kafka_cluster_bootstrap
+    ;;
   certs)
     [[ -n "${2:-}" ]] || die "usage: $0 certs DIR"
     make_certs "$2"
@@ -301,6 +337,8 @@ case "${1:-}" in
     ;;
   *)
     echo "usage: $0 up|down|status|config|secure-up|secure-down|secure-status|certs DIR|redis-cluster-up|redis-cluster-down|redis-cluster-status|redis-cluster-kill PORT|redis-cluster-start PORT" >&2
+    echo "       $0 kafka-cluster-up|kafka-cluster-down|kafka-cluster-status|kafka-cluster-bootstrap" >&2
+    echo "       $0 kafka-cluster-kill N|kafka-cluster-start N  (N: 1, 2 or 3)" >&2
     exit 2
     ;;
 esac

@@ -67,7 +67,7 @@ class Clients:
 
     redis: Redis
     producer: AIOKafkaProducer  # TrackEvents and routing records: acks=all, idempotent
-    log_producer: AIOKafkaProducer  # the recommendation log: lingering, acks=1
+    log_producer: AIOKafkaProducer  # the recommendation log: lingering, acks=all
     deletions: DeletionWriter | None = None  # DeleteUser's transactional producer (admin only)
 
     async def start(self, settings: ServingSettings) -> None:
@@ -260,9 +260,12 @@ def deletion_writer(settings: ServingSettings) -> DeletionWriter | None:
 def log_producer(settings: ServingSettings) -> AIOKafkaProducer:
     """The recommendation log's own producer: lingering batches many log entries per request
     to the broker (cheap for both sides), which TrackEvents' acknowledged sends must not
-    wait for."""
+    wait for. acks=all and idempotent like every other producer: the log is sent from a
+    queue off the request path, and with replication a leader's crash loses no entry the
+    log counted as sent, nor doubles one on retry."""
     return AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers(),
-                            client_id=f"{settings.client_id}-log", acks=1,
+                            client_id=f"{settings.client_id}-log", acks="all",
+                            enable_idempotence=True,
                             linger_ms=settings.log_linger_ms, **kafka_kwargs(settings))
 
 

@@ -115,7 +115,7 @@ def run_with_clients(
         )
         producer = KafkaProducer(
             bootstrap_servers=settings.kafka_bootstrap, client_id="streamrec-training", acks="all",
-            **kafka_kwargs(settings),
+            enable_idempotence=True, **kafka_kwargs(settings),
         )
         if settings.trainer == "finetune":
             summary: RunSummary | TrainedRunSummary | None = run_trained(
@@ -172,7 +172,7 @@ def roll_back(settings: TrainingSettings) -> list[str]:
     pointer = promote(settings.artifact_dir, current.previous, now)
     producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap,
                              client_id="streamrec-training", acks="all",
-                             **kafka_kwargs(settings))
+                             enable_idempotence=True, **kafka_kwargs(settings))
     try:
         announce(producer, settings, release_message(
             version=pointer.version, uri=str((settings.artifact_dir / pointer.version).resolve()),

@@ -27,6 +27,19 @@ def test_specs_follow_the_contract() -> None:
     assert spec(RELATIONS, "re", layout).configs == {"cleanup.policy": "compact"}  # edge state
 
 
+def test_min_insync_replicas_is_set_on_created_topics_only_when_configured() -> None:
+    assert "min.insync.replicas" not in spec(EVENTS, "ev", TopicLayout()).configs  # broker's
+    layout = TopicLayout(topic_replication=3, topic_min_insync_replicas=2)
+    events, models = spec(EVENTS, "ev", layout), spec(MODELS, "mo", layout)
+    assert events.replication == 3 and events.configs["min.insync.replicas"] == "2"
+    assert models.configs["min.insync.replicas"] == "2" and models.partitions == 1
+
+
+def test_min_insync_replicas_above_the_replication_is_refused() -> None:
+    with pytest.raises(ValueError, match="topic_min_insync_replicas=3 exceeds topic_replication=2"):
+        TopicLayout(topic_replication=2, topic_min_insync_replicas=3)
+
+
 def test_copartitioned_topic_with_other_partition_count_is_fatal() -> None:
     events = TopicSpec("events", 4, 1, {"cleanup.policy": "delete"}, copartitioned=True)
     fatal, mismatch = check_shape(events, 8, "delete")
