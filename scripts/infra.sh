@@ -65,13 +65,21 @@ apt_install() {
 }
 
 # pid_alive PIDFILE PATTERN: true when the pid in PIDFILE runs a command matching PATTERN.
+# While a process execs, its /proc/PID/cmdline reads empty for a moment; a live pid whose
+# command line does not match is looked at again for up to a second before it counts as
+# someone else's.
 pid_alive() {
-  local pidfile="$1" pattern="$2" pid
+  local pidfile="$1" pattern="$2" pid i cmdline
   [[ -s "$pidfile" ]] || return 1
   pid="$(cat "$pidfile")"
   [[ "$pid" =~ ^[0-9]+$ ]] || return 1
-  [[ -r "/proc/$pid/cmdline" ]] || return 1
-  tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q -- "$pattern"
+  for ((i = 0; i < 5; i++)); do
+    kill -0 "$pid" 2>/dev/null || return 1
+    cmdline="$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null)" || return 1
+    [[ "$cmdline" == *"$pattern"* ]] && return 0
+    sleep 0.2
+  done
+  return 1
 }
 
 # stop_pid PIDFILE PATTERN NAME: SIGTERM, wait up to 60 s, then SIGKILL.
@@ -149,17 +157,33 @@ kafka_configure() {
   fi
 }
 
+# spawn_detached PIDFILE OUTFILE COMMAND...: run COMMAND in its own session, detached,
+# output to OUTFILE; returns once PIDFILE holds the pid of COMMAND itself. `setsid` forks
+# when its caller leads a process group (a shell with job control), so `$!` is not always
+# the pid that runs COMMAND; the inner shell writes its own pid and then execs COMMAND.
+spawn_detached() {
+  local pidfile="$1" outfile="$2" i
+  shift 2
+  rm -f "$pidfile"
+  # shellcheck disable=SC2016
+  nohup setsid bash -c 'echo $$ >"$0.tmp" && mv "$0.tmp" "$0" && exec "$@"' "$pidfile" "$@" \
+    >"$outfile" 2>&1 </dev/null &
+  for ((i = 0; i < 100; i++)); do
+    [[ -s "$pidfile" ]] && return 0
+    sleep 0.1
+  done
+  die "could not start $1 (no pid in $pidfile after 10 s; output in $outfile)"
+}
+
 # kafka_spawn HEAP_OPTS PROPERTIES LOGS_DIR PIDFILE: start a broker JVM in its own
 # session, detached; returns at once.
 kafka_spawn() {
   # shellcheck disable=SC2086
-  nohup setsid java -server $1 -XX:+UseG1GC -XX:MaxGCPauseMillis=20 \
+  spawn_detached "$4" "$3/kafka.out" java -server $1 -XX:+UseG1GC -XX:MaxGCPauseMillis=20 \
     -Djava.awt.headless=true \
     -Dlog4j2.configurationFile="$KAFKA_SRC/log4j2.properties" \
     -Dkafka.logs.dir="$3" \
-    -cp "$KAFKA_LIB/*" kafka.Kafka "$2" \
-    >"$3/kafka.out" 2>&1 </dev/null &
-  echo $! >"$4"
+    -cp "$KAFKA_LIB/*" kafka.Kafka "$2"
 }
 
 kafka_up() {
@@ -203,6 +227,9 @@ kafka_fail() {
     tail -n 30 "$logs/kafka.out" 2>/dev/null || true
     printf -- '--- tail of %s\n' "$logs/server.log"
     tail -n 40 "$logs/server.log" 2>/dev/null || true
+    printf -- '--- listeners on this host\n'
+    ss -ltnp 2>/dev/null | grep -E ':(9[0-9]{3}|1909[0-9])\b' || true
+    printf '[infra] ERROR: %s\n' "$1"
   } >&2
   exit 1
 }

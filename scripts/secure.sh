@@ -79,12 +79,11 @@ secure_kafka_up() {
   fi
   log "starting secured kafka on SASL_SSL 127.0.0.1:$KAFKA_SECURE_PORT (controller $KAFKA_SECURE_CONTROLLER_PORT)"
   # shellcheck disable=SC2086
-  nohup setsid java -server $KAFKA_HEAP_OPTS -XX:+UseG1GC -Djava.awt.headless=true \
+  spawn_detached "$SECURE_KAFKA_PID" "$SECURE_KAFKA/logs/kafka.out" \
+    java -server $KAFKA_HEAP_OPTS -XX:+UseG1GC -Djava.awt.headless=true \
     -Dlog4j2.configurationFile="$KAFKA_SRC/log4j2.properties" \
     -Dkafka.logs.dir="$SECURE_KAFKA/logs" \
-    -cp "$KAFKA_LIB/*" kafka.Kafka "$SECURE_KAFKA/server.properties" \
-    >"$SECURE_KAFKA/logs/kafka.out" 2>&1 </dev/null &
-  echo $! >"$SECURE_KAFKA_PID"
+    -cp "$KAFKA_LIB/*" kafka.Kafka "$SECURE_KAFKA/server.properties"
 }
 
 # The Redis ACL users (docs/security.md): the default user is off.
