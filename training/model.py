@@ -46,6 +46,13 @@ class ModelConfig:
     use_text: bool = True
     use_context: bool = True  # event-type and time-gap embeddings
     text_dim: int = 384
+    # newest: a slot's position counts back from the newest event (SASRec's left padding);
+    # oldest: it counts on from the oldest event in the window (SASRec+'s right padding)
+    positions: str = "newest"
+
+    def __post_init__(self) -> None:
+        if self.positions not in ("newest", "oldest"):
+            raise ValueError(f"positions must be 'newest' or 'oldest', not {self.positions!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -132,7 +139,7 @@ class UserTower(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.positions = nn.Embedding(cfg.max_len, cfg.dim)  # position from the oldest slot
+        self.positions = nn.Embedding(cfg.max_len, cfg.dim)  # see ModelConfig.positions
         self.types = nn.Embedding(N_EVENT_TYPES, cfg.dim)
         self.gaps = nn.Embedding(N_GAP_BUCKETS, cfg.dim)
         self.drop = nn.Dropout(cfg.dropout)
@@ -149,7 +156,12 @@ class UserTower(nn.Module):
         """float32 [B, L, D]: the user state after each position (normalised for
         ``score="cosine"``)."""
         b, l, _ = item_vectors.shape
-        x = item_vectors * math.sqrt(self.cfg.dim) + self.positions.weight[-l:]
+        if self.cfg.positions == "oldest":
+            # the oldest real event of each row is position 0 (padding slots are zeroed below)
+            index = (mask.to(torch.int64).cumsum(dim=1) - 1).clamp(min=0)
+            x = item_vectors * math.sqrt(self.cfg.dim) + self.positions(index)
+        else:
+            x = item_vectors * math.sqrt(self.cfg.dim) + self.positions.weight[-l:]
         if self.cfg.use_context:
             types = event_types.clamp(0, N_EVENT_TYPES - 1)
             x = x + self.types(types) + self.gaps(gap_buckets(gaps_s, mask))

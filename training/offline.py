@@ -77,11 +77,12 @@ def recipe(name: str, n_items: int, *, time_budget_s: float, seed: int = 0,
         return Recipe(
             model=ModelConfig(n_items=n_items, dim=64, max_len=200, n_blocks=2, n_heads=1,
                               ffn_mult=1, dropout=0.1, attn_dropout=0.1, temperature=1.0,
-                              score="dot", block="sasrec", use_text=False, use_context=False),
+                              score="dot", block="sasrec", use_text=False, use_context=False,
+                              positions="oldest"),
             train=TrainConfig(epochs=1000, time_budget_s=time_budget_s, batch_size=128,
                               lr=1e-3, schedule="constant", warmup_steps=0, weight_decay=0.0,
                               betas=(0.9, 0.999), grad_clip=0.0, loss="ce", id_dropout=0.0,
-                              seed=seed, patience=patience),
+                              seed=seed, patience=patience, batching="random"),
             text_layers=0,
         )
     raise ValueError(f"unknown model {name!r}; known: {', '.join(LEARNED)}")

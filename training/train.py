@@ -69,8 +69,13 @@ class TrainConfig:
     bf16_logits: bool = True  # the [positions, items] logits and their softmax in bf16
     patience: int = 0  # with a validation score: stop after this many worse checks (0 = never)
     validate_every: int = 1  # epochs between validation checks
+    # length: users of similar history length share a batch (little padding); random:
+    # any users share a batch (SASRec+'s draws; each batch padded to its longest history)
+    batching: str = "length"
 
     def __post_init__(self) -> None:
+        if self.batching not in ("length", "random"):
+            raise ValueError(f"batching must be 'length' or 'random', not {self.batching!r}")
         self.betas = (float(self.betas[0]), float(self.betas[1]))  # a list after a checkpoint
 
     def to_dict(self) -> dict[str, Any]:
@@ -357,7 +362,8 @@ def train(
     for epoch in range(1, cfg.epochs + 1):
         step_loss.train()
         epoch_loss, epoch_steps = 0.0, 0
-        batches = epoch_batches(len(users), cfg.batch_size, rng, lengths=widths)
+        batches = epoch_batches(len(users), cfg.batch_size, rng,
+                                lengths=widths if cfg.batching == "length" else None)
         for batch in batches:
             # the random draws keep their order (batch, live rows, id dropout, negatives),
             # so a seed gives the same run

@@ -80,6 +80,35 @@ def test_sasrec_block_is_causal_ignores_padding_and_scores_by_plain_dot() -> Non
     assert not torch.allclose(out.norm(dim=-1), torch.ones(2), atol=1e-3)  # not normalised
 
 
+@pytest.mark.parametrize("positions", ["newest", "oldest"])
+def test_positions_count_from_the_newest_or_from_the_oldest_event(positions: str) -> None:
+    tower = _tower(positions=positions)
+    _assert_causal(tower)
+    vectors, types, gaps, mask = _inputs()
+    mask[:, :3] = False  # three events in six slots
+    vectors, types, gaps = vectors * mask[..., None], types * mask, gaps * mask
+    before = tower(vectors, types, gaps, mask)
+    shift = torch.randn(8, generator=torch.Generator().manual_seed(2))  # not a mean shift
+    with torch.no_grad():
+        tower.positions.weight[-1] += shift  # the slot of the newest event
+    moved_last = tower(vectors, types, gaps, mask)
+    with torch.no_grad():
+        tower.positions.weight[-1] -= shift
+        tower.positions.weight[2] += shift  # the third position from the start
+    moved_third = tower(vectors, types, gaps, mask)
+    # "newest": the newest event always sits at the last position; "oldest": the
+    # newest of three events is position 2
+    assert torch.allclose(before, moved_last, atol=1e-6) == (positions == "oldest")
+    assert torch.allclose(before, moved_third, atol=1e-6) == (positions == "newest")
+
+
+def test_positions_and_batching_take_known_values_only() -> None:
+    with pytest.raises(ValueError, match="positions"):
+        ModelConfig(n_items=3, positions="middle")
+    with pytest.raises(ValueError, match="batching"):
+        TrainConfig(batching="sorted")
+
+
 def test_dot_item_table_keeps_the_embedding_norms() -> None:
     torch.manual_seed(0)
     table = ItemTable(ModelConfig(n_items=5, dim=8, use_text=False, score="dot"))
