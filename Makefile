@@ -21,10 +21,11 @@ protos: setup
 test: setup infra-up
 	$(PY) -m pytest -m "not cluster"
 
-# The Redis Cluster tests (3 masters + 3 replicas on 127.0.0.1:7000-7005); not part of
-# `make test`.
+# The cluster tests (a Redis Cluster of 3 masters + 3 replicas on 127.0.0.1:7000-7005, a
+# 3-node Kafka on 127.0.0.1:19092/19094/19096); not part of `make test`.
 test-cluster: setup infra-up
 	bash scripts/infra.sh redis-cluster-up
+	bash scripts/infra.sh kafka-cluster-up
 	$(PY) -m pytest -m cluster
 
 demo: setup infra-up

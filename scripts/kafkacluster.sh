@@ -127,7 +127,15 @@ kafka_cluster_up() {
 }
 
 kafka_cluster_down() {
-  local node
+  local node pidfile
+  # every node asked to stop at once: one by one, the last would wait out its controlled
+  # shutdown with no quorum left to grant it
+  for node in "${KAFKA_CLUSTER_NODES[@]}"; do
+    pidfile="$(kafka_cluster_pidfile "$node")"
+    if pid_alive "$pidfile" "$(kafka_cluster_pattern "$node")"; then
+      kill -TERM "$(cat "$pidfile")" 2>/dev/null || true
+    fi
+  done
   for node in "${KAFKA_CLUSTER_NODES[@]}"; do
     stop_pid "$(kafka_cluster_pidfile "$node")" "$(kafka_cluster_pattern "$node")" \
       "kafka cluster node $node"

@@ -23,6 +23,8 @@ if TYPE_CHECKING:
 START_HINT = "run `bash scripts/infra.sh up` (or `make infra-up`)"
 CLUSTER_HINT = "run `bash scripts/infra.sh redis-cluster-up`"
 REDIS_CLUSTER = ",".join(f"127.0.0.1:{port}" for port in range(7000, 7006))
+KAFKA_CLUSTER_HINT = "run `bash scripts/infra.sh kafka-cluster-up`"
+KAFKA_CLUSTER = ",".join(f"127.0.0.1:{port}" for port in (19092, 19094, 19096))
 TOPIC_READY_TIMEOUT_S = 30.0
 
 CreateTopics = Callable[..., list[str]]
@@ -78,6 +80,26 @@ def redis_cluster_url() -> str:
     if state != "ok":
         pytest.skip(f"the Redis Cluster at {url} is in cluster_state:{state}; {CLUSTER_HINT}")
     return url
+
+
+@pytest.fixture(scope="session")
+def kafka_cluster_bootstrap() -> str:
+    """Bootstrap servers of the 3-node test Kafka cluster (env STREAMREC_TEST_KAFKA_CLUSTER);
+    the tests that need it (marked ``cluster``) skip, saying how to start it, unless all
+    three brokers answer."""
+    bootstrap = os.environ.get("STREAMREC_TEST_KAFKA_CLUSTER", KAFKA_CLUSTER)
+    try:
+        admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5_000)
+        try:
+            brokers = admin.describe_cluster()["brokers"]
+        finally:
+            admin.close()
+    except (KafkaError, OSError) as exc:
+        pytest.skip(f"no Kafka cluster at {bootstrap} ({exc!r}); {KAFKA_CLUSTER_HINT}")
+    if len(brokers) < 3:
+        pytest.skip(f"the Kafka cluster at {bootstrap} has {len(brokers)} live brokers, not 3; "
+                    f"{KAFKA_CLUSTER_HINT}")
+    return bootstrap
 
 
 @pytest.fixture(params=["single", pytest.param("cluster", marks=pytest.mark.cluster)])
