@@ -164,7 +164,7 @@ async def routing_at_start(settings: ServingSettings) -> tuple[Models, RoutingFo
                                    settings)
     load = VersionLoader(artifact_dir=settings.artifact_dir, dim=settings.dim,
                          ivf_threshold=settings.ivf_threshold, nprobe=settings.nprobe,
-                         cache_dir=settings.index_cache_dir)
+                         cache_dir=settings.index_cache_dir, memory_mb=settings.index_memory_mb)
     return await _first_routing(load, in_force, settings.artifact_dir)
 
 

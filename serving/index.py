@@ -1,12 +1,19 @@
 """Nearest items by inner product over L2-normalised vectors (cosine similarity).
 
-Item ids are strings outside and int64 FAISS ids inside. Two kinds of FAISS index, chosen
-by catalog size (:func:`index_kind`) and made by ``faiss.index_factory`` with the inner
-product metric:
+Item ids are strings outside and int64 FAISS ids inside. Three kinds of FAISS index, chosen
+by catalog size and the memory the vectors may take (:func:`index_kind`) and made by
+``faiss.index_factory`` with the inner product metric:
 
 - ``flat``: ``IDMap2,Flat``, exact; fine up to tens of thousands of items.
 - ``ivf``: ``IVF{4·√N},Flat`` with a hashtable direct map, approximate; adds in ~85 µs and
   removes in ~12 µs at 1M items, so live upserts stay cheap (HNSW cannot remove).
+- ``ivf-fp16`` and ``ivf-sq8``: the same lists holding each vector as half-precision
+  floats (half the bytes) or as 8-bit codes over each dimension's trained range (a
+  quarter), for catalogs whose whole vectors do not fit the memory setting: the least
+  compression that fits is taken. Scalar codes over product-quantised ones: at 10M
+  items their recall/latency curve is the better one (bench/index_layouts.py). Vectors
+  read back from them are their decoded codes; an 8-bit component outside the range
+  trained on is clipped to it.
 
 Exclusions (seen and excluded items) never eat into the k results: a search fetches one
 more neighbour per excluded item and drops them (cheaper than a FAISS id selector, which
@@ -38,12 +45,36 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 _EPS = 1e-12
-IndexKind = Literal["flat", "ivf"]
+IndexKind = Literal["flat", "ivf", "ivf-fp16", "ivf-sq8"]
+# IVF kind -> index_factory's vector codec and bytes per vector component.
+_CODECS: dict[str, tuple[str, float]] = {"ivf": ("Flat", 4), "ivf-fp16": ("SQfp16", 2),
+                                         "ivf-sq8": ("SQ8", 1)}
 
 
-def index_kind(n_items: int, ivf_threshold: int) -> IndexKind:
-    """Exact search below `ivf_threshold` items, IVF at or above it."""
-    return "ivf" if n_items >= ivf_threshold else "flat"
+def index_kind(n_items: int, ivf_threshold: int, *, dim: int = 0,
+               memory_mb: float | None = None) -> IndexKind:
+    """Exact search below `ivf_threshold` items; IVF at or above it, storing `n_items` x
+    `dim` vectors in the least compressed codec that fits `memory_mb` (None: float32
+    always; 8-bit codes when nothing fits)."""
+    if n_items < ivf_threshold:
+        return "flat"
+    if memory_mb is None:
+        return "ivf"
+    for kind in ("ivf", "ivf-fp16"):
+        if n_items * dim * _CODECS[kind][1] <= memory_mb * 2**20:
+            return kind
+    return "ivf-sq8"
+
+
+def empty_ivf(dim: int, nlist: int, kind: IndexKind) -> faiss.Index:
+    """An untrained IVF index of `kind` with `nlist` lists (inner product). 8-bit codes
+    are of the vectors, not of their residuals from the list centroid: unit vectors'
+    components have one range, which keeps a new item's codes inside it (measured: the
+    same recall)."""
+    index = faiss.index_factory(dim, f"IVF{nlist},{_CODECS[kind][0]}", faiss.METRIC_INNER_PRODUCT)
+    if kind == "ivf-sq8":
+        faiss.downcast_index(faiss.extract_index_ivf(index)).by_residual = False
+    return index
 
 
 def ivf_lists(n_items: int) -> int:
@@ -105,10 +136,11 @@ def normalise(vectors: np.ndarray, dim: int) -> np.ndarray:
     return np.ascontiguousarray(array / norms, dtype=np.float32)
 
 
-def _trained_ivf(dim: int, training: np.ndarray, nprobe: int) -> faiss.Index:
-    """An empty IVFFlat trained on `training` [n, dim] rows, with a hashtable direct map."""
+def _trained_ivf(dim: int, training: np.ndarray, nprobe: int, kind: IndexKind) -> faiss.Index:
+    """An empty IVF index of `kind` trained on `training` [n, dim] rows (its lists, and
+    the 8-bit codec's ranges), with a hashtable direct map."""
     nlist = ivf_lists(len(training))
-    ivf = faiss.index_factory(dim, f"IVF{nlist},Flat", faiss.METRIC_INNER_PRODUCT)
+    ivf = empty_ivf(dim, nlist, kind)
     sample = training
     most = 64 * nlist  # k-means needs ~40-256 points per list; more only costs time
     if len(training) > most:
@@ -132,14 +164,14 @@ class ItemIndex:
 
     def __init__(self, dim: int, *, kind: IndexKind = "flat", nprobe: int = 8,
                  training: np.ndarray | None = None) -> None:
-        """An empty index; an ``ivf`` one is trained on `training` rows [n, dim] first."""
+        """An empty index; an IVF one is trained on `training` rows [n, dim] first."""
         self.dim = dim
         self.kind: IndexKind = kind
         self.nprobe = nprobe
-        if kind == "ivf":
+        if kind != "flat":
             if training is None or len(training) == 0:
-                raise ValueError("an ivf index needs training vectors")
-            self._index = _trained_ivf(dim, normalise(training, dim), nprobe)
+                raise ValueError(f"an {kind} index needs training vectors")
+            self._index = _trained_ivf(dim, normalise(training, dim), nprobe, kind)
         else:
             self._index = faiss.index_factory(dim, "IDMap2,Flat", faiss.METRIC_INNER_PRODUCT)
         self._ids: dict[str, int] = {}  # item id -> FAISS id
@@ -150,35 +182,39 @@ class ItemIndex:
 
     @classmethod
     def build(cls, dim: int, item_ids: Sequence[str], vectors: np.ndarray, *,
-              ivf_threshold: int, nprobe: int, cache_dir: Path | None = None) -> ItemIndex:
-        """An index of the kind that suits the catalog size, holding `vectors`.
+              ivf_threshold: int, nprobe: int, cache_dir: Path | None = None,
+              memory_mb: float | None = None) -> ItemIndex:
+        """An index of the kind that suits the catalog size and `memory_mb` (the most the
+        vectors may take stored whole; :func:`index_kind`), holding `vectors`.
 
         With `cache_dir`, a built IVF index is kept there as a FAISS file named by a hash
         of its ids and vectors, and later builds of the same rows read it instead of
         training again: the workers of one server share one build, and a restart skips it.
         """
-        kind = index_kind(len(item_ids), ivf_threshold)
+        kind = index_kind(len(item_ids), ivf_threshold, dim=dim, memory_mb=memory_mb)
         rows = normalise(vectors, dim) if len(item_ids) else np.empty((0, dim), np.float32)
-        if kind == "ivf" and cache_dir is not None and len(set(item_ids)) == len(item_ids):
-            return cls._cached(dim, list(item_ids), rows, nprobe, cache_dir)
+        if kind != "flat" and cache_dir is not None and len(set(item_ids)) == len(item_ids):
+            return cls._cached(dim, kind, list(item_ids), rows, nprobe, cache_dir)
         return cls._built(dim, kind, item_ids, rows, nprobe)
 
     @classmethod
     def _built(cls, dim: int, kind: IndexKind, item_ids: Sequence[str], rows: np.ndarray,
                nprobe: int) -> ItemIndex:
-        index = cls(dim, kind=kind, nprobe=nprobe, training=rows if kind == "ivf" else None)
+        index = cls(dim, kind=kind, nprobe=nprobe, training=rows if kind != "flat" else None)
         if len(item_ids):
             index.upsert(item_ids, rows)
         log.info("%s index of %s items (dimension %s)", kind, len(index), dim)
         return index
 
     @classmethod
-    def _cached(cls, dim: int, item_ids: list[str], rows: np.ndarray, nprobe: int,
+    def _cached(cls, dim: int, kind: IndexKind, item_ids: list[str], rows: np.ndarray, nprobe: int,
                 cache_dir: Path) -> ItemIndex:
-        """The IVF index of `rows` (unique `item_ids`, FAISS id = row) from `cache_dir`, built
-        and written there first if no process has yet; one process builds at a time."""
+        """The IVF index of `kind` of `rows` (unique `item_ids`, FAISS id = row) from
+        `cache_dir`, built and written there first if no process has yet; one process
+        builds at a time."""
         digest = hashlib.blake2b(digest_size=16)
-        digest.update(f"{_CACHE_FORMAT}:{dim}:{ivf_lists(len(rows))}:{len(item_ids)}\n".encode())
+        layout = "" if kind == "ivf" else f"{kind}:"  # the IVFFlat files of before keep their names
+        digest.update(f"{_CACHE_FORMAT}:{layout}{dim}:{ivf_lists(len(rows))}:{len(item_ids)}\n".encode())
         digest.update("\0".join(item_ids).encode())
         digest.update(np.ascontiguousarray(rows).data)
         path = cache_dir / f"ivf-{digest.hexdigest()}.faiss"
@@ -187,7 +223,7 @@ class ItemIndex:
             lock = open(cache_dir / f"{path.name}.lock", "w")
         except OSError as error:
             log.warning("index cache %s not usable (%s): building without it", cache_dir, error)
-            return cls._built(dim, "ivf", item_ids, rows, nprobe)
+            return cls._built(dim, kind, item_ids, rows, nprobe)
         with lock:
             fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or the process dies
             for stale in cache_dir.glob(f"{path.name}.*.partial"):  # a writer that died
@@ -199,13 +235,13 @@ class ItemIndex:
                     log.warning("unreadable index cache %s (%s): building again", path, error)
                 else:
                     if stored.ntotal == len(item_ids) and stored.d == dim:
-                        log.info("ivf index of %s items (dimension %s) read from %s",
-                                 len(item_ids), dim, path)
+                        log.info("%s index of %s items (dimension %s) read from %s",
+                                 kind, len(item_ids), dim, path)
                         os.utime(path)  # in use: the last to be evicted
-                        return cls._adopt(dim, stored, item_ids, nprobe)
+                        return cls._adopt(dim, kind, stored, item_ids, nprobe)
                     log.warning("index cache %s holds %s rows of dimension %s, expected %s of %s: "
                                 "building again", path, stored.ntotal, stored.d, len(item_ids), dim)
-            index = cls._built(dim, "ivf", item_ids, rows, nprobe)
+            index = cls._built(dim, kind, item_ids, rows, nprobe)
             partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
             try:
                 faiss.write_index(index._index, str(partial))
@@ -218,10 +254,11 @@ class ItemIndex:
             return index
 
     @classmethod
-    def _adopt(cls, dim: int, stored: faiss.Index, item_ids: list[str], nprobe: int) -> ItemIndex:
+    def _adopt(cls, dim: int, kind: IndexKind, stored: faiss.Index, item_ids: list[str],
+               nprobe: int) -> ItemIndex:
         """An IVF ItemIndex around a read FAISS index whose id i is item_ids[i]."""
         index = cls.__new__(cls)
-        index.dim, index.kind, index.nprobe = dim, "ivf", nprobe
+        index.dim, index.kind, index.nprobe = dim, kind, nprobe
         _tune(stored, nprobe)  # its hashtable direct map comes with the file
         index._index = stored
         index._ids = {item_id: n for n, item_id in enumerate(item_ids)}

@@ -34,12 +34,13 @@ log = logging.getLogger(__name__)
 
 
 def build_model(version_dir: Path, version: str, *, ivf_threshold: int, nprobe: int,
-                cache_dir: Path | None = None) -> Model:
+                cache_dir: Path | None = None, memory_mb: float | None = None) -> Model:
     """Read one version's item vectors and index them (blocking: call in a thread)."""
     state = load_version(version_dir, version)
     try:
         index = ItemIndex.build(state.dim, state.item_ids, state.vectors,
-                                ivf_threshold=ivf_threshold, nprobe=nprobe, cache_dir=cache_dir)
+                                ivf_threshold=ivf_threshold, nprobe=nprobe, cache_dir=cache_dir,
+                                memory_mb=memory_mb)
     except ValueError as error:
         raise ArtifactError(f"model {version}: {error}") from error
     return Model(version, index)
@@ -80,12 +81,13 @@ class VersionLoader:
     """Reads a version's artifact and builds its index in a worker thread."""
 
     def __init__(self, *, artifact_dir: Path, dim: int, ivf_threshold: int, nprobe: int,
-                 cache_dir: Path | None) -> None:
+                 cache_dir: Path | None, memory_mb: float | None = None) -> None:
         self.artifact_dir = artifact_dir
         self._dim = dim
         self._ivf_threshold = ivf_threshold
         self._nprobe = nprobe
         self._cache_dir = cache_dir
+        self._memory_mb = memory_mb
 
     def uri(self, version: str, uri: str) -> str:
         """`uri`, or the version's directory in the artifact store."""
@@ -97,7 +99,7 @@ class VersionLoader:
         uri = self.uri(version, uri)
         model = await asyncio.to_thread(build_model, artifact_path(uri), version,
                                         ivf_threshold=self._ivf_threshold, nprobe=self._nprobe,
-                                        cache_dir=self._cache_dir)
+                                        cache_dir=self._cache_dir, memory_mb=self._memory_mb)
         gc.freeze()  # the new index's maps live as long as the version: out of the collector's passes
         return Model(version, model.index, uri)
 

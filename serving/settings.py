@@ -182,6 +182,11 @@ class ServingSettings(BaseSettings, TopicLayout, KafkaSecurity, RedisSecurity):
     ivf_threshold: int = Field(
         default=50_000, ge=1, description="catalog size from which the index is IVF, not exact"
     )
+    index_memory_mb: float | None = Field(
+        default=2048, gt=0,
+        description="most memory an IVF index's vectors may take stored whole, per worker; a "
+        "larger catalog is stored as 8-bit codes (ivf-sq8, a quarter); None: always whole",
+    )
     nprobe: int = Field(
         default=32, ge=1, le=65_536,
         description="IVF lists searched per query (of 4·√N; 32 keeps recall@10 >= 0.95 at 1M items, 64-d)",
