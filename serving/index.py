@@ -73,7 +73,7 @@ def empty_ivf(dim: int, nlist: int, kind: IndexKind) -> faiss.Index:
     same recall)."""
     index = faiss.index_factory(dim, f"IVF{nlist},{_CODECS[kind][0]}", faiss.METRIC_INNER_PRODUCT)
     if kind == "ivf-sq8":
-        faiss.downcast_index(faiss.extract_index_ivf(index)).by_residual = False
+        faiss.downcast_index(faiss.extract_index_ivf(index)).by_residual = False  # type: ignore[attr-defined]
     return index
 
 
