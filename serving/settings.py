@@ -185,11 +185,13 @@ class ServingSettings(BaseSettings, TopicLayout, KafkaSecurity, RedisSecurity):
     index_memory_mb: float | None = Field(
         default=2048, gt=0,
         description="most memory an IVF index's vectors may take stored whole, per worker; a "
-        "larger catalog is stored as 8-bit codes (ivf-sq8, a quarter); None: always whole",
+        "larger catalog is stored as half-precision floats (ivf-fp16), or as 8-bit codes "
+        "(ivf-sq8, a quarter) when those do not fit either; None: always whole",
     )
     nprobe: int = Field(
         default=32, ge=1, le=65_536,
-        description="IVF lists searched per query (of 4·√N; 32 keeps recall@10 >= 0.95 at 1M items, 64-d)",
+        description="IVF lists searched per query (of 4·√N; 32 keeps recall@10 >= 0.95 up to 1M "
+        "items, 64-d; 10M items need 256: bench/README.md, Index layouts at 10M items)",
     )
     # The social candidate source (contracts/social.py). tau and the type weights must be
     # those the streams worker writes the social feeds with (the same defaults).
