@@ -1,7 +1,7 @@
 """Throughput of one streams worker on a MovieLens-1M replay, against the raw consume rate
 of the same topic by a plain client, measured in the same run.
 
-    .venv/bin/python -m bench.streams [--events 300000] [--profile worker.prof]
+    .venv/bin/python -m bench.streams [--events 300000] [--workers 1] [--profile worker.prof]
 
 Needs Kafka and Redis up (``make infra-up``). Steps, in a private namespace
 (``bench/stack.py``): a first worker embeds the MovieLens-1M catalog (3,883 items) and
@@ -11,8 +11,12 @@ second worker of the same consumer group starts, loads the catalog and its vecto
 drains the topic, updating every user's history, ``seen``/``acts``, popular/trending and
 user vector. Its rate is taken from the timestamps of its own ``events.enriched``
 records (first to last), so start-up is not counted; the wall time from "Ready" to the
-last output is reported too. Writes ``bench/results/streams.json``, keeping the
-freshness figures of ``bench.freshness`` (run that one for them).
+last output is reported too. With ``--workers N`` that many workers of the group drain the
+topic together (each its own state directory; the events partitions split between them);
+their start-up overlaps the first outputs, so the steady rate between the 10th and the
+90th percentile of the output times is reported beside the first-to-last one. Writes
+``--out`` (``bench/results/streams.json``), keeping the freshness figures of
+``bench.freshness`` (run that one for them).
 """
 
 from __future__ import annotations
@@ -80,7 +84,7 @@ async def raw_consume(kafka: str, topic: str, count: int) -> float:
 
 
 async def output_times(kafka: str, topics: list[str], count: int, timeout_s: float,
-                       alive: Child) -> list[int]:
+                       *alive: Child) -> list[int]:
     """Record timestamps (ms) of the first `count` records of `topics` together."""
     consumer = AIOKafkaConsumer(bootstrap_servers=kafka, group_id=None, enable_auto_commit=False,
                                 auto_offset_reset="earliest", isolation_level="read_committed")
@@ -96,7 +100,8 @@ async def output_times(kafka: str, topics: list[str], count: int, timeout_s: flo
                 for records in batches.values():
                     times.extend(record.timestamp for record in records)
                     bar.update(len(records))
-                alive.check_alive()
+                for child in alive:
+                    child.check_alive()
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"only {len(times)} of {count} outputs after {timeout_s} s")
     finally:
@@ -136,7 +141,9 @@ def main() -> None:
     parser.add_argument("--kafka", default="127.0.0.1:9092")
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/0")
     parser.add_argument("--events", type=int, default=300_000, help="ratings to replay")
-    parser.add_argument("--profile", type=Path, help="cProfile the draining worker to this file")
+    parser.add_argument("--workers", type=int, default=1, help="workers draining the topic together")
+    parser.add_argument("--profile", type=Path, help="cProfile the (first) draining worker to this file")
+    parser.add_argument("--out", type=Path, default=RESULTS / "streams.json")
     parser.add_argument("--env", action="append", default=[],
                         help="extra worker setting NAME=VALUE (repeatable)")
     args = parser.parse_args()
@@ -169,21 +176,29 @@ def main() -> None:
             raw = asyncio.run(raw_consume(args.kafka, stack.topics["events"], len(events)))
             print(f"reference: plain aiokafka consumer {raw:,.0f} records/s")
 
-            drain = Child("streams", stack.streams.env, Path(workdir) / "drain.log")
+            # The first drains with the catalog worker's state directory; others restore theirs.
+            drains = [Child("streams", {**stack.streams.env, **({} if n == 0 else {
+                "STREAMREC_STREAMS_DATADIR": str(Path(workdir) / f"streams-data-{n}")})},
+                Path(workdir) / f"drain-{n}.log") for n in range(args.workers)]
             if args.profile:
-                drain.python_args = ["-m", "cProfile", "-o", str(args.profile.resolve())]
-            drain.start()
-            drain.wait_for_log(READY, 300)
+                drains[0].python_args = ["-m", "cProfile", "-o", str(args.profile.resolve())]
+            for drain in drains:
+                drain.start()
+            for drain in drains:
+                drain.wait_for_log(READY, 300)
             ready = time.time()
-            url = re.search(r"metrics on (http://\S+/metrics)", drain.log())
+            urls = [re.search(r"metrics on (http://\S+/metrics)", drain.log()) for drain in drains]
             times = asyncio.run(output_times(
                 args.kafka, [stack.topics["enriched"], stack.topics["dlq"]], len(events), 1800,
-                drain,
+                *drains,
             ))
-            metrics = scrape(url.group(1)) if url else {}
+            scraped = [scrape(url.group(1)) for url in urls if url]
+            metrics = {name: sum(values.get(name, 0.0) for values in scraped)
+                       for name in set().union(*scraped)} if scraped else {}
             vectors = sum(1 for _ in client.scan_iter(match=RedisKeys(stack.redis_prefix).user_vector("*"),
                                                       count=10_000))
-            drain.stop(timeout_s=120)
+            for drain in drains:
+                drain.stop(timeout_s=120)
             cpu_after = cpu_reference_s()
         finally:
             stack.stop()
@@ -192,9 +207,11 @@ def main() -> None:
 
     sustained = (len(times) - 1) / ((times[-1] - times[0]) / 1000.0)
     wall = len(times) / (times[-1] / 1000.0 - ready)
+    low, high = times[len(times) // 10], times[len(times) * 9 // 10]
+    steady = (len(times) * 9 // 10 - len(times) // 10) / max((high - low) / 1000.0, 1e-3)
     previous = {}
-    if (RESULTS / "streams.json").is_file():
-        previous = json.loads((RESULTS / "streams.json").read_text())
+    if args.out.is_file():
+        previous = json.loads(args.out.read_text())
     freshness = previous.get("freshness_ms")
     if (RESULTS / "freshness.json").is_file():
         measured = json.loads((RESULTS / "freshness.json").read_text())["freshness_ms"]
@@ -203,6 +220,8 @@ def main() -> None:
         "events_per_s": round(sustained),
         "raw_consume_per_s": round(raw),
         "ratio": round(sustained / raw, 3),
+        "workers": args.workers,
+        "steady_p10_p90_events_per_s": round(steady),
         "freshness_ms": freshness,
         "events": len(events),
         "users": users,
@@ -220,8 +239,8 @@ def main() -> None:
         "cpu_reference_s": {"before": round(cpu_before, 3), "after": round(cpu_after, 3)},
         "load_average_1m_after": round(os.getloadavg()[0], 2),
     }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "streams.json").write_text(json.dumps(result, indent=2) + "\n")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
 
 
