@@ -36,6 +36,15 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _as_from_a_terminal() -> None:
+    """Start the demo with Ctrl-C's and TERM's default handling and neither blocked, as a
+    terminal's shell does: a shell that starts with a signal ignored cannot trap it, and
+    the test process may hold either from code run earlier in the same session."""
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+
+
 def test_ctrl_c_stops_everything_the_demo_started(tmp_path: Path) -> None:
     python = tmp_path / "python"
     python.write_text(STAND_IN)
@@ -45,7 +54,7 @@ def test_ctrl_c_stops_everything_the_demo_started(tmp_path: Path) -> None:
            "DEMO_STOP_WAIT_S": "3", "PIDS": str(pids), "DEMO_DATA_DIR": str(tmp_path / "data")}
     demo = subprocess.Popen(["bash", str(ROOT / "scripts" / "demo.sh")], env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=_as_from_a_terminal)
     ready = threading.Event()
     output: list[str] = []
 
