@@ -52,8 +52,6 @@ sys.path.insert(0, str(ROOT))
 from bench.serving import clustered, user_vectors  # noqa: E402
 from serving.index import empty_ivf, ivf_lists  # noqa: E402
 
-SERVER_NPROBE = 32  # serving.settings.ServingSettings.nprobe's default
-
 
 def rss_bytes() -> int:
     """This process's resident set size, from /proc."""
