@@ -129,6 +129,8 @@ def create_app(
         session_timeout_s=settings.session_timeout_s,
     )
     transactions.after_commit = events_handler.committed
+    online.before_read_back = transactions.flush
+    online.on_lost_vectors = events_handler.note_lost_vectors
     app.add_dependency(consumer)
     metrics.use_model(live.version)
 

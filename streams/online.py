@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol, TypeVar
@@ -109,6 +110,19 @@ return #KEYS
 """
 
 log = logging.getLogger(__name__)
+
+# How far before a lost record's first write a read-back of the log starts (clock skew
+# between this host and the brokers, whose log append time a topic may keep).
+RECOVERY_MARGIN_MS = 60_000
+
+
+class Recovery(Protocol):
+    """Reads back the touches of records whose effects a failed master lost
+    (:class:`streams.recovery.EnrichedLog`): partition -> (first, newest) offset lost;
+    `since_ms` bounds the log time of the first (0: unknown)."""
+
+    async def touches(self, lost: Mapping[int, tuple[int, int]], *,
+                      since_ms: int) -> list[Touch]: ...
 
 
 class Touch(NamedTuple):
@@ -286,7 +300,8 @@ class OnlineState(Service):
     ``source_topic`` (the events topic) name the events' applied offsets. With `fanout`,
     a batch's acts are also written into their actors' followers' feeds. With
     ``user_ttl_s``, a user's keys (:func:`user_keys`) expire that long after the last batch
-    in which they acted (0: never)."""
+    in which they acted (0: never). On a cluster, a `recovery` reads back from the log
+    what a failed master lost (:meth:`_write_slots`)."""
 
     def __init__(
         self,
@@ -302,6 +317,7 @@ class OnlineState(Service):
         user_ttl_s: int = 0,
         fanout: Fanout | None = None,
         on_fanout: Callable[[FanoutCounts], None] | None = None,
+        recovery: Recovery | None = None,
         **kwargs: object,
     ) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]
@@ -334,6 +350,13 @@ class OnlineState(Service):
                            "trending": SCRIPT, "expire": EXPIRE_SCRIPT})
         self._group = group
         self._source_topic = source_topic
+        self._recovery = recovery
+        # Set by the app: delivers the outputs already sent, before a read-back of the
+        # log; and takes the users whose vector a failover may have set back (partition,
+        # user id), to embed them again.
+        self.before_read_back: Callable[[], Awaitable[None]] | None = None
+        self.on_lost_vectors: Callable[[list[tuple[int, str]]], None] | None = None
+        self.recovered = 0  # touches read back and applied again after a failover
         # The retry wraps a whole write, not the client: a write is an optimistic
         # transaction (WATCH, read the applied offsets, MULTI/EXEC) that must start over
         # on a new connection, which redis-py's client retry does not do for a watching
@@ -444,9 +467,9 @@ class OnlineState(Service):
 
     def regressed(self) -> dict[int, int]:
         """On a cluster: partition -> the lowest offset whose effects a failed-over master
-        may have lost (a slot's fence found below what this writer applied); empty when
-        none or on a single Redis. Reading those partitions again from there rebuilds
-        what was lost: the fences make everything else a no-op."""
+        lost (a slot's fence found below what this writer applied); empty when none or
+        on a single Redis. With a `recovery` those records were read back and applied
+        again in the slots that lost them (:attr:`recovered` counts them)."""
         return dict(self._slots.regressed) if self._slots is not None else {}
 
     async def applied(self) -> dict[int, int]:
@@ -528,23 +551,66 @@ class OnlineState(Service):
 
     async def _write_slots(self, touches: Sequence[Touch], vectors: Sequence[UserVector]) -> int:
         """:meth:`write` on a cluster: every slot's share at once, again for the slots whose
-        fence was not as this writer believed, until each is applied."""
+        fence was not as this writer believed, until each is applied. A slot whose fence
+        went back (a failover lost writes) gets, with `recovery`, the lost records read
+        back from the log in that share, before its fence moves past them."""
         assert self._slots is not None
         applied, todo = 0, None
+        again: list[Touch] = []
+        if self._slots.suspect:
+            went_back = await self._slots.verify()
+            if went_back and self._recovery is not None:
+                again = await self._read_back(self._slots.take_lost(went_back))
         while True:
-            shares = self._shares(touches, vectors, only=todo)
-            done, stale = await self._slots.apply(shares)
+            shares = self._shares([*again, *touches], vectors, only=todo, again=len(again))
+            try:
+                done, stale = await self._slots.apply(shares)
+            except REDIS_ERRORS:
+                self._slots.suspect = True
+                raise
             applied += done
             if not stale:
+                if again:
+                    self._lost_vectors(again, vectors)
                 return applied
             todo = stale
+            if self._recovery is not None:
+                lost = self._slots.take_lost(stale)
+                if lost:
+                    again += await self._read_back(lost)
+
+    async def _read_back(self, lost: Mapping[int, tuple[int, int]]) -> list[Touch]:
+        """The touches of the `lost` records (partition -> offsets), from the log."""
+        assert self._recovery is not None and self._slots is not None
+        since = min(self._slots.first_applied_ms(p, first) for p, (first, _) in lost.items())
+        started = time.monotonic()
+        if self.before_read_back is not None:
+            await self.before_read_back()
+        found = await self._recovery.touches(
+            lost, since_ms=max(since - RECOVERY_MARGIN_MS, 0) if since else 0)
+        self.recovered += len(found)
+        log.warning("read back %s accepted records of offsets %s lost with a failed master "
+                    "in %.2f s; applying them again", len(found),
+                    {p: f"{a}-{b}" for p, (a, b) in sorted(lost.items())},
+                    time.monotonic() - started)
+        return found
+
+    def _lost_vectors(self, again: Sequence[Touch], vectors: Sequence[UserVector]) -> None:
+        """The users of read-back records whose vector this batch did not write: their
+        vector in Redis may be older than their state."""
+        written = {v.user_id for v in vectors}
+        users = sorted({(t.partition, t.user_id) for t in again if t.user_id not in written})
+        if users and self.on_lost_vectors is not None:
+            self.on_lost_vectors(users)
 
     def _shares(self, touches: Sequence[Touch], vectors: Sequence[UserVector], *,
-                only: set[int] | None) -> list[Share]:
+                only: set[int] | None, again: int = 0) -> list[Share]:
         """Each slot's share of a batch (of the slots in `only`, when given), checked
         against what the writer believes of its fence. A slot holds users' keys, and maybe
         the popular set or a trending window's: the records relevant to it are its users'
-        and, with a global set, all of them."""
+        and, with a global set, all of them. The first `again` touches are records read
+        back after a failover: applied, not counted."""
+        recovered = {(t.partition, t.offset) for t in touches[:again]}
         assert self._slots is not None
         keys = self.keys
         by_slot: dict[int, list[Touch]] = {}
@@ -580,7 +646,8 @@ class OnlineState(Service):
                                    windows=windows)
             checks = [(p, believed.get(p, -1), max(believed.get(p, -1), newest.get(p, -1)))
                       for p in sorted({t.partition for t in relevant})]
-            shares.append(Share(slot, checks, calls, fresh=len(users_fresh)))
+            shares.append(Share(slot, checks, calls, fresh=sum(
+                (t.partition, t.offset) not in recovered for t in users_fresh)))
         return shares
 
     async def _delete_in_slot(self, user_id: str, partition: int, offset: int) -> Removed:

@@ -24,9 +24,12 @@ arguments, plus ``hset`` (a user vector) and ``del`` (a user's deletion).
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import json
 import logging
+import time
+from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -34,6 +37,11 @@ from typing import Any, NamedTuple
 from redis.exceptions import NoScriptError
 
 log = logging.getLogger(__name__)
+
+# Newest applied offsets remembered per partition with their time (one per batch), for
+# where a read-back of lost records starts in the log; a loss older than the last
+# MOVES_KEPT batches is read back from the log's start.
+MOVES_KEPT = 10_000
 
 HSET_FUNCTION = "redis.call('HSET', KEYS[1], unpack(ARGV))\nreturn 1"
 DEL_FUNCTION = "return redis.call('DEL', unpack(KEYS))"
@@ -133,18 +141,78 @@ class SlotWriter:
         self._fence_key = fence_key  # slot -> the fence's key
         self.fences: dict[int, dict[int, int]] = {}
         self.regressed: dict[int, int] = {}  # partition -> offset to read again from
+        # slot -> partition -> (first, newest) offset whose effects in the slot were lost
+        self.lost: dict[int, dict[int, tuple[int, int]]] = {}
+        # partition -> (newest offset, wall ms before it was applied) of each applied
+        # share, oldest first; and the newest offset that fell out of it
+        self._moves: dict[int, deque[tuple[int, int]]] = {}
+        self._forgotten: dict[int, int] = {}
+        # A write failed: a master may have failed over, so every fence this writer
+        # knows is read again (:meth:`verify`) before the next write.
+        self.suspect = False
 
     def _note_regressions(self, slot: int, held: Mapping[int, int]) -> None:
         """A fence below what this writer applied: the slot's master died before its
-        replica had those writes. Their records must be read again from the partition:
-        :attr:`regressed` keeps, per partition, the lowest offset to read again from."""
+        replica had those writes. Their records must be applied again in this slot:
+        :attr:`lost` keeps their offsets per slot and partition until taken
+        (:meth:`take_lost`), :attr:`regressed` per partition the lowest offset lost."""
         for partition, believed in self.fences.get(slot, {}).items():
             now = held.get(partition, -1)
             if now < believed:
                 log.warning("slot %s's fence of partition %s went back from %s to %s (writes "
                             "lost with a failed master): its records above %s are to be "
-                            "read again", slot, partition, believed, now, now)
+                            "applied again", slot, partition, believed, now, now)
                 self.regressed[partition] = min(self.regressed.get(partition, now + 1), now + 1)
+                spans = self.lost.setdefault(slot, {})
+                first, newest = spans.get(partition, (now + 1, believed))
+                spans[partition] = (min(first, now + 1), max(newest, believed))
+
+    def take_lost(self, slots: set[int]) -> dict[int, tuple[int, int]]:
+        """The lost offsets of `slots` per partition, merged, no longer kept."""
+        merged: dict[int, tuple[int, int]] = {}
+        for slot in sorted(slots & set(self.lost)):
+            for partition, (first, newest) in self.lost.pop(slot).items():
+                was = merged.get(partition, (first, newest))
+                merged[partition] = (min(was[0], first), max(was[1], newest))
+        return merged
+
+    def first_applied_ms(self, partition: int, offset: int) -> int:
+        """Wall time (ms) just before this writer first applied an offset at or above
+        `offset` of `partition`; 0 when it no longer remembers (or never did)."""
+        moves = self._moves.get(partition)
+        if not moves or offset <= self._forgotten.get(partition, -1):
+            return 0
+        at = bisect.bisect_left(moves, (offset, -1))
+        return moves[at][1] if at < len(moves) else 0
+
+    def _moved(self, partition: int, offset: int, at_ms: int) -> None:
+        moves = self._moves.setdefault(partition, deque())
+        if moves and moves[-1][0] >= offset:
+            return
+        if len(moves) >= MOVES_KEPT:
+            self._forgotten[partition] = moves.popleft()[0]
+        moves.append((offset, at_ms))
+
+    async def verify(self) -> set[int]:
+        """Read every fence this writer knows again (pipelined per node) and take them as
+        they are; the slots whose fence went back, their lost offsets noted. A slot that
+        no later batch touches would otherwise keep its loss unseen."""
+        slots = sorted(self.fences)
+        async with self._client.pipeline(transaction=False) as pipe:
+            for slot in slots:
+                pipe.hgetall(self._fence_key(slot))
+            replies = await pipe.execute()
+        went_back = set()
+        for slot, raw in zip(slots, replies, strict=True):
+            held = parse_offsets(raw, self._topic)
+            if any(held.get(p, -1) < o for p, o in self.fences[slot].items()):
+                went_back.add(slot)
+                self._note_regressions(slot, held)
+            self.fences[slot] = held
+        self.suspect = False
+        if went_back:
+            log.warning("fences of %s slots went back after a failed write", len(went_back))
+        return went_back
 
     def fence(self, slot: int) -> dict[int, int]:
         """What the writer believes of the slot's fence (empty: none)."""
@@ -167,6 +235,7 @@ class SlotWriter:
         the first Redis error after taking in every answer that came."""
         applied, stale = 0, set()
         pending = list(shares)
+        sent_ms = int(time.time() * 1000)
         while pending:
             async with self._client.pipeline(transaction=False) as pipe:
                 for share in pending:
@@ -183,6 +252,7 @@ class SlotWriter:
                     fence = self.fences.setdefault(share.slot, {})
                     for partition, _, new in share.checks:
                         fence[partition] = max(fence.get(partition, -1), new)
+                        self._moved(partition, new, sent_ms)
                     applied += share.fresh
                 else:
                     raw = reply[1]

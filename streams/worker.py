@@ -23,6 +23,7 @@ from streams.live import EncoderOptions, LiveModel, load_model, pretrained_dir
 from streams.metrics import MetricsServer, StreamsMetrics
 from streams.model import choose_model
 from streams.online import Caps, OnlineState
+from streams.recovery import EnrichedLog
 from streams.relations import RelationsConsumer
 from streams.releases import ModelReleases
 from streams.settings import StreamsSettings
@@ -42,7 +43,9 @@ def fanout(settings: StreamsSettings) -> Fanout:
 def online_state(settings: StreamsSettings, client: Redis,
                  metrics: StreamsMetrics | None = None) -> OnlineState:
     """The Redis writer with the settings' key prefix, caps, trending windows, fan-out and
-    retries; on a Redis Cluster without the fan-out (:mod:`streams.online`)."""
+    retries; on a Redis Cluster without the fan-out, and reading back from the enriched
+    events what a failed master lost (:mod:`streams.online`, :mod:`streams.recovery`)."""
+    cluster = isinstance(client, RedisCluster)
     return OnlineState(
         client,
         keys=RedisKeys(settings.redis_prefix),
@@ -54,8 +57,11 @@ def online_state(settings: StreamsSettings, client: Redis,
         retry_initial_s=settings.redis_retry_initial_s,
         retry_max_s=settings.redis_retry_max_s,
         user_ttl_s=settings.user_ttl_s,
-        fanout=None if isinstance(client, RedisCluster) else fanout(settings),
+        fanout=None if cluster else fanout(settings),
         on_fanout=metrics.fanned_out if metrics is not None else None,
+        recovery=EnrichedLog(bootstrap_servers=settings.bootstrap_servers(),
+                             topic=settings.topic_enriched, source_topic=settings.topic_events,
+                             security=settings) if cluster else None,
     )
 
 

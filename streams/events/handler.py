@@ -64,6 +64,7 @@ class EventsHandler:
         self._clock = clock
         self.waiting = waiting
         self._restored: list[UserKey] = []  # waiting for nothing, but is their vector there?
+        self._lost: set[UserKey] = set()  # vectors a Redis failover may have set back
         # Partition -> newest offset of a deletion receipt in Redis, until it commits past it.
         self._receipts: dict[int, int] = {}
         self.accepted = 0
@@ -210,10 +211,16 @@ class EventsHandler:
                 if history and not missing:
                     self._restored.append((partition, user_id))
 
+    def note_lost_vectors(self, users: Iterable[UserKey]) -> None:
+        """`users` may have an older vector in Redis than their state (writes lost with a
+        failed master): :meth:`embed_waiting` embeds them again."""
+        self._lost.update(users)
+
     async def embed_waiting(self) -> int:
         """Embed again, between batches, the users waiting for the items that got vectors
-        since the last call (every user of the store if the waiting set overflowed), and
-        the restored users without a vector of the version in use."""
+        since the last call (every user of the store if the waiting set overflowed), the
+        restored users without a vector of the version in use, and the users whose vector
+        a Redis failover set back."""
         users: set[UserKey] = set()
         if self._restored:
             restored, self._restored = self._restored, []
@@ -227,6 +234,9 @@ class EventsHandler:
                 version = self._live.version
                 users.update(u for u, found in zip(restored, versions, strict=True)
                              if found != version)
+        if self._lost:
+            users |= self._lost  # a user whose partition went elsewhere has no history here
+            self._lost = set()
         arrived = self._catalog.take_arrived()
         if arrived and self.waiting.overflowed:
             log.warning("more than %s users wait for item vectors: re-embedding all %s",

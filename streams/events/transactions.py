@@ -116,6 +116,14 @@ class Transactions(Service):
                 log.warning("last commit failed (%r); the next owner reads those records "
                             "again", error)
 
+    async def flush(self) -> None:
+        """Wait until every record sent so far is in the log (committed or not)."""
+        for producer in list(self._producers.values()):
+            try:
+                await producer.flush()
+            except KafkaError as error:
+                await self._fail(error)
+
     async def send_many(self, partition: int, outputs: Sequence[Output]) -> None:
         """Add records to the open transaction of `partition` (of the source topic), one
         record batch per output partition; records of a partition this worker no longer

@@ -8,18 +8,25 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import signal
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import cast
 
 import pytest
+from aiokafka import AIOKafkaProducer
+from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 from redis.cluster import RedisCluster
 
 from contracts.online import RedisKeys
 from contracts.security import async_redis_client, redis_client
+from protos import events_pb2
 from streams.online import Caps, OnlineState, Touch
+from streams.recovery import EnrichedLog
 from streams.trending import Window
 
 pytestmark = [pytest.mark.integration, pytest.mark.cluster, pytest.mark.slow]
@@ -78,6 +85,32 @@ def wait_ok(url: str, timeout_s: float = 60.0) -> None:
         time.sleep(0.2)
 
 
+async def close(cluster: Redis, single: Redis, keys: RedisKeys) -> None:
+    """Delete the test's keys from both and close the clients."""
+    async for name in cluster.scan_iter(match=f"{keys.prefix}*"):
+        await cluster.delete(name)
+    for name in [n async for n in single.scan_iter(match=f"{keys.prefix}*")]:
+        await single.delete(name)
+    await cluster.aclose()
+    await single.aclose()
+    await asyncio.sleep(0)
+
+
+def rejoin(url: str, port: int, timeout_s: float = 60.0) -> None:
+    """Start the killed node again and wait until it is a replica in sync with its master:
+    a replica still syncing cannot take over, so the next failover would not happen."""
+    infra("redis-cluster-start", str(port))
+    wait_ok(url)
+    node = SyncRedis(port=port)
+    deadline = time.monotonic() + timeout_s
+    try:
+        while node.info("replication").get("master_link_status") != "up":
+            assert time.monotonic() < deadline, f"node {port} did not sync with its master"
+            time.sleep(0.2)
+    finally:
+        node.close()
+
+
 async def test_writes_resume_after_a_master_dies_and_a_replay_rebuilds_one_clean_pass(
     redis_cluster_url: str, redis_url: str, unique: str, caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -115,12 +148,101 @@ async def test_writes_resume_after_a_master_dies_and_a_replay_rebuilds_one_clean
         assert replayed == 0 or lost, "a replay applied records that no failover lost"
     finally:
         if killed:
-            infra("redis-cluster-start", str(victim))  # rejoins as a replica
-            wait_ok(redis_cluster_url)
-        async for name in cluster.scan_iter(match=f"{keys.prefix}*"):
-            await cluster.delete(name)
-        for name in [n async for n in single.scan_iter(match=f"{keys.prefix}*")]:
-            await single.delete(name)
-        await cluster.aclose()
-        await single.aclose()
-        await asyncio.sleep(0)
+            rejoin(redis_cluster_url, victim)  # as a replica
+        await close(cluster, single, keys)
+
+
+def replica_of(url: str, master_port: int) -> int:
+    """The port of `master_port`'s replica."""
+    client = cast(RedisCluster, redis_client(url, None))
+    try:
+        nodes = client.cluster_nodes()
+    finally:
+        client.close()
+    master = next(n["node_id"] for addr, n in nodes.items() if addr.endswith(f":{master_port}"))
+    return next(int(addr.rsplit(":", 1)[1]) for addr, n in nodes.items()
+                if n.get("master_id") == master)
+
+
+def enriched_value(touch: Touch) -> bytes:
+    """What the worker logs for an accepted event: the touch's fields and its source."""
+    return events_pb2.EnrichedEvent(
+        event=events_pb2.Event(event_id=f"e{touch.partition}-{touch.offset}",
+                               user_id=touch.user_id, item_id=touch.item_id,
+                               type=touch.event_type,  # type: ignore[arg-type]
+                               timestamp_ms=touch.timestamp_ms),
+        weight=touch.popularity, source_topic="ev", source_partition=touch.partition,
+        source_offset=touch.offset).SerializeToString()
+
+
+async def test_writes_a_dead_master_took_with_it_are_read_back_from_the_log(
+    redis_cluster_url: str, redis_url: str, kafka_bootstrap: str, unique: str,
+    create_topics: Callable[..., list[str]], caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The replica of popular's master is stopped (SIGSTOP) and its link cut while batches
+    are written, so the master acknowledges writes it never replicates; then the master is
+    SIGKILLed and the replica resumed and promoted. The writer finds the fences gone back and reads the
+    lost records back from the enriched events (written after each batch, as the worker
+    does): the state equals one clean pass on a single Redis, without reading any record
+    twice into Redis or replaying the log from its start."""
+    caplog.set_level(logging.WARNING, logger="streams")
+    keys = RedisKeys(f"test-{unique}:")
+    enriched = f"enriched-{unique}"
+    create_topics([enriched], partitions=3)
+    batches = records()
+    sync = redis_client(redis_cluster_url, None)
+    assert isinstance(sync, RedisCluster)
+    victim = sync.get_node_from_key(keys.popular()).port
+    sync.close()
+    replica = replica_of(redis_cluster_url, victim)
+    replica_pid = int(SyncRedis(port=replica).info("server")["process_id"])
+    cluster = async_redis_client(redis_cluster_url, None)
+    single = Redis.from_url(redis_url)
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
+    await producer.start()
+    writer = OnlineState(cluster, keys=keys, caps=CAPS, trending=[Window("1h", 3_600_000.0)],
+                         group="g", source_topic="ev", retry_initial_s=0.05, retry_max_s=0.5,
+                         recovery=EnrichedLog(bootstrap_servers=[kafka_bootstrap],
+                                              topic=enriched, source_topic="ev", retry_s=0.5))
+    writer.before_read_back = producer.flush
+    lost_vectors: list[tuple[int, str]] = []
+    writer.on_lost_vectors = lost_vectors.extend
+    killed = stopped = False
+    try:
+        for n, batch in enumerate(batches):
+            if n == BATCHES // 3:
+                # The replica stops and its link is cut: the master's next writes are
+                # acknowledged and stay on the master alone.
+                os.kill(replica_pid, signal.SIGSTOP)
+                stopped = True
+                master = SyncRedis(port=victim)
+                master.client_kill_filter(_type="replica")
+                master.close()
+            if n == BATCHES // 3 + 5:
+                infra("redis-cluster-kill", str(victim))  # 5 acknowledged batches die with it
+                killed = True
+                os.kill(replica_pid, signal.SIGCONT)
+                stopped = False
+            await writer.write(batch, [])  # retries until the replica has taken over
+            for touch in batch:  # Redis first, then the log
+                await producer.send(enriched, key=touch.user_id.encode(),
+                                    value=enriched_value(touch))
+        wait_ok(redis_cluster_url)
+        assert writer.regressed(), "no fence went back: the failover lost nothing"
+        assert writer.recovered > 0
+        clean = online(single, keys)
+        for batch in batches:
+            await clean.write(batch, [])
+        assert await state(cluster, keys) == await state(single, keys)
+        # a second pass (a worker reading its partitions again) applies nothing
+        assert sum([await online(cluster, keys).write(batch, []) for batch in batches]) == 0
+        assert any("read back" in r.getMessage() for r in caplog.records)
+        print(f"failover of {victim}: {writer.recovered} records read back for "
+              f"{writer.regressed()}; {len(set(lost_vectors))} users to embed again")
+    finally:
+        if stopped:
+            os.kill(replica_pid, signal.SIGCONT)
+        await producer.stop()
+        if killed:
+            rejoin(redis_cluster_url, victim)  # as a replica
+        await close(cluster, single, keys)

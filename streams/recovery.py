@@ -1,0 +1,138 @@
+"""Online state lost with a failed Redis Cluster master, read back from ``events.enriched``.
+
+A master acknowledges a write before its replica has it, so a master that dies can take
+the newest writes of its slots with it while the promoted replica serves what it had. The
+slot writer (:mod:`streams.slots`) finds that out from a slot's fence, which is then below
+what it applied: partition p's records in ``(fence, applied]`` lost their effects in that
+slot. Those records were accepted, so each has an enriched event in the event log, which
+names its source partition and offset and carries all a touch needs (user, item, time,
+event type, weight). :class:`EnrichedLog` reads them back from there and the writer
+applies them again in that slot's next share, before the fence moves past them. Nothing
+is read from the events topic, no worker state changes, and only the log's tail since the
+first lost write is read: the time the writer first applied a lost offset bounds the
+enriched events' timestamps from below (each is appended after its effects were written),
+so the read starts at that time's offset in each partition (``offsets_for_times``).
+
+The read includes records of transactions not yet committed (``read_uncommitted``): the
+newest lost records may be in the worker's own open transaction, whose sends the writer
+has delivered first (``OnlineState.before_read_back``). A record read twice (an aborted transaction of an earlier
+owner, then the record's committed copy) counts once: a touch is located by its source
+partition and offset. The read ends once the newest lost record of every partition was
+found and every partition was read to its end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer
+from google.protobuf.message import DecodeError
+
+from contracts.security import KafkaSecurity, kafka_kwargs
+from protos import events_pb2
+from streams.feed import full_assignment
+from streams.online import Touch
+
+log = logging.getLogger(__name__)
+
+Lost = Mapping[int, tuple[int, int]]  # partition -> (first offset lost, newest lost)
+
+
+class EnrichedLog:
+    """Touches of lost records, from the enriched events of `topic` whose source is
+    `source_topic`. ``touches`` tries again every `retry_s` until each partition's newest
+    lost record is found: a broker away only delays the recovery, it loses nothing."""
+
+    def __init__(self, *, bootstrap_servers: list[str], topic: str, source_topic: str,
+                 security: KafkaSecurity | None = None, retry_s: float = 5.0, poll_ms: int = 500) -> None:
+        self._servers = bootstrap_servers
+        self._topic = topic
+        self._source = source_topic
+        self._security = security
+        self._retry_s = retry_s
+        self._poll_ms = poll_ms
+        self.read_records = 0  # enriched records read by the last call, for its log line
+
+    async def touches(self, lost: Lost, *, since_ms: int) -> list[Touch]:
+        """The touches of the records of `lost`, in source offset order per partition;
+        `since_ms` is when the writer first applied one of them (0: unknown, the whole
+        log is read)."""
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                found = await self._read(lost, since_ms)
+            except Exception as error:  # noqa: BLE001 - any Kafka failure is worth a retry
+                log.warning("reading back %s lost records from %s failed (attempt %s): %r; "
+                            "trying again in %.0f s", _count(lost), self._topic, attempt,
+                            error, self._retry_s)
+            else:
+                missing = {p: hi for p, (_, hi) in lost.items() if (p, hi) not in found}
+                if not missing:
+                    return [found[key] for key in sorted(found)]
+                log.warning("the newest lost records %s are not in %s yet (attempt %s); "
+                            "trying again in %.0f s", missing, self._topic, attempt,
+                            self._retry_s)
+            await asyncio.sleep(self._retry_s)
+
+    async def _read(self, lost: Lost, since_ms: int) -> dict[tuple[int, int], Touch]:
+        consumer = AIOKafkaConsumer(
+            self._topic, bootstrap_servers=self._servers, group_id=None,
+            enable_auto_commit=False, isolation_level="read_uncommitted",
+            client_id="streamrec-streams-recovery", **kafka_kwargs(self._security),
+        )
+        await consumer.start()
+        found: dict[tuple[int, int], Touch] = {}
+        self.read_records = 0
+        try:
+            partitions = await full_assignment(consumer, (self._topic,))
+            ends = await consumer.end_offsets(partitions)
+            starts = await consumer.offsets_for_times({tp: since_ms for tp in partitions})
+            todo = {}
+            for tp in partitions:
+                start = starts.get(tp)
+                if start is None or start.offset >= ends[tp]:
+                    continue
+                consumer.seek(tp, start.offset)
+                todo[tp] = ends[tp]
+            while todo:
+                batches = await consumer.getmany(*todo, timeout_ms=self._poll_ms)
+                for tp, records in batches.items():
+                    self.read_records += len(records)
+                    for record in records:
+                        touch = self._touch(record.value, lost)
+                        if touch is not None:
+                            found[touch.partition, touch.offset] = touch
+                for tp in list(todo):
+                    if await consumer.position(tp) >= todo[tp]:
+                        del todo[tp]
+        finally:
+            await consumer.stop()
+        return found
+
+    def _touch(self, value: bytes | None, lost: Lost) -> Touch | None:
+        if value is None:
+            return None
+        try:
+            enriched = events_pb2.EnrichedEvent.FromString(value)
+        except DecodeError:
+            return None  # an undecodable record of the log is no lost touch
+        span = lost.get(enriched.source_partition)
+        if enriched.source_topic != self._source or span is None \
+                or not span[0] <= enriched.source_offset <= span[1]:
+            return None
+        event = enriched.event
+        return Touch(event.user_id, event.item_id, event.timestamp_ms, enriched.weight,
+                     event.type, enriched.source_partition, enriched.source_offset)
+
+
+def _count(lost: Lost) -> int:
+    return sum(hi - lo + 1 for lo, hi in lost.values())
+
+
+def describe(lost: Lost) -> dict[str, Any]:
+    """The lost offsets, for a log line."""
+    return {str(p): f"{lo}-{hi}" for p, (lo, hi) in sorted(lost.items())}
