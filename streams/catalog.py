@@ -10,6 +10,7 @@ import logging
 
 import numpy as np
 
+from contracts.itemtext import item_text
 from protos import events_pb2
 from streams.vectors import normalise
 
@@ -25,6 +26,10 @@ class Catalog:
         self._items: dict[str, events_pb2.Item] = {}
         self._vectors: dict[str, np.ndarray] = {}
         self._arrived: set[str] = set()  # items that got their first vector, until taken
+        # Per vector of the version in use: when it was made (ms; 0: unknown), and the
+        # item text it was made from where known.
+        self._made_at: dict[str, int] = {}
+        self._texts: dict[str, str] = {}
 
     def __len__(self) -> int:
         return len(self._items)
@@ -53,8 +58,10 @@ class Catalog:
         arrived, self._arrived = self._arrived, set()
         return arrived
 
-    def switch(self, version: str, dim: int, vectors: dict[str, np.ndarray]) -> None:
-        """Use another model version: its stored vectors replace every current one."""
+    def switch(self, version: str, dim: int, vectors: dict[str, np.ndarray],
+               made_at_ms: int = 0) -> None:
+        """Use another model version: its stored vectors (made at `made_at_ms`) replace
+        every current one."""
         kept = {item_id: normalise(vector) for item_id, vector in vectors.items()
                 if vector.shape == (dim,)}
         if len(kept) < len(vectors):
@@ -62,6 +69,27 @@ class Catalog:
                         version, len(vectors) - len(kept), dim)
         self.model_version, self.dim, self._vectors = version, dim, kept
         self._arrived = set()
+        self._made_at = dict.fromkeys(kept, made_at_ms)
+        self._texts = {}
+
+    def reuse_vector(self, item: events_pb2.Item) -> bool:
+        """Whether the item's vector of the version in use was made from this item's
+        text, so the record (a price or availability change, or the same record read
+        again) needs no embedding: the text it was made from is this one, or, that text
+        unknown, the vector is newer than the item's last change. A trained version's
+        vectors also carry what the training learned of the item: embedding its text
+        again would lose that. When True, the text is noted as the vector's."""
+        item_id = item.item_id
+        if item_id not in self._vectors:
+            return False
+        text = item_text(item)
+        known = self._texts.get(item_id)
+        if known is None:
+            if not 0 < item.updated_at_ms <= self._made_at.get(item_id, 0):
+                return False
+            self._texts[item_id] = text
+            return True
+        return known == text
 
     def put_item(self, item: events_pb2.Item) -> None:
         self._items[item.item_id] = item
@@ -70,9 +98,13 @@ class Catalog:
         """A tombstone on ``items``: the item leaves the catalog with its vector."""
         self._items.pop(item_id, None)
         self._vectors.pop(item_id, None)
+        self._made_at.pop(item_id, None)
+        self._texts.pop(item_id, None)
 
-    def put_vector(self, item_vector: events_pb2.ItemVector) -> bool:
-        """Keep the vector if it belongs to the model version in use; False if ignored."""
+    def put_vector(self, item_vector: events_pb2.ItemVector, text: str | None = None) -> bool:
+        """Keep the vector if it belongs to the model version in use; False if ignored.
+        `text`: the item text it was made from; None keeps what was known only for the
+        same vector again (this worker's own, read back from item-vectors)."""
         if item_vector.model_version != self.model_version:
             return False
         if len(item_vector.vector) != self.dim:
@@ -81,7 +113,15 @@ class Catalog:
                 item_vector.item_id, len(item_vector.vector), self.dim,
             )
             return False
-        if item_vector.item_id not in self._vectors:
-            self._arrived.add(item_vector.item_id)
-        self._vectors[item_vector.item_id] = normalise(np.asarray(item_vector.vector, np.float32))
+        item_id = item_vector.item_id
+        vector = normalise(np.asarray(item_vector.vector, np.float32))
+        before = self._vectors.get(item_id)
+        if before is None:
+            self._arrived.add(item_id)
+        if text is not None:
+            self._texts[item_id] = text
+        elif before is None or not np.array_equal(before, vector):
+            self._texts.pop(item_id, None)
+        self._vectors[item_id] = vector
+        self._made_at[item_id] = item_vector.updated_at_ms
         return True

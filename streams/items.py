@@ -48,6 +48,7 @@ class ItemsHandler:
         self._dlq = dlq
         self._max_item_bytes = max_item_bytes
         self.embedded = 0
+        self.reused = 0  # item records whose vector was kept: their text is unchanged
 
     async def handle(self, events: Sequence[EventT]) -> None:
         latest: dict[str, tuple[Record, events_pb2.Item]] = {}
@@ -62,8 +63,12 @@ class ItemsHandler:
                             record.offset, error)
                 await send_dead_letter(self._dlq, record, reason=error.reason, detail=str(error))
                 continue
-            latest[item.item_id] = (record, item)
             self._catalog.put_item(item)  # joinable now; the feed would add it a moment later
+            if self._catalog.reuse_vector(item):
+                latest.pop(item.item_id, None)  # its text, so its vector, is unchanged
+                self.reused += 1
+                continue
+            latest[item.item_id] = (record, item)
         if not latest:
             return
         items = [item for _, item in latest.values()]
@@ -95,7 +100,7 @@ class ItemsHandler:
                 vector=vector.tolist(),
                 updated_at_ms=updated_at,
             )
-            self._catalog.put_vector(item_vector)
+            self._catalog.put_vector(item_vector, text=item_text(item))
             await self._item_vectors.send(
                 key=item.item_id.encode(), value=item_vector.SerializeToString()
             )

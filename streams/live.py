@@ -42,6 +42,7 @@ class LoadedModel:
     item_encoder: ItemEncoder
     user_encoder: UserEncoder
     item_vectors: dict[str, np.ndarray]
+    made_at_ms: int = 0  # when the stored item vectors were made (0: unknown)
 
     @property
     def dim(self) -> int:
@@ -75,7 +76,7 @@ def load_model(choice: ModelChoice, options: EncoderOptions) -> LoadedModel:
     vectors = item_vectors(choice)
     log.info("model %s: item encoder dim %s, user encoder %s, %s stored item vectors",
              choice.version, item_encoder.dim, type(user_encoder).__name__, len(vectors))
-    return LoadedModel(choice.version, item_encoder, user_encoder, vectors)
+    return LoadedModel(choice.version, item_encoder, user_encoder, vectors, choice.made_at_ms)
 
 
 class LiveModel:

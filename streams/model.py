@@ -10,6 +10,7 @@ module picks the worker's own files, the item and user encoders, out of a manife
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,7 @@ class ModelChoice:
     text_max_length: int = MAX_TOKENS
     user_encoder: Path | None = None
     max_len: int = 0
+    made_at_ms: int = 0  # the version's creation time, when its item vectors were made
 
 
 def artifact_path(uri: str) -> Path:
@@ -62,7 +64,9 @@ def _choice(manifest: dict[str, Any], directory: Path, version: str,
     user_encoder = manifest.get("user_encoder") or {"kind": "weighted_mean"}
     with artifact.errors_as(ArtifactError):
         text_max_length = artifact.text_max_length(manifest)
-    choice = ModelChoice(version, pretrained_dir, directory, text_max_length=text_max_length)
+    made_at_ms = _created_ms(manifest)
+    choice = ModelChoice(version, pretrained_dir, directory, text_max_length=text_max_length,
+                         made_at_ms=made_at_ms)
     if item_encoder.get("kind") != "pretrained":
         encoder_dir = directory / str(item_encoder.get("dir", artifact.ITEM_ENCODER))
         if not (encoder_dir / "config.json").is_file():
@@ -72,7 +76,7 @@ def _choice(manifest: dict[str, Any], directory: Path, version: str,
             )
         head = directory / str(item_encoder.get("head", artifact.ITEM_HEAD))
         choice = ModelChoice(version, encoder_dir, directory, head if head.is_file() else None,
-                             text_max_length)
+                             text_max_length, made_at_ms=made_at_ms)
     if user_encoder.get("kind") == "weighted_mean":
         return choice
     if user_encoder.get("kind") != "transformer":
@@ -82,7 +86,15 @@ def _choice(manifest: dict[str, Any], directory: Path, version: str,
     if not program.is_file() or not isinstance(max_len, int) or max_len < 1:
         raise ArtifactError(f"{directory}: transformer user encoder without file or max_len")
     return ModelChoice(choice.version, choice.encoder_dir, directory, choice.head,
-                       choice.text_max_length, program, max_len)
+                       choice.text_max_length, program, max_len, made_at_ms)
+
+
+def _created_ms(manifest: dict[str, Any]) -> int:
+    """The manifest's ``created_at`` in ms (0 when absent or unreadable)."""
+    try:
+        return int(datetime.fromisoformat(str(manifest["created_at"])).timestamp() * 1000)
+    except (KeyError, ValueError):
+        return 0
 
 
 def choose_model(artifact_dir: Path, pretrained_dir: Path) -> ModelChoice:

@@ -62,3 +62,37 @@ def test_switch_replaces_every_vector_with_the_new_versions() -> None:
     assert set(before) == {"a", "b"} and len(before["a"]) == 2  # a holder keeps one version
     assert catalog.put_vector(vector("b", "v2", [1.0, 0.0, 0.0]))
     assert not catalog.put_vector(vector("b", "base", [1.0, 0.0]))
+
+
+def test_a_vector_is_reused_while_the_item_text_it_was_made_from_stays() -> None:
+    catalog = Catalog(model_version="base", dim=2)
+    shoe = events_pb2.Item(item_id="a", title="Shoe", categories=["feet"], price=10.0,
+                           updated_at_ms=1_000)
+    assert not catalog.reuse_vector(shoe)  # no vector yet
+    catalog.put_vector(vector("a", "base", [1.0, 0.0]), text="Shoe. feet")
+    cheaper = events_pb2.Item(item_id="a", title="Shoe", categories=["feet"], price=8.0,
+                              updated_at_ms=9_000)
+    assert catalog.reuse_vector(cheaper)  # price only: the text is the vector's
+    renamed = events_pb2.Item(item_id="a", title="Boot", categories=["feet"], updated_at_ms=9_500)
+    assert not catalog.reuse_vector(renamed)
+    # the worker's own vector read back from item-vectors keeps the text it was made from
+    catalog.put_vector(vector("a", "base", [1.0, 0.0]))
+    assert catalog.reuse_vector(cheaper)
+    # another vector (another worker's, of an unknown text) forgets it
+    catalog.put_vector(events_pb2.ItemVector(item_id="a", model_version="base",
+                                             vector=[0.0, 1.0], updated_at_ms=5_000))
+    assert not catalog.reuse_vector(cheaper)  # changed at 9,000, after the vector was made
+    assert catalog.reuse_vector(shoe)  # changed at 1,000, before: the vector is of it
+    assert catalog.reuse_vector(cheaper)  # and now its text is known
+
+
+def test_a_trained_versions_vectors_are_reused_for_items_unchanged_since_training() -> None:
+    catalog = Catalog(model_version="base", dim=2)
+    catalog.switch("v2", 2, {"a": np.array([1.0, 0.0]), "b": np.array([0.0, 1.0])},
+                   made_at_ms=5_000)
+    assert catalog.reuse_vector(events_pb2.Item(item_id="a", title="A", updated_at_ms=4_000))
+    assert not catalog.reuse_vector(events_pb2.Item(item_id="b", title="B", updated_at_ms=6_000))
+    # no change time: nothing tells the vector is of this text
+    assert not catalog.reuse_vector(events_pb2.Item(item_id="b", title="B"))
+    catalog.remove_item("a")
+    assert not catalog.reuse_vector(events_pb2.Item(item_id="a", title="A", updated_at_ms=4_000))

@@ -86,6 +86,10 @@ def test_trained_version_files(tmp_path: Path) -> None:
     choice = read_version(root / "v3", "v3", PRETRAINED)
     assert (choice.head, choice.text_max_length) == (root / "v3" / "item_head.npz", 64)
     assert (choice.user_encoder, choice.max_len) == (root / "v3" / "user_encoder.pt2", 8)
+    assert choice.made_at_ms == 0  # no created_at: when its vectors were made is unknown
+    manifest["created_at"] = "2026-11-22T23:00:00+00:00"
+    (root / "v3" / "manifest.json").write_text(json.dumps(manifest))
+    assert read_version(root / "v3", "v3", PRETRAINED).made_at_ms == 1_795_388_400_000
     with pytest.raises(ArtifactError, match="manifest is version"):
         read_version(root / "v3", "v4", PRETRAINED)
 
