@@ -1,7 +1,7 @@
 """Freshness: from producing an event to Kafka until that user's next ``Recommend`` answer
 reflects it, through the real streams worker, Redis and gRPC server.
 
-    .venv/bin/python -m bench.freshness [--trials 50] [--background-rate 1000]
+    .venv/bin/python -m bench.freshness [--trials 50] [--background-rate 1000] [--artifacts DIR]
 
 Needs Kafka and Redis up (``make infra-up``). Starts a private stack (``bench/stack.py``),
 publishes the MovieLens-1M catalog, then per trial: a fresh user makes one event, the
@@ -13,7 +13,7 @@ A background thread replays MovieLens-1M ratings as live events at ``--backgroun
 
 Reference in the same run: the plain produce -> consume latency of one record through
 the same broker (kafka-python, 10 ms fetch wait), which bounds what any consumer sees.
-Prints medians and the ratio; writes ``bench/results/freshness.json``.
+Prints medians and the ratio; writes ``--out`` (``bench/results/freshness.json``).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import shutil
 import statistics
 import tempfile
 import threading
@@ -147,6 +148,10 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=50)
     parser.add_argument("--background-rate", type=float, default=1000.0, help="events/s")
     parser.add_argument("--k", type=int, default=10)
+    parser.add_argument("--out", type=Path, default=RESULTS / "freshness.json")
+    parser.add_argument("--artifacts", type=Path,
+                        help="an artifact store whose production version the worker and the "
+                             "server run (default: none, the bootstrap version base)")
     args = parser.parse_args()
 
     dataset = movielens.load()
@@ -162,6 +167,10 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="bench-freshness-") as workdir:
         stack = LocalStack(kafka=args.kafka, redis_url=args.redis, workdir=Path(workdir))
+        version = "base"
+        if args.artifacts is not None:
+            shutil.copytree(args.artifacts, stack.artifact_dir)
+            version = json.loads((stack.artifact_dir / "production.json").read_text())["version"]
         producer = KafkaProducer(bootstrap_servers=args.kafka, acks="all", linger_ms=0)
         background: Background | None = None
         try:
@@ -237,9 +246,10 @@ def main() -> None:
         "background_events_per_s": args.background_rate,
         "background_events_sent": background.sent if background else 0,
         "catalog_items": len(item_ids),
+        "model_version": version,
     }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "freshness.json").write_text(json.dumps(result, indent=2) + "\n")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
 
 

@@ -2,6 +2,7 @@
 of the same topic by a plain client, measured in the same run.
 
     .venv/bin/python -m bench.streams [--events 300000] [--workers 1] [--profile worker.prof]
+                                      [--tower 300 [--artifacts var/bench-tower]]
 
 Needs Kafka and Redis up (``make infra-up``). Steps, in a private namespace
 (``bench/stack.py``): a first worker embeds the MovieLens-1M catalog (3,883 items) and
@@ -14,7 +15,14 @@ records (first to last), so start-up is not counted; the wall time from "Ready" 
 last output is reported too. With ``--workers N`` that many workers of the group drain the
 topic together (each its own state directory; the events partitions split between them);
 their start-up overlaps the first outputs, so the steady rate between the 10th and the
-90th percentile of the output times is reported beside the first-to-last one. Writes
+90th percentile of the output times is reported beside the first-to-last one.
+
+With ``--tower SECONDS`` that first drain (bootstrap version ``base``, weighted-mean user
+vectors) is the reference: ``python -m training run`` then trains the shipped recipe on
+its ``events.enriched`` for that long and promotes it into an artifact store, and workers
+of a second group, starting with that version, drain the same events again through the
+exported user tower into their own outputs and Redis keys. The tower's drain is the
+reported one, with the version it ran and the base drain's figures beside it. Writes
 ``--out`` (``bench/results/streams.json``), keeping the freshness figures of
 ``bench.freshness`` (run that one for them).
 """
@@ -26,16 +34,19 @@ import asyncio
 import json
 import os
 import re
+import subprocess
+import sys
 import tempfile
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import redis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from kafka.admin import KafkaAdminClient, NewTopic
 
-from bench.stack import Child, LocalStack
+from bench.stack import Child, LocalStack, delete_keys
 from contracts.console import progress_bar
 from contracts.online import RedisKeys
 from ingest import movielens
@@ -136,6 +147,85 @@ def create_topics(kafka: str, stack: LocalStack) -> None:
         admin.close()
 
 
+def drain(args: argparse.Namespace, stack: LocalStack, workdir: Path, count: int,
+          client: redis.Redis, *, label: str, artifacts: Path | None = None) -> dict[str, Any]:
+    """Start ``--workers`` workers of one consumer group, time their outputs until all
+    `count` events are enriched or dead-lettered, stop them. A `label` gives the workers
+    their own app id, outputs, Redis prefix and state (a second drain of the same events)
+    and `artifacts` their artifact store (its production version is the one they run)."""
+    env = dict(stack.streams.env)
+    enriched, dlq = stack.topics["enriched"], stack.topics["dlq"]
+    prefix = stack.redis_prefix
+    if label:
+        enriched, dlq = f"{enriched}-{label}", f"{dlq}-{label}"
+        prefix = f"stack-{stack.suffix}-{label}:"
+        env.update({
+            "STREAMREC_STREAMS_APP_ID": f"{env['STREAMREC_STREAMS_APP_ID']}-{label}",
+            "STREAMREC_STREAMS_TOPIC_ENRICHED": enriched,
+            "STREAMREC_STREAMS_TOPIC_DLQ": dlq,
+            "STREAMREC_STREAMS_REDIS_PREFIX": prefix,
+        })
+    if artifacts is not None:
+        env["STREAMREC_STREAMS_ARTIFACT_DIR"] = str(artifacts)
+    # The first unlabelled worker drains with the catalog worker's state directory;
+    # every other one restores its own.
+    drains = [Child("streams", {**env, **({} if n == 0 and not label else {
+        "STREAMREC_STREAMS_DATADIR": str(workdir / f"streams-data-{label}{n}")})},
+        workdir / f"drain-{label}{n}.log") for n in range(args.workers)]
+    if args.profile and not label:
+        drains[0].python_args = ["-m", "cProfile", "-o", str(args.profile.resolve())]
+    try:
+        for worker in drains:
+            worker.start()
+        for worker in drains:
+            worker.wait_for_log(READY, 300)
+        ready = time.time()
+        urls = [re.search(r"metrics on (http://\S+/metrics)", w.log()) for w in drains]
+        times = asyncio.run(output_times(args.kafka, [enriched, dlq], count, 1800, *drains))
+        scraped = [scrape(url.group(1)) for url in urls if url]
+        metrics = {name: sum(values.get(name, 0.0) for values in scraped)
+                   for name in set().union(*scraped)} if scraped else {}
+        vectors = sum(1 for _ in client.scan_iter(match=RedisKeys(prefix).user_vector("*"),
+                                                  count=10_000))
+        version = re.search(r"model version (\S+)", drains[0].log())
+        encoder = re.search(r"user encoder (\w+)", drains[0].log())
+    finally:
+        for worker in drains:
+            worker.stop(timeout_s=120)
+        if label:
+            delete_keys(client, prefix)
+    sustained = (len(times) - 1) / ((times[-1] - times[0]) / 1000.0)
+    low, high = times[len(times) // 10], times[len(times) * 9 // 10]
+    return {
+        "events_per_s": round(sustained),
+        "steady_p10_p90_events_per_s": round(
+            (len(times) * 9 // 10 - len(times) // 10) / max((high - low) / 1000.0, 1e-3)),
+        "ready_to_last_output_events_per_s": round(len(times) / (times[-1] / 1000.0 - ready)),
+        "model_version": version.group(1) if version else None,
+        "user_encoder": encoder.group(1) if encoder else None,
+        "user_vectors_in_redis": vectors,
+        "worker_metrics": {
+            name: metrics.get(name) for name in (
+                "streams_events_enriched_total", "streams_user_vectors_total",
+                "streams_batch_size_sum", "streams_batch_size_count",
+                "streams_encode_seconds_sum{encoder=\"user\"}",
+                "streams_encode_seconds_count{encoder=\"user\"}",
+            )
+        },
+    }
+
+
+def train_tower(stack: LocalStack, store: Path, budget_s: float) -> str:
+    """Train the shipped recipe on what the first drain enriched (``python -m training
+    run``, `budget_s` seconds of training), promoted into `store`; its version."""
+    env = {**stack.streams.env, **stack.training_env(),
+           "STREAMREC_TRAINING_ARTIFACT_DIR": str(store),
+           "STREAMREC_TRAINING_TRAIN_TIME_BUDGET_S": str(budget_s)}
+    print(f"training the user tower for {budget_s:.0f} s into {store} ...")
+    subprocess.run([sys.executable, "-m", "training", "run"], env=env, check=True)
+    return json.loads((store / "production.json").read_text())["version"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kafka", default="127.0.0.1:9092")
@@ -144,6 +234,12 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1, help="workers draining the topic together")
     parser.add_argument("--profile", type=Path, help="cProfile the (first) draining worker to this file")
     parser.add_argument("--out", type=Path, default=RESULTS / "streams.json")
+    parser.add_argument("--tower", type=float, metavar="SECONDS",
+                        help="then train the user tower this long on the drained events "
+                             "and drain them again with it (the measured drain)")
+    parser.add_argument("--artifacts", type=Path,
+                        help="artifact store the tower is trained into (kept; default: a "
+                             "temporary one)")
     parser.add_argument("--env", action="append", default=[],
                         help="extra worker setting NAME=VALUE (repeatable)")
     args = parser.parse_args()
@@ -176,39 +272,20 @@ def main() -> None:
             raw = asyncio.run(raw_consume(args.kafka, stack.topics["events"], len(events)))
             print(f"reference: plain aiokafka consumer {raw:,.0f} records/s")
 
-            # The first drains with the catalog worker's state directory; others restore theirs.
-            drains = [Child("streams", {**stack.streams.env, **({} if n == 0 else {
-                "STREAMREC_STREAMS_DATADIR": str(Path(workdir) / f"streams-data-{n}")})},
-                Path(workdir) / f"drain-{n}.log") for n in range(args.workers)]
-            if args.profile:
-                drains[0].python_args = ["-m", "cProfile", "-o", str(args.profile.resolve())]
-            for drain in drains:
-                drain.start()
-            for drain in drains:
-                drain.wait_for_log(READY, 300)
-            ready = time.time()
-            urls = [re.search(r"metrics on (http://\S+/metrics)", drain.log()) for drain in drains]
-            times = asyncio.run(output_times(
-                args.kafka, [stack.topics["enriched"], stack.topics["dlq"]], len(events), 1800,
-                *drains,
-            ))
-            scraped = [scrape(url.group(1)) for url in urls if url]
-            metrics = {name: sum(values.get(name, 0.0) for values in scraped)
-                       for name in set().union(*scraped)} if scraped else {}
-            vectors = sum(1 for _ in client.scan_iter(match=RedisKeys(stack.redis_prefix).user_vector("*"),
-                                                      count=10_000))
-            for drain in drains:
-                drain.stop(timeout_s=120)
+            base = drain(args, stack, Path(workdir), len(events), client, label="")
+            tower = None
+            if args.tower is not None:
+                store = args.artifacts or Path(workdir) / "tower-artifacts"
+                version = train_tower(stack, store, args.tower)
+                tower = drain(args, stack, Path(workdir), len(events), client, label="tower",
+                              artifacts=store)
+                tower["model_version"] = version
             cpu_after = cpu_reference_s()
         finally:
             stack.stop()
             stack.delete_state()
             client.close()
 
-    sustained = (len(times) - 1) / ((times[-1] - times[0]) / 1000.0)
-    wall = len(times) / (times[-1] / 1000.0 - ready)
-    low, high = times[len(times) // 10], times[len(times) * 9 // 10]
-    steady = (len(times) * 9 // 10 - len(times) // 10) / max((high - low) / 1000.0, 1e-3)
     previous = {}
     if args.out.is_file():
         previous = json.loads(args.out.read_text())
@@ -216,29 +293,34 @@ def main() -> None:
     if (RESULTS / "freshness.json").is_file():
         measured = json.loads((RESULTS / "freshness.json").read_text())["freshness_ms"]
         freshness = {key: measured[key] for key in ("p50", "p99", "max")}
+    measured_drain = tower or base
     result = {
-        "events_per_s": round(sustained),
+        "events_per_s": measured_drain["events_per_s"],
         "raw_consume_per_s": round(raw),
-        "ratio": round(sustained / raw, 3),
+        "ratio": round(measured_drain["events_per_s"] / raw, 3),
         "workers": args.workers,
-        "steady_p10_p90_events_per_s": round(steady),
+        "model_version": measured_drain["model_version"],
+        "user_encoder": measured_drain["user_encoder"],
+        "steady_p10_p90_events_per_s": measured_drain["steady_p10_p90_events_per_s"],
         "freshness_ms": freshness,
         "events": len(events),
         "users": users,
-        "user_vectors_in_redis": vectors,
-        "ready_to_last_output_events_per_s": round(wall),
-        "worker_metrics": {
-            name: metrics.get(name) for name in (
-                "streams_events_enriched_total", "streams_user_vectors_total",
-                "streams_batch_size_sum", "streams_batch_size_count",
-                "streams_encode_seconds_sum{encoder=\"user\"}",
-                "streams_encode_seconds_count{encoder=\"user\"}",
-            )
-        },
+        "user_vectors_in_redis": measured_drain["user_vectors_in_redis"],
+        "ready_to_last_output_events_per_s": measured_drain["ready_to_last_output_events_per_s"],
+        "worker_metrics": measured_drain["worker_metrics"],
         "worker_settings": extra,
         "cpu_reference_s": {"before": round(cpu_before, 3), "after": round(cpu_after, 3)},
         "load_average_1m_after": round(os.getloadavg()[0], 2),
     }
+    if tower is not None:
+        if (RESULTS / "freshness-tower.json").is_file():  # bench.freshness --artifacts
+            measured = json.loads((RESULTS / "freshness-tower.json").read_text())
+            result["freshness_with_tower_ms"] = {
+                key: measured["freshness_ms"][key] for key in ("p50", "p99", "max")}
+            result["freshness_with_tower_model_version"] = measured.get("model_version")
+        result["base_in_same_run"] = base
+        result["tower_over_base"] = round(tower["events_per_s"] / base["events_per_s"], 3)
+        result["tower_train_budget_s"] = args.tower
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
