@@ -158,7 +158,7 @@ def create_app(
             log.info("%s users embedded again: their items' vectors arrived, or they were "
                      "restored without a vector", embedded)
 
-    last = {"accepted": 0, "rejected": 0, "embedded": 0}
+    last = {"accepted": 0, "rejected": 0, "embedded": 0, "kept": 0}
 
     @app.timer(STATS_INTERVAL_S)
     async def log_stats() -> None:
@@ -166,13 +166,16 @@ def create_app(
             "accepted": events_handler.accepted,
             "rejected": sum(events_handler.rejected.values()),
             "embedded": items_handler.embedded,
+            "kept": items_handler.kept,
         }
         if now != last:
             log.info(
-                "last %.0f s: %s events accepted, %s dead-lettered, %s items embedded; "
-                "dead letters since start %s; catalog %s items, %s vectors",
+                "last %.0f s: %s events accepted, %s dead-lettered, %s items embedded, %s "
+                "item records kept their vector (text unchanged); dead letters since start "
+                "%s; catalog %s items, %s vectors",
                 STATS_INTERVAL_S, now["accepted"] - last["accepted"],
                 now["rejected"] - last["rejected"], now["embedded"] - last["embedded"],
+                now["kept"] - last["kept"],
                 dict(events_handler.rejected), len(catalog), catalog.vector_count(),
             )
             last.update(now)

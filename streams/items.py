@@ -48,7 +48,7 @@ class ItemsHandler:
         self._dlq = dlq
         self._max_item_bytes = max_item_bytes
         self.embedded = 0
-        self.reused = 0  # item records whose vector was kept: their text is unchanged
+        self.kept = 0  # item records whose vector was kept: their text is unchanged
 
     async def handle(self, events: Sequence[EventT]) -> None:
         latest: dict[str, tuple[Record, events_pb2.Item]] = {}
@@ -66,7 +66,7 @@ class ItemsHandler:
             self._catalog.put_item(item)  # joinable now; the feed would add it a moment later
             if self._catalog.reuse_vector(item):
                 latest.pop(item.item_id, None)  # its text, so its vector, is unchanged
-                self.reused += 1
+                self.kept += 1
                 continue
             latest[item.item_id] = (record, item)
         if not latest:

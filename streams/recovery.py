@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Mapping
-from typing import Any
 
 from aiokafka import AIOKafkaConsumer
 from google.protobuf.message import DecodeError
@@ -54,7 +53,6 @@ class EnrichedLog:
         self._security = security
         self._retry_s = retry_s
         self._poll_ms = poll_ms
-        self.read_records = 0  # enriched records read by the last call, for its log line
 
     async def touches(self, lost: Lost, *, since_ms: int) -> list[Touch]:
         """The touches of the records of `lost`, in source offset order per partition;
@@ -86,7 +84,7 @@ class EnrichedLog:
         )
         await consumer.start()
         found: dict[tuple[int, int], Touch] = {}
-        self.read_records = 0
+        scanned = 0
         try:
             partitions = await full_assignment(consumer, (self._topic,))
             ends = await consumer.end_offsets(partitions)
@@ -101,7 +99,7 @@ class EnrichedLog:
             while todo:
                 batches = await consumer.getmany(*todo, timeout_ms=self._poll_ms)
                 for tp, records in batches.items():
-                    self.read_records += len(records)
+                    scanned += len(records)
                     for record in records:
                         touch = self._touch(record.value, lost)
                         if touch is not None:
@@ -111,6 +109,8 @@ class EnrichedLog:
                         del todo[tp]
         finally:
             await consumer.stop()
+        log.info("scanned %s records of %s from %s ms on: %s of them lost", scanned,
+                 self._topic, since_ms, len(found))
         return found
 
     def _touch(self, value: bytes | None, lost: Lost) -> Touch | None:
@@ -131,8 +131,3 @@ class EnrichedLog:
 
 def _count(lost: Lost) -> int:
     return sum(hi - lo + 1 for lo, hi in lost.values())
-
-
-def describe(lost: Lost) -> dict[str, Any]:
-    """The lost offsets, for a log line."""
-    return {str(p): f"{lo}-{hi}" for p, (lo, hi) in sorted(lost.items())}

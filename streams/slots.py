@@ -151,21 +151,24 @@ class SlotWriter:
         # knows is read again (:meth:`verify`) before the next write.
         self.suspect = False
 
-    def _note_regressions(self, slot: int, held: Mapping[int, int]) -> None:
+    def _note_regressions(self, slot: int, held: Mapping[int, int]) -> bool:
         """A fence below what this writer applied: the slot's master died before its
         replica had those writes. Their records must be applied again in this slot:
         :attr:`lost` keeps their offsets per slot and partition until taken
-        (:meth:`take_lost`), :attr:`regressed` per partition the lowest offset lost."""
+        (:meth:`take_lost`), :attr:`regressed` per partition the lowest offset lost.
+        Whether any went back (callers log one line for all the slots)."""
+        went_back = False
         for partition, believed in self.fences.get(slot, {}).items():
             now = held.get(partition, -1)
             if now < believed:
-                log.warning("slot %s's fence of partition %s went back from %s to %s (writes "
-                            "lost with a failed master): its records above %s are to be "
-                            "applied again", slot, partition, believed, now, now)
+                went_back = True
+                log.debug("slot %s's fence of partition %s went back from %s to %s", slot,
+                          partition, believed, now)
                 self.regressed[partition] = min(self.regressed.get(partition, now + 1), now + 1)
                 spans = self.lost.setdefault(slot, {})
                 first, newest = spans.get(partition, (now + 1, believed))
                 spans[partition] = (min(first, now + 1), max(newest, believed))
+        return went_back
 
     def take_lost(self, slots: set[int]) -> dict[int, tuple[int, int]]:
         """The lost offsets of `slots` per partition, merged, no longer kept."""
@@ -205,13 +208,11 @@ class SlotWriter:
         went_back = set()
         for slot, raw in zip(slots, replies, strict=True):
             held = parse_offsets(raw, self._topic)
-            if any(held.get(p, -1) < o for p, o in self.fences[slot].items()):
+            if self._note_regressions(slot, held):
                 went_back.add(slot)
-                self._note_regressions(slot, held)
             self.fences[slot] = held
         self.suspect = False
-        if went_back:
-            log.warning("fences of %s slots went back after a failed write", len(went_back))
+        _warn_lost(went_back, "after a failed write")
         return went_back
 
     def fence(self, slot: int) -> dict[int, int]:
@@ -233,7 +234,7 @@ class SlotWriter:
         """Apply `shares` (one per slot); ``(records applied, slots whose fence was not as
         believed)``: those applied nothing, and the writer now knows their fence. Raises
         the first Redis error after taking in every answer that came."""
-        applied, stale = 0, set()
+        applied, stale, went_back = 0, set(), set()
         pending = list(shares)
         sent_ms = int(time.time() * 1000)
         while pending:
@@ -257,7 +258,8 @@ class SlotWriter:
                 else:
                     raw = reply[1]
                     held = parse_offsets(dict(zip(raw[::2], raw[1::2], strict=True)), self._topic)
-                    self._note_regressions(share.slot, held)
+                    if self._note_regressions(share.slot, held):
+                        went_back.add(share.slot)
                     self.fences[share.slot] = held
                     stale.add(share.slot)
             if error is not None:
@@ -265,4 +267,11 @@ class SlotWriter:
             if unknown:  # a node that never saw the script (new, or a promoted replica)
                 await self._client.script_load(self.script)
             pending = unknown
+        _warn_lost(went_back, "in a write")
         return applied, stale
+
+
+def _warn_lost(slots: set[int], when: str) -> None:
+    if slots:
+        log.warning("the fences of %s slots went back %s (writes lost with a failed master): "
+                    "their records above the fences are to be applied again", len(slots), when)
