@@ -72,7 +72,7 @@ def load_model(choice: ModelChoice, options: EncoderOptions) -> LoadedModel:
     if choice.user_encoder is not None:
         user_encoder = ExportedTower.load(
             choice.user_encoder, max_len=choice.max_len, dim=item_encoder.dim, device=device,
-            bf16=use_bf16(device, options.bf16),
+            bf16=use_bf16(device, options.bf16), min_len=choice.min_len,
         )
     vectors = item_vectors(choice)
     log.info("model %s: item encoder dim %s, user encoder %s (bf16 %s), %s stored item vectors",

@@ -43,6 +43,9 @@ class ModelChoice:
     user_encoder: Path | None = None
     max_len: int = 0
     made_at_ms: int = 0  # the version's creation time, when its item vectors were made
+    # the shortest length the user tower takes (its padding can be cut down to the
+    # longest history of a batch); 0: every call is max_len long (older exports)
+    min_len: int = 0
 
 
 def artifact_path(uri: str) -> Path:
@@ -85,8 +88,12 @@ def _choice(manifest: dict[str, Any], directory: Path, version: str,
     max_len = user_encoder.get("max_len")
     if not program.is_file() or not isinstance(max_len, int) or max_len < 1:
         raise ArtifactError(f"{directory}: transformer user encoder without file or max_len")
+    min_len = user_encoder.get("min_len")
+    if min_len is not None and (not isinstance(min_len, int) or not 1 <= min_len <= max_len):
+        raise ArtifactError(f"{directory}: user encoder min_len {min_len!r} is not a length "
+                            f"from 1 to max_len {max_len}")
     return ModelChoice(choice.version, choice.encoder_dir, directory, choice.head,
-                       choice.text_max_length, program, max_len, made_at_ms)
+                       choice.text_max_length, program, max_len, made_at_ms, min_len or 0)
 
 
 def _created_ms(manifest: dict[str, Any]) -> int:

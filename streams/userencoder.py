@@ -8,7 +8,7 @@ present. Items without a vector of the version are left out of a user's sequence
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -62,27 +62,54 @@ def tower_inputs(
 ) -> Inputs:
     """Left-padded inputs from each history's newest `max_len` items that have a vector
     (histories are oldest first); histories with none are left out of ``rows``."""
-    kept: list[list[tuple[Interaction, np.ndarray]]] = []
-    newest: list[int] = []  # of the whole history, with or without vectors
-    rows: list[int] = []
-    for row, history in enumerate(histories):
+    return _padded(_with_vectors(histories, lookup, max_len), range(len(histories)),
+                   length=max_len, dim=dim)
+
+
+Found = tuple[list[tuple[Interaction, np.ndarray]], int]  # (items with vectors, newest ms)
+
+
+def _with_vectors(histories: Sequence[Sequence[Interaction]], lookup: VectorLookup,
+                  max_len: int) -> list[Found | None]:
+    """Each history's newest `max_len` items that have a vector, with the time of the
+    whole history's newest event; None for a history without any."""
+    out: list[Found | None] = []
+    for history in histories:
         found = [(i, v) for i in history if (v := lookup(i.item_id)) is not None][-max_len:]
-        if found:
-            kept.append(found)
-            newest.append(max(i.timestamp_ms for i in history))
-            rows.append(row)
+        out.append((found, max(i.timestamp_ms for i in history)) if found else None)
+    return out
+
+
+def _padded(found: Sequence[Found | None], rows: Iterable[int], *, length: int,
+            dim: int) -> Inputs:
+    """The inputs of `rows` (indexes into `found`, those with items), `length` slots each."""
+    kept = [row for row in rows if found[row] is not None]
     batch = len(kept)
     inputs = Inputs(
-        np.zeros((batch, max_len, dim), np.float32), np.zeros((batch, max_len), np.int64),
-        np.zeros((batch, max_len), np.float32), np.zeros((batch, max_len), np.bool_), rows,
+        np.zeros((batch, length, dim), np.float32), np.zeros((batch, length), np.int64),
+        np.zeros((batch, length), np.float32), np.zeros((batch, length), np.bool_), kept,
     )
-    for b, found in enumerate(kept):
-        start = max_len - len(found)
-        inputs.item_vectors[b, start:] = np.stack([v for _, v in found])
-        inputs.event_types[b, start:] = [i.event_type for i, _ in found]
-        inputs.gaps_s[b, start:] = [(newest[b] - i.timestamp_ms) / 1000.0 for i, _ in found]
+    for b, row in enumerate(kept):
+        items, newest = found[row]  # type: ignore[misc]  # kept rows have items
+        start = length - len(items)
+        inputs.item_vectors[b, start:] = np.stack([v for _, v in items])
+        inputs.event_types[b, start:] = [i.event_type for i, _ in items]
+        inputs.gaps_s[b, start:] = [(newest - i.timestamp_ms) / 1000.0 for i, _ in items]
         inputs.mask[b, start:] = True
     return inputs
+
+
+def length_groups(lengths: Sequence[int], *, min_len: int, max_len: int) -> dict[int, list[int]]:
+    """Rows grouped by the padded length they run at: the smallest of `min_len`, 8, 16, 32,
+    ... (then `max_len`) that holds them, so no row is padded to more than twice its
+    length (or `min_len`), and a batch makes a call per length it has, a handful at most."""
+    groups: dict[int, list[int]] = {}
+    for row, n in enumerate(lengths):
+        length = max(min_len, 8)
+        while length < n:
+            length *= 2
+        groups.setdefault(min(max(length, min_len), max_len), []).append(row)
+    return groups
 
 
 class ExportedTower:
@@ -91,33 +118,48 @@ class ExportedTower:
     blocking = True
 
     def __init__(self, module: torch.nn.Module, *, max_len: int, dim: int,
-                 device: torch.device, bf16: bool = False) -> None:
+                 device: torch.device, bf16: bool = False, min_len: int = 0) -> None:
         self._module = module
         self.max_len = max_len
         self.dim = dim
         self.device = device
         self.bf16 = bf16  # autocast: ~1.8x on a CPU with native bf16, cosine 0.99999 to fp32
+        # > 0: the program takes any length from min_len to max_len, and a batch's users
+        # run in groups of like length (length_groups) instead of all at max_len
+        self.min_len = min_len
 
     @classmethod
     def load(cls, path: Path, *, max_len: int, dim: int, device: torch.device,
-             bf16: bool = False) -> ExportedTower:
+             bf16: bool = False, min_len: int = 0) -> ExportedTower:
         try:
             module = torch.export.load(str(path)).module().to(device)
         except Exception as error:  # torch raises many kinds on a bad file
             raise ModelLoadError(f"{path}: cannot load the user encoder ({error})") from None
-        return cls(module, max_len=max_len, dim=dim, device=device, bf16=bf16)
+        return cls(module, max_len=max_len, dim=dim, device=device, bf16=bf16, min_len=min_len)
 
     @torch.inference_mode()
     def encode(
         self, histories: Sequence[Sequence[Interaction]], lookup: VectorLookup
     ) -> list[np.ndarray | None]:
-        inputs = tower_inputs(histories, lookup, max_len=self.max_len, dim=self.dim)
+        found = _with_vectors(histories, lookup, self.max_len)
         vectors: list[np.ndarray | None] = [None] * len(histories)
-        if not inputs.rows:
+        rows = [row for row, f in enumerate(found) if f is not None]
+        if not rows:
             return vectors
+        if self.min_len:
+            lengths = [len(found[row][0]) for row in rows]  # type: ignore[index]
+            groups = {length: [rows[i] for i in members] for length, members in length_groups(
+                lengths, min_len=self.min_len, max_len=self.max_len).items()}
+        else:
+            groups = {self.max_len: rows}
+        for length, members in groups.items():
+            inputs = _padded(found, members, length=length, dim=self.dim)
+            for row, vector in zip(inputs.rows, self._run(inputs), strict=True):
+                vectors[row] = vector
+        return vectors
+
+    def _run(self, inputs: Inputs) -> np.ndarray:
         arrays = (inputs.item_vectors, inputs.event_types, inputs.gaps_s, inputs.mask)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
             output = self._module(*(torch.from_numpy(a).to(self.device) for a in arrays))
-        for row, vector in zip(inputs.rows, output.float().cpu().numpy(), strict=True):
-            vectors[row] = vector
-        return vectors
+        return output.float().cpu().numpy()

@@ -1,9 +1,11 @@
 """Export a trained model into files another process can use without this package:
 
-- ``user_encoder.pt2``: the user tower, ``torch.export``-ed with a dynamic batch size;
-  inputs ``item_vectors`` float32 [B, L, D], ``event_types`` int64 [B, L], ``gaps_s``
-  float32 [B, L], ``mask`` bool [B, L] (left-padded, oldest first); output float32
-  [B, D], L2-normalised.
+- ``user_encoder.pt2``: the user tower, ``torch.export``-ed with a dynamic batch size
+  and a dynamic length L from :data:`MIN_LENGTH` to ``max_len`` (the manifest's
+  ``min_len``); inputs ``item_vectors`` float32 [B, L, D], ``event_types`` int64 [B, L],
+  ``gaps_s`` float32 [B, L], ``mask`` bool [B, L] (left-padded, oldest first); output
+  float32 [B, D], L2-normalised. Padding slots change nothing, so a caller cuts a batch's
+  padding down to its longest history: a new user costs a few slots instead of L.
 - ``item_encoder/``: the fine-tuned sentence transformer and its tokenizer
   (``save_pretrained``), and ``item_head.npz``: ``weight`` [D, H], ``bias`` [D] and
   ``max_length``, so a new item's vector is
@@ -27,10 +29,15 @@ from training.train import TrainConfig
 
 log = logging.getLogger(__name__)
 
+# The shortest L the exported tower takes: torch.export specialises lengths below it.
+MIN_LENGTH = 3
 
 
-def export_user_encoder(model: TwoTower, path: Path) -> None:
-    """``torch.export`` the user tower (fp32, eval mode) for any batch size."""
+
+def export_user_encoder(model: TwoTower, path: Path) -> int | None:
+    """``torch.export`` the user tower (fp32, eval mode) for any batch size and any length
+    from :data:`MIN_LENGTH` to ``max_len``; returns that shortest length (None: the
+    length is fixed, for a ``max_len`` that short)."""
     tower = model.user.eval().float().cpu()
     length, dim = model.cfg.max_len, model.cfg.dim
     example = (
@@ -40,10 +47,14 @@ def export_user_encoder(model: TwoTower, path: Path) -> None:
         torch.ones(2, length, dtype=torch.bool),
     )
     batch = torch.export.Dim("batch", min=1, max=1 << 16)
-    shapes = {"item_vectors": {0: batch}, "event_types": {0: batch}, "gaps_s": {0: batch},
-              "mask": {0: batch}}
+    dims: dict[int, Any] = {0: batch}
+    shortest = MIN_LENGTH if length > MIN_LENGTH else None
+    if shortest is not None:
+        dims[1] = torch.export.Dim("length", min=shortest, max=length)
+    shapes = {name: dims for name in ("item_vectors", "event_types", "gaps_s", "mask")}
     program = torch.export.export(tower, example, dynamic_shapes=shapes)
     torch.export.save(program, str(path))
+    return shortest
 
 
 def export_item_encoder(model: TwoTower, directory: Path, max_length: int) -> dict[str, Any]:
@@ -83,10 +94,13 @@ def export_model(
          "text_top": model.text.top.state_dict() if model.text is not None else None},
         directory / CHECKPOINT,
     )
-    export_user_encoder(model, directory / USER_ENCODER)
+    shortest = export_user_encoder(model, directory / USER_ENCODER)
+    user_encoder: dict[str, Any] = {"kind": "transformer", "file": USER_ENCODER,
+                                    "max_len": model.cfg.max_len, "normalised": True}
+    if shortest is not None:
+        user_encoder["min_len"] = shortest
     entries: dict[str, Any] = {
-        "user_encoder": {"kind": "transformer", "file": USER_ENCODER,
-                         "max_len": model.cfg.max_len, "normalised": True},
+        "user_encoder": user_encoder,
         "item_encoder": {"kind": "id_embedding", "normalised": True},
         "scoring": "cosine",
     }

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
+import torch
 
 from protos import events_pb2
 from streams.history import Interaction
-from streams.userencoder import WeightedMean, tower_inputs
+from streams.userencoder import ExportedTower, WeightedMean, length_groups, tower_inputs
 from streams.vectors import user_vector
+from training.export import MIN_LENGTH, export_user_encoder
+from training.model import ModelConfig, TwoTower
 
 VECTORS = {"a": np.array([1.0, 0.0], np.float32), "b": np.array([0.0, 1.0], np.float32)}
 
@@ -44,3 +49,34 @@ def test_weighted_mean_is_the_user_vector_of_each_history() -> None:
     want = user_vector(histories[0], VECTORS.get, half_life_ms=3_600_000.0)
     assert want is not None and vectors[1] is None
     np.testing.assert_allclose(vectors[0], want)
+
+
+def test_rows_run_at_the_shortest_length_that_holds_them_at_most_twice_over() -> None:
+    lengths = [1, 3, 8, 9, 17, 40, 100, 129, 200]
+    groups = length_groups(lengths, min_len=3, max_len=200)
+    assert groups == {8: [0, 1, 2], 16: [3], 32: [4], 64: [5], 128: [6], 200: [7, 8]}
+    assert length_groups([1, 6], min_len=3, max_len=6) == {6: [0, 1]}  # never past max_len
+    for length, rows in groups.items():
+        assert all(lengths[r] <= length and (length <= 8 or length < 2 * lengths[r])
+                   for r in rows)
+
+
+def test_a_tower_cut_to_each_groups_length_gives_the_full_length_vectors(
+        tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    cfg = ModelConfig(n_items=4, dim=8, max_len=40, n_blocks=2, n_heads=2, use_text=False)
+    path = tmp_path / "user_encoder.pt2"
+    assert export_user_encoder(TwoTower(cfg, None), path) == MIN_LENGTH
+    rng = np.random.default_rng(0)
+    vectors = {f"i{k}": rng.normal(size=8).astype(np.float32) for k in range(30)}
+    histories = [[seen(f"i{(u + k) % 30}", 1_000 * k) for k in range(n)]
+                 for u, n in enumerate([1, 2, 7, 12, 39, 55])]  # 55: its newest 40
+    histories.insert(2, [seen("gone", 1)])  # no vector: None
+    device = torch.device("cpu")
+    cut = ExportedTower.load(path, max_len=40, dim=8, device=device, min_len=MIN_LENGTH)
+    full = ExportedTower.load(path, max_len=40, dim=8, device=device)  # an older export's way
+    got, want = cut.encode(histories, vectors.get), full.encode(histories, vectors.get)
+    assert got[2] is None and want[2] is None
+    for g, w in zip(got, want, strict=True):
+        if w is not None:
+            np.testing.assert_allclose(g, w, atol=1e-5)

@@ -132,7 +132,7 @@ def test_exported_files_reproduce_the_training_vectors(trained: tuple, tmp_path:
     )
     manifest = read_manifest(path, path.name)
     assert manifest["user_encoder"] == {"kind": "transformer", "file": "user_encoder.pt2",
-                                        "max_len": 8, "normalised": True}
+                                        "max_len": 8, "min_len": 3, "normalised": True}
     assert manifest["item_encoder"]["kind"] == "finetuned" and manifest["scoring"] == "cosine"
 
     # inputs as serving builds them: rows of item_vectors.npy, left-padded; batch of 3
