@@ -8,7 +8,10 @@ publishes the MovieLens-1M catalog, then per trial: a fresh user makes one event
 item ranked first for them is noted, an event on that item is produced at t0, and
 ``Recommend`` is polled until the item is gone (a seen item is never recommended) at t1.
 Between the two, Redis is polled (every 0.2 ms) until the worker has written the event to
-the user's ``seen`` set: the streams part of the time, reported on its own.
+the user's ``seen`` set: the streams part of the time, reported on its own. A thread
+polls (every 1 ms) the user's vector until it holds the event (its ``ts``): with a trained
+tower the vector is written by a pass of its own after the batch (``user_vectors`` auto /
+deferred, ``streams.pending``), and this is when the user's next ranking reflects it.
 A background thread replays MovieLens-1M ratings as live events at ``--background-rate``.
 
 Reference in the same run: the plain produce -> consume latency of one record through
@@ -37,7 +40,7 @@ from kafka.admin import KafkaAdminClient, NewTopic
 
 from bench.stack import LocalStack
 from contracts.console import progress_bar
-from contracts.online import RedisKeys
+from contracts.online import NEWEST_FIELD, RedisKeys
 from ingest import movielens
 from ingest.messages import item_records
 from protos import events_pb2, recommender_pb2, recommender_pb2_grpc
@@ -122,11 +125,32 @@ class Background(threading.Thread):
         self.join()
 
 
-def send_event(producer: KafkaProducer, topic: str, user_id: str, item_id: str) -> None:
+def send_event(producer: KafkaProducer, topic: str, user_id: str, item_id: str) -> int:
+    """Send one view now; returns its event time (ms)."""
     event = events_pb2.Event(event_id=uuid.uuid4().hex, user_id=user_id, item_id=item_id,
                              type=events_pb2.VIEW, timestamp_ms=int(time.time() * 1000))
     producer.send(topic, key=user_id.encode(), value=event.SerializeToString())
     producer.flush()
+    return event.timestamp_ms
+
+
+class VectorWatch(threading.Thread):
+    """Milliseconds from `t0` (perf_counter) until the user's vector holds an event at
+    or after `ts_ms`; None after 30 s."""
+
+    def __init__(self, client: redis.Redis, key: str, ts_ms: int, t0: float) -> None:
+        super().__init__(daemon=True)
+        self._client, self._key, self._ts_ms, self._t0 = client, key, ts_ms, t0
+        self.ms: float | None = None
+
+    def run(self) -> None:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            newest = self._client.hget(self._key, NEWEST_FIELD)
+            if newest is not None and int(newest) >= self._ts_ms:
+                self.ms = (time.perf_counter() - self._t0) * 1000
+                return
+            time.sleep(0.001)
 
 
 def wait_until(probe, timeout_s: float, what: str, stack: LocalStack):  # type: ignore[no-untyped-def]
@@ -212,7 +236,7 @@ def main() -> None:
                     time.sleep(0.0002)
                 return True
 
-            samples, streams_samples = [], []
+            samples, streams_samples, vector_samples = [], [], []
             for trial in progress_bar(range(args.trials), desc="freshness trials"):
                 user = f"probe-{stack.suffix}-{trial}"
                 send_event(producer, stack.topics["events"], user, rng.choice(item_ids))
@@ -221,6 +245,8 @@ def main() -> None:
                     "a personal answer", stack)
                 target = first.items[0].item_id
                 t0 = time.perf_counter()
+                watch = VectorWatch(client, keys.user_vector(user), int(time.time() * 1000), t0)
+                watch.start()
                 send_event(producer, stack.topics["events"], user, target)
                 if not in_redis(user, target):
                     raise RuntimeError(f"the event is not in Redis after 30 s:\n"
@@ -229,6 +255,11 @@ def main() -> None:
                 wait_until(lambda u=user, t=target: all(i.item_id != t for i in recommend(u).items),
                            30, "the answer to change", stack)
                 samples.append((time.perf_counter() - t0) * 1000)
+                watch.join()
+                if watch.ms is None:
+                    raise RuntimeError(f"the user's vector lacks the event after 30 s:\n"
+                                       f"{stack.streams.log_tail()}")
+                vector_samples.append(watch.ms)
             channel.close()
             client.close()
         finally:
@@ -241,6 +272,7 @@ def main() -> None:
     result = {
         "freshness_ms": summary(samples),
         "produce_to_redis_ms": summary(streams_samples),
+        "produce_to_user_vector_ms": summary(vector_samples),
         "raw_kafka_ms": summary(raw),
         "ratio_p50": round(statistics.median(samples) / statistics.median(raw), 2),
         "background_events_per_s": args.background_rate,

@@ -48,9 +48,10 @@ from kafka.admin import KafkaAdminClient, NewTopic
 
 from bench.stack import Child, LocalStack, delete_keys
 from contracts.console import progress_bar
-from contracts.online import RedisKeys
+from contracts.online import NEWEST_FIELD, RedisKeys
 from ingest import movielens
 from ingest.messages import event_records, item_records
+from protos import events_pb2
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PARTITIONS = 4
@@ -147,10 +148,43 @@ def create_topics(kafka: str, stack: LocalStack) -> None:
         admin.close()
 
 
+def newest_events(events: list[tuple[str, bytes]]) -> dict[str, int]:
+    """User id -> event time (ms) of the user's newest event."""
+    newest: dict[str, int] = {}
+    for _, value in events:
+        event = events_pb2.Event.FromString(value)
+        newest[event.user_id] = max(newest.get(event.user_id, 0), event.timestamp_ms)
+    return newest
+
+
+def vectors_settled(client: redis.Redis, keys: RedisKeys, newest: dict[str, int],
+                    timeout_s: float = 600) -> tuple[int, int]:
+    """(wall time in ms, users behind) once every user's vector holds the user's newest
+    event, or once nothing changed for 10 s (users behind: those still short of it). With
+    deferred vectors (``streams.pending``) they follow the enriched events."""
+    users = list(newest)
+    deadline, last_change, behind_before = time.monotonic() + timeout_s, time.monotonic(), -1
+    while True:
+        with client.pipeline(transaction=False) as pipe:
+            for user in users:
+                pipe.hget(keys.user_vector(user), NEWEST_FIELD)
+            found = pipe.execute()
+        behind = sum(ts is None or int(ts) < newest[u] for u, ts in zip(users, found, strict=True))
+        now = time.monotonic()
+        if behind != behind_before:
+            behind_before, last_change = behind, now
+        if behind == 0 or now - last_change > 10 or now > deadline:
+            return int(time.time() * 1000) if behind == 0 else int(
+                (time.time() - (now - last_change)) * 1000), behind
+        time.sleep(0.05)
+
+
 def drain(args: argparse.Namespace, stack: LocalStack, workdir: Path, count: int,
-          client: redis.Redis, *, label: str, artifacts: Path | None = None) -> dict[str, Any]:
+          client: redis.Redis, *, label: str, artifacts: Path | None = None,
+          newest: dict[str, int] | None = None) -> dict[str, Any]:
     """Start ``--workers`` workers of one consumer group, time their outputs until all
-    `count` events are enriched or dead-lettered, stop them. A `label` gives the workers
+    `count` events are enriched or dead-lettered, and (given each user's `newest` event
+    time) until every user's vector holds it, stop them. A `label` gives the workers
     their own app id, outputs, Redis prefix and state (a second drain of the same events)
     and `artifacts` their artifact store (its production version is the one they run)."""
     env = dict(stack.streams.env)
@@ -182,6 +216,7 @@ def drain(args: argparse.Namespace, stack: LocalStack, workdir: Path, count: int
         ready = time.time()
         urls = [re.search(r"metrics on (http://\S+/metrics)", w.log()) for w in drains]
         times = asyncio.run(output_times(args.kafka, [enriched, dlq], count, 1800, *drains))
+        settled_ms, behind = vectors_settled(client, RedisKeys(prefix), newest or {})
         scraped = [scrape(url.group(1)) for url in urls if url]
         metrics = {name: sum(values.get(name, 0.0) for values in scraped)
                    for name in set().union(*scraped)} if scraped else {}
@@ -201,6 +236,12 @@ def drain(args: argparse.Namespace, stack: LocalStack, workdir: Path, count: int
         "steady_p10_p90_events_per_s": round(
             (len(times) * 9 // 10 - len(times) // 10) / max((high - low) / 1000.0, 1e-3)),
         "ready_to_last_output_events_per_s": round(len(times) / (times[-1] / 1000.0 - ready)),
+        # deferred user vectors follow the enriched events: until the last user's holds
+        # its newest event (users_behind: those that never did)
+        "vectors_settled_after_last_output_ms": max(settled_ms - times[-1], 0),
+        "events_per_s_until_vectors_settled": round(
+            (len(times) - 1) / (max(settled_ms, times[-1]) - times[0]) * 1000.0),
+        "users_behind": behind,
         "model_version": version.group(1) if version else None,
         "user_encoder": encoder.group(1) if encoder else None,
         "user_vectors_in_redis": vectors,
@@ -210,6 +251,7 @@ def drain(args: argparse.Namespace, stack: LocalStack, workdir: Path, count: int
                 "streams_batch_size_sum", "streams_batch_size_count",
                 "streams_encode_seconds_sum{encoder=\"user\"}",
                 "streams_encode_seconds_count{encoder=\"user\"}",
+                "streams_vector_deferral_seconds_sum", "streams_vector_deferral_seconds_count",
             )
         },
     }
@@ -249,6 +291,7 @@ def main() -> None:
     events = list(event_records(dataset.name, ratings))
     items = list(item_records(dataset.items, int(time.time() * 1000)))
     users = int(ratings["user_id"].nunique())
+    newest = newest_events(events)
     extra = dict(setting.split("=", 1) for setting in args.env)
     cpu_before = cpu_reference_s()
 
@@ -272,13 +315,14 @@ def main() -> None:
             raw = asyncio.run(raw_consume(args.kafka, stack.topics["events"], len(events)))
             print(f"reference: plain aiokafka consumer {raw:,.0f} records/s")
 
-            base = drain(args, stack, Path(workdir), len(events), client, label="")
+            base = drain(args, stack, Path(workdir), len(events), client, label="",
+                         newest=newest)
             tower = None
             if args.tower is not None:
                 store = args.artifacts or Path(workdir) / "tower-artifacts"
                 version = train_tower(stack, store, args.tower)
                 tower = drain(args, stack, Path(workdir), len(events), client, label="tower",
-                              artifacts=store)
+                              artifacts=store, newest=newest)
                 tower["model_version"] = version
             cpu_after = cpu_reference_s()
         finally:
@@ -302,6 +346,10 @@ def main() -> None:
         "model_version": measured_drain["model_version"],
         "user_encoder": measured_drain["user_encoder"],
         "steady_p10_p90_events_per_s": measured_drain["steady_p10_p90_events_per_s"],
+        "events_per_s_until_vectors_settled":
+            measured_drain["events_per_s_until_vectors_settled"],
+        "vectors_settled_after_last_output_ms":
+            measured_drain["vectors_settled_after_last_output_ms"],
         "freshness_ms": freshness,
         "events": len(events),
         "users": users,

@@ -1,6 +1,7 @@
 """The Faust app, wired from settings: the items agent, the events consumer (a service
 of the app with its own consumer group, :mod:`streams.events.partitions`), model
-releases applied between batches, users waiting for item vectors, and stats.
+releases applied between batches, deferred user vectors (:mod:`streams.pending`), users
+waiting for item vectors, and stats.
 
 Values and keys travel as raw bytes; the handlers decode protobuf themselves so that
 undecodable input is dead-lettered instead of crashing an agent.
@@ -117,6 +118,7 @@ def create_app(
         live=live,
         metrics=metrics,
         waiting=WaitingUsers(max_users=settings.waiting_users_max),
+        vector_mode=settings.user_vectors,
     )
     consumer = EventsConsumer(
         handler=events_handler, transactions=transactions, users=users, seen=seen, live=live,
@@ -149,6 +151,13 @@ def create_app(
             model = await live.pending.get()
             await switch_model(model, live=live, catalog=catalog, items=items_handler,
                                events=events_handler, metrics=metrics)
+
+    @app.task
+    async def embed_pending_users() -> None:
+        # Deferred user vectors (streams.pending): one encoder pass after another.
+        while True:
+            await events_handler.embed_pending(most=settings.user_vector_batch_max,
+                                               within_s=settings.user_vector_within_s)
 
     @app.timer(settings.waiting_check_interval_s)
     async def embed_waiting_users() -> None:

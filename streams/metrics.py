@@ -46,6 +46,11 @@ class StreamsMetrics:
             "record timestamp (produce time) to the Redis write of its online state done",
             buckets=LATENCY_BUCKETS, registry=r,
         )
+        self.vector_deferral = Histogram(
+            "streams_vector_deferral_seconds",
+            "deferred user vectors: a user's first batch since its last vector to the write "
+            "of its new one", buckets=LATENCY_BUCKETS, registry=r,
+        )
         self.deletions = Counter("streams_user_deletions", "users deleted (control records "
                                  "applied)", registry=r)
         self.deleted_edges = Counter("streams_deleted_edges", "relation tombstones written "

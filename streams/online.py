@@ -260,6 +260,10 @@ def expiring_keys(keys: RedisKeys, touches: Sequence[Touch], vectors: Sequence[U
     return names, refreshed
 
 
+def text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
 class WriteBackoff(ExponentialBackoff):
     """Waits of `initial_s`, doubling after each failure up to `max_s`, for as many failures
     as come. (:class:`ExponentialBackoff` computes ``base * 2**failures`` and overflows a
@@ -361,7 +365,7 @@ class OnlineState(Service):
         # transaction (WATCH, read the applied offsets, MULTI/EXEC) that must start over
         # on a new connection, which redis-py's client retry does not do for a watching
         # pipeline (it raises); and a retry without end on the client would also hold the
-        # start-up ping and vector_versions, whose callers handle the error themselves.
+        # start-up ping and vector_marks, whose callers handle the error themselves.
         # Every Redis error, without end: a partition waits for Redis, it never skips.
         self._backoff = WriteBackoff(retry_initial_s, retry_max_s)
         # (RedisClusterException is no RedisError, which is all Retry's hint names.)
@@ -456,14 +460,15 @@ class OnlineState(Service):
             await self._client.hdel(key, *obsolete)
         return len(obsolete)
 
-    async def vector_versions(self, user_ids: Sequence[str]) -> list[str | None]:
-        """The model version of each user's vector, None where there is none (one round
-        trip; raises RedisError)."""
+    async def vector_marks(self, user_ids: Sequence[str]) -> list[tuple[str, int] | None]:
+        """(model version, time of the newest event folded in) of each user's vector,
+        None where there is none (one round trip; raises RedisError)."""
         async with self._client.pipeline(transaction=False) as pipe:
             for user_id in user_ids:
-                pipe.hget(self.keys.user_vector(user_id), "version")
+                pipe.hmget(self.keys.user_vector(user_id), VERSION_FIELD, NEWEST_FIELD)
             found = await pipe.execute()
-        return [None if v is None else v.decode() if isinstance(v, bytes) else v for v in found]
+        return [None if version is None else (text(version), int(text(newest or b"0")))
+                for version, newest in found]
 
     def regressed(self) -> dict[int, int]:
         """On a cluster: partition -> the lowest offset whose effects a failed-over master

@@ -127,6 +127,24 @@ class StreamsSettings(BaseSettings, TopicLayout, KafkaSecurity, RedisSecurity, E
         "soon as one does)",
     )
 
+    # User vectors (streams.pending): made with their batch, or by a loop of their own
+    # that writes the batch's online state first and coalesces a user's events into one
+    # encoder pass.
+    user_vectors: Literal["auto", "inline", "deferred"] = Field(
+        default="auto",
+        description="inline: a batch's user vectors are written with its events (an "
+        "enriched event's vector is in Redis); deferred: right after, by a loop of their "
+        "own (the seen set, history and counters are written at once, the vector follows "
+        "within a pass); auto: deferred for a trained user tower, inline for the weighted "
+        "mean of base",
+    )
+    user_vector_batch_max: int = Field(default=1024, ge=1, le=100_000,
+                                       description="users per deferred encoder pass")
+    user_vector_within_s: float = Field(
+        default=0.002, ge=0, le=1,
+        description="a deferred pass waits this long after its first user for others",
+    )
+
     # User state.
     history_length: int = Field(default=50, ge=1, le=10_000)
     dedupe_window: int = Field(

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import time
 from collections import Counter
 from collections.abc import Collection, Iterable, Mapping, Sequence
 
@@ -28,8 +29,14 @@ from streams.events.stages.vectors import user_vectors
 from streams.history import UserState
 from streams.metrics import StreamsMetrics
 from streams.online import UserVector
+from streams.pending import PendingUsers
 from streams.records import Output, Record, dead_letter, now_ms
 from streams.waiting import UserKey, WaitingUsers, missing_items
+
+# How a batch's user vectors are made (the ``user_vectors`` setting): with the batch
+# ("inline"), by the loop of streams.pending ("deferred"), or "auto": deferred when the
+# version's user encoder is a network (a trained tower), inline for the weighted mean.
+VECTOR_MODES = ("auto", "inline", "deferred")
 
 log = logging.getLogger(__name__)
 
@@ -44,13 +51,16 @@ class EventsHandler:
     """Validates, dedupes and enriches batches of events; keeps user state in the user
     store and in Redis, accepted event ids in the dedupe windows. The caller holds
     ``live.lock``. ``waiting`` holds the users whose vector lacks items that have no
-    vector yet."""
+    vector yet, ``pending`` those whose vector is deferred (`vector_mode`)."""
 
     def __init__(
         self, *, catalog: Items, users: UserStates, seen: DedupeWindows, online: OnlineStore,
         enriched: str, dlq: str, relations: str, policy: Policy, live: Models,
         metrics: StreamsMetrics, waiting: WaitingUsers, clock: Clock = now_ms,
+        vector_mode: str = "auto",
     ) -> None:
+        if vector_mode not in VECTOR_MODES:
+            raise ValueError(f"vector_mode must be one of {VECTOR_MODES}, not {vector_mode!r}")
         self._catalog = catalog
         self._users = users
         self._seen = seen
@@ -63,7 +73,13 @@ class EventsHandler:
         self._metrics = metrics
         self._clock = clock
         self.waiting = waiting
-        self._restored: list[UserKey] = []  # waiting for nothing, but is their vector there?
+        self.vector_mode = vector_mode
+        self.pending = PendingUsers()
+        # Users deleted while a deferred pass was encoding: it must not write their vector.
+        self._deleted: set[UserKey] | None = None
+        # Waiting for nothing, but is their vector there, and as new as their state (the
+        # newest event's time)?
+        self._restored: dict[UserKey, int] = {}
         self._lost: set[UserKey] = set()  # vectors a Redis failover may have set back
         # Partition -> newest offset of a deletion receipt in Redis, until it commits past it.
         self._receipts: dict[int, int] = {}
@@ -103,6 +119,9 @@ class EventsHandler:
 
         # user vectors + online writes: Redis first, then the event log
         async def vectors(changed: dict[str, UserState]) -> list[UserVector]:
+            if self.defers():
+                self.pending.note((partition_of[user_id], user_id) for user_id in changed)
+                return []
             return await self._user_vectors(changed, partition_of)
 
         outcomes = await write_online(batch.outcomes, [r.timestamp for r in consumed],
@@ -145,7 +164,10 @@ class EventsHandler:
         self._receipts[partition] = consumed.offset
         held = self._users.delete(partition, user_id)
         self.waiting.forget((partition, user_id))
-        self._restored = [user for user in self._restored if user != (partition, user_id)]
+        self.pending.forget((partition, user_id))
+        if self._deleted is not None:
+            self._deleted.add((partition, user_id))
+        self._restored.pop((partition, user_id), None)
         outputs: list[Output] = [(self._users.topic, partition, user_id.encode("utf-8"), None)]
         outputs += relation_tombstones(user_id, removed, self._relations)
         self._metrics.deletions.inc()
@@ -171,11 +193,53 @@ class EventsHandler:
         for partition in done:
             self._receipts.pop(partition, None)
 
+    def defers(self) -> bool:
+        """Whether batches leave their user vectors to :meth:`embed_pending`."""
+        return self.vector_mode == "deferred" or (
+            self.vector_mode == "auto" and self._live.current.user_encoder.blocking)
+
     async def _user_vectors(self, states: dict[str, UserState],
                             partition_of: Mapping[str, int]) -> list[UserVector]:
         return await user_vectors(states, partition_of, model=self._live.current,
                                   vectors=self._catalog.vectors(), waiting=self.waiting,
                                   metrics=self._metrics, clock=self._clock)
+
+    async def embed_pending(self, *, most: int, within_s: float = 0.0) -> int:
+        """One pass of the deferred vectors: the `most` users noted first (waits for
+        one), their states read as they are now, one encoder call without holding
+        ``live.lock`` (batches go on meanwhile), then one write. A user who acted again
+        meanwhile is noted again and gets the newer vector in the next pass; one deleted,
+        or whose partition went elsewhere, meanwhile gets none; a pass that a model
+        switch overtook writes nothing (the switch embeds every user again). Returns
+        the vectors written."""
+        taken = await self.pending.take(most, within_s=within_s)
+        async with self._live.lock:
+            model, vectors = self._live.current, self._catalog.vectors()
+            partition_of = {user_id: partition for partition, user_id in taken}
+            states = {user_id: state for partition, user_id in taken
+                      if (state := self._users.get(partition, user_id)).history}
+            self._deleted = set()
+        try:
+            made = await user_vectors(states, partition_of, model=model, vectors=vectors,
+                                      waiting=self.waiting, metrics=self._metrics,
+                                      clock=self._clock)
+        except Exception:
+            self._deleted = None
+            log.exception("embedding %s users failed; they keep their previous vector",
+                          len(states))
+            return 0
+        async with self._live.lock:
+            deleted, self._deleted = self._deleted or set(), None
+            if self._live.current is not model:
+                return 0
+            kept = [vector for vector in made
+                    if (key := (partition_of[vector.user_id], vector.user_id)) not in deleted
+                    and self._users.holds(*key)]
+            await self._online.write([], kept)
+        done = time.monotonic()
+        for noted in taken.values():
+            self._metrics.vector_deferral.observe(done - noted)
+        return len(kept)
 
     async def reembed(self, users: Collection[UserKey] | None = None, chunk: int = 256) -> int:
         """Write a vector of the version in use for `users` (default: every user in the
@@ -209,7 +273,7 @@ class EventsHandler:
                 missing = missing_items(history, vectors)
                 self.waiting.note((partition, user_id), missing)
                 if history and not missing:
-                    self._restored.append((partition, user_id))
+                    self._restored[(partition, user_id)] = max(i.timestamp_ms for i in history)
 
     def note_lost_vectors(self, users: Iterable[UserKey]) -> None:
         """`users` may have an older vector in Redis than their state (writes lost with a
@@ -219,21 +283,24 @@ class EventsHandler:
     async def embed_waiting(self) -> int:
         """Embed again, between batches, the users waiting for the items that got vectors
         since the last call (every user of the store if the waiting set overflowed), the
-        restored users without a vector of the version in use, and the users whose vector
-        a Redis failover set back."""
+        restored users without a vector of the version in use or with one older than
+        their state, and the users whose vector a Redis failover set back."""
         users: set[UserKey] = set()
         if self._restored:
-            restored, self._restored = self._restored, []
+            restored, self._restored = self._restored, {}
             try:
-                versions = await self._online.vector_versions([u for _, u in restored])
+                marks = await self._online.vector_marks([u for _, u in restored])
             except REDIS_ERRORS as error:
                 log.warning("reading the vectors of %s restored users failed (%s); "
                             "trying again", len(restored), error)
-                self._restored += restored
+                self._restored.update(restored)
             else:
+                # Stale too: a vector older than the state (a deferred one the previous
+                # owner had not written yet when it stopped).
                 version = self._live.version
-                users.update(u for u, found in zip(restored, versions, strict=True)
-                             if found != version)
+                users.update(user for (user, newest), mark in zip(restored.items(), marks,
+                                                                   strict=True)
+                             if mark is None or mark[0] != version or mark[1] < newest)
         if self._lost:
             users |= self._lost  # a user whose partition went elsewhere has no history here
             self._lost = set()

@@ -237,6 +237,7 @@ class EventsConsumer(Subscribed, Service):
             self._users.drop(partitions)
             self._seen.drop(partitions)
             self.handler.waiting.drop(partitions)
+            self.handler.pending.forget_partitions(partitions)
         log.info("events partitions %s revoked", sorted(partitions))
 
     @Service.task

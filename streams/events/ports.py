@@ -51,6 +51,10 @@ class UserStates(Protocol):
 
     def users(self) -> Iterator[tuple[int, str]]: ...
 
+    def holds(self, partition: int, user_id: str) -> bool:
+        """Whether a state of the user is held (its partition assigned here)."""
+        ...
+
 
 class DedupeWindows(Protocol):
     """Event ids of each assigned partition's dedupe window; ``topic`` is their changelog."""
@@ -69,7 +73,9 @@ class OnlineStore(Protocol):
 
     async def write(self, touches: Sequence[Touch], vectors: Sequence[UserVector]) -> int: ...
 
-    async def vector_versions(self, user_ids: Sequence[str]) -> list[str | None]: ...
+    async def vector_marks(self, user_ids: Sequence[str]) -> list[tuple[str, int] | None]:
+        """(version, newest event ms) of each user's vector, None where there is none."""
+        ...
 
     async def delete_user(self, user_id: str, *, partition: int, offset: int) -> Removed:
         """Remove the user once for the control record at `offset` (streams.deletion)."""

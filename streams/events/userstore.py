@@ -40,6 +40,9 @@ class UserStore(ChangelogStore[dict[str, bytes]]):
         the caller's, in the partition's transaction)."""
         return self._held.get(partition, {}).pop(user_id, None) is not None
 
+    def holds(self, partition: int, user_id: str) -> bool:
+        return user_id in self._held.get(partition, {})
+
     def users(self) -> Iterator[tuple[int, str]]:
         """(partition, user id) of every user held, over a snapshot of the keys."""
         for partition, states in list(self._held.items()):

@@ -5,14 +5,17 @@ of the online store and the model."""
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Sequence
 from typing import NamedTuple
 
 import numpy as np
 import pytest
 
+from contracts.deletions import control_headers
 from protos import events_pb2
 from streams.catalog import Catalog
+from streams.deletion import Removed
 from streams.events.handler import EventsHandler
 from streams.events.seenstore import SeenStore
 from streams.events.stages.admit import Policy
@@ -23,7 +26,9 @@ from streams.online import Touch, UserVector
 from streams.records import Output
 from streams.seen import SeenIds
 from streams.settings import DEFAULT_WEIGHTS
+from streams.history import Interaction
 from streams.userencoder import WeightedMean
+from streams.vectors import VectorLookup
 from streams.validation import EventLimits
 from streams.waiting import WaitingUsers
 
@@ -60,9 +65,13 @@ class FakeOnline:
         self.vectors += vectors
         return len(touches)
 
-    async def vector_versions(self, user_ids: Sequence[str]) -> list[str | None]:
-        found = {v.user_id: v.version for v in self.vectors}
+    async def vector_marks(self, user_ids: Sequence[str]) -> list[tuple[str, int] | None]:
+        found = {v.user_id: (v.version, v.newest_ms) for v in self.vectors}
         return [found.get(user_id) for user_id in user_ids]
+
+    async def delete_user(self, user_id: str, *, partition: int, offset: int) -> Removed:
+        self.vectors = [v for v in self.vectors if v.user_id != user_id]
+        return Removed(following={}, followers={}, now=True)
 
 
 class FakeModel:
@@ -89,7 +98,8 @@ def event(event_id: str, user: str, item: str, offset: int, partition: int = 0,
     return Consumed("events", partition, offset, NOW_MS - 50, user.encode(), value)
 
 
-def make_handler(online: FakeOnline) -> tuple[EventsHandler, UserStore, SeenStore]:
+def make_handler(online: FakeOnline, vector_mode: str = "auto",
+                 ) -> tuple[EventsHandler, UserStore, SeenStore]:
     catalog = Catalog(model_version="base", dim=DIM)
     for n, item_id in enumerate(["i1", "i2"]):
         catalog.put_item(events_pb2.Item(item_id=item_id, title=f"Film {n}"))
@@ -103,7 +113,7 @@ def make_handler(online: FakeOnline) -> tuple[EventsHandler, UserStore, SeenStor
     handler = EventsHandler(
         catalog=catalog, users=users, seen=seen, online=online, enriched=ENRICHED, dlq=DLQ,
         relations=RELATIONS, policy=POLICY, live=FakeModels(), metrics=StreamsMetrics(),
-        waiting=WaitingUsers(max_users=100), clock=lambda: NOW_MS,
+        waiting=WaitingUsers(max_users=100), clock=lambda: NOW_MS, vector_mode=vector_mode,
     )
     return handler, users, seen
 
@@ -199,3 +209,150 @@ async def test_reembedding_writes_vectors_of_the_version_in_use(
     online.vectors.clear()
     assert await handler.reembed(users) == 1
     assert {v.user_id for v in online.vectors} == expected
+
+
+class Tower:
+    """A blocking encoder (run off the event loop, as a trained tower is) that counts its
+    calls and can be held inside one."""
+
+    blocking = True
+
+    def __init__(self) -> None:
+        self.calls: list[int] = []
+        self.inside = threading.Event()
+        self.go_on = threading.Event()
+        self.go_on.set()
+
+    def encode(self, histories: Sequence[Sequence[Interaction]], lookup: VectorLookup
+               ) -> list[np.ndarray | None]:
+        self.calls.append(len(histories))
+        self.inside.set()
+        assert self.go_on.wait(10)
+        return WeightedMean(3_600_000.0).encode(histories, lookup)
+
+
+class TowerModel:
+    version = "v1"
+
+    def __init__(self) -> None:
+        self.user_encoder = Tower()
+
+
+def tower_handler(online: FakeOnline) -> tuple[EventsHandler, UserStore, Tower]:
+    handler, users, _ = make_handler(online)
+    model = TowerModel()
+    handler._live.current = model  # type: ignore[attr-defined]
+    return handler, users, model.user_encoder
+
+
+async def held_pass(handler: EventsHandler, tower: Tower) -> asyncio.Task[int]:
+    """A deferred pass stopped inside its encoder call."""
+    tower.go_on.clear()
+    running = asyncio.create_task(handler.embed_pending(most=100))
+    assert await asyncio.to_thread(tower.inside.wait, 10)
+    return running
+
+
+def test_auto_defers_for_a_tower_and_not_for_the_weighted_mean() -> None:
+    handler, _, _ = make_handler(FakeOnline())
+    assert not handler.defers()
+    assert make_handler(FakeOnline(), "deferred")[0].defers()
+    handler, _, _ = tower_handler(FakeOnline())
+    assert handler.defers()
+    handler.vector_mode = "inline"
+    assert not handler.defers()
+    with pytest.raises(ValueError, match="vector_mode"):
+        make_handler(FakeOnline(), "sometimes")
+
+
+async def test_deferred_batches_write_their_events_at_once_and_one_pass_embeds_each_user(
+) -> None:
+    online = FakeOnline()
+    handler, users, tower = tower_handler(online)
+    await handler.handle([event("e1", "u1", "i1", 0)])
+    await handler.handle([event("e2", "u1", "i2", 1), event("e3", "u2", "i1", 2)])
+    # The events' online state is written, with no vector and no encoder call yet.
+    assert [t.offset for t in online.touches] == [0, 1, 2]
+    assert online.vectors == [] and tower.calls == []
+    assert len(handler.pending) == 2
+
+    assert await handler.embed_pending(most=100) == 2
+    assert tower.calls == [2]  # u1's two batches cost one pass
+    by_user = {v.user_id: v for v in online.vectors}
+    assert set(by_user) == {"u1", "u2"} and by_user["u1"].version == "v1"
+    assert by_user["u1"].newest_ms == max(i.timestamp_ms for i in users.get(0, "u1").history)
+    assert len(handler.pending) == 0
+
+
+async def test_a_pass_takes_the_users_noted_first_and_leaves_the_rest_for_the_next() -> None:
+    online = FakeOnline()
+    handler, _, tower = tower_handler(online)
+    await handler.handle([event(f"e{n}", f"u{n}", "i1", n) for n in range(5)])
+    assert await handler.embed_pending(most=3) == 3
+    assert [v.user_id for v in online.vectors] == ["u0", "u1", "u2"]
+    assert await handler.embed_pending(most=3) == 2
+    assert tower.calls == [3, 2]
+
+
+async def test_a_user_who_acts_during_a_pass_is_embedded_again_by_the_next() -> None:
+    online = FakeOnline()
+    handler, users, tower = tower_handler(online)
+    await handler.handle([event("e1", "u1", "i1", 0)])
+    running = await held_pass(handler, tower)
+    await handler.handle([event("e2", "u1", "i2", 1)])  # batches go on during the pass
+    tower.go_on.set()
+    assert await running == 1
+    assert (0, "u1") in handler.pending
+    assert await handler.embed_pending(most=100) == 1
+    newest = max(i.timestamp_ms for i in users.get(0, "u1").history)
+    assert online.vectors[-1].newest_ms == newest > online.vectors[0].newest_ms
+
+
+async def test_a_user_deleted_during_a_pass_gets_no_vector() -> None:
+    online = FakeOnline()
+    handler, _, tower = tower_handler(online)
+    await handler.handle([event("e1", "u1", "i1", 0), event("e2", "u2", "i1", 1)])
+    running = await held_pass(handler, tower)
+    deletion = events_pb2.UserDeletion(user_id="u1", requested_at_ms=NOW_MS)
+    await handler.handle([Consumed("events", 0, 2, NOW_MS, b"u1", deletion.SerializeToString(),
+                                   tuple(control_headers()))])
+    tower.go_on.set()
+    assert await running == 1
+    assert [v.user_id for v in online.vectors] == ["u2"]
+
+
+async def test_a_pass_writes_nothing_for_a_partition_that_went_elsewhere_or_a_new_model(
+) -> None:
+    online = FakeOnline()
+    handler, users, tower = tower_handler(online)
+    await handler.handle([event("e1", "u1", "i1", 0), event("e4", "u4", "i1", 0, partition=1)])
+    running = await held_pass(handler, tower)
+    users.drop([1])  # partition 1 revoked meanwhile
+    tower.go_on.set()
+    assert await running == 1
+    assert [v.user_id for v in online.vectors] == ["u1"]
+
+    await handler.handle([event("e2", "u1", "i2", 1)])
+    running = await held_pass(handler, tower)
+    handler._live.current = TowerModel()  # type: ignore[attr-defined]  # a switch
+    tower.go_on.set()
+    assert await running == 0
+    assert len(online.vectors) == 1
+
+
+async def test_a_restored_user_whose_vector_is_older_than_its_state_is_embedded_again(
+) -> None:
+    online = FakeOnline()
+    handler, users, tower = tower_handler(online)
+    await handler.handle([event("e1", "u1", "i1", 0), event("e2", "u2", "i1", 1)])
+    await handler.embed_pending(most=100)
+    await handler.handle([event("e3", "u1", "i2", 2)])
+    # The worker stops before its deferred pass: u1's vector lags its state.
+    restarted, _, _ = make_handler(online)
+    restarted._users = users  # type: ignore[attr-defined]  # the state restored
+    restarted._live.current = TowerModel()  # type: ignore[attr-defined]
+    restarted._live.current.version = "v1"  # type: ignore[attr-defined,misc]
+    restarted.note_waiting([0])
+    assert await restarted.embed_waiting() == 1
+    newest = max(i.timestamp_ms for i in users.get(0, "u1").history)
+    assert [(v.user_id, v.newest_ms) for v in online.vectors][-1] == ("u1", newest)

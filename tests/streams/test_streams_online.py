@@ -254,14 +254,15 @@ async def test_a_worker_that_lost_the_race_applies_nothing(
     assert scores == [(f"i{n}".encode(), 2.0) for n in sorted(range(50), key=lambda n: f"i{n}")]
 
 
-async def test_vector_versions_name_each_users_version_or_none(
+async def test_vector_marks_name_each_users_version_and_newest_event_or_none(
     redis: tuple[Redis, RedisKeys],
 ) -> None:
     client, keys = redis
     online = online_state(client, keys)
-    await online.write([], [user_vector(np.ones(4, np.float32) / 2, 1, user="u1")])
-    assert await online.vector_versions(["u1", "u2"]) == ["base", None]
-    assert await online.vector_versions([]) == []
+    vector = user_vector(np.ones(4, np.float32) / 2, 1, user="u1")
+    await online.write([], [vector])
+    assert await online.vector_marks(["u1", "u2"]) == [("base", vector.newest_ms), None]
+    assert await online.vector_marks([]) == []
 
 
 async def test_a_deletion_removes_the_users_keys_once(redis: tuple[Redis, RedisKeys]) -> None:
