@@ -8,10 +8,12 @@ publishes the MovieLens-1M catalog, then per trial: a fresh user makes one event
 item ranked first for them is noted, an event on that item is produced at t0, and
 ``Recommend`` is polled until the item is gone (a seen item is never recommended) at t1.
 Between the two, Redis is polled (every 0.2 ms) until the worker has written the event to
-the user's ``seen`` set: the streams part of the time, reported on its own. A thread
-polls (every 1 ms) the user's vector until it holds the event (its ``ts``): with a trained
-tower the vector is written by a pass of its own after the batch (``user_vectors`` auto /
-deferred, ``streams.pending``), and this is when the user's next ranking reflects it.
+the user's ``seen`` set: the streams part of the time, reported on its own; and the
+user's vector until it holds the event (its ``ts``): with a trained tower the vector is
+written by a pass of its own after the batch (``user_vectors`` auto / deferred,
+``streams.pending``), and this is when the user's next ranking reflects it. All three are
+polled by one loop in one thread (a second polling thread would make each wait for the
+GIL and inflate the figures).
 A background thread replays MovieLens-1M ratings as live events at ``--background-rate``.
 
 Reference in the same run: the plain produce -> consume latency of one record through
@@ -24,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import re
 import shutil
 import statistics
 import tempfile
@@ -38,7 +41,8 @@ import redis
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import KafkaAdminClient, NewTopic
 
-from bench.stack import LocalStack
+from bench.stack import LocalStack, catalog_time_ms
+from bench.streams import scrape
 from contracts.console import progress_bar
 from contracts.online import NEWEST_FIELD, RedisKeys
 from ingest import movielens
@@ -46,6 +50,15 @@ from ingest.messages import item_records
 from protos import events_pb2, recommender_pb2, recommender_pb2_grpc
 
 RESULTS = Path(__file__).resolve().parent / "results"
+# What the worker did during the trials: its batches, its user-encoder calls (with a
+# trained tower, the deferred passes) and how long users waited for their vector.
+WORKER_METRICS = (
+    "streams_batch_size_sum", "streams_batch_size_count",
+    'streams_encode_seconds_sum{encoder="user"}', 'streams_encode_seconds_count{encoder="user"}',
+    "streams_user_vectors_total",
+    "streams_vector_deferral_seconds_sum", "streams_vector_deferral_seconds_count",
+    "streams_freshness_seconds_sum", "streams_freshness_seconds_count",
+)
 
 
 def summary(samples_ms: list[float]) -> dict[str, float]:
@@ -134,25 +147,6 @@ def send_event(producer: KafkaProducer, topic: str, user_id: str, item_id: str) 
     return event.timestamp_ms
 
 
-class VectorWatch(threading.Thread):
-    """Milliseconds from `t0` (perf_counter) until the user's vector holds an event at
-    or after `ts_ms`; None after 30 s."""
-
-    def __init__(self, client: redis.Redis, key: str, ts_ms: int, t0: float) -> None:
-        super().__init__(daemon=True)
-        self._client, self._key, self._ts_ms, self._t0 = client, key, ts_ms, t0
-        self.ms: float | None = None
-
-    def run(self) -> None:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            newest = self._client.hget(self._key, NEWEST_FIELD)
-            if newest is not None and int(newest) >= self._ts_ms:
-                self.ms = (time.perf_counter() - self._t0) * 1000
-                return
-            time.sleep(0.001)
-
-
 def wait_until(probe, timeout_s: float, what: str, stack: LocalStack):  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + timeout_s
     while True:
@@ -176,7 +170,10 @@ def main() -> None:
     parser.add_argument("--artifacts", type=Path,
                         help="an artifact store whose production version the worker and the "
                              "server run (default: none, the bootstrap version base)")
+    parser.add_argument("--env", action="append", default=[],
+                        help="extra worker setting NAME=VALUE (repeatable)")
     args = parser.parse_args()
+    extra = dict(setting.split("=", 1) for setting in args.env)
 
     dataset = movielens.load()
     items = dataset.items
@@ -190,7 +187,9 @@ def main() -> None:
     raw = raw_kafka_latency(args.kafka, args.trials)
 
     with tempfile.TemporaryDirectory(prefix="bench-freshness-") as workdir:
-        stack = LocalStack(kafka=args.kafka, redis_url=args.redis, workdir=Path(workdir))
+        stack = LocalStack(kafka=args.kafka, redis_url=args.redis, workdir=Path(workdir),
+                           extra_env={"STREAMREC_STREAMS_METRICS_PORT": "0",
+                                      "STREAMREC_STREAMS_METRICS_HOST": "127.0.0.1", **extra})
         version = "base"
         if args.artifacts is not None:
             shutil.copytree(args.artifacts, stack.artifact_dir)
@@ -200,7 +199,7 @@ def main() -> None:
         try:
             started = time.monotonic()
             stack.start()
-            for key, value in item_records(items, int(time.time() * 1000)):
+            for key, value in item_records(items, catalog_time_ms(args.artifacts)):
                 producer.send(stack.topics["items"], key=key.encode(), value=value)
             producer.flush()
             channel = grpc.insecure_channel(f"127.0.0.1:{stack.port}")
@@ -228,13 +227,32 @@ def main() -> None:
             client = redis.Redis.from_url(args.redis)
             keys = RedisKeys(stack.redis_prefix)
 
-            def in_redis(user: str, item: str) -> bool:
-                deadline = time.monotonic() + 30
-                while client.zscore(keys.seen(user), item) is None:
+            def watch(user: str, item: str, since_ms: int, t0: float) -> dict[str, float]:
+                """Milliseconds from `t0` until the event is in the user's seen set, until
+                Recommend no longer returns `item`, and until the user's vector holds an
+                event at or after `since_ms`."""
+                found: dict[str, float] = {}
+                deadline, asked = time.monotonic() + 30, 0.0
+                while len(found) < 3:
                     if time.monotonic() > deadline:
-                        return False
+                        raise RuntimeError(f"only {sorted(found)} within 30 s:\n"
+                                           f"{stack.streams.log_tail()}")
+                    with client.pipeline(transaction=False) as pipe:
+                        pipe.zscore(keys.seen(user), item)
+                        pipe.hget(keys.user_vector(user), NEWEST_FIELD)
+                        score, newest = pipe.execute()
+                    now = (time.perf_counter() - t0) * 1000
+                    if "redis" not in found and score is not None:
+                        found["redis"] = now
+                    if "vector" not in found and newest is not None and int(newest) >= since_ms:
+                        found["vector"] = now
+                    if "answer" not in found and "redis" in found and \
+                            time.perf_counter() - asked > 0.005:
+                        asked = time.perf_counter()
+                        if all(i.item_id != item for i in recommend(user).items):
+                            found["answer"] = (time.perf_counter() - t0) * 1000
                     time.sleep(0.0002)
-                return True
+                return found
 
             samples, streams_samples, vector_samples = [], [], []
             for trial in progress_bar(range(args.trials), desc="freshness trials"):
@@ -245,21 +263,14 @@ def main() -> None:
                     "a personal answer", stack)
                 target = first.items[0].item_id
                 t0 = time.perf_counter()
-                watch = VectorWatch(client, keys.user_vector(user), int(time.time() * 1000), t0)
-                watch.start()
-                send_event(producer, stack.topics["events"], user, target)
-                if not in_redis(user, target):
-                    raise RuntimeError(f"the event is not in Redis after 30 s:\n"
-                                       f"{stack.streams.log_tail()}")
-                streams_samples.append((time.perf_counter() - t0) * 1000)
-                wait_until(lambda u=user, t=target: all(i.item_id != t for i in recommend(u).items),
-                           30, "the answer to change", stack)
-                samples.append((time.perf_counter() - t0) * 1000)
-                watch.join()
-                if watch.ms is None:
-                    raise RuntimeError(f"the user's vector lacks the event after 30 s:\n"
-                                       f"{stack.streams.log_tail()}")
-                vector_samples.append(watch.ms)
+                sent_ms = send_event(producer, stack.topics["events"], user, target)
+                times = watch(user, target, sent_ms, t0)
+                streams_samples.append(times["redis"])
+                samples.append(times["answer"])
+                vector_samples.append(times["vector"])
+            url = re.search(r"metrics on (http://\S+/metrics)", stack.streams.log())
+            scraped = scrape(url.group(1)) if url else {}
+            worker_metrics = {name: scraped.get(name) for name in WORKER_METRICS}
             channel.close()
             client.close()
         finally:
@@ -279,6 +290,8 @@ def main() -> None:
         "background_events_sent": background.sent if background else 0,
         "catalog_items": len(item_ids),
         "model_version": version,
+        "worker_settings": extra,
+        "worker_metrics": worker_metrics,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")

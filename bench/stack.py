@@ -8,6 +8,7 @@ Used by the benchmarks in this folder and by ``tests/e2e``.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -18,6 +19,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 import redis
@@ -221,3 +223,16 @@ def delete_topics(kafka: str, suffix: str) -> None:
         pass
     finally:
         admin.close()
+
+
+def catalog_time_ms(store: Path | None) -> int:
+    """When the bench's catalog records say the items last changed: now, or with an
+    artifact store, just before its production version was made (the catalog that
+    version was trained on). An item record newer than the version could have another
+    text, so the worker would embed it again with the text encoder alone and drop the
+    version's trained vector: the whole catalog, on the worker's CPU, during the run."""
+    if store is None:
+        return int(time.time() * 1000)
+    version = json.loads((store / "production.json").read_text())["version"]
+    manifest = json.loads((store / version / "manifest.json").read_text())
+    return int(datetime.fromisoformat(manifest["created_at"]).timestamp() * 1000) - 1000

@@ -46,7 +46,7 @@ import redis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from kafka.admin import KafkaAdminClient, NewTopic
 
-from bench.stack import Child, LocalStack, delete_keys
+from bench.stack import Child, LocalStack, catalog_time_ms, delete_keys
 from contracts.console import progress_bar
 from contracts.online import NEWEST_FIELD, RedisKeys
 from ingest import movielens
@@ -259,7 +259,10 @@ def drain(args: argparse.Namespace, stack: LocalStack, workdir: Path, count: int
 
 def train_tower(stack: LocalStack, store: Path, budget_s: float) -> str:
     """Train the shipped recipe on what the first drain enriched (``python -m training
-    run``, `budget_s` seconds of training), promoted into `store`; its version."""
+    run``, `budget_s` seconds of training), promoted into `store`; its version. With
+    `budget_s` 0 the store's production version is used as it is (trained before)."""
+    if budget_s == 0:
+        return json.loads((store / "production.json").read_text())["version"]
     env = {**stack.streams.env, **stack.training_env(),
            "STREAMREC_TRAINING_ARTIFACT_DIR": str(store),
            "STREAMREC_TRAINING_TRAIN_TIME_BUDGET_S": str(budget_s)}
@@ -278,7 +281,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS / "streams.json")
     parser.add_argument("--tower", type=float, metavar="SECONDS",
                         help="then train the user tower this long on the drained events "
-                             "and drain them again with it (the measured drain)")
+                             "and drain them again with it (the measured drain); 0: use the "
+                             "production version of --artifacts, trained by an earlier run")
     parser.add_argument("--artifacts", type=Path,
                         help="artifact store the tower is trained into (kept; default: a "
                              "temporary one)")
@@ -289,7 +293,8 @@ def main() -> None:
     dataset = movielens.load()
     ratings = dataset.interactions.head(args.events)
     events = list(event_records(dataset.name, ratings))
-    items = list(item_records(dataset.items, int(time.time() * 1000)))
+    reused = args.tower == 0 and args.artifacts is not None  # a store trained before
+    items = list(item_records(dataset.items, catalog_time_ms(args.artifacts if reused else None)))
     users = int(ratings["user_id"].nunique())
     newest = newest_events(events)
     extra = dict(setting.split("=", 1) for setting in args.env)

@@ -6,6 +6,7 @@ import logging
 from functools import partial
 
 import faust
+import torch
 from mode import Service
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
@@ -104,6 +105,8 @@ def relations_consumer(settings: StreamsSettings, online: OnlineState,
 
 def build_worker(settings: StreamsSettings) -> faust.Worker:
     """Load the model once and wire every service; nothing connects before the worker starts."""
+    if settings.torch_threads:
+        torch.set_num_threads(settings.torch_threads)
     pretrained = pretrained_dir(settings.model_dir)
     options = EncoderOptions(device=settings.device, bf16=settings.bf16,
                              half_life_ms=settings.decay_half_life_s * 1000.0)

@@ -5,8 +5,7 @@ of the online store and the model."""
 from __future__ import annotations
 
 import asyncio
-import threading
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import NamedTuple
 
 import numpy as np
@@ -72,6 +71,9 @@ class FakeOnline:
     async def delete_user(self, user_id: str, *, partition: int, offset: int) -> Removed:
         self.vectors = [v for v in self.vectors if v.user_id != user_id]
         return Removed(following={}, followers={}, now=True)
+
+    async def forget_receipts(self, committed: Mapping[int, int]) -> int:
+        return 0
 
 
 class FakeModel:
@@ -212,22 +214,16 @@ async def test_reembedding_writes_vectors_of_the_version_in_use(
 
 
 class Tower:
-    """A blocking encoder (run off the event loop, as a trained tower is) that counts its
-    calls and can be held inside one."""
+    """A blocking encoder (a trained tower's kind) that counts its calls."""
 
     blocking = True
 
     def __init__(self) -> None:
         self.calls: list[int] = []
-        self.inside = threading.Event()
-        self.go_on = threading.Event()
-        self.go_on.set()
 
     def encode(self, histories: Sequence[Sequence[Interaction]], lookup: VectorLookup
                ) -> list[np.ndarray | None]:
         self.calls.append(len(histories))
-        self.inside.set()
-        assert self.go_on.wait(10)
         return WeightedMean(3_600_000.0).encode(histories, lookup)
 
 
@@ -241,16 +237,29 @@ class TowerModel:
 def tower_handler(online: FakeOnline) -> tuple[EventsHandler, UserStore, Tower]:
     handler, users, _ = make_handler(online)
     model = TowerModel()
-    handler._live.current = model  # type: ignore[attr-defined]
+    handler._live.current = model  # type: ignore[attr-defined,misc]
     return handler, users, model.user_encoder
 
 
-async def held_pass(handler: EventsHandler, tower: Tower) -> asyncio.Task[int]:
-    """A deferred pass stopped inside its encoder call."""
-    tower.go_on.clear()
+async def pass_with_batch_between(handler: EventsHandler,
+                                  between: Callable[[], Awaitable[object]]) -> int:
+    """A deferred pass while a batch waits for ``live.lock`` (as the consumer does): the
+    batch runs after the pass has read its users' states and before it writes."""
+    lock = handler._live.lock  # type: ignore[attr-defined]
+    await lock.acquire()
     running = asyncio.create_task(handler.embed_pending(most=100))
-    assert await asyncio.to_thread(tower.inside.wait, 10)
-    return running
+    await asyncio.sleep(0)  # the pass waits for the lock to read the states
+
+    async def batch() -> None:
+        async with lock:
+            await between()
+
+    waiting = asyncio.create_task(batch())
+    await asyncio.sleep(0)  # the batch waits behind the pass
+    lock.release()
+    written = await running
+    await waiting
+    return written
 
 
 def test_auto_defers_for_a_tower_and_not_for_the_weighted_mean() -> None:
@@ -298,10 +307,9 @@ async def test_a_user_who_acts_during_a_pass_is_embedded_again_by_the_next() -> 
     online = FakeOnline()
     handler, users, tower = tower_handler(online)
     await handler.handle([event("e1", "u1", "i1", 0)])
-    running = await held_pass(handler, tower)
-    await handler.handle([event("e2", "u1", "i2", 1)])  # batches go on during the pass
-    tower.go_on.set()
-    assert await running == 1
+    written = await pass_with_batch_between(
+        handler, lambda: handler.handle([event("e2", "u1", "i2", 1)]))
+    assert written == 1
     assert (0, "u1") in handler.pending
     assert await handler.embed_pending(most=100) == 1
     newest = max(i.timestamp_ms for i in users.get(0, "u1").history)
@@ -312,13 +320,12 @@ async def test_a_user_deleted_during_a_pass_gets_no_vector() -> None:
     online = FakeOnline()
     handler, _, tower = tower_handler(online)
     await handler.handle([event("e1", "u1", "i1", 0), event("e2", "u2", "i1", 1)])
-    running = await held_pass(handler, tower)
     deletion = events_pb2.UserDeletion(user_id="u1", requested_at_ms=NOW_MS)
-    await handler.handle([Consumed("events", 0, 2, NOW_MS, b"u1", deletion.SerializeToString(),
-                                   tuple(control_headers()))])
-    tower.go_on.set()
-    assert await running == 1
+    control = Consumed("events", 0, 2, NOW_MS, b"u1", deletion.SerializeToString(),
+                       tuple(control_headers()))
+    assert await pass_with_batch_between(handler, lambda: handler.handle([control])) == 1
     assert [v.user_id for v in online.vectors] == ["u2"]
+    assert tower.calls == [2]  # u1 was embedded, and the vector dropped
 
 
 async def test_a_pass_writes_nothing_for_a_partition_that_went_elsewhere_or_a_new_model(
@@ -326,17 +333,19 @@ async def test_a_pass_writes_nothing_for_a_partition_that_went_elsewhere_or_a_ne
     online = FakeOnline()
     handler, users, tower = tower_handler(online)
     await handler.handle([event("e1", "u1", "i1", 0), event("e4", "u4", "i1", 0, partition=1)])
-    running = await held_pass(handler, tower)
-    users.drop([1])  # partition 1 revoked meanwhile
-    tower.go_on.set()
-    assert await running == 1
+
+    async def revoke() -> None:
+        users.drop([1])  # partition 1 went elsewhere meanwhile
+
+    assert await pass_with_batch_between(handler, revoke) == 1
     assert [v.user_id for v in online.vectors] == ["u1"]
 
     await handler.handle([event("e2", "u1", "i2", 1)])
-    running = await held_pass(handler, tower)
-    handler._live.current = TowerModel()  # type: ignore[attr-defined]  # a switch
-    tower.go_on.set()
-    assert await running == 0
+
+    async def switch() -> None:
+        handler._live.current = TowerModel()  # type: ignore[attr-defined,misc]
+
+    assert await pass_with_batch_between(handler, switch) == 0
     assert len(online.vectors) == 1
 
 
@@ -350,7 +359,7 @@ async def test_a_restored_user_whose_vector_is_older_than_its_state_is_embedded_
     # The worker stops before its deferred pass: u1's vector lags its state.
     restarted, _, _ = make_handler(online)
     restarted._users = users  # type: ignore[attr-defined]  # the state restored
-    restarted._live.current = TowerModel()  # type: ignore[attr-defined]
+    restarted._live.current = TowerModel()  # type: ignore[attr-defined,misc]
     restarted._live.current.version = "v1"  # type: ignore[attr-defined,misc]
     restarted.note_waiting([0])
     assert await restarted.embed_waiting() == 1

@@ -53,12 +53,20 @@ def test_weighted_mean_is_the_user_vector_of_each_history() -> None:
 
 def test_rows_run_at_the_shortest_length_that_holds_them_at_most_twice_over() -> None:
     lengths = [1, 3, 8, 9, 17, 40, 100, 129, 200]
-    groups = length_groups(lengths, min_len=3, max_len=200)
+    groups = length_groups(lengths, min_len=3, max_len=200, min_rows=1)
     assert groups == {8: [0, 1, 2], 16: [3], 32: [4], 64: [5], 128: [6], 200: [7, 8]}
-    assert length_groups([1, 6], min_len=3, max_len=6) == {6: [0, 1]}  # never past max_len
+    assert length_groups([1, 6], min_len=3, max_len=6, min_rows=1) == {6: [0, 1]}  # <= max_len
     for length, rows in groups.items():
         assert all(lengths[r] <= length and (length <= 8 or length < 2 * lengths[r])
                    for r in rows)
+
+
+def test_a_group_too_small_for_a_call_of_its_own_runs_with_the_next_longer_one() -> None:
+    lengths = [2] * 20 + [10] * 3 + [30] * 2 + [60] * 20
+    groups = length_groups(lengths, min_len=3, max_len=200, min_rows=16)
+    assert groups == {8: list(range(20)), 64: list(range(20, 45))}
+    assert length_groups([2, 20, 45], min_len=3, max_len=200) == {64: [0, 1, 2]}  # one call
+    assert length_groups([], min_len=3, max_len=200) == {}
 
 
 def test_a_tower_cut_to_each_groups_length_gives_the_full_length_vectors(

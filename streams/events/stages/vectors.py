@@ -20,10 +20,13 @@ from streams.waiting import WaitingUsers, missing_items
 async def user_vectors(
     states: Mapping[str, UserState], partition_of: Mapping[str, int], *, model: Model,
     vectors: Mapping[str, np.ndarray], waiting: WaitingUsers, metrics: StreamsMetrics,
-    clock: Clock,
+    clock: Clock, off_loop: bool = True,
 ) -> list[UserVector]:
     """The new vector of each user with a history item that has a vector in `vectors`,
-    all users in one call of the model's user encoder (off the event loop if it blocks).
+    all users in one call of the model's user encoder (off the event loop if it blocks
+    and `off_loop`: a thread keeps the loop answering, but a tower's every operator
+    then waits for the GIL while the loop runs Python, many times slower on a busy
+    worker; the deferred passes run it on the loop instead).
     Users are noted as waiting for the items without a vector before the call: one that
     gets its vector meanwhile finds them. `partition_of` maps each user to its partition
     of events."""
@@ -34,7 +37,7 @@ async def user_vectors(
     histories = [state.history for state in states.values()]
     encoder = model.user_encoder
     started = time.perf_counter()
-    if encoder.blocking:
+    if encoder.blocking and off_loop:
         encoded = await asyncio.to_thread(encoder.encode, histories, vectors.get)
     else:
         encoded = encoder.encode(histories, vectors.get)
