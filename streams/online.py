@@ -117,12 +117,15 @@ RECOVERY_MARGIN_MS = 60_000
 
 
 class Recovery(Protocol):
-    """Reads back the touches of records whose effects a failed master lost
+    """Reads back the records whose effects a failed master lost
     (:class:`streams.recovery.EnrichedLog`): partition -> (first, newest) offset lost;
-    `since_ms` bounds the log time of the first (0: unknown)."""
+    `since_ms` bounds the log time of the first (0: unknown). ``touches``: the accepted
+    events'; ``deletions``: the users' deletions (control records) among them."""
 
     async def touches(self, lost: Mapping[int, tuple[int, int]], *,
                       since_ms: int) -> list[Touch]: ...
+
+    async def deletions(self, lost: Mapping[int, tuple[int, int]]) -> list[Deletion]: ...
 
 
 class Touch(NamedTuple):
@@ -135,6 +138,14 @@ class Touch(NamedTuple):
     timestamp_ms: int
     popularity: float
     event_type: int
+    partition: int
+    offset: int
+
+
+class Deletion(NamedTuple):
+    """A user's deletion: its control record's place in the events topic."""
+
+    user_id: str
     partition: int
     offset: int
 
@@ -246,6 +257,12 @@ def user_keys(keys: RedisKeys, user_id: str) -> list[str]:
     return [keys.user_vector(user_id), keys.seen(user_id),
             *(pattern.of(user_id) for pattern in keys.acts_sets.values()),
             keys.social(user_id)]
+
+
+def deleted_keys(keys: RedisKeys, user_id: str) -> list[str]:
+    """The keys a deletion removes on a cluster (no social graph there): the user's
+    online state and their (empty) graph sets."""
+    return [*user_keys(keys, user_id), keys.following(user_id), keys.followers(user_id)]
 
 
 def expiring_keys(keys: RedisKeys, touches: Sequence[Touch], vectors: Sequence[UserVector]
@@ -562,12 +579,14 @@ class OnlineState(Service):
         assert self._slots is not None
         applied, todo = 0, None
         again: list[Touch] = []
+        gone: list[Deletion] = []
         if self._slots.suspect:
             went_back = await self._slots.verify()
             if went_back and self._recovery is not None:
-                again = await self._read_back(self._slots.take_lost(went_back))
+                again, gone = await self._read_back(self._slots.take_lost(went_back))
         while True:
-            shares = self._shares([*again, *touches], vectors, only=todo, again=len(again))
+            shares = self._shares([*again, *touches], vectors, only=todo, again=len(again),
+                                  deletions=gone)
             try:
                 done, stale = await self._slots.apply(shares)
             except REDIS_ERRORS:
@@ -582,10 +601,14 @@ class OnlineState(Service):
             if self._recovery is not None:
                 lost = self._slots.take_lost(stale)
                 if lost:
-                    again += await self._read_back(lost)
+                    more, more_gone = await self._read_back(lost)
+                    again += more
+                    gone += more_gone
 
-    async def _read_back(self, lost: Mapping[int, tuple[int, int]]) -> list[Touch]:
-        """The touches of the `lost` records (partition -> offsets), from the log."""
+    async def _read_back(self, lost: Mapping[int, tuple[int, int]]
+                         ) -> tuple[list[Touch], list[Deletion]]:
+        """The touches and the deletions of the `lost` records (partition -> offsets),
+        from the logs."""
         assert self._recovery is not None and self._slots is not None
         since = min(self._slots.first_applied_ms(p, first) for p, (first, _) in lost.items())
         started = time.monotonic()
@@ -593,12 +616,13 @@ class OnlineState(Service):
             await self.before_read_back()
         found = await self._recovery.touches(
             lost, since_ms=max(since - RECOVERY_MARGIN_MS, 0) if since else 0)
-        self.recovered += len(found)
-        log.warning("read back %s accepted records of offsets %s lost with a failed master "
-                    "in %.2f s; applying them again", len(found),
-                    {p: f"{a}-{b}" for p, (a, b) in sorted(lost.items())},
+        deletions = await self._recovery.deletions(lost)
+        self.recovered += len(found) + len(deletions)
+        log.warning("read back %s accepted records and %s deletions of offsets %s lost with "
+                    "a failed master in %.2f s; applying them again", len(found),
+                    len(deletions), {p: f"{a}-{b}" for p, (a, b) in sorted(lost.items())},
                     time.monotonic() - started)
-        return found
+        return found, deletions
 
     def _lost_vectors(self, again: Sequence[Touch], vectors: Sequence[UserVector]) -> None:
         """The users of read-back records whose vector this batch did not write: their
@@ -609,12 +633,15 @@ class OnlineState(Service):
             self.on_lost_vectors(users)
 
     def _shares(self, touches: Sequence[Touch], vectors: Sequence[UserVector], *,
-                only: set[int] | None, again: int = 0) -> list[Share]:
+                only: set[int] | None, again: int = 0,
+                deletions: Sequence[Deletion] = ()) -> list[Share]:
         """Each slot's share of a batch (of the slots in `only`, when given), checked
         against what the writer believes of its fence. A slot holds users' keys, and maybe
         the popular set or a trending window's: the records relevant to it are its users'
         and, with a global set, all of them. The first `again` touches are records read
-        back after a failover: applied, not counted."""
+        back after a failover: applied, not counted. `deletions` were read back too: a
+        slot whose fence is below one removes the user's keys first, and applies only
+        the user's touches after it (those before it were deleted with the user)."""
         recovered = {(t.partition, t.offset) for t in touches[:again]}
         assert self._slots is not None
         keys = self.keys
@@ -624,10 +651,14 @@ class OnlineState(Service):
         vectors_by_slot: dict[int, list[UserVector]] = {}
         for vector in vectors:
             vectors_by_slot.setdefault(slot_of(keys.user_vector(vector.user_id)), []).append(vector)
+        deletions_by_slot: dict[int, list[Deletion]] = {}
+        for deletion in deletions:
+            deletions_by_slot.setdefault(slot_of(keys.user_vector(deletion.user_id)),
+                                         []).append(deletion)
         popular_slot = slot_of(keys.popular()) if touches else None
         window_slots = {w.name: slot_of(keys.trending(w.name)) for w in self._windows} \
             if touches else {}
-        slots = {*by_slot, *vectors_by_slot, *window_slots.values()}
+        slots = {*by_slot, *vectors_by_slot, *deletions_by_slot, *window_slots.values()}
         if popular_slot is not None:
             slots.add(popular_slot)
         shares = []
@@ -635,22 +666,38 @@ class OnlineState(Service):
             mine = by_slot.get(slot, [])
             windows = [w for w in self._windows if window_slots.get(w.name) == slot]
             relevant = touches if slot == popular_slot or windows else mine
-            if not relevant:  # vectors alone (re-embedding after a release): overwrites
+            believed = self._slots.fence(slot)
+            deleted = [d for d in deletions_by_slot.get(slot, [])
+                       if d.offset > believed.get(d.partition, -1)]
+            if not relevant and not deleted:
+                # vectors alone (re-embedding after a release): overwrites
                 shares.append(Share(slot, calls=self._effects(
                     [], vectors_by_slot.get(slot, []), users=True, popular=False, windows=[])))
                 continue
-            believed = self._slots.fence(slot)
             fresh, newest = above_applied(relevant, believed)
+            for d in deleted:
+                newest[d.partition] = max(newest.get(d.partition, -1), d.offset)
+            after: dict[tuple[int, str], int] = {}  # a deleted user's touches: from it on
+            for d in deleted:
+                after[d.partition, d.user_id] = max(after.get((d.partition, d.user_id), -1),
+                                                    d.offset)
             slot_users = {t.user_id for t in mine}
-            users_fresh = [t for t in fresh if t.user_id in slot_users]
+            users_fresh = [t for t in fresh if t.user_id in slot_users
+                           and t.offset > after.get((t.partition, t.user_id), -1)]
             acted = {t.user_id for t in users_fresh}
-            calls = self._effects(users_fresh, [v for v in vectors_by_slot.get(slot, [])
-                                                if v.user_id in acted],
-                                  users=True, popular=False, windows=[])
+            calls = [Call("del", deleted_keys(keys, user_id), [])
+                     for user_id in dict.fromkeys(d.user_id for d in deleted)]
+            # the vectors of users whose records were all applied before stay as they are;
+            # those of users without records here (a vectors-only write) are written
+            calls += self._effects(users_fresh, [v for v in vectors_by_slot.get(slot, [])
+                                                 if v.user_id in acted
+                                                 or v.user_id not in slot_users],
+                                   users=True, popular=False, windows=[])
             calls += self._effects(fresh, [], users=False, popular=slot == popular_slot,
                                    windows=windows)
             checks = [(p, believed.get(p, -1), max(believed.get(p, -1), newest.get(p, -1)))
-                      for p in sorted({t.partition for t in relevant})]
+                      for p in sorted({*(t.partition for t in relevant),
+                                       *(d.partition for d in deleted)})]
             shares.append(Share(slot, checks, calls, fresh=sum(
                 (t.partition, t.offset) not in recovered for t in users_fresh)))
         return shares
@@ -660,7 +707,7 @@ class OnlineState(Service):
         fenced by their slot's fence."""
         assert self._slots is not None
         keys, slot = self.keys, slot_of(self.keys.user_vector(user_id))
-        names = [*user_keys(keys, user_id), keys.following(user_id), keys.followers(user_id)]
+        names = deleted_keys(keys, user_id)
         while True:
             held = self._slots.fence(slot).get(partition, -1)
             now = offset > held

@@ -1,4 +1,5 @@
-"""Online state lost with a failed Redis Cluster master, read back from ``events.enriched``.
+"""Online state lost with a failed Redis Cluster master, read back from ``events.enriched``
+(and the users' deletions among the lost records, from ``events``).
 
 A master acknowledges a write before its replica has it, so a master that dies can take
 the newest writes of its slots with it while the promoted replica serves what it had. The
@@ -19,21 +20,27 @@ has delivered first (``OnlineState.before_read_back``). A record read twice (an 
 owner, then the record's committed copy) counts once: a touch is located by its source
 partition and offset. The read ends once the newest lost record of every partition was
 found and every partition was read to its end.
+
+A deletion's control record has no enriched event: :meth:`EnrichedLog.deletions` reads
+the lost offsets of the events topic itself (their exact span, no time look-up), so a
+user deleted in the lost window is deleted again in those slots, before the records of
+theirs that came after it; a deletion is never undone by a failover.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from google.protobuf.message import DecodeError
 
+from contracts.deletions import ControlRecordError, is_control, parse_control
 from contracts.security import KafkaSecurity, kafka_kwargs
 from protos import events_pb2
 from streams.feed import full_assignment
-from streams.online import Touch
+from streams.online import Deletion, Touch
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +82,48 @@ class EnrichedLog:
                             "trying again in %.0f s", missing, self._topic, attempt,
                             self._retry_s)
             await asyncio.sleep(self._retry_s)
+
+    async def deletions(self, lost: Lost) -> list[Deletion]:
+        """The users' deletions among the records of `lost`, read from the events topic
+        itself, in offset order per partition (retried like :meth:`touches`)."""
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return await self._read_deletions(lost)
+            except Exception as error:  # noqa: BLE001 - any Kafka failure is worth a retry
+                log.warning("reading back the deletions among %s lost records of %s failed "
+                            "(attempt %s): %r; trying again in %.0f s", _count(lost),
+                            self._source, attempt, error, self._retry_s)
+            await asyncio.sleep(self._retry_s)
+
+    async def _read_deletions(self, lost: Lost) -> list[Deletion]:
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self._servers, group_id=None, enable_auto_commit=False,
+            client_id="streamrec-streams-recovery", **kafka_kwargs(self._security),
+        )
+        await consumer.start()
+        found: list[Deletion] = []
+        try:
+            todo = {TopicPartition(self._source, p): span for p, span in lost.items()}
+            consumer.assign(list(todo))
+            for tp, (first, _) in todo.items():
+                consumer.seek(tp, first)
+            ends = await consumer.end_offsets(list(todo))
+            while todo:
+                batches = await consumer.getmany(*todo, timeout_ms=self._poll_ms)
+                for tp, records in batches.items():
+                    newest = todo[tp][1] if tp in todo else -1
+                    found += [d for r in records if r.offset <= newest
+                              and (d := _deletion(r.partition, r.offset, r.key, r.value,
+                                                  r.headers)) is not None]
+                for tp in list(todo):
+                    position = await consumer.position(tp)
+                    if position > todo[tp][1] or position >= ends[tp]:
+                        del todo[tp]
+        finally:
+            await consumer.stop()
+        return sorted(found, key=lambda d: (d.partition, d.offset))
 
     async def _read(self, lost: Lost, since_ms: int) -> dict[tuple[int, int], Touch]:
         consumer = AIOKafkaConsumer(
@@ -127,6 +176,19 @@ class EnrichedLog:
         event = enriched.event
         return Touch(event.user_id, event.item_id, event.timestamp_ms, enriched.weight,
                      event.type, enriched.source_partition, enriched.source_offset)
+
+
+def _deletion(partition: int, offset: int, key: bytes | None, value: bytes | None,
+              headers: Sequence[tuple[str, bytes]]) -> Deletion | None:
+    """The deletion of a control record; None for an event or for a malformed one (which
+    was dead-lettered, and deleted nobody)."""
+    if not is_control(headers):
+        return None
+    try:
+        deletion = parse_control(key, value, headers)
+    except ControlRecordError:
+        return None
+    return Deletion(deletion.user_id, partition, offset)
 
 
 def _count(lost: Lost) -> int:

@@ -22,10 +22,11 @@ from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 from redis.cluster import RedisCluster
 
+from contracts.deletions import control_headers
 from contracts.online import RedisKeys
 from contracts.security import async_redis_client, redis_client
 from protos import events_pb2
-from streams.online import Caps, OnlineState, Touch
+from streams.online import Caps, Deletion, OnlineState, Touch
 from streams.recovery import EnrichedLog
 from streams.trending import Window
 
@@ -50,9 +51,9 @@ def records() -> list[list[Touch]]:
     return batches
 
 
-def online(client: Redis, keys: RedisKeys) -> OnlineState:
+def online(client: Redis, keys: RedisKeys, source: str = "ev") -> OnlineState:
     return OnlineState(client, keys=keys, caps=CAPS, trending=[Window("1h", 3_600_000.0)],
-                       group="g", source_topic="ev", retry_initial_s=0.05, retry_max_s=0.5)
+                       group="g", source_topic=source, retry_initial_s=0.05, retry_max_s=0.5)
 
 
 async def state(client: Redis, keys: RedisKeys) -> dict[str, object]:
@@ -164,15 +165,54 @@ def replica_of(url: str, master_port: int) -> int:
                 if n.get("master_id") == master)
 
 
-def enriched_value(touch: Touch) -> bytes:
+def source_event(touch: Touch) -> events_pb2.Event:
+    return events_pb2.Event(event_id=f"e{touch.partition}-{touch.offset}",
+                            user_id=touch.user_id, item_id=touch.item_id,
+                            type=touch.event_type,  # type: ignore[arg-type]
+                            timestamp_ms=touch.timestamp_ms)
+
+
+def enriched_value(touch: Touch, source: str = "ev") -> bytes:
     """What the worker logs for an accepted event: the touch's fields and its source."""
     return events_pb2.EnrichedEvent(
-        event=events_pb2.Event(event_id=f"e{touch.partition}-{touch.offset}",
-                               user_id=touch.user_id, item_id=touch.item_id,
-                               type=touch.event_type,  # type: ignore[arg-type]
-                               timestamp_ms=touch.timestamp_ms),
-        weight=touch.popularity, source_topic="ev", source_partition=touch.partition,
-        source_offset=touch.offset).SerializeToString()
+        event=source_event(touch), weight=touch.popularity, source_topic=source,
+        source_partition=touch.partition, source_offset=touch.offset).SerializeToString()
+
+
+Record = Touch | Deletion
+
+
+async def apply(writer: OnlineState, batch: list[Record]) -> None:
+    """A batch as the worker applies it: split at its deletions, each carried out between."""
+    touches: list[Touch] = []
+    for record in batch:
+        if isinstance(record, Deletion):
+            await writer.write(touches, [])
+            touches = []
+            await writer.delete_user(record.user_id, partition=record.partition,
+                                     offset=record.offset)
+        else:
+            touches.append(record)
+    await writer.write(touches, [])
+
+
+async def produce_source(producer: AIOKafkaProducer, topic: str, batch: list[Record]) -> None:
+    """The batch's records on the events topic, each at the offset it names."""
+    sent = []
+    for record in batch:
+        if isinstance(record, Deletion):
+            value = events_pb2.UserDeletion(user_id=record.user_id,
+                                            requested_at_ms=1_790_000_000_000)
+            sent.append(await producer.send(topic, value.SerializeToString(),
+                                            key=record.user_id.encode(),
+                                            partition=record.partition,
+                                            headers=control_headers()))
+        else:
+            sent.append(await producer.send(topic, source_event(record).SerializeToString(),
+                                            key=record.user_id.encode(),
+                                            partition=record.partition))
+    offsets = [(meta.partition, meta.offset) for meta in await asyncio.gather(*sent)]
+    assert offsets == [(r.partition, r.offset) for r in batch]
 
 
 async def test_writes_a_dead_master_took_with_it_are_read_back_from_the_log(
@@ -183,17 +223,32 @@ async def test_writes_a_dead_master_took_with_it_are_read_back_from_the_log(
     are written, so the master acknowledges writes it never replicates; then the master is
     SIGKILLed and the replica resumed and promoted. The writer finds the fences gone back and reads the
     lost records back from the enriched events (written after each batch, as the worker
-    does): the state equals one clean pass on a single Redis, without reading any record
-    twice into Redis or replaying the log from its start."""
+    does), and the deletions among them from the events topic: the state equals one clean
+    pass on a single Redis, without reading any record twice into Redis or replaying the
+    log from its start, and no user deleted in the lost window comes back."""
     caplog.set_level(logging.WARNING, logger="streams")
     keys = RedisKeys(f"test-{unique}:")
-    enriched = f"enriched-{unique}"
-    create_topics([enriched], partitions=3)
-    batches = records()
+    enriched, source = f"enriched-{unique}", f"ev-{unique}"
+    create_topics([enriched, source], partitions=3)
     sync = redis_client(redis_cluster_url, None)
     assert isinstance(sync, RedisCluster)
     victim = sync.get_node_from_key(keys.popular()).port
+    # In each batch the master will lose, one user of its slots is deleted (the record
+    # becomes the deletion's control record); they all acted before.
+    batches: list[list[Record]] = [list(batch) for batch in records()]
+    deleted = []
+    for batch in batches[BATCHES // 3:BATCHES // 3 + 5]:
+        k, touch = next((k, t) for k, t in enumerate(batch) if isinstance(t, Touch)
+                        and sync.get_node_from_key(keys.seen(t.user_id)).port == victim)
+        batch[k] = Deletion(touch.user_id, touch.partition, touch.offset)
+        deleted.append(touch.user_id)
     sync.close()
+    # A deleted user does not come back: their later records are other (new) users', so a
+    # deletion the failover undid would show as the user's keys in Redis.
+    gone = set(deleted)
+    for batch in batches[BATCHES // 3:]:
+        batch[:] = [r._replace(user_id=f"x{r.partition}-{r.offset}")
+                    if isinstance(r, Touch) and r.user_id in gone else r for r in batch]
     replica = replica_of(redis_cluster_url, victim)
     replica_pid = int(SyncRedis(port=replica).info("server")["process_id"])
     cluster = async_redis_client(redis_cluster_url, None)
@@ -201,9 +256,9 @@ async def test_writes_a_dead_master_took_with_it_are_read_back_from_the_log(
     producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
     await producer.start()
     writer = OnlineState(cluster, keys=keys, caps=CAPS, trending=[Window("1h", 3_600_000.0)],
-                         group="g", source_topic="ev", retry_initial_s=0.05, retry_max_s=0.5,
+                         group="g", source_topic=source, retry_initial_s=0.05, retry_max_s=0.5,
                          recovery=EnrichedLog(bootstrap_servers=[kafka_bootstrap],
-                                              topic=enriched, source_topic="ev", retry_s=0.5))
+                                              topic=enriched, source_topic=source, retry_s=0.5))
     writer.before_read_back = producer.flush
     lost_vectors: list[tuple[int, str]] = []
     writer.on_lost_vectors = lost_vectors.extend
@@ -223,20 +278,27 @@ async def test_writes_a_dead_master_took_with_it_are_read_back_from_the_log(
                 killed = True
                 os.kill(replica_pid, signal.SIGCONT)
                 stopped = False
-            await writer.write(batch, [])  # retries until the replica has taken over
+            await produce_source(producer, source, batch)
+            await apply(writer, batch)  # retries until the replica has taken over
             for touch in batch:  # Redis first, then the log
-                await producer.send(enriched, key=touch.user_id.encode(),
-                                    value=enriched_value(touch))
+                if isinstance(touch, Touch):
+                    await producer.send(enriched, key=touch.user_id.encode(),
+                                        value=enriched_value(touch, source))
         wait_ok(redis_cluster_url)
         assert writer.regressed(), "no fence went back: the failover lost nothing"
         assert writer.recovered > 0
-        clean = online(single, keys)
+        clean = online(single, keys, source)
         for batch in batches:
-            await clean.write(batch, [])
+            await apply(clean, batch)
         assert await state(cluster, keys) == await state(single, keys)
+        for user in deleted:
+            assert await cluster.exists(keys.seen(user), keys.user_vector(user)) == 0, user
         # a second pass (a worker reading its partitions again) applies nothing
-        assert sum([await online(cluster, keys).write(batch, []) for batch in batches]) == 0
-        assert any("read back" in r.getMessage() for r in caplog.records)
+        again = online(cluster, keys, source)
+        assert sum([await again.write([t for t in batch if isinstance(t, Touch)], [])
+                    for batch in batches]) == 0
+        read_back = [r.getMessage() for r in caplog.records if "read back" in r.getMessage()]
+        assert read_back and any(" 0 deletions" not in m for m in read_back), read_back
         print(f"failover of {victim}: {writer.recovered} records read back for "
               f"{writer.regressed()}; {len(set(lost_vectors))} users to embed again")
     finally:
