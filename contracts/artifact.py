@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from contracts.itemtext import MAX_TOKENS
+from contracts.itemtext import MAX_TOKENS, text_hash
 
 FORMAT = 1
 BASE_VERSION = "base"  # the bootstrap model before any artifact: pretrained encoder, no files
@@ -39,6 +39,9 @@ PRODUCTION = "production.json"
 MANIFEST = "manifest.json"
 ITEM_IDS = "item_ids.json"
 ITEM_VECTORS = "item_vectors.npy"
+# uint64 [n_items], aligned with item_ids: contracts.itemtext.text_hash of the text each
+# item's vector was made from (optional: versions written before it have none)
+ITEM_TEXT_HASHES = "item_text_hashes.npy"
 INDEX = "index.faiss"
 USER_ENCODER = "user_encoder.pt2"
 ITEM_ENCODER = "item_encoder"
@@ -163,6 +166,22 @@ def read_version(directory: Path, version: str) -> StoredVersion:
     if not np.isfinite(vectors).all() or (len(vectors) and not np.abs(vectors).sum(axis=1).all()):
         raise BadVectors(f"{path} holds NaN, infinity or a zero row")
     return StoredVersion(version, dim, item_ids, vectors, manifest)
+
+
+def read_text_hashes(directory: Path, item_ids: Sequence[str]) -> dict[str, int]:
+    """Item id -> hash of the text its vector was made from (empty for a version without
+    :data:`ITEM_TEXT_HASHES`); a file that does not match the item ids is refused."""
+    path = directory / ITEM_TEXT_HASHES
+    if not path.is_file():
+        return {}
+    try:
+        hashes = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as error:
+        raise BadVectors(f"cannot read {path}: {error}") from error
+    if hashes.shape != (len(item_ids),) or hashes.dtype != np.uint64:
+        raise BadVectors(f"{path} is {hashes.dtype} {hashes.shape}, expected uint64 "
+                         f"({len(item_ids)},)")
+    return dict(zip(item_ids, (int(h) for h in hashes), strict=True))
 
 
 def text_max_length(manifest: Mapping[str, Any]) -> int:
@@ -361,8 +380,11 @@ def write_artifact(
     metrics: Mapping[str, Any],
     config: Mapping[str, Any],
     write_encoders: Callable[[Path], Mapping[str, Any]] | None = None,
+    item_texts: Sequence[str] | None = None,
 ) -> Path:
     """Write a new version (with its exact FAISS index) and return its directory.
+    `item_texts`, aligned with `item_ids`: the texts the vectors were made from, kept as
+    :data:`ITEM_TEXT_HASHES` (a reader keeps a vector while the item's text is unchanged).
 
     `write_encoders(directory)`, when given, writes the model's own files (encoders,
     checkpoint) into the not yet visible version directory and returns the manifest
@@ -379,6 +401,14 @@ def write_artifact(
         with open(staging / ITEM_VECTORS, "wb") as handle:
             np.save(handle, vectors)
             _sync(handle)
+        if item_texts is not None:
+            if len(item_texts) != len(item_ids):
+                raise ValueError(f"{len(item_texts)} item texts for {len(item_ids)} item ids")
+            hashes = np.fromiter((text_hash(t) for t in item_texts), dtype=np.uint64,
+                                 count=len(item_texts))
+            with open(staging / ITEM_TEXT_HASHES, "wb") as handle:
+                np.save(handle, hashes)
+                _sync(handle)
         index = faiss.IndexFlatIP(vectors.shape[1])  # FAISS ids are the row numbers
         index.add(vectors)
         faiss.write_index(index, str(staging / INDEX))

@@ -10,6 +10,7 @@ bootstrap model ``base`` and versions written before manifests carried it.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable
 
 from protos import events_pb2
@@ -31,3 +32,10 @@ def text_of(title: str, categories: Iterable[str], description: str) -> str:
 def item_text(item: events_pb2.Item) -> str:
     """The text of a catalog item (an untitled item's text has no title: never its id)."""
     return text_of(item.title, item.categories, item.description)
+
+
+def text_hash(text: str) -> int:
+    """A 64-bit hash of an item text (BLAKE2b, 8 bytes, little-endian): what a version
+    keeps of the texts its item vectors were made from (``item_text_hashes.npy``)."""
+    return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(),
+                          "little")

@@ -200,7 +200,8 @@ async def switch_model(
     it lacks (published), and a vector of it for every user of this worker's table."""
     async with live.lock:
         previous = live.version
-        catalog.switch(model.version, model.dim, model.item_vectors, model.made_at_ms)
+        catalog.switch(model.version, model.dim, model.item_vectors, model.made_at_ms,
+                       model.text_hashes)
         live.current = model
         events.waiting.clear()  # re-embedding every user below notes them for this version
     metrics.use_model(model.version)

@@ -7,10 +7,11 @@ and by the items agent as soon as it embeds an item.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 
 import numpy as np
 
-from contracts.itemtext import item_text
+from contracts.itemtext import item_text, text_hash
 from protos import events_pb2
 from streams.vectors import normalise
 
@@ -27,9 +28,11 @@ class Catalog:
         self._vectors: dict[str, np.ndarray] = {}
         self._arrived: set[str] = set()  # items that got their first vector, until taken
         # Per vector of the version in use: when it was made (ms; 0: unknown), and the
-        # item text it was made from where known.
+        # item text it was made from where known (by this worker), or its hash (recorded
+        # by the version, for its stored vectors).
         self._made_at: dict[str, int] = {}
         self._texts: dict[str, str] = {}
+        self._text_hashes: dict[str, int] = {}
 
     def __len__(self) -> int:
         return len(self._items)
@@ -59,9 +62,9 @@ class Catalog:
         return arrived
 
     def switch(self, version: str, dim: int, vectors: dict[str, np.ndarray],
-               made_at_ms: int = 0) -> None:
-        """Use another model version: its stored vectors (made at `made_at_ms`) replace
-        every current one."""
+               made_at_ms: int = 0, text_hashes: Mapping[str, int] | None = None) -> None:
+        """Use another model version: its stored vectors (made at `made_at_ms`, from the
+        texts of `text_hashes`, where the version records them) replace every current one."""
         kept = {item_id: normalise(vector) for item_id, vector in vectors.items()
                 if vector.shape == (dim,)}
         if len(kept) < len(vectors):
@@ -71,6 +74,8 @@ class Catalog:
         self._arrived = set()
         self._made_at = dict.fromkeys(kept, made_at_ms)
         self._texts = {}
+        self._text_hashes = {item_id: h for item_id, h in (text_hashes or {}).items()
+                             if item_id in kept}
 
     def reuse_vector(self, item: events_pb2.Item) -> bool:
         """Whether the item's vector of the version in use was made from this item's
@@ -78,14 +83,22 @@ class Catalog:
         again) needs no embedding: the text it was made from is this one, or, that text
         unknown, the vector is newer than the item's last change. A trained version's
         vectors also carry what the training learned of the item: embedding its text
-        again would lose that. When True, the text is noted as the vector's."""
+        again would lose that. When True, the text is noted as the vector's. The text a
+        version's vector was made from is known by its hash where the version records
+        it (so a record changed after training, with the same text, keeps the trained
+        vector); else only by this worker's own embedding."""
         item_id = item.item_id
         if item_id not in self._vectors:
             return False
         text = item_text(item)
         known = self._texts.get(item_id)
         if known is None:
-            if not 0 < item.updated_at_ms <= self._made_at.get(item_id, 0):
+            stored = self._text_hashes.get(item_id)
+            if stored is not None:
+                same = stored == text_hash(text)
+            else:
+                same = 0 < item.updated_at_ms <= self._made_at.get(item_id, 0)
+            if not same:
                 return False
             self._texts[item_id] = text
             return True
@@ -100,6 +113,7 @@ class Catalog:
         self._vectors.pop(item_id, None)
         self._made_at.pop(item_id, None)
         self._texts.pop(item_id, None)
+        self._text_hashes.pop(item_id, None)
 
     def put_vector(self, item_vector: events_pb2.ItemVector, text: str | None = None) -> bool:
         """Keep the vector if it belongs to the model version in use; False if ignored.
@@ -122,6 +136,8 @@ class Catalog:
             self._texts[item_id] = text
         elif before is None or not np.array_equal(before, vector):
             self._texts.pop(item_id, None)
+        if before is None or not np.array_equal(before, vector):
+            self._text_hashes.pop(item_id, None)  # no longer the version's stored vector
         self._vectors[item_id] = vector
         self._made_at[item_id] = item_vector.updated_at_ms
         return True

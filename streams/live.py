@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from contracts.encoder import EncoderError, ItemEncoder, pick_device, pretrained_model_dir, use_bf16
 from streams.errors import ModelLoadError
-from streams.model import ModelChoice, item_vectors
+from streams.model import ModelChoice, stored_items
 from streams.userencoder import ExportedTower, UserEncoder, WeightedMean
 
 log = logging.getLogger(__name__)
@@ -43,6 +43,8 @@ class LoadedModel:
     user_encoder: UserEncoder
     item_vectors: dict[str, np.ndarray]
     made_at_ms: int = 0  # when the stored item vectors were made (0: unknown)
+    # item id -> hash of the text its stored vector was made from (contracts.itemtext)
+    text_hashes: dict[str, int] = field(default_factory=dict)
 
     @property
     def dim(self) -> int:
@@ -74,11 +76,12 @@ def load_model(choice: ModelChoice, options: EncoderOptions) -> LoadedModel:
             choice.user_encoder, max_len=choice.max_len, dim=item_encoder.dim, device=device,
             bf16=use_bf16(device, options.bf16), min_len=choice.min_len,
         )
-    vectors = item_vectors(choice)
+    vectors, text_hashes = stored_items(choice)
     log.info("model %s: item encoder dim %s, user encoder %s (bf16 %s), %s stored item vectors",
              choice.version, item_encoder.dim, type(user_encoder).__name__,
              getattr(user_encoder, "bf16", False), len(vectors))
-    return LoadedModel(choice.version, item_encoder, user_encoder, vectors, choice.made_at_ms)
+    return LoadedModel(choice.version, item_encoder, user_encoder, vectors, choice.made_at_ms,
+                       text_hashes)
 
 
 class LiveModel:

@@ -119,8 +119,15 @@ def item_vectors(choice: ModelChoice) -> dict[str, np.ndarray]:
 
     They are checked as serving checks them: a version with NaN, infinite or zero rows,
     or ids and vectors that do not match, is refused."""
+    return stored_items(choice)[0]
+
+
+def stored_items(choice: ModelChoice) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+    """:func:`item_vectors`, and the hash of the text each was made from (the version's
+    ``item_text_hashes.npy``; empty for ``base`` and for versions written without it)."""
     if choice.directory is None:
-        return {}
+        return {}, {}
     with artifact.errors_as(ArtifactError):
         stored = artifact.read_version(choice.directory, choice.version)
-    return dict(zip(stored.item_ids, stored.vectors, strict=True))
+        hashes = artifact.read_text_hashes(choice.directory, stored.item_ids)
+    return dict(zip(stored.item_ids, stored.vectors, strict=True)), hashes

@@ -114,7 +114,8 @@ def build_worker(settings: StreamsSettings) -> faust.Worker:
     log.info("model version %s", model.version)
     live = LiveModel(model)
     catalog = Catalog(model_version=model.version, dim=model.dim)
-    catalog.switch(model.version, model.dim, model.item_vectors, model.made_at_ms)
+    catalog.switch(model.version, model.dim, model.item_vectors, model.made_at_ms,
+                       model.text_hashes)
     metrics = StreamsMetrics()
     online = online_state(settings, async_redis_client(settings.redis_url, settings), metrics)
     app = create_app(settings, catalog=catalog, live=live, online=online, metrics=metrics)

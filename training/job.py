@@ -169,6 +169,7 @@ def run_once(
         metrics=metrics,
         config=settings.model_dump(mode="json"),
         write_encoders=lambda _: {"item_encoder": pretrained_item_encoder(encoder.max_length)},
+        item_texts=texts,
     )
     pointer = promote(settings.artifact_dir, path.name, now)
     release = release_message(
@@ -315,6 +316,7 @@ def run_trained(
                 "settings": settings.model_dump(mode="json")},
         write_encoders=lambda d: export_model(model, rec.train, d,
                                               text_max_length=TEXT_MAX_LENGTH),
+        item_texts=dataset.item_texts,
     )
     production = pointer.version if pointer else None
     if promote_it:

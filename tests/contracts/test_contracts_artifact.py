@@ -18,6 +18,7 @@ from contracts.artifact import (
     UnsafeVersion,
     UnsupportedUri,
 )
+from contracts.itemtext import text_hash
 
 NOW = datetime(2026, 11, 22, 23, 0, 0, tzinfo=UTC)
 
@@ -44,6 +45,26 @@ def test_round_trip(tmp_path: Path) -> None:
     np.testing.assert_array_equal(stored.vectors, _rows(3))
     assert stored.manifest["n_items"] == 3
     assert artifact.list_versions(tmp_path) == [written.name]
+
+
+def test_a_version_keeps_the_hash_of_each_items_text(tmp_path: Path) -> None:
+    written = artifact.write_artifact(
+        tmp_path, now=NOW, item_ids=["a", "b"], vectors=_rows(2),
+        window=artifact.data_window("events.enriched", {0: (0, 5)}), n_events=5,
+        metrics={}, config={}, item_texts=["Alpha. Films", "Beta"],
+    )
+    assert artifact.read_text_hashes(written, ["a", "b"]) == {
+        "a": text_hash("Alpha. Films"), "b": text_hash("Beta")}
+    assert text_hash("Alpha. Films") != text_hash("Alpha. Film")
+    assert artifact.read_text_hashes(_write(tmp_path / "old"), ["a", "b", "c"]) == {}
+    with pytest.raises(artifact.BadVectors, match="expected uint64"):
+        artifact.read_text_hashes(written, ["a", "b", "c"])
+    with pytest.raises(ValueError, match="2 item texts for 3 item ids"):
+        artifact.write_artifact(
+            tmp_path, now=NOW, item_ids=["a", "b", "c"], vectors=_rows(3),
+            window=artifact.data_window("events.enriched", {0: (0, 5)}), n_events=5,
+            metrics={}, config={}, item_texts=["Alpha", "Beta"],
+        )
 
 
 def test_write_encoders_hook_adds_files_and_encoder_entries(tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from contracts.itemtext import item_text, text_hash
 from protos import events_pb2
 from streams.catalog import Catalog
 
@@ -96,3 +97,20 @@ def test_a_trained_versions_vectors_are_reused_for_items_unchanged_since_trainin
     assert not catalog.reuse_vector(events_pb2.Item(item_id="b", title="B"))
     catalog.remove_item("a")
     assert not catalog.reuse_vector(events_pb2.Item(item_id="a", title="A", updated_at_ms=4_000))
+
+
+def test_a_versions_vector_is_kept_while_the_text_it_recorded_stays_whenever_it_changed(
+) -> None:
+    a = events_pb2.Item(item_id="a", title="A", updated_at_ms=9_000)  # changed after training
+    b = events_pb2.Item(item_id="b", title="B", updated_at_ms=1_000)
+    catalog = Catalog(model_version="base", dim=2)
+    catalog.switch("v2", 2, {"a": np.array([1.0, 0.0]), "b": np.array([0.0, 1.0])},
+                   made_at_ms=5_000, text_hashes={"a": text_hash(item_text(a)),
+                                                  "b": text_hash("B, as it was")})
+    assert catalog.reuse_vector(a)  # a price change after training: the same text
+    assert not catalog.reuse_vector(b)  # another text, however old the record
+    # a vector of another text replaces the version's: its recorded hash goes with it
+    catalog.put_vector(vector("b", "v2", [0.6, 0.8]))
+    catalog.switch("v3", 2, {"a": np.array([1.0, 0.0])}, made_at_ms=5_000,
+                   text_hashes={"a": text_hash(item_text(a)), "gone": 1})
+    assert catalog.reuse_vector(a) and not catalog.reuse_vector(b)

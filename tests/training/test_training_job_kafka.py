@@ -123,7 +123,8 @@ def test_run_writes_promotes_and_announces(
 
     assert first.n_events == len(EVENTS) and first.n_items == len(ITEMS)
     assert sorted(p.name for p in first.path.iterdir()) == [
-        "index.faiss", "item_ids.json", "item_vectors.npy", "manifest.json"
+        "index.faiss", "item_ids.json", "item_text_hashes.npy", "item_vectors.npy",
+        "manifest.json"
     ]
     manifest = read_manifest(settings.artifact_dir / first.version, first.version)
     partitions = manifest["data_window"]["partitions"]
@@ -254,7 +255,8 @@ def test_trained_run_gates_promotion(
     assert first.promoted and first.current is None and first.n_events == n_events
     assert read_production(settings.artifact_dir).version == first.version  # type: ignore[union-attr]
     names = sorted(p.name for p in first.path.iterdir())
-    assert {"user_encoder.pt2", "item_encoder", "item_head.npz", "model.pt"} <= set(names)
+    assert {"user_encoder.pt2", "item_encoder", "item_head.npz", "model.pt",
+            "item_text_hashes.npy"} <= set(names)
     manifest = read_manifest(settings.artifact_dir / first.version, first.version)
     assert manifest["user_encoder"]["kind"] == "transformer"
     assert manifest["metrics"]["gate"]["passed"] is True
