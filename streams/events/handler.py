@@ -199,10 +199,11 @@ class EventsHandler:
             self.vector_mode == "auto" and self._live.current.user_encoder.blocking)
 
     async def _user_vectors(self, states: dict[str, UserState],
-                            partition_of: Mapping[str, int]) -> list[UserVector]:
+                            partition_of: Mapping[str, int], *,
+                            off_loop: bool = True) -> list[UserVector]:
         return await user_vectors(states, partition_of, model=self._live.current,
                                   vectors=self._catalog.vectors(), waiting=self.waiting,
-                                  metrics=self._metrics, clock=self._clock)
+                                  metrics=self._metrics, clock=self._clock, off_loop=off_loop)
 
     async def embed_pending(self, *, most: int, within_s: float = 0.0) -> int:
         """One pass of the deferred vectors: the `most` users noted first (waits for
@@ -248,7 +249,8 @@ class EventsHandler:
         """Write a vector of the version in use for `users` (default: every user in the
         store); chunks wait for the batch in progress, so a user's state is read as it is
         now. Events wait for a chunk in turn: one tower call over `chunk` users, tens of
-        milliseconds."""
+        milliseconds, on the event loop (batches wait for the lock anyway; in a thread,
+        the tower's every operator would wait for the GIL)."""
         keys = list(self._users.users() if users is None else users)
         written = 0
         for start in range(0, len(keys), chunk):
@@ -258,7 +260,7 @@ class EventsHandler:
                           for partition, user_id in part}
                 vectors = await self._user_vectors(
                     {user_id: state for user_id, state in states.items() if state.history},
-                    {user_id: partition for partition, user_id in part},
+                    {user_id: partition for partition, user_id in part}, off_loop=False,
                 )
                 await self._online.write([], vectors)
                 written += len(vectors)
