@@ -17,10 +17,17 @@ partition is assigned (:meth:`streams.events.handler.EventsHandler.note_waiting`
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections.abc import Iterable
+from typing import Literal
 
 from streams.waiting import UserKey
+
+# How a batch's user vectors are made (the ``user_vectors`` setting): with the batch
+# ("inline"), by the passes here ("deferred"), or "auto": deferred when the version's
+# user encoder is heavy (a trained tower), inline for the weighted mean.
+VectorMode = Literal["auto", "inline", "deferred"]
 
 
 class PendingUsers:
@@ -61,6 +68,6 @@ class PendingUsers:
         if within_s > 0 and len(self._noted) < most:
             await asyncio.sleep(within_s)
         taken: dict[UserKey, float] = {}
-        for user in list(self._noted)[:most]:
+        for user in list(itertools.islice(self._noted, most)):
             taken[user] = self._noted.pop(user)
         return taken

@@ -31,7 +31,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import TypeVar
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from google.protobuf.message import DecodeError
@@ -45,6 +46,11 @@ from streams.online import Deletion, Touch
 log = logging.getLogger(__name__)
 
 Lost = Mapping[int, tuple[int, int]]  # partition -> (first offset lost, newest lost)
+R = TypeVar("R")
+
+
+class NotYet(Exception):
+    """A read found the log short of what it must hold (tried again)."""
 
 
 class EnrichedLog:
@@ -65,36 +71,35 @@ class EnrichedLog:
         """The touches of the records of `lost`, in source offset order per partition;
         `since_ms` is when the writer first applied one of them (0: unknown, the whole
         log is read)."""
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                found = await self._read(lost, since_ms)
-            except Exception as error:  # noqa: BLE001 - any Kafka failure is worth a retry
-                log.warning("reading back %s lost records from %s failed (attempt %s): %r; "
-                            "trying again in %.0f s", _count(lost), self._topic, attempt,
-                            error, self._retry_s)
-            else:
-                missing = {p: hi for p, (_, hi) in lost.items() if (p, hi) not in found}
-                if not missing:
-                    return [found[key] for key in sorted(found)]
-                log.warning("the newest lost records %s are not in %s yet (attempt %s); "
-                            "trying again in %.0f s", missing, self._topic, attempt,
-                            self._retry_s)
-            await asyncio.sleep(self._retry_s)
+
+        async def read() -> list[Touch]:
+            found = await self._read(lost, since_ms)
+            missing = {p: hi for p, (_, hi) in lost.items() if (p, hi) not in found}
+            if missing:
+                raise NotYet(f"the newest lost records {missing} are not in it yet")
+            return [found[key] for key in sorted(found)]
+
+        return await self._until_read(read, f"{_count(lost)} lost records from {self._topic}")
 
     async def deletions(self, lost: Lost) -> list[Deletion]:
         """The users' deletions among the records of `lost`, read from the events topic
         itself, in offset order per partition (retried like :meth:`touches`)."""
+        return await self._until_read(
+            lambda: self._read_deletions(lost),
+            f"the deletions among {_count(lost)} lost records of {self._source}")
+
+    async def _until_read(self, read: Callable[[], Awaitable[R]], what: str) -> R:
+        """`read()` until it succeeds, every `retry_s`: a broker away only delays the
+        recovery, it loses nothing."""
         attempt = 0
         while True:
             attempt += 1
             try:
-                return await self._read_deletions(lost)
+                return await read()
             except Exception as error:  # noqa: BLE001 - any Kafka failure is worth a retry
-                log.warning("reading back the deletions among %s lost records of %s failed "
-                            "(attempt %s): %r; trying again in %.0f s", _count(lost),
-                            self._source, attempt, error, self._retry_s)
+                log.warning("reading back %s failed (attempt %s): %s; trying again in %.0f s",
+                            what, attempt, error if isinstance(error, NotYet) else repr(error),
+                            self._retry_s)
             await asyncio.sleep(self._retry_s)
 
     async def _read_deletions(self, lost: Lost) -> list[Deletion]:

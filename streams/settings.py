@@ -32,6 +32,7 @@ from contracts.social import (
     DEFAULT_TYPE_WEIGHTS,
     type_weights,
 )
+from streams.pending import VectorMode
 from streams.trending import windows_from_settings
 
 DEFAULT_WEIGHTS: dict[str, float] = {
@@ -130,7 +131,7 @@ class StreamsSettings(BaseSettings, TopicLayout, KafkaSecurity, RedisSecurity, E
     # User vectors (streams.pending): made with their batch, or by a loop of their own
     # that writes the batch's online state first and coalesces a user's events into one
     # encoder pass.
-    user_vectors: Literal["auto", "inline", "deferred"] = Field(
+    user_vectors: VectorMode = Field(
         default="auto",
         description="inline: a batch's user vectors are written with its events (an "
         "enriched event's vector is in Redis); deferred: right after, by a loop of their "

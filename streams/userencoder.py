@@ -23,9 +23,12 @@ from streams.vectors import VectorLookup, user_vector
 
 class UserEncoder(Protocol):
     """``encode`` returns one L2-normalised float32 [dim] vector per history, or None where
-    no item of the history has a vector. ``blocking``: run it off the event loop."""
+    no item of the history has a vector. ``heavy``: a network pass per call (milliseconds,
+    where the weighted mean costs microseconds): ``user_vectors=auto`` defers its vectors
+    (streams.pending). Calls run on the event loop: in a thread, each operator of a tower
+    waits for the GIL while the loop runs Python."""
 
-    blocking: bool
+    heavy: bool
 
     def encode(
         self, histories: Sequence[Sequence[Interaction]], lookup: VectorLookup
@@ -35,7 +38,7 @@ class UserEncoder(Protocol):
 class WeightedMean:
     """Each item counts ``weight * 0.5 ** (age / half_life)`` (:func:`user_vector`)."""
 
-    blocking = False
+    heavy = False
 
     def __init__(self, half_life_ms: float) -> None:
         self.half_life_ms = half_life_ms
@@ -132,7 +135,7 @@ def length_groups(lengths: Sequence[int], *, min_len: int, max_len: int,
 class ExportedTower:
     """The ``torch.export``-ed user tower of a trained version."""
 
-    blocking = True
+    heavy = True
 
     def __init__(self, module: torch.nn.Module, *, max_len: int, dim: int,
                  device: torch.device, bf16: bool = False, min_len: int = 0) -> None:

@@ -15,6 +15,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Collection, Iterable, Mapping, Sequence
+from typing import get_args
 
 from contracts.deletions import BAD_CONTROL_RECORD, ControlRecordError, is_control, parse_control
 from contracts.security import REDIS_ERRORS
@@ -29,14 +30,10 @@ from streams.events.stages.vectors import user_vectors
 from streams.history import UserState
 from streams.metrics import StreamsMetrics
 from streams.online import UserVector
-from streams.pending import PendingUsers
+from streams.pending import PendingUsers, VectorMode
 from streams.records import Output, Record, dead_letter, now_ms
 from streams.waiting import UserKey, WaitingUsers, missing_items
 
-# How a batch's user vectors are made (the ``user_vectors`` setting): with the batch
-# ("inline"), by the loop of streams.pending ("deferred"), or "auto": deferred when the
-# version's user encoder is a network (a trained tower), inline for the weighted mean.
-VECTOR_MODES = ("auto", "inline", "deferred")
 
 log = logging.getLogger(__name__)
 
@@ -57,10 +54,11 @@ class EventsHandler:
         self, *, catalog: Items, users: UserStates, seen: DedupeWindows, online: OnlineStore,
         enriched: str, dlq: str, relations: str, policy: Policy, live: Models,
         metrics: StreamsMetrics, waiting: WaitingUsers, clock: Clock = now_ms,
-        vector_mode: str = "auto",
+        vector_mode: VectorMode = "auto",
     ) -> None:
-        if vector_mode not in VECTOR_MODES:
-            raise ValueError(f"vector_mode must be one of {VECTOR_MODES}, not {vector_mode!r}")
+        if vector_mode not in get_args(VectorMode):
+            raise ValueError(f"vector_mode must be one of {get_args(VectorMode)}, "
+                             f"not {vector_mode!r}")
         self._catalog = catalog
         self._users = users
         self._seen = seen
@@ -196,22 +194,18 @@ class EventsHandler:
     def defers(self) -> bool:
         """Whether batches leave their user vectors to :meth:`embed_pending`."""
         return self.vector_mode == "deferred" or (
-            self.vector_mode == "auto" and self._live.current.user_encoder.blocking)
+            self.vector_mode == "auto" and self._live.current.user_encoder.heavy)
 
     async def _user_vectors(self, states: dict[str, UserState],
-                            partition_of: Mapping[str, int], *,
-                            off_loop: bool = True) -> list[UserVector]:
+                            partition_of: Mapping[str, int]) -> list[UserVector]:
         return await user_vectors(states, partition_of, model=self._live.current,
                                   vectors=self._catalog.vectors(), waiting=self.waiting,
-                                  metrics=self._metrics, clock=self._clock, off_loop=off_loop)
+                                  metrics=self._metrics, clock=self._clock)
 
     async def embed_pending(self, *, most: int, within_s: float = 0.0) -> int:
         """One pass of the deferred vectors: the `most` users noted first (waits for
-        one), their states read as they are now, one encoder call, then one write. The
-        call runs on the event loop: a tower in a thread beside a loop busy with batches
-        waits for the GIL at every operator (a pass of 56 users took ~300 ms that way
-        against ~14 ms alone), while on the loop it holds the CPU for the pass alone.
-        ``live.lock`` is not held meanwhile. A user who acted again meanwhile is noted
+        one), their states read as they are now, one encoder call (on the event loop,
+        :func:`user_vectors`) without ``live.lock``, then one write. A user who acted again meanwhile is noted
         again and gets the newer vector in the next pass; one deleted, or whose
         partition went elsewhere, meanwhile gets none; a pass that a model switch
         overtook writes nothing (the switch embeds every user again). Returns the
@@ -226,7 +220,7 @@ class EventsHandler:
         try:
             made = await user_vectors(states, partition_of, model=model, vectors=vectors,
                                       waiting=self.waiting, metrics=self._metrics,
-                                      clock=self._clock, off_loop=False)
+                                      clock=self._clock)
         except Exception:
             self._deleted = None
             log.exception("embedding %s users failed; they keep their previous vector",
@@ -249,8 +243,7 @@ class EventsHandler:
         """Write a vector of the version in use for `users` (default: every user in the
         store); chunks wait for the batch in progress, so a user's state is read as it is
         now. Events wait for a chunk in turn: one tower call over `chunk` users, tens of
-        milliseconds, on the event loop (batches wait for the lock anyway; in a thread,
-        the tower's every operator would wait for the GIL)."""
+        milliseconds."""
         keys = list(self._users.users() if users is None else users)
         written = 0
         for start in range(0, len(keys), chunk):
@@ -260,7 +253,7 @@ class EventsHandler:
                           for partition, user_id in part}
                 vectors = await self._user_vectors(
                     {user_id: state for user_id, state in states.items() if state.history},
-                    {user_id: partition for partition, user_id in part}, off_loop=False,
+                    {user_id: partition for partition, user_id in part},
                 )
                 await self._online.write([], vectors)
                 written += len(vectors)

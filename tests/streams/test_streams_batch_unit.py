@@ -115,7 +115,8 @@ def make_handler(online: FakeOnline, vector_mode: str = "auto",
     handler = EventsHandler(
         catalog=catalog, users=users, seen=seen, online=online, enriched=ENRICHED, dlq=DLQ,
         relations=RELATIONS, policy=POLICY, live=FakeModels(), metrics=StreamsMetrics(),
-        waiting=WaitingUsers(max_users=100), clock=lambda: NOW_MS, vector_mode=vector_mode,
+        waiting=WaitingUsers(max_users=100), clock=lambda: NOW_MS,
+        vector_mode=vector_mode,  # type: ignore[arg-type]  # a bad one is tested too
     )
     return handler, users, seen
 
@@ -214,9 +215,9 @@ async def test_reembedding_writes_vectors_of_the_version_in_use(
 
 
 class Tower:
-    """A blocking encoder (a trained tower's kind) that counts its calls."""
+    """A heavy encoder (a trained tower's kind) that counts its calls."""
 
-    blocking = True
+    heavy = True
 
     def __init__(self) -> None:
         self.calls: list[int] = []
