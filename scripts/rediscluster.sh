@@ -47,6 +47,13 @@ redis_cluster_start_node() {
     redis_cluster_node_ping "$port"
 }
 
+# True for a master, or a replica whose link to its master is up.
+redis_cluster_synced() {
+  local info
+  info="$(redis-cli -h 127.0.0.1 -p "$1" info replication 2>/dev/null | tr -d '\r')" || return 1
+  grep -q '^role:master$' <<<"$info" || grep -q '^master_link_status:up$' <<<"$info"
+}
+
 redis_cluster_up() {
   command -v redis-server >/dev/null || { log "installing redis-server"; apt_install redis-server; }
   local port seeds=()
@@ -65,6 +72,9 @@ redis_cluster_up() {
   for port in $(redis_cluster_ports); do
     wait_for "redis cluster node $port is not in cluster_state:ok" \
       "$REDIS_CLUSTER_HOME/$port/redis.log" "$INFRA_TIMEOUT_S" redis_cluster_ok "$port"
+    # A replica still syncing cannot take over: a master failing now would stay down.
+    wait_for "redis cluster replica $port is not in sync with its master" \
+      "$REDIS_CLUSTER_HOME/$port/redis.log" "$INFRA_TIMEOUT_S" redis_cluster_synced "$port"
   done
   log "redis cluster up on ${seeds[*]} (URL redis+cluster://$(IFS=,; echo "${seeds[*]}"))"
 }
