@@ -10,7 +10,8 @@ every model meets the same machine load; evaluates all of them with `training.qu
 (leave-last-out, every item the data names a candidate; seen items excluded, and again
 with nothing excluded), prints the tables and writes them to bench/results/quality.json
 and into bench/README.md. ``--converged`` early-stops each learned model on validation
-NDCG@10 instead (the budget is then a cap) and fills the ``converged`` section;
+NDCG@10 instead (the budget is then a cap) and fills the ``converged`` section (a
+model's row and run are replaced, the other models' kept);
 ``--record`` files the output of a ``python -m training evaluate --out`` run instead of
 training. Sections not run keep what the JSON had.
 """
@@ -94,6 +95,14 @@ def _when(run: dict[str, Any]) -> str:
     return f"{run.get('date', '')}, load average {load}" if load else run.get("date", "")
 
 
+def converged_runs(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """{model: its run} of the converged section (an older file kept one run for all)."""
+    runs = result.get("runs", {}).get("converged", {})
+    if "command" in runs:
+        return {name: runs for name in result.get("converged", {})}
+    return dict(runs)
+
+
 def markdown(result: dict[str, Any]) -> str:
     proto = result["protocol"]
     ranked = proto.get("ranked_per_user", {})
@@ -116,11 +125,12 @@ def markdown(result: dict[str, Any]) -> str:
                   "",
                   *_rows(result["models"]), *_target_line(result["models"], "in_budget"), ""]
     if result.get("converged"):
-        run = result.get("runs", {}).get("converged", {})
-        lines += [f"### Early-stopped on validation NDCG@10, seen excluded "
-                  f"(`{run.get('command', '')}`; {_when(run)})", "",
+        runs = converged_runs(result)
+        lines += ["### Early-stopped on validation NDCG@10, seen excluded", "",
                   *_rows(result["converged"], ("epochs", "best_epoch")),
-                  *_target_line(result["converged"], "converged"), ""]
+                  *_target_line(result["converged"], "converged"), "",
+                  *[f"- `{name}`: `{run.get('command', '')}` ({_when(run)}; "
+                    f"{run.get('machine', '')})" for name, run in runs.items()], ""]
     for key, title in (("unfiltered", "in the budget"), ("converged_unfiltered", "early-stopped")):
         if result.get(key):
             lines += [f"### Nothing excluded (the same models, {title})", "",
@@ -208,6 +218,8 @@ def main() -> int:
     parser.add_argument("--section", choices=("in_budget", "converged"), default="in_budget")
     parser.add_argument("--command", default="", help="with --record: the command that ran")
     parser.add_argument("--when", default="", help="with --record: when it ran, and the load")
+    parser.add_argument("--machine", default="",
+                        help="with --record: where it ran (default: this machine)")
     args = parser.parse_args()
     section = "converged" if args.converged else args.section
     if args.converged and not args.patience:
@@ -226,20 +238,26 @@ def main() -> int:
     if "runs" not in result:  # an older file: its in-budget rows used another protocol
         result = {}
     result["protocol"] = measured["protocol"]
-    if section == "converged":
-        result["converged"] = measured["models"]
-        result["converged_unfiltered"] = measured.get("unfiltered", {})
-    else:
-        result["models"], result["unfiltered"] = measured["models"], measured["unfiltered"]
     now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     load = f"{started_load} -> {load_str()}"
     if args.record and args.when:
         now, load = args.when, ""
-    result.setdefault("runs", {})[section] = {
-        "command": command, "date": now, "load": load,
-        "machine": f"{platform.machine()} {os.cpu_count()} cores (shared), torch "
-                   f"{torch.__version__}, {measured['protocol']['threads']} threads, "
-                   f"{measured['protocol']['device']}"}
+    run = {"command": command, "date": now, "load": load,
+           "machine": args.machine or (
+               f"{platform.machine()} {os.cpu_count()} cores (shared), torch "
+               f"{torch.__version__}, {measured['protocol']['threads']} threads, "
+               f"{measured['protocol']['device']}")}
+    if section == "converged":
+        # each model's early-stopped run is its own: a new one replaces that model's row
+        runs = converged_runs(result)
+        result["converged"] = {**result.get("converged", {}), **measured["models"]}
+        result["converged_unfiltered"] = {**result.get("converged_unfiltered", {}),
+                                          **measured.get("unfiltered", {})}
+        result.setdefault("runs", {})["converged"] = {**runs, **{
+            name: run for name in measured["models"]}}
+    else:
+        result["models"], result["unfiltered"] = measured["models"], measured["unfiltered"]
+        result.setdefault("runs", {})[section] = run
     result["shipped"] = offline.SHIPPED
     result["date"] = now
     print(format_result({"protocol": measured["protocol"], "models": measured["models"],

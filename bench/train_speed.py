@@ -52,27 +52,34 @@ from training.train import (  # noqa: E402
 PRECISIONS = ("fp32", "bf16-logits", "bf16-autocast")
 
 
+def _clock(device: torch.device) -> float:
+    """perf_counter after the device's queued work is done (CUDA runs asynchronously)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
 def time_steps(model: Any, split: Any, cfg: Any, batches: list[np.ndarray], users: np.ndarray,
-               kind: str, warmup: int) -> tuple[list[float], list[float]]:
+               kind: str, warmup: int, device: torch.device) -> tuple[list[float], list[float]]:
     """Seconds of each step and of its logit block alone, after `warmup` untimed steps."""
-    device = torch.device("cpu")
-    generator = torch.Generator().manual_seed(0)
+    generator = torch.Generator(device=device).manual_seed(0)
     rng = np.random.default_rng(0)
     step_loss = StepLoss(model, kind=kind, cfg=cfg, generator=generator)
     optimizer = model.configure_optimizers(weight_decay=cfg.weight_decay, lr=cfg.lr,
                                            betas=cfg.betas, text_lr=cfg.text_lr)
     seen = torch.zeros(model.cfg.n_items + 1, dtype=torch.bool)
     seen[torch.from_numpy(split.train.items)] = True
+    seen = seen.to(device)
     steps, blocks = [], []
     for n, batch in enumerate(batches):
         inputs, targets = batch_inputs(split.train, users[batch], model.cfg.max_len, rng,
                                        cfg.crop_prob, device)
         live = live_text_rows(model, targets, cfg.text_items_per_step, generator)
         keep = id_keep(seen, cfg, model.cfg, generator)
-        started = time.perf_counter()
+        started = _clock(device)
         loss = step_loss(inputs, targets, live, keep)
         update(model, optimizer, loss, factor=1.0, grad_clip=cfg.grad_clip)
-        step_s = time.perf_counter() - started
+        step_s = _clock(device) - started
         # the logit block alone, on this step's states and table (no gradient beyond it)
         with torch.no_grad():
             table = model.item_table(None, keep)
@@ -81,12 +88,12 @@ def time_steps(model: Any, split: Any, cfg: Any, batches: list[np.ndarray], user
         real = targets != PAD
         states = states[real].detach().requires_grad_(True)
         table = table.detach().requires_grad_(True)
-        started = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+        started = _clock(device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
             block = next_item_loss(kind, states, table, targets[real], model.cfg.temperature,
                                    bf16_logits=cfg.bf16_logits)
         block.backward()
-        block_s = time.perf_counter() - started
+        block_s = _clock(device) - started
         if n >= warmup:
             steps.append(step_s)
             blocks.append(block_s)
@@ -99,6 +106,7 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--threads", default="1,2")
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda (a GPU host)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "train_speed.json")
     args = parser.parse_args()
 
@@ -106,8 +114,10 @@ def main() -> int:
     split = offline.split_dataset(dataset)
     rec = offline.recipe(args.model, len(dataset.item_ids), time_budget_s=1e9)
     started = time.monotonic()
+    device = torch.device(args.device)
     model = offline.build_model(rec, dataset, pretrained_model_dir(), progress=True)
     build_s = time.monotonic() - started
+    model.to(device)
     model.train()
     kind = pick_loss(rec.train.loss, model.cfg.n_items, rec.train.full_ce_max_items)
     users = np.flatnonzero(split.train.lengths() >= 2)
@@ -119,14 +129,15 @@ def main() -> int:
     steps_per_epoch = math.ceil(len(users) / rec.train.batch_size)
     initial = {k: v.clone() for k, v in model.state_dict().items()}
 
-    rows: dict[str, dict[str, float]] = {}
+    rows: dict[str, dict[str, Any]] = {}
     for threads in [int(t) for t in args.threads.split(",")]:
         torch.set_num_threads(threads)
         for precision in PRECISIONS:
             model.load_state_dict(initial)  # every row from the same weights
             cfg = replace(rec.train, bf16=precision == "bf16-autocast",
                           bf16_logits=precision == "bf16-logits")
-            steps, blocks = time_steps(model, split, cfg, batches, users, kind, args.warmup)
+            steps, blocks = time_steps(model, split, cfg, batches, users, kind, args.warmup,
+                                       device)
             step_s, block_s = statistics.median(steps), statistics.median(blocks)
             name = f"{threads} thread{'s' if threads > 1 else ''}, {precision}"
             rows[name] = {"threads": threads, "precision": precision,
@@ -141,9 +152,11 @@ def main() -> int:
     for row in rows.values():
         row["speedup_vs_first"] = round(row["steps_per_s"] / reference["steps_per_s"], 2)
     result = {
-        "command": f"python bench/train_speed.py --model {args.model} --steps {args.steps}",
+        "command": " ".join(["python bench/train_speed.py", *sys.argv[1:]]),
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": f"{platform.machine()} {torch.get_num_threads()} threads max, torch {torch.__version__}",
+        "machine": f"{platform.machine()} {torch.get_num_threads()} threads max, torch {torch.__version__}"
+                   + (f", {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""),
+        "device": str(device),
         "model": args.model, "steps_timed": args.steps, "warmup": args.warmup,
         "steps_per_epoch": steps_per_epoch, "batch_size": rec.train.batch_size,
         "build_s_text_cache_included": round(build_s, 1),
