@@ -189,9 +189,10 @@ class ServingSettings(BaseSettings, TopicLayout, KafkaSecurity, RedisSecurity):
         "(ivf-sq8, a quarter) when those do not fit either; None: always whole",
     )
     nprobe: int = Field(
-        default=32, ge=1, le=65_536,
-        description="IVF lists searched per query (of 4·√N; 32 keeps recall@10 >= 0.95 up to 1M "
-        "items, 64-d; 10M items need 256: bench/README.md, Index layouts at 10M items)",
+        default=0, ge=0, le=65_536,
+        description="IVF lists searched per query (of 4·√N). 0: by catalog size, 32 up to 1M "
+        "items and then as measured for recall@10 >= 0.95 on 64-d vectors (256 at 10M: "
+        "serving.index.auto_nprobe; bench/README.md, Index layouts at 10M items)",
     )
     # The social candidate source (contracts/social.py). tau and the type weights must be
     # those the streams worker writes the social feeds with (the same defaults).

@@ -286,3 +286,29 @@ def test_the_index_cache_keeps_the_most_recently_used_and_clears_dead_writers(
     build(1_200)  # a third: the least recently used (1,100 rows) goes
     kept = {path.stat().st_size for path in cache.glob("*.faiss")}
     assert len(kept) == 2 and first.exists()
+
+
+def test_nprobe_by_catalog_size_goes_through_the_measured_points() -> None:
+    from serving.index import AUTO_NPROBE, auto_nprobe, ivf_lists
+
+    (n0, p0), (n1, p1) = AUTO_NPROBE
+    assert auto_nprobe(n0) == p0 and auto_nprobe(n1) == p1
+    assert auto_nprobe(50_000) == 32 and auto_nprobe(10) == ivf_lists(10)  # never past the lists
+    sizes = [1_000_000, 2_000_000, 5_000_000, 10_000_000, 30_000_000, 100_000_000]
+    probes = [auto_nprobe(n) for n in sizes]
+    assert probes == sorted(probes) and p0 < probes[2] < p1 < probes[-1] <= ivf_lists(sizes[-1])
+    # the share of lists searched grows with the catalog, as the recall measurements need
+    shares = [p / ivf_lists(n) for p, n in zip(probes, sizes, strict=True)]
+    assert shares == sorted(shares)
+
+
+def test_an_index_built_with_nprobe_0_searches_by_catalog_size() -> None:
+    rng = np.random.default_rng(5)
+    n = 2_000
+    vectors = unit_rows(rng, n, DIM, clusters=20)
+    item_ids = [f"item-{i}" for i in range(n)]
+    index = ItemIndex.build(DIM, item_ids, vectors, ivf_threshold=1_000, nprobe=0)
+    assert index.kind == "ivf" and index.nprobe == index_module.auto_nprobe(n) == 32
+    assert index_module.faiss.extract_index_ivf(index._index).nprobe == 32
+    fixed = ItemIndex.build(DIM, item_ids, vectors, ivf_threshold=1_000, nprobe=5)
+    assert index_module.faiss.extract_index_ivf(fixed._index).nprobe == 5
