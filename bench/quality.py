@@ -1,6 +1,6 @@
 """Model quality on MovieLens-1M: the shipped model and every baseline, both protocols.
 
-    python bench/quality.py [--time-budget 1500] [--models streamrec,sasrec,popular,item-knn]
+    python bench/quality.py [--time-budget 1800] [--models streamrec,sasrec,popular,item-knn]
     python bench/quality.py --converged [--patience 10] [--time-budget 7200]
     python bench/quality.py --record RESULT.json --section converged --command "..."
     python bench/quality.py --dataset instacart --converged --models streamrec,popular,item-knn
@@ -226,7 +226,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--models", default="streamrec,sasrec,popular,item-knn")
-    parser.add_argument("--time-budget", type=float, default=1500.0,
+    parser.add_argument("--time-budget", type=float, default=1800.0,
                         help="wall seconds per learned model, text cache included")
     parser.add_argument("--converged", action="store_true",
                         help="early-stop on validation NDCG@10 (the budget is a cap)")

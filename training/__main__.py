@@ -262,7 +262,7 @@ def evaluate(argv: list[str], world: World = SINGLE) -> int:
                         help="the event log and catalog (STREAMREC_TRAINING_* settings)")
     parser.add_argument("--items", type=Path, help="CSV/Parquet items file (with --interactions)")
     parser.add_argument("--models", default="streamrec,sasrec,popular,item-knn")
-    parser.add_argument("--time-budget", type=float, default=1500.0,
+    parser.add_argument("--time-budget", type=float, default=1800.0,
                         help="wall seconds per learned model: text cache, training and "
                         "validation included")
     parser.add_argument("--patience", type=int, default=0,

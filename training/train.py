@@ -47,7 +47,7 @@ class TrainConfig:
     """How to train; saved inside every checkpoint next to the ModelConfig."""
 
     epochs: int = 200
-    time_budget_s: float = 1500.0  # stop after this many seconds; the LR decay follows it
+    time_budget_s: float = 1800.0  # stop after this many seconds; the LR decay follows it
     batch_size: int = 128
     lr: float = 2e-3
     min_lr_ratio: float = 0.05
