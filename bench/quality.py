@@ -4,6 +4,7 @@
     python bench/quality.py --converged [--patience 10] [--time-budget 7200]
     python bench/quality.py --record RESULT.json --section converged --command "..."
     python bench/quality.py --dataset instacart --converged --models streamrec,popular,item-knn
+    python bench/quality.py --all [--device cuda --jobs 10]   # every section and the ablation
 
 Trains each learned model within the same wall-time budget (text cache included), all
 of them at the same time in their own processes (`--threads` torch threads each), so
@@ -27,6 +28,7 @@ import logging
 import multiprocessing
 import os
 import platform
+import subprocess
 import sys
 from concurrent.futures import ProcessPoolExecutor
 from datetime import UTC, datetime
@@ -223,6 +225,35 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             "unfiltered": {n: done[n]["unfiltered"][n] for n in names}}
 
 
+# --all: each section in its own process, as its own command would run it
+ALL_SECTIONS = (
+    ("in the budget", ["bench/quality.py", "--time-budget", "1800"]),
+    ("early-stopped", ["bench/quality.py", "--converged", "--models", "streamrec,sasrec",
+                       "--time-budget", "7200"]),
+    ("second data set", ["bench/quality.py", "--dataset", "instacart", "--converged",
+                         "--models", "streamrec,popular,item-knn", "--time-budget", "7200"]),
+    ("ablation", ["bench/ablation.py", "--patience", "10", "--epochs", "400",
+                  "--time-budget", "7200"]),
+)
+
+
+def run_all(args: argparse.Namespace) -> int:
+    """Every section of the table, one command after another; a failed one is reported
+    and the rest still run."""
+    failed = []
+    for title, command in ALL_SECTIONS:
+        extra = ["--threads", str(args.threads), "--device", args.device]
+        if command[0] == "bench/ablation.py":
+            extra += ["--jobs", str(args.jobs)]
+        full = [sys.executable, str(ROOT / command[0]), *command[1:], *extra]
+        print(f"== {title}: {' '.join(['python', *command, *extra])}", flush=True)
+        if subprocess.run(full, cwd=ROOT, check=False).returncode != 0:
+            failed.append(title)
+    if failed:
+        print(f"failed: {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--models", default="streamrec,sasrec,popular,item-knn")
@@ -245,7 +276,14 @@ def main() -> int:
     parser.add_argument("--when", default="", help="with --record: when it ran, and the load")
     parser.add_argument("--machine", default="",
                         help="with --record: where it ran (default: this machine)")
+    parser.add_argument("--all", action="store_true",
+                        help="every section, one after another (ALL_SECTIONS): hours on "
+                        "2 CPU cores, ~15 minutes on one GPU with --jobs 10")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="with --all: ablation rows trained at once")
     args = parser.parse_args()
+    if args.all:
+        return run_all(args)
     section = "converged" if args.converged else args.section
     if args.dataset != "ml-1m":
         section = "second_dataset"
