@@ -277,8 +277,9 @@ def main() -> int:
     parser.add_argument("--machine", default="",
                         help="with --record: where it ran (default: this machine)")
     parser.add_argument("--all", action="store_true",
-                        help="every section, one after another (ALL_SECTIONS): hours on "
-                        "2 CPU cores, ~15 minutes on one GPU with --jobs 10")
+                        help="every section, one after another (ALL_SECTIONS): the "
+                        "in-budget one takes its 30 minutes; the early-stopped ones hours "
+                        "on 2 CPU cores, minutes on one GPU (--device cuda --jobs 10)")
     parser.add_argument("--jobs", type=int, default=1,
                         help="with --all: ablation rows trained at once")
     args = parser.parse_args()
