@@ -20,6 +20,7 @@ import numpy as np
 from contracts.encoder import EncoderError, ItemEncoder, pick_device, pretrained_model_dir, use_bf16
 from streams.errors import ModelLoadError
 from streams.model import ModelChoice, stored_items
+from streams.towerprocess import TowerProcess
 from streams.userencoder import ExportedTower, UserEncoder, WeightedMean
 
 log = logging.getLogger(__name__)
@@ -32,6 +33,8 @@ class EncoderOptions:
     device: str
     bf16: str
     half_life_ms: float
+    # a CPU tower's passes run in this process of their own (the tower_process setting)
+    tower: TowerProcess | None = None
 
 
 @dataclass(frozen=True)
@@ -75,11 +78,13 @@ def load_model(choice: ModelChoice, options: EncoderOptions) -> LoadedModel:
         user_encoder = ExportedTower.load(
             choice.user_encoder, max_len=choice.max_len, dim=item_encoder.dim, device=device,
             bf16=use_bf16(device, options.bf16), min_len=choice.min_len,
+            process=options.tower if device.type == "cpu" else None,
         )
     vectors, text_hashes = stored_items(choice)
-    log.info("model %s: item encoder dim %s, user encoder %s (bf16 %s), %s stored item vectors",
-             choice.version, item_encoder.dim, type(user_encoder).__name__,
-             getattr(user_encoder, "bf16", False), len(vectors))
+    log.info("model %s: item encoder dim %s, user encoder %s (bf16 %s%s), %s stored item "
+             "vectors", choice.version, item_encoder.dim, type(user_encoder).__name__,
+             getattr(user_encoder, "bf16", False),
+             ", own process" if getattr(user_encoder, "process", None) else "", len(vectors))
     return LoadedModel(choice.version, item_encoder, user_encoder, vectors, choice.made_at_ms,
                        text_hashes)
 

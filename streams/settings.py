@@ -146,6 +146,12 @@ class StreamsSettings(BaseSettings, TopicLayout, KafkaSecurity, RedisSecurity, E
         description="a deferred pass waits this long after its first user for others",
     )
 
+    tower_process: bool = Field(
+        default=False,
+        description="run a trained CPU user tower's passes in a process of its own, beside "
+        "the event loop: on the loop a pass holds up the batches behind it for its whole "
+        "length; there the loop only pads the inputs and awaits the vectors",
+    )
     torch_threads: int = Field(
         default=1, ge=0, le=256,
         description="intra-op threads of the item and user encoders (torch.set_num_threads; "

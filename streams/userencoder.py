@@ -3,7 +3,9 @@
 Two kinds, as a version's manifest says (docs/contracts.md §4): the decayed weighted mean
 of item vectors (``weighted_mean``, the bootstrap ``base``), and the exported user tower
 (``transformer``, ``user_encoder.pt2``), run once per batch of users on the GPU when
-present. Items without a vector of the version are left out of a user's sequence.
+present, or with the ``tower_process`` setting in a CPU process of its own
+(:mod:`streams.towerprocess`). Items without a vector of the version are left out of a
+user's sequence.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import torch
 
 from streams.errors import ModelLoadError
 from streams.history import Interaction
+from streams.towerprocess import TowerProcess
 from streams.vectors import VectorLookup, user_vector
 
 
@@ -34,6 +37,12 @@ class UserEncoder(Protocol):
         self, histories: Sequence[Sequence[Interaction]], lookup: VectorLookup
     ) -> list[np.ndarray | None]: ...
 
+    async def encode_async(
+        self, histories: Sequence[Sequence[Interaction]], lookup: VectorLookup
+    ) -> list[np.ndarray | None]:
+        """:meth:`encode`, awaiting the pass where it runs off the loop (a tower process)."""
+        ...
+
 
 class WeightedMean:
     """Each item counts ``weight * 0.5 ** (age / half_life)`` (:func:`user_vector`)."""
@@ -47,6 +56,11 @@ class WeightedMean:
         self, histories: Sequence[Sequence[Interaction]], lookup: VectorLookup
     ) -> list[np.ndarray | None]:
         return [user_vector(h, lookup, half_life_ms=self.half_life_ms) for h in histories]
+
+    async def encode_async(
+        self, histories: Sequence[Sequence[Interaction]], lookup: VectorLookup
+    ) -> list[np.ndarray | None]:
+        return self.encode(histories, lookup)
 
 
 @dataclass
@@ -138,8 +152,13 @@ class ExportedTower:
     heavy = True
 
     def __init__(self, module: torch.nn.Module, *, max_len: int, dim: int,
-                 device: torch.device, bf16: bool = False, min_len: int = 0) -> None:
+                 device: torch.device, bf16: bool = False, min_len: int = 0,
+                 path: Path | None = None, process: TowerProcess | None = None) -> None:
+        if process is not None and (path is None or device.type != "cpu"):
+            raise ValueError("a tower process runs a CPU tower from its file")
         self._module = module
+        # with `process`, passes run there on the program of `path` (encode_async)
+        self.path, self.process = path, process
         self.max_len = max_len
         self.dim = dim
         self.device = device
@@ -150,33 +169,58 @@ class ExportedTower:
 
     @classmethod
     def load(cls, path: Path, *, max_len: int, dim: int, device: torch.device,
-             bf16: bool = False, min_len: int = 0) -> ExportedTower:
+             bf16: bool = False, min_len: int = 0,
+             process: TowerProcess | None = None) -> ExportedTower:
         try:
             module = torch.export.load(str(path)).module().to(device)
         except Exception as error:  # torch raises many kinds on a bad file
             raise ModelLoadError(f"{path}: cannot load the user encoder ({error})") from None
-        return cls(module, max_len=max_len, dim=dim, device=device, bf16=bf16, min_len=min_len)
+        return cls(module, max_len=max_len, dim=dim, device=device, bf16=bf16, min_len=min_len,
+                   path=path, process=process)
 
     @torch.inference_mode()
     def encode(
         self, histories: Sequence[Sequence[Interaction]], lookup: VectorLookup
     ) -> list[np.ndarray | None]:
-        found = _with_vectors(histories, lookup, self.max_len)
+        """The vectors, every pass in this process (also with a tower process)."""
         vectors: list[np.ndarray | None] = [None] * len(histories)
+        for inputs in self._inputs(histories, lookup):
+            for row, vector in zip(inputs.rows, self._run(inputs), strict=True):
+                vectors[row] = vector
+        return vectors
+
+    async def encode_async(
+        self, histories: Sequence[Sequence[Interaction]], lookup: VectorLookup
+    ) -> list[np.ndarray | None]:
+        """The vectors, the passes in the tower process when there is one (the inputs are
+        made here, before the first await: the catalog's vectors as they are now)."""
+        if self.process is None:
+            return self.encode(histories, lookup)
+        groups = self._inputs(histories, lookup)
+        vectors: list[np.ndarray | None] = [None] * len(histories)
+        for inputs in groups:
+            arrays = (inputs.item_vectors, inputs.event_types, inputs.gaps_s, inputs.mask)
+            out = await self.process.run(str(self.path), arrays, self.bf16)
+            for row, vector in zip(inputs.rows, out, strict=True):
+                vectors[row] = vector
+        return vectors
+
+    def _inputs(self, histories: Sequence[Sequence[Interaction]],
+                lookup: VectorLookup) -> list[Inputs]:
+        """The padded inputs of each length group (one group at `max_len` for a tower
+        exported at one length)."""
+        found = _with_vectors(histories, lookup, self.max_len)
         rows = [row for row, f in enumerate(found) if f is not None]
         if not rows:
-            return vectors
+            return []
         if self.min_len:
             lengths = [len(found[row][0]) for row in rows]  # type: ignore[index]
             groups = {length: [rows[i] for i in members] for length, members in length_groups(
                 lengths, min_len=self.min_len, max_len=self.max_len).items()}
         else:
             groups = {self.max_len: rows}
-        for length, members in groups.items():
-            inputs = _padded(found, members, length=length, dim=self.dim)
-            for row, vector in zip(inputs.rows, self._run(inputs), strict=True):
-                vectors[row] = vector
-        return vectors
+        return [_padded(found, members, length=length, dim=self.dim)
+                for length, members in groups.items()]
 
     def _run(self, inputs: Inputs) -> np.ndarray:
         arrays = (inputs.item_vectors, inputs.event_types, inputs.gaps_s, inputs.mask)

@@ -30,6 +30,7 @@ from streams.releases import ModelReleases
 from streams.settings import StreamsSettings
 from streams.topics import TopicSetup, topic_specs
 from streams.trending import windows_from_settings
+from streams.towerprocess import TowerProcess
 
 log = logging.getLogger(__name__)
 
@@ -108,8 +109,9 @@ def build_worker(settings: StreamsSettings) -> faust.Worker:
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
     pretrained = pretrained_dir(settings.model_dir)
+    tower = TowerProcess(threads=settings.torch_threads or 1) if settings.tower_process else None
     options = EncoderOptions(device=settings.device, bf16=settings.bf16,
-                             half_life_ms=settings.decay_half_life_s * 1000.0)
+                             half_life_ms=settings.decay_half_life_s * 1000.0, tower=tower)
     model = load_model(choose_model(settings.artifact_dir, pretrained), options)
     log.info("model version %s", model.version)
     live = LiveModel(model)

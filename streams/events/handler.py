@@ -32,6 +32,7 @@ from streams.metrics import StreamsMetrics
 from streams.online import UserVector
 from streams.pending import PendingUsers, VectorMode
 from streams.records import Output, Record, dead_letter, now_ms
+from streams.towerprocess import TowerProcessError
 from streams.waiting import UserKey, WaitingUsers, missing_items
 
 
@@ -221,6 +222,12 @@ class EventsHandler:
             made = await user_vectors(states, partition_of, model=model, vectors=vectors,
                                       waiting=self.waiting, metrics=self._metrics,
                                       clock=self._clock)
+        except TowerProcessError as error:  # the next pass starts another process
+            self._deleted = None
+            log.warning("embedding %s users failed (%s); they wait for the next pass",
+                        len(states), error)
+            self.pending.note(taken)
+            return 0
         except Exception:
             self._deleted = None
             log.exception("embedding %s users failed; they keep their previous vector",

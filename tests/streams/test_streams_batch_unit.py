@@ -25,6 +25,7 @@ from streams.online import Touch, UserVector
 from streams.records import Output
 from streams.seen import SeenIds
 from streams.settings import DEFAULT_WEIGHTS
+from streams.towerprocess import TowerProcessError
 from streams.history import Interaction
 from streams.userencoder import WeightedMean
 from streams.vectors import VectorLookup
@@ -221,11 +222,19 @@ class Tower:
 
     def __init__(self) -> None:
         self.calls: list[int] = []
+        self.process_dies = 0  # this many calls fail as a tower process that died would
 
     def encode(self, histories: Sequence[Sequence[Interaction]], lookup: VectorLookup
                ) -> list[np.ndarray | None]:
         self.calls.append(len(histories))
         return WeightedMean(3_600_000.0).encode(histories, lookup)
+
+    async def encode_async(self, histories: Sequence[Sequence[Interaction]],
+                           lookup: VectorLookup) -> list[np.ndarray | None]:
+        if self.process_dies:
+            self.process_dies -= 1
+            raise TowerProcessError("the user tower's process died")
+        return self.encode(histories, lookup)
 
 
 class TowerModel:
@@ -302,6 +311,17 @@ async def test_a_pass_takes_the_users_noted_first_and_leaves_the_rest_for_the_ne
     assert [v.user_id for v in online.vectors] == ["u0", "u1", "u2"]
     assert await handler.embed_pending(most=3) == 2
     assert tower.calls == [3, 2]
+
+
+async def test_users_of_a_pass_whose_tower_process_died_wait_for_the_next_pass() -> None:
+    online = FakeOnline()
+    handler, _, tower = tower_handler(online)
+    await handler.handle([event(f"e{n}", f"u{n}", "i1", n) for n in range(3)])
+    tower.process_dies = 1
+    assert await handler.embed_pending(most=100) == 0
+    assert online.vectors == [] and len(handler.pending) == 3
+    assert await handler.embed_pending(most=100) == 3
+    assert sorted(v.user_id for v in online.vectors) == ["u0", "u1", "u2"]
 
 
 async def test_a_user_who_acts_during_a_pass_is_embedded_again_by_the_next() -> None:

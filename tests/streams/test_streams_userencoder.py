@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+import signal
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from protos import events_pb2
 from streams.history import Interaction
+from streams.towerprocess import TowerProcess, TowerProcessError
 from streams.userencoder import ExportedTower, WeightedMean, length_groups, tower_inputs
 from streams.vectors import user_vector
 from training.export import MIN_LENGTH, export_user_encoder
@@ -88,3 +93,51 @@ def test_a_tower_cut_to_each_groups_length_gives_the_full_length_vectors(
     for g, w in zip(got, want, strict=True):
         if w is not None:
             np.testing.assert_allclose(g, w, atol=1e-5)
+
+
+def test_a_tower_process_gives_the_vectors_of_the_tower_here_and_outlives_its_child(
+        tmp_path: Path) -> None:
+
+    torch.manual_seed(1)
+    cfg = ModelConfig(n_items=4, dim=8, max_len=40, n_blocks=2, n_heads=2, use_text=False)
+    path = tmp_path / "user_encoder.pt2"
+    export_user_encoder(TwoTower(cfg, None), path)
+    rng = np.random.default_rng(1)
+    vectors = {f"i{k}": rng.normal(size=8).astype(np.float32) for k in range(30)}
+    histories = [[seen(f"i{(u + k) % 30}", 1_000 * k) for k in range(n)]
+                 for u, n in enumerate([2, 9, 17, 33, 50])]
+    histories.insert(1, [seen("gone", 1)])  # no vector: None
+    device = torch.device("cpu")
+    here = ExportedTower.load(path, max_len=40, dim=8, device=device, min_len=MIN_LENGTH)
+    process = TowerProcess(threads=1)
+    there = ExportedTower.load(path, max_len=40, dim=8, device=device, min_len=MIN_LENGTH,
+                               process=process)
+
+    async def scenario() -> None:
+        want = here.encode(histories, vectors.get)
+        got = await there.encode_async(histories, vectors.get)
+        assert got[1] is None and want[1] is None
+        for g, w in zip(got, want, strict=True):
+            if w is not None:
+                np.testing.assert_allclose(g, w, atol=1e-5)
+        # the child dies: the call in flight fails, the next starts another child
+        child = next(iter(process._executor()._processes))  # noqa: SLF001
+        os.kill(child, signal.SIGKILL)
+        with pytest.raises(TowerProcessError):
+            for _ in range(50):  # until the pool notices the death
+                await there.encode_async(histories, vectors.get)
+                await asyncio.sleep(0.05)
+        again = await there.encode_async(histories, vectors.get)
+        np.testing.assert_allclose(again[0], want[0], atol=1e-5)
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        process.close()
+
+
+def test_a_tower_process_needs_a_cpu_tower_file() -> None:
+    module = torch.nn.Identity()
+    with pytest.raises(ValueError, match="CPU tower"):
+        ExportedTower(module, max_len=4, dim=2, device=torch.device("cpu"),
+                      process=TowerProcess())

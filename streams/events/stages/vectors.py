@@ -24,7 +24,7 @@ async def user_vectors(
     """The new vector of each user with a history item that has a vector in `vectors`,
     all users in one call of the model's user encoder, on the event loop (a tower in a
     thread beside a loop busy with batches waits for the GIL at every operator: ~300 ms
-    a pass against ~14 ms).
+    a pass against ~14 ms) or awaited from the tower's own process (``tower_process``).
     Users are noted as waiting for the items without a vector before the call: one that
     gets its vector meanwhile finds them. `partition_of` maps each user to its partition
     of events."""
@@ -35,7 +35,7 @@ async def user_vectors(
     histories = [state.history for state in states.values()]
     encoder = model.user_encoder
     started = time.perf_counter()
-    encoded = encoder.encode(histories, vectors.get)
+    encoded = await encoder.encode_async(histories, vectors.get)
     metrics.encode_seconds.labels("user").observe(time.perf_counter() - started)
     metrics.user_vectors.inc(sum(vector is not None for vector in encoded))
     written_at = clock()
