@@ -151,14 +151,16 @@ def markdown(result: dict[str, Any]) -> str:
     if result.get("second_dataset"):
         second = result["second_dataset"]
         sp, run = second.get("protocol", {}), second.get("run", {})
+        extra = (("epochs", "best_epoch")
+                 if any("epochs" in r for r in second["models"].values()) else ())
         lines += [f"### Second data set: {second['name']}", "",
                   f"`{run.get('command', '')}` ({_when(run)}; {run.get('machine', '')}). "
                   f"The same protocol: {sp.get('users', '?')} users, {sp.get('items', '?')} "
                   f"items, {sp.get('events', '?')} events; the shipped recipe unchanged. Seen "
-                  "excluded:", "", *_rows(second["models"]), "",
+                  "excluded:", "", *_rows(second["models"], extra), "",
                   "Nothing excluded (on a grocery log most purchases repeat an earlier one, "
                   "so this is the protocol a shop's reorder list would use):", "",
-                  *_rows(second.get("unfiltered", {})), ""]
+                  *_rows(second.get("unfiltered", {}), extra), ""]
     else:
         lines += ["Second data set: none measured.", ""]
     lines += ["Published anchors (ML-1M, leave-one-out, full ranking; each compares with "
