@@ -9,6 +9,9 @@ top of what the process already held.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
@@ -47,3 +50,27 @@ class PeakRss:
         peak = _status_kb("VmHWM")
         if self._start_kb is not None and peak is not None:
             self.mb = round(max(0, peak - self._start_kb) / 1024, 1)
+
+
+def _libc_trim() -> Callable[[int], int] | None:
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return None
+    try:
+        trim: Callable[[int], int] = ctypes.CDLL(name).malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return None
+    return trim
+
+
+_TRIM = _libc_trim()
+
+
+def release_free_memory() -> None:
+    """Hand the C heap's free memory back to the system (glibc ``malloc_trim``; nothing
+    elsewhere). A loop that allocates and frees blocks of tens of MB from several threads
+    (torch's) leaves them in the threads' arenas: evaluating 20,000 users over 90,000
+    items grew the resident size by 5.6 GB that way, all of it free."""
+    if _TRIM is not None:
+        _TRIM(0)
+

@@ -21,6 +21,7 @@ import torch
 from scipy import sparse
 
 from contracts.console import progress_bar
+from training.memory import release_free_memory
 from training.sequences import Sequences, windows
 from training.model import TwoTower
 from training.train import to_tensors
@@ -97,6 +98,8 @@ def evaluate_scorer(
             excluded[rows, target - 1] = False
             ranks[name].append(ranks_of(scores, target, excluded).numpy())
             counts[name].append((~excluded).sum(1).numpy())
+        del scores, base, seen, excluded
+        release_free_memory()  # the blocks of this batch, or the next ones pile up
     out = {}
     for name in PROTOCOLS:
         found = np.concatenate(ranks[name]) if ranks[name] else np.array([])

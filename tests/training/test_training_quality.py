@@ -183,3 +183,23 @@ def test_item_knn_on_100k_items_stays_in_bounded_memory() -> None:
     assert scores.shape == (256, n_items) and (scores > 0).any()
     # a dense float32 similarity matrix would be 40 GB; this run needs well under 1 GB
     assert peak.mb is not None and peak.mb < 1024
+
+
+
+def test_evaluation_hands_each_batchs_freed_blocks_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch's [B, n_items] blocks are freed and trimmed before the next batch: on
+    20,000 users x 90,000 items they otherwise piled up to +5.6 GB resident."""
+    from training import quality
+
+    calls: list[int] = []
+    monkeypatch.setattr(quality, "release_free_memory", lambda: calls.append(1))
+    seqs = build_sequences(Interactions(
+        user_ids=np.array([f"u{u}" for u in range(5) for _ in range(3)], dtype=object),
+        item_ids=np.array(["a", "b", "c"] * 5, dtype=object),
+        timestamps_ms=np.arange(15, dtype=np.int64),
+        event_types=np.zeros(15, dtype=np.int64)), {"a": 1, "b": 2, "c": 3})
+    users = np.arange(5)
+    quality.evaluate_scorer(lambda u, e: np.zeros((len(u), 3), np.float32), users,
+                            np.full(5, 2), np.full(5, 3), seqs=seqs, batch_size=2,
+                            progress=False)
+    assert len(calls) == 3  # batches of 2, 2 and 1
