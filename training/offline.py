@@ -131,8 +131,9 @@ def fit(
     device: torch.device, progress: bool = True, world: World = SINGLE,
 ) -> Fitted:
     """Build and train within ``rec.train.time_budget_s`` of wall time, everything the
-    model's training does included: the text cache is built inside the budget, and its
-    measured cost is set aside for the refresh of every item's text after training.
+    model's training does included: the text cache is built inside the budget, and the
+    measured cost of its first pooling is set aside for the refresh of every item's text
+    after training.
     With ``rec.train.patience`` the validation targets drive early stopping.
 
     With a distributed `world` every rank calls this on the same data; training is
@@ -147,8 +148,9 @@ def fit(
     # gains (`bf16_logits`)
     train_cfg = replace(rec.train, bf16=rec.train.bf16 and device.type == "cuda" and _bf16_ok(device),
                         bf16_logits=rec.train.bf16_logits and _bf16_ok(device),
-                        time_budget_s=training_budget(rec.train.time_budget_s, built,
-                                                      has_text=model.text is not None))
+                        time_budget_s=training_budget(
+                            rec.train.time_budget_s, built,
+                            refresh_s=model.text.refresh_s if model.text is not None else 0.0))
     validate = None
     if train_cfg.patience > 0 and world.main:
         validate = validation_score(split, candidates_of(split, len(dataset.item_ids)), device)
@@ -159,11 +161,12 @@ def fit(
                   validation=tuple(result.validation))
 
 
-def training_budget(total_s: float, built_s: float, *, has_text: bool) -> float:
+def training_budget(total_s: float, built_s: float, *, refresh_s: float) -> float:
     """Seconds left for the training loop of a `total_s` budget after building the model
-    took `built_s` (the text cache); with text, as much again is set aside for the
-    refresh of every item's text after training. At least one second (one step)."""
-    return max(1.0, total_s - built_s * (2 if has_text else 1))
+    took `built_s` (the text cache and its first pooling), with `refresh_s` set aside
+    for pooling every item's text again after training (what the first pooling took; 0
+    without text). At least one second (one step)."""
+    return max(1.0, total_s - built_s - refresh_s)
 
 
 def candidates_of(split: Split, n_items: int) -> np.ndarray:

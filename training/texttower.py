@@ -13,6 +13,7 @@ exported encoder embeds a new item as training did.
 from __future__ import annotations
 
 import copy
+import time
 import logging
 from collections.abc import Sequence
 
@@ -54,7 +55,10 @@ class TextTower(nn.Module):
         self.register_buffer("states", states, persistent=False)  # [N+1, T, H]
         self.register_buffer("token_mask", masks, persistent=False)  # [N+1, T]
         self.register_buffer("pooled", torch.zeros(len(texts) + 1, self.dim), persistent=False)
+        started = time.monotonic()
         self.refresh(progress=progress)
+        # what the refresh after training will cost again (a time budget sets it aside)
+        self.refresh_s = time.monotonic() - started
 
     def encode_rows(self, rows: torch.Tensor) -> torch.Tensor:
         """float32 [len(rows), H]: mean-pooled top-layer output of those items."""

@@ -39,6 +39,6 @@ def test_results_are_written_after_each_model_even_when_a_later_one_fails(
 
 
 def test_the_training_budget_holds_the_text_cache_and_its_refresh() -> None:
-    assert training_budget(300.0, 100.0, has_text=True) == 100.0  # cache, refresh, train
-    assert training_budget(300.0, 2.0, has_text=False) == 298.0
-    assert training_budget(300.0, 400.0, has_text=True) == 1.0
+    assert training_budget(300.0, 150.0, refresh_s=30.0) == 120.0  # cache, refresh, train
+    assert training_budget(300.0, 2.0, refresh_s=0.0) == 298.0
+    assert training_budget(300.0, 400.0, refresh_s=30.0) == 1.0
