@@ -22,29 +22,36 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
 import numpy as np
+import torch
 
 log = logging.getLogger(__name__)
 
 PROGRAMS_KEPT = 2  # exported towers a child keeps loaded: the version in use and the last
 
-_programs: OrderedDict[str, object] = OrderedDict()  # in the child: path -> module
+_programs: OrderedDict[str, torch.nn.Module] = OrderedDict()  # in the child: path -> module
 
 
 class TowerProcessError(RuntimeError):
     """The tower's process died or could not run the call."""
 
 
+def run_program(module: torch.nn.Module, arrays: tuple[np.ndarray, ...], *,
+                device: torch.device, bf16: bool) -> np.ndarray:
+    """float32 [B, dim]: an exported tower on its padded input arrays (here or in the
+    child: the one place a pass is run)."""
+    with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16,
+                                                enabled=bf16):
+        output = module(*(torch.from_numpy(a).to(device) for a in arrays))
+    return output.float().cpu().numpy()  # type: ignore[no-any-return]
+
+
 def _start(threads: int) -> None:
     """The child's initialiser: its intra-op threads (1: it shares the host's cores)."""
-    import torch
-
     torch.set_num_threads(max(1, threads))
 
 
 def _run(path: str, arrays: tuple[np.ndarray, ...], bf16: bool) -> np.ndarray:
     """In the child: the exported tower of `path` on the padded `arrays`."""
-    import torch
-
     module = _programs.get(path)
     if module is None:
         module = torch.export.load(path).module()
@@ -52,9 +59,7 @@ def _run(path: str, arrays: tuple[np.ndarray, ...], bf16: bool) -> np.ndarray:
         while len(_programs) > PROGRAMS_KEPT:
             _programs.popitem(last=False)
     _programs.move_to_end(path)
-    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-        output = module(*(torch.from_numpy(a) for a in arrays))  # type: ignore[operator]
-    return output.float().numpy()  # type: ignore[no-any-return]
+    return run_program(module, arrays, device=torch.device("cpu"), bf16=bf16)
 
 
 class TowerProcess:

@@ -20,7 +20,7 @@ import torch
 
 from streams.errors import ModelLoadError
 from streams.history import Interaction
-from streams.towerprocess import TowerProcess
+from streams.towerprocess import TowerProcess, run_program
 from streams.vectors import VectorLookup, user_vector
 
 
@@ -72,6 +72,10 @@ class Inputs:
     gaps_s: np.ndarray  # float32 [B, L], seconds before the user's newest event
     mask: np.ndarray  # bool [B, L], True for real events (the last slots)
     rows: list[int]
+
+    def arrays(self) -> tuple[np.ndarray, ...]:
+        """The tower's four inputs, in its signature's order."""
+        return self.item_vectors, self.event_types, self.gaps_s, self.mask
 
 
 def tower_inputs(
@@ -185,8 +189,7 @@ class ExportedTower:
         """The vectors, every pass in this process (also with a tower process)."""
         vectors: list[np.ndarray | None] = [None] * len(histories)
         for inputs in self._inputs(histories, lookup):
-            for row, vector in zip(inputs.rows, self._run(inputs), strict=True):
-                vectors[row] = vector
+            _place(vectors, inputs, self._run(inputs))
         return vectors
 
     async def encode_async(
@@ -199,10 +202,8 @@ class ExportedTower:
         groups = self._inputs(histories, lookup)
         vectors: list[np.ndarray | None] = [None] * len(histories)
         for inputs in groups:
-            arrays = (inputs.item_vectors, inputs.event_types, inputs.gaps_s, inputs.mask)
-            out = await self.process.run(str(self.path), arrays, self.bf16)
-            for row, vector in zip(inputs.rows, out, strict=True):
-                vectors[row] = vector
+            _place(vectors, inputs, await self.process.run(str(self.path), inputs.arrays(),
+                                                            self.bf16))
         return vectors
 
     def _inputs(self, histories: Sequence[Sequence[Interaction]],
@@ -223,7 +224,10 @@ class ExportedTower:
                 for length, members in groups.items()]
 
     def _run(self, inputs: Inputs) -> np.ndarray:
-        arrays = (inputs.item_vectors, inputs.event_types, inputs.gaps_s, inputs.mask)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-            output = self._module(*(torch.from_numpy(a).to(self.device) for a in arrays))
-        return output.float().cpu().numpy()
+        return run_program(self._module, inputs.arrays(), device=self.device, bf16=self.bf16)
+
+
+def _place(vectors: list[np.ndarray | None], inputs: Inputs, out: np.ndarray) -> None:
+    """The rows of a pass's output into the vectors of their histories."""
+    for row, vector in zip(inputs.rows, out, strict=True):
+        vectors[row] = vector
