@@ -88,6 +88,13 @@ class World:
         dist.all_reduce(tensor)
         return float(tensor.item()) / self.size
 
+    def broadcast_module(self, module: torch.nn.Module) -> None:
+        """The main rank's parameters and buffers on every rank, in place."""
+        if not self.distributed:
+            return
+        for tensor in module.state_dict().values():
+            dist.broadcast(tensor, src=0)
+
     def broadcast_flag(self, flag: bool) -> bool:
         """The main rank's `flag` on every rank."""
         return self.broadcast_float(1.0 if flag else 0.0) > 0.5

@@ -68,7 +68,7 @@ def recipe(name: str, n_items: int, *, time_budget_s: float, seed: int = 0,
                           ffn_mult=1, dropout=0.1, temperature=0.05),
         train=TrainConfig(epochs=200, time_budget_s=time_budget_s, batch_size=64, lr=5e-3,
                           warmup_steps=50, loss="auto", text_items_per_step=16, seed=seed,
-                          patience=patience),
+                          patience=patience, anneal_epochs=10),
         text_layers=1,
     )
     if name == "streamrec":

@@ -71,6 +71,11 @@ class TrainConfig:
     bf16: bool = False
     bf16_logits: bool = True  # the [positions, items] logits and their softmax in bf16
     patience: int = 0  # with a validation score: stop after this many worse checks (0 = never)
+    # with patience: when it runs out, go back to the best check's weights and decay the LR
+    # to min_lr_ratio over this many epochs before stopping (0 = stop at once). The decay
+    # before it then follows the steps only, not the clock (the budget is a cap), so an
+    # early-stopped run is the same run on a busy machine or a quiet one
+    anneal_epochs: int = 0
     validate_every: int = 1  # epochs between validation checks
     # length: users of similar history length share a batch (little padding); random:
     # any users share a batch (SASRec+'s draws; each batch padded to its longest history)
@@ -96,10 +101,21 @@ def lr_factor(
     ``schedule="constant"`` is 1 throughout (SASRec's recipe)."""
     if schedule == "constant":
         return 1.0
+    if schedule not in ("cosine",):
+        raise ValueError(f"schedule must be 'cosine' or 'constant', not {schedule!r}")
     if step < warmup:
         return (step + 1) / warmup
     progress = min(1.0, max((step - warmup) / max(1, total - warmup), spent))
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def anneal_factor(step: int, start: int, length: int, start_factor: float,
+                  min_ratio: float) -> float:
+    """The rate of the final decay after a plateau: cosine from `start_factor` at step
+    `start` to `min_ratio` at ``start + length`` (and after)."""
+    progress = min(1.0, max(0.0, (step - start) / max(1, length)))
+    low = min(min_ratio, start_factor)
+    return low + (start_factor - low) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def seed_everything(seed: int) -> np.random.Generator:
@@ -329,6 +345,9 @@ def train(
     score, higher is better, e.g. validation NDCG@10), every ``cfg.validate_every``
     epochs are scored, training stops after ``cfg.patience`` checks without a new best
     (early stopping; 0 = train on), and the model ends with the best check's weights.
+    With ``cfg.anneal_epochs`` the run out of patience first goes back to the best
+    check's weights and decays its rate over that many epochs (:func:`anneal_factor`),
+    still scored, and stops at the end of it.
 
     With a distributed `world` every rank calls this with the same model, data and
     config: `rng` (the batches) is the same on all, each rank's own draws are its own
@@ -361,6 +380,9 @@ def train(
     step, epoch, losses, stop, spent = 0, 0, [], False, 0.0
     checks: list[tuple[int, float]] = []
     best: tuple[float, int, dict[str, torch.Tensor]] | None = None  # score, epoch, weights
+    annealing = cfg.anneal_epochs > 0 and cfg.patience > 0  # the same on every rank
+    anneal: tuple[int, float, int] | None = None  # first step, its rate, last epoch
+    factor = 1.0
     bar = progress_bar(total=total, desc="train", unit="step", enabled=progress and world.main)
     for epoch in range(1, cfg.epochs + 1):
         step_loss.train()
@@ -379,10 +401,14 @@ def train(
             # the main rank's clock: the LR and the stop are the same on every rank
             spent = world.broadcast_float((time.monotonic() - started) / cfg.time_budget_s)
             weight = share_weight(batch, widths, world)
+            if anneal is not None:
+                factor = anneal_factor(step, anneal[0], cfg.anneal_epochs * steps_per_epoch,
+                                       anneal[1], cfg.min_lr_ratio)
+            else:
+                factor = lr_factor(step, total, cfg.warmup_steps, cfg.min_lr_ratio,
+                                   0.0 if annealing else spent, cfg.schedule)
             update(model, optimizer, loss * weight if weight != 1.0 else loss,
-                   grad_clip=cfg.grad_clip,
-                   factor=lr_factor(step, total, cfg.warmup_steps, cfg.min_lr_ratio, spent,
-                                    cfg.schedule))
+                   grad_clip=cfg.grad_clip, factor=factor)
             sync_text_cache(model, live, cfg.text_items_per_step, world)
             step += 1
             epoch_loss += float(loss.detach())
@@ -395,7 +421,7 @@ def train(
         if 0 < spent < 1:  # the steps the time budget will allow, at the pace so far
             bar.total = min(total, int(step / spent))
         bar.set_postfix(epoch=epoch, loss=f"{losses[-1]:.3f}")
-        early = False
+        early = plateau = False
         if on_epoch is not None and world.main:
             on_epoch(epoch, model)
         if validate is not None and world.main and (epoch % cfg.validate_every == 0 or stop):
@@ -405,10 +431,26 @@ def train(
             if best is None or score > best[0]:
                 weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
                 best = (score, epoch, weights)
-            elif cfg.patience and len(checks) - 1 - _index_of(checks, best[1]) >= cfg.patience:
-                log.info("early stop after epoch %s: best %.4f at epoch %s", epoch, *best[:2])
-                early = True
-        if world.broadcast_flag(early):  # the main rank's decision (the others wait here)
+            elif (anneal is None and cfg.patience
+                  and len(checks) - 1 - _index_of(checks, best[1]) >= cfg.patience):
+                plateau = annealing
+                early = not annealing
+                if annealing:
+                    log.info("plateau after epoch %s: back to epoch %s (%.4f), the rate "
+                             "decays over %s epochs", epoch, best[1], best[0], cfg.anneal_epochs)
+                else:
+                    log.info("early stop after epoch %s: best %.4f at epoch %s",
+                             epoch, *best[:2])
+        # the main rank's decisions (the others wait here): decay from the best, or stop
+        if annealing and anneal is None and world.broadcast_flag(plateau):
+            if best is not None:
+                model.load_state_dict(best[2])
+            world.broadcast_module(model)
+            anneal = (step, factor, epoch + cfg.anneal_epochs)
+        elif anneal is not None and epoch >= anneal[2]:
+            log.info("the decay after the plateau ended with epoch %s", epoch)
+            early = True
+        if world.broadcast_flag(early):
             break
         if stop:
             log.info("time budget of %.0f s reached after %s epochs", cfg.time_budget_s, epoch)

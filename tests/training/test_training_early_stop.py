@@ -60,3 +60,53 @@ def test_validates_every_few_epochs_and_trains_on_without_patience() -> None:
                    validate=lambda m: 0.0)
     assert result.epochs == 6
     assert [epoch for epoch, _ in result.validation] == [3, 6]
+
+
+def test_a_plateau_goes_back_to_the_best_weights_and_decays_the_rate_before_it_stops(
+) -> None:
+    scores = iter([0.1, 0.5, 0.3, 0.2, 0.4, 0.6, 0.55, 0.1, 0.1, 0.1])
+    after_epoch: list[torch.Tensor] = []
+    rates: list[float] = []
+    before_step: list[torch.Tensor] = []
+    model = _model()
+    first = next(model.parameters())
+
+    def on_epoch(epoch: int, m: TwoTower) -> None:
+        after_epoch.append(first.detach().clone())
+
+    cfg = TrainConfig(epochs=10, batch_size=4, lr=1e-2, schedule="cosine", warmup_steps=0,
+                      min_lr_ratio=0.1, grad_clip=0.0, weight_decay=0.0, patience=2,
+                      anneal_epochs=3, bf16=False, bf16_logits=False)
+    optimizer_step = torch.optim.AdamW.step
+
+    def spy(self: torch.optim.Optimizer, *args: object, **kwargs: object) -> object:
+        rates.append(self.param_groups[0]["lr"])
+        before_step.append(first.detach().clone())
+        return optimizer_step(self, *args, **kwargs)
+
+    torch.optim.AdamW.step = spy  # type: ignore[method-assign]
+    try:
+        result = train(model, _sequences(), cfg, device=torch.device("cpu"), progress=False,
+                       validate=lambda m: next(scores), on_epoch=on_epoch)
+    finally:
+        torch.optim.AdamW.step = optimizer_step  # type: ignore[method-assign]
+    # best at 2; 3 and 4 are worse: back to epoch 2's weights, decay over epochs 5-7, stop
+    assert result.epochs == 7 and result.best_epoch == 6
+    assert [e for e, _ in result.validation] == [1, 2, 3, 4, 5, 6, 7]
+    per_epoch = len(rates) // 7
+    assert torch.equal(before_step[4 * per_epoch], after_epoch[1])
+    assert not torch.equal(after_epoch[3], after_epoch[1])
+    assert 0.6 * cfg.lr < rates[4 * per_epoch - 1] <= rates[4 * per_epoch]  # decay from there
+    decay = rates[4 * per_epoch:]
+    assert all(a >= b for a, b in zip(decay, decay[1:]))
+    assert decay[-1] < 0.2 * cfg.lr
+
+
+def test_without_anneal_epochs_patience_stops_at_once() -> None:
+    model = _model()
+    scores = iter([0.5, 0.1, 0.1, 0.9])
+    cfg = TrainConfig(epochs=6, batch_size=4, lr=1e-2, patience=2, anneal_epochs=0,
+                      bf16=False, bf16_logits=False)
+    result = train(model, _sequences(), cfg, device=torch.device("cpu"), progress=False,
+                   validate=lambda m: next(scores))
+    assert result.epochs == 3
