@@ -15,6 +15,10 @@ be lost (a crash before its commit): so the script also keeps them in a *receipt
 again finds its offset applied and answers the receipt instead, so the tombstones are
 sent again, however often the worker dies. A receipt is removed once its partition
 committed past it (:func:`obsolete_fields`), at the next commit or assignment.
+
+On a Redis Cluster the script cannot reach the other users' slots: the user's keys go in
+their own slot with the receipt kept there, and the other side of each edge goes with the
+tombstones, which the relations reader applies as any removal (:mod:`streams.clustergraph`).
 """
 
 from __future__ import annotations

@@ -62,7 +62,22 @@ ALL_KINDS = EdgeFlags(kinds=0xFF).encode()
 # keys, its EventType number and the log of its weight, last the time to live (s) a feed
 # without one gets (0: none). Answers {accounts that entered
 # hot, that left it, accounts hot now}.
-GRAPH_SCRIPT = r"""
+# An edge's flags after a change: the kind's bit set (with its name bit as share_name
+# says) when present, both cleared when not.
+EDGE_FLAGS_FUNCTION = r"""
+local function edge_flags(before, kind_bit, name_bit, present, share_name)
+  if not present then
+    return bit.band(before, bit.bnot(bit.bor(kind_bit, name_bit)))
+  end
+  local flags = bit.bor(before, kind_bit)
+  if share_name then
+    return bit.bor(flags, name_bit)
+  end
+  return bit.band(flags, bit.bnot(name_bit))
+end
+"""
+
+GRAPH_SCRIPT = EDGE_FLAGS_FUNCTION + r"""
 local changes = cjson.decode(ARGV[11])
 local enter, leave, kinds_mask = tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10])
 local cap, backfill, tau = tonumber(ARGV[12]), tonumber(ARGV[13]), tonumber(ARGV[14])
@@ -101,17 +116,7 @@ for c = 1, #changes do
   local following = ARGV[1] .. follower .. ARGV[2]
   local followers = ARGV[3] .. followee .. ARGV[4]
   local before = tonumber(redis.call('HGET', following, followee) or '0')
-  local flags
-  if change[5] == 1 then
-    flags = bit.bor(before, kind_bit)
-    if change[6] == 1 then
-      flags = bit.bor(flags, name_bit)
-    else
-      flags = bit.band(flags, bit.bnot(name_bit))
-    end
-  else
-    flags = bit.band(before, bit.bnot(bit.bor(kind_bit, name_bit)))
-  end
+  local flags = edge_flags(before, kind_bit, name_bit, change[5] == 1, change[6] == 1)
   if bit.band(flags, kinds_mask) ~= 0 then
     redis.call('HSET', following, followee, flags)
     redis.call('HSET', followers, follower, flags)

@@ -15,9 +15,8 @@ worker that lost a partition and still writes cannot apply what the new owner ap
 On a Redis Cluster (a ``RedisCluster`` client) no transaction spans the slots of a
 batch's users: each slot's share is applied by one script fenced by that slot's own
 applied offsets instead (:mod:`streams.slots`), with the same once-per-record outcome.
-The social graph's writes (fan-out into followers' feeds, edges, a deletion's edges) span
-slots in one script and are not supported there: the worker refuses a cluster with the
-relations reader on, and writes no fan-out.
+The social graph's writes (edges, the fan-out into followers' feeds, a deletion's edges)
+read what they need first and are split by slot the same way (:mod:`streams.clustergraph`).
 
 A user's keys carry a time to live (``user_ttl_s``) that each batch in which they act
 starts again, so the state of users who stopped coming leaves Redis on its own.
@@ -56,6 +55,7 @@ from streams.fanout import FANOUT_SCRIPT, Fanout, FanoutCounts, SocialAct, fanou
 from streams.graph import GRAPH_SCRIPT, EdgeChange, HotChanges, graph_args, hot_changes
 from streams.deletion import DELETE_USER_SCRIPT, Removed, deletion_args, obsolete_fields, parse_reply
 from streams.slots import Call, Share, SlotWriter, parse_offsets
+from streams import clustergraph
 from streams.trending import SCRIPT, Window, flat_pairs, increments, script_args
 
 # KEYS: the popular zset. ARGV: a JSON list of item id and amount pairs, flat. One command
@@ -298,9 +298,10 @@ class AppliedOffsets:
     """The applied offsets of one source topic's partitions in the hash ``key``: field
     ``{topic}:{partition}``, value the newest offset whose effects Redis holds."""
 
-    def __init__(self, key: str, topic: str) -> None:
+    def __init__(self, key: str, topic: str, group: str = "") -> None:
         self.key = key
         self.topic = topic
+        self.group = group  # the consumer group (names its slots' fences on a cluster)
 
     def parse(self, fields: Mapping[bytes | str, bytes | str]) -> dict[int, int]:
         return parse_offsets(fields, self.topic)
@@ -361,14 +362,17 @@ class OnlineState(Service):
                          "trending": self._trending, "expire": self._expire}
         # On a cluster: each slot's share of a batch, fenced in that slot.
         self._slots: SlotWriter | None = None
+        self._functions = {"touch": TOUCH_SCRIPT, "popular": POPULAR_SCRIPT,
+                           "trending": SCRIPT, "expire": EXPIRE_SCRIPT,
+                           **clustergraph.FUNCTIONS}
         if isinstance(client, RedisCluster):
-            if fanout is not None:
-                raise ValueError("the fan-out into followers' feeds writes many slots in one "
-                                 "script: not supported on a Redis Cluster (no fanout)")
             self._slots = SlotWriter(
                 client, topic=source_topic, fence_key=lambda slot: keys.fence(group, slot),
-                functions={"touch": TOUCH_SCRIPT, "popular": POPULAR_SCRIPT,
-                           "trending": SCRIPT, "expire": EXPIRE_SCRIPT})
+                functions=self._functions)
+        # on a cluster: the relations reader's writer (its own group's fences)
+        self._relation_slots: SlotWriter | None = None
+        # on a cluster: the receipts this writer keeps, (partition, offset, key)
+        self._receipts: list[tuple[int, int, str]] = []
         self._group = group
         self._source_topic = source_topic
         self._recovery = recovery
@@ -378,6 +382,9 @@ class OnlineState(Service):
         self.before_read_back: Callable[[], Awaitable[None]] | None = None
         self.on_lost_vectors: Callable[[list[tuple[int, str]]], None] | None = None
         self.recovered = 0  # touches read back and applied again after a failover
+        # on a cluster: partition of relations -> (first, newest) offset whose edges a
+        # failed master lost; the relations reader reads them again (and takes them)
+        self.relations_lost: dict[int, tuple[int, int]] = {}
         # The retry wraps a whole write, not the client: a write is an optimistic
         # transaction (WATCH, read the applied offsets, MULTI/EXEC) that must start over
         # on a new connection, which redis-py's client retry does not do for a watching
@@ -415,8 +422,9 @@ class OnlineState(Service):
         if not changes:
             return 0, None
         if self._slots is not None:
-            raise NotImplementedError("the social graph's writes span slots: not supported "
-                                      "on a Redis Cluster")
+            return await self._retrying(
+                lambda: self._write_relations_slots(changes, applied, fanout_threshold),
+                f"{len(changes)} relations")
 
         async def attempt() -> tuple[int, HotChanges | None]:
             async with self._client.pipeline(transaction=True) as pipe:
@@ -470,7 +478,15 @@ class OnlineState(Service):
 
     async def forget_receipts(self, committed: Mapping[int, int]) -> int:
         """Drop the deletion receipts of partitions committed past them (`committed`:
-        partition -> next offset); how many (raises RedisError)."""
+        partition -> next offset); how many (raises RedisError). On a cluster: the
+        receipts this writer wrote or read (those a dead worker left expire)."""
+        if self._slots is not None:
+            done = [r for r in self._receipts
+                    if r[1] < committed.get(r[0], -1)]
+            for _, _, name in done:
+                await self._client.delete(name)
+            self._receipts = [r for r in self._receipts if r not in done]
+            return len(done)
         key = self.keys.deleting(self._group)
         obsolete = obsolete_fields(await self._client.hkeys(key), self._source_topic, committed)
         if obsolete:
@@ -486,6 +502,11 @@ class OnlineState(Service):
             found = await pipe.execute()
         return [None if version is None else (text(version), int(text(newest or b"0")))
                 for version, newest in found]
+
+    @property
+    def fans_out(self) -> bool:
+        """Whether a batch's acts are written into followers' feeds."""
+        return self._fanout is not None
 
     def regressed(self) -> dict[int, int]:
         """On a cluster: partition -> the lowest offset whose effects a failed-over master
@@ -584,18 +605,26 @@ class OnlineState(Service):
             went_back = await self._slots.verify()
             if went_back and self._recovery is not None:
                 again, gone = await self._read_back(self._slots.take_lost(went_back))
+        audience, read_for, writes = None, -1, 0
         while True:
+            if self._fanout is not None and read_for != len(again):  # (again) read back
+                audience, read_for = await self._audience([*again, *touches]), len(again)
             shares = self._shares([*again, *touches], vectors, only=todo, again=len(again),
-                                  deletions=gone)
+                                  deletions=gone, audience=audience)
             try:
                 done, stale = await self._slots.apply(shares)
             except REDIS_ERRORS:
                 self._slots.suspect = True
                 raise
             applied += done
+            writes += sum(clustergraph.feed_writes(share.calls) for share in shares
+                          if share.slot not in stale)
             if not stale:
                 if again:
                     self._lost_vectors(again, vectors)
+                if audience is not None and self._fanout is not None and self._on_fanout:
+                    self._on_fanout(FanoutCounts(writes, clustergraph.skipped_acts(
+                        social_acts(touches), audience, self._fanout)))
                 return applied
             todo = stale
             if self._recovery is not None:
@@ -604,6 +633,13 @@ class OnlineState(Service):
                     more, more_gone = await self._read_back(lost)
                     again += more
                     gone += more_gone
+
+    async def _audience(self, touches: Sequence[Touch]) -> clustergraph.Audience | None:
+        """The fan-out's read phase on a cluster (None without a fan-out)."""
+        if self._fanout is None:
+            return None
+        return await clustergraph.read_audience(self._client, self.keys, social_acts(touches),
+                                                self._fanout)
 
     async def _read_back(self, lost: Mapping[int, tuple[int, int]]
                          ) -> tuple[list[Touch], list[Deletion]]:
@@ -634,14 +670,17 @@ class OnlineState(Service):
 
     def _shares(self, touches: Sequence[Touch], vectors: Sequence[UserVector], *,
                 only: set[int] | None, again: int = 0,
-                deletions: Sequence[Deletion] = ()) -> list[Share]:
+                deletions: Sequence[Deletion] = (),
+                audience: clustergraph.Audience | None = None) -> list[Share]:
         """Each slot's share of a batch (of the slots in `only`, when given), checked
         against what the writer believes of its fence. A slot holds users' keys, and maybe
         the popular set or a trending window's: the records relevant to it are its users'
         and, with a global set, all of them. The first `again` touches are records read
         back after a failover: applied, not counted. `deletions` were read back too: a
         slot whose fence is below one removes the user's keys first, and applies only
-        the user's touches after it (those before it were deleted with the user)."""
+        the user's touches after it (those before it were deleted with the user). With an
+        `audience` (the fan-out's read phase), a slot of followers' feeds also holds the
+        weighted acts of the people they follow."""
         recovered = {(t.partition, t.offset) for t in touches[:again]}
         assert self._slots is not None
         keys = self.keys
@@ -658,14 +697,24 @@ class OnlineState(Service):
         popular_slot = slot_of(keys.popular()) if touches else None
         window_slots = {w.name: slot_of(keys.trending(w.name)) for w in self._windows} \
             if touches else {}
-        slots = {*by_slot, *vectors_by_slot, *deletions_by_slot, *window_slots.values()}
+        fanned: dict[int, list[Touch]] = {}  # slot -> touches fanned out into its feeds
+        if audience is not None and self._fanout is not None:
+            reach = clustergraph.audience_slots(keys, audience)
+            for touch in touches:
+                if touch.event_type in self._fanout.weights:
+                    for slot in reach.get(touch.user_id, ()):
+                        fanned.setdefault(slot, []).append(touch)
+        slots = {*by_slot, *vectors_by_slot, *deletions_by_slot, *window_slots.values(),
+                 *fanned}
         if popular_slot is not None:
             slots.add(popular_slot)
         shares = []
         for slot in sorted(slots if only is None else slots & only):
             mine = by_slot.get(slot, [])
             windows = [w for w in self._windows if window_slots.get(w.name) == slot]
-            relevant = touches if slot == popular_slot or windows else mine
+            into = fanned.get(slot, [])
+            relevant = touches if slot == popular_slot or windows else (
+                mine + [t for t in into if slot_of(keys.user_vector(t.user_id)) != slot])
             believed = self._slots.fence(slot)
             deleted = [d for d in deletions_by_slot.get(slot, [])
                        if d.offset > believed.get(d.partition, -1)]
@@ -695,6 +744,12 @@ class OnlineState(Service):
                                    users=True, popular=False, windows=[])
             calls += self._effects(fresh, [], users=False, popular=slot == popular_slot,
                                    windows=windows)
+            if into and audience is not None and self._fanout is not None:
+                located = {(t.partition, t.offset) for t in into}
+                feeds, _ = clustergraph.feed_calls(
+                    keys, social_acts([t for t in fresh if (t.partition, t.offset) in located]),
+                    audience, slot, self._fanout)
+                calls += feeds
             checks = [(p, believed.get(p, -1), max(believed.get(p, -1), newest.get(p, -1)))
                       for p in sorted({*(t.partition for t in relevant),
                                        *(d.partition for d in deleted)})]
@@ -703,30 +758,108 @@ class OnlineState(Service):
         return shares
 
     async def _delete_in_slot(self, user_id: str, partition: int, offset: int) -> Removed:
-        """:meth:`delete_user` on a cluster, without a social graph: the user's keys go,
-        fenced by their slot's fence."""
+        """:meth:`delete_user` on a cluster: the user's keys go, fenced by their slot's
+        fence, their edges kept in a receipt in that slot (:data:`clustergraph.FORGET_USER`);
+        the other side of each edge goes with the tombstones made from it."""
         assert self._slots is not None
         keys, slot = self.keys, slot_of(self.keys.user_vector(user_id))
-        names = deleted_keys(keys, user_id)
+        receipt = clustergraph.receipt_key(keys, user_id, group=self._group,
+                                           topic=self._source_topic, partition=partition,
+                                           offset=offset)
         while True:
             held = self._slots.fence(slot).get(partition, -1)
             now = offset > held
             share = Share(slot, [(partition, held, max(held, offset))],
-                          [Call("del", names, [])] if now else [])
+                          [clustergraph.forget_call(keys, user_id, receipt,
+                                                    deleted_keys(keys, user_id))]
+                          if now else [])
             _, stale = await self._slots.apply([share])
             if not stale:
-                return Removed({}, {}, now)
+                break
+        raw = clustergraph.receipt_json(await self._client.get(receipt))
+        await self._client.srem(keys.hot(), user_id)
+        if raw is not None and (partition, offset, receipt) not in self._receipts:
+            self._receipts.append((partition, offset, receipt))
+        return parse_reply([int(now), raw])
+
+    def _note_relations_lost(self, lost: Mapping[int, tuple[int, int]]) -> None:
+        for partition, (first, newest) in lost.items():
+            was = self.relations_lost.get(partition, (first, newest))
+            self.relations_lost[partition] = (min(was[0], first), max(was[1], newest))
+
+    def take_relations_lost(self) -> dict[int, tuple[int, int]]:
+        """The offsets of relations whose edges a failed master lost, no longer kept."""
+        lost, self.relations_lost = self.relations_lost, {}
+        return lost
+
+    def _relation_writer(self, applied: AppliedOffsets) -> SlotWriter:
+        if self._relation_slots is None:
+            if not applied.group:
+                raise ValueError("on a Redis Cluster the relations' applied offsets name "
+                                 "their consumer group")
+            keys, group = self.keys, applied.group
+            self._relation_slots = SlotWriter(
+                self._client, topic=applied.topic,
+                fence_key=lambda slot: keys.fence(group, slot), functions=self._functions)
+        return self._relation_slots
+
+    async def _write_relations_slots(self, changes: Sequence[EdgeChange],
+                                     applied: AppliedOffsets, threshold: int
+                                     ) -> tuple[int, HotChanges | None]:
+        """:meth:`write_relations` on a cluster: the read phase (the acts a new edge
+        copies), every slot's share of the edges fenced in that slot, then ``hot`` from
+        the followees' counts (:mod:`streams.clustergraph`)."""
+        writer = self._relation_writer(applied)
+        if writer.suspect:
+            went_back = await writer.verify()
+            if went_back:
+                self._note_relations_lost(writer.take_lost(went_back))
+        backfill = await clustergraph.read_backfill(self._client, self.keys, changes,
+                                                    self._fanout)
+        by_slot = clustergraph.edge_calls(self.keys, changes, backfill, self._fanout)
+        fresh_total, todo = 0, None
+        while True:
+            shares = []
+            for slot in sorted(by_slot if todo is None else set(by_slot) & todo):
+                believed = writer.fence(slot)
+                mine = by_slot[slot]
+                newest: dict[int, int] = {}
+                for change, _ in mine:
+                    newest[change.partition] = max(newest.get(change.partition, -1),
+                                                   change.offset)
+                fresh = [(c, call) for c, call in mine
+                         if c.offset > believed.get(c.partition, -1)]
+                shares.append(Share(
+                    slot, [(p, believed.get(p, -1), max(believed.get(p, -1), n))
+                           for p, n in sorted(newest.items())],
+                    [call for _, call in fresh],
+                    fresh=sum(call.name == "follower_side" for _, call in fresh)))
+            try:
+                done, stale = await writer.apply(shares)
+            except REDIS_ERRORS:
+                writer.suspect = True
+                raise
+            fresh_total += done
+            if not stale:
+                break
+            todo = stale
+            self._note_relations_lost(writer.take_lost(stale))
+        hot = await clustergraph.settle_hot(self._client, self.keys,
+                                            (c.followee_id for c in changes), threshold)
+        return fresh_total, hot if fresh_total else None
 
     async def _queue_fanout(self, pipe: Pipeline, touches: Sequence[Touch]) -> int | None:
         """The batch's acts into their actors' followers' feeds (hot actors skipped)."""
         if self._fanout is None or not touches:
             return None
-        entries = feed_entries(
-            (SocialAct(t.user_id, t.event_type, t.item_id, t.timestamp_ms) for t in touches),
-            self._fanout,
-        )
+        entries = feed_entries(social_acts(touches), self._fanout)
         if not entries:
             return None
         at = len(pipe.command_stack)
         await self._fanout_script(args=fanout_args(self.keys, self._fanout, entries), client=pipe)
         return at
+
+
+def social_acts(touches: Sequence[Touch]) -> list[SocialAct]:
+    """The touches as the fan-out sees them."""
+    return [SocialAct(t.user_id, t.event_type, t.item_id, t.timestamp_ms) for t in touches]

@@ -34,7 +34,7 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TypeVar
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from google.protobuf.message import DecodeError
 
 from contracts.deletions import ControlRecordError, is_control, parse_control
@@ -103,31 +103,10 @@ class EnrichedLog:
             await asyncio.sleep(self._retry_s)
 
     async def _read_deletions(self, lost: Lost) -> list[Deletion]:
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self._servers, group_id=None, enable_auto_commit=False,
-            client_id="streamrec-streams-recovery", **kafka_kwargs(self._security),
-        )
-        await consumer.start()
-        found: list[Deletion] = []
-        try:
-            todo = {TopicPartition(self._source, p): span for p, span in lost.items()}
-            consumer.assign(list(todo))
-            for tp, (first, _) in todo.items():
-                consumer.seek(tp, first)
-            ends = await consumer.end_offsets(list(todo))
-            while todo:
-                batches = await consumer.getmany(*todo, timeout_ms=self._poll_ms)
-                for tp, records in batches.items():
-                    newest = todo[tp][1] if tp in todo else -1
-                    found += [d for r in records if r.offset <= newest
-                              and (d := _deletion(r.partition, r.offset, r.key, r.value,
-                                                  r.headers)) is not None]
-                for tp in list(todo):
-                    position = await consumer.position(tp)
-                    if position > todo[tp][1] or position >= ends[tp]:
-                        del todo[tp]
-        finally:
-            await consumer.stop()
+        found = [d for r in await read_span(self._servers, self._source, lost,
+                                            security=self._security, poll_ms=self._poll_ms)
+                 if (d := _deletion(r.partition, r.offset, r.key, r.value, r.headers))
+                 is not None]
         return sorted(found, key=lambda d: (d.partition, d.offset))
 
     async def _read(self, lost: Lost, since_ms: int) -> dict[tuple[int, int], Touch]:
@@ -198,3 +177,35 @@ def _deletion(partition: int, offset: int, key: bytes | None, value: bytes | Non
 
 def _count(lost: Lost) -> int:
     return sum(hi - lo + 1 for lo, hi in lost.values())
+
+
+async def read_span(servers: list[str], topic: str, lost: Lost, *,
+                    security: KafkaSecurity | None = None, poll_ms: int = 500,
+                    ) -> list[ConsumerRecord]:
+    """The records of `topic` at the offsets of `lost` (partition -> first, newest), read
+    with a consumer of no group, in offset order per partition; a partition whose end
+    comes first ends there."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=servers, group_id=None, enable_auto_commit=False,
+        client_id="streamrec-streams-recovery", **kafka_kwargs(security),
+    )
+    await consumer.start()
+    found: list[ConsumerRecord] = []
+    try:
+        todo = {TopicPartition(topic, p): span for p, span in lost.items()}
+        consumer.assign(list(todo))
+        for tp, (first, _) in todo.items():
+            consumer.seek(tp, first)
+        ends = await consumer.end_offsets(list(todo))
+        while todo:
+            batches = await consumer.getmany(*todo, timeout_ms=poll_ms)
+            for tp, records in batches.items():
+                newest = todo[tp][1] if tp in todo else -1
+                found += [r for r in records if r.offset <= newest]
+            for tp in list(todo):
+                position = await consumer.position(tp)
+                if position > todo[tp][1] or position >= ends[tp]:
+                    del todo[tp]
+    finally:
+        await consumer.stop()
+    return sorted(found, key=lambda r: (r.partition, r.offset))

@@ -11,6 +11,10 @@ offsets (``applied:{app_id}-relations``) under ``WATCH`` (:meth:`OnlineState.wri
 a record read again after a crash changes nothing twice, and its dead letter is in the
 transaction the crash aborted or in a committed one, never both. The graph lives in
 Redis; there is no changelog to restore.
+
+On a Redis Cluster the batch is written slot by slot, each slot fenced by its own applied
+offsets (:mod:`streams.clustergraph`); edges a failed master took with it are read again
+from ``relations`` itself (:func:`read_back_relations`), only their span.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from streams.events.transactions import Transactions
 from streams.graph import EdgeChange, relation_outcomes
 from streams.metrics import StreamsMetrics
 from streams.online import AppliedOffsets, OnlineState
+from streams.recovery import read_span
 from streams.records import INTERNAL_ERROR, Output, Record, Rejected, dead_letter, now_ms
 
 log = logging.getLogger(__name__)
@@ -47,6 +52,29 @@ def dead_letters(outcomes: Sequence[tuple[Record, EdgeChange | Rejected]], *, dl
             records.setdefault(record.partition, []).append(
                 (dlq, None, record.key, letter.SerializeToString()))
     return records
+
+
+async def read_back_relations(
+    online: OnlineState, *, servers: list[str], topic: str, applied: AppliedOffsets,
+    limits: RelationLimits, threshold: int, security: KafkaSecurity | None = None,
+) -> int:
+    """On a Redis Cluster: the records whose edges a failed-over master lost (a slot's
+    fence found below what this writer applied, :meth:`OnlineState.take_relations_lost`),
+    read again from `topic` and written again; each slot's fence lets only the slots that
+    lost them apply them. Their dead letters were sent the first time. How many edge
+    changes were read back (0: nothing was lost)."""
+    lost = online.take_relations_lost()
+    if not lost:
+        return 0
+    records = [Record(r.topic, r.partition, r.offset, r.key, r.value)
+               for r in await read_span(servers, topic, lost, security=security)]
+    changes = [o for _, o in relation_outcomes(records, now_ms=now_ms(), limits=limits)
+               if isinstance(o, EdgeChange)]
+    again, _ = await online.write_relations(changes, applied=applied, fanout_threshold=threshold)
+    log.warning("read back %s records of %s whose edges a failed Redis master lost "
+                "(offsets %s); %s applied again", len(records), topic,
+                {p: f"{a}-{b}" for p, (a, b) in sorted(lost.items())}, again)
+    return len(changes)
 
 
 class RelationsConsumer(Subscribed, Service):
@@ -80,7 +108,10 @@ class RelationsConsumer(Subscribed, Service):
         self._dlq = dlq
         self._limits = limits
         self._threshold = fanout_threshold
-        self._applied = AppliedOffsets(online.keys.applied(group), topic)
+        self._applied = AppliedOffsets(online.keys.applied(group), topic, group)
+        self._servers = bootstrap_servers
+        self._security = security
+        self.read_back = 0  # records read again after a failover lost their edges
         self._batch_size = batch_size
         self._batch_wait_ms = batch_wait_ms
         self._lock = asyncio.Lock()  # a rebalance waits for the batch in progress
@@ -137,6 +168,11 @@ class RelationsConsumer(Subscribed, Service):
                 if records:
                     await self._handle(records)
 
+    async def _read_back_lost(self) -> None:
+        self.read_back += await read_back_relations(
+            self._online, servers=self._servers, topic=self.topic, applied=self._applied,
+            limits=self._limits, threshold=self._threshold, security=self._security)
+
     async def _handle(self, consumed: list[ConsumerRecord]) -> None:
         """One batch: the graph written to Redis, then the dead letters and offsets into
         the partitions' transactions (the caller holds the lock)."""
@@ -154,6 +190,7 @@ class RelationsConsumer(Subscribed, Service):
             applied, hot = 0, None
         self.applied += applied
         self._metrics.relations_applied.inc(applied)
+        await self._read_back_lost()
         if hot is not None:
             self._metrics.hot_accounts.set(hot.hot)
             if hot.entered or hot.left:

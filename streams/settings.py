@@ -261,16 +261,6 @@ class StreamsSettings(BaseSettings, TopicLayout, KafkaSecurity, RedisSecurity, E
             )
         return self
 
-    @model_validator(mode="after")
-    def _no_graph_on_a_cluster(self) -> StreamsSettings:
-        if self.relations_enabled and is_cluster_url(self.redis_url):
-            raise ValueError(
-                "the social graph is not supported on a Redis Cluster yet (its edge, fan-out "
-                "and deletion writes span many users' slots in one script): set "
-                "STREAMREC_STREAMS_RELATIONS_ENABLED=false with a redis+cluster:// URL"
-            )
-        return self
-
     @field_validator("weights")
     @classmethod
     def _known_types(cls, weights: dict[str, float]) -> dict[str, float]:

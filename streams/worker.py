@@ -45,8 +45,9 @@ def fanout(settings: StreamsSettings) -> Fanout:
 def online_state(settings: StreamsSettings, client: Redis,
                  metrics: StreamsMetrics | None = None) -> OnlineState:
     """The Redis writer with the settings' key prefix, caps, trending windows, fan-out and
-    retries; on a Redis Cluster without the fan-out, and reading back from the enriched
-    events what a failed master lost (:mod:`streams.online`, :mod:`streams.recovery`)."""
+    retries; on a Redis Cluster with the fan-out only when the relations reader runs (no
+    graph, no followers to read), and reading back from the enriched events what a failed
+    master lost (:mod:`streams.online`, :mod:`streams.recovery`)."""
     cluster = isinstance(client, RedisCluster)
     return OnlineState(
         client,
@@ -59,7 +60,7 @@ def online_state(settings: StreamsSettings, client: Redis,
         retry_initial_s=settings.redis_retry_initial_s,
         retry_max_s=settings.redis_retry_max_s,
         user_ttl_s=settings.user_ttl_s,
-        fanout=None if cluster else fanout(settings),
+        fanout=fanout(settings) if not cluster or settings.relations_enabled else None,
         on_fanout=metrics.fanned_out if metrics is not None else None,
         recovery=EnrichedLog(bootstrap_servers=settings.bootstrap_servers(),
                              topic=settings.topic_enriched, source_topic=settings.topic_events,

@@ -15,7 +15,7 @@ from streams_harness import Running, StreamsWorker, TopicLog
 from bench.stack import delete_keys, delete_topics
 from contracts.encoder import ItemEncoder, pretrained_model_dir
 from contracts.online import RedisKeys
-from contracts.security import async_redis_client
+from contracts.security import async_redis_client, redis_client
 
 
 @pytest.fixture(scope="session")
@@ -25,19 +25,23 @@ def encoder() -> ItemEncoder:
 
 @pytest.fixture(scope="module")
 def running(
-    kafka_bootstrap: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory,
+    kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory,
     request: pytest.FixtureRequest,
 ) -> Iterator[Running]:
     """One worker per test module (model load and group join take seconds), with the
-    module's ``WORKER_ENV`` settings if it has any; its topics and Redis keys are deleted
-    afterwards."""
+    module's ``WORKER_ENV`` settings if it has any, on the single Redis or, where the
+    module says ``REDIS = "cluster"``, on the Redis Cluster; its topics and Redis keys are
+    deleted afterwards."""
+    kind = getattr(request.module, "REDIS", "single")
+    redis_url = str(request.getfixturevalue("redis_url" if kind == "single"
+                                            else "redis_cluster_url"))
     suffix = "t" + uuid.uuid4().hex[:10]
     worker = StreamsWorker(
         kafka=kafka_bootstrap, redis_url=redis_url, suffix=suffix,
         workdir=tmp_path_factory.mktemp(f"streams-{suffix}"),
     )
     worker.env.update(getattr(request.module, "WORKER_ENV", {}))
-    client = redis.Redis.from_url(redis_url)
+    client = redis_client(redis_url, None)
     producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all", linger_ms=0)
     logs: dict[str, TopicLog] = {}
     try:

@@ -19,7 +19,7 @@ from redis.cluster import RedisCluster
 from streams_harness import StreamsWorker, TopicLog, committed_records
 
 from contracts.online import slot_of
-from contracts.security import is_cluster_url, redis_client
+from contracts.security import redis_client
 from protos import events_pb2
 from streams.history import decode_state
 from streams.settings import DEFAULT_WEIGHTS, StreamsSettings
@@ -66,8 +66,6 @@ class Deployment:
         workdir.mkdir(exist_ok=True)
         worker = StreamsWorker(kafka=self.kafka, redis_url=self.redis_url, suffix=self.suffix,
                                workdir=workdir)
-        if is_cluster_url(self.redis_url):  # the social graph needs a single Redis
-            worker.env["STREAMREC_STREAMS_RELATIONS_ENABLED"] = "false"
         return worker
 
     def redis(self) -> redis.Redis:

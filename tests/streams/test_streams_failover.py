@@ -26,8 +26,12 @@ from contracts.deletions import control_headers
 from contracts.online import RedisKeys
 from contracts.security import async_redis_client, redis_client
 from protos import events_pb2
-from streams.online import Caps, Deletion, OnlineState, Touch
+from contracts.relations import RelationLimits, key_of
+from streams.graph import EdgeChange, relation_outcomes
+from streams.online import AppliedOffsets, Caps, Deletion, OnlineState, Touch
+from streams.records import Record as RelationRecord
 from streams.recovery import EnrichedLog
+from streams.relations import read_back_relations
 from streams.trending import Window
 
 pytestmark = [pytest.mark.integration, pytest.mark.cluster, pytest.mark.slow]
@@ -165,6 +169,38 @@ def replica_of(url: str, master_port: int) -> int:
                 if n.get("master_id") == master)
 
 
+class LossyFailover:
+    """A master that acknowledges writes it never replicates, then dies: its replica is
+    stopped (SIGSTOP) and its link cut (:meth:`cut_off`); the master is SIGKILLed and the
+    replica resumed, to be promoted (:meth:`kill`); :meth:`restore` undoes what is left
+    (the killed node rejoins as a replica)."""
+
+    def __init__(self, url: str, victim: int) -> None:
+        self.url, self.victim = url, victim
+        replica = replica_of(url, victim)
+        self.replica_pid = int(SyncRedis(port=replica).info("server")["process_id"])
+        self.stopped = self.killed = False
+
+    def cut_off(self) -> None:
+        os.kill(self.replica_pid, signal.SIGSTOP)
+        self.stopped = True
+        master = SyncRedis(port=self.victim)
+        master.client_kill_filter(_type="replica")
+        master.close()
+
+    def kill(self) -> None:
+        infra("redis-cluster-kill", str(self.victim))
+        self.killed = True
+        os.kill(self.replica_pid, signal.SIGCONT)
+        self.stopped = False
+
+    def restore(self) -> None:
+        if self.stopped:
+            os.kill(self.replica_pid, signal.SIGCONT)
+        if self.killed:
+            rejoin(self.url, self.victim)  # as a replica
+
+
 def source_event(touch: Touch) -> events_pb2.Event:
     return events_pb2.Event(event_id=f"e{touch.partition}-{touch.offset}",
                             user_id=touch.user_id, item_id=touch.item_id,
@@ -249,8 +285,7 @@ async def test_writes_a_dead_master_took_with_it_are_read_back_from_the_log(
     for batch in batches[BATCHES // 3:]:
         batch[:] = [r._replace(user_id=f"x{r.partition}-{r.offset}")
                     if isinstance(r, Touch) and r.user_id in gone else r for r in batch]
-    replica = replica_of(redis_cluster_url, victim)
-    replica_pid = int(SyncRedis(port=replica).info("server")["process_id"])
+    failover = LossyFailover(redis_cluster_url, victim)
     cluster = async_redis_client(redis_cluster_url, None)
     single = Redis.from_url(redis_url)
     producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
@@ -262,22 +297,13 @@ async def test_writes_a_dead_master_took_with_it_are_read_back_from_the_log(
     writer.before_read_back = producer.flush
     lost_vectors: list[tuple[int, str]] = []
     writer.on_lost_vectors = lost_vectors.extend
-    killed = stopped = False
     try:
         for n, batch in enumerate(batches):
             if n == BATCHES // 3:
-                # The replica stops and its link is cut: the master's next writes are
-                # acknowledged and stay on the master alone.
-                os.kill(replica_pid, signal.SIGSTOP)
-                stopped = True
-                master = SyncRedis(port=victim)
-                master.client_kill_filter(_type="replica")
-                master.close()
+                # the master's next writes are acknowledged and stay on the master alone
+                failover.cut_off()
             if n == BATCHES // 3 + 5:
-                infra("redis-cluster-kill", str(victim))  # 5 acknowledged batches die with it
-                killed = True
-                os.kill(replica_pid, signal.SIGCONT)
-                stopped = False
+                failover.kill()  # 5 acknowledged batches die with it
             await produce_source(producer, source, batch)
             await apply(writer, batch)  # retries until the replica has taken over
             for touch in batch:  # Redis first, then the log
@@ -302,9 +328,100 @@ async def test_writes_a_dead_master_took_with_it_are_read_back_from_the_log(
         print(f"failover of {victim}: {writer.recovered} records read back for "
               f"{writer.regressed()}; {len(set(lost_vectors))} users to embed again")
     finally:
-        if stopped:
-            os.kill(replica_pid, signal.SIGCONT)
         await producer.stop()
-        if killed:
-            rejoin(redis_cluster_url, victim)  # as a replica
+        failover.restore()
+        await close(cluster, single, keys)
+
+
+def relation_batches(topic: str) -> list[list[events_pb2.Relation]]:
+    """Follows over many users (many slots), some taken back later, some of two kinds."""
+    batches = []
+    for b in range(40):
+        batch = []
+        for k in range(20):
+            n = b * 20 + k
+            follower, followee = f"u{n * 7 % 120}", f"u{(n * 13 + 5) % 120}"
+            if follower == followee:
+                continue
+            batch.append(events_pb2.Relation(
+                follower_id=follower, followee_id=followee, timestamp_ms=1_790_000_000_000 + n,
+                kind=events_pb2.FRIEND if n % 5 == 0 else events_pb2.FOLLOW,  # type: ignore[arg-type]
+                removed=n % 9 == 0, share_name=n % 4 == 0))
+        batches.append(batch)
+    return batches
+
+
+async def graph_state(client: Redis, keys: RedisKeys) -> dict[str, object]:
+    found: dict[str, object] = {"hot": sorted(await client.smembers(keys.hot()))}
+    for u in range(120):
+        found[f"following u{u}"] = await client.hgetall(keys.following(f"u{u}"))
+        found[f"followers u{u}"] = await client.hgetall(keys.followers(f"u{u}"))
+    return found
+
+
+async def test_edges_a_dead_master_took_with_it_are_read_back_from_relations(
+    redis_cluster_url: str, redis_url: str, kafka_bootstrap: str, unique: str,
+    create_topics: Callable[..., list[str]], caplog: pytest.LogCaptureFixture,
+) -> None:
+    """As above for the social graph: while the replica of a master is stopped and cut
+    off, edge batches are acknowledged by the master alone; it is SIGKILLed and the
+    replica promoted. The writer finds its relations fences gone back, reads that span of
+    ``relations`` again and applies it in the slots that lost it: the graph equals one
+    clean pass on a single Redis."""
+    caplog.set_level(logging.WARNING, logger="streams")
+    keys = RedisKeys(f"test-{unique}:")
+    (topic,) = create_topics([f"rel-{unique}"], partitions=3)
+    sync = redis_client(redis_cluster_url, None)
+    assert isinstance(sync, RedisCluster)
+    victim = sync.get_node_from_key(keys.following("u0")).port
+    sync.close()
+    failover = LossyFailover(redis_cluster_url, victim)
+    cluster = async_redis_client(redis_cluster_url, None)
+    single = Redis.from_url(redis_url)
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
+    await producer.start()
+    limits = RelationLimits(max_bytes=10_000, max_future_skew_ms=10**12, max_id_chars=64)
+    applied = AppliedOffsets(keys.applied("g-relations"), topic, "g-relations")
+
+    def writer(client: Redis) -> OnlineState:
+        return OnlineState(client, keys=keys, caps=CAPS, trending=[], group="g",
+                           source_topic="ev", retry_initial_s=0.05, retry_max_s=0.5)
+
+    cluster_writer, read_back = writer(cluster), 0
+    changes: list[list[EdgeChange]] = []
+    try:
+        for n, batch in enumerate(relation_batches(topic)):
+            if n == 10:
+                failover.cut_off()
+            if n == 15:
+                failover.kill()  # 5 acknowledged batches die with it
+            sent = await asyncio.gather(*[await producer.send(
+                topic, r.SerializeToString(), key=key_of(r), partition=k % 3)
+                for k, r in enumerate(batch)])
+            records = [RelationRecord(topic, m.partition, m.offset, key_of(r),
+                                      r.SerializeToString()) for m, r in zip(sent, batch)]
+            found = [o for _, o in relation_outcomes(records, now_ms=1_790_000_000_000,
+                                                     limits=limits)]
+            assert all(isinstance(o, EdgeChange) for o in found), found
+            changes.append(found)  # type: ignore[arg-type]
+            await cluster_writer.write_relations(found, applied=applied,  # type: ignore[arg-type]
+                                                 fanout_threshold=4)
+            read_back += await read_back_relations(
+                cluster_writer, servers=[kafka_bootstrap], topic=topic, applied=applied,
+                limits=limits, threshold=4)
+        wait_ok(redis_cluster_url)
+        assert read_back > 0, "no fence went back: the failover lost nothing"
+        clean = writer(single)
+        for found in changes:
+            await clean.write_relations(found, applied=applied, fanout_threshold=4)
+        assert await graph_state(cluster, keys) == await graph_state(single, keys)
+        # a second pass (a reader reading its partitions again) applies nothing
+        again = writer(cluster)
+        assert sum([(await again.write_relations(found, applied=applied,
+                                                 fanout_threshold=4))[0]
+                    for found in changes]) == 0
+        print(f"failover of {victim}: {read_back} edge changes read back")
+    finally:
+        await producer.stop()
+        failover.restore()
         await close(cluster, single, keys)

@@ -95,11 +95,15 @@ def test_the_relations_reader_can_be_switched_off() -> None:
     assert graph_services(off, online_state(off, Redis(), metrics), metrics) == []
 
 
-def test_a_cluster_url_needs_the_relations_reader_off() -> None:
+def test_a_cluster_url_runs_the_relations_reader_and_the_fan_out_only_with_it() -> None:
     url = "redis+cluster://127.0.0.1:7000,127.0.0.1:7001"
-    with pytest.raises(ValidationError, match="RELATIONS_ENABLED=false"):
-        StreamsSettings(redis_url=url)
-    settings = StreamsSettings(redis_url=url, relations_enabled=False)
-    online = online_state(settings, async_redis_client(settings.redis_url, settings))
-    assert graph_services(settings, online, StreamsMetrics()) == []
+    on = StreamsSettings(redis_url=url)
+    online = online_state(on, async_redis_client(on.redis_url, on))
+    (reader,) = graph_services(on, online, StreamsMetrics())
+    assert isinstance(reader, RelationsConsumer)
     assert online.regressed() == {}  # a cluster writer; nothing lost yet
+    assert online.fans_out
+    off = StreamsSettings(redis_url=url, relations_enabled=False)
+    online = online_state(off, async_redis_client(off.redis_url, off))
+    assert graph_services(off, online, StreamsMetrics()) == []
+    assert not online.fans_out  # no graph: no followers to read for every batch

@@ -16,6 +16,7 @@ from contracts.social import DEFAULT_TYPE_WEIGHTS, EdgeFlags, feed_member, feed_
 from protos import events_pb2
 from streams.fanout import Fanout, FanoutCounts
 from streams.graph import EdgeChange
+from contracts.security import async_redis_client
 from streams.online import AppliedOffsets, Caps, OnlineState, Touch
 from streams.trending import Window
 
@@ -51,7 +52,7 @@ class Social:
                           backfill=backfill, ttl_s=ttl_s),
             on_fanout=self.counts.append,
         )
-        self.applied = AppliedOffsets(keys.applied("g-relations"), "rel")
+        self.applied = AppliedOffsets(keys.applied("g-relations"), "rel", "g-relations")
 
     async def relate(self, *changes: EdgeChange, threshold: int = 3) -> int:
         applied, _ = await self.online.write_relations(changes, applied=self.applied,
@@ -75,15 +76,20 @@ class Social:
         return {m.decode() for m in members}
 
 
+async def _drop(client: Redis, keys: RedisKeys) -> None:
+    names = [name async for name in client.scan_iter(match=f"{keys.prefix}*", count=1000)]
+    for name in names:  # one by one: a cluster's keys lie in many slots
+        await client.delete(name)
+    await client.aclose()
+
+
 @pytest.fixture
-async def social(redis_url: str, unique: str) -> AsyncIterator[Social]:
-    client = Redis.from_url(redis_url)
+async def social(online_redis_url: str, unique: str) -> AsyncIterator[Social]:
+    """On the single Redis, then on the cluster."""
+    client = async_redis_client(online_redis_url, None)
     keys = RedisKeys(f"test-{unique}:")
     yield Social(client, keys)
-    names = await client.keys(f"{keys.prefix}*")
-    if names:
-        await client.delete(*names)
-    await client.aclose()
+    await _drop(client, keys)
 
 
 async def test_edges_of_two_kinds_keep_each_other_and_go_with_their_last_kind(
@@ -187,9 +193,9 @@ async def test_a_new_follow_copies_the_followees_newest_acts_unless_it_is_hot(
 
 
 async def test_feeds_the_fan_out_creates_expire_and_keep_their_owners_clock(
-    redis_url: str, unique: str,
+    online_redis_url: str, unique: str,
 ) -> None:
-    client = Redis.from_url(redis_url)
+    client = async_redis_client(online_redis_url, None)
     keys = RedisKeys(f"test-{unique}:")
     social = Social(client, keys, ttl_s=1000)
     try:
@@ -202,7 +208,33 @@ async def test_feeds_the_fan_out_creates_expire_and_keep_their_owners_clock(
         await social.relate(edge("cy", "bob"))  # a new follow's backfill
         assert 990 < await client.ttl(keys.social("cy")) <= 1000
     finally:
-        names = await client.keys(f"{keys.prefix}*")
-        if names:
-            await client.delete(*names)
-        await client.aclose()
+        await _drop(client, keys)
+
+
+async def test_a_deletion_takes_the_users_edges_and_acts_out_of_the_graph_once(
+    social: Social,
+) -> None:
+    # ada follows bob, bob follows cy; bob's purchase is in ada's feed
+    await social.relate(edge("ada", "bob"), edge("bob", "cy", FRIEND))
+    await social.online.write([act("bob", "i1", 1_000)], [])
+    assert await social.feed("ada")
+    removed = await social.online.delete_user("bob", partition=0, offset=10_000)
+    assert removed.now
+    assert set(removed.following) == {"cy"} and set(removed.followers) == {"ada"}
+    for key in (social.keys.following("bob"), social.keys.followers("bob"),
+                social.keys.social("bob"), social.keys.acts(events_pb2.PURCHASE, "bob")):
+        assert not await social.client.exists(key), key
+    # the tombstones the deletion sends (streams.deletion), applied as any removal: on a
+    # cluster they take the other side of each edge; on one Redis it went with the user
+    await social.relate(edge("ada", "bob", present=False),
+                        edge("bob", "cy", FRIEND, present=False))
+    assert await social.client.hget(social.keys.following("ada"), "bob") is None
+    assert await social.client.hget(social.keys.followers("cy"), "bob") is None
+    assert await social.feed("ada") == {}
+    assert "bob" not in await social.hot()
+    # read again after a crash: nothing removed now, the same edges from the receipt
+    again = await social.online.delete_user("bob", partition=0, offset=10_000)
+    assert not again.now and (again.following, again.followers) == (
+        removed.following, removed.followers)
+    assert await social.online.forget_receipts({0: 10_001}) == 1
+    assert (await social.online.delete_user("bob", partition=0, offset=10_000)).edges == 0
