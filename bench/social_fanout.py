@@ -2,7 +2,8 @@
 with 100,000 followers acts at 10 events/s, through a real streams worker and Redis.
 
     .venv/bin/python -m bench.social_fanout [--followers 100000] [--star-rate 10] \\
-        [--background-rate 500] [--seconds 30]
+        [--background-rate 500] [--seconds 30] [--reference-seconds 15] \\
+        [--redis redis+cluster://127.0.0.1:7000,... --out bench/results/social_fanout_cluster.json]
 
 Needs Kafka and Redis up (``make infra-up``). One private worker (``bench/stack.py``'s
 namespace), a catalog of 200 items, a graph loaded through ``relations``: ``star`` with
@@ -44,6 +45,7 @@ from bench.stack import Child, LocalStack
 from bench.streams import cpu_reference_s, scrape
 from contracts.online import RedisKeys
 from contracts.relations import key_of
+from contracts.security import is_cluster_url, redis_client
 from contracts.social import DEFAULT_FANOUT_THRESHOLD
 from protos import events_pb2
 
@@ -275,7 +277,9 @@ def main() -> None:
                         help="ordinary users' events/s")
     parser.add_argument("--seconds", type=float, default=30.0, help="length of the threshold phase")
     parser.add_argument("--reference-seconds", type=float, default=15.0,
-                        help="length of the full fan-out phase (it keeps Redis busy)")
+                        help="length of the full fan-out phase (it keeps Redis busy; 0: "
+                        "no such phase)")
+    parser.add_argument("--out", type=Path, default=RESULTS / "social_fanout.json")
     parser.add_argument("--drain-s", type=float, default=30.0,
                         help="how long probes may still arrive after a phase")
     args = parser.parse_args()
@@ -283,7 +287,8 @@ def main() -> None:
     items = [f"item-{k}" for k in range(ITEMS)]
     results: dict[str, object] = {"followers": args.followers, "star_rate": args.star_rate,
                                   "background_rate": args.background_rate,
-                                  "cpus": os.cpu_count()}
+                                  "cpus": os.cpu_count(),
+                                  "redis": "cluster" if is_cluster_url(args.redis) else "single"}
 
     with tempfile.TemporaryDirectory(prefix="bench-social-") as tmp:
         workdir = Path(tmp)
@@ -291,7 +296,7 @@ def main() -> None:
                            extra_env={"STREAMREC_STREAMS_METRICS_PORT": "0",
                                       "STREAMREC_STREAMS_METRICS_HOST": "127.0.0.1"})
         # A long timeout: a full fan-out to 100,000 feeds keeps Redis busy for seconds.
-        client = redis.Redis.from_url(args.redis, socket_timeout=120)
+        client = redis_client(args.redis, None, socket_timeout=120)  # or a cluster URL
         producer = KafkaProducer(bootstrap_servers=args.kafka, acks="all", linger_ms=20,
                                  batch_size=1 << 20)
         worker: Child | None = None
@@ -321,6 +326,10 @@ def main() -> None:
                                                      args, stack, client, items, url,
                                                      star_rate=0.0)
             worker.stop(timeout_s=60)
+            worker = None
+            if args.reference_seconds <= 0:
+                finish(results, args.out)
+                return
 
             above = args.followers * 10
             worker, url = start_worker(stack, workdir, "fanout",
@@ -341,10 +350,14 @@ def main() -> None:
             stack.delete_state()
             client.close()
 
-    RESULTS.mkdir(exist_ok=True)
+    finish(results, args.out)
+
+
+def finish(results: dict[str, object], out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
     results["measured_at"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    (RESULTS / "social_fanout.json").write_text(json.dumps(results, indent=2) + "\n")
-    print(f"wrote {RESULTS / 'social_fanout.json'}")
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

@@ -26,6 +26,8 @@ import redis
 from kafka import KafkaAdminClient
 from kafka.errors import KafkaError
 
+from contracts.security import redis_client
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 _LISTENING = re.compile(r"listening on [^ ]+:(\d+)")
 
@@ -182,7 +184,7 @@ class LocalStack:
 
     def delete_state(self) -> None:
         """Delete the stack's topics (Faust's internal ones too) and Redis keys."""
-        client = redis.Redis.from_url(self.redis_url)
+        client = redis_client(self.redis_url, None)
         try:
             delete_keys(client, self.redis_prefix)
         finally:
