@@ -28,7 +28,12 @@ What a cluster gives up against one Redis: the reads and the writes are not one 
 step. An edge added between a batch's read of the followers and its write misses that
 batch's acts (as if the follow came a moment later); a deleted user's edges stay visible
 from the other side until the tombstones are applied (the relations reader's next batch,
-typically well under a second). Nothing is applied twice, and nothing acknowledged is lost.
+typically well under a second); two relations readers of different partitions that settle
+the same account's ``hot`` membership at once can leave it as the earlier one decided,
+until that account's next edge change. Nothing is applied twice, and nothing acknowledged
+is lost: what a failed master took with it is read back (``relations`` for edges,
+streams.recovery for the rest) and applied in the slots that lost it before their fences
+move on.
 """
 
 from __future__ import annotations
@@ -53,11 +58,13 @@ RECEIPT_TTL_S = 7 * 24 * 3600
 # its cap, its TTL set where it has none (as the single-Redis fan-out writes).
 _ADD_TO_FEED = r"""
 local function add_to_feed(feed, values, first, cap, ttl)
-  local args = {'GT'}
-  for i = first, #values do
-    args[#args + 1] = values[i]
+  for start = first, #values, 1000 do  -- 500 pairs per ZADD: unpack has a limit
+    local args = {'GT'}
+    for i = start, math.min(start + 999, #values) do
+      args[#args + 1] = values[i]
+    end
+    redis.call('ZADD', feed, unpack(args))
   end
-  redis.call('ZADD', feed, unpack(args))
   redis.call('ZREMRANGEBYRANK', feed, 0, -(cap + 1))
   if ttl > 0 then
     redis.call('EXPIRE', feed, ttl, 'NX')

@@ -128,6 +128,13 @@ class Recovery(Protocol):
     async def deletions(self, lost: Mapping[int, tuple[int, int]]) -> list[Deletion]: ...
 
 
+class RelationsRecovery(Protocol):
+    """Reads back the edge changes of lost ``relations`` offsets (partition -> first,
+    newest), as they were decided the first time (streams.relations.RelationsLog)."""
+
+    async def changes(self, lost: Mapping[int, tuple[int, int]]) -> list[EdgeChange]: ...
+
+
 class Touch(NamedTuple):
     """An accepted event: the user acted on the item (``event_type``, an ``EventType``
     number); ``popularity`` is added to its popular and trending scores (0 adds nothing).
@@ -382,9 +389,6 @@ class OnlineState(Service):
         self.before_read_back: Callable[[], Awaitable[None]] | None = None
         self.on_lost_vectors: Callable[[list[tuple[int, str]]], None] | None = None
         self.recovered = 0  # touches read back and applied again after a failover
-        # on a cluster: partition of relations -> (first, newest) offset whose edges a
-        # failed master lost; the relations reader reads them again (and takes them)
-        self.relations_lost: dict[int, tuple[int, int]] = {}
         # The retry wraps a whole write, not the client: a write is an optimistic
         # transaction (WATCH, read the applied offsets, MULTI/EXEC) that must start over
         # on a new connection, which redis-py's client retry does not do for a watching
@@ -415,15 +419,19 @@ class OnlineState(Service):
         return await self._retrying(lambda: once(touches, vectors), f"{len(touches)} events")
 
     async def write_relations(self, changes: Sequence[EdgeChange], *, applied: AppliedOffsets,
-                              fanout_threshold: int) -> tuple[int, HotChanges | None]:
+                              fanout_threshold: int,
+                              recovery: RelationsRecovery | None = None,
+                              ) -> tuple[int, HotChanges | None]:
         """Apply a batch of edge changes once each (their applied offsets in `applied`),
         retrying like :meth:`write`; returns how many were new and what the batch did to
-        ``hot`` (None when nothing was new)."""
+        ``hot`` (None when nothing was new). On a cluster `recovery` reads back what a
+        failed master lost (:meth:`_write_relations_slots`)."""
         if not changes:
             return 0, None
         if self._slots is not None:
             return await self._retrying(
-                lambda: self._write_relations_slots(changes, applied, fanout_threshold),
+                lambda: self._write_relations_slots(changes, applied, fanout_threshold,
+                                                    recovery),
                 f"{len(changes)} relations")
 
         async def attempt() -> tuple[int, HotChanges | None]:
@@ -602,9 +610,9 @@ class OnlineState(Service):
         again: list[Touch] = []
         gone: list[Deletion] = []
         if self._slots.suspect:
-            went_back = await self._slots.verify()
-            if went_back and self._recovery is not None:
-                again, gone = await self._read_back(self._slots.take_lost(went_back))
+            await self._slots.verify()
+        if self._slots.lost and self._recovery is not None:  # found now or by a deletion
+            again, gone = await self._read_back(self._slots.take_lost(set(self._slots.lost)))
         audience, read_for, writes = None, -1, 0
         while True:
             if self._fanout is not None and read_for != len(again):  # (again) read back
@@ -699,8 +707,14 @@ class OnlineState(Service):
             if touches else {}
         fanned: dict[int, list[Touch]] = {}  # slot -> touches fanned out into its feeds
         if audience is not None and self._fanout is not None:
+            # a user deleted in the records read back fans nothing out: their acts before
+            # the deletion went with them, and the followers a failover brought back are
+            # no longer theirs (after it, a new user of that id has none yet)
+            deleted_users = {d.user_id for d in deletions}
             reach = clustergraph.audience_slots(keys, audience)
             for touch in touches:
+                if touch.user_id in deleted_users:
+                    continue
                 if touch.event_type in self._fanout.weights:
                     for slot in reach.get(touch.user_id, ()):
                         fanned.setdefault(slot, []).append(touch)
@@ -734,8 +748,11 @@ class OnlineState(Service):
             users_fresh = [t for t in fresh if t.user_id in slot_users
                            and t.offset > after.get((t.partition, t.user_id), -1)]
             acted = {t.user_id for t in users_fresh}
-            calls = [Call("del", deleted_keys(keys, user_id), [])
-                     for user_id in dict.fromkeys(d.user_id for d in deleted)]
+            calls = [clustergraph.forget_call(
+                keys, d.user_id, clustergraph.receipt_key(
+                    keys, d.user_id, group=self._group, topic=self._source_topic,
+                    partition=d.partition, offset=d.offset), deleted_keys(keys, d.user_id))
+                for d in {d.user_id: d for d in deleted}.values()]
             # the vectors of users whose records were all applied before stay as they are;
             # those of users without records here (a vectors-only write) are written
             calls += self._effects(users_fresh, [v for v in vectors_by_slot.get(slot, [])
@@ -774,23 +791,27 @@ class OnlineState(Service):
                                                     deleted_keys(keys, user_id))]
                           if now else [])
             _, stale = await self._slots.apply([share])
-            if not stale:
+            if stale:
+                continue
+            raw = clustergraph.receipt_json(await self._client.get(receipt))
+            if raw is not None or not now:
                 break
-        raw = clustergraph.receipt_json(await self._client.get(receipt))
+            # applied, yet no receipt: the master acknowledged the script and died before
+            # its replica had it, and the fence went back with it. The records lost with
+            # it (this deletion among them) are read back and applied first, so the fence
+            # never moves past one of them; then the receipt is there
+            await self._slots.verify()
+            if self._slots.fence(slot).get(partition, -1) >= offset:
+                log.error("a deletion's receipt is gone although its fence holds it: its "
+                          "tombstones cannot be sent")
+                break
+            log.warning("the deletion of a user was lost with a failed master; again")
+            if self._recovery is not None:
+                await self._write_slots([], [])
         await self._client.srem(keys.hot(), user_id)
         if raw is not None and (partition, offset, receipt) not in self._receipts:
             self._receipts.append((partition, offset, receipt))
         return parse_reply([int(now), raw])
-
-    def _note_relations_lost(self, lost: Mapping[int, tuple[int, int]]) -> None:
-        for partition, (first, newest) in lost.items():
-            was = self.relations_lost.get(partition, (first, newest))
-            self.relations_lost[partition] = (min(was[0], first), max(was[1], newest))
-
-    def take_relations_lost(self) -> dict[int, tuple[int, int]]:
-        """The offsets of relations whose edges a failed master lost, no longer kept."""
-        lost, self.relations_lost = self.relations_lost, {}
-        return lost
 
     def _relation_writer(self, applied: AppliedOffsets) -> SlotWriter:
         if self._relation_slots is None:
@@ -804,21 +825,33 @@ class OnlineState(Service):
         return self._relation_slots
 
     async def _write_relations_slots(self, changes: Sequence[EdgeChange],
-                                     applied: AppliedOffsets, threshold: int
+                                     applied: AppliedOffsets, threshold: int,
+                                     recovery: RelationsRecovery | None,
                                      ) -> tuple[int, HotChanges | None]:
         """:meth:`write_relations` on a cluster: the read phase (the acts a new edge
         copies), every slot's share of the edges fenced in that slot, then ``hot`` from
-        the followees' counts (:mod:`streams.clustergraph`)."""
+        the followees' counts (:mod:`streams.clustergraph`). A slot whose fence went back
+        (a failed master lost edges) gets, with `recovery`, the lost records read back
+        from ``relations`` in this share, in offset order before the batch's, before its
+        fence moves past them."""
         writer = self._relation_writer(applied)
         if writer.suspect:
-            went_back = await writer.verify()
-            if went_back:
-                self._note_relations_lost(writer.take_lost(went_back))
-        backfill = await clustergraph.read_backfill(self._client, self.keys, changes,
-                                                    self._fanout)
-        by_slot = clustergraph.edge_calls(self.keys, changes, backfill, self._fanout)
-        fresh_total, todo = 0, None
+            await writer.verify()
+        again: list[EdgeChange] = []
+        if writer.lost and recovery is not None:
+            again = await self._relations_read_back(writer, set(writer.lost), recovery)
+        fresh_total, todo, built_for = 0, None, -1
+        by_slot: dict[int, list[tuple[EdgeChange, Call]]] = {}
         while True:
+            if built_for != len(again):  # the read phase and the calls, of what is known
+                known = {(c.partition, c.offset) for c in changes}
+                merged = sorted([*(c for c in again if (c.partition, c.offset) not in known),
+                                 *changes], key=lambda c: (c.partition, c.offset))
+                backfill = await clustergraph.read_backfill(self._client, self.keys, merged,
+                                                            self._fanout)
+                by_slot = clustergraph.edge_calls(self.keys, merged, backfill, self._fanout)
+                built_for = len(again)
+            recovered = {(c.partition, c.offset) for c in again}
             shares = []
             for slot in sorted(by_slot if todo is None else set(by_slot) & todo):
                 believed = writer.fence(slot)
@@ -833,7 +866,9 @@ class OnlineState(Service):
                     slot, [(p, believed.get(p, -1), max(believed.get(p, -1), n))
                            for p, n in sorted(newest.items())],
                     [call for _, call in fresh],
-                    fresh=sum(call.name == "follower_side" for _, call in fresh)))
+                    fresh=sum(call.name == "follower_side"
+                              and (c.partition, c.offset) not in recovered
+                              for c, call in fresh)))
             try:
                 done, stale = await writer.apply(shares)
             except REDIS_ERRORS:
@@ -843,10 +878,25 @@ class OnlineState(Service):
             if not stale:
                 break
             todo = stale
-            self._note_relations_lost(writer.take_lost(stale))
+            if recovery is not None and set(writer.lost) & stale:
+                again += await self._relations_read_back(writer, stale, recovery)
         hot = await clustergraph.settle_hot(self._client, self.keys,
                                             (c.followee_id for c in changes), threshold)
         return fresh_total, hot if fresh_total else None
+
+    async def _relations_read_back(self, writer: SlotWriter, slots: set[int],
+                                   recovery: RelationsRecovery) -> list[EdgeChange]:
+        lost = writer.take_lost(slots)
+        if not lost:
+            return []
+        started = time.monotonic()
+        found = await recovery.changes(lost)
+        self.recovered += len(found)
+        log.warning("read back %s edge changes of offsets %s lost with a failed master in "
+                    "%.2f s; applying them again", len(found),
+                    {p: f"{a}-{b}" for p, (a, b) in sorted(lost.items())},
+                    time.monotonic() - started)
+        return found
 
     async def _queue_fanout(self, pipe: Pipeline, touches: Sequence[Touch]) -> int | None:
         """The batch's acts into their actors' followers' feeds (hot actors skipped)."""

@@ -89,18 +89,7 @@ class EnrichedLog:
             f"the deletions among {_count(lost)} lost records of {self._source}")
 
     async def _until_read(self, read: Callable[[], Awaitable[R]], what: str) -> R:
-        """`read()` until it succeeds, every `retry_s`: a broker away only delays the
-        recovery, it loses nothing."""
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                return await read()
-            except Exception as error:  # noqa: BLE001 - any Kafka failure is worth a retry
-                log.warning("reading back %s failed (attempt %s): %s; trying again in %.0f s",
-                            what, attempt, error if isinstance(error, NotYet) else repr(error),
-                            self._retry_s)
-            await asyncio.sleep(self._retry_s)
+        return await until_read(read, what, self._retry_s)
 
     async def _read_deletions(self, lost: Lost) -> list[Deletion]:
         found = [d for r in await read_span(self._servers, self._source, lost,
@@ -209,3 +198,18 @@ async def read_span(servers: list[str], topic: str, lost: Lost, *,
     finally:
         await consumer.stop()
     return sorted(found, key=lambda r: (r.partition, r.offset))
+
+
+async def until_read(read: Callable[[], Awaitable[R]], what: str, retry_s: float) -> R:
+    """`read()` until it succeeds, every `retry_s`: a broker away only delays the
+    recovery, it loses nothing."""
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            return await read()
+        except Exception as error:  # noqa: BLE001 - any Kafka failure is worth a retry
+            log.warning("reading back %s failed (attempt %s): %s; trying again in %.0f s",
+                        what, attempt, error if isinstance(error, NotYet) else repr(error),
+                        retry_s)
+        await asyncio.sleep(retry_s)

@@ -14,15 +14,17 @@ Redis; there is no changelog to restore.
 
 On a Redis Cluster the batch is written slot by slot, each slot fenced by its own applied
 offsets (:mod:`streams.clustergraph`); edges a failed master took with it are read again
-from ``relations`` itself (:func:`read_back_relations`), only their span.
+from ``relations`` itself (:class:`RelationsLog`), only their span, and applied in the
+slots that lost them before their fences move on.
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import logging
-from collections import Counter
-from collections.abc import Sequence
+from collections import Counter, deque
+from collections.abc import Mapping, Sequence
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord
 from aiokafka.errors import KafkaError
@@ -32,11 +34,12 @@ from contracts.relations import RelationLimits
 from contracts.security import KafkaSecurity
 from streams.events.partitions import Subscribed, consumer_options, seek_committed
 from streams.events.transactions import Transactions
-from streams.graph import EdgeChange, relation_outcomes
+from streams.graph import EdgeChange, relation_change, relation_outcomes
 from streams.metrics import StreamsMetrics
 from streams.online import AppliedOffsets, OnlineState
-from streams.recovery import read_span
+from streams.recovery import read_span, until_read
 from streams.records import INTERNAL_ERROR, Output, Record, Rejected, dead_letter, now_ms
+from streams.slots import MOVES_KEPT
 
 log = logging.getLogger(__name__)
 
@@ -54,27 +57,62 @@ def dead_letters(outcomes: Sequence[tuple[Record, EdgeChange | Rejected]], *, dl
     return records
 
 
-async def read_back_relations(
-    online: OnlineState, *, servers: list[str], topic: str, applied: AppliedOffsets,
-    limits: RelationLimits, threshold: int, security: KafkaSecurity | None = None,
-) -> int:
-    """On a Redis Cluster: the records whose edges a failed-over master lost (a slot's
-    fence found below what this writer applied, :meth:`OnlineState.take_relations_lost`),
-    read again from `topic` and written again; each slot's fence lets only the slots that
-    lost them apply them. Their dead letters were sent the first time. How many edge
-    changes were read back (0: nothing was lost)."""
-    lost = online.take_relations_lost()
-    if not lost:
-        return 0
-    records = [Record(r.topic, r.partition, r.offset, r.key, r.value)
-               for r in await read_span(servers, topic, lost, security=security)]
-    changes = [o for _, o in relation_outcomes(records, now_ms=now_ms(), limits=limits)
-               if isinstance(o, EdgeChange)]
-    again, _ = await online.write_relations(changes, applied=applied, fanout_threshold=threshold)
-    log.warning("read back %s records of %s whose edges a failed Redis master lost "
-                "(offsets %s); %s applied again", len(records), topic,
-                {p: f"{a}-{b}" for p, (a, b) in sorted(lost.items())}, again)
-    return len(changes)
+class BatchClock:
+    """The reader's clock at each batch it handled, per partition: a record read back after
+    a failover is decided as it was the first time (its timestamp checked against the
+    same now), so a record once dead-lettered is never applied in some slots only.
+    Remembers the last ``kept`` batches per partition; an older record gets the time now."""
+
+    def __init__(self, kept: int = MOVES_KEPT) -> None:
+        self._kept = kept
+        self._batches: dict[int, deque[tuple[int, int]]] = {}  # (newest offset, now ms)
+        self._forgotten: dict[int, int] = {}  # newest offset no longer remembered
+
+    def note(self, records: Sequence[Record], now: int) -> None:
+        newest: dict[int, int] = {}
+        for r in records:
+            newest[r.partition] = max(newest.get(r.partition, -1), r.offset)
+        for partition, offset in newest.items():
+            batches = self._batches.setdefault(partition, deque())
+            if batches and batches[-1][0] >= offset:
+                continue
+            if len(batches) >= self._kept:
+                self._forgotten[partition] = batches.popleft()[0]
+            batches.append((offset, now))
+
+    def at(self, partition: int, offset: int) -> int | None:
+        """The clock of the batch that held the record, None when not remembered."""
+        batches = self._batches.get(partition)
+        if not batches or offset <= self._forgotten.get(partition, -1):
+            return None
+        at = bisect.bisect_left(batches, (offset, -1))
+        return batches[at][1] if at < len(batches) else None
+
+
+class RelationsLog:
+    """The edge changes of lost offsets of `topic`, read back from it (a consumer of no
+    group, only their span) and decided as at first (`clock`); a broker away only delays
+    the read, every `retry_s`."""
+
+    def __init__(self, *, servers: list[str], topic: str, limits: RelationLimits,
+                 clock: BatchClock, security: KafkaSecurity | None = None,
+                 retry_s: float = 5.0) -> None:
+        self._servers, self._topic, self._limits = servers, topic, limits
+        self._clock, self._security, self._retry_s = clock, security, retry_s
+
+    async def changes(self, lost: Mapping[int, tuple[int, int]]) -> list[EdgeChange]:
+        found = await until_read(
+            lambda: read_span(self._servers, self._topic, lost, security=self._security),
+            f"lost offsets of {self._topic}", self._retry_s)
+        now = now_ms()
+        changes = []
+        for r in found:
+            record = Record(r.topic, r.partition, r.offset, r.key, r.value)
+            outcome = relation_change(record, limits=self._limits,
+                                      now_ms=self._clock.at(r.partition, r.offset) or now)
+            if isinstance(outcome, EdgeChange):
+                changes.append(outcome)
+        return changes
 
 
 class RelationsConsumer(Subscribed, Service):
@@ -109,9 +147,10 @@ class RelationsConsumer(Subscribed, Service):
         self._limits = limits
         self._threshold = fanout_threshold
         self._applied = AppliedOffsets(online.keys.applied(group), topic, group)
-        self._servers = bootstrap_servers
-        self._security = security
-        self.read_back = 0  # records read again after a failover lost their edges
+        self._clock = BatchClock()
+        # on a Redis Cluster: what a failed master lost, read back from the topic
+        self._log = RelationsLog(servers=bootstrap_servers, topic=topic, limits=limits,
+                                 clock=self._clock, security=security)
         self._batch_size = batch_size
         self._batch_wait_ms = batch_wait_ms
         self._lock = asyncio.Lock()  # a rebalance waits for the batch in progress
@@ -168,21 +207,19 @@ class RelationsConsumer(Subscribed, Service):
                 if records:
                     await self._handle(records)
 
-    async def _read_back_lost(self) -> None:
-        self.read_back += await read_back_relations(
-            self._online, servers=self._servers, topic=self.topic, applied=self._applied,
-            limits=self._limits, threshold=self._threshold, security=self._security)
-
     async def _handle(self, consumed: list[ConsumerRecord]) -> None:
         """One batch: the graph written to Redis, then the dead letters and offsets into
         the partitions' transactions (the caller holds the lock)."""
         self._metrics.relations_in.inc(len(consumed))
         records = [Record(r.topic, r.partition, r.offset, r.key, r.value) for r in consumed]
-        outcomes = relation_outcomes(records, now_ms=now_ms(), limits=self._limits)
+        now = now_ms()
+        self._clock.note(records, now)
+        outcomes = relation_outcomes(records, now_ms=now, limits=self._limits)
         changes = [o for _, o in outcomes if isinstance(o, EdgeChange)]
         try:
             applied, hot = await self._online.write_relations(
-                changes, applied=self._applied, fanout_threshold=self._threshold)
+                changes, applied=self._applied, fanout_threshold=self._threshold,
+                recovery=self._log)
         except Exception as error:  # a bug, not bad input: dead-lettered, not lost
             log.exception("writing %s edge changes failed", len(changes))
             failed = Rejected(INTERNAL_ERROR, repr(error))
@@ -190,7 +227,6 @@ class RelationsConsumer(Subscribed, Service):
             applied, hot = 0, None
         self.applied += applied
         self._metrics.relations_applied.inc(applied)
-        await self._read_back_lost()
         if hot is not None:
             self._metrics.hot_accounts.set(hot.hot)
             if hot.entered or hot.left:

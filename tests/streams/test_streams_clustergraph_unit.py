@@ -9,6 +9,8 @@ from protos import events_pb2
 from streams.clustergraph import Audience, Backfill, edge_calls, feed_calls, feed_writes
 from streams.fanout import Fanout, SocialAct
 from streams.graph import EdgeChange
+from streams.records import Record
+from streams.relations import BatchClock
 
 KEYS = RedisKeys("sr:")
 FANOUT = Fanout(weights={events_pb2.PURCHASE: 1.0}, tau_ms=1000.0, cap=5, backfill=2)
@@ -47,3 +49,15 @@ def test_a_feed_gets_the_acts_of_the_actors_its_owner_follows_in_its_slot_only()
                      feed_member("cy", events_pb2.PURCHASE, "i2"): feed_score(1.0, 2000, 1000.0)}
     assert all(slot_of(c.keys[0]) == slot for c in calls)
     assert writes == feed_writes(calls) >= 2
+
+
+def test_a_record_read_back_is_decided_with_the_clock_of_its_batch() -> None:
+    clock = BatchClock(kept=2)
+    clock.note([Record("rel", 0, 5, None, None), Record("rel", 0, 9, None, None),
+                Record("rel", 1, 3, None, None)], 1_000)
+    clock.note([Record("rel", 0, 12, None, None)], 2_000)
+    assert (clock.at(0, 5), clock.at(0, 9), clock.at(0, 10), clock.at(1, 3)) == (
+        1_000, 1_000, 2_000, 1_000)
+    assert clock.at(0, 13) is None and clock.at(2, 0) is None  # never seen
+    clock.note([Record("rel", 0, 20, None, None)], 3_000)  # the oldest batch forgotten
+    assert clock.at(0, 9) is None and clock.at(0, 15) == 3_000

@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import time
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import cast
@@ -31,7 +32,7 @@ from streams.graph import EdgeChange, relation_outcomes
 from streams.online import AppliedOffsets, Caps, Deletion, OnlineState, Touch
 from streams.records import Record as RelationRecord
 from streams.recovery import EnrichedLog
-from streams.relations import read_back_relations
+from streams.relations import BatchClock, RelationsLog
 from streams.trending import Window
 
 pytestmark = [pytest.mark.integration, pytest.mark.cluster, pytest.mark.slow]
@@ -333,20 +334,30 @@ async def test_writes_a_dead_master_took_with_it_are_read_back_from_the_log(
         await close(cluster, single, keys)
 
 
-def relation_batches(topic: str) -> list[list[events_pb2.Relation]]:
-    """Follows over many users (many slots), some taken back later, some of two kinds."""
-    batches = []
+def relation_batches() -> list[list[events_pb2.Relation]]:
+    """Follows over many users (many slots), each pair once, some of two kinds; from batch
+    20 on each batch takes back some follows of the batch ten before it (so the batches
+    the failover loses decide part of the final graph)."""
+    def pair(n: int) -> tuple[str, str]:
+        p = n * 37 % (120 * 119)  # a different ordered pair for each n
+        follower = p // 119
+        return f"u{follower}", f"u{(follower + 1 + p % 119) % 120}"
+
+    batches: list[list[events_pb2.Relation]] = []
     for b in range(40):
         batch = []
         for k in range(20):
             n = b * 20 + k
-            follower, followee = f"u{n * 7 % 120}", f"u{(n * 13 + 5) % 120}"
-            if follower == followee:
-                continue
+            follower, followee = pair(n)
             batch.append(events_pb2.Relation(
                 follower_id=follower, followee_id=followee, timestamp_ms=1_790_000_000_000 + n,
                 kind=events_pb2.FRIEND if n % 5 == 0 else events_pb2.FOLLOW,  # type: ignore[arg-type]
-                removed=n % 9 == 0, share_name=n % 4 == 0))
+                share_name=n % 4 == 0))
+        if b >= 20:
+            batch += [events_pb2.Relation(
+                follower_id=r.follower_id, followee_id=r.followee_id, kind=r.kind,
+                timestamp_ms=r.timestamp_ms + 10_000, removed=True)
+                for r in batches[b - 10][::3]]
         batches.append(batch)
     return batches
 
@@ -387,30 +398,31 @@ async def test_edges_a_dead_master_took_with_it_are_read_back_from_relations(
         return OnlineState(client, keys=keys, caps=CAPS, trending=[], group="g",
                            source_topic="ev", retry_initial_s=0.05, retry_max_s=0.5)
 
-    cluster_writer, read_back = writer(cluster), 0
+    cluster_writer = writer(cluster)
+    clock = BatchClock()
+    log = RelationsLog(servers=[kafka_bootstrap], topic=topic, limits=limits, clock=clock,
+                       retry_s=0.5)
     changes: list[list[EdgeChange]] = []
     try:
-        for n, batch in enumerate(relation_batches(topic)):
+        for n, batch in enumerate(relation_batches()):
             if n == 10:
                 failover.cut_off()
             if n == 15:
                 failover.kill()  # 5 acknowledged batches die with it
             sent = await asyncio.gather(*[await producer.send(
-                topic, r.SerializeToString(), key=key_of(r), partition=k % 3)
-                for k, r in enumerate(batch)])
+                topic, r.SerializeToString(), key=key_of(r), partition=zlib.crc32(key_of(r)) % 3)
+                for r in batch])
             records = [RelationRecord(topic, m.partition, m.offset, key_of(r),
                                       r.SerializeToString()) for m, r in zip(sent, batch)]
-            found = [o for _, o in relation_outcomes(records, now_ms=1_790_000_000_000,
-                                                     limits=limits)]
+            now = 1_790_000_000_000 + n
+            clock.note(records, now)
+            found = [o for _, o in relation_outcomes(records, now_ms=now, limits=limits)]
             assert all(isinstance(o, EdgeChange) for o in found), found
             changes.append(found)  # type: ignore[arg-type]
             await cluster_writer.write_relations(found, applied=applied,  # type: ignore[arg-type]
-                                                 fanout_threshold=4)
-            read_back += await read_back_relations(
-                cluster_writer, servers=[kafka_bootstrap], topic=topic, applied=applied,
-                limits=limits, threshold=4)
+                                                 fanout_threshold=4, recovery=log)
         wait_ok(redis_cluster_url)
-        assert read_back > 0, "no fence went back: the failover lost nothing"
+        assert cluster_writer.recovered > 0, "no fence went back: the failover lost nothing"
         clean = writer(single)
         for found in changes:
             await clean.write_relations(found, applied=applied, fanout_threshold=4)
@@ -420,7 +432,7 @@ async def test_edges_a_dead_master_took_with_it_are_read_back_from_relations(
         assert sum([(await again.write_relations(found, applied=applied,
                                                  fanout_threshold=4))[0]
                     for found in changes]) == 0
-        print(f"failover of {victim}: {read_back} edge changes read back")
+        print(f"failover of {victim}: {cluster_writer.recovered} edge changes read back")
     finally:
         await producer.stop()
         failover.restore()
