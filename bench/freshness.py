@@ -45,6 +45,7 @@ from bench.stack import LocalStack, catalog_time_ms
 from bench.streams import scrape
 from contracts.console import progress_bar
 from contracts.online import NEWEST_FIELD, RedisKeys
+from contracts.security import redis_client
 from ingest import movielens
 from ingest.messages import item_records
 from protos import events_pb2, recommender_pb2, recommender_pb2_grpc
@@ -224,7 +225,7 @@ def main() -> None:
                 return stub.Recommend(recommender_pb2.RecommendRequest(user_id=user, k=args.k),
                                       timeout=5)
 
-            client = redis.Redis.from_url(args.redis)
+            client = redis_client(args.redis, None)  # or a cluster URL
             keys = RedisKeys(stack.redis_prefix)
 
             def watch(user: str, item: str, since_ms: int, t0: float) -> dict[str, float]:

@@ -259,8 +259,10 @@ def run_phase(name: str, seconds: float, args: argparse.Namespace, stack: LocalS
 
 
 def start_worker(stack: LocalStack, workdir: Path, name: str,
-                 env: dict[str, str]) -> tuple[Child, str]:
+                 env: dict[str, str], profile: Path | None = None) -> tuple[Child, str]:
     worker = Child("streams", {**stack.streams.env, **env}, workdir / f"{name}.log")
+    if profile is not None:
+        worker.python_args = ["-m", "cProfile", "-o", str(profile.resolve())]
     worker.start()
     worker.wait_for_log(READY, 300)
     url = worker.wait_for_log(r"metrics on (http://\S+/metrics)", 60).group(1)
@@ -280,6 +282,7 @@ def main() -> None:
                         help="length of the full fan-out phase (it keeps Redis busy; 0: "
                         "no such phase)")
     parser.add_argument("--out", type=Path, default=RESULTS / "social_fanout.json")
+    parser.add_argument("--profile", type=Path, help="cProfile the first worker to this file")
     parser.add_argument("--drain-s", type=float, default=30.0,
                         help="how long probes may still arrive after a phase")
     args = parser.parse_args()
@@ -301,7 +304,7 @@ def main() -> None:
                                  batch_size=1 << 20)
         worker: Child | None = None
         try:
-            worker, url = start_worker(stack, workdir, "threshold", {})
+            worker, url = start_worker(stack, workdir, "threshold", {}, args.profile)
             send_all(producer, stack.topics["items"], [
                 (item.encode(), events_pb2.Item(item_id=item, title=f"Product {k}")
                  .SerializeToString()) for k, item in enumerate(items)])

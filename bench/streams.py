@@ -49,6 +49,7 @@ from kafka.admin import KafkaAdminClient, NewTopic
 from bench.stack import Child, LocalStack, catalog_time_ms, delete_keys
 from contracts.console import progress_bar
 from contracts.online import NEWEST_FIELD, RedisKeys
+from contracts.security import redis_client
 from ingest import movielens
 from ingest.messages import event_records, item_records
 from protos import events_pb2
@@ -304,7 +305,7 @@ def main() -> None:
         stack = LocalStack(kafka=args.kafka, redis_url=args.redis, workdir=Path(workdir),
                            extra_env={"STREAMREC_STREAMS_METRICS_PORT": "0",
                                       "STREAMREC_STREAMS_METRICS_HOST": "127.0.0.1", **extra})
-        client = redis.Redis.from_url(args.redis)
+        client = redis_client(args.redis, None)  # or a cluster URL
         try:
             create_topics(args.kafka, stack)
             print(f"embedding {len(items)} catalog items with a first worker ...")

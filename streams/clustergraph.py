@@ -245,48 +245,52 @@ class Audience(NamedTuple):
 
 async def read_audience(client: Any, keys: RedisKeys, acts: Sequence[SocialAct],
                         fanout: Fanout) -> Audience:
-    """Whether each actor of the weighted `acts` is hot, and the followers of the others
-    (pipelined on the actors' nodes)."""
+    """Whether each actor of the weighted `acts` is hot (one SMISMEMBER), then the
+    followers of the others (pipelined on their nodes): a hot account's followers, maybe
+    millions, are never read."""
     actors = list(dict.fromkeys(a.actor_id for a in acts if a.event_type in fanout.weights))
     if not actors:
         return Audience({}, frozenset())
-    async with client.pipeline(transaction=False) as pipe:
-        for actor in actors:
-            pipe.sismember(keys.hot(), actor)
-            pipe.hkeys(keys.followers(actor))
-        replies = await pipe.execute()
+    hot = {actor for actor, found in zip(actors, await client.smismember(keys.hot(), actors),
+                                         strict=True) if int(found)}
+    others = [actor for actor in actors if actor not in hot]
     followers: dict[str, list[str]] = {}
-    hot: set[str] = set()
-    for i, actor in enumerate(actors):
-        if int(replies[2 * i]):
-            hot.add(actor)
-        else:
-            followers[actor] = [f.decode() if isinstance(f, bytes) else str(f)
-                                for f in replies[2 * i + 1]]
+    if others:
+        async with client.pipeline(transaction=False) as pipe:
+            for actor in others:
+                pipe.hkeys(keys.followers(actor))
+            for actor, names in zip(others, await pipe.execute(), strict=True):
+                if names:
+                    followers[actor] = [f.decode() if isinstance(f, bytes) else str(f)
+                                        for f in names]
     return Audience(followers, frozenset(hot))
 
 
-def audience_slots(keys: RedisKeys, audience: Audience) -> dict[str, set[int]]:
-    """Actor -> the slots of its followers' feeds."""
-    return {actor: {slot_of(keys.social(f)) for f in followers}
-            for actor, followers in audience.followers.items()}
+def audience_feeds(keys: RedisKeys, acts: Sequence[SocialAct], audience: Audience,
+                   weights: Mapping[int, float], skip: Iterable[str] = ()
+                   ) -> dict[int, dict[str, list[int]]]:
+    """Slot -> follower there -> the indexes of the `acts` (weighted, of actors not hot
+    and not in `skip`) that go into its feed; computed once per batch."""
+    skipped = set(skip)
+    slots: dict[str, int] = {}  # follower -> its feed's slot
+    feeds: dict[int, dict[str, list[int]]] = {}
+    for index, act in enumerate(acts):
+        if act.event_type not in weights or act.actor_id in skipped:
+            continue
+        for follower in audience.followers.get(act.actor_id, ()):
+            slot = slots.get(follower)
+            if slot is None:
+                slot = slots[follower] = slot_of(keys.social(follower))
+            feeds.setdefault(slot, {}).setdefault(follower, []).append(index)
+    return feeds
 
 
-def feed_calls(keys: RedisKeys, acts: Sequence[SocialAct], audience: Audience, slot: int,
-               fanout: Fanout) -> tuple[list[Call], int]:
-    """The feed writes in `slot` of `acts` (those of its share that are fresh): one call
-    per follower there, with the acts of the actors it follows; and how many feed members
-    they write."""
-    by_actor: dict[str, list[SocialAct]] = {}
-    for act in acts:
-        by_actor.setdefault(act.actor_id, []).append(act)
-    per_follower: dict[str, list[SocialAct]] = {}
-    for actor, mine in by_actor.items():
-        for follower in audience.followers.get(actor, ()):
-            if slot_of(keys.social(follower)) == slot:
-                per_follower.setdefault(follower, []).extend(mine)
+def feed_calls(keys: RedisKeys, feeds: Mapping[str, Sequence[SocialAct]], fanout: Fanout
+               ) -> tuple[list[Call], int]:
+    """The feed writes of one slot: one call per follower (`feeds`: follower -> the acts
+    for its feed), each act once with its highest score; and how many members they write."""
     calls, writes = [], 0
-    for follower, theirs in per_follower.items():
+    for follower, theirs in feeds.items():
         flat: list[str] = []
         for entry in feed_entries(theirs, fanout):
             for member, score in zip(entry[1::2], entry[2::2], strict=True):

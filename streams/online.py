@@ -705,19 +705,18 @@ class OnlineState(Service):
         popular_slot = slot_of(keys.popular()) if touches else None
         window_slots = {w.name: slot_of(keys.trending(w.name)) for w in self._windows} \
             if touches else {}
-        fanned: dict[int, list[Touch]] = {}  # slot -> touches fanned out into its feeds
+        # slot -> follower there -> indexes of the touches for its feed
+        feeds: dict[int, dict[str, list[int]]] = {}
+        acts = social_acts(touches) if audience is not None else []
         if audience is not None and self._fanout is not None:
             # a user deleted in the records read back fans nothing out: their acts before
             # the deletion went with them, and the followers a failover brought back are
             # no longer theirs (after it, a new user of that id has none yet)
-            deleted_users = {d.user_id for d in deletions}
-            reach = clustergraph.audience_slots(keys, audience)
-            for touch in touches:
-                if touch.user_id in deleted_users:
-                    continue
-                if touch.event_type in self._fanout.weights:
-                    for slot in reach.get(touch.user_id, ()):
-                        fanned.setdefault(slot, []).append(touch)
+            feeds = clustergraph.audience_feeds(
+                keys, acts, audience, self._fanout.weights,
+                skip={d.user_id for d in deletions})
+        fanned = {slot: [touches[i] for i in sorted({i for ids in mine.values() for i in ids})]
+                  for slot, mine in feeds.items()}
         slots = {*by_slot, *vectors_by_slot, *deletions_by_slot, *window_slots.values(),
                  *fanned}
         if popular_slot is not None:
@@ -726,6 +725,11 @@ class OnlineState(Service):
         for slot in sorted(slots if only is None else slots & only):
             mine = by_slot.get(slot, [])
             windows = [w for w in self._windows if window_slots.get(w.name) == slot]
+            if not mine and not windows and slot != popular_slot and \
+                    slot not in vectors_by_slot and slot not in deletions_by_slot:
+                # followers' feeds alone (most slots of a batch that fans out)
+                shares.append(self._feed_share(slot, feeds[slot], touches, acts))
+                continue
             into = fanned.get(slot, [])
             relevant = touches if slot == popular_slot or windows else (
                 mine + [t for t in into if slot_of(keys.user_vector(t.user_id)) != slot])
@@ -761,18 +765,37 @@ class OnlineState(Service):
                                    users=True, popular=False, windows=[])
             calls += self._effects(fresh, [], users=False, popular=slot == popular_slot,
                                    windows=windows)
-            if into and audience is not None and self._fanout is not None:
-                located = {(t.partition, t.offset) for t in into}
-                feeds, _ = clustergraph.feed_calls(
-                    keys, social_acts([t for t in fresh if (t.partition, t.offset) in located]),
-                    audience, slot, self._fanout)
-                calls += feeds
+            if into and self._fanout is not None:
+                fresh_at = {(t.partition, t.offset) for t in fresh}
+                theirs = {follower: [acts[i] for i in ids
+                                     if (touches[i].partition, touches[i].offset) in fresh_at]
+                          for follower, ids in feeds[slot].items()}
+                calls += clustergraph.feed_calls(keys, theirs, self._fanout)[0]
             checks = [(p, believed.get(p, -1), max(believed.get(p, -1), newest.get(p, -1)))
                       for p in sorted({*(t.partition for t in relevant),
                                        *(d.partition for d in deleted)})]
             shares.append(Share(slot, checks, calls, fresh=sum(
                 (t.partition, t.offset) not in recovered for t in users_fresh)))
         return shares
+
+    def _feed_share(self, slot: int, feeds: Mapping[str, Sequence[int]],
+                    touches: Sequence[Touch], acts: Sequence[SocialAct]) -> Share:
+        """The share of a slot that only holds followers' feeds (`feeds`: follower ->
+        indexes of its touches): the fresh acts into them, fenced like any share."""
+        assert self._slots is not None and self._fanout is not None
+        believed = self._slots.fence(slot)
+        newest: dict[int, int] = {}
+        theirs: dict[str, list[SocialAct]] = {}
+        for follower, ids in feeds.items():
+            mine = theirs[follower] = []
+            for i in ids:
+                touch = touches[i]
+                newest[touch.partition] = max(newest.get(touch.partition, -1), touch.offset)
+                if touch.offset > believed.get(touch.partition, -1):
+                    mine.append(acts[i])
+        checks = [(p, believed.get(p, -1), max(believed.get(p, -1), n))
+                  for p, n in sorted(newest.items())]
+        return Share(slot, checks, clustergraph.feed_calls(self.keys, theirs, self._fanout)[0])
 
     async def _delete_in_slot(self, user_id: str, partition: int, offset: int) -> Removed:
         """:meth:`delete_user` on a cluster: the user's keys go, fenced by their slot's
@@ -910,6 +933,10 @@ class OnlineState(Service):
         return at
 
 
+def social_act(t: Touch) -> SocialAct:
+    """A touch as the fan-out sees it."""
+    return SocialAct(t.user_id, t.event_type, t.item_id, t.timestamp_ms)
+
+
 def social_acts(touches: Sequence[Touch]) -> list[SocialAct]:
-    """The touches as the fan-out sees them."""
-    return [SocialAct(t.user_id, t.event_type, t.item_id, t.timestamp_ms) for t in touches]
+    return [social_act(t) for t in touches]

@@ -6,7 +6,8 @@ from __future__ import annotations
 from contracts.online import RedisKeys, slot_of
 from contracts.social import feed_member, feed_score
 from protos import events_pb2
-from streams.clustergraph import Audience, Backfill, edge_calls, feed_calls, feed_writes
+from streams.clustergraph import Audience, Backfill, audience_feeds, edge_calls, feed_calls, \
+    feed_writes
 from streams.fanout import Fanout, SocialAct
 from streams.graph import EdgeChange
 from streams.records import Record
@@ -36,19 +37,20 @@ def test_each_side_of_an_edge_is_a_call_in_its_own_users_slot_in_record_order() 
 def test_a_feed_gets_the_acts_of_the_actors_its_owner_follows_in_its_slot_only() -> None:
     acts = [SocialAct("bob", events_pb2.PURCHASE, "i1", 1000),
             SocialAct("cy", events_pb2.PURCHASE, "i2", 2000),
-            SocialAct("bob", events_pb2.VIEW, "i3", 3000)]  # no weight: not fanned out
-    audience = Audience({"bob": ["ada", "dan"], "cy": ["ada"]}, frozenset())
+            SocialAct("bob", events_pb2.VIEW, "i3", 3000),  # no weight: not fanned out
+            SocialAct("eve", events_pb2.PURCHASE, "i4", 4000)]  # deleted: skipped
+    audience = Audience({"bob": ["ada", "dan"], "cy": ["ada"], "eve": ["ada"]}, frozenset())
+    feeds = audience_feeds(KEYS, acts, audience, FANOUT.weights, skip={"eve"})
     slot = slot_of(KEYS.social("ada"))
-    calls, writes = feed_calls(KEYS, acts, audience, slot, FANOUT)
-    mine = [c for c in calls if c.keys == [KEYS.social("ada")]]
-    assert len(mine) == 1
-    args = mine[0].args
-    assert args[:2] == ["5", "0"]
-    pairs = dict(zip(args[3::2], (float(a) for a in args[2::2]), strict=True))
+    assert feeds[slot]["ada"] == [0, 1]
+    assert feeds[slot_of(KEYS.social("dan"))]["dan"] == [0]
+    calls, writes = feed_calls(KEYS, {"ada": [acts[i] for i in feeds[slot]["ada"]]}, FANOUT)
+    (call,) = calls
+    assert call.keys == [KEYS.social("ada")] and call.args[:2] == ["5", "0"]
+    pairs = dict(zip(call.args[3::2], (float(a) for a in call.args[2::2]), strict=True))
     assert pairs == {feed_member("bob", events_pb2.PURCHASE, "i1"): feed_score(1.0, 1000, 1000.0),
                      feed_member("cy", events_pb2.PURCHASE, "i2"): feed_score(1.0, 2000, 1000.0)}
-    assert all(slot_of(c.keys[0]) == slot for c in calls)
-    assert writes == feed_writes(calls) >= 2
+    assert writes == feed_writes(calls) == 2
 
 
 def test_a_record_read_back_is_decided_with_the_clock_of_its_batch() -> None:
