@@ -83,6 +83,9 @@ ROWS: dict[str, tuple[str, Callable[[Recipe, int], Recipe]]] = {
                      lambda r, n: _from_shipped(r, n, n_blocks=4)),
     "shipped-wide": ("shipped with d 128 instead of 64 (4 heads)",
                      lambda r, n: _from_shipped(r, n, dim=128, n_heads=4)),
+    "shipped-timebias": ("shipped + a learned attention bias per head from the time "
+                         "between two events (HSTU's relative bias, its time part)",
+                         lambda r, n: _from_shipped(r, n, time_bias=True)),
 }
 
 

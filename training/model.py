@@ -49,6 +49,9 @@ class ModelConfig:
     # newest: a slot's position counts back from the newest event (SASRec's left padding);
     # oldest: it counts on from the oldest event in the window (SASRec+'s right padding)
     positions: str = "newest"
+    # a learned bias per head on each attention score from the time between the two events
+    # (log2 buckets of seconds; HSTU's relative attention bias, the time part)
+    time_bias: bool = False
 
     def __post_init__(self) -> None:
         if self.positions not in ("newest", "oldest"):
@@ -56,6 +59,13 @@ class ModelConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def pair_buckets(gaps_s: torch.Tensor) -> torch.Tensor:
+    """int64 [B, L, L]: log2 bucket of the time from event k (column) to event q (row),
+    0 where k is the later one (a causal mask hides those anyway)."""
+    between = (gaps_s[:, None, :] - gaps_s[:, :, None]).clamp(min=0.0)  # [B, Lq, Lk], s
+    return torch.floor(torch.log2(1.0 + between)).to(torch.int64).clamp(max=N_GAP_BUCKETS - 1)
 
 
 def gap_buckets(gaps_s: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -163,6 +173,10 @@ class UserTower(nn.Module):
         self.norm = nn.LayerNorm(cfg.dim, eps=1e-8 if cfg.block == "sasrec" else 1e-5)
         for table in (self.positions, self.types, self.gaps):
             nn.init.normal_(table.weight, std=0.02)
+        # bucket -> a bias per head, shared by the blocks; zero at first (plain attention)
+        self.time_bias = nn.Embedding(N_GAP_BUCKETS, cfg.n_heads) if cfg.time_bias else None
+        if self.time_bias is not None:
+            nn.init.zeros_(self.time_bias.weight)
 
     def sequence(
         self, item_vectors: torch.Tensor, event_types: torch.Tensor, gaps_s: torch.Tensor,
@@ -178,8 +192,9 @@ class UserTower(nn.Module):
         self, item_vectors: torch.Tensor, event_types: torch.Tensor, gaps_s: torch.Tensor,
         mask: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The first block's input [B, L, D], what each slot may attend to [B, 1, L, L],
-        and which slots are real [B, L, 1]."""
+        """The first block's input [B, L, D], what each slot may attend to [B, 1, L, L]
+        (bool; with ``time_bias`` a float [B, H, L, L], the bias where allowed and -inf
+        elsewhere), and which slots are real [B, L, 1]."""
         b, l, _ = item_vectors.shape
         if self.cfg.positions == "oldest":
             # the oldest real event of each row is position 0 (padding slots are zeroed below)
@@ -194,7 +209,11 @@ class UserTower(nn.Module):
         causal = torch.ones(l, l, dtype=torch.bool, device=x.device).tril()
         # a slot sees real slots up to itself, and always itself (padding rows stay finite)
         allowed = (causal & mask[:, None, :]) | torch.eye(l, dtype=torch.bool, device=x.device)
-        return x, allowed.unsqueeze(1), mask.unsqueeze(-1).to(x.dtype)
+        real = mask.unsqueeze(-1).to(x.dtype)
+        if self.time_bias is None:
+            return x, allowed.unsqueeze(1), real
+        bias = self.time_bias(pair_buckets(gaps_s)).permute(0, 3, 1, 2).to(x.dtype)
+        return x, bias.masked_fill(~allowed.unsqueeze(1), float("-inf")), real
 
     def _blocks(self, x: torch.Tensor, allowed: torch.Tensor, real: torch.Tensor, *,
                 newest: bool = False) -> torch.Tensor:

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from protos import events_pb2
 from streams.history import Interaction
@@ -74,12 +75,17 @@ def test_a_group_too_small_for_a_call_of_its_own_runs_with_the_next_longer_one()
     assert length_groups([], min_len=3, max_len=200) == {}
 
 
+@pytest.mark.parametrize("time_bias", [False, True])
 def test_a_tower_cut_to_each_groups_length_gives_the_full_length_vectors(
-        tmp_path: Path) -> None:
+        tmp_path: Path, time_bias: bool) -> None:
     torch.manual_seed(0)
-    cfg = ModelConfig(n_items=4, dim=8, max_len=40, n_blocks=2, n_heads=2, use_text=False)
+    cfg = ModelConfig(n_items=4, dim=8, max_len=40, n_blocks=2, n_heads=2, use_text=False,
+                      time_bias=time_bias)
     path = tmp_path / "user_encoder.pt2"
-    assert export_user_encoder(TwoTower(cfg, None), path) == MIN_LENGTH
+    model = TwoTower(cfg, None)
+    if model.user.time_bias is not None:
+        nn.init.normal_(model.user.time_bias.weight)  # a bias that matters
+    assert export_user_encoder(model, path) == MIN_LENGTH
     rng = np.random.default_rng(0)
     vectors = {f"i{k}": rng.normal(size=8).astype(np.float32) for k in range(30)}
     histories = [[seen(f"i{(u + k) % 30}", 1_000 * k) for k in range(n)]

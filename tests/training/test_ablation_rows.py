@@ -41,3 +41,6 @@ def test_the_candidates_past_shipped_change_what_they_say() -> None:
     assert ROWS["shipped-deep"][1](_anchor(), N_ITEMS).model.n_blocks == 4
     wide = ROWS["shipped-wide"][1](_anchor(), N_ITEMS).model
     assert (wide.dim, wide.n_heads) == (128, 4)
+    biased = ROWS["shipped-timebias"][1](_anchor(), N_ITEMS)
+    assert biased.model.time_bias and not shipped.model.time_bias
+    assert replace(biased, model=replace(biased.model, time_bias=False)) == shipped

@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from training.model import ItemTable, ModelConfig, TwoTower, UserTower, gap_buckets
+from training.model import ItemTable, ModelConfig, TwoTower, UserTower, gap_buckets, \
+    pair_buckets
 from training.train import (
     TrainConfig,
     id_keep,
@@ -54,6 +55,32 @@ def _assert_causal(tower: UserTower) -> None:
 
 def test_user_tower_is_causal() -> None:
     _assert_causal(_tower())
+    _assert_causal(_tower(time_bias=True))
+
+
+def test_pair_buckets_are_the_log2_time_from_the_older_event() -> None:
+    gaps = torch.tensor([[100.0, 97.0, 0.0]])  # seconds before the newest event
+    buckets = pair_buckets(gaps)
+    # from event 0 to 1: 3 s -> floor(log2 4) = 2; to 2: 100 s -> 6; later events: 0
+    assert buckets.tolist() == [[[0, 0, 0], [2, 0, 0], [6, 6, 0]]]
+
+
+def test_a_time_bias_starts_as_plain_attention_and_then_moves_the_vectors() -> None:
+    plain, biased = _tower(), _tower(time_bias=True)
+    biased.load_state_dict({**plain.state_dict(),
+                            "time_bias.weight": biased.state_dict()["time_bias.weight"]})
+    vectors, types, gaps, mask = _inputs(batch=3)
+    mask[0, :4] = False
+    with torch.no_grad():
+        assert torch.allclose(biased(vectors, types, gaps, mask),
+                              plain(vectors, types, gaps, mask), atol=1e-6)
+        assert biased.time_bias is not None
+        biased.time_bias.weight.normal_()
+        newest = biased(vectors, types, gaps, mask)
+        assert not torch.allclose(newest, plain(vectors, types, gaps, mask), atol=1e-4)
+        # the newest-slot-only path gives the sequence's newest state with the bias too
+        assert torch.allclose(newest, biased.sequence(vectors, types, gaps, mask)[:, -1],
+                              atol=1e-6)
 
 
 @pytest.mark.parametrize("block", ["pre", "sasrec"])
