@@ -614,11 +614,15 @@ class OnlineState(Service):
         if self._slots.lost and self._recovery is not None:  # found now or by a deletion
             again, gone = await self._read_back(self._slots.take_lost(set(self._slots.lost)))
         audience, read_for, writes = None, -1, 0
+        acts: list[SocialAct] = []  # of [*again, *touches], with the audience read for them
         while True:
             if self._fanout is not None and read_for != len(again):  # (again) read back
-                audience, read_for = await self._audience([*again, *touches]), len(again)
+                acts = social_acts([*again, *touches])
+                audience = await clustergraph.read_audience(self._client, self.keys, acts,
+                                                            self._fanout)
+                read_for = len(again)
             shares = self._shares([*again, *touches], vectors, only=todo, again=len(again),
-                                  deletions=gone, audience=audience)
+                                  deletions=gone, audience=audience, acts=acts)
             try:
                 done, stale = await self._slots.apply(shares)
             except REDIS_ERRORS:
@@ -632,7 +636,7 @@ class OnlineState(Service):
                     self._lost_vectors(again, vectors)
                 if audience is not None and self._fanout is not None and self._on_fanout:
                     self._on_fanout(FanoutCounts(writes, clustergraph.skipped_acts(
-                        social_acts(touches), audience, self._fanout)))
+                        acts[len(again):], audience, self._fanout)))
                 return applied
             todo = stale
             if self._recovery is not None:
@@ -641,13 +645,6 @@ class OnlineState(Service):
                     more, more_gone = await self._read_back(lost)
                     again += more
                     gone += more_gone
-
-    async def _audience(self, touches: Sequence[Touch]) -> clustergraph.Audience | None:
-        """The fan-out's read phase on a cluster (None without a fan-out)."""
-        if self._fanout is None:
-            return None
-        return await clustergraph.read_audience(self._client, self.keys, social_acts(touches),
-                                                self._fanout)
 
     async def _read_back(self, lost: Mapping[int, tuple[int, int]]
                          ) -> tuple[list[Touch], list[Deletion]]:
@@ -679,7 +676,8 @@ class OnlineState(Service):
     def _shares(self, touches: Sequence[Touch], vectors: Sequence[UserVector], *,
                 only: set[int] | None, again: int = 0,
                 deletions: Sequence[Deletion] = (),
-                audience: clustergraph.Audience | None = None) -> list[Share]:
+                audience: clustergraph.Audience | None = None,
+                acts: Sequence[SocialAct] = ()) -> list[Share]:
         """Each slot's share of a batch (of the slots in `only`, when given), checked
         against what the writer believes of its fence. A slot holds users' keys, and maybe
         the popular set or a trending window's: the records relevant to it are its users'
@@ -687,7 +685,8 @@ class OnlineState(Service):
         back after a failover: applied, not counted. `deletions` were read back too: a
         slot whose fence is below one removes the user's keys first, and applies only
         the user's touches after it (those before it were deleted with the user). With an
-        `audience` (the fan-out's read phase), a slot of followers' feeds also holds the
+        `audience` (the fan-out's read phase) and `acts` (the touches as the fan-out
+        sees them, made once per read), a slot of followers' feeds also holds the
         weighted acts of the people they follow."""
         recovered = {(t.partition, t.offset) for t in touches[:again]}
         assert self._slots is not None
@@ -707,7 +706,6 @@ class OnlineState(Service):
             if touches else {}
         # slot -> follower there -> indexes of the touches for its feed
         feeds: dict[int, dict[str, list[int]]] = {}
-        acts = social_acts(touches) if audience is not None else []
         if audience is not None and self._fanout is not None:
             # a user deleted in the records read back fans nothing out: their acts before
             # the deletion went with them, and the followers a failover brought back are
